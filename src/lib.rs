@@ -1,0 +1,27 @@
+//! cdc-invalidator: keeps Redis-backed caches correct by following the
+//! database's change log (Debezium events in Kafka).
+//!
+//! The crate, one stage per module, in the order data flows:
+//! - [`config`]    strict TOML config, defaults with reasons, `validate()` into runtime settings
+//! - [`source`]    rdkafka consumer, forced settings, rebalance bridge, owned records at the edge
+//! - [`event`]     owned domain types: `KafkaRecord`, `ChangeEvent`, `Position`
+//! - [`decode`]    Debezium envelopes (JSON, wrapped or not, flattened) to `ChangeEvent`
+//! - [`graph`]     key templates and entity rules: event to targets, escalation, stalls
+//! - [`plan`]      coalescing per (target, source) and the moot-event rule
+//! - [`sink`]      guarded version bumps in Redis through `bump.lua`
+//! - [`pipeline`]  the main loop joining the stages; offsets stored after Redis acknowledged
+//! - [`metrics`]   every metric name and recording helper
+//! - [`admin`]     HTTP `/metrics`, `/healthz`, `/readyz`, and the shared status
+//! - [`cli`]       `run`, `check`, `explain`
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod decode;
+pub mod event;
+pub mod graph;
+pub mod metrics;
+pub mod pipeline;
+pub mod plan;
+pub mod sink;
+pub mod source;

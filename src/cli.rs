@@ -1,0 +1,400 @@
+//! Command line: `run`, `check`, `explain`. Each command returns an exit code.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use rdkafka::consumer::Consumer as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, Status};
+use crate::config::{self, redact_url, Settings, Subscription};
+use crate::decode::{decode, table_from_topic};
+use crate::event::{Decoded, KafkaRecord};
+use crate::graph::{Derivation, Why};
+use crate::pipeline::{self, Pipeline};
+use crate::sink::RedisSink;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cdc-invalidator",
+    version,
+    about = "Keeps Redis-backed caches correct by following Debezium change events from Kafka",
+    long_about = "Consumes Debezium row-change events from Kafka, maps each changed row to every cache key \
+that depends on it through the relationship graph in the config file, and bumps a version record per key \
+in Redis (HGET ver:<key> v). Offsets are committed only after Redis acknowledged.\n\n\
+Environment overrides: CDC_KAFKA_BROKERS, CDC_KAFKA_GROUP, CDC_REDIS_URL, CDC_ADMIN_LISTEN."
+)]
+pub struct Cli {
+    /// Log format: human-readable lines or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
+    /// Log filter (tracing env-filter syntax), e.g. "info" or "cdc_invalidator=debug".
+    #[arg(long, env = "CDC_LOG", default_value = "info", global = true)]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume and invalidate until SIGTERM or SIGINT.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate the config and connect to Kafka and Redis; exit 0 only when all is well.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the targets one Debezium record would bump, and why.
+    Explain {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A file holding the record's value JSON, or a captured fixture
+        /// ({"topic", "key", "value"}); "-" reads standard input.
+        #[arg(long, default_value = "-")]
+        record: String,
+        /// Topic the record came from (names the table when the record does not).
+        #[arg(long)]
+        topic: Option<String>,
+    },
+}
+
+pub fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Settings> {
+    Ok(config::load(path, &|name| std::env::var(name).ok())?)
+}
+
+/// Runs a parsed command line; the result is the process exit code.
+pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Run { config } => run(&config).await,
+        Command::Check { config } => check(&config).await,
+        Command::Explain {
+            config,
+            record,
+            topic,
+        } => explain(&config, &record, topic.as_deref()),
+    }
+}
+
+async fn run(path: &Path) -> anyhow::Result<i32> {
+    let settings = Arc::new(load(path)?);
+    let metrics = crate::metrics::install();
+    let status = Arc::new(Status::default());
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+
+    let admin_task = tokio::spawn(admin::serve(
+        settings.admin_listen,
+        metrics,
+        status.clone(),
+        shutdown.clone(),
+    ));
+
+    let sink = match connect_redis_until_ready(&settings, &status, &shutdown).await {
+        Some(sink) => sink,
+        None => return Ok(0),
+    };
+    tracing::info!(
+        brokers = %settings.source.brokers, group = %settings.source.group_id,
+        subscription = ?settings.source.subscription.patterns(), redis = %redact_url(&settings.redis.url),
+        entities = settings.graph.entities().len(), "starting"
+    );
+    let pipeline = Pipeline::new(settings.clone(), sink, status)?;
+    pipeline.run(shutdown.clone()).await;
+    shutdown.cancel();
+    match admin_task.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "admin http failed"),
+        Err(e) => tracing::warn!(error = %e, "admin http task panicked"),
+        Ok(Ok(())) => {}
+    }
+    tracing::info!("stopped");
+    Ok(0)
+}
+
+/// Redis may come up after the daemon: retry with capped backoff, serving
+/// /readyz (not ready, and why) meanwhile.
+async fn connect_redis_until_ready(
+    settings: &Settings,
+    status: &Status,
+    shutdown: &CancellationToken,
+) -> Option<RedisSink> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match RedisSink::connect(&settings.redis).await {
+            Ok(sink) => return Some(sink),
+            Err(e) => {
+                crate::metrics::redis_error(e.kind_label());
+                status.redis_failed(e.to_string());
+                tracing::warn!(error = %e, retry_in = ?backoff, "redis not reachable at start");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(settings.redis.max_retry_backoff);
+    }
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        }
+        shutdown.cancel();
+    });
+}
+
+async fn check(path: &Path) -> anyhow::Result<i32> {
+    let mut problems = 0;
+    let settings = match load(path) {
+        Ok(s) => {
+            println!(
+                "ok    config {}: {} entities",
+                path.display(),
+                s.graph.entities().len()
+            );
+            for e in s.graph.entities() {
+                let keys: Vec<&str> = e.keys.iter().map(|k| k.text()).collect();
+                println!(
+                    "        {} -> {:?}{}",
+                    e.table,
+                    keys,
+                    e.namespace
+                        .as_ref()
+                        .map(|n| format!(", namespace {n}"))
+                        .unwrap_or_else(|| ", no namespace: exact keys or stall".into())
+                );
+            }
+            s
+        }
+        Err(e) => {
+            println!("FAIL  config: {e:#}");
+            return Ok(1);
+        }
+    };
+
+    match RedisSink::connect(&settings.redis).await {
+        Ok(mut sink) => match sink.ping().await {
+            Ok(()) => println!(
+                "ok    redis {}: reachable, bump script loaded",
+                redact_url(&settings.redis.url)
+            ),
+            Err(e) => {
+                println!("FAIL  redis {}: {e}", redact_url(&settings.redis.url));
+                problems += 1;
+            }
+        },
+        Err(e) => {
+            println!("FAIL  redis {}: {e}", redact_url(&settings.redis.url));
+            problems += 1;
+        }
+    }
+
+    match kafka_topics(&settings) {
+        Ok(found) => {
+            let wanted: Vec<String> = match &settings.source.subscription {
+                Subscription::Topics(topics) => topics.clone(),
+                Subscription::Regex(pattern) => {
+                    let re = regex::Regex::new(pattern).expect("validated");
+                    found.iter().filter(|t| re.is_match(t)).cloned().collect()
+                }
+            };
+            println!(
+                "ok    kafka {}: {} topics in the cluster",
+                settings.source.brokers,
+                found.len()
+            );
+            if wanted.is_empty() {
+                println!(
+                    "FAIL  kafka: the subscription {:?} matches no topic",
+                    settings.source.subscription.patterns()
+                );
+                problems += 1;
+            }
+            for topic in wanted {
+                let table = table_from_topic(&topic);
+                let entity = table.as_deref().and_then(|t| settings.graph.entity(t));
+                if !found.contains(&topic) {
+                    println!("FAIL  topic {topic}: does not exist");
+                    problems += 1;
+                } else {
+                    match entity {
+                        Some(e) => println!("ok    topic {topic} -> entity {}", e.table),
+                        None => println!("note  topic {topic}: no [[entity]] for table {table:?}; its records are skipped"),
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            println!("FAIL  kafka {}: {e}", settings.source.brokers);
+            problems += 1;
+        }
+    }
+    if problems == 0 {
+        println!("all checks passed");
+        Ok(0)
+    } else {
+        println!("{problems} check(s) failed");
+        Ok(1)
+    }
+}
+
+fn kafka_topics(settings: &Settings) -> anyhow::Result<Vec<String>> {
+    let mut config = rdkafka::ClientConfig::new();
+    for (k, v) in &settings.source.librdkafka {
+        config.set(k, v);
+    }
+    let consumer: rdkafka::consumer::BaseConsumer = config
+        .set("bootstrap.servers", &settings.source.brokers)
+        .set("group.id", &settings.source.group_id)
+        .create()
+        .context("creating a kafka client")?;
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .context("fetching cluster metadata (are the brokers reachable?)")?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .collect())
+}
+
+fn explain(path: &Path, source: &str, topic: Option<&str>) -> anyhow::Result<i32> {
+    let settings = load(path)?;
+    let text = if source == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the record from standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(source)
+            .with_context(|| format!("reading record file {source:?}"))?
+    };
+    let record = explain_record(&text, topic)?;
+    println!(
+        "record  topic {} partition {} offset {}",
+        record.topic, record.partition, record.offset
+    );
+
+    let (_, routed) = pipeline::route(&settings.graph, &settings.plan, &record, pipeline::now_us());
+    let event = match decode(&record) {
+        Ok(Decoded::Change(event)) => event,
+        Ok(other) => {
+            println!("kind    {other:?}: not a row change, nothing to invalidate");
+            return Ok(0);
+        }
+        Err(e) => {
+            println!("decode  error: {e}");
+            println!("result  {routed:?}");
+            return Ok(0);
+        }
+    };
+    println!(
+        "event   op {} on {} at {}",
+        event.op.code(),
+        event.table,
+        event.position
+    );
+    if let pipeline::Routed::Moot = routed {
+        println!(
+            "result  moot: older than the entity's max_cache_ttl plus the skew margin; dropped"
+        );
+        return Ok(0);
+    }
+    match settings.graph.derive(&event) {
+        Derivation::Skip(reason) => println!("result  skipped ({reason:?}): nothing to invalidate"),
+        Derivation::Stall { reason, detail } => {
+            println!("result  STALL ({}): {detail}", reason.label());
+            println!("        the partition would stop here and readiness turn false");
+        }
+        Derivation::Targets {
+            targets,
+            escalation,
+        } => {
+            let prefix = &settings.redis.version_prefix;
+            for t in &targets {
+                let why = match &t.why {
+                    Why::Template { .. } => format!("entity {}, {}", event.table, t.why),
+                    other => other.to_string(),
+                };
+                println!(
+                    "bump    {:<40} {}  <- {}",
+                    t.target.record_key(prefix),
+                    t.target,
+                    why
+                );
+            }
+            if let Some(reason) = escalation {
+                println!(
+                    "note    escalated ({}): readers that fold the namespace version are covered",
+                    reason.label()
+                );
+            }
+            println!(
+                "guard   field p:{} = {}",
+                event.position.source, event.position.ordinal
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// Accepts a captured fixture (`{"topic", "key", "value", ...}`) or a bare value.
+fn explain_record(text: &str, topic: Option<&str>) -> anyhow::Result<KafkaRecord> {
+    let json: serde_json::Value = serde_json::from_str(text).context("the record is not JSON")?;
+    let is_fixture = json.get("topic").is_some() && json.get("value").is_some();
+    let bytes = |v: Option<&serde_json::Value>| match v {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(serde_json::to_vec(v).expect("JSON re-encodes")),
+    };
+    Ok(if is_fixture {
+        KafkaRecord {
+            topic: topic
+                .map(str::to_owned)
+                .unwrap_or_else(|| json["topic"].as_str().unwrap_or("").to_owned()),
+            partition: json.get("partition").and_then(|p| p.as_i64()).unwrap_or(0) as i32,
+            offset: json.get("offset").and_then(|p| p.as_i64()).unwrap_or(0),
+            key: bytes(json.get("key")),
+            value: bytes(json.get("value")),
+            timestamp_ms: None,
+        }
+    } else {
+        KafkaRecord {
+            topic: topic.unwrap_or("").to_owned(),
+            partition: 0,
+            offset: 0,
+            key: None,
+            value: Some(text.as_bytes().to_vec()),
+            timestamp_ms: None,
+        }
+    })
+}

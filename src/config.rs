@@ -1,0 +1,685 @@
+//! Strict configuration: one TOML file, unknown fields are errors, every
+//! error names the file, the line and the field. `load` reads and parses,
+//! `RawConfig::validate` turns the raw form into runtime [`Settings`].
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+use crate::graph::{Consistency, Entity, Graph, Template};
+
+/// Environment variables that override addresses and secrets, so the same
+/// checked-in file serves every environment.
+pub const ENV_KAFKA_BROKERS: &str = "CDC_KAFKA_BROKERS";
+pub const ENV_KAFKA_GROUP: &str = "CDC_KAFKA_GROUP";
+pub const ENV_REDIS_URL: &str = "CDC_REDIS_URL";
+pub const ENV_ADMIN_LISTEN: &str = "CDC_ADMIN_LISTEN";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path:?}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}:{line}: field `{field}`: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        field: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub source: Spanned<RawSource>,
+    pub redis: Spanned<RawRedis>,
+    #[serde(default)]
+    pub admin: Option<Spanned<RawAdmin>>,
+    #[serde(default)]
+    pub plan: Option<Spanned<RawPlan>>,
+    #[serde(default, rename = "entity")]
+    pub entities: Vec<Spanned<RawEntity>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub brokers: Spanned<String>,
+    pub group_id: Spanned<String>,
+    #[serde(default)]
+    pub topics: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub topic_regex: Option<Spanned<String>>,
+    /// Passed to librdkafka as they are (security.protocol, sasl.*, ssl.*, ...).
+    #[serde(default)]
+    pub librdkafka: BTreeMap<String, Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// redis://, rediss:// (TLS); user and password in the URL for ACL users.
+    pub url: Spanned<String>,
+    #[serde(default = "default_version_prefix")]
+    pub version_prefix: Spanned<String>,
+    pub version_ttl: Spanned<String>,
+    #[serde(default)]
+    pub max_retry_backoff: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlan {
+    #[serde(default)]
+    pub max_batch_records: Option<Spanned<usize>>,
+    #[serde(default)]
+    pub eventual_linger: Option<Spanned<String>>,
+    #[serde(default)]
+    pub clock_skew_margin: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEntity {
+    pub table: Spanned<String>,
+    #[serde(default)]
+    pub namespace: Option<Spanned<String>>,
+    #[serde(default)]
+    pub consistency: Option<Spanned<String>>,
+    #[serde(default)]
+    pub max_cache_ttl: Option<Spanned<String>>,
+    pub keys: Spanned<Vec<String>>,
+    #[serde(default)]
+    pub invalidate_on_snapshot: bool,
+    #[serde(default)]
+    pub replica_identity: Option<Spanned<String>>,
+}
+
+// Readers of the key protocol default to `ver:` (architecture section 3).
+fn default_version_prefix() -> Spanned<String> {
+    Spanned::new(0..0, "ver:".to_owned())
+}
+
+/// Runtime settings, produced only by [`RawConfig::validate`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub source: SourceSettings,
+    pub redis: RedisSettings,
+    pub admin_listen: std::net::SocketAddr,
+    pub plan: PlanSettings,
+    pub graph: Graph,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    pub brokers: String,
+    pub group_id: String,
+    pub subscription: Subscription,
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Subscription {
+    Topics(Vec<String>),
+    /// Anchored (`^...$`), as librdkafka expects a regex subscription to start with `^`.
+    Regex(String),
+}
+
+impl Subscription {
+    /// What `subscribe` takes: topic names, or one pattern starting with `^`.
+    pub fn patterns(&self) -> Vec<String> {
+        match self {
+            Subscription::Topics(topics) => topics.clone(),
+            Subscription::Regex(pattern) => vec![pattern.clone()],
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub version_prefix: String,
+    pub version_ttl: Duration,
+    pub max_retry_backoff: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlanSettings {
+    pub max_batch_records: usize,
+    pub eventual_linger: Duration,
+    pub clock_skew_margin: Duration,
+}
+
+// 5000 records keep one Redis pipeline well under a megabyte while
+// amortising the round trip; the watermark commits after each batch.
+const DEFAULT_MAX_BATCH_RECORDS: usize = 5000;
+// Eventual entities may wait this long for more changes to the same keys.
+const DEFAULT_EVENTUAL_LINGER: Duration = Duration::from_millis(100);
+// Commit timestamps come from the database host, ages from ours: allow drift.
+const DEFAULT_CLOCK_SKEW_MARGIN: Duration = Duration::from_secs(30);
+// Retrying Redis faster than this only adds load to a struggling server.
+const DEFAULT_MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+// Loopback by default: metrics are for a local scraper or a sidecar.
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9799";
+
+/// Reads, parses and validates a config file; `env` supplies overrides.
+pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&path.display().to_string(), &text, env)
+}
+
+pub fn parse(
+    path: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Settings, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .span()
+            .map(|span| line_col(text, span.start))
+            .unwrap_or((1, 1));
+        ConfigError::Parse {
+            path: path.to_owned(),
+            line,
+            column,
+            message: e.message().trim().to_owned(),
+        }
+    })?;
+    raw.validate(&Validator { path, text }, env)
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
+}
+
+/// Builds errors that point at a spanned value of the file being validated.
+pub struct Validator<'a> {
+    path: &'a str,
+    text: &'a str,
+}
+
+impl Validator<'_> {
+    fn error<T>(
+        &self,
+        span: std::ops::Range<usize>,
+        field: &str,
+        message: impl Into<String>,
+    ) -> Result<T, ConfigError> {
+        Err(ConfigError::Invalid {
+            path: self.path.to_owned(),
+            line: line_col(self.text, span.start).0,
+            field: field.to_owned(),
+            message: message.into(),
+        })
+    }
+
+    fn duration(&self, value: &Spanned<String>, field: &str) -> Result<Duration, ConfigError> {
+        humantime::parse_duration(value.get_ref()).or_else(|e| {
+            self.error(
+                value.span(),
+                field,
+                format!(
+                    "expected a duration such as \"10m\" or \"30s\", got {:?} ({e})",
+                    value.get_ref()
+                ),
+            )
+        })
+    }
+}
+
+impl RawConfig {
+    pub fn validate(
+        self,
+        v: &Validator<'_>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let source = self.source.into_inner();
+        let subscription = match (&source.topics, &source.topic_regex) {
+            (Some(topics), None) if !topics.get_ref().is_empty() => {
+                Subscription::Topics(topics.get_ref().clone())
+            }
+            (Some(topics), None) => {
+                return v.error(
+                    topics.span(),
+                    "source.topics",
+                    "expected at least one topic",
+                )
+            }
+            (None, Some(pattern)) => {
+                let text = pattern.get_ref();
+                // Anchor the whole name: an unanchored pattern silently picks up
+                // topics nobody meant to consume.
+                let anchored = format!(
+                    "^(?:{})$",
+                    text.trim_start_matches('^').trim_end_matches('$')
+                );
+                if let Err(e) = regex::Regex::new(&anchored) {
+                    return v.error(
+                        pattern.span(),
+                        "source.topic_regex",
+                        format!("not a valid regular expression: {e}"),
+                    );
+                }
+                Subscription::Regex(anchored)
+            }
+            (Some(topics), Some(_)) => {
+                return v.error(
+                    topics.span(),
+                    "source.topics",
+                    "set either `topics` or `topic_regex`, not both",
+                )
+            }
+            (None, None) => {
+                return v.error(
+                    source.group_id.span(),
+                    "source",
+                    "expected `topics = [...]` or `topic_regex = \"...\"`",
+                )
+            }
+        };
+        for (name, value) in &source.librdkafka {
+            if FORCED_RDKAFKA_SETTINGS.contains(&name.as_str()) {
+                return v.error(
+                    value.span(),
+                    &format!("source.librdkafka.{name}"),
+                    "is set by cdc-invalidator itself (offsets are stored only after Redis acknowledged); remove it",
+                );
+            }
+        }
+        let source = SourceSettings {
+            brokers: env(ENV_KAFKA_BROKERS).unwrap_or_else(|| source.brokers.get_ref().clone()),
+            group_id: env(ENV_KAFKA_GROUP).unwrap_or_else(|| source.group_id.get_ref().clone()),
+            subscription,
+            librdkafka: source
+                .librdkafka
+                .into_iter()
+                .map(|(k, val)| (k, val.into_inner()))
+                .collect(),
+        };
+
+        let redis_span = self.redis.span();
+        let redis = self.redis.into_inner();
+        let url = env(ENV_REDIS_URL).unwrap_or_else(|| redis.url.get_ref().clone());
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return v.error(
+                redis.url.span(),
+                "redis.url",
+                format!(
+                    "expected a redis:// or rediss:// URL, got {:?}",
+                    redact_url(&url)
+                ),
+            );
+        }
+        let version_ttl = v.duration(&redis.version_ttl, "redis.version_ttl")?;
+        let max_retry_backoff = match &redis.max_retry_backoff {
+            Some(d) => v.duration(d, "redis.max_retry_backoff")?,
+            None => DEFAULT_MAX_RETRY_BACKOFF,
+        };
+        let redis_settings = RedisSettings {
+            url,
+            version_prefix: redis.version_prefix.get_ref().clone(),
+            version_ttl,
+            max_retry_backoff,
+        };
+
+        let admin_text = env(ENV_ADMIN_LISTEN).or_else(|| {
+            self.admin
+                .as_ref()
+                .map(|a| a.get_ref().listen.get_ref().clone())
+        });
+        let admin_listen = match admin_text {
+            Some(text) => match text.parse() {
+                Ok(addr) => addr,
+                Err(_) => {
+                    let span = self
+                        .admin
+                        .as_ref()
+                        .map(|a| a.get_ref().listen.span())
+                        .unwrap_or(0..0);
+                    return v.error(
+                        span,
+                        "admin.listen",
+                        format!("expected host:port such as \"127.0.0.1:9799\", got {text:?}"),
+                    );
+                }
+            },
+            None => DEFAULT_ADMIN_LISTEN
+                .parse()
+                .expect("default admin address parses"),
+        };
+
+        let plan = match self.plan.map(Spanned::into_inner) {
+            Some(p) => PlanSettings {
+                max_batch_records: match p.max_batch_records {
+                    Some(n) if *n.get_ref() == 0 => {
+                        return v.error(n.span(), "plan.max_batch_records", "expected at least 1")
+                    }
+                    Some(n) => n.into_inner(),
+                    None => DEFAULT_MAX_BATCH_RECORDS,
+                },
+                eventual_linger: match &p.eventual_linger {
+                    Some(d) => v.duration(d, "plan.eventual_linger")?,
+                    None => DEFAULT_EVENTUAL_LINGER,
+                },
+                clock_skew_margin: match &p.clock_skew_margin {
+                    Some(d) => v.duration(d, "plan.clock_skew_margin")?,
+                    None => DEFAULT_CLOCK_SKEW_MARGIN,
+                },
+            },
+            None => PlanSettings {
+                max_batch_records: DEFAULT_MAX_BATCH_RECORDS,
+                eventual_linger: DEFAULT_EVENTUAL_LINGER,
+                clock_skew_margin: DEFAULT_CLOCK_SKEW_MARGIN,
+            },
+        };
+
+        if self.entities.is_empty() {
+            return v.error(
+                redis_span,
+                "entity",
+                "expected at least one [[entity]]: without one nothing is ever invalidated",
+            );
+        }
+        let mut entities = Vec::new();
+        let mut tables = HashSet::new();
+        for (index, spanned) in self.entities.into_iter().enumerate() {
+            let raw = spanned.into_inner();
+            let field = |name: &str| format!("entity[{index}].{name}");
+            let table = raw.table.get_ref().clone();
+            if table.split('.').count() != 2 || table.split('.').any(str::is_empty) {
+                return v.error(raw.table.span(), &field("table"), format!("expected \"schema.table\" (or \"database.table\" for MySQL), got {table:?}"));
+            }
+            if !tables.insert(table.clone()) {
+                return v.error(
+                    raw.table.span(),
+                    &field("table"),
+                    format!(
+                        "table {table:?} is declared twice; put all its keys in one [[entity]]"
+                    ),
+                );
+            }
+            if raw.keys.get_ref().is_empty() {
+                return v.error(
+                    raw.keys.span(),
+                    &field("keys"),
+                    "expected at least one key template",
+                );
+            }
+            let mut keys = Vec::new();
+            for text in raw.keys.get_ref() {
+                match Template::parse(text) {
+                    Ok(t) => keys.push(t),
+                    Err(e) => {
+                        return v.error(
+                            raw.keys.span(),
+                            &field("keys"),
+                            format!("template {text:?}: {e}"),
+                        )
+                    }
+                }
+            }
+            let consistency = match raw.consistency.as_ref().map(|c| c.get_ref().as_str()) {
+                None | Some("eventual") => Consistency::Eventual,
+                Some("strong") => Consistency::Strong,
+                Some(other) => {
+                    return v.error(
+                        raw.consistency.as_ref().unwrap().span(),
+                        &field("consistency"),
+                        format!("expected \"strong\" or \"eventual\", got {other:?}"),
+                    )
+                }
+            };
+            let max_cache_ttl = match &raw.max_cache_ttl {
+                Some(d) => {
+                    let ttl = v.duration(d, &field("max_cache_ttl"))?;
+                    if ttl > version_ttl {
+                        return v.error(
+                            d.span(),
+                            &field("max_cache_ttl"),
+                            format!(
+                                "is longer than redis.version_ttl ({}): a version record could expire while data it guards is still cached",
+                                humantime::format_duration(version_ttl)
+                            ),
+                        );
+                    }
+                    Some(ttl)
+                }
+                None => None,
+            };
+            let namespace = match &raw.namespace {
+                Some(ns) if ns.get_ref().is_empty() => {
+                    return v.error(ns.span(), &field("namespace"), "expected a non-empty name")
+                }
+                Some(ns) => Some(ns.get_ref().clone()),
+                None => None,
+            };
+            // "default" unless declared: trusting an incomplete old image
+            // would render wrong keys silently; distrusting a full one only
+            // costs escalations.
+            let full_before_image =
+                match raw.replica_identity.as_ref().map(|r| r.get_ref().as_str()) {
+                    None | Some("default") => false,
+                    Some("full") => true,
+                    Some(other) => {
+                        return v.error(
+                            raw.replica_identity.as_ref().unwrap().span(),
+                            &field("replica_identity"),
+                            format!("expected \"full\" or \"default\", got {other:?}"),
+                        )
+                    }
+                };
+            entities.push(Entity {
+                table,
+                namespace,
+                consistency,
+                max_cache_ttl,
+                keys,
+                invalidate_on_snapshot: raw.invalidate_on_snapshot,
+                full_before_image,
+            });
+        }
+
+        Ok(Settings {
+            source,
+            redis: redis_settings,
+            admin_listen,
+            plan,
+            graph: Graph::new(entities),
+        })
+    }
+}
+
+/// librdkafka settings the daemon owns; letting users override them would
+/// break the at-least-once promise.
+pub const FORCED_RDKAFKA_SETTINGS: &[&str] = &[
+    "enable.auto.offset.store",
+    "group.id",
+    "bootstrap.servers",
+    "partition.assignment.strategy",
+    "enable.partition.eof",
+];
+
+/// Hides the password of a URL for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[source]
+brokers = "127.0.0.1:9092"
+group_id = "g"
+topics = ["shop.public.products"]
+
+[redis]
+url = "redis://127.0.0.1:6379"
+version_ttl = "1h"
+
+[[entity]]
+table = "public.products"
+namespace = "product"
+max_cache_ttl = "10m"
+keys = ["product:{id}"]
+"#;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn error_of(text: &str) -> String {
+        parse("shop.toml", text, &no_env).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn base_config_validates_with_defaults() {
+        let s = parse("shop.toml", BASE, &no_env).unwrap();
+        assert_eq!(s.redis.version_prefix, "ver:");
+        assert_eq!(s.plan.max_batch_records, DEFAULT_MAX_BATCH_RECORDS);
+        assert_eq!(s.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert_eq!(s.graph.entities().len(), 1);
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_and_field() {
+        let text = BASE.replace("group_id = \"g\"", "group_id = \"g\"\ngroup = \"oops\"");
+        let msg = error_of(&text);
+        assert!(msg.starts_with("shop.toml:5:"), "{msg}");
+        assert!(msg.contains("unknown field `group`"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let msg = error_of(&BASE.replace("version_ttl = \"1h\"", "version_ttl = "));
+        assert!(msg.starts_with("shop.toml:9:"), "{msg}");
+    }
+
+    #[test]
+    fn bad_duration_names_field_and_expectation() {
+        let msg =
+            error_of(&BASE.replace("max_cache_ttl = \"10m\"", "max_cache_ttl = \"ten minutes\""));
+        assert!(
+            msg.starts_with("shop.toml:14: field `entity[0].max_cache_ttl`"),
+            "{msg}"
+        );
+        assert!(msg.contains("expected a duration"), "{msg}");
+    }
+
+    #[test]
+    fn version_ttl_shorter_than_cache_ttl_is_refused() {
+        let msg = error_of(&BASE.replace("version_ttl = \"1h\"", "version_ttl = \"5m\""));
+        assert!(msg.contains("field `entity[0].max_cache_ttl`"), "{msg}");
+        assert!(msg.contains("longer than redis.version_ttl"), "{msg}");
+    }
+
+    #[test]
+    fn bad_template_is_refused() {
+        let msg = error_of(&BASE.replace("product:{id}", "product:{id"));
+        assert!(msg.contains("field `entity[0].keys`"), "{msg}");
+        assert!(msg.contains("unclosed"), "{msg}");
+    }
+
+    #[test]
+    fn bad_consistency_is_refused() {
+        let msg = error_of(&BASE.replace(
+            "namespace = \"product\"",
+            "namespace = \"product\"\nconsistency = \"weak\"",
+        ));
+        assert!(msg.contains("expected \"strong\" or \"eventual\""), "{msg}");
+    }
+
+    #[test]
+    fn topics_and_regex_are_exclusive() {
+        let msg =
+            error_of(&BASE.replace("topics = [", "topic_regex = \"shop\\\\..*\"\ntopics = ["));
+        assert!(msg.contains("not both"), "{msg}");
+    }
+
+    #[test]
+    fn forced_librdkafka_setting_is_refused() {
+        let msg = error_of(&BASE.replace(
+            "topics = [\"shop.public.products\"]",
+            "topics = [\"shop.public.products\"]\nlibrdkafka = { \"enable.auto.offset.store\" = \"true\" }",
+        ));
+        assert!(
+            msg.contains("source.librdkafka.enable.auto.offset.store"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn duplicate_table_is_refused() {
+        let text =
+            format!("{BASE}\n[[entity]]\ntable = \"public.products\"\nkeys = [\"p:{{id}}\"]\n");
+        let msg = error_of(&text);
+        assert!(msg.contains("declared twice"), "{msg}");
+    }
+
+    #[test]
+    fn environment_overrides_addresses() {
+        let env = |name: &str| match name {
+            ENV_REDIS_URL => Some("redis://:secret@10.1.1.1:6380".to_owned()),
+            ENV_KAFKA_BROKERS => Some("k1:9092".to_owned()),
+            _ => None,
+        };
+        let s = parse("shop.toml", BASE, &env).unwrap();
+        assert_eq!(s.source.brokers, "k1:9092");
+        assert_eq!(s.redis.url, "redis://:secret@10.1.1.1:6380");
+    }
+
+    #[test]
+    fn regex_subscription_is_anchored() {
+        let text = BASE.replace(
+            "topics = [\"shop.public.products\"]",
+            "topic_regex = \"shop\\\\.public\\\\..*\"",
+        );
+        let s = parse("shop.toml", &text, &no_env).unwrap();
+        assert_eq!(
+            s.source.subscription.patterns(),
+            vec!["^(?:shop\\.public\\..*)$".to_owned()]
+        );
+    }
+
+    #[test]
+    fn redact_hides_password() {
+        assert_eq!(
+            redact_url("redis://app:hunter2@h:6379/0"),
+            "redis://app:***@h:6379/0"
+        );
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+    }
+}

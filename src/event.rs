@@ -1,0 +1,190 @@
+//! Owned domain types that cross the Kafka edge: the raw record as it came
+//! from the broker, and the decoded [`ChangeEvent`]. Nothing after `source`
+//! sees an rdkafka type.
+
+use std::fmt;
+
+/// One Kafka record, copied out of rdkafka's borrowed message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    /// Broker append time (or producer create time), milliseconds since the epoch.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// A row image: column name to its value as Debezium printed it.
+pub type Row = serde_json::Map<String, serde_json::Value>;
+
+/// The value Debezium puts in columns it could not read (TOASTed, unchanged).
+pub const UNAVAILABLE_VALUE: &str = "__debezium_unavailable_value";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Create,
+    Update,
+    Delete,
+    /// Snapshot read.
+    Read,
+    Truncate,
+    /// Logical decoding message (pg_logical_emit_message): no row.
+    Message,
+}
+
+impl Op {
+    pub fn parse(code: &str) -> Option<Op> {
+        Some(match code {
+            "c" => Op::Create,
+            "u" => Op::Update,
+            "d" => Op::Delete,
+            "r" => Op::Read,
+            "t" => Op::Truncate,
+            "m" => Op::Message,
+            _ => return None,
+        })
+    }
+
+    /// Debezium's one-letter code, also the metric label.
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Create => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+            Op::Read => "r",
+            Op::Truncate => "t",
+            Op::Message => "m",
+        }
+    }
+}
+
+/// Where a change sits in its source's log, encoded so that Lua compares it
+/// exactly: decimal digits of a fixed width per source kind, so string order
+/// is numeric order whatever Redis's collation locale is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Position {
+    /// Names the log the ordinal belongs to, e.g. `pg:shop` or `kafka:topic:3`.
+    pub source: String,
+    pub ordinal: String,
+}
+
+impl Position {
+    /// PostgreSQL through Debezium: `source.sequence` is `[lastCommitLsn, lsn]`.
+    /// LSNs alone are not in commit order across concurrent transactions
+    /// (Debezium emits whole transactions at commit), but the pair is.
+    pub fn postgres(server: &str, last_commit_lsn: u64, lsn: u64) -> Position {
+        Position {
+            source: format!("pg:{server}"),
+            ordinal: format!("{last_commit_lsn:020}{lsn:020}"),
+        }
+    }
+
+    /// PostgreSQL when only the change's LSN is known (flattened records).
+    /// A separate source name, so the two encodings are never compared.
+    pub fn postgres_lsn_only(server: &str, lsn: u64) -> Position {
+        Position {
+            source: format!("pg-lsn:{server}"),
+            ordinal: format!("{lsn:020}"),
+        }
+    }
+
+    /// MySQL: binlog file number, position in it, row within the event.
+    pub fn mysql(server: &str, file_number: u64, pos: u64, row: u64) -> Position {
+        Position {
+            source: format!("mysql:{server}"),
+            ordinal: format!("{file_number:010}{pos:020}{row:010}"),
+        }
+    }
+
+    /// Fallback: the Kafka offset, guarding per topic-partition.
+    pub fn kafka(topic: &str, partition: i32, offset: i64) -> Position {
+        Position {
+            source: format!("kafka:{topic}:{partition}"),
+            ordinal: format!("{:020}", offset.max(0)),
+        }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}@{}",
+            self.source,
+            self.ordinal.trim_start_matches('0')
+        )
+    }
+}
+
+/// A decoded row change, independent of the wire format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeEvent {
+    /// `schema.table` (PostgreSQL) or `database.table` (MySQL).
+    pub table: String,
+    pub op: Op,
+    pub before: Option<Row>,
+    pub after: Option<Row>,
+    /// Primary-key columns from the Kafka message key.
+    pub key: Option<Row>,
+    pub position: Position,
+    /// Source commit time in microseconds since the epoch, when known.
+    pub commit_time_us: Option<i64>,
+}
+
+impl ChangeEvent {
+    /// True when `column` is part of the primary key (present in the message key).
+    pub fn is_key_column(&self, column: &str) -> bool {
+        self.key.as_ref().is_some_and(|k| k.contains_key(column))
+    }
+}
+
+/// What a record turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    Change(ChangeEvent),
+    /// Null value: log compaction marker after a delete. Skipped; offset advances.
+    Tombstone,
+    /// Debezium heartbeat (`__debezium-heartbeat.*`).
+    Heartbeat,
+    /// Transaction BEGIN/END metadata (`<prefix>.transaction`).
+    TransactionMetadata,
+    /// DDL / schema change record.
+    SchemaChange,
+}
+
+impl Decoded {
+    /// Label for the `op` dimension of the events metric.
+    pub fn op_label(&self) -> &'static str {
+        match self {
+            Decoded::Change(ev) => ev.op.code(),
+            Decoded::Tombstone => "tombstone",
+            Decoded::Heartbeat => "heartbeat",
+            Decoded::TransactionMetadata | Decoded::SchemaChange => "other",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_positions_order_by_commit_then_lsn() {
+        // Transaction B (lsn 110) committed before A (lsn 100): A's change
+        // carries B's commit as its last commit and must sort after B's.
+        let b = Position::postgres("shop", 50, 110);
+        let a = Position::postgres("shop", 120, 100);
+        assert!(a.ordinal > b.ordinal);
+        assert_eq!(a.ordinal.len(), b.ordinal.len());
+    }
+
+    #[test]
+    fn fixed_width_keeps_string_order_numeric() {
+        let small = Position::kafka("t", 0, 9);
+        let big = Position::kafka("t", 0, 10);
+        assert!(big.ordinal > small.ordinal);
+        assert_eq!(big.to_string(), "kafka:t:0@10");
+    }
+}

@@ -1,0 +1,548 @@
+//! The relationship graph: which cache keys depend on a changed row.
+//! Templates render from the old and the new image; when the targets of an
+//! event cannot be derived exactly, the entity's namespace is escalated
+//! instead, and without a namespace the event stalls (architecture 4.3).
+
+mod template;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+pub use template::{RenderError, Template, TemplateError};
+
+use crate::event::{ChangeEvent, Op, Row};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Consistency {
+    /// Flushed at once; never coalesced across a linger.
+    Strong,
+    /// May linger to coalesce more changes to the same keys.
+    Eventual,
+}
+
+#[derive(Debug, Clone)]
+pub struct Entity {
+    pub table: String,
+    pub namespace: Option<String>,
+    pub consistency: Consistency,
+    pub max_cache_ttl: Option<Duration>,
+    pub keys: Vec<Template>,
+    pub invalidate_on_snapshot: bool,
+    /// True when the table logs whole old rows (PostgreSQL REPLICA IDENTITY
+    /// FULL, MySQL binlog_row_image=FULL). Otherwise a `before` image holds
+    /// only trustworthy key columns: Debezium fills the others with nulls or
+    /// type defaults (`""`, `0`) that must never become keys.
+    pub full_before_image: bool,
+}
+
+/// What gets bumped: one version record per target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    Key(String),
+    Namespace(String),
+}
+
+impl Target {
+    /// The Redis key of its version record.
+    pub fn record_key(&self, prefix: &str) -> String {
+        match self {
+            Target::Key(key) => format!("{prefix}{key}"),
+            Target::Namespace(name) => format!("{prefix}ns:{name}"),
+        }
+    }
+
+    pub fn kind_label(&self) -> &'static str {
+        match self {
+            Target::Key(_) => "key",
+            Target::Namespace(_) => "namespace",
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Key(key) => write!(f, "key {key}"),
+            Target::Namespace(name) => write!(f, "namespace {name}"),
+        }
+    }
+}
+
+/// Which row image a key was rendered from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Image {
+    Before,
+    After,
+}
+
+impl fmt::Display for Image {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Image::Before => "before",
+            Image::After => "after",
+        })
+    }
+}
+
+/// Why an event's targets could not be derived exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EscalationReason {
+    /// A template needs the old value and the event has no full `before` image.
+    MissingBefore,
+    /// Debezium's TOAST placeholder in a templated column.
+    Toast,
+    /// A value without a canonical key form, or a templated column missing.
+    Unrenderable,
+    /// The record could not be decoded, but its topic names a known table.
+    Undecodable,
+}
+
+impl EscalationReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            EscalationReason::MissingBefore => "missing_before",
+            EscalationReason::Toast => "toast",
+            EscalationReason::Unrenderable => "unrenderable",
+            EscalationReason::Undecodable => "undecodable",
+        }
+    }
+}
+
+/// Why a target is bumped, for `explain` and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Why {
+    Template {
+        template: String,
+        image: Image,
+    },
+    Truncate,
+    Escalation {
+        reason: EscalationReason,
+        detail: String,
+    },
+}
+
+impl fmt::Display for Why {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Why::Template { template, image } => {
+                write!(f, "template {template:?} from the {image} image")
+            }
+            Why::Truncate => write!(f, "truncate of the whole table"),
+            Why::Escalation { reason, detail } => {
+                write!(f, "escalation ({}): {detail}", reason.label())
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DerivedTarget {
+    pub target: Target,
+    pub why: Why,
+}
+
+/// The outcome of mapping one event through the graph.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Derivation {
+    Targets {
+        targets: Vec<DerivedTarget>,
+        /// Set when the namespace was bumped because exact keys could not be derived.
+        escalation: Option<EscalationReason>,
+    },
+    /// Nothing to invalidate, and nothing lost by skipping.
+    Skip(SkipReason),
+    /// An invalidation is needed but cannot be expressed: no namespace to
+    /// escalate to. The partition must not move past this event.
+    Stall {
+        reason: EscalationReason,
+        detail: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// No `[[entity]]` for the table.
+    UnknownTable,
+    /// Snapshot read (`op = r`) and the entity does not ask for them.
+    Snapshot,
+    /// Logical decoding message: no row.
+    Message,
+}
+
+#[derive(Debug, Clone)]
+pub struct Graph {
+    entities: Vec<Entity>,
+    by_table: HashMap<String, usize>,
+}
+
+impl Graph {
+    pub fn new(entities: Vec<Entity>) -> Graph {
+        let by_table = entities
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.table.clone(), i))
+            .collect();
+        Graph { entities, by_table }
+    }
+
+    pub fn entities(&self) -> &[Entity] {
+        &self.entities
+    }
+
+    pub fn entity(&self, table: &str) -> Option<&Entity> {
+        self.by_table.get(table).map(|&i| &self.entities[i])
+    }
+
+    /// Maps one change event to the targets it invalidates.
+    pub fn derive(&self, event: &ChangeEvent) -> Derivation {
+        let Some(entity) = self.entity(&event.table) else {
+            return Derivation::Skip(SkipReason::UnknownTable);
+        };
+        match event.op {
+            Op::Message => return Derivation::Skip(SkipReason::Message),
+            Op::Read if !entity.invalidate_on_snapshot => {
+                return Derivation::Skip(SkipReason::Snapshot)
+            }
+            Op::Truncate => {
+                return match &entity.namespace {
+                    Some(ns) => Derivation::Targets {
+                        targets: vec![DerivedTarget {
+                            target: Target::Namespace(ns.clone()),
+                            why: Why::Truncate,
+                        }],
+                        escalation: None,
+                    },
+                    None => Derivation::Stall {
+                        reason: EscalationReason::MissingBefore,
+                        detail: format!(
+                            "truncate of {} and the entity declares no namespace to bump",
+                            entity.table
+                        ),
+                    },
+                }
+            }
+            _ => {}
+        }
+
+        let mut targets: Vec<DerivedTarget> = Vec::new();
+        let mut problem: Option<(EscalationReason, String)> = None;
+        for template in &entity.keys {
+            for (image, row) in images_for(entity, event, template) {
+                let rendered = match row {
+                    Some(row) => template.render(row),
+                    None => {
+                        problem.get_or_insert((
+                            EscalationReason::MissingBefore,
+                            format!(
+                                "template {:?} needs the old row and the event has no full before image (REPLICA IDENTITY DEFAULT?)",
+                                template.text()
+                            ),
+                        ));
+                        continue;
+                    }
+                };
+                match rendered {
+                    Ok(Some(key)) => {
+                        let target = Target::Key(key);
+                        if !targets.iter().any(|t| t.target == target) {
+                            targets.push(DerivedTarget {
+                                target,
+                                why: Why::Template {
+                                    template: template.text().to_owned(),
+                                    image,
+                                },
+                            });
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let reason = match e {
+                            RenderError::Unavailable { .. } => EscalationReason::Toast,
+                            RenderError::MissingColumn { .. }
+                            | RenderError::Unrenderable { .. } => EscalationReason::Unrenderable,
+                        };
+                        problem.get_or_insert((
+                            reason,
+                            format!("template {:?}, {image} image: {e}", template.text()),
+                        ));
+                    }
+                }
+            }
+        }
+
+        match problem {
+            None => Derivation::Targets {
+                targets,
+                escalation: None,
+            },
+            Some((reason, detail)) => escalate(entity, targets, reason, detail),
+        }
+    }
+}
+
+/// Adds the entity's namespace to what could be rendered exactly; readers
+/// that fold the namespace version into their keys are then covered.
+pub fn escalate(
+    entity: &Entity,
+    mut targets: Vec<DerivedTarget>,
+    reason: EscalationReason,
+    detail: String,
+) -> Derivation {
+    match &entity.namespace {
+        Some(ns) => {
+            targets.push(DerivedTarget {
+                target: Target::Namespace(ns.clone()),
+                why: Why::Escalation { reason, detail },
+            });
+            Derivation::Targets {
+                targets,
+                escalation: Some(reason),
+            }
+        }
+        None => Derivation::Stall {
+            reason,
+            detail: format!(
+                "{detail}; entity {} declares no namespace to escalate to",
+                entity.table
+            ),
+        },
+    }
+}
+
+/// The row images a template renders from for this event. `None` stands for
+/// an old image that is needed but not available.
+fn images_for<'e>(
+    entity: &Entity,
+    event: &'e ChangeEvent,
+    template: &Template,
+) -> Vec<(Image, Option<&'e Row>)> {
+    // Key columns cannot change within one event (a primary-key change
+    // arrives as a delete and a create), so the message key stands in for the
+    // old image of templates that use only key columns.
+    let key_only = template.columns().all(|c| event.is_key_column(c));
+    let old: Option<&'e Row> = match &event.before {
+        Some(before) if key_only || entity.full_before_image => Some(before),
+        _ if key_only => event.key.as_ref().or(event.after.as_ref()),
+        _ => None,
+    };
+    match event.op {
+        Op::Create | Op::Read => vec![(Image::After, event.after.as_ref())],
+        // A key-only template renders the same key from both images.
+        Op::Update if key_only => vec![(Image::After, event.after.as_ref())],
+        Op::Update => vec![(Image::After, event.after.as_ref()), (Image::Before, old)],
+        Op::Delete => vec![(Image::Before, old)],
+        Op::Truncate | Op::Message => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Position, UNAVAILABLE_VALUE};
+    use serde_json::{json, Value};
+
+    fn row(v: Value) -> Option<Row> {
+        Some(v.as_object().unwrap().clone())
+    }
+
+    fn products(namespace: Option<&str>) -> Graph {
+        Graph::new(vec![Entity {
+            table: "public.products".into(),
+            namespace: namespace.map(str::to_owned),
+            consistency: Consistency::Strong,
+            max_cache_ttl: None,
+            keys: vec![
+                Template::parse("product:{id}").unwrap(),
+                Template::parse("category:{category_id}:products").unwrap(),
+            ],
+            invalidate_on_snapshot: false,
+            full_before_image: true,
+        }])
+    }
+
+    fn event(op: Op, before: Option<Row>, after: Option<Row>) -> ChangeEvent {
+        ChangeEvent {
+            table: "public.products".into(),
+            op,
+            before,
+            after,
+            key: row(json!({"id": 1})),
+            position: Position::postgres("shop", 1, 2),
+            commit_time_us: None,
+        }
+    }
+
+    fn keys(d: &Derivation) -> Vec<String> {
+        match d {
+            Derivation::Targets { targets, .. } => {
+                targets.iter().map(|t| t.target.to_string()).collect()
+            }
+            other => panic!("expected targets, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn insert_renders_after() {
+        let d = products(Some("product")).derive(&event(
+            Op::Create,
+            None,
+            row(json!({"id": 1, "category_id": 3})),
+        ));
+        assert_eq!(keys(&d), vec!["key product:1", "key category:3:products"]);
+    }
+
+    #[test]
+    fn move_between_categories_invalidates_both() {
+        let d = products(Some("product")).derive(&event(
+            Op::Update,
+            row(json!({"id": 1, "category_id": 3})),
+            row(json!({"id": 1, "category_id": 7})),
+        ));
+        assert_eq!(
+            keys(&d),
+            vec![
+                "key product:1",
+                "key category:7:products",
+                "key category:3:products"
+            ]
+        );
+    }
+
+    #[test]
+    fn update_without_before_escalates_for_non_key_templates_only() {
+        let d = products(Some("product")).derive(&event(
+            Op::Update,
+            None,
+            row(json!({"id": 1, "category_id": 7})),
+        ));
+        assert_eq!(
+            keys(&d),
+            vec![
+                "key product:1",
+                "key category:7:products",
+                "namespace product"
+            ]
+        );
+        assert!(matches!(
+            d,
+            Derivation::Targets {
+                escalation: Some(EscalationReason::MissingBefore),
+                ..
+            }
+        ));
+
+        let key_only = Graph::new(vec![Entity {
+            keys: vec![Template::parse("product:{id}").unwrap()],
+            ..products(None).entities()[0].clone()
+        }]);
+        let d = key_only.derive(&event(
+            Op::Update,
+            None,
+            row(json!({"id": 1, "category_id": 7})),
+        ));
+        assert_eq!(
+            d,
+            Derivation::Targets {
+                targets: vec![DerivedTarget {
+                    target: Target::Key("product:1".into()),
+                    why: Why::Template {
+                        template: "product:{id}".into(),
+                        image: Image::After
+                    }
+                }],
+                escalation: None
+            }
+        );
+    }
+
+    #[test]
+    fn delete_under_replica_identity_default_escalates() {
+        // Debezium fills non-key NOT NULL columns with type defaults here.
+        let default_identity = Graph::new(vec![Entity {
+            full_before_image: false,
+            ..products(None).entities()[0].clone()
+        }]);
+        let ev = event(Op::Delete, row(json!({"id": 1, "category_id": 0})), None);
+        assert!(matches!(
+            default_identity.derive(&ev),
+            Derivation::Stall {
+                reason: EscalationReason::MissingBefore,
+                ..
+            }
+        ));
+        let with_ns = Graph::new(vec![Entity {
+            namespace: Some("product".into()),
+            ..default_identity.entities()[0].clone()
+        }]);
+        assert_eq!(
+            keys(&with_ns.derive(&ev)),
+            vec!["key product:1", "namespace product"]
+        );
+    }
+
+    #[test]
+    fn delete_with_full_before_is_exact() {
+        let d = products(Some("product")).derive(&event(
+            Op::Delete,
+            row(json!({"id": 1, "category_id": 3})),
+            None,
+        ));
+        assert_eq!(keys(&d), vec!["key product:1", "key category:3:products"]);
+    }
+
+    #[test]
+    fn toast_placeholder_escalates_and_without_namespace_stalls() {
+        let ev = event(
+            Op::Update,
+            row(json!({"id": 1, "category_id": 3})),
+            row(json!({"id": 1, "category_id": UNAVAILABLE_VALUE})),
+        );
+        let d = products(Some("product")).derive(&ev);
+        assert!(matches!(
+            d,
+            Derivation::Targets {
+                escalation: Some(EscalationReason::Toast),
+                ..
+            }
+        ));
+        assert!(matches!(
+            products(None).derive(&ev),
+            Derivation::Stall {
+                reason: EscalationReason::Toast,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn truncate_bumps_namespace_snapshot_and_unknown_tables_skip() {
+        let g = products(Some("product"));
+        assert_eq!(
+            keys(&g.derive(&event(Op::Truncate, None, None))),
+            vec!["namespace product"]
+        );
+        assert_eq!(
+            g.derive(&event(
+                Op::Read,
+                None,
+                row(json!({"id": 1, "category_id": 3}))
+            )),
+            Derivation::Skip(SkipReason::Snapshot)
+        );
+        let mut other = event(Op::Create, None, row(json!({"id": 1})));
+        other.table = "public.other".into();
+        assert_eq!(g.derive(&other), Derivation::Skip(SkipReason::UnknownTable));
+    }
+
+    #[test]
+    fn null_foreign_key_names_no_key() {
+        let d = products(Some("product")).derive(&event(
+            Op::Create,
+            None,
+            row(json!({"id": 1, "category_id": null})),
+        ));
+        assert_eq!(keys(&d), vec!["key product:1"]);
+    }
+}

@@ -1,0 +1,234 @@
+//! Every metric name in one place. Names follow
+//! `cdc_invalidator_<name>_<unit>[_total]`; labels come from small fixed sets
+//! (op codes, outcome words, reasons), never keys or raw error text.
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
+
+pub const EVENTS: &str = "cdc_invalidator_events_total";
+pub const TARGETS_BUMPED: &str = "cdc_invalidator_targets_bumped_total";
+pub const GUARD_NOOPS: &str = "cdc_invalidator_guard_noops_total";
+pub const TARGETS_COALESCED: &str = "cdc_invalidator_targets_coalesced_total";
+pub const MOOT_EVENTS: &str = "cdc_invalidator_moot_events_total";
+pub const ESCALATIONS: &str = "cdc_invalidator_escalations_total";
+pub const DEAD_LETTERS: &str = "cdc_invalidator_dead_letters_total";
+pub const PROPAGATION: &str = "cdc_invalidator_invalidation_propagation_seconds";
+pub const REDIS_APPLY: &str = "cdc_invalidator_redis_apply_seconds";
+pub const BATCH_TARGETS: &str = "cdc_invalidator_batch_targets";
+pub const CONSUMER_LAG: &str = "cdc_invalidator_consumer_lag_records";
+pub const STORED_OFFSET: &str = "cdc_invalidator_stored_offset";
+pub const IN_FLIGHT: &str = "cdc_invalidator_in_flight_records";
+pub const PAUSED_PARTITIONS: &str = "cdc_invalidator_paused_partitions";
+pub const STALLED_PARTITIONS: &str = "cdc_invalidator_stalled_partitions";
+pub const REDIS_ERRORS: &str = "cdc_invalidator_redis_errors_total";
+pub const READY: &str = "cdc_invalidator_ready";
+pub const BUILD_INFO: &str = "cdc_invalidator_build_info";
+
+/// Outcome label of the events metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Produced targets that were sent to Redis.
+    Applied,
+    /// Nothing to do: unknown table, snapshot read, tombstone, heartbeat.
+    Skipped,
+    /// Older than its entity's cache TTL plus the skew margin.
+    Moot,
+    /// Produced a namespace bump because exact keys could not be derived.
+    Escalated,
+    DeadLetter,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Skipped => "skipped",
+            Outcome::Moot => "moot",
+            Outcome::Escalated => "escalated",
+            Outcome::DeadLetter => "dead_letter",
+        }
+    }
+}
+
+/// Installs the Prometheus recorder and describes every metric. Idempotent
+/// per process: tests that install twice get the first handle's recorder.
+pub fn install() -> PrometheusHandle {
+    // Propagation is the seed design's headline SLO (500 ms): resolve well
+    // below and above it.
+    let latency_buckets = [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ];
+    let batch_buckets = [
+        1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(PROPAGATION.into()), &latency_buckets)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(REDIS_APPLY.into()), &latency_buckets))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_TARGETS.into()), &batch_buckets))
+        .expect("bucket lists are non-empty")
+        // Gauges not set for this long disappear: that is how the series of a
+        // revoked partition go away (the pipeline refreshes live gauges every tick).
+        .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE_TIMEOUT))
+        .install_recorder()
+        .expect("the metrics recorder is installed once per process");
+    describe();
+    refresh_build_info();
+    handle
+}
+
+/// How long a gauge lives without updates; the pipeline ticks far more often.
+pub const GAUGE_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+pub fn refresh_build_info() {
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+fn describe() {
+    describe_counter!(
+        EVENTS,
+        "Records consumed, by Debezium op and what became of them."
+    );
+    describe_counter!(
+        TARGETS_BUMPED,
+        "Version records bumped in Redis, by target kind (key or namespace)."
+    );
+    describe_counter!(
+        GUARD_NOOPS,
+        "Bumps the Redis guard refused because the record had seen that position or a later one."
+    );
+    describe_counter!(
+        TARGETS_COALESCED,
+        "Targets merged into another bump of the same batch."
+    );
+    describe_counter!(
+        MOOT_EVENTS,
+        "Events dropped because older than their entity's max_cache_ttl plus the skew margin."
+    );
+    describe_counter!(
+        ESCALATIONS,
+        "Events escalated to a namespace bump, by reason."
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        "Records written as dead letters, by stage and error kind."
+    );
+    describe_histogram!(
+        PROPAGATION,
+        Unit::Seconds,
+        "Source commit time to Redis acknowledgement of the bump."
+    );
+    describe_histogram!(
+        REDIS_APPLY,
+        Unit::Seconds,
+        "Duration of one pipelined apply round trip to Redis."
+    );
+    describe_histogram!(
+        BATCH_TARGETS,
+        Unit::Count,
+        "Targets per applied batch, after coalescing."
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        Unit::Count,
+        "High watermark minus the next offset to consume, per assigned partition."
+    );
+    describe_gauge!(
+        STORED_OFFSET,
+        Unit::Count,
+        "Last offset stored for commit, per assigned partition."
+    );
+    describe_gauge!(
+        IN_FLIGHT,
+        Unit::Count,
+        "Records consumed but not yet acknowledged."
+    );
+    describe_gauge!(
+        PAUSED_PARTITIONS,
+        Unit::Count,
+        "Partitions paused for backpressure or a Redis outage."
+    );
+    describe_gauge!(
+        STALLED_PARTITIONS,
+        Unit::Count,
+        "Partitions stopped at an invalidation that could not be applied or escalated."
+    );
+    describe_counter!(REDIS_ERRORS, "Failed Redis apply attempts, by error kind.");
+    describe_gauge!(
+        READY,
+        "1 when connected, assigned and not stalled; 0 otherwise."
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
+}
+
+pub fn event(op: &'static str, outcome: Outcome) {
+    counter!(EVENTS, "op" => op, "outcome" => outcome.label()).increment(1);
+}
+
+pub fn escalation(reason: &'static str) {
+    counter!(ESCALATIONS, "reason" => reason).increment(1);
+}
+
+pub fn targets(kind: &'static str, applied: bool, count: u64) {
+    let name = if applied { TARGETS_BUMPED } else { GUARD_NOOPS };
+    counter!(name, "kind" => kind).increment(count);
+}
+
+pub fn coalesced(count: u64) {
+    counter!(TARGETS_COALESCED).increment(count);
+}
+
+pub fn moot() {
+    counter!(MOOT_EVENTS).increment(1);
+}
+
+pub fn propagation(seconds: f64) {
+    histogram!(PROPAGATION).record(seconds);
+}
+
+pub fn redis_apply(seconds: f64, targets: usize) {
+    histogram!(REDIS_APPLY).record(seconds);
+    histogram!(BATCH_TARGETS).record(targets as f64);
+}
+
+pub fn redis_error(kind: &'static str) {
+    counter!(REDIS_ERRORS, "kind" => kind).increment(1);
+}
+
+pub fn partition_offsets(topic: &str, partition: i32, stored: i64, lag: Option<i64>) {
+    let labels = [
+        ("topic", topic.to_owned()),
+        ("partition", partition.to_string()),
+    ];
+    gauge!(STORED_OFFSET, &labels).set(stored as f64);
+    if let Some(lag) = lag {
+        gauge!(CONSUMER_LAG, &labels).set(lag.max(0) as f64);
+    }
+}
+
+/// Sets a partition's lag alone (from the statistics callback).
+pub fn partition_lag(topic: &str, partition: i32, lag: i64) {
+    let labels = [
+        ("topic", topic.to_owned()),
+        ("partition", partition.to_string()),
+    ];
+    gauge!(CONSUMER_LAG, &labels).set(lag.max(0) as f64);
+}
+
+pub fn in_flight(records: usize) {
+    gauge!(IN_FLIGHT).set(records as f64);
+}
+
+pub fn paused_partitions(count: usize) {
+    gauge!(PAUSED_PARTITIONS).set(count as f64);
+}
+
+pub fn stalled_partitions(count: usize) {
+    gauge!(STALLED_PARTITIONS).set(count as f64);
+}
+
+pub fn ready(is_ready: bool) {
+    gauge!(READY).set(if is_ready { 1.0 } else { 0.0 });
+}

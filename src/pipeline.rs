@@ -1,0 +1,669 @@
+//! The daemon's main path on one screen:
+//! consume -> decode -> graph -> plan (coalesce) -> apply (Redis) -> store offsets.
+//!
+//! One task owns the consumer, the batch and the sink, so the order of
+//! events is plain to see: a batch is applied and acknowledged before its
+//! offsets are stored, and a partition never stores past a record whose
+//! invalidation could not be applied or escalated.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer as _};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{Stall, Status};
+use crate::config::{PlanSettings, Settings};
+use crate::decode::{decode, table_from_topic};
+use crate::event::{Decoded, KafkaRecord, Position};
+use crate::graph::{escalate, Consistency, Derivation, EscalationReason, Graph, Target};
+use crate::metrics::{self, Outcome};
+use crate::plan::{is_moot, Bump, Plan};
+use crate::sink::{RedisSink, SinkError};
+use crate::source::{self, Consumer, PartitionId, RebalanceEvent};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot create the kafka consumer: {0}")]
+    Consumer(#[source] rdkafka::error::KafkaError),
+    #[error("cannot subscribe to {patterns:?}: {source}")]
+    Subscribe {
+        patterns: Vec<String>,
+        source: rdkafka::error::KafkaError,
+    },
+}
+
+/// What one record asks of the pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Routed {
+    /// Nothing to invalidate (tombstone, heartbeat, unknown table, snapshot).
+    Skip,
+    /// Provably moot: older than the entity's cache TTL plus the skew margin.
+    Moot,
+    Bump {
+        targets: Vec<Target>,
+        position: Position,
+        commit_time_us: Option<i64>,
+        consistency: Consistency,
+        escalation: Option<EscalationReason>,
+    },
+    /// Cannot be applied or escalated: stop the partition here.
+    Stall {
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+/// Decode and graph for one record; pure, so `explain` and tests share it.
+pub fn route(
+    graph: &Graph,
+    plan: &PlanSettings,
+    record: &KafkaRecord,
+    now_us: i64,
+) -> (&'static str, Routed) {
+    let event = match decode(record) {
+        Ok(Decoded::Change(event)) => event,
+        Ok(other) => return (other.op_label(), Routed::Skip),
+        Err(error) => {
+            // The record says nothing trustworthy, but its topic may name the
+            // table: then the whole entity is invalidated instead.
+            let entity = table_from_topic(&record.topic).and_then(|t| graph.entity(&t));
+            let detail = format!("undecodable record ({error})");
+            return match entity {
+                Some(entity) => {
+                    match escalate(entity, Vec::new(), EscalationReason::Undecodable, detail) {
+                        Derivation::Targets {
+                            targets,
+                            escalation,
+                        } => (
+                            "other",
+                            Routed::Bump {
+                                targets: targets.into_iter().map(|t| t.target).collect(),
+                                position: Position::kafka(
+                                    &record.topic,
+                                    record.partition,
+                                    record.offset,
+                                ),
+                                commit_time_us: None,
+                                consistency: entity.consistency,
+                                escalation,
+                            },
+                        ),
+                        Derivation::Stall { reason, detail } => (
+                            "other",
+                            Routed::Stall {
+                                reason: reason.label(),
+                                detail,
+                            },
+                        ),
+                        Derivation::Skip(_) => unreachable!("escalate never skips"),
+                    }
+                }
+                None => (
+                    "other",
+                    Routed::Stall {
+                        reason: error.kind.label(),
+                        detail,
+                    },
+                ),
+            };
+        }
+    };
+    let op = event.op.code();
+    let Some(entity) = graph.entity(&event.table) else {
+        return (op, Routed::Skip);
+    };
+    if is_moot(
+        event.commit_time_us,
+        now_us,
+        entity.max_cache_ttl,
+        plan.clock_skew_margin,
+    ) {
+        return (op, Routed::Moot);
+    }
+    match graph.derive(&event) {
+        Derivation::Skip(_) => (op, Routed::Skip),
+        Derivation::Stall { reason, detail } => (
+            op,
+            Routed::Stall {
+                reason: reason.label(),
+                detail,
+            },
+        ),
+        Derivation::Targets {
+            targets,
+            escalation,
+        } => (
+            op,
+            Routed::Bump {
+                targets: targets.into_iter().map(|t| t.target).collect(),
+                position: event.position,
+                commit_time_us: event.commit_time_us,
+                consistency: entity.consistency,
+                escalation,
+            },
+        ),
+    }
+}
+
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Default)]
+struct PartitionState {
+    /// The next offset to take into a batch: one past the last record taken.
+    next_offset: Option<i64>,
+    stalled: bool,
+}
+
+/// Records taken since the last flush, and what they ask of Redis.
+#[derive(Default)]
+struct Batch {
+    plan: Plan,
+    /// Per partition, the highest offset whose work is in this batch.
+    done: HashMap<PartitionId, i64>,
+    records: usize,
+    flush_at: Option<Instant>,
+}
+
+impl Batch {
+    fn take_until(&mut self, at: Instant) {
+        self.flush_at = Some(self.flush_at.map_or(at, |t| t.min(at)));
+    }
+}
+
+// The loop wakes at least this often to refresh gauges and readiness.
+const TICK: Duration = Duration::from_secs(1);
+// First retry delay after a failed Redis apply; doubles up to max_retry_backoff.
+const FIRST_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+// How long a shutdown may spend on its final apply and commit.
+pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct Pipeline {
+    settings: Arc<Settings>,
+    consumer: Consumer,
+    sink: RedisSink,
+    status: Arc<Status>,
+    partitions: HashMap<PartitionId, PartitionState>,
+    /// Set while Redis is unreachable: every partition is paused.
+    paused_for_outage: bool,
+}
+
+impl Pipeline {
+    pub fn new(
+        settings: Arc<Settings>,
+        sink: RedisSink,
+        status: Arc<Status>,
+    ) -> Result<Pipeline, RunError> {
+        let consumer = source::consumer(&settings.source).map_err(RunError::Consumer)?;
+        let patterns = settings.source.subscription.patterns();
+        let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&refs)
+            .map_err(|source| RunError::Subscribe {
+                patterns: patterns.clone(),
+                source,
+            })?;
+        status.redis_ok();
+        Ok(Pipeline {
+            settings,
+            consumer,
+            sink,
+            status,
+            partitions: HashMap::new(),
+            paused_for_outage: false,
+        })
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut batch = Batch::default();
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let now = Instant::now();
+            let wake = batch.flush_at.unwrap_or(next_tick).min(next_tick);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                received = tokio::time::timeout(wake.saturating_duration_since(now), self.consumer.recv()) => {
+                    let record = match received {
+                        Ok(Ok(message)) => Some(source::to_record(&message)),
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "kafka consumer error");
+                            None
+                        }
+                        Err(_elapsed) => None,
+                    };
+                    self.handle_rebalances(&mut batch);
+                    if let Some(record) = record {
+                        self.take(record, &mut batch);
+                    }
+                }
+            }
+            let now = Instant::now();
+            if batch.records >= self.settings.plan.max_batch_records
+                || batch.flush_at.is_some_and(|t| t <= now)
+            {
+                if self.flush(&mut batch, &shutdown).await.is_err() {
+                    break;
+                }
+            }
+            if now >= next_tick {
+                self.tick(&batch);
+                next_tick = now + TICK;
+            }
+        }
+        self.shut_down(batch).await;
+    }
+
+    /// Routes one record into the batch, or stalls its partition.
+    fn take(&mut self, record: KafkaRecord, batch: &mut Batch) {
+        let partition: PartitionId = (record.topic.clone(), record.partition);
+        let state = self.partitions.entry(partition.clone()).or_default();
+        if state.stalled || self.paused_for_outage {
+            // Fetched before the pause took effect; it is fetched again after a
+            // restart (stall) or the seek on resume (outage).
+            return;
+        }
+        state.next_offset = Some(record.offset + 1);
+        let (op, routed) = route(&self.settings.graph, &self.settings.plan, &record, now_us());
+        match routed {
+            Routed::Skip => metrics::event(op, Outcome::Skipped),
+            Routed::Moot => {
+                metrics::event(op, Outcome::Moot);
+                metrics::moot();
+            }
+            Routed::Bump {
+                targets,
+                position,
+                commit_time_us,
+                consistency,
+                escalation,
+            } => {
+                for target in targets {
+                    batch.plan.add(target, &position, commit_time_us);
+                }
+                match escalation {
+                    Some(reason) => {
+                        metrics::event(op, Outcome::Escalated);
+                        metrics::escalation(reason.label());
+                        tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset,
+                            reason = reason.label(), "escalated to the namespace: exact keys could not be derived");
+                    }
+                    None => metrics::event(op, Outcome::Applied),
+                }
+                let linger = match consistency {
+                    Consistency::Strong => Duration::ZERO,
+                    Consistency::Eventual => self.settings.plan.eventual_linger,
+                };
+                batch.take_until(Instant::now() + linger);
+            }
+            Routed::Stall { reason, detail } => {
+                state.stalled = true;
+                state.next_offset = Some(record.offset);
+                tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, reason, %detail,
+                    "partition stalled: this invalidation cannot be applied or escalated; nothing past it will be committed");
+                self.pause(std::slice::from_ref(&partition));
+                self.status.stall(
+                    format!("{}/{}", record.topic, record.partition),
+                    Stall {
+                        offset: record.offset,
+                        reason,
+                        detail,
+                    },
+                );
+                return;
+            }
+        }
+        batch.done.insert(partition, record.offset);
+        batch.records += 1;
+        if batch.flush_at.is_none() {
+            // Skipped records still need their offsets stored soon.
+            batch.take_until(Instant::now() + self.settings.plan.eventual_linger);
+        }
+    }
+
+    /// Applies the batch, retrying while Redis is unreachable, then stores offsets.
+    async fn flush(
+        &mut self,
+        batch: &mut Batch,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        let taken = std::mem::take(batch);
+        metrics::coalesced(taken.plan.coalesced());
+        let bumps = taken.plan.into_bumps();
+        let mut backoff = FIRST_RETRY_BACKOFF;
+        while !bumps.is_empty() {
+            let started = Instant::now();
+            match self.sink.apply(&bumps).await {
+                Ok(results) => {
+                    metrics::redis_apply(started.elapsed().as_secs_f64(), bumps.len());
+                    record_results(&bumps, &results);
+                    self.status.redis_ok();
+                    break;
+                }
+                Err(error) => {
+                    self.redis_outage(&error);
+                    if self.wait_polling(backoff, shutdown).await.is_err() {
+                        tracing::warn!(targets = bumps.len(), "shutdown during a redis outage: the unapplied batch is left to the next run (nothing committed past it)");
+                        return Err(Abandoned);
+                    }
+                    backoff = (backoff * 2).min(self.settings.redis.max_retry_backoff);
+                }
+            }
+        }
+        if self.paused_for_outage {
+            self.resume_after_outage();
+        }
+        self.store_offsets(&taken.done);
+        Ok(())
+    }
+
+    fn redis_outage(&mut self, error: &SinkError) {
+        metrics::redis_error(error.kind_label());
+        self.status.redis_failed(error.to_string());
+        if !self.paused_for_outage {
+            tracing::warn!(error = %error, "redis apply failed; pausing consumption and retrying (nothing is committed meanwhile)");
+            self.paused_for_outage = true;
+            let all: Vec<PartitionId> = self.partitions.keys().cloned().collect();
+            self.pause(&all);
+        } else {
+            tracing::debug!(error = %error, "redis apply failed again");
+        }
+    }
+
+    /// Sleeps while keeping the consumer polled, so the group keeps us and
+    /// rebalances are served; records that still arrive are dropped and
+    /// fetched again by the seek on resume.
+    async fn wait_polling(
+        &mut self,
+        delay: Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        let deadline = tokio::time::sleep(delay);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Err(Abandoned),
+                _ = &mut deadline => return Ok(()),
+                received = self.consumer.recv() => {
+                    if let Ok(message) = received {
+                        let partition = (rdkafka::Message::topic(&message).to_owned(), rdkafka::Message::partition(&message));
+                        let offset = rdkafka::Message::offset(&message);
+                        let state = self.partitions.entry(partition).or_default();
+                        state.next_offset.get_or_insert(offset);
+                    }
+                    let mut ignored = Batch::default();
+                    self.handle_rebalances(&mut ignored);
+                }
+            }
+        }
+    }
+
+    fn resume_after_outage(&mut self) {
+        self.paused_for_outage = false;
+        let mut resume = TopicPartitionList::new();
+        for ((topic, partition), state) in &self.partitions {
+            if !state.stalled {
+                resume.add_partition(topic, *partition);
+            }
+        }
+        if let Err(e) = self.consumer.resume(&resume) {
+            tracing::warn!(error = %e, "resume after the redis outage failed");
+        }
+        for ((topic, partition), state) in &self.partitions {
+            if let (false, Some(offset)) = (state.stalled, state.next_offset) {
+                if let Err(e) = self.consumer.seek(
+                    topic,
+                    *partition,
+                    Offset::Offset(offset),
+                    Duration::from_secs(5),
+                ) {
+                    tracing::warn!(%topic, partition, offset, error = %e, "seek after the redis outage failed");
+                }
+            }
+        }
+        metrics::paused_partitions(self.partitions.values().filter(|s| s.stalled).count());
+        tracing::info!("redis reachable again; consumption resumed");
+    }
+
+    fn pause(&self, partitions: &[PartitionId]) {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            tpl.add_partition(topic, *partition);
+        }
+        if let Err(e) = self.consumer.pause(&tpl) {
+            tracing::warn!(error = %e, "pausing partitions failed");
+        }
+        let paused = self.partitions.values().filter(|s| s.stalled).count();
+        metrics::paused_partitions(if self.paused_for_outage {
+            self.partitions.len()
+        } else {
+            paused
+        });
+    }
+
+    fn store_offsets(&self, done: &HashMap<PartitionId, i64>) {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in done {
+            // A partition revoked since it was taken is someone else's now;
+            // its new owner resumes from the last commit, which is safe.
+            if !self.partitions.contains_key(&(topic.clone(), *partition)) {
+                continue;
+            }
+            if tpl
+                .add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
+                .is_ok()
+            {
+                metrics::partition_offsets(topic, *partition, offset + 1, None);
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.store_offsets(&tpl) {
+                tracing::warn!(error = %e, "storing offsets failed; they are stored again after the next batch");
+            }
+        }
+    }
+
+    fn handle_rebalances(&mut self, batch: &mut Batch) {
+        for event in self.consumer.context().drain_events() {
+            match event {
+                RebalanceEvent::Revoked(partitions) => {
+                    for p in partitions {
+                        // Work already taken stays in the plan (a bump is
+                        // harmless to repeat) but its offsets are abandoned.
+                        batch.done.remove(&p);
+                        self.partitions.remove(&p);
+                        self.status.unstall(&format!("{}/{}", p.0, p.1));
+                    }
+                }
+                RebalanceEvent::Assigned(partitions) => {
+                    for p in &partitions {
+                        self.partitions.insert(p.clone(), PartitionState::default());
+                    }
+                    if self.paused_for_outage {
+                        self.pause(&partitions);
+                    }
+                }
+            }
+        }
+        self.status.set_assigned(self.partitions.len());
+    }
+
+    fn tick(&self, batch: &Batch) {
+        metrics::in_flight(batch.records);
+        metrics::refresh_build_info();
+        self.status.readiness();
+    }
+
+    async fn shut_down(mut self, mut batch: Batch) {
+        tracing::info!(records = batch.records, "stopping: draining the last batch");
+        let drained = tokio::time::timeout(SHUTDOWN_DRAIN_TIMEOUT, async {
+            // A fresh token: the drain gets one bounded attempt, not the
+            // cancelled one that would abandon at the first error.
+            let once = CancellationToken::new();
+            let cancel_soon = once.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(SHUTDOWN_DRAIN_TIMEOUT / 2).await;
+                cancel_soon.cancel();
+            });
+            self.flush(&mut batch, &once).await
+        })
+        .await;
+        if !matches!(drained, Ok(Ok(()))) {
+            tracing::warn!("final batch not applied; its offsets are not committed");
+        }
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => tracing::info!("final offsets committed"),
+            // Nothing stored since the last commit is reported as an error by librdkafka.
+            Err(e) => tracing::info!(result = %e, "final commit"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Abandoned;
+
+fn record_results(bumps: &[Bump], results: &[crate::sink::BumpResult]) {
+    let now = now_us();
+    let mut counts: HashMap<(&'static str, bool), u64> = HashMap::new();
+    for (bump, result) in bumps.iter().zip(results) {
+        *counts
+            .entry((bump.target.kind_label(), result.applied))
+            .or_default() += 1;
+        if result.applied {
+            if let Some(commit) = bump.commit_time_us {
+                metrics::propagation((now - commit).max(0) as f64 / 1e6);
+            }
+        }
+    }
+    for ((kind, applied), count) in counts {
+        metrics::targets(kind, applied, count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use serde_json::json;
+
+    fn settings() -> Settings {
+        let text = r#"
+[source]
+brokers = "127.0.0.1:9092"
+group_id = "g"
+topics = ["shop.public.products"]
+[redis]
+url = "redis://127.0.0.1:6379"
+version_ttl = "1h"
+[[entity]]
+table = "public.products"
+namespace = "product"
+consistency = "strong"
+max_cache_ttl = "10m"
+keys = ["product:{id}"]
+[[entity]]
+table = "public.plain"
+keys = ["plain:{id}"]
+"#;
+        config::parse("t.toml", text, &|_| None).unwrap()
+    }
+
+    fn record(topic: &str, value: &[u8]) -> KafkaRecord {
+        KafkaRecord {
+            topic: topic.into(),
+            partition: 0,
+            offset: 9,
+            key: None,
+            value: Some(value.to_vec()),
+            timestamp_ms: None,
+        }
+    }
+
+    #[test]
+    fn undecodable_record_of_known_table_escalates_to_namespace() {
+        let s = settings();
+        let (_, routed) = route(
+            &s.graph,
+            &s.plan,
+            &record("shop.public.products", b"{oops"),
+            now_us(),
+        );
+        match routed {
+            Routed::Bump {
+                targets,
+                position,
+                escalation,
+                ..
+            } => {
+                assert_eq!(targets, vec![Target::Namespace("product".into())]);
+                assert_eq!(position, Position::kafka("shop.public.products", 0, 9));
+                assert_eq!(escalation, Some(EscalationReason::Undecodable));
+            }
+            other => panic!("expected an escalation, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn undecodable_record_without_namespace_stalls() {
+        let s = settings();
+        let (_, routed) = route(
+            &s.graph,
+            &s.plan,
+            &record("shop.public.plain", b"{oops"),
+            now_us(),
+        );
+        assert!(
+            matches!(
+                routed,
+                Routed::Stall {
+                    reason: "undecodable",
+                    ..
+                }
+            ),
+            "{routed:?}"
+        );
+        let (_, routed) = route(&s.graph, &s.plan, &record("elsewhere", b"{oops"), now_us());
+        assert!(
+            matches!(
+                routed,
+                Routed::Stall {
+                    reason: "malformed",
+                    ..
+                }
+            ),
+            "{routed:?}"
+        );
+    }
+
+    #[test]
+    fn old_events_are_moot_recent_ones_bump() {
+        let s = settings();
+        let value = |ts_us: i64| {
+            serde_json::to_vec(&json!({"op": "u", "after": {"id": 1}, "source": {"connector": "postgresql", "name": "shop",
+                "schema": "public", "table": "products", "lsn": 5, "ts_us": ts_us}})).unwrap()
+        };
+        let now = now_us();
+        let (op, routed) = route(
+            &s.graph,
+            &s.plan,
+            &record("shop.public.products", &value(now - 11 * 60 * 1_000_000)),
+            now,
+        );
+        assert_eq!((op, routed), ("u", Routed::Moot));
+        let (_, routed) = route(
+            &s.graph,
+            &s.plan,
+            &record("shop.public.products", &value(now - 1_000_000)),
+            now,
+        );
+        assert!(matches!(routed, Routed::Bump { .. }), "{routed:?}");
+    }
+}

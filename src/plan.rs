@@ -1,0 +1,123 @@
+//! Batching and coalescing: many events, one bump per (target, source) at
+//! the highest position seen, plus the staleness rule for moot events.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::event::Position;
+use crate::graph::Target;
+
+/// One guarded bump to apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bump {
+    pub target: Target,
+    pub position: Position,
+    /// The earliest commit time among the coalesced changes: propagation is
+    /// measured for the change that waited longest.
+    pub commit_time_us: Option<i64>,
+}
+
+/// Coalesces targets within a batch.
+#[derive(Debug, Default)]
+pub struct Plan {
+    bumps: HashMap<(Target, String), Bump>,
+    added: u64,
+}
+
+impl Plan {
+    pub fn add(&mut self, target: Target, position: &Position, commit_time_us: Option<i64>) {
+        self.added += 1;
+        let slot = (target, position.source.clone());
+        match self.bumps.get_mut(&slot) {
+            Some(bump) => {
+                if position.ordinal > bump.position.ordinal {
+                    bump.position.ordinal.clone_from(&position.ordinal);
+                }
+                bump.commit_time_us = match (bump.commit_time_us, commit_time_us) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            None => {
+                let target = slot.0.clone();
+                self.bumps.insert(
+                    slot,
+                    Bump {
+                        target,
+                        position: position.clone(),
+                        commit_time_us,
+                    },
+                );
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bumps.is_empty()
+    }
+
+    /// Targets added that merged into an existing bump.
+    pub fn coalesced(&self) -> u64 {
+        self.added - self.bumps.len() as u64
+    }
+
+    pub fn into_bumps(self) -> Vec<Bump> {
+        let mut bumps: Vec<Bump> = self.bumps.into_values().collect();
+        // Deterministic order makes logs and tests readable.
+        bumps.sort_by(|a, b| (&a.target, &a.position).cmp(&(&b.target, &b.position)));
+        bumps
+    }
+}
+
+/// An event is moot when every cache entry written before it has expired on
+/// its own: its age exceeds the entity's longest cache TTL plus the skew margin.
+pub fn is_moot(
+    commit_time_us: Option<i64>,
+    now_us: i64,
+    max_cache_ttl: Option<Duration>,
+    skew_margin: Duration,
+) -> bool {
+    match (commit_time_us, max_cache_ttl) {
+        (Some(commit), Some(ttl)) => {
+            let age_us = now_us.saturating_sub(commit);
+            age_us > (ttl + skew_margin).as_micros() as i64
+        }
+        // Without a commit time or a declared TTL nothing is provably moot.
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coalesces_per_target_and_source_keeping_highest_position() {
+        let mut plan = Plan::default();
+        let key = Target::Key("product:1".into());
+        plan.add(key.clone(), &Position::postgres("shop", 1, 10), Some(500));
+        plan.add(key.clone(), &Position::postgres("shop", 5, 50), Some(400));
+        plan.add(key.clone(), &Position::postgres("shop", 2, 20), None);
+        plan.add(key.clone(), &Position::kafka("t", 0, 3), None);
+        assert_eq!(plan.coalesced(), 2);
+        let bumps = plan.into_bumps();
+        assert_eq!(bumps.len(), 2);
+        let pg = bumps
+            .iter()
+            .find(|b| b.position.source == "pg:shop")
+            .unwrap();
+        assert_eq!(pg.position, Position::postgres("shop", 5, 50));
+        assert_eq!(pg.commit_time_us, Some(400));
+    }
+
+    #[test]
+    fn moot_only_past_ttl_plus_margin() {
+        let ttl = Some(Duration::from_secs(600));
+        let margin = Duration::from_secs(30);
+        let now = 10_000_000_000;
+        assert!(!is_moot(Some(now - 629_000_000), now, ttl, margin));
+        assert!(is_moot(Some(now - 631_000_000), now, ttl, margin));
+        assert!(!is_moot(None, now, ttl, margin));
+        assert!(!is_moot(Some(0), now, None, margin));
+    }
+}

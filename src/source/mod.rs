@@ -1,0 +1,153 @@
+//! The Kafka edge: the consumer, its forced settings (each with its reason),
+//! the rebalance bridge and the conversion to owned [`KafkaRecord`]s.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientContext;
+
+use crate::config::SourceSettings;
+use crate::event::KafkaRecord;
+
+pub type PartitionId = (String, i32);
+
+/// A rebalance, as seen by the pipeline after the poll that triggered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebalanceEvent {
+    Assigned(Vec<PartitionId>),
+    Revoked(Vec<PartitionId>),
+}
+
+/// librdkafka calls into this from inside the pipeline's own poll, so the
+/// events wait in a queue the pipeline drains right after each poll; a
+/// revoked partition's pending offsets are dropped before its next record.
+#[derive(Default)]
+pub struct SourceContext {
+    events: Mutex<Vec<RebalanceEvent>>,
+    /// Partitions revoked since the last drain: their offsets must not be
+    /// stored any more, even by a flush that is already running.
+    revoked: Mutex<HashSet<PartitionId>>,
+}
+
+impl SourceContext {
+    pub fn drain_events(&self) -> Vec<RebalanceEvent> {
+        std::mem::take(&mut *self.events.lock().expect("rebalance queue lock"))
+    }
+
+    pub fn was_revoked(&self, partition: &PartitionId) -> bool {
+        self.revoked
+            .lock()
+            .expect("revoked lock")
+            .contains(partition)
+    }
+
+    pub fn clear_revoked(&self, partition: &PartitionId) {
+        self.revoked.lock().expect("revoked lock").remove(partition);
+    }
+}
+
+fn partitions(tpl: &rdkafka::TopicPartitionList) -> Vec<PartitionId> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (id, p) in &t.partitions {
+                // -1 is librdkafka's internal UA partition; lag -1 means unknown.
+                if *id >= 0 && p.consumer_lag >= 0 && p.fetch_state == "active" {
+                    crate::metrics::partition_lag(topic, *id, p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let revoked = partitions(tpl);
+            tracing::info!(partitions = ?revoked, "partitions revoked");
+            self.revoked
+                .lock()
+                .expect("revoked lock")
+                .extend(revoked.iter().cloned());
+            self.events
+                .lock()
+                .expect("rebalance queue lock")
+                .push(RebalanceEvent::Revoked(revoked));
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let assigned = partitions(tpl);
+                tracing::info!(partitions = ?assigned, "partitions assigned");
+                let mut revoked = self.revoked.lock().expect("revoked lock");
+                for p in &assigned {
+                    revoked.remove(p);
+                }
+                self.events
+                    .lock()
+                    .expect("rebalance queue lock")
+                    .push(RebalanceEvent::Assigned(assigned));
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+pub type Consumer = StreamConsumer<SourceContext>;
+
+/// Builds the consumer. User passthrough settings go first so that the
+/// settings the delivery promise depends on always win.
+pub fn consumer(settings: &SourceSettings) -> Result<Consumer, rdkafka::error::KafkaError> {
+    let mut config = ClientConfig::new();
+    // Sensible defaults a user may override through [source.librdkafka].
+    config
+        // A new group starts at the oldest retained change: changes made
+        // before the daemon first ran may still be cached.
+        .set("auto.offset.reset", "earliest")
+        // Commit stored offsets every second: a crash replays at most about a
+        // second of work, which the guard turns into no-ops.
+        .set("auto.commit.interval.ms", "1000")
+        // Per-partition lag for metrics comes from the statistics callback.
+        .set("statistics.interval.ms", "5000");
+    for (name, value) in &settings.librdkafka {
+        config.set(name, value);
+    }
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("group.id", &settings.group_id)
+        // At-least-once: offsets are stored only after Redis acknowledged
+        // every target of the record and of all earlier records of its
+        // partition; librdkafka then commits what was stored.
+        .set("enable.auto.offset.store", "false")
+        .set("enable.auto.commit", "true")
+        // Replicas share partitions without stop-the-world rebalances.
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.partition.eof", "false")
+        .set_log_level(RDKafkaLogLevel::Warning);
+    config.create_with_context(SourceContext::default())
+}
+
+/// Copies a borrowed message out at the edge.
+pub fn to_record(message: &BorrowedMessage<'_>) -> KafkaRecord {
+    KafkaRecord {
+        topic: message.topic().to_owned(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec),
+        timestamp_ms: message.timestamp().to_millis(),
+    }
+}
