@@ -185,6 +185,6 @@ mod tests {
         let small = Position::kafka("t", 0, 9);
         let big = Position::kafka("t", 0, 10);
         assert!(big.ordinal > small.ordinal);
-        assert_eq!(big.to_string(), "kafka:t:0@10");
+        assert_eq!(big.to_string(), "kafka:t:0@00000000000000000010");
     }
 }
