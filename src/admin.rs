@@ -100,7 +100,9 @@ impl Status {
                 ));
             }
             let ready = reasons.is_empty();
+            // Set on every call (each pipeline tick): gauges left alone expire.
             crate::metrics::ready(ready);
+            crate::metrics::stalled_partitions(s.stalls.len());
             Readiness {
                 ready,
                 reasons,

@@ -429,7 +429,7 @@ impl Pipeline {
                 }
             }
         }
-        metrics::paused_partitions(self.partitions.values().filter(|s| s.stalled).count());
+        self.refresh_paused_gauge();
         tracing::info!("redis reachable again; consumption resumed");
     }
 
@@ -441,12 +441,16 @@ impl Pipeline {
         if let Err(e) = self.consumer.pause(&tpl) {
             tracing::warn!(error = %e, "pausing partitions failed");
         }
-        let paused = self.partitions.values().filter(|s| s.stalled).count();
-        metrics::paused_partitions(if self.paused_for_outage {
+        self.refresh_paused_gauge();
+    }
+
+    fn refresh_paused_gauge(&self) {
+        let paused = if self.paused_for_outage {
             self.partitions.len()
         } else {
-            paused
-        });
+            self.partitions.values().filter(|s| s.stalled).count()
+        };
+        metrics::paused_partitions(paused);
     }
 
     fn store_offsets(&self, done: &HashMap<PartitionId, i64>) {
@@ -498,6 +502,7 @@ impl Pipeline {
 
     fn tick(&self, batch: &Batch) {
         metrics::in_flight(batch.records);
+        self.refresh_paused_gauge();
         metrics::refresh_build_info();
         self.status.readiness();
     }

@@ -22,31 +22,70 @@ async fn sink(prefix: &str, ttl: Duration) -> RedisSink {
 }
 
 fn bump(key: &str, position: Position) -> Bump {
-    Bump { target: Target::Key(key.to_owned()), position, commit_time_us: None }
+    Bump {
+        target: Target::Key(key.to_owned()),
+        position,
+        commit_time_us: None,
+    }
 }
 
 #[tokio::test]
 async fn redelivery_and_older_positions_are_noops() {
     let prefix = format!("{}:", common::unique("ver"));
     let mut sink = sink(&prefix, Duration::from_secs(600)).await;
-    let first = sink.apply(&[bump("product:1", Position::postgres("shop", 10, 20))]).await.unwrap()[0];
+    let first = sink
+        .apply(&[bump("product:1", Position::postgres("shop", 10, 20))])
+        .await
+        .unwrap()[0];
     assert!(first.applied);
-    let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
-    assert!(first.version > now_us - 60_000_000, "version {} is server microseconds", first.version);
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    assert!(
+        first.version > now_us - 60_000_000,
+        "version {} is server microseconds",
+        first.version
+    );
 
-    let again = sink.apply(&[bump("product:1", Position::postgres("shop", 10, 20))]).await.unwrap()[0];
-    assert_eq!((again.applied, again.version), (false, first.version), "redelivery must change nothing");
+    let again = sink
+        .apply(&[bump("product:1", Position::postgres("shop", 10, 20))])
+        .await
+        .unwrap()[0];
+    assert_eq!(
+        (again.applied, again.version),
+        (false, first.version),
+        "redelivery must change nothing"
+    );
 
-    let older = sink.apply(&[bump("product:1", Position::postgres("shop", 9, 99))]).await.unwrap()[0];
-    assert_eq!((older.applied, older.version), (false, first.version), "an older position must change nothing");
+    let older = sink
+        .apply(&[bump("product:1", Position::postgres("shop", 9, 99))])
+        .await
+        .unwrap()[0];
+    assert_eq!(
+        (older.applied, older.version),
+        (false, first.version),
+        "an older position must change nothing"
+    );
 
-    let newer = sink.apply(&[bump("product:1", Position::postgres("shop", 10, 21))]).await.unwrap()[0];
+    let newer = sink
+        .apply(&[bump("product:1", Position::postgres("shop", 10, 21))])
+        .await
+        .unwrap()[0];
     assert!(newer.applied && newer.version > first.version);
-    assert_eq!(sink.version(&format!("{prefix}product:1")).await.unwrap(), newer.version);
+    assert_eq!(
+        sink.version(&format!("{prefix}product:1")).await.unwrap(),
+        newer.version
+    );
 
     // Readers see an integer, never Lua's exponent notation.
     let mut conn = common::redis_conn().await;
-    let raw: String = redis::cmd("HGET").arg(format!("{prefix}product:1")).arg("v").query_async(&mut conn).await.unwrap();
+    let raw: String = redis::cmd("HGET")
+        .arg(format!("{prefix}product:1"))
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert!(raw.chars().all(|c| c.is_ascii_digit()), "v = {raw:?}");
 }
 
@@ -54,11 +93,20 @@ async fn redelivery_and_older_positions_are_noops() {
 async fn two_sources_guard_independently() {
     let prefix = format!("{}:", common::unique("ver"));
     let mut sink = sink(&prefix, Duration::from_secs(600)).await;
-    let a = sink.apply(&[bump("k", Position::postgres("a", 0, 500))]).await.unwrap()[0];
+    let a = sink
+        .apply(&[bump("k", Position::postgres("a", 0, 500))])
+        .await
+        .unwrap()[0];
     // Source b's position is numerically lower, but it is another log.
-    let b = sink.apply(&[bump("k", Position::postgres("b", 0, 5))]).await.unwrap()[0];
+    let b = sink
+        .apply(&[bump("k", Position::postgres("b", 0, 5))])
+        .await
+        .unwrap()[0];
     assert!(a.applied && b.applied && b.version > a.version);
-    let a_again = sink.apply(&[bump("k", Position::postgres("a", 0, 400))]).await.unwrap()[0];
+    let a_again = sink
+        .apply(&[bump("k", Position::postgres("a", 0, 400))])
+        .await
+        .unwrap()[0];
     assert!(!a_again.applied);
 }
 
@@ -69,23 +117,46 @@ async fn expired_record_bumped_again_gets_a_larger_version() {
     let mut conn = common::redis_conn().await;
     // A reader-visible version far in the future (v+1 dominates server time).
     let record = format!("{prefix}product:9");
-    let first = sink.apply(&[bump("product:9", Position::kafka("t", 0, 1))]).await.unwrap()[0];
-    let ttl: i64 = redis::cmd("PTTL").arg(&record).query_async(&mut conn).await.unwrap();
+    let first = sink
+        .apply(&[bump("product:9", Position::kafka("t", 0, 1))])
+        .await
+        .unwrap()[0];
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&record)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert!(ttl > 0 && ttl <= 300, "version_ttl applied, got {ttl}");
-    common::eventually("the version record to expire", Duration::from_secs(5), || {
-        let mut conn = conn.clone();
-        let record = record.clone();
-        async move {
-            let exists: i64 = redis::cmd("EXISTS").arg(&record).query_async(&mut conn).await.unwrap();
-            (exists == 0).then_some(())
-        }
-    })
+    common::eventually(
+        "the version record to expire",
+        Duration::from_secs(5),
+        || {
+            let mut conn = conn.clone();
+            let record = record.clone();
+            async move {
+                let exists: i64 = redis::cmd("EXISTS")
+                    .arg(&record)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                (exists == 0).then_some(())
+            }
+        },
+    )
     .await;
     // The same position again: the guard was forgotten with the record, so it
     // applies, and the new version is still above every earlier one.
-    let second = sink.apply(&[bump("product:9", Position::kafka("t", 0, 1))]).await.unwrap()[0];
+    let second = sink
+        .apply(&[bump("product:9", Position::kafka("t", 0, 1))])
+        .await
+        .unwrap()[0];
     assert!(second.applied);
-    assert!(second.version > first.version, "{} > {}", second.version, first.version);
+    assert!(
+        second.version > first.version,
+        "{} > {}",
+        second.version,
+        first.version
+    );
 }
 
 #[tokio::test]
@@ -94,7 +165,17 @@ async fn script_reloads_after_script_flush() {
     let mut sink = sink(&prefix, Duration::from_secs(600)).await;
     let mut conn = common::redis_conn().await;
     // What a restart or failover does to the script cache.
-    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
-    let r = sink.apply(&[bump("x", Position::kafka("t", 0, 1)), bump("y", Position::kafka("t", 0, 1))]).await.unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let r = sink
+        .apply(&[
+            bump("x", Position::kafka("t", 0, 1)),
+            bump("y", Position::kafka("t", 0, 1)),
+        ])
+        .await
+        .unwrap();
     assert!(r.iter().all(|b| b.applied));
 }

@@ -38,7 +38,11 @@ async fn update_in_postgres_arrives_as_debezium_event_in_kafka() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut events = Vec::new();
     while events.len() < 2 {
-        assert!(Instant::now() < deadline, "no Debezium events on {topic} within 60s (got {})", events.len());
+        assert!(
+            Instant::now() < deadline,
+            "no Debezium events on {topic} within 60s (got {})",
+            events.len()
+        );
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(500)) {
             let key: Value = serde_json::from_slice(message.key().unwrap()).unwrap();
             let value: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();

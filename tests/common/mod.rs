@@ -40,7 +40,10 @@ pub async fn pg() -> sqlx::PgPool {
 }
 
 pub async fn sql(pool: &sqlx::PgPool, statements: &str) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(statements.to_owned())).execute(pool).await.unwrap_or_else(|e| panic!("SQL failed: {e}\n{statements}"));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(statements.to_owned()))
+        .execute(pool)
+        .await
+        .unwrap_or_else(|e| panic!("SQL failed: {e}\n{statements}"));
 }
 
 pub fn redis() -> redis::Client {
@@ -48,16 +51,34 @@ pub fn redis() -> redis::Client {
 }
 
 pub async fn redis_conn() -> redis::aio::MultiplexedConnection {
-    redis().get_multiplexed_async_connection().await.expect("Redis from scripts/stack up is reachable (CDC_REDIS_URL)")
+    redis()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis from scripts/stack up is reachable (CDC_REDIS_URL)")
 }
 
 /// Every version record under `prefix`, as key (without prefix) -> v.
-pub async fn versions(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> std::collections::BTreeMap<String, u64> {
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(conn).await.unwrap();
+pub async fn versions(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> std::collections::BTreeMap<String, u64> {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(conn)
+        .await
+        .unwrap();
     let mut out = std::collections::BTreeMap::new();
     for key in keys {
-        let v: Option<String> = redis::cmd("HGET").arg(&key).arg("v").query_async(conn).await.unwrap();
-        out.insert(key[prefix.len()..].to_owned(), v.and_then(|v| v.parse().ok()).unwrap_or(0));
+        let v: Option<String> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("v")
+            .query_async(conn)
+            .await
+            .unwrap();
+        out.insert(
+            key[prefix.len()..].to_owned(),
+            v.and_then(|v| v.parse().ok()).unwrap_or(0),
+        );
     }
     out
 }
@@ -99,7 +120,11 @@ impl Daemon {
             .stderr(file)
             .spawn()
             .expect("start the daemon");
-        Daemon { child, admin: format!("127.0.0.1:{admin_port}"), log }
+        Daemon {
+            child,
+            admin: format!("127.0.0.1:{admin_port}"),
+            log,
+        }
     }
 
     pub fn log_tail(&self) -> String {
@@ -122,13 +147,20 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "daemon did not stop within 40s after SIGTERM\n{}", self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not stop within 40s after SIGTERM\n{}",
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     pub async fn metrics(&self) -> String {
-        http_get(&self.admin, "/metrics").await.map(|(_, body)| body).unwrap_or_default()
+        http_get(&self.admin, "/metrics")
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default()
     }
 
     pub async fn wait_ready(&self) {
@@ -138,7 +170,11 @@ impl Daemon {
             if let Some((200, _)) = http_get(&admin, "/readyz").await {
                 return;
             }
-            assert!(Instant::now() < deadline, "daemon not ready within 60s\n{}", self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready within 60s\n{}",
+                self.log_tail()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -153,24 +189,44 @@ impl Drop for Daemon {
 /// Minimal HTTP/1.0 GET over loopback; returns (status, body).
 pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await.ok()?.ok()?;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.ok()?;
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+            .await
+            .ok()?
+            .ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await.ok()?.ok()?;
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
     let text = String::from_utf8_lossy(&buf).to_string();
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Some((status, body))
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Sum of a metric's samples whose line contains every `filter` fragment.
 pub fn metric_sum(text: &str, name: &str, filters: &[&str]) -> f64 {
     text.lines()
-        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+        .filter(|l| {
+            l.starts_with(name)
+                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+        })
         .filter(|l| filters.iter().all(|f| l.contains(f)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
