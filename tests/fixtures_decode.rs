@@ -31,7 +31,10 @@ keys = ["order:{order_id}:line:{line_no}"]
 "#;
 
 fn fixture(name: &str) -> KafkaRecord {
-    let path = format!("{}/tests/fixtures/debezium/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/debezium/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let bytes = |v: &Value| (!v.is_null()).then(|| serde_json::to_vec(v).unwrap());
     KafkaRecord {
@@ -54,7 +57,16 @@ fn change(name: &str) -> ChangeEvent {
 fn keys(name: &str) -> (Vec<String>, Option<EscalationReason>) {
     let settings = config::parse("fixtures.toml", CONFIG, &|_| None).unwrap();
     match settings.graph.derive(&change(name)) {
-        Derivation::Targets { targets, escalation } => (targets.into_iter().map(|t| t.target.record_key("")).collect(), escalation),
+        Derivation::Targets {
+            targets,
+            escalation,
+        } => (
+            targets
+                .into_iter()
+                .map(|t| t.target.record_key(""))
+                .collect(),
+            escalation,
+        ),
         other => panic!("{name}: expected targets, got {other:?}"),
     }
 }
@@ -67,12 +79,23 @@ fn insert_decodes_with_exact_position_time_and_big_integers() {
     assert_eq!(event.key.as_ref().unwrap()["id"], 1);
     // source.sequence = ["27371152","27665088"]
     assert_eq!(event.position.source, "pg:shop");
-    assert_eq!(event.position.ordinal, format!("{:020}{:020}", 27371152u64, 27665088u64));
-    assert!(event.commit_time_us.unwrap() > 1_700_000_000_000_000, "ts_us is microseconds");
+    assert_eq!(
+        event.position.ordinal,
+        format!("{:020}{:020}", 27371152u64, 27665088u64)
+    );
+    assert!(
+        event.commit_time_us.unwrap() > 1_700_000_000_000_000,
+        "ts_us is microseconds"
+    );
     // 2^53 + 1 survives: no float on the way.
     assert_eq!(
         keys("insert").0,
-        vec!["product:1", "sku:FX-0001", "category:9007199254740993:products", "product:1:text:Café crème: a short description"]
+        vec![
+            "product:1",
+            "sku:FX-0001",
+            "category:9007199254740993:products",
+            "product:1:text:Café crème: a short description"
+        ]
     );
 }
 
@@ -89,11 +112,17 @@ fn update_under_replica_identity_default_has_no_before_and_escalates() {
 #[test]
 fn toast_placeholder_in_a_templated_column_escalates() {
     let event = change("toast_update");
-    assert_eq!(event.after.as_ref().unwrap()["description"], "__debezium_unavailable_value");
+    assert_eq!(
+        event.after.as_ref().unwrap()["description"],
+        "__debezium_unavailable_value"
+    );
     let (targets, escalation) = keys("toast_update");
     assert!(escalation.is_some());
     assert!(targets.contains(&"ns:product".to_owned()));
-    assert!(!targets.iter().any(|t| t.contains("__debezium")), "{targets:?}");
+    assert!(
+        !targets.iter().any(|t| t.contains("__debezium")),
+        "{targets:?}"
+    );
 }
 
 #[test]
@@ -105,27 +134,41 @@ fn delete_under_default_never_renders_filler_values() {
     let (targets, escalation) = keys("delete_default");
     assert_eq!(escalation, Some(EscalationReason::MissingBefore));
     assert!(!targets.contains(&"sku:".to_owned()), "{targets:?}");
-    assert!(targets.contains(&"product:1".to_owned()) && targets.contains(&"ns:product".to_owned()));
+    assert!(
+        targets.contains(&"product:1".to_owned()) && targets.contains(&"ns:product".to_owned())
+    );
 }
 
 #[test]
 fn foreign_key_move_under_full_identity_invalidates_both_sides() {
     let (targets, escalation) = keys("update_full_fk_move");
     assert_eq!(escalation, None);
-    assert_eq!(targets, vec!["order:10", "customer:200:orders", "customer:100:orders"]);
+    assert_eq!(
+        targets,
+        vec!["order:10", "customer:200:orders", "customer:100:orders"]
+    );
 }
 
 #[test]
 fn delete_under_full_identity_and_its_tombstone() {
     let (targets, escalation) = keys("delete_full");
     assert_eq!(escalation, None);
-    assert!(targets.iter().any(|t| t.starts_with("customer:")), "{targets:?}");
-    assert_eq!(decode(&fixture("delete_full_tombstone")).unwrap(), Decoded::Tombstone);
+    assert!(
+        targets.iter().any(|t| t.starts_with("customer:")),
+        "{targets:?}"
+    );
+    assert_eq!(
+        decode(&fixture("delete_full_tombstone")).unwrap(),
+        Decoded::Tombstone
+    );
 }
 
 #[test]
 fn composite_key_and_nulls() {
     assert_eq!(keys("composite_pk_insert").0, vec!["order:10:line:1"]);
     let (targets, _) = keys("nulls_insert");
-    assert!(!targets.iter().any(|t| t.starts_with("category:")), "a NULL category names no list: {targets:?}");
+    assert!(
+        !targets.iter().any(|t| t.starts_with("category:")),
+        "a NULL category names no list: {targets:?}"
+    );
 }

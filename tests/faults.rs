@@ -1,0 +1,291 @@
+//! Faults: Redis going away mid-stream, and a partition that must stall.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{eventually, Daemon};
+
+/// A private redis-server, so stopping it disturbs no other test.
+struct PrivateRedis {
+    child: Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> PrivateRedis {
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (installed by scripts/stack up)");
+        PrivateRedis { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn signal(&self, signal: &str) {
+        Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(
+    topic: &str,
+    group: &str,
+    redis: &str,
+    admin_port: u16,
+    entities: &str,
+) -> tempfile::NamedTempFile {
+    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(
+        file.path(),
+        format!(
+            r#"
+[source]
+brokers = "{brokers}"
+group_id = "{group}"
+topics = ["{topic}"]
+[source.librdkafka]
+"topic.metadata.refresh.interval.ms" = "1000"
+[redis]
+url = "{redis}"
+version_ttl = "1h"
+max_retry_backoff = "1s"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+{entities}
+"#,
+            brokers = common::kafka_brokers()
+        ),
+    )
+    .unwrap();
+    file
+}
+
+async fn key_count(url: &str) -> usize {
+    let Ok(client) = redis::Client::open(url) else {
+        return 0;
+    };
+    let Ok(Ok(mut conn)) = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    else {
+        return 0;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("ver:item:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    keys.len()
+}
+
+#[tokio::test]
+async fn redis_outage_pauses_then_applies_everything_after_recovery() {
+    let table = common::unique("outage");
+    let topic = format!("{}.public.{table}", common::topic_prefix());
+    let pool = common::pg().await;
+    common::sql(
+        &pool,
+        &format!("CREATE TABLE {table} (id integer PRIMARY KEY); INSERT INTO {table} VALUES (0);"),
+    )
+    .await;
+
+    let redis = PrivateRedis::start(common::free_port());
+    eventually(
+        "the private redis to answer",
+        Duration::from_secs(10),
+        || {
+            let url = redis.url();
+            async move {
+                redis::Client::open(url)
+                    .ok()?
+                    .get_multiplexed_async_connection()
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
+        },
+    )
+    .await;
+    let admin_port = common::free_port();
+    let cfg = config(
+        &topic,
+        &common::unique("group"),
+        &redis.url(),
+        admin_port,
+        &format!("[[entity]]\ntable = \"public.{table}\"\nnamespace = \"item\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\"]\n"),
+    );
+    let daemon = Daemon::start(cfg.path(), admin_port);
+    daemon.wait_ready().await;
+    eventually(
+        "the seed row to be applied",
+        Duration::from_secs(60),
+        || {
+            let url = redis.url();
+            async move { (key_count(&url).await == 1).then_some(()) }
+        },
+    )
+    .await;
+
+    // Freeze Redis (as a hung server or a partition would), then change rows.
+    redis.signal("-STOP");
+    common::sql(
+        &pool,
+        &format!("INSERT INTO {table} SELECT g FROM generate_series(1, 500) g"),
+    )
+    .await;
+    let not_ready = eventually(
+        "readiness to report the outage",
+        Duration::from_secs(60),
+        || {
+            let admin = daemon.admin.clone();
+            async move {
+                let (code, body) = common::http_get(&admin, "/readyz").await?;
+                (code == 503 && body.contains("redis")).then_some(body)
+            }
+        },
+    )
+    .await;
+    assert!(not_ready.contains("\"ready\":false"), "{not_ready}");
+    let metrics = daemon.metrics().await;
+    assert!(
+        common::metric_sum(&metrics, "cdc_invalidator_redis_errors_total", &[]) >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        common::metric_sum(&metrics, "cdc_invalidator_paused_partitions", &[]) >= 1.0,
+        "{metrics}"
+    );
+
+    redis.signal("-CONT");
+    eventually(
+        "all 501 rows to be applied after recovery",
+        Duration::from_secs(60),
+        || {
+            let url = redis.url();
+            async move { (key_count(&url).await == 501).then_some(()) }
+        },
+    )
+    .await;
+    daemon.wait_ready().await;
+    drop(daemon);
+    common::sql(&pool, &format!("DROP TABLE {table}")).await;
+}
+
+#[tokio::test]
+async fn missing_before_without_namespace_stalls_and_commits_nothing_past_it() {
+    let table = common::unique("stall");
+    let topic = format!("{}.public.{table}", common::topic_prefix());
+    let pool = common::pg().await;
+    // REPLICA IDENTITY DEFAULT: updates carry no before image.
+    common::sql(&pool, &format!("CREATE TABLE {table} (id integer PRIMARY KEY, grp integer NOT NULL); INSERT INTO {table} VALUES (1, 1);")).await;
+    let admin_port = common::free_port();
+    let group = common::unique("group");
+    let entity = format!("[[entity]]\ntable = \"public.{table}\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\", \"grp:{{grp}}\"]\n");
+    let cfg = config(
+        &topic,
+        &group,
+        &common::redis_url(),
+        admin_port,
+        &entity
+            .replace("item:", &format!("{table}:item:"))
+            .replace("grp:", &format!("{table}:grp:")),
+    );
+    let daemon = Daemon::start(cfg.path(), admin_port);
+    daemon.wait_ready().await;
+    common::sql(
+        &pool,
+        &format!("UPDATE {table} SET grp = 2 WHERE id = 1; INSERT INTO {table} VALUES (2, 2);"),
+    )
+    .await;
+
+    let body = eventually("the partition to stall", Duration::from_secs(60), || {
+        let admin = daemon.admin.clone();
+        async move {
+            let (code, body) = common::http_get(&admin, "/readyz").await?;
+            (code == 503 && body.contains("stalled")).then_some(body)
+        }
+    })
+    .await;
+    assert!(body.contains("missing_before"), "{body}");
+    let metrics = daemon.metrics().await;
+    assert_eq!(
+        common::metric_sum(&metrics, "cdc_invalidator_stalled_partitions", &[]),
+        1.0,
+        "{metrics}"
+    );
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(
+        log.contains("ERROR") && log.contains("partition stalled"),
+        "{log}"
+    );
+
+    // Nothing past the stalled record is committed: the group's committed
+    // offset for that partition is at most the stalled record's offset.
+    let stalled_offset: i64 = body
+        .split("\"offset\":")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await; // two auto-commit intervals
+    let partition: i32 = body
+        .split(&format!("{topic}/"))
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no partition in {body}"));
+    // The seed insert before it was applied and committed; nothing after it.
+    assert_eq!(
+        committed_offset(&group, &topic, partition),
+        Some(stalled_offset),
+        "{body}"
+    );
+    drop(daemon);
+    common::sql(&pool, &format!("DROP TABLE {table}")).await;
+}
+
+fn committed_offset(group: &str, topic: &str, partition: i32) -> Option<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", common::kafka_brokers())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    committed.elements()[0]
+        .offset()
+        .to_raw()
+        .filter(|o| *o >= 0)
+}
