@@ -78,6 +78,9 @@ pub struct RawRedis {
     pub version_ttl: Spanned<String>,
     #[serde(default)]
     pub max_retry_backoff: Option<Spanned<String>>,
+    /// The URL names one seed node of a Redis Cluster; the rest is discovered.
+    #[serde(default)]
+    pub cluster: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -160,6 +163,7 @@ pub struct RedisSettings {
     pub version_prefix: String,
     pub version_ttl: Duration,
     pub max_retry_backoff: Duration,
+    pub cluster: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -345,6 +349,7 @@ impl RawConfig {
             version_prefix: redis.version_prefix.get_ref().clone(),
             version_ttl,
             max_retry_backoff,
+            cluster: redis.cluster,
         };
 
         let admin_text = env(ENV_ADMIN_LISTEN).or_else(|| {

@@ -16,6 +16,7 @@ async fn sink(prefix: &str, ttl: Duration) -> RedisSink {
         version_prefix: prefix.to_owned(),
         version_ttl: ttl,
         max_retry_backoff: Duration::from_secs(1),
+        cluster: false,
     })
     .await
     .expect("redis from scripts/stack up")
@@ -178,4 +179,69 @@ async fn script_reloads_after_script_flush() {
         .await
         .unwrap();
     assert!(r.iter().all(|b| b.applied));
+}
+
+#[tokio::test]
+async fn acl_user_from_the_url_is_used() {
+    let user = common::unique("acl");
+    let prefix = format!("{user}:");
+    let mut conn = common::redis_conn().await;
+    // Allowed only its own keys and the commands the daemon needs (the
+    // minimal ACL documented in examples/shop/config.toml).
+    let _: () = redis::cmd("ACL")
+        .arg(
+            &[
+                "SETUSER",
+                &user,
+                "on",
+                ">s3cret",
+                &format!("~{prefix}*"),
+                "+evalsha",
+                "+script|load",
+                "+ping",
+                "+hget",
+                "+hset",
+                "+time",
+                "+pexpire",
+            ][..],
+        )
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let url = common::redis_url().replacen("redis://", &format!("redis://{user}:s3cret@"), 1);
+    let settings = RedisSettings {
+        url: url.clone(),
+        version_prefix: prefix.clone(),
+        version_ttl: Duration::from_secs(60),
+        max_retry_backoff: Duration::from_secs(1),
+        cluster: false,
+    };
+    let mut sink = RedisSink::connect(&settings)
+        .await
+        .expect("ACL user connects");
+    assert!(
+        sink.apply(&[bump("k", Position::kafka("t", 0, 1))])
+            .await
+            .unwrap()[0]
+            .applied
+    );
+
+    let wrong = RedisSettings {
+        url: url.replace("s3cret", "wrong"),
+        ..settings
+    };
+    let error = RedisSink::connect(&wrong)
+        .await
+        .err()
+        .expect("a wrong password is refused")
+        .to_string();
+    assert!(
+        !error.contains("wrong"),
+        "the password must not appear in errors: {error}"
+    );
+    let _: () = redis::cmd("ACL")
+        .arg(&["DELUSER", &user][..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 }
