@@ -24,6 +24,7 @@ pub struct Stall {
 
 #[derive(Debug, Default)]
 struct StatusInner {
+    dead_letters_error: Option<String>,
     redis_error: Option<String>,
     redis_connected: bool,
     assigned: usize,
@@ -63,6 +64,14 @@ impl Status {
         });
     }
 
+    pub fn dead_letters_ok(&self) {
+        self.with(|s| s.dead_letters_error = None);
+    }
+
+    pub fn dead_letters_failed(&self, error: String) {
+        self.with(|s| s.dead_letters_error = Some(error));
+    }
+
     pub fn set_assigned(&self, count: usize) {
         self.with(|s| s.assigned = count);
     }
@@ -89,6 +98,11 @@ impl Status {
                     Some(e) => format!("redis not connected: {e}"),
                     None => "redis not connected yet".to_owned(),
                 });
+            }
+            if let Some(e) = &s.dead_letters_error {
+                reasons.push(format!(
+                    "dead-letter store unreachable (consumption paused): {e}"
+                ));
             }
             if s.assigned == 0 {
                 reasons.push("no partitions assigned".to_owned());

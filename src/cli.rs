@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Status};
 use crate::config::{self, redact_url, Settings, Subscription};
+use crate::dead_letter::DeadLetterStore;
 use crate::decode::{decode, table_from_topic};
 use crate::event::{Decoded, KafkaRecord};
 use crate::graph::{Derivation, Why};
@@ -39,6 +40,29 @@ pub struct Cli {
     pub command: Command,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterAction {
+    /// Show dead letters, oldest first.
+    List {
+        /// Include those already replayed.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Push pending dead letters through decode, graph and Redis again; those
+    /// that now go through are marked replayed.
+    Replay {
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+    },
+    /// Delete replayed dead letters (all of them with --all).
+    Purge {
+        #[arg(long)]
+        all: bool,
+    },
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
     Human,
@@ -51,6 +75,21 @@ pub enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Apply the dead-letter table migrations before starting.
+        #[arg(long)]
+        migrate: bool,
+    },
+    /// Create or upgrade the dead-letter table ([dead_letters] url).
+    Migrate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// List, replay or purge dead letters.
+    DeadLetters {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: DeadLetterAction,
     },
     /// Validate the config and connect to Kafka and Redis; exit 0 only when all is well.
     Check {
@@ -90,7 +129,14 @@ fn load(path: &Path) -> anyhow::Result<Settings> {
 /// Runs a parsed command line; the result is the process exit code.
 pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Run { config } => run(&config).await,
+        Command::Run { config, migrate } => run(&config, migrate).await,
+        Command::Migrate { config } => {
+            let store = dead_letter_store(&load(&config)?)?;
+            store.migrate().await?;
+            println!("dead-letter table is up to date");
+            Ok(0)
+        }
+        Command::DeadLetters { config, action } => dead_letters(&config, action).await,
         Command::Check { config } => check(&config).await,
         Command::Explain {
             config,
@@ -100,8 +146,33 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-async fn run(path: &Path) -> anyhow::Result<i32> {
+fn dead_letter_store(settings: &Settings) -> anyhow::Result<DeadLetterStore> {
+    let url = settings
+        .dead_letters_url
+        .as_deref()
+        .context("no dead-letter store configured: add [dead_letters] url = \"postgres://...\" or set CDC_DEAD_LETTERS_URL")?;
+    Ok(DeadLetterStore::connect_lazy(url)?)
+}
+
+async fn run(path: &Path, migrate: bool) -> anyhow::Result<i32> {
     let settings = Arc::new(load(path)?);
+    let dead_letters = match &settings.dead_letters_url {
+        Some(_) => {
+            let store = dead_letter_store(&settings)?;
+            if migrate {
+                store
+                    .migrate()
+                    .await
+                    .context("applying dead-letter migrations")?;
+                tracing::info!("dead-letter migrations applied");
+            }
+            Some(store)
+        }
+        None => {
+            tracing::info!("no dead-letter store configured: undecodable records escalate to their namespace or stall");
+            None
+        }
+    };
     let metrics = crate::metrics::install();
     let status = Arc::new(Status::default());
     let shutdown = CancellationToken::new();
@@ -123,7 +194,7 @@ async fn run(path: &Path) -> anyhow::Result<i32> {
         subscription = ?settings.source.subscription.patterns(), redis = %redact_url(&settings.redis.url),
         entities = settings.graph.entities().len(), "starting"
     );
-    let pipeline = Pipeline::new(settings.clone(), sink, status)?;
+    let pipeline = Pipeline::new(settings.clone(), sink, dead_letters, status)?;
     pipeline.run(shutdown.clone()).await;
     shutdown.cancel();
     match admin_task.await {
@@ -267,6 +338,88 @@ async fn check(path: &Path) -> anyhow::Result<i32> {
     }
 }
 
+async fn dead_letters(path: &Path, action: DeadLetterAction) -> anyhow::Result<i32> {
+    let settings = load(path)?;
+    let store = dead_letter_store(&settings)?;
+    match action {
+        DeadLetterAction::List { all, limit } => {
+            let letters = store.list(!all, limit).await?;
+            for d in &letters {
+                println!(
+                    "#{:<6} {}/{}@{}  {} {}  attempts {}  first seen {}{}\n        {}",
+                    d.id,
+                    d.topic,
+                    d.partition,
+                    d.offset,
+                    d.stage,
+                    d.error_kind,
+                    d.attempts,
+                    d.first_seen.format("%Y-%m-%d %H:%M:%S"),
+                    d.replayed_at
+                        .map(|t| format!("  replayed {}", t.format("%Y-%m-%d %H:%M:%S")))
+                        .unwrap_or_default(),
+                    d.error_detail
+                );
+            }
+            println!("{} dead letter(s)", letters.len());
+            Ok(0)
+        }
+        DeadLetterAction::Replay { limit } => {
+            let mut sink = RedisSink::connect(&settings.redis).await?;
+            let (mut replayed, mut still_failing) = (0, 0);
+            for d in store.list(true, limit).await? {
+                let route = pipeline::route(
+                    &settings.graph,
+                    &settings.plan,
+                    &d.record(),
+                    pipeline::now_us(),
+                    true,
+                );
+                if let pipeline::Routed::Bump {
+                    targets,
+                    position,
+                    commit_time_us,
+                    ..
+                } = &route.action
+                {
+                    let bumps: Vec<_> = targets
+                        .iter()
+                        .map(|t| crate::plan::Bump {
+                            target: t.clone(),
+                            position: position.clone(),
+                            commit_time_us: *commit_time_us,
+                        })
+                        .collect();
+                    sink.apply(&bumps).await?;
+                }
+                match route.dead_letter {
+                    None => {
+                        store.mark_replayed(d.id).await?;
+                        replayed += 1;
+                        println!("#{:<6} replayed: {:?}", d.id, route.action);
+                    }
+                    Some(failure) => {
+                        still_failing += 1;
+                        println!(
+                            "#{:<6} still fails ({} {}): {}; left pending",
+                            d.id,
+                            failure.stage.label(),
+                            failure.kind,
+                            failure.detail
+                        );
+                    }
+                }
+            }
+            println!("{replayed} replayed, {still_failing} still failing");
+            Ok(if still_failing == 0 { 0 } else { 1 })
+        }
+        DeadLetterAction::Purge { all } => {
+            println!("{} dead letter(s) deleted", store.purge(all).await?);
+            Ok(0)
+        }
+    }
+}
+
 fn kafka_topics(settings: &Settings) -> anyhow::Result<Vec<String>> {
     let mut config = rdkafka::ClientConfig::new();
     for (k, v) in &settings.source.librdkafka {
@@ -305,7 +458,22 @@ fn explain(path: &Path, source: &str, topic: Option<&str>) -> anyhow::Result<i32
         record.topic, record.partition, record.offset
     );
 
-    let (_, routed) = pipeline::route(&settings.graph, &settings.plan, &record, pipeline::now_us());
+    let route = pipeline::route(
+        &settings.graph,
+        &settings.plan,
+        &record,
+        pipeline::now_us(),
+        settings.dead_letters_url.is_some(),
+    );
+    if let Some(failure) = &route.dead_letter {
+        println!(
+            "dead    would be kept as a dead letter: {} {}: {}",
+            failure.stage.label(),
+            failure.kind,
+            failure.detail
+        );
+    }
+    let routed = route.action;
     let event = match decode(&record) {
         Ok(Decoded::Change(event)) => event,
         Ok(other) => {
@@ -386,6 +554,7 @@ fn explain_record(text: &str, topic: Option<&str>) -> anyhow::Result<KafkaRecord
             key: bytes(json.get("key")),
             value: bytes(json.get("value")),
             timestamp_ms: None,
+            headers: Vec::new(),
         }
     } else {
         KafkaRecord {
@@ -395,6 +564,7 @@ fn explain_record(text: &str, topic: Option<&str>) -> anyhow::Result<KafkaRecord
             key: None,
             value: Some(text.as_bytes().to_vec()),
             timestamp_ms: None,
+            headers: Vec::new(),
         }
     })
 }

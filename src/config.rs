@@ -17,6 +17,7 @@ pub const ENV_KAFKA_BROKERS: &str = "CDC_KAFKA_BROKERS";
 pub const ENV_KAFKA_GROUP: &str = "CDC_KAFKA_GROUP";
 pub const ENV_REDIS_URL: &str = "CDC_REDIS_URL";
 pub const ENV_ADMIN_LISTEN: &str = "CDC_ADMIN_LISTEN";
+pub const ENV_DEAD_LETTERS_URL: &str = "CDC_DEAD_LETTERS_URL";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -50,6 +51,8 @@ pub struct RawConfig {
     pub admin: Option<Spanned<RawAdmin>>,
     #[serde(default)]
     pub plan: Option<Spanned<RawPlan>>,
+    #[serde(default)]
+    pub dead_letters: Option<Spanned<RawDeadLetters>>,
     #[serde(default, rename = "entity")]
     pub entities: Vec<Spanned<RawEntity>>,
 }
@@ -91,9 +94,22 @@ pub struct RawAdmin {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawDeadLetters {
+    /// PostgreSQL URL; the table comes from `cdc-invalidator migrate`.
+    pub url: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawPlan {
     #[serde(default)]
     pub max_batch_records: Option<Spanned<usize>>,
+    #[serde(default)]
+    pub max_batch_bytes: Option<Spanned<usize>>,
+    #[serde(default)]
+    pub max_record_bytes: Option<Spanned<usize>>,
+    #[serde(default)]
+    pub escalate_above_lag: Option<Spanned<i64>>,
     #[serde(default)]
     pub eventual_linger: Option<Spanned<String>>,
     #[serde(default)]
@@ -129,6 +145,9 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub admin_listen: std::net::SocketAddr,
     pub plan: PlanSettings,
+    /// PostgreSQL URL of the dead-letter table; without one, records that
+    /// cannot be decoded escalate or stall.
+    pub dead_letters_url: Option<String>,
     pub graph: Graph,
 }
 
@@ -169,6 +188,12 @@ pub struct RedisSettings {
 #[derive(Debug, Clone)]
 pub struct PlanSettings {
     pub max_batch_records: usize,
+    /// In-flight budget in bytes (keys and values of the records in a batch).
+    pub max_batch_bytes: usize,
+    pub max_record_bytes: usize,
+    /// Consumer lag (records) above which entities with a namespace bump it
+    /// once per batch instead of their keys; back to keys below half of it.
+    pub escalate_above_lag: Option<i64>,
     pub eventual_linger: Duration,
     pub clock_skew_margin: Duration,
 }
@@ -176,6 +201,11 @@ pub struct PlanSettings {
 // 5000 records keep one Redis pipeline well under a megabyte while
 // amortising the round trip; the watermark commits after each batch.
 const DEFAULT_MAX_BATCH_RECORDS: usize = 5000;
+// 32 MiB of records in flight at most, whatever the backlog in Kafka.
+const DEFAULT_MAX_BATCH_BYTES: usize = 32 << 20;
+// Above Kafka's default message.max.bytes tenfold: anything bigger is not a
+// row change Debezium would write, and parsing it would only cost memory.
+const DEFAULT_MAX_RECORD_BYTES: usize = 10 << 20;
 // Eventual entities may wait this long for more changes to the same keys.
 const DEFAULT_EVENTUAL_LINGER: Duration = Duration::from_millis(100);
 // Commit timestamps come from the database host, ages from ours: allow drift.
@@ -378,30 +408,53 @@ impl RawConfig {
                 .expect("default admin address parses"),
         };
 
-        let plan = match self.plan.map(Spanned::into_inner) {
-            Some(p) => PlanSettings {
-                max_batch_records: match p.max_batch_records {
-                    Some(n) if *n.get_ref() == 0 => {
-                        return v.error(n.span(), "plan.max_batch_records", "expected at least 1")
-                    }
-                    Some(n) => n.into_inner(),
-                    None => DEFAULT_MAX_BATCH_RECORDS,
-                },
-                eventual_linger: match &p.eventual_linger {
-                    Some(d) => v.duration(d, "plan.eventual_linger")?,
-                    None => DEFAULT_EVENTUAL_LINGER,
-                },
-                clock_skew_margin: match &p.clock_skew_margin {
-                    Some(d) => v.duration(d, "plan.clock_skew_margin")?,
-                    None => DEFAULT_CLOCK_SKEW_MARGIN,
-                },
+        let raw_plan = self.plan.map(Spanned::into_inner);
+        let positive = |value: &Option<Spanned<usize>>, field: &str, default: usize| match value {
+            Some(n) if *n.get_ref() == 0 => v.error(n.span(), field, "expected at least 1"),
+            Some(n) => Ok(*n.get_ref()),
+            None => Ok(default),
+        };
+        let plan = PlanSettings {
+            max_batch_records: positive(
+                &raw_plan.as_ref().and_then(|p| p.max_batch_records.clone()),
+                "plan.max_batch_records",
+                DEFAULT_MAX_BATCH_RECORDS,
+            )?,
+            max_batch_bytes: positive(
+                &raw_plan.as_ref().and_then(|p| p.max_batch_bytes.clone()),
+                "plan.max_batch_bytes",
+                DEFAULT_MAX_BATCH_BYTES,
+            )?,
+            max_record_bytes: positive(
+                &raw_plan.as_ref().and_then(|p| p.max_record_bytes.clone()),
+                "plan.max_record_bytes",
+                DEFAULT_MAX_RECORD_BYTES,
+            )?,
+            escalate_above_lag: match raw_plan
+                .as_ref()
+                .and_then(|p| p.escalate_above_lag.as_ref())
+            {
+                Some(n) if *n.get_ref() < 1 => {
+                    return v.error(
+                        n.span(),
+                        "plan.escalate_above_lag",
+                        "expected a positive number of records",
+                    )
+                }
+                Some(n) => Some(*n.get_ref()),
+                None => None,
             },
-            None => PlanSettings {
-                max_batch_records: DEFAULT_MAX_BATCH_RECORDS,
-                eventual_linger: DEFAULT_EVENTUAL_LINGER,
-                clock_skew_margin: DEFAULT_CLOCK_SKEW_MARGIN,
+            eventual_linger: match raw_plan.as_ref().and_then(|p| p.eventual_linger.as_ref()) {
+                Some(d) => v.duration(d, "plan.eventual_linger")?,
+                None => DEFAULT_EVENTUAL_LINGER,
+            },
+            clock_skew_margin: match raw_plan.as_ref().and_then(|p| p.clock_skew_margin.as_ref()) {
+                Some(d) => v.duration(d, "plan.clock_skew_margin")?,
+                None => DEFAULT_CLOCK_SKEW_MARGIN,
             },
         };
+        let dead_letters_url = env(ENV_DEAD_LETTERS_URL)
+            .or_else(|| self.dead_letters.map(|d| d.into_inner().url.into_inner()));
 
         if self.entities.is_empty() {
             return v.error(
@@ -514,6 +567,7 @@ impl RawConfig {
             redis: redis_settings,
             admin_listen,
             plan,
+            dead_letters_url,
             graph: Graph::new(entities),
         })
     }

@@ -14,6 +14,7 @@ pub struct KafkaRecord {
     pub value: Option<Vec<u8>>,
     /// Broker append time (or producer create time), milliseconds since the epoch.
     pub timestamp_ms: Option<i64>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 /// A row image: column name to its value as Debezium printed it.
@@ -109,12 +110,7 @@ impl Position {
 
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}@{}",
-            self.source,
-            self.ordinal.trim_start_matches('0')
-        )
+        write!(f, "{}@{}", self.source, self.ordinal)
     }
 }
 

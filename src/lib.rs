@@ -9,14 +9,16 @@
 //! - [`graph`]     key templates and entity rules: event to targets, escalation, stalls
 //! - [`plan`]      coalescing per (target, source) and the moot-event rule
 //! - [`sink`]      guarded version bumps in Redis through `bump.lua`
+//! - [`dead_letter`] records that could not be decoded or rendered, in PostgreSQL (sqlx)
 //! - [`pipeline`]  the main loop joining the stages; offsets stored after Redis acknowledged
 //! - [`metrics`]   every metric name and recording helper
 //! - [`admin`]     HTTP `/metrics`, `/healthz`, `/readyz`, and the shared status
-//! - [`cli`]       `run`, `check`, `explain`
+//! - [`cli`]       `run`, `check`, `explain`, `migrate`, `dead-letters`
 
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod dead_letter;
 pub mod decode;
 pub mod event;
 pub mod graph;

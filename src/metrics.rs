@@ -180,6 +180,10 @@ pub fn coalesced(count: u64) {
     counter!(TARGETS_COALESCED).increment(count);
 }
 
+pub fn dead_letter(stage: &'static str, kind: &'static str) {
+    counter!(DEAD_LETTERS, "stage" => stage, "kind" => kind).increment(1);
+}
+
 pub fn moot() {
     counter!(MOOT_EVENTS).increment(1);
 }

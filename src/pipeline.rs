@@ -16,12 +16,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{Stall, Status};
 use crate::config::{PlanSettings, Settings};
-use crate::decode::{decode, table_from_topic};
+use crate::dead_letter::{DeadLetterStore, Failure, Stage};
+use crate::decode::{decode, table_from_topic, DecodeError, DecodeErrorKind};
 use crate::event::{Decoded, KafkaRecord, Position};
-use crate::graph::{escalate, Consistency, Derivation, EscalationReason, Graph, Target};
+use crate::graph::{escalate, Consistency, Derivation, EscalationReason, Graph, Target, Why};
 use crate::metrics::{self, Outcome};
 use crate::plan::{is_moot, Bump, Plan};
-use crate::sink::{RedisSink, SinkError};
+use crate::sink::RedisSink;
 use crate::source::{self, Consumer, PartitionId, RebalanceEvent};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,8 @@ pub enum Routed {
         commit_time_us: Option<i64>,
         consistency: Consistency,
         escalation: Option<EscalationReason>,
+        /// The entity's namespace, for escalation under lag.
+        namespace: Option<String>,
     },
     /// Cannot be applied or escalated: stop the partition here.
     Stall {
@@ -56,64 +59,56 @@ pub enum Routed {
     },
 }
 
-/// Decode and graph for one record; pure, so `explain` and tests share it.
+/// The routing of one record: the op label for metrics, the action, and
+/// whether the record must also be kept as a dead letter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub op: &'static str,
+    pub action: Routed,
+    pub dead_letter: Option<Failure>,
+}
+
+/// Decode and graph for one record; pure, so `explain`, replays and tests
+/// share it. `dead_letters` says whether a dead-letter store is configured:
+/// with one, a bad record of an unknown table is kept there and skipped;
+/// without one it stalls, because nothing may be lost silently.
 pub fn route(
     graph: &Graph,
     plan: &PlanSettings,
     record: &KafkaRecord,
     now_us: i64,
-) -> (&'static str, Routed) {
-    let event = match decode(record) {
+    dead_letters: bool,
+) -> Route {
+    let size = record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len);
+    let decoded = if size > plan.max_record_bytes {
+        Err(DecodeError {
+            kind: DecodeErrorKind::TooLarge,
+            detail: format!(
+                "{size} bytes, above plan.max_record_bytes ({})",
+                plan.max_record_bytes
+            ),
+        })
+    } else {
+        decode(record)
+    };
+    let event = match decoded {
         Ok(Decoded::Change(event)) => event,
-        Ok(other) => return (other.op_label(), Routed::Skip),
-        Err(error) => {
-            // The record says nothing trustworthy, but its topic may name the
-            // table: then the whole entity is invalidated instead.
-            let entity = table_from_topic(&record.topic).and_then(|t| graph.entity(&t));
-            let detail = format!("undecodable record ({error})");
-            return match entity {
-                Some(entity) => {
-                    match escalate(entity, Vec::new(), EscalationReason::Undecodable, detail) {
-                        Derivation::Targets {
-                            targets,
-                            escalation,
-                        } => (
-                            "other",
-                            Routed::Bump {
-                                targets: targets.into_iter().map(|t| t.target).collect(),
-                                position: Position::kafka(
-                                    &record.topic,
-                                    record.partition,
-                                    record.offset,
-                                ),
-                                commit_time_us: None,
-                                consistency: entity.consistency,
-                                escalation,
-                            },
-                        ),
-                        Derivation::Stall { reason, detail } => (
-                            "other",
-                            Routed::Stall {
-                                reason: reason.label(),
-                                detail,
-                            },
-                        ),
-                        Derivation::Skip(_) => unreachable!("escalate never skips"),
-                    }
-                }
-                None => (
-                    "other",
-                    Routed::Stall {
-                        reason: error.kind.label(),
-                        detail,
-                    },
-                ),
-            };
+        Ok(other) => {
+            return Route {
+                op: other.op_label(),
+                action: Routed::Skip,
+                dead_letter: None,
+            }
         }
+        Err(error) => return route_undecodable(graph, record, error, dead_letters),
     };
     let op = event.op.code();
     let Some(entity) = graph.entity(&event.table) else {
-        return (op, Routed::Skip);
+        return Route {
+            op,
+            action: Routed::Skip,
+            dead_letter: None,
+        };
     };
     if is_moot(
         event.commit_time_us,
@@ -121,30 +116,102 @@ pub fn route(
         entity.max_cache_ttl,
         plan.clock_skew_margin,
     ) {
-        return (op, Routed::Moot);
-    }
-    match graph.derive(&event) {
-        Derivation::Skip(_) => (op, Routed::Skip),
-        Derivation::Stall { reason, detail } => (
+        return Route {
             op,
-            Routed::Stall {
+            action: Routed::Moot,
+            dead_letter: None,
+        };
+    }
+    let render_failure = |reason: EscalationReason, detail: &str| {
+        (reason == EscalationReason::Unrenderable).then(|| Failure {
+            stage: Stage::Render,
+            kind: "unrenderable",
+            detail: detail.to_owned(),
+        })
+    };
+    match graph.derive(&event) {
+        Derivation::Skip(_) => Route {
+            op,
+            action: Routed::Skip,
+            dead_letter: None,
+        },
+        Derivation::Stall { reason, detail } => Route {
+            op,
+            dead_letter: render_failure(reason, &detail),
+            action: Routed::Stall {
                 reason: reason.label(),
                 detail,
             },
-        ),
+        },
         Derivation::Targets {
             targets,
             escalation,
-        } => (
-            op,
-            Routed::Bump {
+        } => {
+            let dead_letter = targets.iter().find_map(|t| match (&t.why, escalation) {
+                (Why::Escalation { detail, .. }, Some(reason)) => render_failure(reason, detail),
+                _ => None,
+            });
+            Route {
+                op,
+                dead_letter,
+                action: Routed::Bump {
+                    targets: targets.into_iter().map(|t| t.target).collect(),
+                    position: event.position,
+                    commit_time_us: event.commit_time_us,
+                    consistency: entity.consistency,
+                    escalation,
+                    namespace: entity.namespace.clone(),
+                },
+            }
+        }
+    }
+}
+
+/// The record says nothing trustworthy, but its topic may name the table:
+/// then the whole entity is invalidated instead.
+fn route_undecodable(
+    graph: &Graph,
+    record: &KafkaRecord,
+    error: DecodeError,
+    dead_letters: bool,
+) -> Route {
+    let failure = Failure {
+        stage: Stage::Decode,
+        kind: error.kind.label(),
+        detail: error.detail.clone(),
+    };
+    let entity = table_from_topic(&record.topic).and_then(|t| graph.entity(&t));
+    let detail = format!("undecodable record ({error})");
+    let action = match entity {
+        Some(entity) => match escalate(entity, Vec::new(), EscalationReason::Undecodable, detail) {
+            Derivation::Targets {
+                targets,
+                escalation,
+            } => Routed::Bump {
                 targets: targets.into_iter().map(|t| t.target).collect(),
-                position: event.position,
-                commit_time_us: event.commit_time_us,
+                position: Position::kafka(&record.topic, record.partition, record.offset),
+                commit_time_us: None,
                 consistency: entity.consistency,
                 escalation,
+                namespace: entity.namespace.clone(),
             },
-        ),
+            Derivation::Stall { reason, detail } => Routed::Stall {
+                reason: reason.label(),
+                detail,
+            },
+            Derivation::Skip(_) => unreachable!("escalate never skips"),
+        },
+        // Kept as a dead letter, nothing is lost by moving on.
+        None if dead_letters => Routed::Skip,
+        None => Routed::Stall {
+            reason: error.kind.label(),
+            detail,
+        },
+    };
+    Route {
+        op: "other",
+        action,
+        dead_letter: Some(failure),
     }
 }
 
@@ -160,15 +227,20 @@ struct PartitionState {
     /// The next offset to take into a batch: one past the last record taken.
     next_offset: Option<i64>,
     stalled: bool,
+    /// Lag above `plan.escalate_above_lag`: namespaces instead of keys.
+    escalating: bool,
 }
 
 /// Records taken since the last flush, and what they ask of Redis.
 #[derive(Default)]
 struct Batch {
     plan: Plan,
+    /// Written durably before anything of the batch is acknowledged.
+    dead_letters: Vec<(KafkaRecord, Failure)>,
     /// Per partition, the highest offset whose work is in this batch.
     done: HashMap<PartitionId, i64>,
     records: usize,
+    bytes: usize,
     flush_at: Option<Instant>,
 }
 
@@ -180,18 +252,27 @@ impl Batch {
 
 // The loop wakes at least this often to refresh gauges and readiness.
 const TICK: Duration = Duration::from_secs(1);
-// First retry delay after a failed Redis apply; doubles up to max_retry_backoff.
+// First retry delay after a failed write; doubles up to max_retry_backoff.
 const FIRST_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 // How long a shutdown may spend on its final apply and commit.
 pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What a batch waits on while it retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dependency {
+    Redis,
+    DeadLetters,
+}
 
 pub struct Pipeline {
     settings: Arc<Settings>,
     consumer: Consumer,
     sink: RedisSink,
+    dead_letters: Option<DeadLetterStore>,
     status: Arc<Status>,
     partitions: HashMap<PartitionId, PartitionState>,
-    /// Set while Redis is unreachable: every partition is paused.
+    /// Set while Redis or the dead-letter store is unreachable: every
+    /// partition is paused and Kafka holds the backlog.
     paused_for_outage: bool,
 }
 
@@ -199,9 +280,11 @@ impl Pipeline {
     pub fn new(
         settings: Arc<Settings>,
         sink: RedisSink,
+        dead_letters: Option<DeadLetterStore>,
         status: Arc<Status>,
     ) -> Result<Pipeline, RunError> {
-        let consumer = source::consumer(&settings.source).map_err(RunError::Consumer)?;
+        let consumer =
+            source::consumer(&settings.source, &settings.plan).map_err(RunError::Consumer)?;
         let patterns = settings.source.subscription.patterns();
         let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
         consumer
@@ -215,6 +298,7 @@ impl Pipeline {
             settings,
             consumer,
             sink,
+            dead_letters,
             status,
             partitions: HashMap::new(),
             paused_for_outage: false,
@@ -246,9 +330,11 @@ impl Pipeline {
                 }
             }
             let now = Instant::now();
-            if batch.records >= self.settings.plan.max_batch_records
-                || batch.flush_at.is_some_and(|t| t <= now)
-            {
+            // The in-flight budget: a full batch is applied before more is
+            // consumed, so memory stays bounded whatever the backlog.
+            let full = batch.records >= self.settings.plan.max_batch_records
+                || batch.bytes >= self.settings.plan.max_batch_bytes;
+            if full || batch.flush_at.is_some_and(|t| t <= now) {
                 if self.flush(&mut batch, &shutdown).await.is_err() {
                     break;
                 }
@@ -264,6 +350,7 @@ impl Pipeline {
     /// Routes one record into the batch, or stalls its partition.
     fn take(&mut self, record: KafkaRecord, batch: &mut Batch) {
         let partition: PartitionId = (record.topic.clone(), record.partition);
+        let lag = self.consumer.context().lag(&partition);
         let state = self.partitions.entry(partition.clone()).or_default();
         if state.stalled || self.paused_for_outage {
             // Fetched before the pause took effect; it is fetched again after a
@@ -271,20 +358,58 @@ impl Pipeline {
             return;
         }
         state.next_offset = Some(record.offset + 1);
-        let (op, routed) = route(&self.settings.graph, &self.settings.plan, &record, now_us());
-        match routed {
-            Routed::Skip => metrics::event(op, Outcome::Skipped),
+        if let (Some(threshold), Some(lag)) = (self.settings.plan.escalate_above_lag, lag) {
+            if !state.escalating && lag > threshold {
+                state.escalating = true;
+                tracing::warn!(topic = %partition.0, partition = partition.1, lag, threshold,
+                    "lag above plan.escalate_above_lag: bumping namespaces instead of keys until it recovers");
+            } else if state.escalating && lag < threshold / 2 {
+                state.escalating = false;
+                tracing::info!(topic = %partition.0, partition = partition.1, lag, "lag recovered: back to per-key bumps");
+            }
+        }
+        let escalating = state.escalating;
+        let Route {
+            op,
+            action,
+            dead_letter,
+        } = route(
+            &self.settings.graph,
+            &self.settings.plan,
+            &record,
+            now_us(),
+            self.dead_letters.is_some(),
+        );
+        if let Some(failure) = dead_letter {
+            tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset,
+                stage = failure.stage.label(), kind = failure.kind, detail = %failure.detail, "bad record");
+            if self.dead_letters.is_some() {
+                batch.dead_letters.push((record.clone(), failure));
+            }
+        }
+        let stalled = match action {
+            Routed::Skip => {
+                metrics::event(op, Outcome::Skipped);
+                None
+            }
             Routed::Moot => {
                 metrics::event(op, Outcome::Moot);
                 metrics::moot();
+                None
             }
             Routed::Bump {
-                targets,
+                mut targets,
                 position,
                 commit_time_us,
                 consistency,
-                escalation,
+                mut escalation,
+                namespace,
             } => {
+                if let (true, None, Some(ns)) = (escalating, escalation, namespace) {
+                    // Coalesces in the plan to one bump per entity per batch.
+                    targets = vec![Target::Namespace(ns)];
+                    escalation = Some(EscalationReason::Lag);
+                }
                 for target in targets {
                     batch.plan.add(target, &position, commit_time_us);
                 }
@@ -292,8 +417,10 @@ impl Pipeline {
                     Some(reason) => {
                         metrics::event(op, Outcome::Escalated);
                         metrics::escalation(reason.label());
-                        tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset,
-                            reason = reason.label(), "escalated to the namespace: exact keys could not be derived");
+                        if reason != EscalationReason::Lag {
+                            tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset,
+                                reason = reason.label(), "escalated to the namespace: exact keys could not be derived");
+                        }
                     }
                     None => metrics::event(op, Outcome::Applied),
                 }
@@ -302,33 +429,39 @@ impl Pipeline {
                     Consistency::Eventual => self.settings.plan.eventual_linger,
                 };
                 batch.take_until(Instant::now() + linger);
+                None
             }
-            Routed::Stall { reason, detail } => {
-                state.stalled = true;
-                state.next_offset = Some(record.offset);
-                tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, reason, %detail,
-                    "partition stalled: this invalidation cannot be applied or escalated; nothing past it will be committed");
-                self.pause(std::slice::from_ref(&partition));
-                self.status.stall(
-                    format!("{}/{}", record.topic, record.partition),
-                    Stall {
-                        offset: record.offset,
-                        reason,
-                        detail,
-                    },
-                );
-                return;
-            }
+            Routed::Stall { reason, detail } => Some((reason, detail)),
+        };
+        if let Some((reason, detail)) = stalled {
+            let state = self.partitions.get_mut(&partition).expect("inserted above");
+            state.stalled = true;
+            state.next_offset = Some(record.offset);
+            tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, reason, %detail,
+                "partition stalled: this invalidation cannot be applied or escalated; nothing past it will be committed");
+            self.pause(std::slice::from_ref(&partition));
+            self.status.stall(
+                format!("{}/{}", record.topic, record.partition),
+                Stall {
+                    offset: record.offset,
+                    reason,
+                    detail,
+                },
+            );
+            return;
         }
         batch.done.insert(partition, record.offset);
         batch.records += 1;
+        batch.bytes +=
+            record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len);
         if batch.flush_at.is_none() {
             // Skipped records still need their offsets stored soon.
             batch.take_until(Instant::now() + self.settings.plan.eventual_linger);
         }
     }
 
-    /// Applies the batch, retrying while Redis is unreachable, then stores offsets.
+    /// Writes the batch's dead letters, applies its bumps (retrying while a
+    /// dependency is unreachable), then stores its offsets.
     async fn flush(
         &mut self,
         batch: &mut Batch,
@@ -336,6 +469,28 @@ impl Pipeline {
     ) -> Result<(), Abandoned> {
         let taken = std::mem::take(batch);
         metrics::coalesced(taken.plan.coalesced());
+        if let Some(store) = self.dead_letters.clone() {
+            for (record, failure) in &taken.dead_letters {
+                let mut backoff = FIRST_RETRY_BACKOFF;
+                loop {
+                    match store.write(record, failure).await {
+                        Ok(()) => {
+                            metrics::dead_letter(failure.stage.label(), failure.kind);
+                            self.status.dead_letters_ok();
+                            break;
+                        }
+                        Err(error) => {
+                            self.outage(Dependency::DeadLetters, "unreachable", &error.to_string());
+                            if self.wait_polling(backoff, shutdown).await.is_err() {
+                                tracing::warn!("shutdown while the dead-letter store is unreachable: nothing committed past the record");
+                                return Err(Abandoned);
+                            }
+                            backoff = (backoff * 2).min(self.settings.redis.max_retry_backoff);
+                        }
+                    }
+                }
+            }
+        }
         let bumps = taken.plan.into_bumps();
         let mut backoff = FIRST_RETRY_BACKOFF;
         while !bumps.is_empty() {
@@ -348,7 +503,7 @@ impl Pipeline {
                     break;
                 }
                 Err(error) => {
-                    self.redis_outage(&error);
+                    self.outage(Dependency::Redis, error.kind_label(), &error.to_string());
                     if self.wait_polling(backoff, shutdown).await.is_err() {
                         tracing::warn!(targets = bumps.len(), "shutdown during a redis outage: the unapplied batch is left to the next run (nothing committed past it)");
                         return Err(Abandoned);
@@ -364,16 +519,21 @@ impl Pipeline {
         Ok(())
     }
 
-    fn redis_outage(&mut self, error: &SinkError) {
-        metrics::redis_error(error.kind_label());
-        self.status.redis_failed(error.to_string());
+    fn outage(&mut self, dependency: Dependency, kind: &'static str, error: &str) {
+        match dependency {
+            Dependency::Redis => {
+                metrics::redis_error(kind);
+                self.status.redis_failed(error.to_owned());
+            }
+            Dependency::DeadLetters => self.status.dead_letters_failed(error.to_owned()),
+        }
         if !self.paused_for_outage {
-            tracing::warn!(error = %error, "redis apply failed; pausing consumption and retrying (nothing is committed meanwhile)");
+            tracing::warn!(?dependency, %error, "write failed; pausing consumption and retrying (nothing is committed meanwhile)");
             self.paused_for_outage = true;
             let all: Vec<PartitionId> = self.partitions.keys().cloned().collect();
             self.pause(&all);
         } else {
-            tracing::debug!(error = %error, "redis apply failed again");
+            tracing::debug!(?dependency, %error, "write failed again");
         }
     }
 
@@ -589,19 +749,25 @@ keys = ["plain:{id}"]
             key: None,
             value: Some(value.to_vec()),
             timestamp_ms: None,
+            headers: Vec::new(),
         }
     }
 
     #[test]
-    fn undecodable_record_of_known_table_escalates_to_namespace() {
+    fn undecodable_record_of_known_table_escalates_and_is_dead_lettered() {
         let s = settings();
-        let (_, routed) = route(
+        let r = route(
             &s.graph,
             &s.plan,
             &record("shop.public.products", b"{oops"),
             now_us(),
+            true,
         );
-        match routed {
+        assert_eq!(
+            r.dead_letter.as_ref().map(|f| (f.stage, f.kind)),
+            Some((Stage::Decode, "malformed"))
+        );
+        match r.action {
             Routed::Bump {
                 targets,
                 position,
@@ -619,32 +785,99 @@ keys = ["plain:{id}"]
     #[test]
     fn undecodable_record_without_namespace_stalls() {
         let s = settings();
-        let (_, routed) = route(
+        let r = route(
             &s.graph,
             &s.plan,
             &record("shop.public.plain", b"{oops"),
             now_us(),
+            true,
         );
         assert!(
             matches!(
-                routed,
+                r.action,
                 Routed::Stall {
                     reason: "undecodable",
                     ..
                 }
             ),
-            "{routed:?}"
+            "{r:?}"
         );
-        let (_, routed) = route(&s.graph, &s.plan, &record("elsewhere", b"{oops"), now_us());
+        assert!(r.dead_letter.is_some());
+    }
+
+    #[test]
+    fn undecodable_record_of_unknown_table_is_dead_lettered_or_stalls() {
+        let s = settings();
+        let with_store = route(
+            &s.graph,
+            &s.plan,
+            &record("elsewhere", b"{oops"),
+            now_us(),
+            true,
+        );
+        assert_eq!(with_store.action, Routed::Skip);
+        assert!(with_store.dead_letter.is_some());
+        let without = route(
+            &s.graph,
+            &s.plan,
+            &record("elsewhere", b"{oops"),
+            now_us(),
+            false,
+        );
         assert!(
             matches!(
-                routed,
+                without.action,
                 Routed::Stall {
                     reason: "malformed",
                     ..
                 }
             ),
-            "{routed:?}"
+            "{without:?}"
+        );
+    }
+
+    #[test]
+    fn oversized_record_is_not_parsed() {
+        let mut s = settings();
+        s.plan.max_record_bytes = 10;
+        let r = route(
+            &s.graph,
+            &s.plan,
+            &record("shop.public.products", &[b'x'; 11]),
+            now_us(),
+            true,
+        );
+        assert_eq!(r.dead_letter.map(|f| f.kind), Some("too_large"));
+    }
+
+    #[test]
+    fn unrenderable_value_is_dead_lettered_and_escalated() {
+        let s = settings();
+        let value = serde_json::to_vec(
+            &json!({"op": "c", "after": {"id": {"nested": 1}}, "source": {"connector": "postgresql",
+            "name": "shop", "schema": "public", "table": "products", "lsn": 5}}),
+        )
+        .unwrap();
+        let r = route(
+            &s.graph,
+            &s.plan,
+            &record("shop.public.products", &value),
+            now_us(),
+            true,
+        );
+        assert_eq!(
+            r.dead_letter.as_ref().map(|f| (f.stage, f.kind)),
+            Some((Stage::Render, "unrenderable"))
+        );
+        assert!(
+            matches!(
+                r.action,
+                Routed::Bump {
+                    escalation: Some(EscalationReason::Unrenderable),
+                    ..
+                }
+            ),
+            "{r:?}"
         );
     }
 
@@ -656,19 +889,21 @@ keys = ["plain:{id}"]
                 "schema": "public", "table": "products", "lsn": 5, "ts_us": ts_us}})).unwrap()
         };
         let now = now_us();
-        let (op, routed) = route(
+        let r = route(
             &s.graph,
             &s.plan,
             &record("shop.public.products", &value(now - 11 * 60 * 1_000_000)),
             now,
+            false,
         );
-        assert_eq!((op, routed), ("u", Routed::Moot));
-        let (_, routed) = route(
+        assert_eq!((r.op, r.action), ("u", Routed::Moot));
+        let r = route(
             &s.graph,
             &s.plan,
             &record("shop.public.products", &value(now - 1_000_000)),
             now,
+            false,
         );
-        assert!(matches!(routed, Routed::Bump { .. }), "{routed:?}");
+        assert!(matches!(r.action, Routed::Bump { .. }), "{r:?}");
     }
 }

@@ -182,7 +182,7 @@ keys = ["product:{{id}}", "product-sku:{{sku}}", "category:{{category_id}}:produ
     );
     let daemon = Daemon::start(s.config.path(), s.admin_port);
     daemon.wait_ready().await;
-    let mut conn = common::redis_conn().await;
+    let conn = common::redis_conn().await;
     let seeded = set(&[
         "category:1",
         "category:2",
@@ -306,15 +306,16 @@ async fn expected_positions(
         };
         let record = cdc_invalidator::source::to_record(&message);
         seen += 1;
-        let (_, routed) = cdc_invalidator::pipeline::route(
+        let route = cdc_invalidator::pipeline::route(
             &settings.graph,
             &settings.plan,
             &record,
             cdc_invalidator::pipeline::now_us(),
+            false,
         );
         if let cdc_invalidator::pipeline::Routed::Bump {
             targets, position, ..
-        } = routed
+        } = route.action
         {
             for t in targets {
                 let key = t.record_key("");

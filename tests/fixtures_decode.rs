@@ -44,6 +44,7 @@ fn fixture(name: &str) -> KafkaRecord {
         key: bytes(&json["key"]),
         value: bytes(&json["value"]),
         timestamp_ms: None,
+        headers: Vec::new(),
     }
 }
 

@@ -9,6 +9,15 @@ pub fn decode_json(record: &KafkaRecord) -> Result<Decoded, DecodeError> {
     let Some(bytes) = record.value.as_deref() else {
         return Ok(Decoded::Tombstone);
     };
+    if let [0, id @ ..] = bytes {
+        let schema_id = id
+            .get(..4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        return Err(DecodeError::new(
+            DecodeErrorKind::UnsupportedFormat,
+            format!("Confluent wire format (magic byte 0, schema id {schema_id:?}): an Avro record, and this daemon reads JSON"),
+        ));
+    }
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         DecodeError::new(
             DecodeErrorKind::Malformed,
@@ -145,7 +154,7 @@ fn envelope(
         .or_else(|| int_field(&payload, "ts_us"))
         .or_else(|| int_field(&payload, "ts_ms").map(|ms| ms * 1000));
     let position = source_position(record, &source);
-    Ok(ChangeEvent {
+    let event = ChangeEvent {
         table,
         op,
         before,
@@ -153,7 +162,41 @@ fn envelope(
         key,
         position,
         commit_time_us,
-    })
+    };
+    check_key(&event)?;
+    Ok(event)
+}
+
+/// The message key must name the row the value describes.
+fn check_key(event: &ChangeEvent) -> Result<(), DecodeError> {
+    let image = event.after.as_ref().or(event.before.as_ref());
+    match (&event.key, image) {
+        (None, None) if event.op == Op::Delete => Err(DecodeError::new(
+            DecodeErrorKind::MissingKey,
+            "a delete with neither a message key nor a before image names no row",
+        )),
+        (Some(key), Some(row)) => {
+            for (column, value) in key {
+                match row.get(column) {
+                    Some(v) if v == value => {}
+                    Some(v) => {
+                        return Err(DecodeError::new(
+                            DecodeErrorKind::KeyMismatch,
+                            format!("key column {column:?} is {value} in the key but {v} in the row"),
+                        ))
+                    }
+                    None => {
+                        return Err(DecodeError::new(
+                            DecodeErrorKind::KeyMismatch,
+                            format!("key column {column:?} is not a column of the row (wrong topic for this key?)"),
+                        ))
+                    }
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 fn image(payload: &mut Map<String, Value>, name: &str) -> Result<Option<Row>, DecodeError> {
@@ -343,6 +386,7 @@ mod tests {
             key: key.map(|k| serde_json::to_vec(&k).unwrap()),
             value: value.map(|v| serde_json::to_vec(&v).unwrap()),
             timestamp_ms: None,
+            headers: Vec::new(),
         }
     }
 
@@ -519,6 +563,48 @@ mod tests {
             ),
         );
         assert_eq!(decode_json(&ddl).unwrap(), Decoded::SchemaChange);
+    }
+
+    #[test]
+    fn keys_must_match_the_row_and_deletes_must_name_one() {
+        let source = pg_source(1, "[]");
+        let value = json!({"op": "u", "after": {"id": 1, "name": "x"}, "source": source});
+        let mismatch = record(
+            "shop.public.products",
+            Some(json!({"id": 2})),
+            Some(value.clone()),
+        );
+        assert_eq!(
+            decode_json(&mismatch).unwrap_err().kind,
+            DecodeErrorKind::KeyMismatch
+        );
+        let other_table = record(
+            "shop.public.products",
+            Some(json!({"order_id": 1})),
+            Some(value),
+        );
+        assert_eq!(
+            decode_json(&other_table).unwrap_err().kind,
+            DecodeErrorKind::KeyMismatch
+        );
+        let nameless_delete = record(
+            "shop.public.products",
+            None,
+            Some(json!({"op": "d", "before": null, "source": pg_source(1, "[]")})),
+        );
+        assert_eq!(
+            decode_json(&nameless_delete).unwrap_err().kind,
+            DecodeErrorKind::MissingKey
+        );
+    }
+
+    #[test]
+    fn confluent_framing_is_recognised() {
+        let mut avro = record("shop.public.products", None, None);
+        avro.value = Some(vec![0, 0, 0, 0, 7, 2, 4]);
+        let error = decode_json(&avro).unwrap_err();
+        assert_eq!(error.kind, DecodeErrorKind::UnsupportedFormat);
+        assert!(error.detail.contains("Some(7)"), "{}", error.detail);
     }
 
     #[test]

@@ -27,6 +27,14 @@ pub enum DecodeErrorKind {
     UnknownOp,
     /// Key bytes that are not a JSON object of primary-key columns.
     BadKey,
+    /// A delete that names no row: neither a key nor a before image.
+    MissingKey,
+    /// The key's columns are missing from the row or hold other values.
+    KeyMismatch,
+    /// Confluent wire format (magic byte 0): an Avro record.
+    UnsupportedFormat,
+    /// Larger than `plan.max_record_bytes`; not parsed at all.
+    TooLarge,
 }
 
 impl DecodeErrorKind {
@@ -36,6 +44,10 @@ impl DecodeErrorKind {
             DecodeErrorKind::UnexpectedShape => "unexpected_shape",
             DecodeErrorKind::UnknownOp => "unknown_op",
             DecodeErrorKind::BadKey => "bad_key",
+            DecodeErrorKind::MissingKey => "missing_key",
+            DecodeErrorKind::KeyMismatch => "key_mismatch",
+            DecodeErrorKind::UnsupportedFormat => "unsupported_format",
+            DecodeErrorKind::TooLarge => "too_large",
         }
     }
 }

@@ -96,6 +96,9 @@ pub enum EscalationReason {
     Unrenderable,
     /// The record could not be decoded, but its topic names a known table.
     Undecodable,
+    /// Consumer lag above `plan.escalate_above_lag`: one namespace bump per
+    /// entity per batch instead of every key, until the lag recovers.
+    Lag,
 }
 
 impl EscalationReason {
@@ -105,6 +108,7 @@ impl EscalationReason {
             EscalationReason::Toast => "toast",
             EscalationReason::Unrenderable => "unrenderable",
             EscalationReason::Undecodable => "undecodable",
+            EscalationReason::Lag => "lag",
         }
     }
 }

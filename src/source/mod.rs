@@ -1,16 +1,16 @@
 //! The Kafka edge: the consumer, its forced settings (each with its reason),
 //! the rebalance bridge and the conversion to owned [`KafkaRecord`]s.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 
-use crate::config::SourceSettings;
+use crate::config::{PlanSettings, SourceSettings};
 use crate::event::KafkaRecord;
 
 pub type PartitionId = (String, i32);
@@ -31,6 +31,8 @@ pub struct SourceContext {
     /// Partitions revoked since the last drain: their offsets must not be
     /// stored any more, even by a flush that is already running.
     revoked: Mutex<HashSet<PartitionId>>,
+    /// Consumer lag per partition from the last statistics callback.
+    lag: Mutex<HashMap<PartitionId, i64>>,
 }
 
 impl SourceContext {
@@ -48,6 +50,11 @@ impl SourceContext {
     pub fn clear_revoked(&self, partition: &PartitionId) {
         self.revoked.lock().expect("revoked lock").remove(partition);
     }
+
+    /// The partition's consumer lag in records, as of the last statistics.
+    pub fn lag(&self, partition: &PartitionId) -> Option<i64> {
+        self.lag.lock().expect("lag lock").get(partition).copied()
+    }
 }
 
 fn partitions(tpl: &rdkafka::TopicPartitionList) -> Vec<PartitionId> {
@@ -64,6 +71,10 @@ impl ClientContext for SourceContext {
                 // -1 is librdkafka's internal UA partition; lag -1 means unknown.
                 if *id >= 0 && p.consumer_lag >= 0 && p.fetch_state == "active" {
                     crate::metrics::partition_lag(topic, *id, p.consumer_lag);
+                    self.lag
+                        .lock()
+                        .expect("lag lock")
+                        .insert((topic.clone(), *id), p.consumer_lag);
                 }
             }
         }
@@ -110,7 +121,10 @@ pub type Consumer = StreamConsumer<SourceContext>;
 
 /// Builds the consumer. User passthrough settings go first so that the
 /// settings the delivery promise depends on always win.
-pub fn consumer(settings: &SourceSettings) -> Result<Consumer, rdkafka::error::KafkaError> {
+pub fn consumer(
+    settings: &SourceSettings,
+    plan: &PlanSettings,
+) -> Result<Consumer, rdkafka::error::KafkaError> {
     let mut config = ClientConfig::new();
     // Sensible defaults a user may override through [source.librdkafka].
     config
@@ -120,8 +134,15 @@ pub fn consumer(settings: &SourceSettings) -> Result<Consumer, rdkafka::error::K
         // Commit stored offsets every second: a crash replays at most about a
         // second of work, which the guard turns into no-ops.
         .set("auto.commit.interval.ms", "1000")
-        // Per-partition lag for metrics comes from the statistics callback.
-        .set("statistics.interval.ms", "5000");
+        // Per-partition lag for metrics and lag escalation comes from the
+        // statistics callback.
+        .set("statistics.interval.ms", "1000")
+        // librdkafka prefetches up to this much per partition queue; keep it
+        // within the in-flight budget so memory stays bounded under backlog.
+        .set(
+            "queued.max.messages.kbytes",
+            (plan.max_batch_bytes / 1024).max(1024).to_string(),
+        );
     for (name, value) in &settings.librdkafka {
         config.set(name, value);
     }
@@ -149,5 +170,14 @@ pub fn to_record(message: &BorrowedMessage<'_>) -> KafkaRecord {
         key: message.key().map(<[u8]>::to_vec),
         value: message.payload().map(<[u8]>::to_vec),
         timestamp_ms: message.timestamp().to_millis(),
+        headers: message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }

@@ -1,0 +1,186 @@
+//! Dead letters in PostgreSQL (through sqlx; table in `migrations/`):
+//! records that could not be decoded or rendered, kept with their bytes and
+//! the reason, so they can be listed, replayed and purged.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::Row as _;
+
+use crate::event::KafkaRecord;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error("dead-letter store: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("dead-letter migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Where in the pipeline a record failed; a metric label and a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Decode,
+    Render,
+}
+
+impl Stage {
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::Render => "render",
+        }
+    }
+}
+
+/// Why a record becomes a dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub stage: Stage,
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub error_kind: String,
+    pub error_detail: String,
+    pub stage: String,
+    pub first_seen: chrono::DateTime<chrono::Utc>,
+    pub attempts: i32,
+    pub replayed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl DeadLetter {
+    pub fn record(&self) -> KafkaRecord {
+        KafkaRecord {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+            key: self.key.clone(),
+            value: self.value.clone(),
+            timestamp_ms: None,
+            headers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct DeadLetterStore {
+    pool: PgPool,
+}
+
+impl DeadLetterStore {
+    /// Connects lazily: an unreachable store shows up on the first write,
+    /// where the pipeline treats it like any outage (pause, retry, commit nothing).
+    pub fn connect_lazy(url: &str) -> Result<DeadLetterStore, DeadLetterError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy(url)?;
+        Ok(DeadLetterStore { pool })
+    }
+
+    pub async fn migrate(&self) -> Result<(), DeadLetterError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Writes (or, on redelivery, counts again) one dead letter. Durable when it returns.
+    pub async fn write(
+        &self,
+        record: &KafkaRecord,
+        failure: &Failure,
+    ) -> Result<(), DeadLetterError> {
+        let headers: Map<String, Value> = record
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let value = value
+                    .as_ref()
+                    .map(|v| Value::String(String::from_utf8_lossy(v).into_owned()))
+                    .unwrap_or(Value::Null);
+                (name.clone(), value)
+            })
+            .collect();
+        sqlx::query(
+            r#"INSERT INTO cdc_dead_letters (topic, "partition", "offset", key, value, headers, error_kind, error_detail, stage)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+               ON CONFLICT (topic, "partition", "offset")
+               DO UPDATE SET attempts = cdc_dead_letters.attempts + 1, last_seen = now(),
+                             error_kind = EXCLUDED.error_kind, error_detail = EXCLUDED.error_detail, stage = EXCLUDED.stage"#,
+        )
+        .bind(&record.topic)
+        .bind(record.partition)
+        .bind(record.offset)
+        .bind(record.key.as_deref())
+        .bind(record.value.as_deref())
+        .bind(Value::Object(headers))
+        .bind(failure.kind)
+        .bind(&failure.detail)
+        .bind(failure.stage.label())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Dead letters, oldest first; `pending_only` hides replayed ones.
+    pub async fn list(
+        &self,
+        pending_only: bool,
+        limit: i64,
+    ) -> Result<Vec<DeadLetter>, DeadLetterError> {
+        let rows = sqlx::query(
+            r#"SELECT id, topic, "partition", "offset", key, value, error_kind, error_detail, stage, first_seen, attempts, replayed_at
+               FROM cdc_dead_letters WHERE ($1 = false OR replayed_at IS NULL) ORDER BY id LIMIT $2"#,
+        )
+        .bind(pending_only)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| DeadLetter {
+                id: r.get("id"),
+                topic: r.get("topic"),
+                partition: r.get("partition"),
+                offset: r.get("offset"),
+                key: r.get("key"),
+                value: r.get("value"),
+                error_kind: r.get("error_kind"),
+                error_detail: r.get("error_detail"),
+                stage: r.get("stage"),
+                first_seen: r.get("first_seen"),
+                attempts: r.get("attempts"),
+                replayed_at: r.get("replayed_at"),
+            })
+            .collect())
+    }
+
+    pub async fn mark_replayed(&self, id: i64) -> Result<(), DeadLetterError> {
+        sqlx::query("UPDATE cdc_dead_letters SET replayed_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes replayed dead letters, or all of them with `everything`.
+    pub async fn purge(&self, everything: bool) -> Result<u64, DeadLetterError> {
+        let result =
+            sqlx::query("DELETE FROM cdc_dead_letters WHERE $1 OR replayed_at IS NOT NULL")
+                .bind(everything)
+                .execute(&self.pool)
+                .await?;
+        Ok(result.rows_affected())
+    }
+}
