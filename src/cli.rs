@@ -44,6 +44,8 @@ pub struct Cli {
 pub enum DeadLetterAction {
     /// Show dead letters, oldest first.
     List {
+        #[arg(long, short)]
+        config: PathBuf,
         /// Include those already replayed.
         #[arg(long)]
         all: bool,
@@ -53,11 +55,15 @@ pub enum DeadLetterAction {
     /// Push pending dead letters through decode, graph and Redis again; those
     /// that now go through are marked replayed.
     Replay {
+        #[arg(long, short)]
+        config: PathBuf,
         #[arg(long, default_value_t = 1000)]
         limit: i64,
     },
     /// Delete replayed dead letters (all of them with --all).
     Purge {
+        #[arg(long, short)]
+        config: PathBuf,
         #[arg(long)]
         all: bool,
     },
@@ -86,8 +92,6 @@ pub enum Command {
     },
     /// List, replay or purge dead letters.
     DeadLetters {
-        #[arg(long, short)]
-        config: PathBuf,
         #[command(subcommand)]
         action: DeadLetterAction,
     },
@@ -136,7 +140,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             println!("dead-letter table is up to date");
             Ok(0)
         }
-        Command::DeadLetters { config, action } => dead_letters(&config, action).await,
+        Command::DeadLetters { action } => dead_letters(action).await,
         Command::Check { config } => check(&config).await,
         Command::Explain {
             config,
@@ -338,12 +342,19 @@ async fn check(path: &Path) -> anyhow::Result<i32> {
     }
 }
 
-async fn dead_letters(path: &Path, action: DeadLetterAction) -> anyhow::Result<i32> {
+async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<i32> {
+    let path = match &action {
+        DeadLetterAction::List { config, .. }
+        | DeadLetterAction::Replay { config, .. }
+        | DeadLetterAction::Purge { config, .. } => config,
+    };
     let settings = load(path)?;
     let store = dead_letter_store(&settings)?;
     match action {
-        DeadLetterAction::List { all, limit } => {
-            let letters = store.list(!all, limit).await?;
+        DeadLetterAction::List { all, limit, .. } => {
+            let letters = store.list(!all, limit).await.context(
+                "listing dead letters (if the table is missing, run `cdc-invalidator migrate`)",
+            )?;
             for d in &letters {
                 println!(
                     "#{:<6} {}/{}@{}  {} {}  attempts {}  first seen {}{}\n        {}",
@@ -364,7 +375,7 @@ async fn dead_letters(path: &Path, action: DeadLetterAction) -> anyhow::Result<i
             println!("{} dead letter(s)", letters.len());
             Ok(0)
         }
-        DeadLetterAction::Replay { limit } => {
+        DeadLetterAction::Replay { limit, .. } => {
             let mut sink = RedisSink::connect(&settings.redis).await?;
             let (mut replayed, mut still_failing) = (0, 0);
             for d in store.list(true, limit).await? {
@@ -413,7 +424,7 @@ async fn dead_letters(path: &Path, action: DeadLetterAction) -> anyhow::Result<i
             println!("{replayed} replayed, {still_failing} still failing");
             Ok(if still_failing == 0 { 0 } else { 1 })
         }
-        DeadLetterAction::Purge { all } => {
+        DeadLetterAction::Purge { all, .. } => {
             println!("{} dead letter(s) deleted", store.purge(all).await?);
             Ok(0)
         }

@@ -12,12 +12,26 @@ use crate::event::KafkaRecord;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The inner error is part of the message, not a `source`, so that the
+/// binary's `{:#}` chain does not print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
     #[error("dead-letter store: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("dead-letter migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for DeadLetterError {
+    fn from(e: sqlx::Error) -> Self {
+        DeadLetterError::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for DeadLetterError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        DeadLetterError::Migrate(e)
+    }
 }
 
 /// Where in the pipeline a record failed; a metric label and a column.

@@ -110,11 +110,16 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config_path: &std::path::Path, admin_port: u16) -> Daemon {
+        Daemon::start_with(config_path, admin_port, &[])
+    }
+
+    pub fn start_with(config_path: &std::path::Path, admin_port: u16, extra: &[&str]) -> Daemon {
         let log = config_path.with_extension("log");
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_cdc-invalidator"))
             .args(["run", "--config"])
             .arg(config_path)
+            .args(extra)
             .env("CDC_LOG", "info,cdc_invalidator=debug")
             .stdout(Stdio::null())
             .stderr(file)
@@ -230,4 +235,112 @@ pub fn metric_sum(text: &str, name: &str, filters: &[&str]) -> f64 {
         .filter(|l| filters.iter().all(|f| l.contains(f)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// A TCP forwarder on loopback that a test can cut and restore, to make a
+/// dependency (here the dead-letter database) go away and come back.
+pub struct Proxy {
+    pub port: u16,
+    target: String,
+    stop: Option<tokio_util::sync::CancellationToken>,
+}
+
+impl Proxy {
+    pub async fn start(target: &str) -> Proxy {
+        let mut proxy = Proxy {
+            port: free_port(),
+            target: target.to_owned(),
+            stop: None,
+        };
+        proxy.up().await;
+        proxy
+    }
+
+    pub async fn up(&mut self) {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("proxy port");
+        let target = self.target.clone();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    accepted = listener.accept() => {
+                        let Ok((mut inbound, _)) = accepted else { continue };
+                        let target = target.clone();
+                        let token = token.clone();
+                        tokio::spawn(async move {
+                            let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                            tokio::select! {
+                                _ = token.cancelled() => {}
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            }
+                        });
+                    }
+                }
+            }
+        });
+        self.stop = Some(stop);
+    }
+
+    /// Closes the listener and every open connection.
+    pub async fn down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.cancel();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// host:port of a postgres:// URL.
+pub fn pg_address() -> String {
+    let url = pg_url();
+    let after_at = url.rsplit('@').next().unwrap();
+    after_at.split('/').next().unwrap().to_owned()
+}
+
+/// A dead-letter URL through `address`, isolated in its own schema.
+pub async fn dead_letter_url(address: &str) -> (String, String) {
+    let schema = unique("dl");
+    let pool = pg().await;
+    sql(&pool, &format!("CREATE SCHEMA {schema}")).await;
+    let url = pg_url().replace(&pg_address(), address);
+    let sep = if url.contains('?') { '&' } else { '?' };
+    (
+        format!("{url}{sep}options=-csearch_path%3D{schema}"),
+        schema,
+    )
+}
+
+pub async fn produce(
+    topic: &str,
+    records: &[(Option<Vec<u8>>, Option<Vec<u8>>)],
+) -> Vec<(i32, i64)> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        // One partition order for the whole sequence: same key bytes are not
+        // guaranteed, so the tests pin partition 0.
+        .set("message.max.bytes", "2000000")
+        .create()
+        .unwrap();
+    let mut out = Vec::new();
+    for (key, value) in records {
+        let mut record: FutureRecord<'_, Vec<u8>, Vec<u8>> = FutureRecord::to(topic).partition(0);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        let delivered = producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+        out.push((delivered.partition, delivered.offset));
+    }
+    out
 }

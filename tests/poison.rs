@@ -1,0 +1,340 @@
+//! Poison records and a dead-letter store outage (issue: never lose, never
+//! stall silently). Records are produced straight to a topic named like a
+//! Debezium topic, so every kind of bad input can be made on purpose.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, Daemon};
+use serde_json::{json, Value};
+
+fn config(
+    topic: &str,
+    table: &str,
+    prefix: &str,
+    dead_letters: &str,
+    admin_port: u16,
+) -> tempfile::NamedTempFile {
+    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(
+        file.path(),
+        format!(
+            r#"
+[source]
+brokers = "{brokers}"
+group_id = "{group}"
+topics = ["{topic}"]
+[source.librdkafka]
+"topic.metadata.refresh.interval.ms" = "1000"
+[redis]
+url = "{redis}"
+version_prefix = "{prefix}"
+version_ttl = "1h"
+max_retry_backoff = "500ms"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+[dead_letters]
+url = "{dead_letters}"
+[plan]
+max_record_bytes = 100000
+[[entity]]
+table = "public.{table}"
+namespace = "item"
+consistency = "strong"
+keys = ["item:{{id}}"]
+"#,
+            brokers = common::kafka_brokers(),
+            redis = common::redis_url(),
+            group = common::unique("group"),
+        ),
+    )
+    .unwrap();
+    file
+}
+
+fn change(
+    table: &str,
+    op: &str,
+    lsn: u64,
+    key: Option<Value>,
+    before: Value,
+    after: Value,
+) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    let value = json!({"before": before, "after": after, "op": op,
+        "source": {"connector": "postgresql", "name": "shop", "db": "shop", "schema": "public", "table": table,
+                   "lsn": lsn, "sequence": format!("[\"{lsn}\",\"{lsn}\"]"), "ts_ms": 1}});
+    (
+        key.map(|k| serde_json::to_vec(&k).unwrap()),
+        Some(serde_json::to_vec(&value).unwrap()),
+    )
+}
+
+async fn dead_letter_kinds(schema: &str) -> Vec<(i64, String, String)> {
+    let pool = common::pg().await;
+    // The schema name is the test's own random identifier.
+    sqlx::query_as::<_, (i64, String, String)>(sqlx::AssertSqlSafe(format!(
+        "SELECT \"offset\", error_kind, stage FROM {schema}.cdc_dead_letters ORDER BY \"offset\""
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap_or_default()
+}
+
+async fn version(prefix: &str, key: &str) -> u64 {
+    let mut conn = common::redis_conn().await;
+    let v: Option<String> = redis::cmd("HGET")
+        .arg(format!("{prefix}{key}"))
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    v.and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn every_kind_of_poison_becomes_a_dead_letter_and_later_records_still_apply() {
+    let table = common::unique("poison");
+    let topic = format!("{}.public.{table}", common::topic_prefix());
+    let prefix = format!("{}:", common::unique("ver"));
+    let (dl_url, schema) = common::dead_letter_url(&common::pg_address()).await;
+    let admin_port = common::free_port();
+    let cfg = config(&topic, &table, &prefix, &dl_url, admin_port);
+
+    let good = |id: i64, lsn: u64| {
+        change(
+            &table,
+            "c",
+            lsn,
+            Some(json!({"id": id})),
+            Value::Null,
+            json!({"id": id}),
+        )
+    };
+    let records = vec![
+        good(1, 100),
+        (
+            Some(b"{\"id\":2}".to_vec()),
+            Some(b"{\"op\": \"c\", \"after\": {\"id\": 2".to_vec()),
+        ),
+        change(
+            &table,
+            "c",
+            102,
+            Some(json!({"id": 3})),
+            Value::Null,
+            json!("not a row"),
+        ),
+        change(
+            &table,
+            "x",
+            103,
+            Some(json!({"id": 4})),
+            Value::Null,
+            json!({"id": 4}),
+        ),
+        (None, Some(vec![0x05, 0x00, 0x00, 0x00, 0x01, 0x02])),
+        (None, Some(vec![0x00, 0x00, 0x00, 0x00, 0x07, 0x02, 0x04])),
+        (None, Some(vec![b'{'; 300_000])),
+        change(&table, "d", 107, None, Value::Null, Value::Null),
+        change(
+            &table,
+            "u",
+            108,
+            Some(json!({"id": 99})),
+            Value::Null,
+            json!({"id": 5}),
+        ),
+        good(6, 109),
+    ];
+    // Written before the daemon starts: a real backlog, in one partition.
+    let offsets = common::produce(&topic, &records).await;
+    let first = offsets[0].1;
+
+    let daemon = Daemon::start_with(cfg.path(), admin_port, &["--migrate"]);
+    eventually(
+        "the record after the poison to be applied",
+        Duration::from_secs(60),
+        || {
+            let prefix = prefix.clone();
+            async move { (version(&prefix, "item:6").await > 0).then_some(()) }
+        },
+    )
+    .await;
+    assert!(version(&prefix, "item:1").await > 0);
+    assert!(
+        version(&prefix, "ns:item").await > 0,
+        "the namespace of the poisoned table was escalated"
+    );
+
+    let kinds = dead_letter_kinds(&schema).await;
+    let expected = [
+        (1, "malformed", "decode"),
+        (2, "unexpected_shape", "decode"),
+        (3, "unknown_op", "decode"),
+        (4, "malformed", "decode"),
+        (5, "unsupported_format", "decode"),
+        (6, "too_large", "decode"),
+        (7, "missing_key", "decode"),
+        (8, "key_mismatch", "decode"),
+    ];
+    let got: Vec<(i64, &str, &str)> = kinds
+        .iter()
+        .map(|(o, k, s)| (o - first, k.as_str(), s.as_str()))
+        .collect();
+    assert_eq!(got, expected.to_vec(), "dead letters by offset");
+
+    let metrics = daemon.metrics().await;
+    assert_eq!(
+        common::metric_sum(&metrics, "cdc_invalidator_dead_letters_total", &[]),
+        8.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        common::metric_sum(
+            &metrics,
+            "cdc_invalidator_dead_letters_total",
+            &["kind=\"malformed\""]
+        ),
+        2.0
+    );
+    assert!(
+        common::metric_sum(
+            &metrics,
+            "cdc_invalidator_escalations_total",
+            &["reason=\"undecodable\""]
+        ) >= 8.0
+    );
+    drop(daemon);
+
+    // The operator's view: list shows them, replay leaves them pending because
+    // they still fail, purge --all removes them.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cdc-invalidator"))
+            .args(args)
+            .args(["--config", cfg.path().to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let list = cli(&["dead-letters", "list"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.contains("8 dead letter(s)") && text.contains("key_mismatch"),
+        "{text}"
+    );
+    let replay = cli(&["dead-letters", "replay"]);
+    assert_eq!(
+        replay.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&replay.stdout)
+    );
+    let replayed = String::from_utf8_lossy(&replay.stdout);
+    assert!(
+        replayed.contains("0 replayed, 8 still failing"),
+        "{replayed}"
+    );
+    let purge = cli(&["dead-letters", "purge", "--all"]);
+    assert!(String::from_utf8_lossy(&purge.stdout).contains("8 dead letter(s) deleted"));
+}
+
+#[tokio::test]
+async fn dead_letter_store_down_stalls_the_partition_until_it_returns() {
+    let table = common::unique("dldown");
+    let topic = format!("{}.public.{table}", common::topic_prefix());
+    let prefix = format!("{}:", common::unique("ver"));
+    let mut proxy = common::Proxy::start(&common::pg_address()).await;
+    let (dl_url, schema) = common::dead_letter_url(&format!("127.0.0.1:{}", proxy.port)).await;
+    let admin_port = common::free_port();
+    let cfg = config(&topic, &table, &prefix, &dl_url, admin_port);
+    let good = |id: i64, lsn: u64| {
+        change(
+            &table,
+            "c",
+            lsn,
+            Some(json!({"id": id})),
+            Value::Null,
+            json!({"id": id}),
+        )
+    };
+
+    common::produce(&topic, &[good(1, 100)]).await;
+    let daemon = Daemon::start_with(cfg.path(), admin_port, &["--migrate"]);
+    eventually("the first record", Duration::from_secs(60), || {
+        let prefix = prefix.clone();
+        async move { (version(&prefix, "item:1").await > 0).then_some(()) }
+    })
+    .await;
+
+    proxy.down().await;
+    let offsets = common::produce(&topic, &[(None, Some(b"garbage".to_vec())), good(2, 102)]).await;
+    let body = eventually(
+        "readiness to name the dead-letter store",
+        Duration::from_secs(60),
+        || {
+            let admin = daemon.admin.clone();
+            async move {
+                let (code, body) = common::http_get(&admin, "/readyz").await?;
+                (code == 503 && body.contains("dead-letter store")).then_some(body)
+            }
+        },
+    )
+    .await;
+    assert!(body.contains("\"ready\":false"), "{body}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        version(&prefix, "item:2").await,
+        0,
+        "nothing past the unwritten dead letter is applied"
+    );
+    let committed = committed(&cfg, &topic);
+    assert!(
+        committed <= offsets[0].1,
+        "committed {committed} past the poison at {}",
+        offsets[0].1
+    );
+
+    proxy.up().await;
+    eventually(
+        "the record after the poison once the store is back",
+        Duration::from_secs(60),
+        || {
+            let prefix = prefix.clone();
+            async move { (version(&prefix, "item:2").await > 0).then_some(()) }
+        },
+    )
+    .await;
+    let kinds = dead_letter_kinds(&schema).await;
+    assert_eq!(
+        kinds
+            .iter()
+            .map(|(o, k, _)| (*o, k.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(offsets[0].1, "malformed")]
+    );
+    daemon.wait_ready().await;
+}
+
+fn committed(cfg: &tempfile::NamedTempFile, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let text = std::fs::read_to_string(cfg.path()).unwrap();
+    let group = text
+        .lines()
+        .find(|l| l.starts_with("group_id"))
+        .unwrap()
+        .split('"')
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", common::kafka_brokers())
+        .set("group.id", &group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let c = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    c.elements()[0].offset().to_raw().unwrap_or(-1)
+}
