@@ -15,7 +15,7 @@ use crate::config::{self, redact_url, Settings, Subscription};
 use crate::dead_letter::DeadLetterStore;
 use crate::decode::{decode, table_from_topic};
 use crate::event::{Decoded, KafkaRecord};
-use crate::graph::{Derivation, Why};
+use crate::graph::{Derivation, Lookups, Why};
 use crate::pipeline::{self, Pipeline};
 use crate::sink::RedisSink;
 
@@ -146,7 +146,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             config,
             record,
             topic,
-        } => explain(&config, &record, topic.as_deref()),
+        } => explain(&config, &record, topic.as_deref()).await,
     }
 }
 
@@ -198,7 +198,11 @@ async fn run(path: &Path, migrate: bool) -> anyhow::Result<i32> {
         subscription = ?settings.source.subscription.patterns(), redis = %redact_url(&settings.redis.url),
         entities = settings.graph.entities().len(), "starting"
     );
-    let pipeline = Pipeline::new(settings.clone(), sink, dead_letters, status)?;
+    let lookups = match &settings.lookup {
+        Some(l) => Some(Lookups::connect_lazy(&l.url, l.timeout, l.attempts).context("lookup database URL")?),
+        None => None,
+    };
+    let pipeline = Pipeline::new(settings.clone(), sink, dead_letters, lookups, status)?;
     pipeline.run(shutdown.clone()).await;
     shutdown.cancel();
     match admin_task.await {
@@ -333,6 +337,7 @@ async fn check(path: &Path) -> anyhow::Result<i32> {
             problems += 1;
         }
     }
+    problems += check_database(&settings).await;
     if problems == 0 {
         println!("all checks passed");
         Ok(0)
@@ -431,6 +436,108 @@ async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<i32> {
     }
 }
 
+/// Checks the graph against the source schema through the lookup database:
+/// tables and templated columns exist, replica identity matches what the
+/// config declares, and fan-out queries prepare. Returns the failure count.
+async fn check_database(settings: &Settings) -> usize {
+    use sqlx::Row as _;
+    let Some(l) = &settings.lookup else {
+        println!("note  no [lookup] database: columns, replica identity and fan-out queries are not checked");
+        return 0;
+    };
+    let lookups = match Lookups::connect_lazy(&l.url, l.timeout, l.attempts) {
+        Ok(lookups) => lookups,
+        Err(e) => {
+            println!("FAIL  lookup database: {e}");
+            return 1;
+        }
+    };
+    let pool = lookups.pool();
+    let mut problems = 0;
+    for entity in settings.graph.entities() {
+        let (schema, table) = entity.table.split_once('.').expect("validated as schema.table");
+        let columns: Vec<String> = match sqlx::query("SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2")
+            .bind(schema)
+            .bind(table)
+            .fetch_all(pool)
+            .await
+        {
+            Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+            Err(e) => {
+                println!("FAIL  lookup database: {e}");
+                return problems + 1;
+            }
+        };
+        if columns.is_empty() {
+            println!("FAIL  table {}: not found in the lookup database", entity.table);
+            problems += 1;
+            continue;
+        }
+        let used = entity.keys.iter().flat_map(|t| t.columns()).chain(entity.fanouts.iter().flat_map(|f| f.bind.iter().map(String::as_str)));
+        let missing: std::collections::BTreeSet<&str> = used.filter(|c| !columns.iter().any(|k| k == c)).collect();
+        if !missing.is_empty() {
+            println!("FAIL  table {}: templated column(s) {missing:?} do not exist", entity.table);
+            problems += 1;
+        }
+        let identity: Option<String> = sqlx::query(
+            "SELECT c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+        )
+        .bind(schema)
+        .bind(table)
+        .fetch_optional(pool)
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.get(0));
+        let primary_key: Vec<String> = sqlx::query(
+            "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE i.indrelid = (quote_ident($1) || '.' || quote_ident($2))::regclass AND i.indisprimary",
+        )
+        .bind(schema)
+        .bind(table)
+        .fetch_all(pool)
+        .await
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default();
+        let needs_old: Vec<&str> = entity
+            .keys
+            .iter()
+            .filter(|t| t.columns().any(|c| !primary_key.iter().any(|k| k == c)))
+            .map(|t| t.text())
+            .collect();
+        match (identity.as_deref(), entity.full_before_image) {
+            (Some("f"), true) => println!("ok    table {}: REPLICA IDENTITY FULL, old keys render exactly", entity.table),
+            (Some("f"), false) => println!(
+                "note  table {}: REPLICA IDENTITY FULL but the config says replica_identity = \"default\"; declare \"full\" to render old keys instead of escalating",
+                entity.table
+            ),
+            (_, true) => {
+                println!(
+                    "FAIL  table {}: replica_identity = \"full\" is declared but the table is not (ALTER TABLE {} REPLICA IDENTITY FULL)",
+                    entity.table, entity.table
+                );
+                problems += 1;
+            }
+            (_, false) if !needs_old.is_empty() => println!(
+                "note  table {}: REPLICA IDENTITY DEFAULT; updates and deletes escalate to {} for {needs_old:?}",
+                entity.table,
+                entity.namespace.as_deref().map(|n| format!("namespace {n}")).unwrap_or_else(|| "nothing (no namespace: they STALL)".into())
+            ),
+            (_, false) => println!("ok    table {}: every template uses key columns only", entity.table),
+        }
+        for fanout in &entity.fanouts {
+            match lookups.prepare(fanout).await {
+                Ok(()) => println!("ok    fan-out {:?} prepares", fanout.query),
+                Err(e) => {
+                    println!("FAIL  fan-out {:?}: {e}", fanout.query);
+                    problems += 1;
+                }
+            }
+        }
+    }
+    problems
+}
+
 fn kafka_topics(settings: &Settings) -> anyhow::Result<Vec<String>> {
     let mut config = rdkafka::ClientConfig::new();
     for (k, v) in &settings.source.librdkafka {
@@ -451,7 +558,7 @@ fn kafka_topics(settings: &Settings) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-fn explain(path: &Path, source: &str, topic: Option<&str>) -> anyhow::Result<i32> {
+async fn explain(path: &Path, source: &str, topic: Option<&str>) -> anyhow::Result<i32> {
     let settings = load(path)?;
     let text = if source == "-" {
         let mut s = String::new();
@@ -518,6 +625,7 @@ fn explain(path: &Path, source: &str, topic: Option<&str>) -> anyhow::Result<i32
         Derivation::Targets {
             targets,
             escalation,
+            lookups,
         } => {
             let prefix = &settings.redis.version_prefix;
             for t in &targets {
@@ -537,6 +645,30 @@ fn explain(path: &Path, source: &str, topic: Option<&str>) -> anyhow::Result<i32
                     "note    escalated ({}): readers that fold the namespace version are covered",
                     reason.label()
                 );
+            }
+            for request in &lookups {
+                let Some(fanout) = settings.graph.entity(&request.table).and_then(|e| e.fanouts.get(request.fanout)) else {
+                    continue;
+                };
+                println!("lookup  {:?} with {:?} (max_rows {})", fanout.query, request.binds, fanout.max_rows);
+                let Some(l) = &settings.lookup else { continue };
+                let lookups = Lookups::connect_lazy(&l.url, l.timeout, l.attempts)?;
+                match lookups.run(fanout, &request.binds).await {
+                    Ok(rows) => {
+                        for row in &rows {
+                            for template in &fanout.keys {
+                                if let Ok(Some(key)) = template.render(row) {
+                                    let target = crate::graph::Target::Key(key);
+                                    println!("bump    {:<40} {}  <- fan-out row, template {:?}", target.record_key(prefix), target, template.text());
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => println!(
+                        "lookup  {e}: would escalate to {}",
+                        fanout.namespace.as_deref().map(|n| format!("namespace {n}")).unwrap_or_else(|| "nothing: STALL".into())
+                    ),
+                }
             }
             println!(
                 "guard   field p:{} = {}",

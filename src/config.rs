@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use crate::graph::{Consistency, Entity, Graph, Template};
+use crate::graph::{Consistency, Entity, Fanout, Graph, Template};
 
 /// Environment variables that override addresses and secrets, so the same
 /// checked-in file serves every environment.
@@ -18,6 +18,7 @@ pub const ENV_KAFKA_GROUP: &str = "CDC_KAFKA_GROUP";
 pub const ENV_REDIS_URL: &str = "CDC_REDIS_URL";
 pub const ENV_ADMIN_LISTEN: &str = "CDC_ADMIN_LISTEN";
 pub const ENV_DEAD_LETTERS_URL: &str = "CDC_DEAD_LETTERS_URL";
+pub const ENV_LOOKUP_URL: &str = "CDC_LOOKUP_URL";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -53,6 +54,8 @@ pub struct RawConfig {
     pub plan: Option<Spanned<RawPlan>>,
     #[serde(default)]
     pub dead_letters: Option<Spanned<RawDeadLetters>>,
+    #[serde(default)]
+    pub lookup: Option<Spanned<RawLookup>>,
     #[serde(default, rename = "entity")]
     pub entities: Vec<Spanned<RawEntity>>,
 }
@@ -94,6 +97,29 @@ pub struct RawAdmin {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawLookup {
+    /// PostgreSQL URL, ideally a read replica.
+    pub url: Spanned<String>,
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub attempts: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFanout {
+    pub query: Spanned<String>,
+    pub bind: Spanned<Vec<String>>,
+    pub keys: Spanned<Vec<String>>,
+    #[serde(default)]
+    pub max_rows: Option<Spanned<usize>>,
+    #[serde(default)]
+    pub namespace: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawDeadLetters {
     /// PostgreSQL URL; the table comes from `cdc-invalidator migrate`.
     pub url: Spanned<String>,
@@ -131,6 +157,8 @@ pub struct RawEntity {
     pub invalidate_on_snapshot: bool,
     #[serde(default)]
     pub replica_identity: Option<Spanned<String>>,
+    #[serde(default)]
+    pub fanout: Vec<Spanned<RawFanout>>,
 }
 
 // Readers of the key protocol default to `ver:` (architecture section 3).
@@ -148,6 +176,7 @@ pub struct Settings {
     /// PostgreSQL URL of the dead-letter table; without one, records that
     /// cannot be decoded escalate or stall.
     pub dead_letters_url: Option<String>,
+    pub lookup: Option<LookupSettings>,
     pub graph: Graph,
 }
 
@@ -174,6 +203,13 @@ impl Subscription {
             Subscription::Regex(pattern) => vec![pattern.clone()],
         }
     }
+}
+
+#[derive(Debug, Clone)]
+pub struct LookupSettings {
+    pub url: String,
+    pub timeout: Duration,
+    pub attempts: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -212,6 +248,12 @@ const DEFAULT_EVENTUAL_LINGER: Duration = Duration::from_millis(100);
 const DEFAULT_CLOCK_SKEW_MARGIN: Duration = Duration::from_secs(30);
 // Retrying Redis faster than this only adds load to a struggling server.
 const DEFAULT_MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+// A lookup slower than this holds up its partition; retry or escalate instead.
+const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+// Three tries ride out a replica failover; then the namespace is escalated.
+const DEFAULT_LOOKUP_ATTEMPTS: u32 = 3;
+// Beyond this many children one namespace bump is cheaper than the keys.
+const DEFAULT_FANOUT_MAX_ROWS: usize = 10_000;
 // Loopback by default: metrics are for a local scraper or a sidecar.
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9799";
 
@@ -453,6 +495,21 @@ impl RawConfig {
                 None => DEFAULT_CLOCK_SKEW_MARGIN,
             },
         };
+        let lookup = match self.lookup.map(Spanned::into_inner) {
+            Some(raw) => Some(LookupSettings {
+                url: env(ENV_LOOKUP_URL).unwrap_or_else(|| raw.url.into_inner()),
+                timeout: match &raw.timeout {
+                    Some(d) => v.duration(d, "lookup.timeout")?,
+                    None => DEFAULT_LOOKUP_TIMEOUT,
+                },
+                attempts: match &raw.attempts {
+                    Some(n) if *n.get_ref() == 0 => return v.error(n.span(), "lookup.attempts", "expected at least 1"),
+                    Some(n) => *n.get_ref(),
+                    None => DEFAULT_LOOKUP_ATTEMPTS,
+                },
+            }),
+            None => env(ENV_LOOKUP_URL).map(|url| LookupSettings { url, timeout: DEFAULT_LOOKUP_TIMEOUT, attempts: DEFAULT_LOOKUP_ATTEMPTS }),
+        };
         let dead_letters_url = env(ENV_DEAD_LETTERS_URL)
             .or_else(|| self.dead_letters.map(|d| d.into_inner().url.into_inner()));
 
@@ -551,6 +608,43 @@ impl RawConfig {
                         )
                     }
                 };
+            let mut fanouts = Vec::new();
+            for (f, spanned) in raw.fanout.iter().enumerate() {
+                let fanout = spanned.get_ref();
+                let field = |name: &str| format!("entity[{index}].fanout[{f}].{name}");
+                if lookup.is_none() {
+                    return v.error(spanned.span(), &field("query"), "fan-out lookups need a [lookup] url (a PostgreSQL read replica)");
+                }
+                let placeholders = (1..=fanout.bind.get_ref().len() + 1).take_while(|n| fanout.query.get_ref().contains(&format!("${n}"))).count();
+                if placeholders != fanout.bind.get_ref().len() {
+                    return v.error(
+                        fanout.bind.span(),
+                        &field("bind"),
+                        format!("{} bind column(s) for a query using ${}..${placeholders}", fanout.bind.get_ref().len(), 1.min(placeholders)),
+                    );
+                }
+                let mut keys = Vec::new();
+                for text in fanout.keys.get_ref() {
+                    match Template::parse(text) {
+                        Ok(t) => keys.push(t),
+                        Err(e) => return v.error(fanout.keys.span(), &field("keys"), format!("template {text:?}: {e}")),
+                    }
+                }
+                if keys.is_empty() {
+                    return v.error(fanout.keys.span(), &field("keys"), "expected at least one key template");
+                }
+                fanouts.push(Fanout {
+                    query: fanout.query.get_ref().clone(),
+                    bind: fanout.bind.get_ref().clone(),
+                    keys,
+                    max_rows: match &fanout.max_rows {
+                        Some(n) if *n.get_ref() == 0 => return v.error(n.span(), &field("max_rows"), "expected at least 1"),
+                        Some(n) => *n.get_ref(),
+                        None => DEFAULT_FANOUT_MAX_ROWS,
+                    },
+                    namespace: fanout.namespace.as_ref().map(|n| n.get_ref().clone()),
+                });
+            }
             entities.push(Entity {
                 table,
                 namespace,
@@ -559,6 +653,7 @@ impl RawConfig {
                 keys,
                 invalidate_on_snapshot: raw.invalidate_on_snapshot,
                 full_before_image,
+                fanouts,
             });
         }
 
@@ -568,6 +663,7 @@ impl RawConfig {
             admin_listen,
             plan,
             dead_letters_url,
+            lookup,
             graph: Graph::new(entities),
         })
     }
@@ -706,6 +802,16 @@ keys = ["product:{id}"]
             format!("{BASE}\n[[entity]]\ntable = \"public.products\"\nkeys = [\"p:{{id}}\"]\n");
         let msg = error_of(&text);
         assert!(msg.contains("declared twice"), "{msg}");
+    }
+
+    #[test]
+    fn fanout_needs_a_lookup_database_and_matching_binds() {
+        let fanout = "\n[[entity.fanout]]\nquery = \"SELECT id FROM p WHERE c = $1 AND d = $2\"\nbind = [\"id\"]\nkeys = [\"p:{id}\"]\n";
+        let msg = error_of(&format!("{BASE}{fanout}"));
+        assert!(msg.contains("entity[0].fanout[0].query") && msg.contains("[lookup] url"), "{msg}");
+        let with_lookup = format!("{}\n[lookup]\nurl = \"postgres://h/db\"\n{}{fanout}", BASE.split("[[entity]]").next().unwrap(), &BASE[BASE.find("[[entity]]").unwrap()..]);
+        let msg = error_of(&with_lookup);
+        assert!(msg.contains("entity[0].fanout[0].bind") && msg.contains("1 bind column(s)"), "{msg}");
     }
 
     #[test]

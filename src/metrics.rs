@@ -26,6 +26,8 @@ pub const STALLED_PARTITIONS: &str = "cdc_invalidator_stalled_partitions";
 pub const REDIS_ERRORS: &str = "cdc_invalidator_redis_errors_total";
 pub const READY: &str = "cdc_invalidator_ready";
 pub const BUILD_INFO: &str = "cdc_invalidator_build_info";
+pub const LOOKUP: &str = "cdc_invalidator_lookup_seconds";
+pub const FANOUT_ROWS: &str = "cdc_invalidator_fanout_rows";
 
 /// Outcome label of the events metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +70,8 @@ pub fn install() -> PrometheusHandle {
         .set_buckets_for_metric(Matcher::Full(PROPAGATION.into()), &latency_buckets)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(REDIS_APPLY.into()), &latency_buckets))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_TARGETS.into()), &batch_buckets))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(LOOKUP.into()), &latency_buckets))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FANOUT_ROWS.into()), &batch_buckets))
         .expect("bucket lists are non-empty")
         // Gauges not set for this long disappear: that is how the series of a
         // revoked partition go away (the pipeline refreshes live gauges every tick).
@@ -161,6 +165,8 @@ fn describe() {
         "1 when connected, assigned and not stalled; 0 otherwise."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
+    describe_histogram!(LOOKUP, Unit::Seconds, "Duration of one fan-out lookup query attempt.");
+    describe_histogram!(FANOUT_ROWS, Unit::Count, "Rows returned by one fan-out lookup.");
 }
 
 pub fn event(op: &'static str, outcome: Outcome) {
@@ -219,6 +225,14 @@ pub fn partition_lag(topic: &str, partition: i32, lag: i64) {
         ("partition", partition.to_string()),
     ];
     gauge!(CONSUMER_LAG, &labels).set(lag.max(0) as f64);
+}
+
+pub fn lookup(seconds: f64) {
+    histogram!(LOOKUP).record(seconds);
+}
+
+pub fn fanout_rows(rows: usize) {
+    histogram!(FANOUT_ROWS).record(rows as f64);
 }
 
 pub fn in_flight(records: usize) {

@@ -19,7 +19,9 @@ use crate::config::{PlanSettings, Settings};
 use crate::dead_letter::{DeadLetterStore, Failure, Stage};
 use crate::decode::{decode, table_from_topic, DecodeError, DecodeErrorKind};
 use crate::event::{Decoded, KafkaRecord, Position};
-use crate::graph::{escalate, Consistency, Derivation, EscalationReason, Graph, Target, Why};
+use crate::graph::{
+    escalate, Consistency, Derivation, EscalationReason, Graph, LookupError, LookupRequest, Lookups, Target, Why,
+};
 use crate::metrics::{self, Outcome};
 use crate::plan::{is_moot, Bump, Plan};
 use crate::sink::RedisSink;
@@ -51,6 +53,8 @@ pub enum Routed {
         escalation: Option<EscalationReason>,
         /// The entity's namespace, for escalation under lag.
         namespace: Option<String>,
+        /// Fan-out queries still to run; their rows add targets.
+        lookups: Vec<LookupRequest>,
     },
     /// Cannot be applied or escalated: stop the partition here.
     Stall {
@@ -146,6 +150,7 @@ pub fn route(
         Derivation::Targets {
             targets,
             escalation,
+            lookups,
         } => {
             let dead_letter = targets.iter().find_map(|t| match (&t.why, escalation) {
                 (Why::Escalation { detail, .. }, Some(reason)) => render_failure(reason, detail),
@@ -161,6 +166,7 @@ pub fn route(
                     consistency: entity.consistency,
                     escalation,
                     namespace: entity.namespace.clone(),
+                    lookups,
                 },
             }
         }
@@ -187,6 +193,7 @@ fn route_undecodable(
             Derivation::Targets {
                 targets,
                 escalation,
+                ..
             } => Routed::Bump {
                 targets: targets.into_iter().map(|t| t.target).collect(),
                 position: Position::kafka(&record.topic, record.partition, record.offset),
@@ -194,6 +201,7 @@ fn route_undecodable(
                 consistency: entity.consistency,
                 escalation,
                 namespace: entity.namespace.clone(),
+                lookups: Vec::new(),
             },
             Derivation::Stall { reason, detail } => Routed::Stall {
                 reason: reason.label(),
@@ -269,6 +277,7 @@ pub struct Pipeline {
     consumer: Consumer,
     sink: RedisSink,
     dead_letters: Option<DeadLetterStore>,
+    lookups: Option<Lookups>,
     status: Arc<Status>,
     partitions: HashMap<PartitionId, PartitionState>,
     /// Set while Redis or the dead-letter store is unreachable: every
@@ -281,6 +290,7 @@ impl Pipeline {
         settings: Arc<Settings>,
         sink: RedisSink,
         dead_letters: Option<DeadLetterStore>,
+        lookups: Option<Lookups>,
         status: Arc<Status>,
     ) -> Result<Pipeline, RunError> {
         let consumer =
@@ -299,6 +309,7 @@ impl Pipeline {
             consumer,
             sink,
             dead_letters,
+            lookups,
             status,
             partitions: HashMap::new(),
             paused_for_outage: false,
@@ -325,7 +336,7 @@ impl Pipeline {
                     };
                     self.handle_rebalances(&mut batch);
                     if let Some(record) = record {
-                        self.take(record, &mut batch);
+                        self.take(record, &mut batch).await;
                     }
                 }
             }
@@ -348,7 +359,7 @@ impl Pipeline {
     }
 
     /// Routes one record into the batch, or stalls its partition.
-    fn take(&mut self, record: KafkaRecord, batch: &mut Batch) {
+    async fn take(&mut self, record: KafkaRecord, batch: &mut Batch) {
         let partition: PartitionId = (record.topic.clone(), record.partition);
         let lag = self.consumer.context().lag(&partition);
         let state = self.partitions.entry(partition.clone()).or_default();
@@ -404,11 +415,19 @@ impl Pipeline {
                 consistency,
                 mut escalation,
                 namespace,
+                lookups,
             } => {
                 if let (true, None, Some(ns)) = (escalating, escalation, namespace) {
                     // Coalesces in the plan to one bump per entity per batch.
                     targets = vec![Target::Namespace(ns)];
                     escalation = Some(EscalationReason::Lag);
+                }
+                let fanout = self.fan_out(&lookups, escalating, &mut targets).await;
+                if let Err(stall) = &fanout {
+                    metrics::escalation(stall.0);
+                }
+                if let Ok(Some(reason)) = fanout {
+                    escalation.get_or_insert(reason);
                 }
                 for target in targets {
                     batch.plan.add(target, &position, commit_time_us);
@@ -429,7 +448,7 @@ impl Pipeline {
                     Consistency::Eventual => self.settings.plan.eventual_linger,
                 };
                 batch.take_until(Instant::now() + linger);
-                None
+                fanout.err()
             }
             Routed::Stall { reason, detail } => Some((reason, detail)),
         };
@@ -458,6 +477,63 @@ impl Pipeline {
             // Skipped records still need their offsets stored soon.
             batch.take_until(Instant::now() + self.settings.plan.eventual_linger);
         }
+    }
+
+    /// Runs the event's fan-out lookups and adds the children they name.
+    /// Returns the escalation it had to make, or the stall when a lookup
+    /// cannot be completed and its rule declares no namespace.
+    async fn fan_out(
+        &self,
+        requests: &[LookupRequest],
+        escalating: bool,
+        targets: &mut Vec<Target>,
+    ) -> Result<Option<EscalationReason>, (&'static str, String)> {
+        let mut escalation = None;
+        for request in requests {
+            let Some(fanout) = self.settings.graph.entity(&request.table).and_then(|e| e.fanouts.get(request.fanout)) else {
+                continue;
+            };
+            if let (true, Some(ns)) = (escalating, &fanout.namespace) {
+                // Under lag the children's namespace replaces the query.
+                targets.push(Target::Namespace(ns.clone()));
+                escalation.get_or_insert(EscalationReason::Lag);
+                continue;
+            }
+            let outcome = match &self.lookups {
+                Some(lookups) => lookups.run(fanout, &request.binds).await,
+                None => Err(LookupError::Failed { attempts: 0, detail: "no [lookup] database configured".into() }),
+            };
+            let problem = match outcome {
+                Ok(rows) => {
+                    let mut unrenderable = None;
+                    for row in &rows {
+                        for template in &fanout.keys {
+                            match template.render(row) {
+                                Ok(Some(key)) => targets.push(Target::Key(key)),
+                                Ok(None) => {}
+                                Err(e) => unrenderable = Some(format!("fan-out row, template {:?}: {e}", template.text())),
+                            }
+                        }
+                    }
+                    unrenderable.map(|detail| (EscalationReason::Unrenderable, detail))
+                }
+                Err(e @ LookupError::OverLimit { .. }) => Some((EscalationReason::FanoutLimit, format!("fan-out {:?}: {e}", fanout.query))),
+                Err(e @ LookupError::Failed { .. }) => Some((EscalationReason::LookupFailed, format!("fan-out {:?}: {e}", fanout.query))),
+            };
+            if let Some((reason, detail)) = problem {
+                match &fanout.namespace {
+                    Some(ns) => {
+                        tracing::warn!(reason = reason.label(), %detail, namespace = %ns, "fan-out escalated to its namespace");
+                        targets.push(Target::Namespace(ns.clone()));
+                        escalation.get_or_insert(reason);
+                    }
+                    None => return Err((reason.label(), format!("{detail}; the fan-out declares no namespace to escalate to"))),
+                }
+            }
+        }
+        targets.sort();
+        targets.dedup();
+        Ok(escalation)
     }
 
     /// Writes the batch's dead letters, applies its bumps (retrying while a

@@ -3,12 +3,14 @@
 //! event cannot be derived exactly, the entity's namespace is escalated
 //! instead, and without a namespace the event stalls (architecture 4.3).
 
+mod lookup;
 mod template;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
+pub use lookup::{Fanout, LookupError, LookupRequest, Lookups};
 pub use template::{RenderError, Template, TemplateError};
 
 use crate::event::{ChangeEvent, Op, Row};
@@ -34,6 +36,7 @@ pub struct Entity {
     /// only trustworthy key columns: Debezium fills the others with nulls or
     /// type defaults (`""`, `0`) that must never become keys.
     pub full_before_image: bool,
+    pub fanouts: Vec<Fanout>,
 }
 
 /// What gets bumped: one version record per target.
@@ -99,6 +102,10 @@ pub enum EscalationReason {
     /// Consumer lag above `plan.escalate_above_lag`: one namespace bump per
     /// entity per batch instead of every key, until the lag recovers.
     Lag,
+    /// A fan-out lookup returned more than its `max_rows`.
+    FanoutLimit,
+    /// A fan-out lookup kept failing or timing out.
+    LookupFailed,
 }
 
 impl EscalationReason {
@@ -109,6 +116,8 @@ impl EscalationReason {
             EscalationReason::Unrenderable => "unrenderable",
             EscalationReason::Undecodable => "undecodable",
             EscalationReason::Lag => "lag",
+            EscalationReason::FanoutLimit => "fanout_limit",
+            EscalationReason::LookupFailed => "lookup_failed",
         }
     }
 }
@@ -119,6 +128,11 @@ pub enum Why {
     Template {
         template: String,
         image: Image,
+    },
+    /// A child found by a fan-out lookup.
+    Lookup {
+        query: String,
+        template: String,
     },
     Truncate,
     Escalation {
@@ -132,6 +146,9 @@ impl fmt::Display for Why {
         match self {
             Why::Template { template, image } => {
                 write!(f, "template {template:?} from the {image} image")
+            }
+            Why::Lookup { query, template } => {
+                write!(f, "template {template:?} over the rows of fan-out {query:?}")
             }
             Why::Truncate => write!(f, "truncate of the whole table"),
             Why::Escalation { reason, detail } => {
@@ -154,6 +171,8 @@ pub enum Derivation {
         targets: Vec<DerivedTarget>,
         /// Set when the namespace was bumped because exact keys could not be derived.
         escalation: Option<EscalationReason>,
+        /// Fan-out queries whose rows name more targets.
+        lookups: Vec<LookupRequest>,
     },
     /// Nothing to invalidate, and nothing lost by skipping.
     Skip(SkipReason),
@@ -217,6 +236,7 @@ impl Graph {
                             why: Why::Truncate,
                         }],
                         escalation: None,
+                        lookups: Vec::new(),
                     },
                     None => Derivation::Stall {
                         reason: EscalationReason::MissingBefore,
@@ -233,7 +253,7 @@ impl Graph {
         let mut targets: Vec<DerivedTarget> = Vec::new();
         let mut problem: Option<(EscalationReason, String)> = None;
         for template in &entity.keys {
-            for (image, row) in images_for(entity, event, template) {
+            for (image, row) in images_for(entity, event, template.columns()) {
                 let rendered = match row {
                     Some(row) => template.render(row),
                     None => {
@@ -276,12 +296,47 @@ impl Graph {
             }
         }
 
+        let mut lookups = Vec::new();
+        for (index, fanout) in entity.fanouts.iter().enumerate() {
+            for (image, row) in images_for(entity, event, fanout.bind.iter().map(String::as_str)) {
+                let Some(row) = row else {
+                    problem.get_or_insert((
+                        EscalationReason::MissingBefore,
+                        format!("fan-out {:?} binds old values and the event has no full before image", fanout.query),
+                    ));
+                    continue;
+                };
+                let mut binds = Vec::with_capacity(fanout.bind.len());
+                for column in &fanout.bind {
+                    match row.get(column) {
+                        // SQL NULL matches no child.
+                        Some(serde_json::Value::Null) => break,
+                        Some(serde_json::Value::String(s)) if s == crate::event::UNAVAILABLE_VALUE => {
+                            problem.get_or_insert((EscalationReason::Toast, format!("fan-out bind column {column:?}, {image} image: TOAST placeholder")));
+                            break;
+                        }
+                        Some(value) => binds.push(value.clone()),
+                        None => {
+                            problem.get_or_insert((EscalationReason::Unrenderable, format!("fan-out bind column {column:?} is not in the {image} image")));
+                            break;
+                        }
+                    }
+                }
+                let request = LookupRequest { table: entity.table.clone(), fanout: index, binds };
+                if request.binds.len() == fanout.bind.len() && !lookups.contains(&request) {
+                    lookups.push(request);
+                }
+            }
+        }
+
         match problem {
-            None => Derivation::Targets {
-                targets,
-                escalation: None,
+            None => Derivation::Targets { targets, escalation: None, lookups },
+            Some((reason, detail)) => match escalate(entity, targets, reason, detail) {
+                // The namespace covers the children too only if they live in
+                // it; lookups still run so exact child keys are bumped.
+                Derivation::Targets { targets, escalation, .. } => Derivation::Targets { targets, escalation, lookups },
+                other => other,
             },
-            Some((reason, detail)) => escalate(entity, targets, reason, detail),
         }
     }
 }
@@ -303,6 +358,7 @@ pub fn escalate(
             Derivation::Targets {
                 targets,
                 escalation: Some(reason),
+                lookups: Vec::new(),
             }
         }
         None => Derivation::Stall {
@@ -315,17 +371,18 @@ pub fn escalate(
     }
 }
 
-/// The row images a template renders from for this event. `None` stands for
-/// an old image that is needed but not available.
-fn images_for<'e>(
+/// The row images that the given columns (of a template or a fan-out bind)
+/// are read from for this event. `None` stands for an old image that is
+/// needed but not available.
+fn images_for<'e, 'c>(
     entity: &Entity,
     event: &'e ChangeEvent,
-    template: &Template,
+    mut columns: impl Iterator<Item = &'c str>,
 ) -> Vec<(Image, Option<&'e Row>)> {
     // Key columns cannot change within one event (a primary-key change
     // arrives as a delete and a create), so the message key stands in for the
     // old image of templates that use only key columns.
-    let key_only = template.columns().all(|c| event.is_key_column(c));
+    let key_only = columns.all(|c| event.is_key_column(c));
     let old: Option<&'e Row> = match &event.before {
         Some(before) if key_only || entity.full_before_image => Some(before),
         _ if key_only => event.key.as_ref().or(event.after.as_ref()),
@@ -363,6 +420,7 @@ mod tests {
             ],
             invalidate_on_snapshot: false,
             full_before_image: true,
+            fanouts: Vec::new(),
         }])
     }
 
@@ -456,9 +514,39 @@ mod tests {
                         image: Image::After
                     }
                 }],
-                escalation: None
+                escalation: None,
+                lookups: Vec::new(),
             }
         );
+    }
+
+    #[test]
+    fn fanout_requests_carry_binds_from_each_needed_image() {
+        let categories = Graph::new(vec![Entity {
+            table: "public.categories".into(),
+            namespace: Some("category".into()),
+            consistency: Consistency::Eventual,
+            max_cache_ttl: None,
+            keys: vec![Template::parse("category:{id}").unwrap()],
+            invalidate_on_snapshot: false,
+            full_before_image: false,
+            fanouts: vec![Fanout {
+                query: "SELECT id FROM products WHERE category_id = $1".into(),
+                bind: vec!["id".into()],
+                keys: vec![Template::parse("product:{id}").unwrap()],
+                max_rows: 10,
+                namespace: Some("product".into()),
+            }],
+        }]);
+        let mut ev = event(Op::Update, None, row(json!({"id": 1, "name": "x"})));
+        ev.table = "public.categories".into();
+        match categories.derive(&ev) {
+            Derivation::Targets { lookups, escalation: None, .. } => {
+                // The key column renders once: the old and new ids are equal.
+                assert_eq!(lookups, vec![LookupRequest { table: "public.categories".into(), fanout: 0, binds: vec![json!(1)] }]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
