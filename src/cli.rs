@@ -199,7 +199,9 @@ async fn run(path: &Path, migrate: bool) -> anyhow::Result<i32> {
         entities = settings.graph.entities().len(), "starting"
     );
     let lookups = match &settings.lookup {
-        Some(l) => Some(Lookups::connect_lazy(&l.url, l.timeout, l.attempts).context("lookup database URL")?),
+        Some(l) => Some(
+            Lookups::connect_lazy(&l.url, l.timeout, l.attempts).context("lookup database URL")?,
+        ),
         None => None,
     };
     let pipeline = Pipeline::new(settings.clone(), sink, dead_letters, lookups, status)?;
@@ -455,7 +457,10 @@ async fn check_database(settings: &Settings) -> usize {
     let pool = lookups.pool();
     let mut problems = 0;
     for entity in settings.graph.entities() {
-        let (schema, table) = entity.table.split_once('.').expect("validated as schema.table");
+        let (schema, table) = entity
+            .table
+            .split_once('.')
+            .expect("validated as schema.table");
         let columns: Vec<String> = match sqlx::query("SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2")
             .bind(schema)
             .bind(table)
@@ -469,14 +474,26 @@ async fn check_database(settings: &Settings) -> usize {
             }
         };
         if columns.is_empty() {
-            println!("FAIL  table {}: not found in the lookup database", entity.table);
+            println!(
+                "FAIL  table {}: not found in the lookup database",
+                entity.table
+            );
             problems += 1;
             continue;
         }
-        let used = entity.keys.iter().flat_map(|t| t.columns()).chain(entity.fanouts.iter().flat_map(|f| f.bind.iter().map(String::as_str)));
-        let missing: std::collections::BTreeSet<&str> = used.filter(|c| !columns.iter().any(|k| k == c)).collect();
+        let used = entity.keys.iter().flat_map(|t| t.columns()).chain(
+            entity
+                .fanouts
+                .iter()
+                .flat_map(|f| f.bind.iter().map(String::as_str)),
+        );
+        let missing: std::collections::BTreeSet<&str> =
+            used.filter(|c| !columns.iter().any(|k| k == c)).collect();
         if !missing.is_empty() {
-            println!("FAIL  table {}: templated column(s) {missing:?} do not exist", entity.table);
+            println!(
+                "FAIL  table {}: templated column(s) {missing:?} do not exist",
+                entity.table
+            );
             problems += 1;
         }
         let identity: Option<String> = sqlx::query(
@@ -647,10 +664,17 @@ async fn explain(path: &Path, source: &str, topic: Option<&str>) -> anyhow::Resu
                 );
             }
             for request in &lookups {
-                let Some(fanout) = settings.graph.entity(&request.table).and_then(|e| e.fanouts.get(request.fanout)) else {
+                let Some(fanout) = settings
+                    .graph
+                    .entity(&request.table)
+                    .and_then(|e| e.fanouts.get(request.fanout))
+                else {
                     continue;
                 };
-                println!("lookup  {:?} with {:?} (max_rows {})", fanout.query, request.binds, fanout.max_rows);
+                println!(
+                    "lookup  {:?} with {:?} (max_rows {})",
+                    fanout.query, request.binds, fanout.max_rows
+                );
                 let Some(l) = &settings.lookup else { continue };
                 let lookups = Lookups::connect_lazy(&l.url, l.timeout, l.attempts)?;
                 match lookups.run(fanout, &request.binds).await {
@@ -659,14 +683,23 @@ async fn explain(path: &Path, source: &str, topic: Option<&str>) -> anyhow::Resu
                             for template in &fanout.keys {
                                 if let Ok(Some(key)) = template.render(row) {
                                     let target = crate::graph::Target::Key(key);
-                                    println!("bump    {:<40} {}  <- fan-out row, template {:?}", target.record_key(prefix), target, template.text());
+                                    println!(
+                                        "bump    {:<40} {}  <- fan-out row, template {:?}",
+                                        target.record_key(prefix),
+                                        target,
+                                        template.text()
+                                    );
                                 }
                             }
                         }
                     }
                     Err(e) => println!(
                         "lookup  {e}: would escalate to {}",
-                        fanout.namespace.as_deref().map(|n| format!("namespace {n}")).unwrap_or_else(|| "nothing: STALL".into())
+                        fanout
+                            .namespace
+                            .as_deref()
+                            .map(|n| format!("namespace {n}"))
+                            .unwrap_or_else(|| "nothing: STALL".into())
                     ),
                 }
             }

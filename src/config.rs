@@ -503,12 +503,18 @@ impl RawConfig {
                     None => DEFAULT_LOOKUP_TIMEOUT,
                 },
                 attempts: match &raw.attempts {
-                    Some(n) if *n.get_ref() == 0 => return v.error(n.span(), "lookup.attempts", "expected at least 1"),
+                    Some(n) if *n.get_ref() == 0 => {
+                        return v.error(n.span(), "lookup.attempts", "expected at least 1")
+                    }
                     Some(n) => *n.get_ref(),
                     None => DEFAULT_LOOKUP_ATTEMPTS,
                 },
             }),
-            None => env(ENV_LOOKUP_URL).map(|url| LookupSettings { url, timeout: DEFAULT_LOOKUP_TIMEOUT, attempts: DEFAULT_LOOKUP_ATTEMPTS }),
+            None => env(ENV_LOOKUP_URL).map(|url| LookupSettings {
+                url,
+                timeout: DEFAULT_LOOKUP_TIMEOUT,
+                attempts: DEFAULT_LOOKUP_ATTEMPTS,
+            }),
         };
         let dead_letters_url = env(ENV_DEAD_LETTERS_URL)
             .or_else(|| self.dead_letters.map(|d| d.into_inner().url.into_inner()));
@@ -613,32 +619,54 @@ impl RawConfig {
                 let fanout = spanned.get_ref();
                 let field = |name: &str| format!("entity[{index}].fanout[{f}].{name}");
                 if lookup.is_none() {
-                    return v.error(spanned.span(), &field("query"), "fan-out lookups need a [lookup] url (a PostgreSQL read replica)");
+                    return v.error(
+                        spanned.span(),
+                        &field("query"),
+                        "fan-out lookups need a [lookup] url (a PostgreSQL read replica)",
+                    );
                 }
-                let placeholders = (1..=fanout.bind.get_ref().len() + 1).take_while(|n| fanout.query.get_ref().contains(&format!("${n}"))).count();
+                let placeholders = (1..=fanout.bind.get_ref().len() + 1)
+                    .take_while(|n| fanout.query.get_ref().contains(&format!("${n}")))
+                    .count();
                 if placeholders != fanout.bind.get_ref().len() {
                     return v.error(
                         fanout.bind.span(),
                         &field("bind"),
-                        format!("{} bind column(s) for a query using ${}..${placeholders}", fanout.bind.get_ref().len(), 1.min(placeholders)),
+                        format!(
+                            "{} bind column(s) for a query using ${}..${placeholders}",
+                            fanout.bind.get_ref().len(),
+                            1.min(placeholders)
+                        ),
                     );
                 }
                 let mut keys = Vec::new();
                 for text in fanout.keys.get_ref() {
                     match Template::parse(text) {
                         Ok(t) => keys.push(t),
-                        Err(e) => return v.error(fanout.keys.span(), &field("keys"), format!("template {text:?}: {e}")),
+                        Err(e) => {
+                            return v.error(
+                                fanout.keys.span(),
+                                &field("keys"),
+                                format!("template {text:?}: {e}"),
+                            )
+                        }
                     }
                 }
                 if keys.is_empty() {
-                    return v.error(fanout.keys.span(), &field("keys"), "expected at least one key template");
+                    return v.error(
+                        fanout.keys.span(),
+                        &field("keys"),
+                        "expected at least one key template",
+                    );
                 }
                 fanouts.push(Fanout {
                     query: fanout.query.get_ref().clone(),
                     bind: fanout.bind.get_ref().clone(),
                     keys,
                     max_rows: match &fanout.max_rows {
-                        Some(n) if *n.get_ref() == 0 => return v.error(n.span(), &field("max_rows"), "expected at least 1"),
+                        Some(n) if *n.get_ref() == 0 => {
+                            return v.error(n.span(), &field("max_rows"), "expected at least 1")
+                        }
                         Some(n) => *n.get_ref(),
                         None => DEFAULT_FANOUT_MAX_ROWS,
                     },
@@ -808,10 +836,20 @@ keys = ["product:{id}"]
     fn fanout_needs_a_lookup_database_and_matching_binds() {
         let fanout = "\n[[entity.fanout]]\nquery = \"SELECT id FROM p WHERE c = $1 AND d = $2\"\nbind = [\"id\"]\nkeys = [\"p:{id}\"]\n";
         let msg = error_of(&format!("{BASE}{fanout}"));
-        assert!(msg.contains("entity[0].fanout[0].query") && msg.contains("[lookup] url"), "{msg}");
-        let with_lookup = format!("{}\n[lookup]\nurl = \"postgres://h/db\"\n{}{fanout}", BASE.split("[[entity]]").next().unwrap(), &BASE[BASE.find("[[entity]]").unwrap()..]);
+        assert!(
+            msg.contains("entity[0].fanout[0].query") && msg.contains("[lookup] url"),
+            "{msg}"
+        );
+        let with_lookup = format!(
+            "{}\n[lookup]\nurl = \"postgres://h/db\"\n{}{fanout}",
+            BASE.split("[[entity]]").next().unwrap(),
+            &BASE[BASE.find("[[entity]]").unwrap()..]
+        );
         let msg = error_of(&with_lookup);
-        assert!(msg.contains("entity[0].fanout[0].bind") && msg.contains("1 bind column(s)"), "{msg}");
+        assert!(
+            msg.contains("entity[0].fanout[0].bind") && msg.contains("1 bind column(s)"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -165,8 +165,16 @@ fn describe() {
         "1 when connected, assigned and not stalled; 0 otherwise."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
-    describe_histogram!(LOOKUP, Unit::Seconds, "Duration of one fan-out lookup query attempt.");
-    describe_histogram!(FANOUT_ROWS, Unit::Count, "Rows returned by one fan-out lookup.");
+    describe_histogram!(
+        LOOKUP,
+        Unit::Seconds,
+        "Duration of one fan-out lookup query attempt."
+    );
+    describe_histogram!(
+        FANOUT_ROWS,
+        Unit::Count,
+        "Rows returned by one fan-out lookup."
+    );
 }
 
 pub fn event(op: &'static str, outcome: Outcome) {

@@ -20,7 +20,8 @@ use crate::dead_letter::{DeadLetterStore, Failure, Stage};
 use crate::decode::{decode, table_from_topic, DecodeError, DecodeErrorKind};
 use crate::event::{Decoded, KafkaRecord, Position};
 use crate::graph::{
-    escalate, Consistency, Derivation, EscalationReason, Graph, LookupError, LookupRequest, Lookups, Target, Why,
+    escalate, Consistency, Derivation, EscalationReason, Graph, LookupError, LookupRequest,
+    Lookups, Target, Why,
 };
 use crate::metrics::{self, Outcome};
 use crate::plan::{is_moot, Bump, Plan};
@@ -258,6 +259,9 @@ impl Batch {
     }
 }
 
+// How long a due batch may keep taking records that are already fetched:
+// bounds the latency a strong entity pays for batching under load.
+const MAX_DRAIN: Duration = Duration::from_millis(5);
 // The loop wakes at least this often to refresh gauges and readiness.
 const TICK: Duration = Duration::from_secs(1);
 // First retry delay after a failed write; doubles up to max_retry_backoff.
@@ -322,6 +326,7 @@ impl Pipeline {
         loop {
             let now = Instant::now();
             let wake = batch.flush_at.unwrap_or(next_tick).min(next_tick);
+            let mut took_record = false;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -336,6 +341,7 @@ impl Pipeline {
                     };
                     self.handle_rebalances(&mut batch);
                     if let Some(record) = record {
+                        took_record = true;
                         self.take(record, &mut batch).await;
                     }
                 }
@@ -345,7 +351,12 @@ impl Pipeline {
             // consumed, so memory stays bounded whatever the backlog.
             let full = batch.records >= self.settings.plan.max_batch_records
                 || batch.bytes >= self.settings.plan.max_batch_bytes;
-            if full || batch.flush_at.is_some_and(|t| t <= now) {
+            // A due batch still takes the records that are already waiting
+            // (one Redis round trip for many), but for at most MAX_DRAIN.
+            let due = batch
+                .flush_at
+                .is_some_and(|t| t <= now && (!took_record || now - t >= MAX_DRAIN));
+            if full || due {
                 if self.flush(&mut batch, &shutdown).await.is_err() {
                     break;
                 }
@@ -490,7 +501,12 @@ impl Pipeline {
     ) -> Result<Option<EscalationReason>, (&'static str, String)> {
         let mut escalation = None;
         for request in requests {
-            let Some(fanout) = self.settings.graph.entity(&request.table).and_then(|e| e.fanouts.get(request.fanout)) else {
+            let Some(fanout) = self
+                .settings
+                .graph
+                .entity(&request.table)
+                .and_then(|e| e.fanouts.get(request.fanout))
+            else {
                 continue;
             };
             if let (true, Some(ns)) = (escalating, &fanout.namespace) {
@@ -501,7 +517,10 @@ impl Pipeline {
             }
             let outcome = match &self.lookups {
                 Some(lookups) => lookups.run(fanout, &request.binds).await,
-                None => Err(LookupError::Failed { attempts: 0, detail: "no [lookup] database configured".into() }),
+                None => Err(LookupError::Failed {
+                    attempts: 0,
+                    detail: "no [lookup] database configured".into(),
+                }),
             };
             let problem = match outcome {
                 Ok(rows) => {
@@ -511,14 +530,25 @@ impl Pipeline {
                             match template.render(row) {
                                 Ok(Some(key)) => targets.push(Target::Key(key)),
                                 Ok(None) => {}
-                                Err(e) => unrenderable = Some(format!("fan-out row, template {:?}: {e}", template.text())),
+                                Err(e) => {
+                                    unrenderable = Some(format!(
+                                        "fan-out row, template {:?}: {e}",
+                                        template.text()
+                                    ))
+                                }
                             }
                         }
                     }
                     unrenderable.map(|detail| (EscalationReason::Unrenderable, detail))
                 }
-                Err(e @ LookupError::OverLimit { .. }) => Some((EscalationReason::FanoutLimit, format!("fan-out {:?}: {e}", fanout.query))),
-                Err(e @ LookupError::Failed { .. }) => Some((EscalationReason::LookupFailed, format!("fan-out {:?}: {e}", fanout.query))),
+                Err(e @ LookupError::OverLimit { .. }) => Some((
+                    EscalationReason::FanoutLimit,
+                    format!("fan-out {:?}: {e}", fanout.query),
+                )),
+                Err(e @ LookupError::Failed { .. }) => Some((
+                    EscalationReason::LookupFailed,
+                    format!("fan-out {:?}: {e}", fanout.query),
+                )),
             };
             if let Some((reason, detail)) = problem {
                 match &fanout.namespace {
@@ -527,7 +557,12 @@ impl Pipeline {
                         targets.push(Target::Namespace(ns.clone()));
                         escalation.get_or_insert(reason);
                     }
-                    None => return Err((reason.label(), format!("{detail}; the fan-out declares no namespace to escalate to"))),
+                    None => {
+                        return Err((
+                            reason.label(),
+                            format!("{detail}; the fan-out declares no namespace to escalate to"),
+                        ))
+                    }
                 }
             }
         }

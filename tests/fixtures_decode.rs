@@ -61,6 +61,7 @@ fn keys(name: &str) -> (Vec<String>, Option<EscalationReason>) {
         Derivation::Targets {
             targets,
             escalation,
+            ..
         } => (
             targets
                 .into_iter()

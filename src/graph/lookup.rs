@@ -53,12 +53,20 @@ const FIRST_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(2);
 
 impl Lookups {
-    pub fn connect_lazy(url: &str, timeout: Duration, attempts: u32) -> Result<Lookups, sqlx::Error> {
+    pub fn connect_lazy(
+        url: &str,
+        timeout: Duration,
+        attempts: u32,
+    ) -> Result<Lookups, sqlx::Error> {
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(timeout)
             .connect_lazy(url)?;
-        Ok(Lookups { pool, timeout, attempts: attempts.max(1) })
+        Ok(Lookups {
+            pool,
+            timeout,
+            attempts: attempts.max(1),
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -88,7 +96,9 @@ impl Lookups {
             match outcome {
                 Ok(Ok(rows)) => {
                     if rows.len() > fanout.max_rows {
-                        return Err(LookupError::OverLimit { max_rows: fanout.max_rows });
+                        return Err(LookupError::OverLimit {
+                            max_rows: fanout.max_rows,
+                        });
                     }
                     crate::metrics::fanout_rows(rows.len());
                     return Ok(rows
@@ -109,13 +119,19 @@ impl Lookups {
                 backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
             }
         }
-        Err(LookupError::Failed { attempts: self.attempts, detail: last_error })
+        Err(LookupError::Failed {
+            attempts: self.attempts,
+            detail: last_error,
+        })
     }
 
     /// Prepares the rule's query without running it (for `check`).
     pub async fn prepare(&self, fanout: &Fanout) -> Result<(), sqlx::Error> {
         use sqlx::{Executor as _, SqlSafeStr as _};
-        self.pool.describe(sqlx::AssertSqlSafe(wrapped_query(fanout)).into_sql_str()).await.map(|_| ())
+        self.pool
+            .describe(sqlx::AssertSqlSafe(wrapped_query(fanout)).into_sql_str())
+            .await
+            .map(|_| ())
     }
 }
 
@@ -143,7 +159,10 @@ mod tests {
             namespace: None,
         };
         let sql = wrapped_query(&f);
-        assert!(sql.ends_with("FROM (SELECT id FROM products WHERE category_id = $1) q LIMIT 101"), "{sql}");
+        assert!(
+            sql.ends_with("FROM (SELECT id FROM products WHERE category_id = $1) q LIMIT 101"),
+            "{sql}"
+        );
         assert!(sql.contains("value #>> '{}'"), "{sql}");
     }
 }

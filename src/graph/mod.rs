@@ -148,7 +148,10 @@ impl fmt::Display for Why {
                 write!(f, "template {template:?} from the {image} image")
             }
             Why::Lookup { query, template } => {
-                write!(f, "template {template:?} over the rows of fan-out {query:?}")
+                write!(
+                    f,
+                    "template {template:?} over the rows of fan-out {query:?}"
+                )
             }
             Why::Truncate => write!(f, "truncate of the whole table"),
             Why::Escalation { reason, detail } => {
@@ -302,7 +305,10 @@ impl Graph {
                 let Some(row) = row else {
                     problem.get_or_insert((
                         EscalationReason::MissingBefore,
-                        format!("fan-out {:?} binds old values and the event has no full before image", fanout.query),
+                        format!(
+                            "fan-out {:?} binds old values and the event has no full before image",
+                            fanout.query
+                        ),
                     ));
                     continue;
                 };
@@ -311,18 +317,29 @@ impl Graph {
                     match row.get(column) {
                         // SQL NULL matches no child.
                         Some(serde_json::Value::Null) => break,
-                        Some(serde_json::Value::String(s)) if s == crate::event::UNAVAILABLE_VALUE => {
+                        Some(serde_json::Value::String(s))
+                            if s == crate::event::UNAVAILABLE_VALUE =>
+                        {
                             problem.get_or_insert((EscalationReason::Toast, format!("fan-out bind column {column:?}, {image} image: TOAST placeholder")));
                             break;
                         }
                         Some(value) => binds.push(value.clone()),
                         None => {
-                            problem.get_or_insert((EscalationReason::Unrenderable, format!("fan-out bind column {column:?} is not in the {image} image")));
+                            problem.get_or_insert((
+                                EscalationReason::Unrenderable,
+                                format!(
+                                    "fan-out bind column {column:?} is not in the {image} image"
+                                ),
+                            ));
                             break;
                         }
                     }
                 }
-                let request = LookupRequest { table: entity.table.clone(), fanout: index, binds };
+                let request = LookupRequest {
+                    table: entity.table.clone(),
+                    fanout: index,
+                    binds,
+                };
                 if request.binds.len() == fanout.bind.len() && !lookups.contains(&request) {
                     lookups.push(request);
                 }
@@ -330,11 +347,23 @@ impl Graph {
         }
 
         match problem {
-            None => Derivation::Targets { targets, escalation: None, lookups },
+            None => Derivation::Targets {
+                targets,
+                escalation: None,
+                lookups,
+            },
             Some((reason, detail)) => match escalate(entity, targets, reason, detail) {
                 // The namespace covers the children too only if they live in
                 // it; lookups still run so exact child keys are bumped.
-                Derivation::Targets { targets, escalation, .. } => Derivation::Targets { targets, escalation, lookups },
+                Derivation::Targets {
+                    targets,
+                    escalation,
+                    ..
+                } => Derivation::Targets {
+                    targets,
+                    escalation,
+                    lookups,
+                },
                 other => other,
             },
         }
@@ -541,9 +570,20 @@ mod tests {
         let mut ev = event(Op::Update, None, row(json!({"id": 1, "name": "x"})));
         ev.table = "public.categories".into();
         match categories.derive(&ev) {
-            Derivation::Targets { lookups, escalation: None, .. } => {
+            Derivation::Targets {
+                lookups,
+                escalation: None,
+                ..
+            } => {
                 // The key column renders once: the old and new ids are equal.
-                assert_eq!(lookups, vec![LookupRequest { table: "public.categories".into(), fanout: 0, binds: vec![json!(1)] }]);
+                assert_eq!(
+                    lookups,
+                    vec![LookupRequest {
+                        table: "public.categories".into(),
+                        fanout: 0,
+                        binds: vec![json!(1)]
+                    }]
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -344,3 +344,197 @@ pub async fn produce(
     }
     out
 }
+
+/// A Debezium-shaped PostgreSQL change record, for tests that produce
+/// straight to Kafka: (key, value) bytes.
+pub fn debezium_change(
+    table: &str,
+    op: &str,
+    lsn: u64,
+    id: i64,
+    after: serde_json::Value,
+    commit_time_us: i64,
+) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    let value = serde_json::json!({"before": null, "after": after, "op": op,
+        "source": {"connector": "postgresql", "name": "shop", "db": "shop", "schema": "public", "table": table,
+                   "lsn": lsn, "sequence": format!("[\"{lsn}\",\"{lsn}\"]"), "ts_us": commit_time_us}});
+    (
+        Some(serde_json::to_vec(&serde_json::json!({"id": id})).unwrap()),
+        Some(serde_json::to_vec(&value).unwrap()),
+    )
+}
+
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+/// Produces many records quickly (no per-record await), all to partition 0.
+pub async fn produce_many(
+    topic: &str,
+    records: impl Iterator<Item = (Option<Vec<u8>>, Option<Vec<u8>>)>,
+) -> usize {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    let mut pending = Vec::new();
+    let mut count = 0;
+    for (key, value) in records {
+        let key = key.unwrap_or_default();
+        let value = value.unwrap_or_default();
+        let record = FutureRecord::to(topic)
+            .partition(0)
+            .key(&key)
+            .payload(&value);
+        pending.push(producer.send_result(record).expect("enqueue"));
+        count += 1;
+        if pending.len() >= 10_000 {
+            for p in pending.drain(..) {
+                p.await
+                    .expect("delivery")
+                    .map_err(|(e, _)| e)
+                    .expect("produce");
+            }
+        }
+    }
+    for p in pending {
+        p.await
+            .expect("delivery")
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+    count
+}
+
+/// Writes a daemon config for one produced topic and one entity.
+pub fn write_config(
+    topic: &str,
+    redis: &str,
+    prefix: &str,
+    admin_port: u16,
+    extra: &str,
+) -> tempfile::NamedTempFile {
+    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(
+        file.path(),
+        format!(
+            r#"
+[source]
+brokers = "{brokers}"
+group_id = "{group}"
+topics = ["{topic}"]
+[source.librdkafka]
+"topic.metadata.refresh.interval.ms" = "1000"
+[redis]
+url = "{redis}"
+version_prefix = "{prefix}"
+version_ttl = "1h"
+max_retry_backoff = "500ms"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+{extra}
+"#,
+            brokers = kafka_brokers(),
+            group = unique("group"),
+        ),
+    )
+    .unwrap();
+    file
+}
+
+/// Peak resident memory of a process in KiB (VmHWM).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Counts version records under a prefix (SCAN, so large counts are fine).
+pub async fn count_keys(url: &str, pattern: &str) -> usize {
+    let Ok(client) = redis::Client::open(url) else {
+        return 0;
+    };
+    let Ok(Ok(mut conn)) = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    else {
+        return 0;
+    };
+    let mut cursor: u64 = 0;
+    let mut count = 0;
+    loop {
+        let Ok((next, keys)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(5000)
+            .query_async(&mut conn)
+            .await
+        else {
+            return 0;
+        };
+        count += keys.len();
+        if next == 0 {
+            return count;
+        }
+        cursor = next;
+    }
+}
+
+/// A private redis-server, so stopping it disturbs no other test.
+pub struct PrivateRedis {
+    child: Child,
+    pub port: u16,
+}
+
+impl PrivateRedis {
+    pub fn start(port: u16) -> PrivateRedis {
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (installed by scripts/stack up)");
+        PrivateRedis { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn signal(&self, signal: &str) {
+        Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,223 @@
+//! Backpressure: a large burst while Redis is frozen stays in bounded memory
+//! and is applied in full after recovery; a backlog above the lag threshold
+//! is escalated to namespace bumps, and per-key bumps return afterwards.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{eventually, Daemon, PrivateRedis};
+use serde_json::json;
+
+async fn started_redis() -> PrivateRedis {
+    let redis = PrivateRedis::start(common::free_port());
+    eventually(
+        "the private redis to answer",
+        Duration::from_secs(10),
+        || {
+            let url = redis.url();
+            async move {
+                redis::Client::open(url)
+                    .ok()?
+                    .get_multiplexed_async_connection()
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
+        },
+    )
+    .await;
+    redis
+}
+
+#[tokio::test]
+async fn burst_of_200k_while_redis_is_frozen_is_bounded_and_fully_applied() {
+    const BURST: i64 = 200_000;
+    let table = common::unique("burst");
+    let topic = format!("{}.public.{table}", common::topic_prefix());
+    let redis = started_redis().await;
+    let admin_port = common::free_port();
+    let entity = format!("[[entity]]\ntable = \"public.{table}\"\nnamespace = \"item\"\nconsistency = \"strong\"\nmax_cache_ttl = \"10m\"\nkeys = [\"item:{{id}}\"]\n");
+    let cfg = common::write_config(&topic, &redis.url(), "ver:", admin_port, &entity);
+    let now = common::now_us();
+    common::produce_many(
+        &topic,
+        std::iter::once(common::debezium_change(
+            &table,
+            "c",
+            1,
+            0,
+            json!({"id": 0}),
+            now,
+        )),
+    )
+    .await;
+    let daemon = Daemon::start(cfg.path(), admin_port);
+    daemon.wait_ready().await;
+
+    redis.signal("-STOP");
+    let started = Instant::now();
+    let produced = common::produce_many(
+        &topic,
+        (1..=BURST).map(|id| {
+            common::debezium_change(
+                &table,
+                "c",
+                10 + id as u64,
+                id,
+                json!({"id": id, "name": "burst row"}),
+                now,
+            )
+        }),
+    )
+    .await;
+    assert_eq!(produced as i64, BURST);
+    // Let the daemon run into the outage with the whole backlog waiting.
+    eventually(
+        "consumption to pause for the outage",
+        Duration::from_secs(60),
+        || {
+            let admin = daemon.admin.clone();
+            async move {
+                let (_, body) = common::http_get(&admin, "/metrics").await?;
+                (common::metric_sum(&body, "cdc_invalidator_paused_partitions", &[]) >= 1.0)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_during_outage = common::peak_rss_kib(daemon.child.id());
+
+    redis.signal("-CONT");
+    let recovered = Instant::now();
+    eventually(
+        "every row of the burst to be applied",
+        Duration::from_secs(300),
+        || {
+            let url = redis.url();
+            async move {
+                (common::count_keys(&url, "ver:item:*").await as i64 == BURST + 1).then_some(())
+            }
+        },
+    )
+    .await;
+    let recovery = recovered.elapsed();
+    let peak = common::peak_rss_kib(daemon.child.id());
+    let metrics = daemon.metrics().await;
+    eprintln!(
+        "burst of {BURST}: peak RSS {} MiB (during the outage {} MiB), applied {:.1}s after recovery, {:.1}s after the burst began",
+        peak / 1024,
+        rss_during_outage / 1024,
+        recovery.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    // The in-flight budget (32 MiB of records, plus librdkafka's bounded
+    // prefetch) keeps memory far below the size of the backlog in Kafka.
+    assert!(peak < 400 * 1024, "peak RSS {} MiB", peak / 1024);
+    assert_eq!(
+        common::metric_sum(&metrics, "cdc_invalidator_moot_events_total", &[]),
+        0.0,
+        "nothing here is moot"
+    );
+    assert!(common::metric_sum(&metrics, "cdc_invalidator_redis_errors_total", &[]) >= 1.0);
+}
+
+#[tokio::test]
+async fn lag_above_threshold_escalates_then_per_key_bumps_return() {
+    const BACKLOG: i64 = 30_000;
+    let table = common::unique("lag");
+    let topic = format!("{}.public.{table}", common::topic_prefix());
+    let redis = started_redis().await;
+    let admin_port = common::free_port();
+    let extra = format!(
+        "[plan]\nescalate_above_lag = 2000\nmax_batch_records = 500\n[[entity]]\ntable = \"public.{table}\"\nnamespace = \"item\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\"]\n"
+    );
+    let cfg = common::write_config(&topic, &redis.url(), "ver:", admin_port, &extra);
+    let now = common::now_us();
+    common::produce_many(
+        &topic,
+        (1..=BACKLOG)
+            .map(|id| common::debezium_change(&table, "c", id as u64, id, json!({"id": id}), now)),
+    )
+    .await;
+
+    let daemon = Daemon::start(cfg.path(), admin_port);
+    let metrics = eventually(
+        "the backlog to be consumed",
+        Duration::from_secs(120),
+        || {
+            let admin = daemon.admin.clone();
+            async move {
+                let (_, body) = common::http_get(&admin, "/metrics").await?;
+                (common::metric_sum(&body, "cdc_invalidator_events_total", &[]) >= BACKLOG as f64)
+                    .then_some(body)
+            }
+        },
+    )
+    .await;
+    let escalated = common::metric_sum(
+        &metrics,
+        "cdc_invalidator_escalations_total",
+        &["reason=\"lag\""],
+    );
+    assert!(
+        escalated > (BACKLOG / 2) as f64,
+        "most of the backlog escalates: {escalated}\n{metrics}"
+    );
+    let per_key = common::count_keys(&redis.url(), "ver:item:*").await as i64;
+    assert!(
+        per_key < BACKLOG / 2,
+        "{per_key} per-key records for a backlog of {BACKLOG}"
+    );
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let ns: Option<String> = redis::cmd("HGET")
+        .arg("ver:ns:item")
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ns.is_some(), "the namespace was bumped");
+
+    // Once the lag is gone (statistics every second), keys are bumped again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    common::produce_many(
+        &topic,
+        std::iter::once(common::debezium_change(
+            &table,
+            "u",
+            BACKLOG as u64 + 10,
+            7_000_001,
+            json!({"id": 7_000_001}),
+            common::now_us(),
+        )),
+    )
+    .await;
+    eventually(
+        "a per-key bump after recovery",
+        Duration::from_secs(30),
+        || {
+            let mut conn = conn.clone();
+            async move {
+                let v: Option<String> = redis::cmd("HGET")
+                    .arg("ver:item:7000001")
+                    .arg("v")
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                v.map(|_| ())
+            }
+        },
+    )
+    .await;
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(
+        log.contains("lag above plan.escalate_above_lag") && log.contains("lag recovered"),
+        "{}",
+        daemon.log_tail()
+    );
+}
