@@ -100,9 +100,7 @@ impl Status {
                 });
             }
             if let Some(e) = &s.dead_letters_error {
-                reasons.push(format!(
-                    "dead-letter store unreachable (consumption paused): {e}"
-                ));
+                reasons.push(format!("dead-letter store unreachable (consumption paused): {e}"));
             }
             if s.assigned == 0 {
                 reasons.push("no partitions assigned".to_owned());
@@ -155,10 +153,7 @@ async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
     // Readiness is a gauge too; refresh it for scrapes that come without /readyz calls.
     state.status.readiness();
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
 }
@@ -182,10 +177,7 @@ mod tests {
         let status = Status::default();
         let r = status.readiness();
         assert!(!r.ready);
-        assert_eq!(
-            r.reasons,
-            vec!["redis not connected yet", "no partitions assigned"]
-        );
+        assert_eq!(r.reasons, vec!["redis not connected yet", "no partitions assigned"]);
 
         status.redis_ok();
         status.set_assigned(3);

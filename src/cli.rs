@@ -85,6 +85,23 @@ pub enum Command {
         #[arg(long)]
         migrate: bool,
     },
+    /// Check that sampled changes reach Redis within an SLO (black box).
+    Audit {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Time a change may take from Kafka to its version records.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        slo: Duration,
+        /// Check one change in this many.
+        #[arg(long, default_value_t = 1)]
+        sample_every: u64,
+        /// Stop after this long (default: until SIGTERM/SIGINT).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Serve the audit metrics here (/metrics).
+        #[arg(long, default_value = "127.0.0.1:9800")]
+        listen: std::net::SocketAddr,
+    },
     /// Create or upgrade the dead-letter table ([dead_letters] url).
     Migrate {
         #[arg(long, short)]
@@ -115,11 +132,13 @@ pub enum Command {
 }
 
 pub fn init_logging(format: LogFormat, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a terminal: log files and collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -141,20 +160,44 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::DeadLetters { action } => dead_letters(action).await,
-        Command::Check { config } => check(&config).await,
-        Command::Explain {
+        Command::Audit {
             config,
-            record,
-            topic,
-        } => explain(&config, &record, topic.as_deref()).await,
+            slo,
+            sample_every,
+            duration,
+            listen,
+        } => {
+            let settings = load(&config)?;
+            let metrics = crate::metrics::install();
+            let shutdown = CancellationToken::new();
+            spawn_signal_handler(shutdown.clone());
+            let server = tokio::spawn(admin::serve(
+                listen,
+                metrics,
+                Arc::new(Status::default()),
+                shutdown.clone(),
+            ));
+            let options = crate::audit::AuditOptions {
+                slo,
+                sample_every,
+                duration,
+            };
+            tracing::info!(slo = ?slo, sample_every, "auditing: changes must reach their version records within the SLO");
+            let report = crate::audit::run(&settings, &options, shutdown.clone()).await?;
+            println!("{}", report.summary(slo));
+            shutdown.cancel();
+            let _ = server.await;
+            Ok(if report.violations == 0 { 0 } else { 1 })
+        }
+        Command::Check { config } => check(&config).await,
+        Command::Explain { config, record, topic } => explain(&config, &record, topic.as_deref()).await,
     }
 }
 
 fn dead_letter_store(settings: &Settings) -> anyhow::Result<DeadLetterStore> {
-    let url = settings
-        .dead_letters_url
-        .as_deref()
-        .context("no dead-letter store configured: add [dead_letters] url = \"postgres://...\" or set CDC_DEAD_LETTERS_URL")?;
+    let url = settings.dead_letters_url.as_deref().context(
+        "no dead-letter store configured: add [dead_letters] url = \"postgres://...\" or set CDC_DEAD_LETTERS_URL",
+    )?;
     Ok(DeadLetterStore::connect_lazy(url)?)
 }
 
@@ -164,10 +207,7 @@ async fn run(path: &Path, migrate: bool) -> anyhow::Result<i32> {
         Some(_) => {
             let store = dead_letter_store(&settings)?;
             if migrate {
-                store
-                    .migrate()
-                    .await
-                    .context("applying dead-letter migrations")?;
+                store.migrate().await.context("applying dead-letter migrations")?;
                 tracing::info!("dead-letter migrations applied");
             }
             Some(store)
@@ -199,9 +239,7 @@ async fn run(path: &Path, migrate: bool) -> anyhow::Result<i32> {
         entities = settings.graph.entities().len(), "starting"
     );
     let lookups = match &settings.lookup {
-        Some(l) => Some(
-            Lookups::connect_lazy(&l.url, l.timeout, l.attempts).context("lookup database URL")?,
-        ),
+        Some(l) => Some(Lookups::connect_lazy(&l.url, l.timeout, l.attempts).context("lookup database URL")?),
         None => None,
     };
     let pipeline = Pipeline::new(settings.clone(), sink, dead_letters, lookups, status)?;
@@ -243,8 +281,8 @@ async fn connect_redis_until_ready(
 
 fn spawn_signal_handler(shutdown: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
@@ -257,11 +295,7 @@ async fn check(path: &Path) -> anyhow::Result<i32> {
     let mut problems = 0;
     let settings = match load(path) {
         Ok(s) => {
-            println!(
-                "ok    config {}: {} entities",
-                path.display(),
-                s.graph.entities().len()
-            );
+            println!("ok    config {}: {} entities", path.display(), s.graph.entities().len());
             for e in s.graph.entities() {
                 let keys: Vec<&str> = e.keys.iter().map(|k| k.text()).collect();
                 println!(
@@ -329,7 +363,9 @@ async fn check(path: &Path) -> anyhow::Result<i32> {
                 } else {
                     match entity {
                         Some(e) => println!("ok    topic {topic} -> entity {}", e.table),
-                        None => println!("note  topic {topic}: no [[entity]] for table {table:?}; its records are skipped"),
+                        None => {
+                            println!("note  topic {topic}: no [[entity]] for table {table:?}; its records are skipped")
+                        }
                     }
                 }
             }
@@ -359,9 +395,10 @@ async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<i32> {
     let store = dead_letter_store(&settings)?;
     match action {
         DeadLetterAction::List { all, limit, .. } => {
-            let letters = store.list(!all, limit).await.context(
-                "listing dead letters (if the table is missing, run `cdc-invalidator migrate`)",
-            )?;
+            let letters = store
+                .list(!all, limit)
+                .await
+                .context("listing dead letters (if the table is missing, run `cdc-invalidator migrate`)")?;
             for d in &letters {
                 println!(
                     "#{:<6} {}/{}@{}  {} {}  attempts {}  first seen {}{}\n        {}",
@@ -386,13 +423,7 @@ async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<i32> {
             let mut sink = RedisSink::connect(&settings.redis).await?;
             let (mut replayed, mut still_failing) = (0, 0);
             for d in store.list(true, limit).await? {
-                let route = pipeline::route(
-                    &settings.graph,
-                    &settings.plan,
-                    &d.record(),
-                    pipeline::now_us(),
-                    true,
-                );
+                let route = pipeline::route(&settings.graph, &settings.plan, &d.record(), pipeline::now_us(), true);
                 if let pipeline::Routed::Bump {
                     targets,
                     position,
@@ -457,15 +488,14 @@ async fn check_database(settings: &Settings) -> usize {
     let pool = lookups.pool();
     let mut problems = 0;
     for entity in settings.graph.entities() {
-        let (schema, table) = entity
-            .table
-            .split_once('.')
-            .expect("validated as schema.table");
-        let columns: Vec<String> = match sqlx::query("SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2")
-            .bind(schema)
-            .bind(table)
-            .fetch_all(pool)
-            .await
+        let (schema, table) = entity.table.split_once('.').expect("validated as schema.table");
+        let columns: Vec<String> = match sqlx::query(
+            "SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
+        )
+        .bind(schema)
+        .bind(table)
+        .fetch_all(pool)
+        .await
         {
             Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
             Err(e) => {
@@ -474,21 +504,16 @@ async fn check_database(settings: &Settings) -> usize {
             }
         };
         if columns.is_empty() {
-            println!(
-                "FAIL  table {}: not found in the lookup database",
-                entity.table
-            );
+            println!("FAIL  table {}: not found in the lookup database", entity.table);
             problems += 1;
             continue;
         }
-        let used = entity.keys.iter().flat_map(|t| t.columns()).chain(
-            entity
-                .fanouts
-                .iter()
-                .flat_map(|f| f.bind.iter().map(String::as_str)),
-        );
-        let missing: std::collections::BTreeSet<&str> =
-            used.filter(|c| !columns.iter().any(|k| k == c)).collect();
+        let used = entity
+            .keys
+            .iter()
+            .flat_map(|t| t.columns())
+            .chain(entity.fanouts.iter().flat_map(|f| f.bind.iter().map(String::as_str)));
+        let missing: std::collections::BTreeSet<&str> = used.filter(|c| !columns.iter().any(|k| k == c)).collect();
         if !missing.is_empty() {
             println!(
                 "FAIL  table {}: templated column(s) {missing:?} do not exist",
@@ -568,11 +593,7 @@ fn kafka_topics(settings: &Settings) -> anyhow::Result<Vec<String>> {
     let metadata = consumer
         .fetch_metadata(None, Duration::from_secs(10))
         .context("fetching cluster metadata (are the brokers reachable?)")?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .map(|t| t.name().to_owned())
-        .collect())
+    Ok(metadata.topics().iter().map(|t| t.name().to_owned()).collect())
 }
 
 async fn explain(path: &Path, source: &str, topic: Option<&str>) -> anyhow::Result<i32> {
@@ -584,8 +605,7 @@ async fn explain(path: &Path, source: &str, topic: Option<&str>) -> anyhow::Resu
             .context("reading the record from standard input")?;
         s
     } else {
-        std::fs::read_to_string(source)
-            .with_context(|| format!("reading record file {source:?}"))?
+        std::fs::read_to_string(source).with_context(|| format!("reading record file {source:?}"))?
     };
     let record = explain_record(&text, topic)?;
     println!(
@@ -628,9 +648,7 @@ async fn explain(path: &Path, source: &str, topic: Option<&str>) -> anyhow::Resu
         event.position
     );
     if let pipeline::Routed::Moot = routed {
-        println!(
-            "result  moot: older than the entity's max_cache_ttl plus the skew margin; dropped"
-        );
+        println!("result  moot: older than the entity's max_cache_ttl plus the skew margin; dropped");
         return Ok(0);
     }
     match settings.graph.derive(&event) {
@@ -650,12 +668,7 @@ async fn explain(path: &Path, source: &str, topic: Option<&str>) -> anyhow::Resu
                     Why::Template { .. } => format!("entity {}, {}", event.table, t.why),
                     other => other.to_string(),
                 };
-                println!(
-                    "bump    {:<40} {}  <- {}",
-                    t.target.record_key(prefix),
-                    t.target,
-                    why
-                );
+                println!("bump    {:<40} {}  <- {}", t.target.record_key(prefix), t.target, why);
             }
             if let Some(reason) = escalation {
                 println!(
@@ -703,10 +716,7 @@ async fn explain(path: &Path, source: &str, topic: Option<&str>) -> anyhow::Resu
                     ),
                 }
             }
-            println!(
-                "guard   field p:{} = {}",
-                event.position.source, event.position.ordinal
-            );
+            println!("guard   field p:{} = {}", event.position.source, event.position.ordinal);
         }
     }
     Ok(0)

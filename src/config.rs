@@ -23,10 +23,7 @@ pub const ENV_LOOKUP_URL: &str = "CDC_LOOKUP_URL";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path:?}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}:{column}: {message}")]
     Parse {
         path: String,
@@ -266,16 +263,9 @@ pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Setting
     parse(&path.display().to_string(), &text, env)
 }
 
-pub fn parse(
-    path: &str,
-    text: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Settings, ConfigError> {
+pub fn parse(path: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .span()
-            .map(|span| line_col(text, span.start))
-            .unwrap_or((1, 1));
+        let (line, column) = e.span().map(|span| line_col(text, span.start)).unwrap_or((1, 1));
         ConfigError::Parse {
             path: path.to_owned(),
             line,
@@ -329,31 +319,16 @@ impl Validator<'_> {
 }
 
 impl RawConfig {
-    pub fn validate(
-        self,
-        v: &Validator<'_>,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Settings, ConfigError> {
+    pub fn validate(self, v: &Validator<'_>, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
         let source = self.source.into_inner();
         let subscription = match (&source.topics, &source.topic_regex) {
-            (Some(topics), None) if !topics.get_ref().is_empty() => {
-                Subscription::Topics(topics.get_ref().clone())
-            }
-            (Some(topics), None) => {
-                return v.error(
-                    topics.span(),
-                    "source.topics",
-                    "expected at least one topic",
-                )
-            }
+            (Some(topics), None) if !topics.get_ref().is_empty() => Subscription::Topics(topics.get_ref().clone()),
+            (Some(topics), None) => return v.error(topics.span(), "source.topics", "expected at least one topic"),
             (None, Some(pattern)) => {
                 let text = pattern.get_ref();
                 // Anchor the whole name: an unanchored pattern silently picks up
                 // topics nobody meant to consume.
-                let anchored = format!(
-                    "^(?:{})$",
-                    text.trim_start_matches('^').trim_end_matches('$')
-                );
+                let anchored = format!("^(?:{})$", text.trim_start_matches('^').trim_end_matches('$'));
                 if let Err(e) = regex::Regex::new(&anchored) {
                     return v.error(
                         pattern.span(),
@@ -405,10 +380,7 @@ impl RawConfig {
             return v.error(
                 redis.url.span(),
                 "redis.url",
-                format!(
-                    "expected a redis:// or rediss:// URL, got {:?}",
-                    redact_url(&url)
-                ),
+                format!("expected a redis:// or rediss:// URL, got {:?}", redact_url(&url)),
             );
         }
         let version_ttl = v.duration(&redis.version_ttl, "redis.version_ttl")?;
@@ -424,20 +396,13 @@ impl RawConfig {
             cluster: redis.cluster,
         };
 
-        let admin_text = env(ENV_ADMIN_LISTEN).or_else(|| {
-            self.admin
-                .as_ref()
-                .map(|a| a.get_ref().listen.get_ref().clone())
-        });
+        let admin_text =
+            env(ENV_ADMIN_LISTEN).or_else(|| self.admin.as_ref().map(|a| a.get_ref().listen.get_ref().clone()));
         let admin_listen = match admin_text {
             Some(text) => match text.parse() {
                 Ok(addr) => addr,
                 Err(_) => {
-                    let span = self
-                        .admin
-                        .as_ref()
-                        .map(|a| a.get_ref().listen.span())
-                        .unwrap_or(0..0);
+                    let span = self.admin.as_ref().map(|a| a.get_ref().listen.span()).unwrap_or(0..0);
                     return v.error(
                         span,
                         "admin.listen",
@@ -445,9 +410,7 @@ impl RawConfig {
                     );
                 }
             },
-            None => DEFAULT_ADMIN_LISTEN
-                .parse()
-                .expect("default admin address parses"),
+            None => DEFAULT_ADMIN_LISTEN.parse().expect("default admin address parses"),
         };
 
         let raw_plan = self.plan.map(Spanned::into_inner);
@@ -472,10 +435,7 @@ impl RawConfig {
                 "plan.max_record_bytes",
                 DEFAULT_MAX_RECORD_BYTES,
             )?,
-            escalate_above_lag: match raw_plan
-                .as_ref()
-                .and_then(|p| p.escalate_above_lag.as_ref())
-            {
+            escalate_above_lag: match raw_plan.as_ref().and_then(|p| p.escalate_above_lag.as_ref()) {
                 Some(n) if *n.get_ref() < 1 => {
                     return v.error(
                         n.span(),
@@ -503,9 +463,7 @@ impl RawConfig {
                     None => DEFAULT_LOOKUP_TIMEOUT,
                 },
                 attempts: match &raw.attempts {
-                    Some(n) if *n.get_ref() == 0 => {
-                        return v.error(n.span(), "lookup.attempts", "expected at least 1")
-                    }
+                    Some(n) if *n.get_ref() == 0 => return v.error(n.span(), "lookup.attempts", "expected at least 1"),
                     Some(n) => *n.get_ref(),
                     None => DEFAULT_LOOKUP_ATTEMPTS,
                 },
@@ -516,8 +474,8 @@ impl RawConfig {
                 attempts: DEFAULT_LOOKUP_ATTEMPTS,
             }),
         };
-        let dead_letters_url = env(ENV_DEAD_LETTERS_URL)
-            .or_else(|| self.dead_letters.map(|d| d.into_inner().url.into_inner()));
+        let dead_letters_url =
+            env(ENV_DEAD_LETTERS_URL).or_else(|| self.dead_letters.map(|d| d.into_inner().url.into_inner()));
 
         if self.entities.is_empty() {
             return v.error(
@@ -533,35 +491,27 @@ impl RawConfig {
             let field = |name: &str| format!("entity[{index}].{name}");
             let table = raw.table.get_ref().clone();
             if table.split('.').count() != 2 || table.split('.').any(str::is_empty) {
-                return v.error(raw.table.span(), &field("table"), format!("expected \"schema.table\" (or \"database.table\" for MySQL), got {table:?}"));
+                return v.error(
+                    raw.table.span(),
+                    &field("table"),
+                    format!("expected \"schema.table\" (or \"database.table\" for MySQL), got {table:?}"),
+                );
             }
             if !tables.insert(table.clone()) {
                 return v.error(
                     raw.table.span(),
                     &field("table"),
-                    format!(
-                        "table {table:?} is declared twice; put all its keys in one [[entity]]"
-                    ),
+                    format!("table {table:?} is declared twice; put all its keys in one [[entity]]"),
                 );
             }
             if raw.keys.get_ref().is_empty() {
-                return v.error(
-                    raw.keys.span(),
-                    &field("keys"),
-                    "expected at least one key template",
-                );
+                return v.error(raw.keys.span(), &field("keys"), "expected at least one key template");
             }
             let mut keys = Vec::new();
             for text in raw.keys.get_ref() {
                 match Template::parse(text) {
                     Ok(t) => keys.push(t),
-                    Err(e) => {
-                        return v.error(
-                            raw.keys.span(),
-                            &field("keys"),
-                            format!("template {text:?}: {e}"),
-                        )
-                    }
+                    Err(e) => return v.error(raw.keys.span(), &field("keys"), format!("template {text:?}: {e}")),
                 }
             }
             let consistency = match raw.consistency.as_ref().map(|c| c.get_ref().as_str()) {
@@ -602,18 +552,17 @@ impl RawConfig {
             // "default" unless declared: trusting an incomplete old image
             // would render wrong keys silently; distrusting a full one only
             // costs escalations.
-            let full_before_image =
-                match raw.replica_identity.as_ref().map(|r| r.get_ref().as_str()) {
-                    None | Some("default") => false,
-                    Some("full") => true,
-                    Some(other) => {
-                        return v.error(
-                            raw.replica_identity.as_ref().unwrap().span(),
-                            &field("replica_identity"),
-                            format!("expected \"full\" or \"default\", got {other:?}"),
-                        )
-                    }
-                };
+            let full_before_image = match raw.replica_identity.as_ref().map(|r| r.get_ref().as_str()) {
+                None | Some("default") => false,
+                Some("full") => true,
+                Some(other) => {
+                    return v.error(
+                        raw.replica_identity.as_ref().unwrap().span(),
+                        &field("replica_identity"),
+                        format!("expected \"full\" or \"default\", got {other:?}"),
+                    )
+                }
+            };
             let mut fanouts = Vec::new();
             for (f, spanned) in raw.fanout.iter().enumerate() {
                 let fanout = spanned.get_ref();
@@ -644,20 +593,12 @@ impl RawConfig {
                     match Template::parse(text) {
                         Ok(t) => keys.push(t),
                         Err(e) => {
-                            return v.error(
-                                fanout.keys.span(),
-                                &field("keys"),
-                                format!("template {text:?}: {e}"),
-                            )
+                            return v.error(fanout.keys.span(), &field("keys"), format!("template {text:?}: {e}"))
                         }
                     }
                 }
                 if keys.is_empty() {
-                    return v.error(
-                        fanout.keys.span(),
-                        &field("keys"),
-                        "expected at least one key template",
-                    );
+                    return v.error(fanout.keys.span(), &field("keys"), "expected at least one key template");
                 }
                 fanouts.push(Fanout {
                     query: fanout.query.get_ref().clone(),
@@ -773,8 +714,7 @@ keys = ["product:{id}"]
 
     #[test]
     fn bad_duration_names_field_and_expectation() {
-        let msg =
-            error_of(&BASE.replace("max_cache_ttl = \"10m\"", "max_cache_ttl = \"ten minutes\""));
+        let msg = error_of(&BASE.replace("max_cache_ttl = \"10m\"", "max_cache_ttl = \"ten minutes\""));
         assert!(
             msg.starts_with("shop.toml:14: field `entity[0].max_cache_ttl`"),
             "{msg}"
@@ -807,8 +747,7 @@ keys = ["product:{id}"]
 
     #[test]
     fn topics_and_regex_are_exclusive() {
-        let msg =
-            error_of(&BASE.replace("topics = [", "topic_regex = \"shop\\\\..*\"\ntopics = ["));
+        let msg = error_of(&BASE.replace("topics = [", "topic_regex = \"shop\\\\..*\"\ntopics = ["));
         assert!(msg.contains("not both"), "{msg}");
     }
 
@@ -818,16 +757,12 @@ keys = ["product:{id}"]
             "topics = [\"shop.public.products\"]",
             "topics = [\"shop.public.products\"]\nlibrdkafka = { \"enable.auto.offset.store\" = \"true\" }",
         ));
-        assert!(
-            msg.contains("source.librdkafka.enable.auto.offset.store"),
-            "{msg}"
-        );
+        assert!(msg.contains("source.librdkafka.enable.auto.offset.store"), "{msg}");
     }
 
     #[test]
     fn duplicate_table_is_refused() {
-        let text =
-            format!("{BASE}\n[[entity]]\ntable = \"public.products\"\nkeys = [\"p:{{id}}\"]\n");
+        let text = format!("{BASE}\n[[entity]]\ntable = \"public.products\"\nkeys = [\"p:{{id}}\"]\n");
         let msg = error_of(&text);
         assert!(msg.contains("declared twice"), "{msg}");
     }
@@ -879,10 +814,7 @@ keys = ["product:{id}"]
 
     #[test]
     fn redact_hides_password() {
-        assert_eq!(
-            redact_url("redis://app:hunter2@h:6379/0"),
-            "redis://app:***@h:6379/0"
-        );
+        assert_eq!(redact_url("redis://app:hunter2@h:6379/0"), "redis://app:***@h:6379/0");
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
     }
 }

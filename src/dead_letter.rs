@@ -110,11 +110,7 @@ impl DeadLetterStore {
     }
 
     /// Writes (or, on redelivery, counts again) one dead letter. Durable when it returns.
-    pub async fn write(
-        &self,
-        record: &KafkaRecord,
-        failure: &Failure,
-    ) -> Result<(), DeadLetterError> {
+    pub async fn write(&self, record: &KafkaRecord, failure: &Failure) -> Result<(), DeadLetterError> {
         let headers: Map<String, Value> = record
             .headers
             .iter()
@@ -148,11 +144,7 @@ impl DeadLetterStore {
     }
 
     /// Dead letters, oldest first; `pending_only` hides replayed ones.
-    pub async fn list(
-        &self,
-        pending_only: bool,
-        limit: i64,
-    ) -> Result<Vec<DeadLetter>, DeadLetterError> {
+    pub async fn list(&self, pending_only: bool, limit: i64) -> Result<Vec<DeadLetter>, DeadLetterError> {
         let rows = sqlx::query(
             r#"SELECT id, topic, "partition", "offset", key, value, error_kind, error_detail, stage, first_seen, attempts, replayed_at
                FROM cdc_dead_letters WHERE ($1 = false OR replayed_at IS NULL) ORDER BY id LIMIT $2"#,
@@ -190,11 +182,10 @@ impl DeadLetterStore {
 
     /// Deletes replayed dead letters, or all of them with `everything`.
     pub async fn purge(&self, everything: bool) -> Result<u64, DeadLetterError> {
-        let result =
-            sqlx::query("DELETE FROM cdc_dead_letters WHERE $1 OR replayed_at IS NOT NULL")
-                .bind(everything)
-                .execute(&self.pool)
-                .await?;
+        let result = sqlx::query("DELETE FROM cdc_dead_letters WHERE $1 OR replayed_at IS NOT NULL")
+            .bind(everything)
+            .execute(&self.pool)
+            .await?;
         Ok(result.rows_affected())
     }
 }

@@ -13,9 +13,11 @@
 //! - [`pipeline`]  the main loop joining the stages; offsets stored after Redis acknowledged
 //! - [`metrics`]   every metric name and recording helper
 //! - [`admin`]     HTTP `/metrics`, `/healthz`, `/readyz`, and the shared status
-//! - [`cli`]       `run`, `check`, `explain`, `migrate`, `dead-letters`
+//! - [`audit`]     the consistency auditor: sampled changes checked against Redis after an SLO
+//! - [`cli`]       `run`, `check`, `explain`, `migrate`, `dead-letters`, `audit`
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod dead_letter;

@@ -2,9 +2,7 @@
 //! `cdc_invalidator_<name>_<unit>[_total]`; labels come from small fixed sets
 //! (op codes, outcome words, reasons), never keys or raw error text.
 
-use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
-};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 
@@ -28,6 +26,9 @@ pub const READY: &str = "cdc_invalidator_ready";
 pub const BUILD_INFO: &str = "cdc_invalidator_build_info";
 pub const LOOKUP: &str = "cdc_invalidator_lookup_seconds";
 pub const FANOUT_ROWS: &str = "cdc_invalidator_fanout_rows";
+pub const AUDIT_CHECKS: &str = "cdc_invalidator_audit_checks_total";
+pub const AUDIT_VIOLATIONS: &str = "cdc_invalidator_audit_violations_total";
+pub const AUDIT_STALE_RATIO: &str = "cdc_invalidator_audit_stale_ratio";
 
 /// Outcome label of the events metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,10 +92,7 @@ pub fn refresh_build_info() {
 }
 
 fn describe() {
-    describe_counter!(
-        EVENTS,
-        "Records consumed, by Debezium op and what became of them."
-    );
+    describe_counter!(EVENTS, "Records consumed, by Debezium op and what became of them.");
     describe_counter!(
         TARGETS_BUMPED,
         "Version records bumped in Redis, by target kind (key or namespace)."
@@ -103,18 +101,12 @@ fn describe() {
         GUARD_NOOPS,
         "Bumps the Redis guard refused because the record had seen that position or a later one."
     );
-    describe_counter!(
-        TARGETS_COALESCED,
-        "Targets merged into another bump of the same batch."
-    );
+    describe_counter!(TARGETS_COALESCED, "Targets merged into another bump of the same batch.");
     describe_counter!(
         MOOT_EVENTS,
         "Events dropped because older than their entity's max_cache_ttl plus the skew margin."
     );
-    describe_counter!(
-        ESCALATIONS,
-        "Events escalated to a namespace bump, by reason."
-    );
+    describe_counter!(ESCALATIONS, "Events escalated to a namespace bump, by reason.");
     describe_counter!(
         DEAD_LETTERS,
         "Records written as dead letters, by stage and error kind."
@@ -144,11 +136,7 @@ fn describe() {
         Unit::Count,
         "Last offset stored for commit, per assigned partition."
     );
-    describe_gauge!(
-        IN_FLIGHT,
-        Unit::Count,
-        "Records consumed but not yet acknowledged."
-    );
+    describe_gauge!(IN_FLIGHT, Unit::Count, "Records consumed but not yet acknowledged.");
     describe_gauge!(
         PAUSED_PARTITIONS,
         Unit::Count,
@@ -160,20 +148,18 @@ fn describe() {
         "Partitions stopped at an invalidation that could not be applied or escalated."
     );
     describe_counter!(REDIS_ERRORS, "Failed Redis apply attempts, by error kind.");
-    describe_gauge!(
-        READY,
-        "1 when connected, assigned and not stalled; 0 otherwise."
-    );
+    describe_gauge!(READY, "1 when connected, assigned and not stalled; 0 otherwise.");
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
-    describe_histogram!(
-        LOOKUP,
-        Unit::Seconds,
-        "Duration of one fan-out lookup query attempt."
+    describe_histogram!(LOOKUP, Unit::Seconds, "Duration of one fan-out lookup query attempt.");
+    describe_histogram!(FANOUT_ROWS, Unit::Count, "Rows returned by one fan-out lookup.");
+    describe_counter!(AUDIT_CHECKS, "Sampled changes the auditor checked after the SLO.");
+    describe_counter!(
+        AUDIT_VIOLATIONS,
+        "Checked changes whose version records had not advanced within the SLO."
     );
-    describe_histogram!(
-        FANOUT_ROWS,
-        Unit::Count,
-        "Rows returned by one fan-out lookup."
+    describe_gauge!(
+        AUDIT_STALE_RATIO,
+        "Violations divided by checks since the auditor started."
     );
 }
 
@@ -215,23 +201,14 @@ pub fn redis_error(kind: &'static str) {
     counter!(REDIS_ERRORS, "kind" => kind).increment(1);
 }
 
-pub fn partition_offsets(topic: &str, partition: i32, stored: i64, lag: Option<i64>) {
-    let labels = [
-        ("topic", topic.to_owned()),
-        ("partition", partition.to_string()),
-    ];
-    gauge!(STORED_OFFSET, &labels).set(stored as f64);
-    if let Some(lag) = lag {
-        gauge!(CONSUMER_LAG, &labels).set(lag.max(0) as f64);
-    }
+pub fn stored_offset(topic: &str, partition: i32, offset: i64) {
+    let labels = [("topic", topic.to_owned()), ("partition", partition.to_string())];
+    gauge!(STORED_OFFSET, &labels).set(offset as f64);
 }
 
 /// Sets a partition's lag alone (from the statistics callback).
 pub fn partition_lag(topic: &str, partition: i32, lag: i64) {
-    let labels = [
-        ("topic", topic.to_owned()),
-        ("partition", partition.to_string()),
-    ];
+    let labels = [("topic", topic.to_owned()), ("partition", partition.to_string())];
     gauge!(CONSUMER_LAG, &labels).set(lag.max(0) as f64);
 }
 
@@ -241,6 +218,16 @@ pub fn lookup(seconds: f64) {
 
 pub fn fanout_rows(rows: usize) {
     histogram!(FANOUT_ROWS).record(rows as f64);
+}
+
+pub fn audit(ok: bool) {
+    counter!(AUDIT_CHECKS).increment(1);
+    // Registered at zero too, so rate() works from the first check.
+    counter!(AUDIT_VIOLATIONS).increment(u64::from(!ok));
+}
+
+pub fn audit_stale_ratio(ratio: f64) {
+    gauge!(AUDIT_STALE_RATIO).set(ratio);
 }
 
 pub fn in_flight(records: usize) {

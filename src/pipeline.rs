@@ -20,8 +20,7 @@ use crate::dead_letter::{DeadLetterStore, Failure, Stage};
 use crate::decode::{decode, table_from_topic, DecodeError, DecodeErrorKind};
 use crate::event::{Decoded, KafkaRecord, Position};
 use crate::graph::{
-    escalate, Consistency, Derivation, EscalationReason, Graph, LookupError, LookupRequest,
-    Lookups, Target, Why,
+    escalate, Consistency, Derivation, EscalationReason, Graph, LookupError, LookupRequest, Lookups, Target, Why,
 };
 use crate::metrics::{self, Outcome};
 use crate::plan::{is_moot, Bump, Plan};
@@ -58,10 +57,7 @@ pub enum Routed {
         lookups: Vec<LookupRequest>,
     },
     /// Cannot be applied or escalated: stop the partition here.
-    Stall {
-        reason: &'static str,
-        detail: String,
-    },
+    Stall { reason: &'static str, detail: String },
 }
 
 /// The routing of one record: the op label for metrics, the action, and
@@ -77,21 +73,12 @@ pub struct Route {
 /// share it. `dead_letters` says whether a dead-letter store is configured:
 /// with one, a bad record of an unknown table is kept there and skipped;
 /// without one it stalls, because nothing may be lost silently.
-pub fn route(
-    graph: &Graph,
-    plan: &PlanSettings,
-    record: &KafkaRecord,
-    now_us: i64,
-    dead_letters: bool,
-) -> Route {
+pub fn route(graph: &Graph, plan: &PlanSettings, record: &KafkaRecord, now_us: i64, dead_letters: bool) -> Route {
     let size = record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len);
     let decoded = if size > plan.max_record_bytes {
         Err(DecodeError {
             kind: DecodeErrorKind::TooLarge,
-            detail: format!(
-                "{size} bytes, above plan.max_record_bytes ({})",
-                plan.max_record_bytes
-            ),
+            detail: format!("{size} bytes, above plan.max_record_bytes ({})", plan.max_record_bytes),
         })
     } else {
         decode(record)
@@ -176,12 +163,7 @@ pub fn route(
 
 /// The record says nothing trustworthy, but its topic may name the table:
 /// then the whole entity is invalidated instead.
-fn route_undecodable(
-    graph: &Graph,
-    record: &KafkaRecord,
-    error: DecodeError,
-    dead_letters: bool,
-) -> Route {
+fn route_undecodable(graph: &Graph, record: &KafkaRecord, error: DecodeError, dead_letters: bool) -> Route {
     let failure = Failure {
         stage: Stage::Decode,
         kind: error.kind.label(),
@@ -192,9 +174,7 @@ fn route_undecodable(
     let action = match entity {
         Some(entity) => match escalate(entity, Vec::new(), EscalationReason::Undecodable, detail) {
             Derivation::Targets {
-                targets,
-                escalation,
-                ..
+                targets, escalation, ..
             } => Routed::Bump {
                 targets: targets.into_iter().map(|t| t.target).collect(),
                 position: Position::kafka(&record.topic, record.partition, record.offset),
@@ -238,6 +218,8 @@ struct PartitionState {
     stalled: bool,
     /// Lag above `plan.escalate_above_lag`: namespaces instead of keys.
     escalating: bool,
+    /// The last offset stored for commit (next to consume), for the gauge.
+    stored_offset: Option<i64>,
 }
 
 /// Records taken since the last flush, and what they ask of Redis.
@@ -297,16 +279,13 @@ impl Pipeline {
         lookups: Option<Lookups>,
         status: Arc<Status>,
     ) -> Result<Pipeline, RunError> {
-        let consumer =
-            source::consumer(&settings.source, &settings.plan).map_err(RunError::Consumer)?;
+        let consumer = source::consumer(&settings.source, &settings.plan).map_err(RunError::Consumer)?;
         let patterns = settings.source.subscription.patterns();
         let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&refs)
-            .map_err(|source| RunError::Subscribe {
-                patterns: patterns.clone(),
-                source,
-            })?;
+        consumer.subscribe(&refs).map_err(|source| RunError::Subscribe {
+            patterns: patterns.clone(),
+            source,
+        })?;
         status.redis_ok();
         Ok(Pipeline {
             settings,
@@ -482,8 +461,7 @@ impl Pipeline {
         }
         batch.done.insert(partition, record.offset);
         batch.records += 1;
-        batch.bytes +=
-            record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len);
+        batch.bytes += record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len);
         if batch.flush_at.is_none() {
             // Skipped records still need their offsets stored soon.
             batch.take_until(Instant::now() + self.settings.plan.eventual_linger);
@@ -531,10 +509,7 @@ impl Pipeline {
                                 Ok(Some(key)) => targets.push(Target::Key(key)),
                                 Ok(None) => {}
                                 Err(e) => {
-                                    unrenderable = Some(format!(
-                                        "fan-out row, template {:?}: {e}",
-                                        template.text()
-                                    ))
+                                    unrenderable = Some(format!("fan-out row, template {:?}: {e}", template.text()))
                                 }
                             }
                         }
@@ -573,11 +548,7 @@ impl Pipeline {
 
     /// Writes the batch's dead letters, applies its bumps (retrying while a
     /// dependency is unreachable), then stores its offsets.
-    async fn flush(
-        &mut self,
-        batch: &mut Batch,
-        shutdown: &CancellationToken,
-    ) -> Result<(), Abandoned> {
+    async fn flush(&mut self, batch: &mut Batch, shutdown: &CancellationToken) -> Result<(), Abandoned> {
         let taken = std::mem::take(batch);
         metrics::coalesced(taken.plan.coalesced());
         if let Some(store) = self.dead_letters.clone() {
@@ -651,11 +622,7 @@ impl Pipeline {
     /// Sleeps while keeping the consumer polled, so the group keeps us and
     /// rebalances are served; records that still arrive are dropped and
     /// fetched again by the seek on resume.
-    async fn wait_polling(
-        &mut self,
-        delay: Duration,
-        shutdown: &CancellationToken,
-    ) -> Result<(), Abandoned> {
+    async fn wait_polling(&mut self, delay: Duration, shutdown: &CancellationToken) -> Result<(), Abandoned> {
         let deadline = tokio::time::sleep(delay);
         tokio::pin!(deadline);
         loop {
@@ -690,12 +657,10 @@ impl Pipeline {
         }
         for ((topic, partition), state) in &self.partitions {
             if let (false, Some(offset)) = (state.stalled, state.next_offset) {
-                if let Err(e) = self.consumer.seek(
-                    topic,
-                    *partition,
-                    Offset::Offset(offset),
-                    Duration::from_secs(5),
-                ) {
+                if let Err(e) = self
+                    .consumer
+                    .seek(topic, *partition, Offset::Offset(offset), Duration::from_secs(5))
+                {
                     tracing::warn!(%topic, partition, offset, error = %e, "seek after the redis outage failed");
                 }
             }
@@ -724,19 +689,20 @@ impl Pipeline {
         metrics::paused_partitions(paused);
     }
 
-    fn store_offsets(&self, done: &HashMap<PartitionId, i64>) {
+    fn store_offsets(&mut self, done: &HashMap<PartitionId, i64>) {
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), offset) in done {
             // A partition revoked since it was taken is someone else's now;
             // its new owner resumes from the last commit, which is safe.
-            if !self.partitions.contains_key(&(topic.clone(), *partition)) {
+            let Some(state) = self.partitions.get_mut(&(topic.clone(), *partition)) else {
                 continue;
-            }
+            };
             if tpl
                 .add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
                 .is_ok()
             {
-                metrics::partition_offsets(topic, *partition, offset + 1, None);
+                state.stored_offset = Some(offset + 1);
+                metrics::stored_offset(topic, *partition, offset + 1);
             }
         }
         if tpl.count() > 0 {
@@ -773,6 +739,12 @@ impl Pipeline {
 
     fn tick(&self, batch: &Batch) {
         metrics::in_flight(batch.records);
+        // Refreshed every tick: only revoked partitions' series may expire.
+        for ((topic, partition), state) in &self.partitions {
+            if let Some(offset) = state.stored_offset {
+                metrics::stored_offset(topic, *partition, offset);
+            }
+        }
         self.refresh_paused_gauge();
         metrics::refresh_build_info();
         self.status.readiness();
@@ -810,9 +782,7 @@ fn record_results(bumps: &[Bump], results: &[crate::sink::BumpResult]) {
     let now = now_us();
     let mut counts: HashMap<(&'static str, bool), u64> = HashMap::new();
     for (bump, result) in bumps.iter().zip(results) {
-        *counts
-            .entry((bump.target.kind_label(), result.applied))
-            .or_default() += 1;
+        *counts.entry((bump.target.kind_label(), result.applied)).or_default() += 1;
         if result.applied {
             if let Some(commit) = bump.commit_time_us {
                 metrics::propagation((now - commit).max(0) as f64 / 1e6);
@@ -919,22 +889,10 @@ keys = ["plain:{id}"]
     #[test]
     fn undecodable_record_of_unknown_table_is_dead_lettered_or_stalls() {
         let s = settings();
-        let with_store = route(
-            &s.graph,
-            &s.plan,
-            &record("elsewhere", b"{oops"),
-            now_us(),
-            true,
-        );
+        let with_store = route(&s.graph, &s.plan, &record("elsewhere", b"{oops"), now_us(), true);
         assert_eq!(with_store.action, Routed::Skip);
         assert!(with_store.dead_letter.is_some());
-        let without = route(
-            &s.graph,
-            &s.plan,
-            &record("elsewhere", b"{oops"),
-            now_us(),
-            false,
-        );
+        let without = route(&s.graph, &s.plan, &record("elsewhere", b"{oops"), now_us(), false);
         assert!(
             matches!(
                 without.action,
@@ -996,8 +954,11 @@ keys = ["plain:{id}"]
     fn old_events_are_moot_recent_ones_bump() {
         let s = settings();
         let value = |ts_us: i64| {
-            serde_json::to_vec(&json!({"op": "u", "after": {"id": 1}, "source": {"connector": "postgresql", "name": "shop",
-                "schema": "public", "table": "products", "lsn": 5, "ts_us": ts_us}})).unwrap()
+            serde_json::to_vec(
+                &json!({"op": "u", "after": {"id": 1}, "source": {"connector": "postgresql", "name": "shop",
+                "schema": "public", "table": "products", "lsn": 5, "ts_us": ts_us}}),
+            )
+            .unwrap()
         };
         let now = now_us();
         let r = route(

@@ -102,10 +102,7 @@ mod tests {
         assert_eq!(plan.coalesced(), 2);
         let bumps = plan.into_bumps();
         assert_eq!(bumps.len(), 2);
-        let pg = bumps
-            .iter()
-            .find(|b| b.position.source == "pg:shop")
-            .unwrap();
+        let pg = bumps.iter().find(|b| b.position.source == "pg:shop").unwrap();
         assert_eq!(pg.position, Position::postgres("shop", 5, 50));
         assert_eq!(pg.commit_time_us, Some(400));
     }

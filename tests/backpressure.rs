@@ -11,21 +11,17 @@ use serde_json::json;
 
 async fn started_redis() -> PrivateRedis {
     let redis = PrivateRedis::start(common::free_port());
-    eventually(
-        "the private redis to answer",
-        Duration::from_secs(10),
-        || {
-            let url = redis.url();
-            async move {
-                redis::Client::open(url)
-                    .ok()?
-                    .get_multiplexed_async_connection()
-                    .await
-                    .ok()
-                    .map(|_| ())
-            }
-        },
-    )
+    eventually("the private redis to answer", Duration::from_secs(10), || {
+        let url = redis.url();
+        async move {
+            redis::Client::open(url)
+                .ok()?
+                .get_multiplexed_async_connection()
+                .await
+                .ok()
+                .map(|_| ())
+        }
+    })
     .await;
     redis
 }
@@ -42,14 +38,7 @@ async fn burst_of_200k_while_redis_is_frozen_is_bounded_and_fully_applied() {
     let now = common::now_us();
     common::produce_many(
         &topic,
-        std::iter::once(common::debezium_change(
-            &table,
-            "c",
-            1,
-            0,
-            json!({"id": 0}),
-            now,
-        )),
+        std::iter::once(common::debezium_change(&table, "c", 1, 0, json!({"id": 0}), now)),
     )
     .await;
     let daemon = Daemon::start(cfg.path(), admin_port);
@@ -73,34 +62,23 @@ async fn burst_of_200k_while_redis_is_frozen_is_bounded_and_fully_applied() {
     .await;
     assert_eq!(produced as i64, BURST);
     // Let the daemon run into the outage with the whole backlog waiting.
-    eventually(
-        "consumption to pause for the outage",
-        Duration::from_secs(60),
-        || {
-            let admin = daemon.admin.clone();
-            async move {
-                let (_, body) = common::http_get(&admin, "/metrics").await?;
-                (common::metric_sum(&body, "cdc_invalidator_paused_partitions", &[]) >= 1.0)
-                    .then_some(())
-            }
-        },
-    )
+    eventually("consumption to pause for the outage", Duration::from_secs(60), || {
+        let admin = daemon.admin.clone();
+        async move {
+            let (_, body) = common::http_get(&admin, "/metrics").await?;
+            (common::metric_sum(&body, "cdc_invalidator_paused_partitions", &[]) >= 1.0).then_some(())
+        }
+    })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_during_outage = common::peak_rss_kib(daemon.child.id());
 
     redis.signal("-CONT");
     let recovered = Instant::now();
-    eventually(
-        "every row of the burst to be applied",
-        Duration::from_secs(300),
-        || {
-            let url = redis.url();
-            async move {
-                (common::count_keys(&url, "ver:item:*").await as i64 == BURST + 1).then_some(())
-            }
-        },
-    )
+    eventually("every row of the burst to be applied", Duration::from_secs(300), || {
+        let url = redis.url();
+        async move { (common::count_keys(&url, "ver:item:*").await as i64 == BURST + 1).then_some(()) }
+    })
     .await;
     let recovery = recovered.elapsed();
     let peak = common::peak_rss_kib(daemon.child.id());
@@ -137,30 +115,20 @@ async fn lag_above_threshold_escalates_then_per_key_bumps_return() {
     let now = common::now_us();
     common::produce_many(
         &topic,
-        (1..=BACKLOG)
-            .map(|id| common::debezium_change(&table, "c", id as u64, id, json!({"id": id}), now)),
+        (1..=BACKLOG).map(|id| common::debezium_change(&table, "c", id as u64, id, json!({"id": id}), now)),
     )
     .await;
 
     let daemon = Daemon::start(cfg.path(), admin_port);
-    let metrics = eventually(
-        "the backlog to be consumed",
-        Duration::from_secs(120),
-        || {
-            let admin = daemon.admin.clone();
-            async move {
-                let (_, body) = common::http_get(&admin, "/metrics").await?;
-                (common::metric_sum(&body, "cdc_invalidator_events_total", &[]) >= BACKLOG as f64)
-                    .then_some(body)
-            }
-        },
-    )
+    let metrics = eventually("the backlog to be consumed", Duration::from_secs(120), || {
+        let admin = daemon.admin.clone();
+        async move {
+            let (_, body) = common::http_get(&admin, "/metrics").await?;
+            (common::metric_sum(&body, "cdc_invalidator_events_total", &[]) >= BACKLOG as f64).then_some(body)
+        }
+    })
     .await;
-    let escalated = common::metric_sum(
-        &metrics,
-        "cdc_invalidator_escalations_total",
-        &["reason=\"lag\""],
-    );
+    let escalated = common::metric_sum(&metrics, "cdc_invalidator_escalations_total", &["reason=\"lag\""]);
     assert!(
         escalated > (BACKLOG / 2) as f64,
         "most of the backlog escalates: {escalated}\n{metrics}"
@@ -197,22 +165,18 @@ async fn lag_above_threshold_escalates_then_per_key_bumps_return() {
         )),
     )
     .await;
-    eventually(
-        "a per-key bump after recovery",
-        Duration::from_secs(30),
-        || {
-            let mut conn = conn.clone();
-            async move {
-                let v: Option<String> = redis::cmd("HGET")
-                    .arg("ver:item:7000001")
-                    .arg("v")
-                    .query_async(&mut conn)
-                    .await
-                    .ok()?;
-                v.map(|_| ())
-            }
-        },
-    )
+    eventually("a per-key bump after recovery", Duration::from_secs(30), || {
+        let mut conn = conn.clone();
+        async move {
+            let v: Option<String> = redis::cmd("HGET")
+                .arg("ver:item:7000001")
+                .arg("v")
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            v.map(|_| ())
+        }
+    })
     .await;
     let log = std::fs::read_to_string(&daemon.log).unwrap();
     assert!(

@@ -20,13 +20,7 @@ struct Setup {
 fn setup(topics: &[String], entities: &str) -> Setup {
     let prefix = format!("{}:", common::unique("ver"));
     let admin_port = common::free_port();
-    let config = write_config(
-        topics,
-        entities,
-        &prefix,
-        &common::unique("group"),
-        admin_port,
-    );
+    let config = write_config(topics, entities, &prefix, &common::unique("group"), admin_port);
     Setup {
         prefix,
         config,
@@ -77,24 +71,13 @@ async fn wait_for_topics(topics: &[String]) {
         .set("bootstrap.servers", common::kafka_brokers())
         .create()
         .unwrap();
-    eventually(
-        "Debezium to create the topics",
-        Duration::from_secs(60),
-        || {
-            let found = consumer
-                .fetch_metadata(None, Duration::from_secs(5))
-                .map(|m| {
-                    m.topics()
-                        .iter()
-                        .map(|t| t.name().to_owned())
-                        .collect::<BTreeSet<_>>()
-                });
-            let ok = found
-                .map(|f| topics.iter().all(|t| f.contains(t)))
-                .unwrap_or(false);
-            async move { ok.then_some(()) }
-        },
-    )
+    eventually("Debezium to create the topics", Duration::from_secs(60), || {
+        let found = consumer
+            .fetch_metadata(None, Duration::from_secs(5))
+            .map(|m| m.topics().iter().map(|t| t.name().to_owned()).collect::<BTreeSet<_>>());
+        let ok = found.map(|f| topics.iter().all(|t| f.contains(t))).unwrap_or(false);
+        async move { ok.then_some(()) }
+    })
     .await;
 }
 
@@ -113,12 +96,7 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 
 /// Runs `statement`, waits until every expected key moved, lets stragglers
 /// arrive, and asserts that exactly the expected keys moved.
-async fn expect_bumps(
-    pool: &sqlx::PgPool,
-    prefix: &str,
-    statement: &str,
-    expected: BTreeSet<String>,
-) {
+async fn expect_bumps(pool: &sqlx::PgPool, prefix: &str, statement: &str, expected: BTreeSet<String>) {
     let mut conn = common::redis_conn().await;
     let before = common::versions(&mut conn, prefix).await;
     common::sql(pool, statement).await;
@@ -190,22 +168,15 @@ keys = ["product:{{id}}", "product-sku:{{sku}}", "category:{{category_id}}:produ
         "product-sku:A",
         "category:1:products",
     ]);
-    eventually(
-        "the seed rows to be applied",
-        Duration::from_secs(30),
-        || {
-            let mut conn = conn.clone();
-            let seeded = seeded.clone();
-            let prefix = s.prefix.clone();
-            async move {
-                let keys: BTreeSet<String> = common::versions(&mut conn, &prefix)
-                    .await
-                    .into_keys()
-                    .collect();
-                (keys == seeded).then_some(())
-            }
-        },
-    )
+    eventually("the seed rows to be applied", Duration::from_secs(30), || {
+        let mut conn = conn.clone();
+        let seeded = seeded.clone();
+        let prefix = s.prefix.clone();
+        async move {
+            let keys: BTreeSet<String> = common::versions(&mut conn, &prefix).await.into_keys().collect();
+            (keys == seeded).then_some(())
+        }
+    })
     .await;
 
     expect_bumps(
@@ -242,13 +213,7 @@ keys = ["product:{{id}}", "product-sku:{{sku}}", "category:{{category_id}}:produ
         set(&["category:2"]),
     )
     .await;
-    expect_bumps(
-        &pool,
-        &s.prefix,
-        &format!("TRUNCATE {products}"),
-        set(&["ns:product"]),
-    )
-    .await;
+    expect_bumps(&pool, &s.prefix, &format!("TRUNCATE {products}"), set(&["ns:product"])).await;
 
     let metrics = daemon.metrics().await;
     assert!(
@@ -262,28 +227,14 @@ keys = ["product:{{id}}", "product-sku:{{sku}}", "category:{{category_id}}:produ
             &["kind=\"namespace\""]
         ) >= 1.0
     );
-    assert!(
-        common::metric_sum(
-            &metrics,
-            "cdc_invalidator_invalidation_propagation_seconds_count",
-            &[]
-        ) >= 1.0
-    );
+    assert!(common::metric_sum(&metrics, "cdc_invalidator_invalidation_propagation_seconds_count", &[]) >= 1.0);
     drop(daemon);
-    common::sql(
-        &pool,
-        &format!("DROP TABLE {products}; DROP TABLE {categories};"),
-    )
-    .await;
+    common::sql(&pool, &format!("DROP TABLE {products}; DROP TABLE {categories};")).await;
 }
 
 /// The highest position per key, computed independently of the daemon:
 /// read every record of the topic and route it through the library.
-async fn expected_positions(
-    topic: &str,
-    entities_config: &std::path::Path,
-    records: usize,
-) -> HashMap<String, String> {
+async fn expected_positions(topic: &str, entities_config: &std::path::Path, records: usize) -> HashMap<String, String> {
     let settings = cdc_invalidator::config::load(entities_config, &|_| None).unwrap();
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", common::kafka_brokers())
@@ -313,10 +264,7 @@ async fn expected_positions(
             cdc_invalidator::pipeline::now_us(),
             false,
         );
-        if let cdc_invalidator::pipeline::Routed::Bump {
-            targets, position, ..
-        } = route.action
-        {
+        if let cdc_invalidator::pipeline::Routed::Bump { targets, position, .. } = route.action {
             for t in targets {
                 let key = t.record_key("");
                 let slot = expected.entry(key).or_default();
@@ -347,10 +295,7 @@ async fn guard_positions(prefix: &str, source: &str) -> HashMap<String, (u64, St
             .unwrap();
         out.insert(
             key[prefix.len()..].to_owned(),
-            (
-                v.and_then(|v| v.parse().ok()).unwrap_or(0),
-                p.unwrap_or_default(),
-            ),
+            (v.and_then(|v| v.parse().ok()).unwrap_or(0), p.unwrap_or_default()),
         );
     }
     out
@@ -404,15 +349,11 @@ keys = ["item:{{id}}", "group:{{grp}}"]
     };
     // Kill it once it is clearly mid-stream.
     let mut conn = common::redis_conn().await;
-    eventually(
-        "the daemon to apply some changes",
-        Duration::from_secs(60),
-        || {
-            let mut conn = conn.clone();
-            let prefix = s.prefix.clone();
-            async move { (common::versions(&mut conn, &prefix).await.len() > 200).then_some(()) }
-        },
-    )
+    eventually("the daemon to apply some changes", Duration::from_secs(60), || {
+        let mut conn = conn.clone();
+        let prefix = s.prefix.clone();
+        async move { (common::versions(&mut conn, &prefix).await.len() > 200).then_some(()) }
+    })
     .await;
     daemon.kill9();
     let at_kill = guard_positions(&s.prefix, "pg:shop").await;
@@ -460,28 +401,16 @@ keys = ["item:{{id}}", "group:{{grp}}"]
 
     // Replay from offset 0 (a new group): every bump is a guard no-op.
     let before_replay = common::versions(&mut conn, &s.prefix).await;
-    let replay_config = write_config(
-        &topics,
-        &entities,
-        &s.prefix,
-        &common::unique("replay"),
-        s.admin_port,
-    );
+    let replay_config = write_config(&topics, &entities, &s.prefix, &common::unique("replay"), s.admin_port);
     let replay = Daemon::start(replay_config.path(), s.admin_port);
     replay.wait_ready().await;
-    eventually(
-        "the replay to consume every record",
-        Duration::from_secs(120),
-        || {
-            let admin = replay.admin.clone();
-            async move {
-                let (_, body) = common::http_get(&admin, "/metrics").await?;
-                (common::metric_sum(&body, "cdc_invalidator_events_total", &[])
-                    >= (ROWS + 1) as f64)
-                    .then_some(body)
-            }
-        },
-    )
+    eventually("the replay to consume every record", Duration::from_secs(120), || {
+        let admin = replay.admin.clone();
+        async move {
+            let (_, body) = common::http_get(&admin, "/metrics").await?;
+            (common::metric_sum(&body, "cdc_invalidator_events_total", &[]) >= (ROWS + 1) as f64).then_some(body)
+        }
+    })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let metrics = replay.metrics().await;

@@ -9,12 +9,7 @@ use std::time::Duration;
 use common::{eventually, Daemon};
 
 async fn version(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> u64 {
-    let v: Option<String> = redis::cmd("HGET")
-        .arg(key)
-        .arg("v")
-        .query_async(conn)
-        .await
-        .unwrap();
+    let v: Option<String> = redis::cmd("HGET").arg(key).arg("v").query_async(conn).await.unwrap();
     v.and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
@@ -153,9 +148,5 @@ keys = ["category:{{id}}", "category-name:{{name}}"]
     }
     assert!(common::metric_sum(&metrics, "cdc_invalidator_lookup_seconds_count", &[]) >= 3.0);
     drop(daemon);
-    common::sql(
-        &pool,
-        &format!("DROP TABLE {products}; DROP TABLE {categories};"),
-    )
-    .await;
+    common::sql(&pool, &format!("DROP TABLE {products}; DROP TABLE {categories};")).await;
 }

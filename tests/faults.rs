@@ -6,13 +6,7 @@ use std::time::Duration;
 
 use common::{eventually, Daemon, PrivateRedis};
 
-fn config(
-    topic: &str,
-    group: &str,
-    redis: &str,
-    admin_port: u16,
-    entities: &str,
-) -> tempfile::NamedTempFile {
+fn config(topic: &str, group: &str, redis: &str, admin_port: u16, entities: &str) -> tempfile::NamedTempFile {
     let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
     std::fs::write(
         file.path(),
@@ -43,11 +37,8 @@ async fn key_count(url: &str) -> usize {
     let Ok(client) = redis::Client::open(url) else {
         return 0;
     };
-    let Ok(Ok(mut conn)) = tokio::time::timeout(
-        Duration::from_secs(2),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
+    let Ok(Ok(mut conn)) =
+        tokio::time::timeout(Duration::from_secs(2), client.get_multiplexed_async_connection()).await
     else {
         return 0;
     };
@@ -71,21 +62,17 @@ async fn redis_outage_pauses_then_applies_everything_after_recovery() {
     .await;
 
     let redis = PrivateRedis::start(common::free_port());
-    eventually(
-        "the private redis to answer",
-        Duration::from_secs(10),
-        || {
-            let url = redis.url();
-            async move {
-                redis::Client::open(url)
-                    .ok()?
-                    .get_multiplexed_async_connection()
-                    .await
-                    .ok()
-                    .map(|_| ())
-            }
-        },
-    )
+    eventually("the private redis to answer", Duration::from_secs(10), || {
+        let url = redis.url();
+        async move {
+            redis::Client::open(url)
+                .ok()?
+                .get_multiplexed_async_connection()
+                .await
+                .ok()
+                .map(|_| ())
+        }
+    })
     .await;
     let admin_port = common::free_port();
     let cfg = config(
@@ -97,14 +84,10 @@ async fn redis_outage_pauses_then_applies_everything_after_recovery() {
     );
     let daemon = Daemon::start(cfg.path(), admin_port);
     daemon.wait_ready().await;
-    eventually(
-        "the seed row to be applied",
-        Duration::from_secs(60),
-        || {
-            let url = redis.url();
-            async move { (key_count(&url).await == 1).then_some(()) }
-        },
-    )
+    eventually("the seed row to be applied", Duration::from_secs(60), || {
+        let url = redis.url();
+        async move { (key_count(&url).await == 1).then_some(()) }
+    })
     .await;
 
     // Freeze Redis (as a hung server or a partition would), then change rows.
@@ -114,17 +97,13 @@ async fn redis_outage_pauses_then_applies_everything_after_recovery() {
         &format!("INSERT INTO {table} SELECT g FROM generate_series(1, 500) g"),
     )
     .await;
-    let not_ready = eventually(
-        "readiness to report the outage",
-        Duration::from_secs(60),
-        || {
-            let admin = daemon.admin.clone();
-            async move {
-                let (code, body) = common::http_get(&admin, "/readyz").await?;
-                (code == 503 && body.contains("redis")).then_some(body)
-            }
-        },
-    )
+    let not_ready = eventually("readiness to report the outage", Duration::from_secs(60), || {
+        let admin = daemon.admin.clone();
+        async move {
+            let (code, body) = common::http_get(&admin, "/readyz").await?;
+            (code == 503 && body.contains("redis")).then_some(body)
+        }
+    })
     .await;
     assert!(not_ready.contains("\"ready\":false"), "{not_ready}");
     let metrics = daemon.metrics().await;
@@ -158,10 +137,18 @@ async fn missing_before_without_namespace_stalls_and_commits_nothing_past_it() {
     let topic = format!("{}.public.{table}", common::topic_prefix());
     let pool = common::pg().await;
     // REPLICA IDENTITY DEFAULT: updates carry no before image.
-    common::sql(&pool, &format!("CREATE TABLE {table} (id integer PRIMARY KEY, grp integer NOT NULL); INSERT INTO {table} VALUES (1, 1);")).await;
+    common::sql(
+        &pool,
+        &format!(
+            "CREATE TABLE {table} (id integer PRIMARY KEY, grp integer NOT NULL); INSERT INTO {table} VALUES (1, 1);"
+        ),
+    )
+    .await;
     let admin_port = common::free_port();
     let group = common::unique("group");
-    let entity = format!("[[entity]]\ntable = \"public.{table}\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\", \"grp:{{grp}}\"]\n");
+    let entity = format!(
+        "[[entity]]\ntable = \"public.{table}\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\", \"grp:{{grp}}\"]\n"
+    );
     let cfg = config(
         &topic,
         &group,
@@ -195,10 +182,7 @@ async fn missing_before_without_namespace_stalls_and_commits_nothing_past_it() {
         "{metrics}"
     );
     let log = std::fs::read_to_string(&daemon.log).unwrap();
-    assert!(
-        log.contains("ERROR") && log.contains("partition stalled"),
-        "{log}"
-    );
+    assert!(log.contains("ERROR") && log.contains("partition stalled"), "{log}");
 
     // Nothing past the stalled record is committed: the group's committed
     // offset for that partition is at most the stalled record's offset.
@@ -235,11 +219,6 @@ fn committed_offset(group: &str, topic: &str, partition: i32) -> Option<i64> {
         .unwrap();
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition(topic, partition);
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap();
-    committed.elements()[0]
-        .offset()
-        .to_raw()
-        .filter(|o| *o >= 0)
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    committed.elements()[0].offset().to_raw().filter(|o| *o >= 0)
 }

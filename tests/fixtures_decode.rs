@@ -31,10 +31,7 @@ keys = ["order:{order_id}:line:{line_no}"]
 "#;
 
 fn fixture(name: &str) -> KafkaRecord {
-    let path = format!(
-        "{}/tests/fixtures/debezium/{name}.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/tests/fixtures/debezium/{name}.json", env!("CARGO_MANIFEST_DIR"));
     let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let bytes = |v: &Value| (!v.is_null()).then(|| serde_json::to_vec(v).unwrap());
     KafkaRecord {
@@ -59,14 +56,9 @@ fn keys(name: &str) -> (Vec<String>, Option<EscalationReason>) {
     let settings = config::parse("fixtures.toml", CONFIG, &|_| None).unwrap();
     match settings.graph.derive(&change(name)) {
         Derivation::Targets {
-            targets,
-            escalation,
-            ..
+            targets, escalation, ..
         } => (
-            targets
-                .into_iter()
-                .map(|t| t.target.record_key(""))
-                .collect(),
+            targets.into_iter().map(|t| t.target.record_key("")).collect(),
             escalation,
         ),
         other => panic!("{name}: expected targets, got {other:?}"),
@@ -121,10 +113,7 @@ fn toast_placeholder_in_a_templated_column_escalates() {
     let (targets, escalation) = keys("toast_update");
     assert!(escalation.is_some());
     assert!(targets.contains(&"ns:product".to_owned()));
-    assert!(
-        !targets.iter().any(|t| t.contains("__debezium")),
-        "{targets:?}"
-    );
+    assert!(!targets.iter().any(|t| t.contains("__debezium")), "{targets:?}");
 }
 
 #[test]
@@ -136,33 +125,22 @@ fn delete_under_default_never_renders_filler_values() {
     let (targets, escalation) = keys("delete_default");
     assert_eq!(escalation, Some(EscalationReason::MissingBefore));
     assert!(!targets.contains(&"sku:".to_owned()), "{targets:?}");
-    assert!(
-        targets.contains(&"product:1".to_owned()) && targets.contains(&"ns:product".to_owned())
-    );
+    assert!(targets.contains(&"product:1".to_owned()) && targets.contains(&"ns:product".to_owned()));
 }
 
 #[test]
 fn foreign_key_move_under_full_identity_invalidates_both_sides() {
     let (targets, escalation) = keys("update_full_fk_move");
     assert_eq!(escalation, None);
-    assert_eq!(
-        targets,
-        vec!["order:10", "customer:200:orders", "customer:100:orders"]
-    );
+    assert_eq!(targets, vec!["order:10", "customer:200:orders", "customer:100:orders"]);
 }
 
 #[test]
 fn delete_under_full_identity_and_its_tombstone() {
     let (targets, escalation) = keys("delete_full");
     assert_eq!(escalation, None);
-    assert!(
-        targets.iter().any(|t| t.starts_with("customer:")),
-        "{targets:?}"
-    );
-    assert_eq!(
-        decode(&fixture("delete_full_tombstone")).unwrap(),
-        Decoded::Tombstone
-    );
+    assert!(targets.iter().any(|t| t.starts_with("customer:")), "{targets:?}");
+    assert_eq!(decode(&fixture("delete_full_tombstone")).unwrap(), Decoded::Tombstone);
 }
 
 #[test]

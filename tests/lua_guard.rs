@@ -94,20 +94,11 @@ async fn redelivery_and_older_positions_are_noops() {
 async fn two_sources_guard_independently() {
     let prefix = format!("{}:", common::unique("ver"));
     let mut sink = sink(&prefix, Duration::from_secs(600)).await;
-    let a = sink
-        .apply(&[bump("k", Position::postgres("a", 0, 500))])
-        .await
-        .unwrap()[0];
+    let a = sink.apply(&[bump("k", Position::postgres("a", 0, 500))]).await.unwrap()[0];
     // Source b's position is numerically lower, but it is another log.
-    let b = sink
-        .apply(&[bump("k", Position::postgres("b", 0, 5))])
-        .await
-        .unwrap()[0];
+    let b = sink.apply(&[bump("k", Position::postgres("b", 0, 5))]).await.unwrap()[0];
     assert!(a.applied && b.applied && b.version > a.version);
-    let a_again = sink
-        .apply(&[bump("k", Position::postgres("a", 0, 400))])
-        .await
-        .unwrap()[0];
+    let a_again = sink.apply(&[bump("k", Position::postgres("a", 0, 400))]).await.unwrap()[0];
     assert!(!a_again.applied);
 }
 
@@ -122,28 +113,16 @@ async fn expired_record_bumped_again_gets_a_larger_version() {
         .apply(&[bump("product:9", Position::kafka("t", 0, 1))])
         .await
         .unwrap()[0];
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(&record)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let ttl: i64 = redis::cmd("PTTL").arg(&record).query_async(&mut conn).await.unwrap();
     assert!(ttl > 0 && ttl <= 300, "version_ttl applied, got {ttl}");
-    common::eventually(
-        "the version record to expire",
-        Duration::from_secs(5),
-        || {
-            let mut conn = conn.clone();
-            let record = record.clone();
-            async move {
-                let exists: i64 = redis::cmd("EXISTS")
-                    .arg(&record)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                (exists == 0).then_some(())
-            }
-        },
-    )
+    common::eventually("the version record to expire", Duration::from_secs(5), || {
+        let mut conn = conn.clone();
+        let record = record.clone();
+        async move {
+            let exists: i64 = redis::cmd("EXISTS").arg(&record).query_async(&mut conn).await.unwrap();
+            (exists == 0).then_some(())
+        }
+    })
     .await;
     // The same position again: the guard was forgotten with the record, so it
     // applies, and the new version is still above every earlier one.
@@ -152,12 +131,7 @@ async fn expired_record_bumped_again_gets_a_larger_version() {
         .await
         .unwrap()[0];
     assert!(second.applied);
-    assert!(
-        second.version > first.version,
-        "{} > {}",
-        second.version,
-        first.version
-    );
+    assert!(second.version > first.version, "{} > {}", second.version, first.version);
 }
 
 #[tokio::test]
@@ -166,11 +140,7 @@ async fn script_reloads_after_script_flush() {
     let mut sink = sink(&prefix, Duration::from_secs(600)).await;
     let mut conn = common::redis_conn().await;
     // What a restart or failover does to the script cache.
-    let _: () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
     let r = sink
         .apply(&[
             bump("x", Position::kafka("t", 0, 1)),
@@ -216,15 +186,8 @@ async fn acl_user_from_the_url_is_used() {
         max_retry_backoff: Duration::from_secs(1),
         cluster: false,
     };
-    let mut sink = RedisSink::connect(&settings)
-        .await
-        .expect("ACL user connects");
-    assert!(
-        sink.apply(&[bump("k", Position::kafka("t", 0, 1))])
-            .await
-            .unwrap()[0]
-            .applied
-    );
+    let mut sink = RedisSink::connect(&settings).await.expect("ACL user connects");
+    assert!(sink.apply(&[bump("k", Position::kafka("t", 0, 1))]).await.unwrap()[0].applied);
 
     let wrong = RedisSettings {
         url: url.replace("s3cret", "wrong"),

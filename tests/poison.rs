@@ -9,13 +9,7 @@ use std::time::Duration;
 use common::{eventually, Daemon};
 use serde_json::{json, Value};
 
-fn config(
-    topic: &str,
-    table: &str,
-    prefix: &str,
-    dead_letters: &str,
-    admin_port: u16,
-) -> tempfile::NamedTempFile {
+fn config(topic: &str, table: &str, prefix: &str, dead_letters: &str, admin_port: u16) -> tempfile::NamedTempFile {
     let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
     std::fs::write(
         file.path(),
@@ -125,26 +119,12 @@ async fn every_kind_of_poison_becomes_a_dead_letter_and_later_records_still_appl
             Value::Null,
             json!("not a row"),
         ),
-        change(
-            &table,
-            "x",
-            103,
-            Some(json!({"id": 4})),
-            Value::Null,
-            json!({"id": 4}),
-        ),
+        change(&table, "x", 103, Some(json!({"id": 4})), Value::Null, json!({"id": 4})),
         (None, Some(vec![0x05, 0x00, 0x00, 0x00, 0x01, 0x02])),
         (None, Some(vec![0x00, 0x00, 0x00, 0x00, 0x07, 0x02, 0x04])),
         (None, Some(vec![b'{'; 300_000])),
         change(&table, "d", 107, None, Value::Null, Value::Null),
-        change(
-            &table,
-            "u",
-            108,
-            Some(json!({"id": 99})),
-            Value::Null,
-            json!({"id": 5}),
-        ),
+        change(&table, "u", 108, Some(json!({"id": 99})), Value::Null, json!({"id": 5})),
         good(6, 109),
     ];
     // Written before the daemon starts: a real backlog, in one partition.
@@ -191,11 +171,7 @@ async fn every_kind_of_poison_becomes_a_dead_letter_and_later_records_still_appl
         "{metrics}"
     );
     assert_eq!(
-        common::metric_sum(
-            &metrics,
-            "cdc_invalidator_dead_letters_total",
-            &["kind=\"malformed\""]
-        ),
+        common::metric_sum(&metrics, "cdc_invalidator_dead_letters_total", &["kind=\"malformed\""]),
         2.0
     );
     assert!(
@@ -230,10 +206,7 @@ async fn every_kind_of_poison_becomes_a_dead_letter_and_later_records_still_appl
         String::from_utf8_lossy(&replay.stdout)
     );
     let replayed = String::from_utf8_lossy(&replay.stdout);
-    assert!(
-        replayed.contains("0 replayed, 8 still failing"),
-        "{replayed}"
-    );
+    assert!(replayed.contains("0 replayed, 8 still failing"), "{replayed}");
     let purge = cli(&["dead-letters", "purge", "--all"]);
     assert!(String::from_utf8_lossy(&purge.stdout).contains("8 dead letter(s) deleted"));
 }
@@ -306,10 +279,7 @@ async fn dead_letter_store_down_stalls_the_partition_until_it_returns() {
     .await;
     let kinds = dead_letter_kinds(&schema).await;
     assert_eq!(
-        kinds
-            .iter()
-            .map(|(o, k, _)| (*o, k.as_str()))
-            .collect::<Vec<_>>(),
+        kinds.iter().map(|(o, k, _)| (*o, k.as_str())).collect::<Vec<_>>(),
         vec![(offsets[0].1, "malformed")]
     );
     daemon.wait_ready().await;
@@ -333,8 +303,6 @@ fn committed(cfg: &tempfile::NamedTempFile, topic: &str) -> i64 {
         .unwrap();
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition(topic, 0);
-    let c = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap();
+    let c = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
     c.elements()[0].offset().to_raw().unwrap_or(-1)
 }

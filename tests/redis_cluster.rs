@@ -52,11 +52,7 @@ impl Cluster {
         for port in &cluster.ports {
             cluster.wait_for(*port, &["PING"], "PONG");
         }
-        let addresses: Vec<String> = cluster
-            .ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect();
+        let addresses: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let status = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
@@ -112,13 +108,7 @@ fn bump(key: String, ordinal: i64) -> Bump {
 async fn bumps_spread_over_slots_apply_guard_and_survive_script_flush() {
     let cluster = Cluster::start();
     // Our slot function agrees with the server's.
-    for key in [
-        "foo",
-        "123456789",
-        "ver:product:42",
-        "ver:{tag}:x",
-        "ver:ns:product",
-    ] {
+    for key in ["foo", "123456789", "ver:product:42", "ver:{tag}:x", "ver:ns:product"] {
         let server: u16 = cluster
             .cli(cluster.ports[0], &["CLUSTER", "KEYSLOT", key])
             .parse()

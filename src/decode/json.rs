@@ -10,20 +10,14 @@ pub fn decode_json(record: &KafkaRecord) -> Result<Decoded, DecodeError> {
         return Ok(Decoded::Tombstone);
     };
     if let [0, id @ ..] = bytes {
-        let schema_id = id
-            .get(..4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        let schema_id = id.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
         return Err(DecodeError::new(
             DecodeErrorKind::UnsupportedFormat,
             format!("Confluent wire format (magic byte 0, schema id {schema_id:?}): an Avro record, and this daemon reads JSON"),
         ));
     }
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        DecodeError::new(
-            DecodeErrorKind::Malformed,
-            format!("value is not JSON: {e}"),
-        )
-    })?;
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| DecodeError::new(DecodeErrorKind::Malformed, format!("value is not JSON: {e}")))?;
     let payload = match unwrap_payload(value) {
         // `{"schema": ..., "payload": null}` is how JsonConverter writes a null value.
         Value::Null => return Ok(Decoded::Tombstone),
@@ -31,10 +25,7 @@ pub fn decode_json(record: &KafkaRecord) -> Result<Decoded, DecodeError> {
         other => {
             return Err(DecodeError::new(
                 DecodeErrorKind::UnexpectedShape,
-                format!(
-                    "value is JSON {} where an object was expected",
-                    kind_of(&other)
-                ),
+                format!("value is JSON {} where an object was expected", kind_of(&other)),
             ))
         }
     };
@@ -43,9 +34,7 @@ pub fn decode_json(record: &KafkaRecord) -> Result<Decoded, DecodeError> {
     if payload.contains_key("op") {
         return envelope(record, payload, key).map(Decoded::Change);
     }
-    if payload.contains_key("status")
-        && payload.contains_key("id")
-        && payload.contains_key("event_count")
+    if payload.contains_key("status") && payload.contains_key("id") && payload.contains_key("event_count")
         || payload.contains_key("status") && record.topic.ends_with(".transaction")
     {
         return Ok(Decoded::TransactionMetadata);
@@ -53,9 +42,7 @@ pub fn decode_json(record: &KafkaRecord) -> Result<Decoded, DecodeError> {
     if payload.contains_key("ddl") || payload.contains_key("tableChanges") {
         return Ok(Decoded::SchemaChange);
     }
-    if record.topic.starts_with("__debezium-heartbeat")
-        || payload.len() == 1 && payload.contains_key("ts_ms")
-    {
+    if record.topic.starts_with("__debezium-heartbeat") || payload.len() == 1 && payload.contains_key("ts_ms") {
         return Ok(Decoded::Heartbeat);
     }
     flattened(record, payload, key).map(Decoded::Change)
@@ -64,9 +51,7 @@ pub fn decode_json(record: &KafkaRecord) -> Result<Decoded, DecodeError> {
 /// JsonConverter with `schemas.enable=true` wraps everything in `{schema, payload}`.
 fn unwrap_payload(value: Value) -> Value {
     match value {
-        Value::Object(mut map)
-            if map.len() == 2 && map.contains_key("schema") && map.contains_key("payload") =>
-        {
+        Value::Object(mut map) if map.len() == 2 && map.contains_key("schema") && map.contains_key("payload") => {
             map.remove("payload").unwrap_or(Value::Null)
         }
         other => other,
@@ -107,12 +92,8 @@ fn envelope(
         }
     };
     let op_code = op_code.as_str();
-    let op = Op::parse(op_code).ok_or_else(|| {
-        DecodeError::new(
-            DecodeErrorKind::UnknownOp,
-            format!("unknown op {op_code:?}"),
-        )
-    })?;
+    let op = Op::parse(op_code)
+        .ok_or_else(|| DecodeError::new(DecodeErrorKind::UnknownOp, format!("unknown op {op_code:?}")))?;
     let source = match payload.remove("source") {
         Some(Value::Object(source)) => source,
         // Logical decoding messages still carry `source`; anything without one
@@ -225,10 +206,7 @@ fn source_table(source: &Map<String, Value>) -> Option<String> {
 
 fn source_position(record: &KafkaRecord, source: &Map<String, Value>) -> Position {
     let server = source.get("name").and_then(Value::as_str).unwrap_or("");
-    let connector = source
-        .get("connector")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let connector = source.get("connector").and_then(Value::as_str).unwrap_or("");
     match connector {
         "postgresql" => {
             if let Some(lsn) = int_field(source, "lsn") {
@@ -272,16 +250,8 @@ fn sequence(source: &Map<String, Value>) -> Option<(u64, Option<u64>)> {
 
 /// Records flattened by `ExtractNewRecordState`: the row itself, plus
 /// optional `__`-prefixed metadata fields.
-fn flattened(
-    record: &KafkaRecord,
-    mut row: Map<String, Value>,
-    key: Option<Row>,
-) -> Result<ChangeEvent, DecodeError> {
-    let meta: Vec<String> = row
-        .keys()
-        .filter(|k| k.starts_with("__"))
-        .cloned()
-        .collect();
+fn flattened(record: &KafkaRecord, mut row: Map<String, Value>, key: Option<Row>) -> Result<ChangeEvent, DecodeError> {
+    let meta: Vec<String> = row.keys().filter(|k| k.starts_with("__")).cloned().collect();
     let mut fields = Map::new();
     for name in meta {
         if let Some(v) = row.remove(&name) {
@@ -294,9 +264,8 @@ fn flattened(
         _ => false,
     };
     let op = match fields.get("__op").and_then(Value::as_str) {
-        Some(code) => Op::parse(code).ok_or_else(|| {
-            DecodeError::new(DecodeErrorKind::UnknownOp, format!("unknown __op {code:?}"))
-        })?,
+        Some(code) => Op::parse(code)
+            .ok_or_else(|| DecodeError::new(DecodeErrorKind::UnknownOp, format!("unknown __op {code:?}")))?,
         None if deleted => Op::Delete,
         // Without `__op` a flattened row is an upsert: treat it as an update,
         // which renders from the new image and knows nothing of the old one.
@@ -328,8 +297,8 @@ fn flattened(
             )
         })?,
     };
-    let commit_time_us = int_field(&fields, "__source_ts_us")
-        .or_else(|| int_field(&fields, "__source_ts_ms").map(|ms| ms * 1000));
+    let commit_time_us =
+        int_field(&fields, "__source_ts_us").or_else(|| int_field(&fields, "__source_ts_ms").map(|ms| ms * 1000));
     let position = match int_field(&fields, "__lsn") {
         Some(lsn) => {
             let server = record.topic.split('.').next().unwrap_or("");
@@ -425,8 +394,7 @@ mod tests {
     fn envelope_with_schema_wrapper_on_key_and_value() {
         let value = json!({"schema": {"type": "struct"}, "payload": {"before": {"id": 1}, "after": null, "source": pg_source(300, "[null,\"300\"]"), "op": "d"}});
         let key = json!({"schema": {"type": "struct"}, "payload": {"id": 1}});
-        let ev =
-            change(decode_json(&record("shop.public.products", Some(key), Some(value))).unwrap());
+        let ev = change(decode_json(&record("shop.public.products", Some(key), Some(value))).unwrap());
         assert_eq!(ev.op, Op::Delete);
         assert_eq!(ev.before.unwrap()["id"], json!(1));
         assert_eq!(ev.position, Position::postgres("shop", 0, 300));
@@ -507,14 +475,7 @@ mod tests {
     #[test]
     fn flattened_rows_with_metadata() {
         let value = json!({"id": 5, "category_id": 2, "__op": "u", "__table": "products", "__schema": "public", "__lsn": 777, "__source_ts_ms": 1000, "__deleted": "false"});
-        let ev = change(
-            decode_json(&record(
-                "shop.public.products",
-                Some(json!({"id": 5})),
-                Some(value),
-            ))
-            .unwrap(),
-        );
+        let ev = change(decode_json(&record("shop.public.products", Some(json!({"id": 5})), Some(value))).unwrap());
         assert_eq!(ev.op, Op::Update);
         assert_eq!(ev.table, "public.products");
         assert!(ev.before.is_none());
@@ -526,14 +487,7 @@ mod tests {
     #[test]
     fn flattened_delete_keeps_old_values_as_before() {
         let value = json!({"id": 5, "category_id": 2, "__deleted": "true"});
-        let ev = change(
-            decode_json(&record(
-                "shop.public.products",
-                Some(json!({"id": 5})),
-                Some(value),
-            ))
-            .unwrap(),
-        );
+        let ev = change(decode_json(&record("shop.public.products", Some(json!({"id": 5})), Some(value))).unwrap());
         assert_eq!(ev.op, Op::Delete);
         assert_eq!(ev.before.unwrap()["category_id"], json!(2));
         assert_eq!(ev.position, Position::kafka("shop.public.products", 1, 42));
@@ -550,9 +504,7 @@ mod tests {
         let tx = record(
             "shop.transaction",
             None,
-            Some(
-                json!({"status": "END", "id": "571:53195832", "event_count": 2, "data_collections": []}),
-            ),
+            Some(json!({"status": "END", "id": "571:53195832", "event_count": 2, "data_collections": []})),
         );
         assert_eq!(decode_json(&tx).unwrap(), Decoded::TransactionMetadata);
         let ddl = record(
@@ -569,20 +521,9 @@ mod tests {
     fn keys_must_match_the_row_and_deletes_must_name_one() {
         let source = pg_source(1, "[]");
         let value = json!({"op": "u", "after": {"id": 1, "name": "x"}, "source": source});
-        let mismatch = record(
-            "shop.public.products",
-            Some(json!({"id": 2})),
-            Some(value.clone()),
-        );
-        assert_eq!(
-            decode_json(&mismatch).unwrap_err().kind,
-            DecodeErrorKind::KeyMismatch
-        );
-        let other_table = record(
-            "shop.public.products",
-            Some(json!({"order_id": 1})),
-            Some(value),
-        );
+        let mismatch = record("shop.public.products", Some(json!({"id": 2})), Some(value.clone()));
+        assert_eq!(decode_json(&mismatch).unwrap_err().kind, DecodeErrorKind::KeyMismatch);
+        let other_table = record("shop.public.products", Some(json!({"order_id": 1})), Some(value));
         assert_eq!(
             decode_json(&other_table).unwrap_err().kind,
             DecodeErrorKind::KeyMismatch
@@ -611,20 +552,14 @@ mod tests {
     fn malformed_and_wrongly_typed_records_have_kinds() {
         let mut bad = record("shop.public.products", None, None);
         bad.value = Some(b"{not json".to_vec());
-        assert_eq!(
-            decode_json(&bad).unwrap_err().kind,
-            DecodeErrorKind::Malformed
-        );
+        assert_eq!(decode_json(&bad).unwrap_err().kind, DecodeErrorKind::Malformed);
 
         let wrong_op = record(
             "shop.public.products",
             None,
             Some(json!({"op": "x", "source": pg_source(1, "[]")})),
         );
-        assert_eq!(
-            decode_json(&wrong_op).unwrap_err().kind,
-            DecodeErrorKind::UnknownOp
-        );
+        assert_eq!(decode_json(&wrong_op).unwrap_err().kind, DecodeErrorKind::UnknownOp);
 
         let wrong_after = record(
             "shop.public.products",
@@ -637,10 +572,7 @@ mod tests {
         );
 
         let array = record("shop.public.products", None, Some(json!([1, 2])));
-        assert_eq!(
-            decode_json(&array).unwrap_err().kind,
-            DecodeErrorKind::UnexpectedShape
-        );
+        assert_eq!(decode_json(&array).unwrap_err().kind, DecodeErrorKind::UnexpectedShape);
 
         let mut bad_key = record(
             "shop.public.products",
@@ -648,9 +580,6 @@ mod tests {
             Some(json!({"op": "c", "after": {"id": 1}, "source": pg_source(1, "[]")})),
         );
         bad_key.key = Some(b"17".to_vec());
-        assert_eq!(
-            decode_json(&bad_key).unwrap_err().kind,
-            DecodeErrorKind::BadKey
-        );
+        assert_eq!(decode_json(&bad_key).unwrap_err().kind, DecodeErrorKind::BadKey);
     }
 }

@@ -53,11 +53,7 @@ const FIRST_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(2);
 
 impl Lookups {
-    pub fn connect_lazy(
-        url: &str,
-        timeout: Duration,
-        attempts: u32,
-    ) -> Result<Lookups, sqlx::Error> {
+    pub fn connect_lazy(url: &str, timeout: Duration, attempts: u32) -> Result<Lookups, sqlx::Error> {
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(timeout)

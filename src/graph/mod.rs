@@ -148,10 +148,7 @@ impl fmt::Display for Why {
                 write!(f, "template {template:?} from the {image} image")
             }
             Why::Lookup { query, template } => {
-                write!(
-                    f,
-                    "template {template:?} over the rows of fan-out {query:?}"
-                )
+                write!(f, "template {template:?} over the rows of fan-out {query:?}")
             }
             Why::Truncate => write!(f, "truncate of the whole table"),
             Why::Escalation { reason, detail } => {
@@ -181,10 +178,7 @@ pub enum Derivation {
     Skip(SkipReason),
     /// An invalidation is needed but cannot be expressed: no namespace to
     /// escalate to. The partition must not move past this event.
-    Stall {
-        reason: EscalationReason,
-        detail: String,
-    },
+    Stall { reason: EscalationReason, detail: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,11 +199,7 @@ pub struct Graph {
 
 impl Graph {
     pub fn new(entities: Vec<Entity>) -> Graph {
-        let by_table = entities
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.table.clone(), i))
-            .collect();
+        let by_table = entities.iter().enumerate().map(|(i, e)| (e.table.clone(), i)).collect();
         Graph { entities, by_table }
     }
 
@@ -228,9 +218,7 @@ impl Graph {
         };
         match event.op {
             Op::Message => return Derivation::Skip(SkipReason::Message),
-            Op::Read if !entity.invalidate_on_snapshot => {
-                return Derivation::Skip(SkipReason::Snapshot)
-            }
+            Op::Read if !entity.invalidate_on_snapshot => return Derivation::Skip(SkipReason::Snapshot),
             Op::Truncate => {
                 return match &entity.namespace {
                     Some(ns) => Derivation::Targets {
@@ -287,13 +275,11 @@ impl Graph {
                     Err(e) => {
                         let reason = match e {
                             RenderError::Unavailable { .. } => EscalationReason::Toast,
-                            RenderError::MissingColumn { .. }
-                            | RenderError::Unrenderable { .. } => EscalationReason::Unrenderable,
+                            RenderError::MissingColumn { .. } | RenderError::Unrenderable { .. } => {
+                                EscalationReason::Unrenderable
+                            }
                         };
-                        problem.get_or_insert((
-                            reason,
-                            format!("template {:?}, {image} image: {e}", template.text()),
-                        ));
+                        problem.get_or_insert((reason, format!("template {:?}, {image} image: {e}", template.text())));
                     }
                 }
             }
@@ -317,19 +303,18 @@ impl Graph {
                     match row.get(column) {
                         // SQL NULL matches no child.
                         Some(serde_json::Value::Null) => break,
-                        Some(serde_json::Value::String(s))
-                            if s == crate::event::UNAVAILABLE_VALUE =>
-                        {
-                            problem.get_or_insert((EscalationReason::Toast, format!("fan-out bind column {column:?}, {image} image: TOAST placeholder")));
+                        Some(serde_json::Value::String(s)) if s == crate::event::UNAVAILABLE_VALUE => {
+                            problem.get_or_insert((
+                                EscalationReason::Toast,
+                                format!("fan-out bind column {column:?}, {image} image: TOAST placeholder"),
+                            ));
                             break;
                         }
                         Some(value) => binds.push(value.clone()),
                         None => {
                             problem.get_or_insert((
                                 EscalationReason::Unrenderable,
-                                format!(
-                                    "fan-out bind column {column:?} is not in the {image} image"
-                                ),
+                                format!("fan-out bind column {column:?} is not in the {image} image"),
                             ));
                             break;
                         }
@@ -356,9 +341,7 @@ impl Graph {
                 // The namespace covers the children too only if they live in
                 // it; lookups still run so exact child keys are bumped.
                 Derivation::Targets {
-                    targets,
-                    escalation,
-                    ..
+                    targets, escalation, ..
                 } => Derivation::Targets {
                     targets,
                     escalation,
@@ -392,10 +375,7 @@ pub fn escalate(
         }
         None => Derivation::Stall {
             reason,
-            detail: format!(
-                "{detail}; entity {} declares no namespace to escalate to",
-                entity.table
-            ),
+            detail: format!("{detail}; entity {} declares no namespace to escalate to", entity.table),
         },
     }
 }
@@ -467,20 +447,14 @@ mod tests {
 
     fn keys(d: &Derivation) -> Vec<String> {
         match d {
-            Derivation::Targets { targets, .. } => {
-                targets.iter().map(|t| t.target.to_string()).collect()
-            }
+            Derivation::Targets { targets, .. } => targets.iter().map(|t| t.target.to_string()).collect(),
             other => panic!("expected targets, got {other:?}"),
         }
     }
 
     #[test]
     fn insert_renders_after() {
-        let d = products(Some("product")).derive(&event(
-            Op::Create,
-            None,
-            row(json!({"id": 1, "category_id": 3})),
-        ));
+        let d = products(Some("product")).derive(&event(Op::Create, None, row(json!({"id": 1, "category_id": 3}))));
         assert_eq!(keys(&d), vec!["key product:1", "key category:3:products"]);
     }
 
@@ -493,28 +467,16 @@ mod tests {
         ));
         assert_eq!(
             keys(&d),
-            vec![
-                "key product:1",
-                "key category:7:products",
-                "key category:3:products"
-            ]
+            vec!["key product:1", "key category:7:products", "key category:3:products"]
         );
     }
 
     #[test]
     fn update_without_before_escalates_for_non_key_templates_only() {
-        let d = products(Some("product")).derive(&event(
-            Op::Update,
-            None,
-            row(json!({"id": 1, "category_id": 7})),
-        ));
+        let d = products(Some("product")).derive(&event(Op::Update, None, row(json!({"id": 1, "category_id": 7}))));
         assert_eq!(
             keys(&d),
-            vec![
-                "key product:1",
-                "key category:7:products",
-                "namespace product"
-            ]
+            vec!["key product:1", "key category:7:products", "namespace product"]
         );
         assert!(matches!(
             d,
@@ -528,11 +490,7 @@ mod tests {
             keys: vec![Template::parse("product:{id}").unwrap()],
             ..products(None).entities()[0].clone()
         }]);
-        let d = key_only.derive(&event(
-            Op::Update,
-            None,
-            row(json!({"id": 1, "category_id": 7})),
-        ));
+        let d = key_only.derive(&event(Op::Update, None, row(json!({"id": 1, "category_id": 7}))));
         assert_eq!(
             d,
             Derivation::Targets {
@@ -608,19 +566,12 @@ mod tests {
             namespace: Some("product".into()),
             ..default_identity.entities()[0].clone()
         }]);
-        assert_eq!(
-            keys(&with_ns.derive(&ev)),
-            vec!["key product:1", "namespace product"]
-        );
+        assert_eq!(keys(&with_ns.derive(&ev)), vec!["key product:1", "namespace product"]);
     }
 
     #[test]
     fn delete_with_full_before_is_exact() {
-        let d = products(Some("product")).derive(&event(
-            Op::Delete,
-            row(json!({"id": 1, "category_id": 3})),
-            None,
-        ));
+        let d = products(Some("product")).derive(&event(Op::Delete, row(json!({"id": 1, "category_id": 3})), None));
         assert_eq!(keys(&d), vec!["key product:1", "key category:3:products"]);
     }
 
@@ -656,11 +607,7 @@ mod tests {
             vec!["namespace product"]
         );
         assert_eq!(
-            g.derive(&event(
-                Op::Read,
-                None,
-                row(json!({"id": 1, "category_id": 3}))
-            )),
+            g.derive(&event(Op::Read, None, row(json!({"id": 1, "category_id": 3})))),
             Derivation::Skip(SkipReason::Snapshot)
         );
         let mut other = event(Op::Create, None, row(json!({"id": 1})));
@@ -670,11 +617,7 @@ mod tests {
 
     #[test]
     fn null_foreign_key_names_no_key() {
-        let d = products(Some("product")).derive(&event(
-            Op::Create,
-            None,
-            row(json!({"id": 1, "category_id": null})),
-        ));
+        let d = products(Some("product")).derive(&event(Op::Create, None, row(json!({"id": 1, "category_id": null}))));
         assert_eq!(keys(&d), vec!["key product:1"]);
     }
 }

@@ -50,10 +50,9 @@ impl fmt::Display for RenderError {
             RenderError::MissingColumn { column } => {
                 write!(f, "column {column:?} is not in the row image")
             }
-            RenderError::Unrenderable { column, kind } => write!(
-                f,
-                "column {column:?} holds a {kind}, which has no canonical key form"
-            ),
+            RenderError::Unrenderable { column, kind } => {
+                write!(f, "column {column:?} holds a {kind}, which has no canonical key form")
+            }
         }
     }
 }
@@ -126,9 +125,9 @@ impl Template {
             match part {
                 Part::Literal(s) => out.push_str(s),
                 Part::Column(column) => {
-                    let value = row.get(column).ok_or_else(|| RenderError::MissingColumn {
-                        column: column.clone(),
-                    })?;
+                    let value = row
+                        .get(column)
+                        .ok_or_else(|| RenderError::MissingColumn { column: column.clone() })?;
                     match render_value(column, value)? {
                         Some(text) => out.push_str(&text),
                         None => return Ok(None),
@@ -185,9 +184,7 @@ mod tests {
         let t = Template::parse("category:{category_id}:products").unwrap();
         assert_eq!(t.columns().collect::<Vec<_>>(), vec!["category_id"]);
         assert_eq!(
-            t.render(&row(json!({"category_id": 3})))
-                .unwrap()
-                .as_deref(),
+            t.render(&row(json!({"category_id": 3}))).unwrap().as_deref(),
             Some("category:3:products")
         );
     }
@@ -195,34 +192,20 @@ mod tests {
     #[test]
     fn escaped_braces_are_literal() {
         let t = Template::parse("{{tag}}:{id}").unwrap();
-        assert_eq!(
-            t.render(&row(json!({"id": "a"}))).unwrap().as_deref(),
-            Some("{tag}:a")
-        );
+        assert_eq!(t.render(&row(json!({"id": "a"}))).unwrap().as_deref(), Some("{tag}:a"));
     }
 
     #[test]
     fn parse_errors() {
-        assert_eq!(
-            Template::parse("p:{id").unwrap_err(),
-            TemplateError::Unclosed(2)
-        );
-        assert_eq!(
-            Template::parse("p:{}").unwrap_err(),
-            TemplateError::Empty(2)
-        );
-        assert_eq!(
-            Template::parse("p:}").unwrap_err(),
-            TemplateError::Unmatched(2)
-        );
+        assert_eq!(Template::parse("p:{id").unwrap_err(), TemplateError::Unclosed(2));
+        assert_eq!(Template::parse("p:{}").unwrap_err(), TemplateError::Empty(2));
+        assert_eq!(Template::parse("p:}").unwrap_err(), TemplateError::Unmatched(2));
     }
 
     #[test]
     fn canonical_values() {
         let t = Template::parse("{a}|{b}|{c}|{d}|{e}|{f}").unwrap();
-        let r = row(
-            json!({"a": 42, "b": -7, "c": "12.50", "d": true, "e": 18446744073709551615u64, "f": 1.5}),
-        );
+        let r = row(json!({"a": 42, "b": -7, "c": "12.50", "d": true, "e": 18446744073709551615u64, "f": 1.5}));
         assert_eq!(
             t.render(&r).unwrap().as_deref(),
             Some("42|-7|12.50|true|18446744073709551615|1.5")
@@ -239,17 +222,12 @@ mod tests {
     fn placeholder_missing_and_structures_are_errors() {
         let t = Template::parse("p:{body}").unwrap();
         assert_eq!(
-            t.render(&row(json!({"body": UNAVAILABLE_VALUE})))
-                .unwrap_err(),
-            RenderError::Unavailable {
-                column: "body".into()
-            }
+            t.render(&row(json!({"body": UNAVAILABLE_VALUE}))).unwrap_err(),
+            RenderError::Unavailable { column: "body".into() }
         );
         assert_eq!(
             t.render(&row(json!({}))).unwrap_err(),
-            RenderError::MissingColumn {
-                column: "body".into()
-            }
+            RenderError::MissingColumn { column: "body".into() }
         );
         assert!(matches!(
             t.render(&row(json!({"body": {"scale": 2, "value": "AQ=="}}))),
@@ -260,9 +238,6 @@ mod tests {
     #[test]
     fn utf8_literals_survive() {
         let t = Template::parse("größe:{id}").unwrap();
-        assert_eq!(
-            t.render(&row(json!({"id": 1}))).unwrap().as_deref(),
-            Some("größe:1")
-        );
+        assert_eq!(t.render(&row(json!({"id": 1}))).unwrap().as_deref(), Some("größe:1"));
     }
 }

@@ -18,10 +18,7 @@ pub const BUMP_SCRIPT: &str = include_str!("bump.lua");
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("cannot open redis client for {url}: {source}")]
-    Client {
-        url: String,
-        source: redis::RedisError,
-    },
+    Client { url: String, source: redis::RedisError },
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("redis answered {got} replies to {sent} bumps")]
@@ -33,11 +30,7 @@ impl SinkError {
     pub fn kind_label(&self) -> &'static str {
         match self {
             SinkError::Client { .. } => "client",
-            SinkError::Redis(e)
-                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() =>
-            {
-                "connection"
-            }
+            SinkError::Redis(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => "connection",
             SinkError::Redis(_) => "server",
             SinkError::ShortReply { .. } => "protocol",
         }
@@ -60,20 +53,14 @@ enum Connection {
 }
 
 impl Connection {
-    async fn query<T: redis::FromRedisValue>(
-        &mut self,
-        pipe: &redis::Pipeline,
-    ) -> redis::RedisResult<T> {
+    async fn query<T: redis::FromRedisValue>(&mut self, pipe: &redis::Pipeline) -> redis::RedisResult<T> {
         match self {
             Connection::Standalone(c) => pipe.query_async(c).await,
             Connection::Cluster(c) => pipe.query_async(c).await,
         }
     }
 
-    async fn command<T: redis::FromRedisValue>(
-        &mut self,
-        cmd: &redis::Cmd,
-    ) -> redis::RedisResult<T> {
+    async fn command<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
         match self {
             Connection::Standalone(c) => cmd.query_async(c).await,
             Connection::Cluster(c) => cmd.query_async(c).await,
@@ -132,9 +119,7 @@ impl RedisSink {
             return Ok(Vec::new());
         }
         match self.try_apply(bumps).await {
-            Err(SinkError::Redis(e))
-                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
+            Err(SinkError::Redis(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 // The guard makes a partial first attempt harmless to repeat.
                 self.script_sha = load_script(&mut self.connection).await?;
                 self.try_apply(bumps).await
@@ -144,19 +129,13 @@ impl RedisSink {
     }
 
     async fn try_apply(&mut self, bumps: &[Bump]) -> Result<Vec<BumpResult>, SinkError> {
-        let keys: Vec<String> = bumps
-            .iter()
-            .map(|b| b.target.record_key(&self.prefix))
-            .collect();
+        let keys: Vec<String> = bumps.iter().map(|b| b.target.record_key(&self.prefix)).collect();
         let groups: Vec<Vec<usize>> = match self.connection {
             Connection::Standalone(_) => vec![(0..bumps.len()).collect()],
             Connection::Cluster(_) => {
                 let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
                 for (i, key) in keys.iter().enumerate() {
-                    by_slot
-                        .entry(hash_slot(key.as_bytes()))
-                        .or_default()
-                        .push(i);
+                    by_slot.entry(hash_slot(key.as_bytes())).or_default().push(i);
                 }
                 by_slot.into_values().collect()
             }
@@ -193,17 +172,12 @@ impl RedisSink {
                 });
             }
         }
-        Ok(results
-            .into_iter()
-            .map(|r| r.expect("every index answered"))
-            .collect())
+        Ok(results.into_iter().map(|r| r.expect("every index answered")).collect())
     }
 
     /// Liveness probe for `check` and readiness.
     pub async fn ping(&mut self) -> Result<(), SinkError> {
-        self.connection
-            .command::<String>(&redis::cmd("PING"))
-            .await?;
+        self.connection.command::<String>(&redis::cmd("PING")).await?;
         Ok(())
     }
 
@@ -266,9 +240,6 @@ mod tests {
         assert_eq!(hash_slot(b"123456789"), 12739);
         assert_eq!(hash_slot(b"{user1000}.following"), hash_slot(b"user1000"));
         // An empty tag does not count: the whole key is hashed.
-        assert_eq!(
-            hash_slot(b"foo{}{bar}"),
-            crc16_xmodem(b"foo{}{bar}") % 16384
-        );
+        assert_eq!(hash_slot(b"foo{}{bar}"), crc16_xmodem(b"foo{}{bar}") % 16384);
     }
 }

@@ -41,10 +41,7 @@ impl SourceContext {
     }
 
     pub fn was_revoked(&self, partition: &PartitionId) -> bool {
-        self.revoked
-            .lock()
-            .expect("revoked lock")
-            .contains(partition)
+        self.revoked.lock().expect("revoked lock").contains(partition)
     }
 
     pub fn clear_revoked(&self, partition: &PartitionId) {
@@ -121,10 +118,7 @@ pub type Consumer = StreamConsumer<SourceContext>;
 
 /// Builds the consumer. User passthrough settings go first so that the
 /// settings the delivery promise depends on always win.
-pub fn consumer(
-    settings: &SourceSettings,
-    plan: &PlanSettings,
-) -> Result<Consumer, rdkafka::error::KafkaError> {
+pub fn consumer(settings: &SourceSettings, plan: &PlanSettings) -> Result<Consumer, rdkafka::error::KafkaError> {
     let mut config = ClientConfig::new();
     // Sensible defaults a user may override through [source.librdkafka].
     config

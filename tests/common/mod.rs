@@ -69,12 +69,7 @@ pub async fn versions(
         .unwrap();
     let mut out = std::collections::BTreeMap::new();
     for key in keys {
-        let v: Option<String> = redis::cmd("HGET")
-            .arg(&key)
-            .arg("v")
-            .query_async(conn)
-            .await
-            .unwrap();
+        let v: Option<String> = redis::cmd("HGET").arg(&key).arg("v").query_async(conn).await.unwrap();
         out.insert(
             key[prefix.len()..].to_owned(),
             v.and_then(|v| v.parse().ok()).unwrap_or(0),
@@ -194,11 +189,10 @@ impl Drop for Daemon {
 /// Minimal HTTP/1.0 GET over loopback; returns (status, body).
 pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream =
-        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-            .await
-            .ok()?
-            .ok()?;
+    let mut stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
     stream
         .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
         .await
@@ -228,10 +222,7 @@ pub fn free_port() -> u16 {
 /// Sum of a metric's samples whose line contains every `filter` fragment.
 pub fn metric_sum(text: &str, name: &str, filters: &[&str]) -> f64 {
     text.lines()
-        .filter(|l| {
-            l.starts_with(name)
-                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
-        })
+        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
         .filter(|l| filters.iter().all(|f| l.contains(f)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -308,16 +299,10 @@ pub async fn dead_letter_url(address: &str) -> (String, String) {
     sql(&pool, &format!("CREATE SCHEMA {schema}")).await;
     let url = pg_url().replace(&pg_address(), address);
     let sep = if url.contains('?') { '&' } else { '?' };
-    (
-        format!("{url}{sep}options=-csearch_path%3D{schema}"),
-        schema,
-    )
+    (format!("{url}{sep}options=-csearch_path%3D{schema}"), schema)
 }
 
-pub async fn produce(
-    topic: &str,
-    records: &[(Option<Vec<u8>>, Option<Vec<u8>>)],
-) -> Vec<(i32, i64)> {
+pub async fn produce(topic: &str, records: &[(Option<Vec<u8>>, Option<Vec<u8>>)]) -> Vec<(i32, i64)> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", kafka_brokers())
@@ -372,10 +357,7 @@ pub fn now_us() -> i64 {
 }
 
 /// Produces many records quickly (no per-record await), all to partition 0.
-pub async fn produce_many(
-    topic: &str,
-    records: impl Iterator<Item = (Option<Vec<u8>>, Option<Vec<u8>>)>,
-) -> usize {
+pub async fn produce_many(topic: &str, records: impl Iterator<Item = (Option<Vec<u8>>, Option<Vec<u8>>)>) -> usize {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", kafka_brokers())
@@ -388,38 +370,23 @@ pub async fn produce_many(
     for (key, value) in records {
         let key = key.unwrap_or_default();
         let value = value.unwrap_or_default();
-        let record = FutureRecord::to(topic)
-            .partition(0)
-            .key(&key)
-            .payload(&value);
+        let record = FutureRecord::to(topic).partition(0).key(&key).payload(&value);
         pending.push(producer.send_result(record).expect("enqueue"));
         count += 1;
         if pending.len() >= 10_000 {
             for p in pending.drain(..) {
-                p.await
-                    .expect("delivery")
-                    .map_err(|(e, _)| e)
-                    .expect("produce");
+                p.await.expect("delivery").map_err(|(e, _)| e).expect("produce");
             }
         }
     }
     for p in pending {
-        p.await
-            .expect("delivery")
-            .map_err(|(e, _)| e)
-            .expect("produce");
+        p.await.expect("delivery").map_err(|(e, _)| e).expect("produce");
     }
     count
 }
 
 /// Writes a daemon config for one produced topic and one entity.
-pub fn write_config(
-    topic: &str,
-    redis: &str,
-    prefix: &str,
-    admin_port: u16,
-    extra: &str,
-) -> tempfile::NamedTempFile {
+pub fn write_config(topic: &str, redis: &str, prefix: &str, admin_port: u16, extra: &str) -> tempfile::NamedTempFile {
     let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
     std::fs::write(
         file.path(),
@@ -464,11 +431,8 @@ pub async fn count_keys(url: &str, pattern: &str) -> usize {
     let Ok(client) = redis::Client::open(url) else {
         return 0;
     };
-    let Ok(Ok(mut conn)) = tokio::time::timeout(
-        Duration::from_secs(2),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
+    let Ok(Ok(mut conn)) =
+        tokio::time::timeout(Duration::from_secs(2), client.get_multiplexed_async_connection()).await
     else {
         return 0;
     };
