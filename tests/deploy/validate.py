@@ -6,6 +6,7 @@
     validate.py provisioning deploy/grafana/provisioning deploy/grafana/dashboard.json
     validate.py images Dockerfile < <(docker-compose -f docker-compose.yml config)
     validate.py connector deploy/compose/debezium-postgres.json scripts/stack.d/debezium-postgres.json
+    validate.py metrics src/metrics.rs
     validate.py selftest
 
 Each command prints the problems it finds, one a line, and exits 1 if there
@@ -366,6 +367,15 @@ def selftest():
     return problems
 
 
+def check_metrics_source(path):
+    """The lists above must be exactly the names src/metrics.rs declares."""
+    declared = set(re.findall(r'pub const [A-Z_]+: &str = "(cdc_invalidator_[a-z_]+)";', Path(path).read_text()))
+    listed = COUNTERS | GAUGES | HISTOGRAMS
+    problems = [f"{path}: {n} is exported but unknown to the dashboard and alert checks" for n in sorted(declared - listed)]
+    problems += [f"{path}: {n} is checked for but no longer exported" for n in sorted(listed - declared)]
+    return problems
+
+
 def main(argv):
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
@@ -381,6 +391,8 @@ def main(argv):
         problems = check_images(args[0], sys.stdin.read())
     elif cmd == "connector":
         problems = check_connector(args[0], args[1])
+    elif cmd == "metrics":
+        problems = check_metrics_source(args[0])
     elif cmd == "selftest":
         problems = selftest()
     else:
