@@ -769,8 +769,11 @@ impl Pipeline {
         }
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => tracing::info!("final offsets committed"),
-            // Nothing stored since the last commit is reported as an error by librdkafka.
-            Err(e) => tracing::info!(result = %e, "final commit"),
+            // librdkafka reports "nothing stored since the last commit" as an error.
+            Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {
+                tracing::info!("final commit: nothing new to commit")
+            }
+            Err(e) => tracing::warn!(error = %e, "final commit failed; the next run replays from the last commit"),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::Daemon;
@@ -48,7 +48,7 @@ async fn auditor_flags_exactly_the_topic_the_daemon_does_not_serve() {
     std::fs::write(audit_cfg.path(), text).unwrap();
     let audit_port = common::free_port();
     let log = tempfile::NamedTempFile::new().unwrap();
-    let auditor = Command::new(env!("CARGO_BIN_EXE_cdc-invalidator"))
+    let auditor = common::cli()
         .args([
             "audit",
             "--config",

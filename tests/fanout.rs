@@ -82,7 +82,7 @@ keys = ["category:{{id}}", "category-name:{{name}}"]
     );
     let cfg = common::write_config(&topic, &common::redis_url(), &prefix, admin_port, &extra);
     // `check` sees the lookup database: the query prepares, the table is DEFAULT.
-    let check = std::process::Command::new(env!("CARGO_BIN_EXE_cdc-invalidator"))
+    let check = common::cli()
         .args(["check", "--config", cfg.path().to_str().unwrap()])
         .output()
         .unwrap();

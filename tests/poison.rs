@@ -186,7 +186,7 @@ async fn every_kind_of_poison_becomes_a_dead_letter_and_later_records_still_appl
     // The operator's view: list shows them, replay leaves them pending because
     // they still fail, purge --all removes them.
     let cli = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_cdc-invalidator"))
+        common::cli()
             .args(args)
             .args(["--config", cfg.path().to_str().unwrap()])
             .output()

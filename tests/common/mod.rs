@@ -96,6 +96,23 @@ where
     }
 }
 
+/// The binary under test. scripts/test exports the stack's addresses, and
+/// these variables override config files: each test's own config must win.
+pub fn cli() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cdc-invalidator"));
+    for name in [
+        "CDC_REDIS_URL",
+        "CDC_KAFKA_BROKERS",
+        "CDC_KAFKA_GROUP",
+        "CDC_ADMIN_LISTEN",
+        "CDC_DEAD_LETTERS_URL",
+        "CDC_LOOKUP_URL",
+    ] {
+        command.env_remove(name);
+    }
+    command
+}
+
 /// A daemon process under test, killed when dropped.
 pub struct Daemon {
     pub child: Child,
@@ -111,7 +128,7 @@ impl Daemon {
     pub fn start_with(config_path: &std::path::Path, admin_port: u16, extra: &[&str]) -> Daemon {
         let log = config_path.with_extension("log");
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cdc-invalidator"))
+        let child = cli()
             .args(["run", "--config"])
             .arg(config_path)
             .args(extra)
