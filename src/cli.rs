@@ -210,6 +210,16 @@ async fn run(path: &Path, migrate: bool) -> anyhow::Result<i32> {
                 store.migrate().await.context("applying dead-letter migrations")?;
                 tracing::info!("dead-letter migrations applied");
             }
+            match store.table_exists().await {
+                Ok(true) => {}
+                Ok(false) => anyhow::bail!(
+                    "the dead-letter table cdc_dead_letters does not exist: run `cdc-invalidator migrate --config {}` or start with --migrate",
+                    path.display()
+                ),
+                // Unreachable now is an outage like any other: the pipeline
+                // pauses at the first dead letter until the store returns.
+                Err(e) => tracing::warn!(error = %e, "dead-letter store not reachable at start"),
+            }
             Some(store)
         }
         None => {

@@ -109,6 +109,15 @@ impl DeadLetterStore {
         Ok(())
     }
 
+    /// At start: is the table there? `Ok(false)` when it is missing (not
+    /// migrated); an error when the database cannot be asked.
+    pub async fn table_exists(&self) -> Result<bool, DeadLetterError> {
+        let found: Option<String> = sqlx::query_scalar("SELECT to_regclass('cdc_dead_letters')::text")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
     /// Writes (or, on redelivery, counts again) one dead letter. Durable when it returns.
     pub async fn write(&self, record: &KafkaRecord, failure: &Failure) -> Result<(), DeadLetterError> {
         let headers: Map<String, Value> = record
