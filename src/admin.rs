@@ -25,6 +25,7 @@ pub struct Stall {
 #[derive(Debug, Default)]
 struct StatusInner {
     dead_letters_error: Option<String>,
+    registry_error: Option<String>,
     redis_error: Option<String>,
     redis_connected: bool,
     assigned: usize,
@@ -72,6 +73,14 @@ impl Status {
         self.with(|s| s.dead_letters_error = Some(error));
     }
 
+    pub fn registry_ok(&self) {
+        self.with(|s| s.registry_error = None);
+    }
+
+    pub fn registry_failed(&self, error: String) {
+        self.with(|s| s.registry_error = Some(error));
+    }
+
     pub fn set_assigned(&self, count: usize) {
         self.with(|s| s.assigned = count);
     }
@@ -101,6 +110,9 @@ impl Status {
             }
             if let Some(e) = &s.dead_letters_error {
                 reasons.push(format!("dead-letter store unreachable (consumption paused): {e}"));
+            }
+            if let Some(e) = &s.registry_error {
+                reasons.push(format!("schema registry unreachable (consumption paused): {e}"));
             }
             if s.assigned == 0 {
                 reasons.push("no partitions assigned".to_owned());

@@ -117,6 +117,10 @@ pub async fn run(
     } else {
         None
     };
+    let avro = match &settings.avro {
+        Some(sources) => Some(crate::decode::AvroSchemas::new(sources.clone())?),
+        None => None,
+    };
     let prefix = &settings.redis.version_prefix;
     let started = Instant::now();
     let mut pending: VecDeque<Pending> = VecDeque::new();
@@ -136,7 +140,14 @@ pub async fn run(
                         let record = crate::source::to_record(&message);
                         seen += 1;
                         if seen % options.sample_every.max(1) == 0 {
-                            let route = pipeline::route(&settings.graph, &settings.plan, &record, pipeline::now_us(), true);
+                            for id in [record.key.as_deref(), record.value.as_deref()].into_iter().flatten().filter_map(crate::decode::schema_id) {
+                                if let (Some(avro), false) = (&avro, avro.as_ref().is_some_and(|a| a.is_loaded(id))) {
+                                    if let Err(e) = avro.ensure(id).await {
+                                        tracing::warn!(schema_id = id, error = %e, "audit: schema not loaded; this change is not checked");
+                                    }
+                                }
+                            }
+                            let route = pipeline::route_with(&settings.graph, &settings.plan, &record, pipeline::now_us(), true, avro.as_ref());
                             if let Routed::Bump { targets, position, namespace, .. } = route.action {
                                 let covering = namespace.map(|ns| Target::Namespace(ns).record_key(prefix));
                                 pending.push_back(Pending {

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, Status};
 use crate::config::{self, redact_url, Settings, Subscription};
 use crate::dead_letter::DeadLetterStore;
+use crate::decode::AvroSchemas;
 use crate::decode::{decode, table_from_topic};
 use crate::event::{Decoded, KafkaRecord};
 use crate::graph::{Derivation, Lookups, Why};
@@ -194,6 +195,27 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+fn avro_schemas(settings: &Settings) -> anyhow::Result<Option<Arc<AvroSchemas>>> {
+    Ok(match &settings.avro {
+        Some(sources) => Some(Arc::new(
+            AvroSchemas::new(sources.clone()).context("creating the schema registry client")?,
+        )),
+        None => None,
+    })
+}
+
+/// Loads the schemas a framed record names (explain and replay: one try each).
+async fn load_schemas(avro: Option<&AvroSchemas>, record: &KafkaRecord) {
+    let Some(avro) = avro else { return };
+    for bytes in [record.key.as_deref(), record.value.as_deref()].into_iter().flatten() {
+        if let Some(id) = crate::decode::schema_id(bytes) {
+            if let Err(e) = avro.ensure(id).await {
+                println!("schema  {e}");
+            }
+        }
+    }
+}
+
 fn dead_letter_store(settings: &Settings) -> anyhow::Result<DeadLetterStore> {
     let url = settings.dead_letters_url.as_deref().context(
         "no dead-letter store configured: add [dead_letters] url = \"postgres://...\" or set CDC_DEAD_LETTERS_URL",
@@ -252,7 +274,8 @@ async fn run(path: &Path, migrate: bool) -> anyhow::Result<i32> {
         Some(l) => Some(Lookups::connect_lazy(&l.url, l.timeout, l.attempts).context("lookup database URL")?),
         None => None,
     };
-    let pipeline = Pipeline::new(settings.clone(), sink, dead_letters, lookups, status)?;
+    let avro = avro_schemas(&settings)?;
+    let pipeline = Pipeline::new(settings.clone(), sink, dead_letters, lookups, avro, status)?;
     pipeline.run(shutdown.clone()).await;
     shutdown.cancel();
     match admin_task.await {
@@ -431,9 +454,19 @@ async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<i32> {
         }
         DeadLetterAction::Replay { limit, .. } => {
             let mut sink = RedisSink::connect(&settings.redis).await?;
+            let avro = avro_schemas(&settings)?;
             let (mut replayed, mut still_failing) = (0, 0);
             for d in store.list(true, limit).await? {
-                let route = pipeline::route(&settings.graph, &settings.plan, &d.record(), pipeline::now_us(), true);
+                let record = d.record();
+                load_schemas(avro.as_deref(), &record).await;
+                let route = pipeline::route_with(
+                    &settings.graph,
+                    &settings.plan,
+                    &record,
+                    pipeline::now_us(),
+                    true,
+                    avro.as_deref(),
+                );
                 if let pipeline::Routed::Bump {
                     targets,
                     position,
@@ -623,12 +656,15 @@ async fn explain(path: &Path, source: &str, topic: Option<&str>) -> anyhow::Resu
         record.topic, record.partition, record.offset
     );
 
-    let route = pipeline::route(
+    let avro = avro_schemas(&settings)?;
+    load_schemas(avro.as_deref(), &record).await;
+    let route = pipeline::route_with(
         &settings.graph,
         &settings.plan,
         &record,
         pipeline::now_us(),
         settings.dead_letters_url.is_some(),
+        avro.as_deref(),
     );
     if let Some(failure) = &route.dead_letter {
         println!(
@@ -639,7 +675,7 @@ async fn explain(path: &Path, source: &str, topic: Option<&str>) -> anyhow::Resu
         );
     }
     let routed = route.action;
-    let event = match decode(&record) {
+    let event = match decode(&record, avro.as_deref()) {
         Ok(Decoded::Change(event)) => event,
         Ok(other) => {
             println!("kind    {other:?}: not a row change, nothing to invalidate");

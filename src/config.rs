@@ -19,6 +19,9 @@ pub const ENV_REDIS_URL: &str = "CDC_REDIS_URL";
 pub const ENV_ADMIN_LISTEN: &str = "CDC_ADMIN_LISTEN";
 pub const ENV_DEAD_LETTERS_URL: &str = "CDC_DEAD_LETTERS_URL";
 pub const ENV_LOOKUP_URL: &str = "CDC_LOOKUP_URL";
+pub const ENV_SCHEMA_REGISTRY_URL: &str = "CDC_SCHEMA_REGISTRY_URL";
+pub const ENV_SCHEMA_REGISTRY_USER: &str = "CDC_SCHEMA_REGISTRY_USER";
+pub const ENV_SCHEMA_REGISTRY_PASSWORD: &str = "CDC_SCHEMA_REGISTRY_PASSWORD";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -53,6 +56,8 @@ pub struct RawConfig {
     pub dead_letters: Option<Spanned<RawDeadLetters>>,
     #[serde(default)]
     pub lookup: Option<Spanned<RawLookup>>,
+    #[serde(default)]
+    pub avro: Option<Spanned<RawAvro>>,
     #[serde(default, rename = "entity")]
     pub entities: Vec<Spanned<RawEntity>>,
 }
@@ -90,6 +95,23 @@ pub struct RawRedis {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAvro {
+    /// Confluent-compatible schema registry (Confluent, Apicurio's ccompat API, Karapace).
+    #[serde(default)]
+    pub registry_url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub username: Option<Spanned<String>>,
+    #[serde(default)]
+    pub password: Option<Spanned<String>>,
+    /// Directory of `<schema id>.avsc` files, read before asking the registry.
+    #[serde(default)]
+    pub schemas_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,6 +196,8 @@ pub struct Settings {
     /// cannot be decoded escalate or stall.
     pub dead_letters_url: Option<String>,
     pub lookup: Option<LookupSettings>,
+    /// Where Avro schemas come from; None reads JSON only.
+    pub avro: Option<crate::decode::SchemaSources>,
     pub graph: Graph,
 }
 
@@ -245,6 +269,8 @@ const DEFAULT_EVENTUAL_LINGER: Duration = Duration::from_millis(100);
 const DEFAULT_CLOCK_SKEW_MARGIN: Duration = Duration::from_secs(30);
 // Retrying Redis faster than this only adds load to a struggling server.
 const DEFAULT_MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+// A registry slower than this is treated as unavailable for this attempt.
+const DEFAULT_REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
 // A lookup slower than this holds up its partition; retry or escalate instead.
 const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 // Three tries ride out a replica failover; then the namespace is escalated.
@@ -474,6 +500,33 @@ impl RawConfig {
                 attempts: DEFAULT_LOOKUP_ATTEMPTS,
             }),
         };
+        let avro = match self.avro {
+            Some(raw) => {
+                let raw_span = raw.span();
+                let raw = raw.into_inner();
+                let sources = crate::decode::SchemaSources {
+                    registry_url: env(ENV_SCHEMA_REGISTRY_URL).or_else(|| raw.registry_url.map(Spanned::into_inner)),
+                    username: env(ENV_SCHEMA_REGISTRY_USER).or_else(|| raw.username.map(Spanned::into_inner)),
+                    password: env(ENV_SCHEMA_REGISTRY_PASSWORD).or_else(|| raw.password.map(Spanned::into_inner)),
+                    schemas_dir: raw.schemas_dir.map(|d| std::path::PathBuf::from(d.into_inner())),
+                    timeout: match &raw.timeout {
+                        Some(d) => v.duration(d, "avro.timeout")?,
+                        None => DEFAULT_REGISTRY_TIMEOUT,
+                    },
+                };
+                if sources.registry_url.is_none() && sources.schemas_dir.is_none() {
+                    return v.error(raw_span, "avro", "expected `registry_url` or `schemas_dir` (or both)");
+                }
+                Some(sources)
+            }
+            None => env(ENV_SCHEMA_REGISTRY_URL).map(|url| crate::decode::SchemaSources {
+                registry_url: Some(url),
+                username: env(ENV_SCHEMA_REGISTRY_USER),
+                password: env(ENV_SCHEMA_REGISTRY_PASSWORD),
+                schemas_dir: None,
+                timeout: DEFAULT_REGISTRY_TIMEOUT,
+            }),
+        };
         let dead_letters_url =
             env(ENV_DEAD_LETTERS_URL).or_else(|| self.dead_letters.map(|d| d.into_inner().url.into_inner()));
 
@@ -633,6 +686,7 @@ impl RawConfig {
             plan,
             dead_letters_url,
             lookup,
+            avro,
             graph: Graph::new(entities),
         })
     }

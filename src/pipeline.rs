@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{Stall, Status};
 use crate::config::{PlanSettings, Settings};
 use crate::dead_letter::{DeadLetterStore, Failure, Stage};
-use crate::decode::{decode, table_from_topic, DecodeError, DecodeErrorKind};
+use crate::decode::{decode, table_from_topic, AvroSchemas, DecodeError, DecodeErrorKind, SchemaError};
 use crate::event::{Decoded, KafkaRecord, Position};
 use crate::graph::{
     escalate, Consistency, Derivation, EscalationReason, Graph, LookupError, LookupRequest, Lookups, Target, Why,
@@ -74,6 +74,19 @@ pub struct Route {
 /// with one, a bad record of an unknown table is kept there and skipped;
 /// without one it stalls, because nothing may be lost silently.
 pub fn route(graph: &Graph, plan: &PlanSettings, record: &KafkaRecord, now_us: i64, dead_letters: bool) -> Route {
+    route_with(graph, plan, record, now_us, dead_letters, None)
+}
+
+/// [`route`] for topics that may carry Avro: the schemas of the record's
+/// ids must already be loaded (`AvroSchemas::ensure`).
+pub fn route_with(
+    graph: &Graph,
+    plan: &PlanSettings,
+    record: &KafkaRecord,
+    now_us: i64,
+    dead_letters: bool,
+    avro: Option<&AvroSchemas>,
+) -> Route {
     let size = record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len);
     let decoded = if size > plan.max_record_bytes {
         Err(DecodeError {
@@ -81,7 +94,7 @@ pub fn route(graph: &Graph, plan: &PlanSettings, record: &KafkaRecord, now_us: i
             detail: format!("{size} bytes, above plan.max_record_bytes ({})", plan.max_record_bytes),
         })
     } else {
-        decode(record)
+        decode(record, avro)
     };
     let event = match decoded {
         Ok(Decoded::Change(event)) => event,
@@ -256,6 +269,7 @@ pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 enum Dependency {
     Redis,
     DeadLetters,
+    Registry,
 }
 
 pub struct Pipeline {
@@ -264,6 +278,7 @@ pub struct Pipeline {
     sink: RedisSink,
     dead_letters: Option<DeadLetterStore>,
     lookups: Option<Lookups>,
+    avro: Option<Arc<AvroSchemas>>,
     status: Arc<Status>,
     partitions: HashMap<PartitionId, PartitionState>,
     /// Set while Redis or the dead-letter store is unreachable: every
@@ -277,6 +292,7 @@ impl Pipeline {
         sink: RedisSink,
         dead_letters: Option<DeadLetterStore>,
         lookups: Option<Lookups>,
+        avro: Option<Arc<AvroSchemas>>,
         status: Arc<Status>,
     ) -> Result<Pipeline, RunError> {
         let consumer = source::consumer(&settings.source, &settings.plan).map_err(RunError::Consumer)?;
@@ -293,6 +309,7 @@ impl Pipeline {
             sink,
             dead_letters,
             lookups,
+            avro,
             status,
             partitions: HashMap::new(),
             paused_for_outage: false,
@@ -321,7 +338,9 @@ impl Pipeline {
                     self.handle_rebalances(&mut batch);
                     if let Some(record) = record {
                         took_record = true;
-                        self.take(record, &mut batch).await;
+                        if self.take(record, &mut batch, &shutdown).await.is_err() {
+                            break;
+                        }
                     }
                 }
             }
@@ -349,16 +368,28 @@ impl Pipeline {
     }
 
     /// Routes one record into the batch, or stalls its partition.
-    async fn take(&mut self, record: KafkaRecord, batch: &mut Batch) {
+    async fn take(
+        &mut self,
+        record: KafkaRecord,
+        batch: &mut Batch,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Abandoned> {
         let partition: PartitionId = (record.topic.clone(), record.partition);
         let lag = self.consumer.context().lag(&partition);
         let state = self.partitions.entry(partition.clone()).or_default();
         if state.stalled || self.paused_for_outage {
             // Fetched before the pause took effect; it is fetched again after a
             // restart (stall) or the seek on resume (outage).
-            return;
+            return Ok(());
         }
+        self.load_schemas(&record, shutdown).await?;
+        let state = self.partitions.entry(partition.clone()).or_default();
         state.next_offset = Some(record.offset + 1);
+        if self.paused_for_outage {
+            // The registry came back: this record is in hand, the rest resumes.
+            self.resume_after_outage();
+        }
+        let state = self.partitions.entry(partition.clone()).or_default();
         if let (Some(threshold), Some(lag)) = (self.settings.plan.escalate_above_lag, lag) {
             if !state.escalating && lag > threshold {
                 state.escalating = true;
@@ -374,12 +405,13 @@ impl Pipeline {
             op,
             action,
             dead_letter,
-        } = route(
+        } = route_with(
             &self.settings.graph,
             &self.settings.plan,
             &record,
             now_us(),
             self.dead_letters.is_some(),
+            self.avro.as_deref(),
         );
         if let Some(failure) = dead_letter {
             tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset,
@@ -457,7 +489,7 @@ impl Pipeline {
                     detail,
                 },
             );
-            return;
+            return Ok(());
         }
         batch.done.insert(partition, record.offset);
         batch.records += 1;
@@ -466,6 +498,45 @@ impl Pipeline {
             // Skipped records still need their offsets stored soon.
             batch.take_until(Instant::now() + self.settings.plan.eventual_linger);
         }
+        Ok(())
+    }
+
+    /// Loads the Avro schemas a framed record names. An unknown id is left to
+    /// decoding (a dead letter); an unreachable registry pauses consumption
+    /// and is retried with capped backoff, so nothing is committed past it.
+    async fn load_schemas(&mut self, record: &KafkaRecord, shutdown: &CancellationToken) -> Result<(), Abandoned> {
+        let Some(avro) = self.avro.clone() else { return Ok(()) };
+        let ids: Vec<u32> = [record.key.as_deref(), record.value.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter_map(crate::decode::schema_id)
+            .collect();
+        for id in ids {
+            let mut backoff = FIRST_RETRY_BACKOFF;
+            loop {
+                match avro.ensure(id).await {
+                    Ok(()) => {
+                        self.status.registry_ok();
+                        break;
+                    }
+                    Err(SchemaError::Unavailable(error)) => {
+                        self.outage(Dependency::Registry, "registry", &error);
+                        if self.wait_polling(backoff, shutdown).await.is_err() {
+                            tracing::warn!(
+                                "shutdown while the schema registry is unreachable: nothing committed past the record"
+                            );
+                            return Err(Abandoned);
+                        }
+                        backoff = (backoff * 2).min(self.settings.redis.max_retry_backoff);
+                    }
+                    Err(permanent) => {
+                        tracing::warn!(schema_id = id, error = %permanent, "schema cannot be loaded; the record becomes a dead letter");
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Runs the event's fan-out lookups and adds the children they name.
@@ -608,6 +679,7 @@ impl Pipeline {
                 self.status.redis_failed(error.to_owned());
             }
             Dependency::DeadLetters => self.status.dead_letters_failed(error.to_owned()),
+            Dependency::Registry => self.status.registry_failed(error.to_owned()),
         }
         if !self.paused_for_outage {
             tracing::warn!(?dependency, %error, "write failed; pausing consumption and retrying (nothing is committed meanwhile)");

@@ -5,19 +5,14 @@ use serde_json::{Map, Value};
 use super::{table_from_topic, DecodeError, DecodeErrorKind};
 use crate::event::{ChangeEvent, Decoded, KafkaRecord, Op, Position, Row};
 
+/// Decodes a record whose key and value are JSON (no Avro configured).
 pub fn decode_json(record: &KafkaRecord) -> Result<Decoded, DecodeError> {
-    let Some(bytes) = record.value.as_deref() else {
-        return Ok(Decoded::Tombstone);
-    };
-    if let [0, id @ ..] = bytes {
-        let schema_id = id.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-        return Err(DecodeError::new(
-            DecodeErrorKind::UnsupportedFormat,
-            format!("Confluent wire format (magic byte 0, schema id {schema_id:?}): an Avro record, and this daemon reads JSON"),
-        ));
-    }
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| DecodeError::new(DecodeErrorKind::Malformed, format!("value is not JSON: {e}")))?;
+    super::decode(record, None)
+}
+
+/// The Debezium logic over already parsed key and value (from JSON bytes or
+/// from Avro turned into the same JSON).
+pub(super) fn decode_parsed(record: &KafkaRecord, key: Option<Value>, value: Value) -> Result<Decoded, DecodeError> {
     let payload = match unwrap_payload(value) {
         // `{"schema": ..., "payload": null}` is how JsonConverter writes a null value.
         Value::Null => return Ok(Decoded::Tombstone),
@@ -29,7 +24,7 @@ pub fn decode_json(record: &KafkaRecord) -> Result<Decoded, DecodeError> {
             ))
         }
     };
-    let key = decode_key(record)?;
+    let key = decode_key(key)?;
 
     if payload.contains_key("op") {
         return envelope(record, payload, key).map(Decoded::Change);
@@ -58,12 +53,10 @@ fn unwrap_payload(value: Value) -> Value {
     }
 }
 
-fn decode_key(record: &KafkaRecord) -> Result<Option<Row>, DecodeError> {
-    let Some(bytes) = record.key.as_deref() else {
+fn decode_key(key: Option<Value>) -> Result<Option<Row>, DecodeError> {
+    let Some(value) = key else {
         return Ok(None);
     };
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| DecodeError::new(DecodeErrorKind::BadKey, format!("key is not JSON: {e}")))?;
     match unwrap_payload(value) {
         Value::Object(map) => Ok(Some(map)),
         Value::Null => Ok(None),
@@ -553,6 +546,8 @@ mod tests {
         let mut bad = record("shop.public.products", None, None);
         bad.value = Some(b"{not json".to_vec());
         assert_eq!(decode_json(&bad).unwrap_err().kind, DecodeErrorKind::Malformed);
+        bad.value = Some(vec![0x05, 1, 2]);
+        assert_eq!(decode_json(&bad).unwrap_err().kind, DecodeErrorKind::UnknownMagicByte);
 
         let wrong_op = record(
             "shop.public.products",

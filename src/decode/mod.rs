@@ -3,8 +3,10 @@
 //! `ExtractNewRecordState`, tombstones, heartbeats, transaction metadata and
 //! schema changes. JSON for now; the Avro path produces the same types.
 
+mod avro;
 mod json;
 
+pub use avro::{schema_id, AvroSchemas, SchemaError, SchemaSources};
 pub use json::decode_json;
 
 use crate::event::{Decoded, KafkaRecord};
@@ -35,6 +37,14 @@ pub enum DecodeErrorKind {
     UnsupportedFormat,
     /// Larger than `plan.max_record_bytes`; not parsed at all.
     TooLarge,
+    /// Neither JSON nor the Confluent framing's magic byte 0.
+    UnknownMagicByte,
+    /// An Avro datum that ends early, or a frame too short for its header.
+    Truncated,
+    /// Bytes left over after the Avro datum.
+    TrailingBytes,
+    /// A schema id that neither the registry nor the schema files know.
+    UnknownSchema,
 }
 
 impl DecodeErrorKind {
@@ -48,6 +58,10 @@ impl DecodeErrorKind {
             DecodeErrorKind::KeyMismatch => "key_mismatch",
             DecodeErrorKind::UnsupportedFormat => "unsupported_format",
             DecodeErrorKind::TooLarge => "too_large",
+            DecodeErrorKind::UnknownMagicByte => "unknown_magic_byte",
+            DecodeErrorKind::Truncated => "truncated",
+            DecodeErrorKind::TrailingBytes => "trailing_bytes",
+            DecodeErrorKind::UnknownSchema => "unknown_schema",
         }
     }
 }
@@ -67,10 +81,48 @@ impl DecodeError {
     }
 }
 
-/// Decodes one record. Stateless; the Avro path will dispatch here on the
-/// Confluent magic byte.
-pub fn decode(record: &KafkaRecord) -> Result<Decoded, DecodeError> {
-    decode_json(record)
+/// Decodes one record: JSON, or Avro in the Confluent framing when schemas
+/// are configured (their ids must have been loaded with `AvroSchemas::ensure`).
+pub fn decode(record: &KafkaRecord, avro: Option<&AvroSchemas>) -> Result<Decoded, DecodeError> {
+    let Some(bytes) = record.value.as_deref() else {
+        return Ok(Decoded::Tombstone);
+    };
+    let value = parse(bytes, avro, "value", DecodeErrorKind::Malformed)?;
+    let key = match record.key.as_deref() {
+        Some(bytes) => Some(parse(bytes, avro, "key", DecodeErrorKind::BadKey)?),
+        None => None,
+    };
+    json::decode_parsed(record, key, value)
+}
+
+/// One key or value to JSON, by its first byte: 0 is the Confluent framing,
+/// printable text is JSON, anything else is not a format this daemon reads.
+fn parse(
+    bytes: &[u8],
+    avro: Option<&AvroSchemas>,
+    part: &str,
+    not_json: DecodeErrorKind,
+) -> Result<serde_json::Value, DecodeError> {
+    match bytes.first() {
+        Some(0) => match avro {
+            Some(schemas) => schemas.decode(bytes, part),
+            None => Err(DecodeError::new(
+                DecodeErrorKind::UnsupportedFormat,
+                format!(
+                    "{part}: Confluent wire format (magic byte 0, schema id {:?}): an Avro record, and no [avro] schemas are configured",
+                    schema_id(bytes)
+                ),
+            )),
+        },
+        Some(b) if b.is_ascii_graphic() || b.is_ascii_whitespace() => {
+            serde_json::from_slice(bytes).map_err(|e| DecodeError::new(not_json, format!("{part} is not JSON: {e}")))
+        }
+        Some(b) => Err(DecodeError::new(
+            DecodeErrorKind::UnknownMagicByte,
+            format!("{part} starts with byte 0x{b:02x}: neither JSON nor the Confluent framing (magic byte 0)"),
+        )),
+        None => Err(DecodeError::new(not_json, format!("{part} is empty"))),
+    }
 }
 
 /// The table a topic carries under Debezium's default naming
