@@ -18,6 +18,7 @@ use crate::decode::{decode, table_from_topic};
 use crate::event::{Decoded, KafkaRecord};
 use crate::graph::{Derivation, Lookups, Why};
 use crate::pipeline::{self, Pipeline};
+use crate::sink::notice::Notices;
 use crate::sink::RedisSink;
 
 #[derive(Debug, Parser)]
@@ -275,7 +276,24 @@ async fn run(path: &Path, migrate: bool) -> anyhow::Result<i32> {
         None => None,
     };
     let avro = avro_schemas(&settings)?;
-    let pipeline = Pipeline::new(settings.clone(), sink, dead_letters, lookups, avro, status)?;
+    let notices = match &settings.notices {
+        Some(n) => {
+            let registry = settings.avro.as_ref().and_then(|a| {
+                a.registry_url
+                    .as_deref()
+                    .map(|url| (url, a.username.as_deref(), a.password.as_deref()))
+            });
+            Some(Arc::new(Notices::new(n, &settings.source.brokers, registry).await?))
+        }
+        None => None,
+    };
+    let services = pipeline::Services {
+        dead_letters,
+        lookups,
+        avro,
+        notices,
+    };
+    let pipeline = Pipeline::new(settings.clone(), sink, services, status)?;
     pipeline.run(shutdown.clone()).await;
     shutdown.cancel();
     match admin_task.await {

@@ -58,6 +58,8 @@ pub struct RawConfig {
     pub lookup: Option<Spanned<RawLookup>>,
     #[serde(default)]
     pub avro: Option<Spanned<RawAvro>>,
+    #[serde(default)]
+    pub notices: Option<Spanned<RawNotices>>,
     #[serde(default, rename = "entity")]
     pub entities: Vec<Spanned<RawEntity>>,
 }
@@ -95,6 +97,17 @@ pub struct RawRedis {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotices {
+    #[serde(default)]
+    pub redis_channel: Option<Spanned<String>>,
+    #[serde(default)]
+    pub kafka_topic: Option<Spanned<String>>,
+    #[serde(default)]
+    pub kafka_schema_id: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,6 +211,7 @@ pub struct Settings {
     pub lookup: Option<LookupSettings>,
     /// Where Avro schemas come from; None reads JSON only.
     pub avro: Option<crate::decode::SchemaSources>,
+    pub notices: Option<crate::sink::notice::NoticeSettings>,
     pub graph: Graph,
 }
 
@@ -527,6 +541,14 @@ impl RawConfig {
                 timeout: DEFAULT_REGISTRY_TIMEOUT,
             }),
         };
+        let notices = self.notices.map(|n| {
+            let n = n.into_inner();
+            crate::sink::notice::NoticeSettings {
+                redis_channel: n.redis_channel.map(Spanned::into_inner),
+                kafka_topic: n.kafka_topic.map(Spanned::into_inner),
+                kafka_schema_id: n.kafka_schema_id.map(Spanned::into_inner),
+            }
+        });
         let dead_letters_url =
             env(ENV_DEAD_LETTERS_URL).or_else(|| self.dead_letters.map(|d| d.into_inner().url.into_inner()));
 
@@ -687,6 +709,7 @@ impl RawConfig {
             dead_letters_url,
             lookup,
             avro,
+            notices,
             graph: Graph::new(entities),
         })
     }

@@ -26,6 +26,7 @@ pub const READY: &str = "cdc_invalidator_ready";
 pub const BUILD_INFO: &str = "cdc_invalidator_build_info";
 pub const LOOKUP: &str = "cdc_invalidator_lookup_seconds";
 pub const FANOUT_ROWS: &str = "cdc_invalidator_fanout_rows";
+pub const NOTICES: &str = "cdc_invalidator_notices_total";
 pub const AUDIT_CHECKS: &str = "cdc_invalidator_audit_checks_total";
 pub const AUDIT_VIOLATIONS: &str = "cdc_invalidator_audit_violations_total";
 pub const AUDIT_STALE_RATIO: &str = "cdc_invalidator_audit_stale_ratio";
@@ -161,6 +162,10 @@ fn describe() {
         AUDIT_STALE_RATIO,
         "Violations divided by checks since the auditor started."
     );
+    describe_counter!(
+        NOTICES,
+        "Invalidation notices published, by channel (redis, kafka) and outcome."
+    );
 }
 
 pub fn event(op: &'static str, outcome: Outcome) {
@@ -218,6 +223,14 @@ pub fn lookup(seconds: f64) {
 
 pub fn fanout_rows(rows: usize) {
     histogram!(FANOUT_ROWS).record(rows as f64);
+}
+
+pub fn notice_sent(channel: &'static str) {
+    counter!(NOTICES, "channel" => channel, "outcome" => "sent").increment(1);
+}
+
+pub fn notice_failed(channel: &'static str) {
+    counter!(NOTICES, "channel" => channel, "outcome" => "failed").increment(1);
 }
 
 pub fn audit(ok: bool) {

@@ -24,6 +24,7 @@ use crate::graph::{
 };
 use crate::metrics::{self, Outcome};
 use crate::plan::{is_moot, Bump, Plan};
+use crate::sink::notice::Notices;
 use crate::sink::RedisSink;
 use crate::source::{self, Consumer, PartitionId, RebalanceEvent};
 
@@ -272,6 +273,15 @@ enum Dependency {
     Registry,
 }
 
+/// The optional parts a config may enable.
+#[derive(Default)]
+pub struct Services {
+    pub dead_letters: Option<DeadLetterStore>,
+    pub lookups: Option<Lookups>,
+    pub avro: Option<Arc<AvroSchemas>>,
+    pub notices: Option<Arc<Notices>>,
+}
+
 pub struct Pipeline {
     settings: Arc<Settings>,
     consumer: Consumer,
@@ -279,6 +289,7 @@ pub struct Pipeline {
     dead_letters: Option<DeadLetterStore>,
     lookups: Option<Lookups>,
     avro: Option<Arc<AvroSchemas>>,
+    notices: Option<Arc<Notices>>,
     status: Arc<Status>,
     partitions: HashMap<PartitionId, PartitionState>,
     /// Set while Redis or the dead-letter store is unreachable: every
@@ -290,9 +301,7 @@ impl Pipeline {
     pub fn new(
         settings: Arc<Settings>,
         sink: RedisSink,
-        dead_letters: Option<DeadLetterStore>,
-        lookups: Option<Lookups>,
-        avro: Option<Arc<AvroSchemas>>,
+        services: Services,
         status: Arc<Status>,
     ) -> Result<Pipeline, RunError> {
         let consumer = source::consumer(&settings.source, &settings.plan).map_err(RunError::Consumer)?;
@@ -307,9 +316,10 @@ impl Pipeline {
             settings,
             consumer,
             sink,
-            dead_letters,
-            lookups,
-            avro,
+            dead_letters: services.dead_letters,
+            lookups: services.lookups,
+            avro: services.avro,
+            notices: services.notices,
             status,
             partitions: HashMap::new(),
             paused_for_outage: false,
@@ -653,6 +663,7 @@ impl Pipeline {
                     metrics::redis_apply(started.elapsed().as_secs_f64(), bumps.len());
                     record_results(&bumps, &results);
                     self.status.redis_ok();
+                    self.announce(&bumps, &results).await;
                     break;
                 }
                 Err(error) => {
@@ -670,6 +681,26 @@ impl Pipeline {
         }
         self.store_offsets(&taken.done);
         Ok(())
+    }
+
+    /// Notices of the applied bumps: Pub/Sub inline (one round trip), Kafka
+    /// in the background. Best effort: failures are counted, not retried.
+    async fn announce(&mut self, bumps: &[Bump], results: &[crate::sink::BumpResult]) {
+        let Some(notices) = self.notices.clone() else { return };
+        let list = Notices::of(self.sink.prefix(), bumps, results);
+        if list.is_empty() {
+            return;
+        }
+        if let Some(channel) = notices.redis_channel() {
+            match self.sink.publish(channel, &list).await {
+                Ok(()) => list.iter().for_each(|_| metrics::notice_sent("redis")),
+                Err(e) => {
+                    list.iter().for_each(|_| metrics::notice_failed("redis"));
+                    tracing::warn!(error = %e, "notices not published on redis");
+                }
+            }
+        }
+        tokio::spawn(async move { notices.publish_kafka(&list).await });
     }
 
     fn outage(&mut self, dependency: Dependency, kind: &'static str, error: &str) {

@@ -13,6 +13,8 @@ use redis::cluster_async::ClusterConnection;
 use crate::config::{redact_url, RedisSettings};
 use crate::plan::Bump;
 
+pub mod notice;
+
 pub const BUMP_SCRIPT: &str = include_str!("bump.lua");
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +175,23 @@ impl RedisSink {
             }
         }
         Ok(results.into_iter().map(|r| r.expect("every index answered")).collect())
+    }
+
+    /// Announces applied bumps on a Pub/Sub channel, one JSON message each,
+    /// in one round trip.
+    pub async fn publish(&mut self, channel: &str, notices: &[notice::Notice]) -> Result<(), SinkError> {
+        if notices.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for n in notices {
+            pipe.cmd("PUBLISH")
+                .arg(channel)
+                .arg(serde_json::to_string(n).expect("notices serialise"))
+                .ignore();
+        }
+        self.connection.query::<()>(&pipe).await?;
+        Ok(())
     }
 
     /// Liveness probe for `check` and readiness.

@@ -31,6 +31,7 @@ COUNTERS = {
     "cdc_invalidator_dead_letters_total",
     "cdc_invalidator_redis_errors_total",
     "cdc_invalidator_audit_checks_total",
+    "cdc_invalidator_notices_total",
     "cdc_invalidator_audit_violations_total",
 }
 GAUGES = {

@@ -1,0 +1,277 @@
+//! Notices: each applied bump announced on a Redis Pub/Sub channel (JSON)
+//! and/or a Kafka topic (Avro, `schemas/invalidation-notice.avsc`, Confluent
+//! framing), so in-process L1 caches and other consumers can react at once.
+//! Best effort by design: the version records stay the source of truth, a
+//! lost notice only delays an L1 eviction until its next version read.
+
+use std::time::Duration;
+
+use apache_avro::types::Value as Avro;
+use apache_avro::writer::datum::GenericDatumWriter;
+use apache_avro::Schema;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::sync::OnceLock;
+
+use crate::graph::Target;
+use crate::plan::Bump;
+use crate::sink::BumpResult;
+
+pub const NOTICE_SCHEMA: &str = include_str!("../../schemas/invalidation-notice.avsc");
+
+#[derive(Debug, Clone, Default)]
+pub struct NoticeSettings {
+    pub redis_channel: Option<String>,
+    pub kafka_topic: Option<String>,
+    /// The notice schema's registry id; registered under `<topic>-value`
+    /// when a registry is configured and this is not set.
+    pub kafka_schema_id: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NoticeError {
+    #[error("notice schema: {0}")]
+    Schema(String),
+    #[error("notice producer: {0}")]
+    Producer(#[from] rdkafka::error::KafkaError),
+    #[error("registering the notice schema: {0}")]
+    Register(String),
+}
+
+pub struct Notices {
+    redis_channel: Option<String>,
+    kafka: Option<(FutureProducer, String, u32)>,
+    /// Resolved once; the schema lives for the whole process.
+    writer: GenericDatumWriter<'static>,
+}
+
+fn notice_schema() -> Result<&'static Schema, NoticeError> {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    if let Some(schema) = SCHEMA.get() {
+        return Ok(schema);
+    }
+    let parsed = Schema::parse_str(NOTICE_SCHEMA).map_err(|e| NoticeError::Schema(e.to_string()))?;
+    Ok(SCHEMA.get_or_init(|| parsed))
+}
+
+fn notice_writer() -> Result<GenericDatumWriter<'static>, NoticeError> {
+    GenericDatumWriter::builder(notice_schema()?)
+        .build()
+        .map_err(|e| NoticeError::Schema(e.to_string()))
+}
+
+/// One notice, as JSON on Pub/Sub and as Avro on Kafka.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Notice {
+    pub kind: &'static str,
+    pub target: String,
+    pub record_key: String,
+    pub version: u64,
+    pub source: String,
+    pub position: String,
+    pub commit_time_us: Option<i64>,
+}
+
+impl Notices {
+    pub async fn new(
+        settings: &NoticeSettings,
+        brokers: &str,
+        registry: Option<(&str, Option<&str>, Option<&str>)>,
+    ) -> Result<Notices, NoticeError> {
+        let writer = notice_writer()?;
+        let kafka = match &settings.kafka_topic {
+            Some(topic) => {
+                let id = match (settings.kafka_schema_id, registry) {
+                    (Some(id), _) => id,
+                    (None, Some((url, user, password))) => register(url, user, password, &format!("{topic}-value")).await?,
+                    (None, None) => {
+                        return Err(NoticeError::Schema(
+                            "notices.kafka_topic needs notices.kafka_schema_id or an [avro] registry_url to register the schema".into(),
+                        ))
+                    }
+                };
+                let producer: FutureProducer = rdkafka::ClientConfig::new()
+                    .set("bootstrap.servers", brokers)
+                    // Notices are hints; a short linger batches them cheaply.
+                    .set("linger.ms", "5")
+                    .set("enable.idempotence", "true")
+                    .create()?;
+                Some((producer, topic.clone(), id))
+            }
+            None => None,
+        };
+        Ok(Notices {
+            redis_channel: settings.redis_channel.clone(),
+            kafka,
+            writer,
+        })
+    }
+
+    pub fn redis_channel(&self) -> Option<&str> {
+        self.redis_channel.as_deref()
+    }
+
+    /// The notices of the bumps that were applied (guard no-ops are not news).
+    pub fn of(prefix: &str, bumps: &[Bump], results: &[BumpResult]) -> Vec<Notice> {
+        bumps
+            .iter()
+            .zip(results)
+            .filter(|(_, r)| r.applied)
+            .map(|(b, r)| Notice {
+                kind: match b.target {
+                    Target::Key(_) => "KEY",
+                    Target::Namespace(_) => "NAMESPACE",
+                },
+                target: match &b.target {
+                    Target::Key(k) => k.clone(),
+                    Target::Namespace(n) => n.clone(),
+                },
+                record_key: b.target.record_key(prefix),
+                version: r.version,
+                source: b.position.source.clone(),
+                position: b.position.ordinal.clone(),
+                commit_time_us: b.commit_time_us,
+            })
+            .collect()
+    }
+
+    pub fn encode_avro(&self, notice: &Notice, schema_id: u32) -> Result<Vec<u8>, NoticeError> {
+        let value = Avro::Record(vec![
+            (
+                "kind".into(),
+                Avro::Enum(u32::from(notice.kind == "NAMESPACE"), notice.kind.into()),
+            ),
+            ("target".into(), Avro::String(notice.target.clone())),
+            ("record_key".into(), Avro::String(notice.record_key.clone())),
+            ("version".into(), Avro::Long(notice.version as i64)),
+            ("source".into(), Avro::String(notice.source.clone())),
+            ("position".into(), Avro::String(notice.position.clone())),
+            (
+                "commit_time_us".into(),
+                match notice.commit_time_us {
+                    Some(t) => Avro::Union(1, Box::new(Avro::Long(t))),
+                    None => Avro::Union(0, Box::new(Avro::Null)),
+                },
+            ),
+        ]);
+        let mut out = Vec::with_capacity(128);
+        out.push(0);
+        out.extend_from_slice(&schema_id.to_be_bytes());
+        self.writer
+            .write_value(&mut out, value)
+            .map_err(|e| NoticeError::Schema(e.to_string()))?;
+        Ok(out)
+    }
+
+    /// Sends the Kafka notices; failures are counted and logged, never retried.
+    pub async fn publish_kafka(&self, notices: &[Notice]) {
+        let Some((producer, topic, id)) = &self.kafka else {
+            return;
+        };
+        let mut deliveries = Vec::with_capacity(notices.len());
+        for notice in notices {
+            let payload = match self.encode_avro(notice, *id) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "notice not encoded");
+                    continue;
+                }
+            };
+            let record = FutureRecord::to(topic)
+                .key(notice.record_key.as_str())
+                .payload(&payload);
+            match producer.send_result(record) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((e, _)) => {
+                    crate::metrics::notice_failed("kafka");
+                    tracing::warn!(error = %e, "notice not queued");
+                }
+            }
+        }
+        for delivery in deliveries {
+            match tokio::time::timeout(Duration::from_secs(10), delivery).await {
+                Ok(Ok(Ok(_))) => crate::metrics::notice_sent("kafka"),
+                _ => crate::metrics::notice_failed("kafka"),
+            }
+        }
+    }
+}
+
+/// Registers the notice schema (POST /subjects/{subject}/versions); the
+/// registry answers the id, the same one for an unchanged schema.
+async fn register(url: &str, user: Option<&str>, password: Option<&str>, subject: &str) -> Result<u32, NoticeError> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| NoticeError::Register(e.to_string()))?;
+    let mut request = client
+        .post(format!("{}/subjects/{subject}/versions", url.trim_end_matches('/')))
+        .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+        .json(&serde_json::json!({ "schema": NOTICE_SCHEMA }));
+    if let Some(user) = user {
+        request = request.basic_auth(user, password);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| NoticeError::Register(e.without_url().to_string()))?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|e| NoticeError::Register(e.without_url().to_string()))?;
+    body.get("id")
+        .and_then(serde_json::Value::as_u64)
+        .map(|id| id as u32)
+        .ok_or_else(|| NoticeError::Register(format!("registry answered {status}: {body}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Position;
+
+    #[test]
+    fn notices_only_for_applied_bumps_and_avro_round_trips() {
+        let bumps = vec![
+            Bump {
+                target: Target::Key("product:1".into()),
+                position: Position::kafka("t", 0, 5),
+                commit_time_us: Some(7),
+            },
+            Bump {
+                target: Target::Namespace("product".into()),
+                position: Position::kafka("t", 0, 5),
+                commit_time_us: None,
+            },
+        ];
+        let results = [
+            BumpResult {
+                applied: true,
+                version: 11,
+            },
+            BumpResult {
+                applied: false,
+                version: 3,
+            },
+        ];
+        let notices = Notices::of("ver:", &bumps, &results);
+        assert_eq!(notices.len(), 1);
+        assert_eq!(notices[0].record_key, "ver:product:1");
+        let n = Notices {
+            redis_channel: None,
+            kafka: None,
+            writer: notice_writer().unwrap(),
+        };
+        let bytes = n.encode_avro(&notices[0], 9).unwrap();
+        assert_eq!(&bytes[..5], &[0, 0, 0, 0, 9]);
+        #[allow(deprecated)] // the simplest reader for a test
+        let decoded = apache_avro::from_avro_datum(notice_schema().unwrap(), &mut &bytes[5..], None).unwrap();
+        match decoded {
+            Avro::Record(fields) => {
+                assert_eq!(fields[1], ("target".into(), Avro::String("product:1".into())));
+                assert_eq!(fields[3], ("version".into(), Avro::Long(11)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
