@@ -29,7 +29,9 @@ use crate::sink::RedisSink;
     long_about = "Consumes Debezium row-change events from Kafka, maps each changed row to every cache key \
 that depends on it through the relationship graph in the config file, and bumps a version record per key \
 in Redis (HGET ver:<key> v). Offsets are committed only after Redis acknowledged.\n\n\
-Environment overrides: CDC_KAFKA_BROKERS, CDC_KAFKA_GROUP, CDC_REDIS_URL, CDC_ADMIN_LISTEN."
+Environment overrides (addresses and secrets): CDC_KAFKA_BROKERS, CDC_KAFKA_GROUP, CDC_REDIS_URL, \
+CDC_ADMIN_LISTEN, CDC_LOOKUP_URL, CDC_DEAD_LETTERS_URL, CDC_SCHEMA_REGISTRY_URL, CDC_SCHEMA_REGISTRY_USER, \
+CDC_SCHEMA_REGISTRY_PASSWORD."
 )]
 pub struct Cli {
     /// Log format: human-readable lines or one JSON object per line.
