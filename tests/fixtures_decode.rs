@@ -3,7 +3,7 @@
 //! scripts/capture-fixtures; its README gives the SQL behind each file).
 
 use cdc_invalidator::config;
-use cdc_invalidator::decode::decode;
+use cdc_invalidator::decode::decode_json as decode;
 use cdc_invalidator::event::{ChangeEvent, Decoded, KafkaRecord, Op};
 use cdc_invalidator::graph::{Derivation, EscalationReason};
 use serde_json::Value;
