@@ -141,7 +141,7 @@ fn describe() {
     describe_gauge!(
         PAUSED_PARTITIONS,
         Unit::Count,
-        "Partitions paused for backpressure or a Redis outage."
+        "Paused partitions: all while Redis, the dead-letter store or the schema registry is unreachable, else the stalled ones."
     );
     describe_gauge!(
         STALLED_PARTITIONS,
