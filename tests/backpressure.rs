@@ -9,29 +9,12 @@ use std::time::{Duration, Instant};
 use common::{eventually, Daemon, PrivateRedis};
 use serde_json::json;
 
-async fn started_redis() -> PrivateRedis {
-    let redis = PrivateRedis::start(common::free_port());
-    eventually("the private redis to answer", Duration::from_secs(10), || {
-        let url = redis.url();
-        async move {
-            redis::Client::open(url)
-                .ok()?
-                .get_multiplexed_async_connection()
-                .await
-                .ok()
-                .map(|_| ())
-        }
-    })
-    .await;
-    redis
-}
-
 #[tokio::test]
 async fn burst_of_200k_while_redis_is_frozen_is_bounded_and_fully_applied() {
     const BURST: i64 = 200_000;
     let table = common::unique("burst");
     let topic = format!("{}.public.{table}", common::topic_prefix());
-    let redis = started_redis().await;
+    let redis = PrivateRedis::start_ready().await;
     let admin_port = common::free_port();
     let entity = format!("[[entity]]\ntable = \"public.{table}\"\nnamespace = \"item\"\nconsistency = \"strong\"\nmax_cache_ttl = \"10m\"\nkeys = [\"item:{{id}}\"]\n");
     let cfg = common::write_config(&topic, &redis.url(), "ver:", admin_port, &entity);
@@ -106,7 +89,7 @@ async fn lag_above_threshold_escalates_then_per_key_bumps_return() {
     const BACKLOG: i64 = 30_000;
     let table = common::unique("lag");
     let topic = format!("{}.public.{table}", common::topic_prefix());
-    let redis = started_redis().await;
+    let redis = PrivateRedis::start_ready().await;
     let admin_port = common::free_port();
     let extra = format!(
         "[plan]\nescalate_above_lag = 2000\nmax_batch_records = 500\n[[entity]]\ntable = \"public.{table}\"\nnamespace = \"item\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\"]\n"

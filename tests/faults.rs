@@ -6,33 +6,6 @@ use std::time::Duration;
 
 use common::{eventually, Daemon, PrivateRedis};
 
-fn config(topic: &str, group: &str, redis: &str, admin_port: u16, entities: &str) -> tempfile::NamedTempFile {
-    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-    std::fs::write(
-        file.path(),
-        format!(
-            r#"
-[source]
-brokers = "{brokers}"
-group_id = "{group}"
-topics = ["{topic}"]
-[source.librdkafka]
-"topic.metadata.refresh.interval.ms" = "1000"
-[redis]
-url = "{redis}"
-version_ttl = "1h"
-max_retry_backoff = "1s"
-[admin]
-listen = "127.0.0.1:{admin_port}"
-{entities}
-"#,
-            brokers = common::kafka_brokers()
-        ),
-    )
-    .unwrap();
-    file
-}
-
 async fn key_count(url: &str) -> usize {
     let Ok(client) = redis::Client::open(url) else {
         return 0;
@@ -61,24 +34,12 @@ async fn redis_outage_pauses_then_applies_everything_after_recovery() {
     )
     .await;
 
-    let redis = PrivateRedis::start(common::free_port());
-    eventually("the private redis to answer", Duration::from_secs(10), || {
-        let url = redis.url();
-        async move {
-            redis::Client::open(url)
-                .ok()?
-                .get_multiplexed_async_connection()
-                .await
-                .ok()
-                .map(|_| ())
-        }
-    })
-    .await;
+    let redis = PrivateRedis::start_ready().await;
     let admin_port = common::free_port();
-    let cfg = config(
+    let cfg = common::write_config(
         &topic,
-        &common::unique("group"),
         &redis.url(),
+        "ver:",
         admin_port,
         &format!("[[entity]]\ntable = \"public.{table}\"\nnamespace = \"item\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\"]\n"),
     );
@@ -145,14 +106,13 @@ async fn missing_before_without_namespace_stalls_and_commits_nothing_past_it() {
     )
     .await;
     let admin_port = common::free_port();
-    let group = common::unique("group");
     let entity = format!(
         "[[entity]]\ntable = \"public.{table}\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\", \"grp:{{grp}}\"]\n"
     );
-    let cfg = config(
+    let cfg = common::write_config(
         &topic,
-        &group,
         &common::redis_url(),
+        "ver:",
         admin_port,
         &entity
             .replace("item:", &format!("{table}:item:"))
@@ -202,23 +162,10 @@ async fn missing_before_without_namespace_stalls_and_commits_nothing_past_it() {
         .unwrap_or_else(|| panic!("no partition in {body}"));
     // The seed insert before it was applied and committed; nothing after it.
     assert_eq!(
-        committed_offset(&group, &topic, partition),
+        common::committed_offset(&common::group_of(cfg.path()), &topic, partition),
         Some(stalled_offset),
         "{body}"
     );
     drop(daemon);
     common::sql(&pool, &format!("DROP TABLE {table}")).await;
-}
-
-fn committed_offset(group: &str, topic: &str, partition: i32) -> Option<i64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", common::kafka_brokers())
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition(topic, partition);
-    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    committed.elements()[0].offset().to_raw().filter(|o| *o >= 0)
 }

@@ -10,41 +10,11 @@ use common::{eventually, Daemon};
 use serde_json::{json, Value};
 
 fn config(topic: &str, table: &str, prefix: &str, dead_letters: &str, admin_port: u16) -> tempfile::NamedTempFile {
-    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-    std::fs::write(
-        file.path(),
-        format!(
-            r#"
-[source]
-brokers = "{brokers}"
-group_id = "{group}"
-topics = ["{topic}"]
-[source.librdkafka]
-"topic.metadata.refresh.interval.ms" = "1000"
-[redis]
-url = "{redis}"
-version_prefix = "{prefix}"
-version_ttl = "1h"
-max_retry_backoff = "500ms"
-[admin]
-listen = "127.0.0.1:{admin_port}"
-[dead_letters]
-url = "{dead_letters}"
-[plan]
-max_record_bytes = 100000
-[[entity]]
-table = "public.{table}"
-namespace = "item"
-consistency = "strong"
-keys = ["item:{{id}}"]
-"#,
-            brokers = common::kafka_brokers(),
-            redis = common::redis_url(),
-            group = common::unique("group"),
-        ),
-    )
-    .unwrap();
-    file
+    let extra = format!(
+        "[dead_letters]\nurl = \"{dead_letters}\"\n[plan]\nmax_record_bytes = 100000\n\
+         [[entity]]\ntable = \"public.{table}\"\nnamespace = \"item\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\"]\n"
+    );
+    common::write_config(topic, &common::redis_url(), prefix, admin_port, &extra)
 }
 
 fn change(
@@ -260,7 +230,7 @@ async fn dead_letter_store_down_stalls_the_partition_until_it_returns() {
         0,
         "nothing past the unwritten dead letter is applied"
     );
-    let committed = committed(&cfg, &topic);
+    let committed = common::committed_offset(&common::group_of(cfg.path()), &topic, 0).unwrap_or(-1);
     assert!(
         committed <= offsets[0].1,
         "committed {committed} past the poison at {}",
@@ -283,26 +253,4 @@ async fn dead_letter_store_down_stalls_the_partition_until_it_returns() {
         vec![(offsets[0].1, "malformed")]
     );
     daemon.wait_ready().await;
-}
-
-fn committed(cfg: &tempfile::NamedTempFile, topic: &str) -> i64 {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let text = std::fs::read_to_string(cfg.path()).unwrap();
-    let group = text
-        .lines()
-        .find(|l| l.starts_with("group_id"))
-        .unwrap()
-        .split('"')
-        .nth(1)
-        .unwrap()
-        .to_owned();
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", common::kafka_brokers())
-        .set("group.id", &group)
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition(topic, 0);
-    let c = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    c.elements()[0].offset().to_raw().unwrap_or(-1)
 }

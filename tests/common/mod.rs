@@ -519,3 +519,49 @@ impl Drop for PrivateRedis {
         let _ = self.child.wait();
     }
 }
+
+impl PrivateRedis {
+    /// Starts a private redis-server and waits until it answers.
+    pub async fn start_ready() -> PrivateRedis {
+        let redis = PrivateRedis::start(free_port());
+        eventually("the private redis to answer", Duration::from_secs(10), || {
+            let url = redis.url();
+            async move {
+                redis::Client::open(url)
+                    .ok()?
+                    .get_multiplexed_async_connection()
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
+        })
+        .await;
+        redis
+    }
+}
+
+/// The consumer group a config written by `write_config` uses.
+pub fn group_of(config: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(config).unwrap();
+    text.lines()
+        .find(|l| l.starts_with("group_id"))
+        .unwrap()
+        .split('"')
+        .nth(1)
+        .unwrap()
+        .to_owned()
+}
+
+/// The committed offset of a group on one partition (None: nothing committed).
+pub fn committed_offset(group: &str, topic: &str, partition: i32) -> Option<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    committed.elements()[0].offset().to_raw().filter(|o| *o >= 0)
+}
