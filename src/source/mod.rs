@@ -1,7 +1,7 @@
 //! The Kafka edge: the consumer, its forced settings (each with its reason),
 //! the rebalance bridge and the conversion to owned [`KafkaRecord`]s.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -28,9 +28,6 @@ pub enum RebalanceEvent {
 #[derive(Default)]
 pub struct SourceContext {
     events: Mutex<Vec<RebalanceEvent>>,
-    /// Partitions revoked since the last drain: their offsets must not be
-    /// stored any more, even by a flush that is already running.
-    revoked: Mutex<HashSet<PartitionId>>,
     /// Consumer lag per partition from the last statistics callback.
     lag: Mutex<HashMap<PartitionId, i64>>,
 }
@@ -38,14 +35,6 @@ pub struct SourceContext {
 impl SourceContext {
     pub fn drain_events(&self) -> Vec<RebalanceEvent> {
         std::mem::take(&mut *self.events.lock().expect("rebalance queue lock"))
-    }
-
-    pub fn was_revoked(&self, partition: &PartitionId) -> bool {
-        self.revoked.lock().expect("revoked lock").contains(partition)
-    }
-
-    pub fn clear_revoked(&self, partition: &PartitionId) {
-        self.revoked.lock().expect("revoked lock").remove(partition);
     }
 
     /// The partition's consumer lag in records, as of the last statistics.
@@ -83,10 +72,12 @@ impl ConsumerContext for SourceContext {
         if let Rebalance::Revoke(tpl) = rebalance {
             let revoked = partitions(tpl);
             tracing::info!(partitions = ?revoked, "partitions revoked");
-            self.revoked
-                .lock()
-                .expect("revoked lock")
-                .extend(revoked.iter().cloned());
+            // A stale lag must not trigger escalation if the partition comes back.
+            let mut lag = self.lag.lock().expect("lag lock");
+            for p in &revoked {
+                lag.remove(p);
+            }
+            drop(lag);
             self.events
                 .lock()
                 .expect("rebalance queue lock")
@@ -99,10 +90,6 @@ impl ConsumerContext for SourceContext {
             Rebalance::Assign(tpl) => {
                 let assigned = partitions(tpl);
                 tracing::info!(partitions = ?assigned, "partitions assigned");
-                let mut revoked = self.revoked.lock().expect("revoked lock");
-                for p in &assigned {
-                    revoked.remove(p);
-                }
                 self.events
                     .lock()
                     .expect("rebalance queue lock")
