@@ -208,3 +208,91 @@ async fn acl_user_from_the_url_is_used() {
         .await
         .unwrap();
 }
+
+/// A private redis-server speaking only TLS, with a certificate made here.
+#[tokio::test]
+async fn tls_through_a_rediss_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let openssl = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "openssl {args:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "cert.pem",
+    ]);
+    let port = common::free_port();
+    let mut server = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args([
+            "--tls-cert-file",
+            "cert.pem",
+            "--tls-key-file",
+            "key.pem",
+            "--tls-ca-cert-file",
+            "cert.pem",
+            "--tls-auth-clients",
+            "no",
+        ])
+        .current_dir(d)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    // The certificate is self-signed: `#insecure` skips verification (a real
+    // deployment trusts its CA through the system store instead).
+    let settings = RedisSettings {
+        url: format!("rediss://127.0.0.1:{port}/#insecure"),
+        version_prefix: "ver:".into(),
+        version_ttl: Duration::from_secs(60),
+        max_retry_backoff: Duration::from_secs(1),
+        cluster: false,
+    };
+    let mut sink = None;
+    for _ in 0..50 {
+        if let Ok(s) = RedisSink::connect(&settings).await {
+            sink = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut sink = sink.expect("a TLS connection");
+    assert!(sink.apply(&[bump("k", Position::kafka("t", 0, 1))]).await.unwrap()[0].applied);
+    // The same server refuses plaintext: the bump above really went over TLS.
+    let plain = RedisSettings {
+        url: format!("redis://127.0.0.1:{port}"),
+        ..settings
+    };
+    assert!(tokio::time::timeout(Duration::from_secs(8), RedisSink::connect(&plain))
+        .await
+        .map_or(true, |r| r.is_err()));
+    let _ = server.kill();
+    let _ = server.wait();
+}
