@@ -386,20 +386,20 @@ impl Pipeline {
     ) -> Result<(), Abandoned> {
         let partition: PartitionId = (record.topic.clone(), record.partition);
         let lag = self.consumer.context().lag(&partition);
-        let state = self.partitions.entry(partition.clone()).or_default();
-        if state.stalled || self.paused_for_outage {
+        if self.paused_for_outage || self.partitions.get(&partition).is_some_and(|s| s.stalled) {
             // Fetched before the pause took effect; it is fetched again after a
             // restart (stall) or the seek on resume (outage).
             return Ok(());
         }
         self.load_schemas(&record, shutdown).await?;
-        let state = self.partitions.entry(partition.clone()).or_default();
-        state.next_offset = Some(record.offset + 1);
         if self.paused_for_outage {
-            // The registry came back: this record is in hand, the rest resumes.
+            // The registry came back: this record is in hand, so its
+            // partition resumes after it, the others where they stopped.
+            self.partitions.entry(partition.clone()).or_default().next_offset = Some(record.offset + 1);
             self.resume_after_outage();
         }
         let state = self.partitions.entry(partition.clone()).or_default();
+        state.next_offset = Some(record.offset + 1);
         if let (Some(threshold), Some(lag)) = (self.settings.plan.escalate_above_lag, lag) {
             if !state.escalating && lag > threshold {
                 state.escalating = true;
@@ -455,9 +455,6 @@ impl Pipeline {
                     escalation = Some(EscalationReason::Lag);
                 }
                 let fanout = self.fan_out(&lookups, escalating, &mut targets).await;
-                if let Err(stall) = &fanout {
-                    metrics::escalation(stall.0);
-                }
                 if let Ok(Some(reason)) = fanout {
                     escalation.get_or_insert(reason);
                 }
