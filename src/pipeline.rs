@@ -853,8 +853,9 @@ impl Pipeline {
     async fn shut_down(mut self, mut batch: Batch) {
         tracing::info!(records = batch.records, "stopping: draining the last batch");
         let drained = tokio::time::timeout(SHUTDOWN_DRAIN_TIMEOUT, async {
-            // A fresh token: the drain gets one bounded attempt, not the
-            // cancelled one that would abandon at the first error.
+            // Not the shutdown token (already cancelled, it would give up at
+            // the first failed write): a failing write may be retried for
+            // half the budget, then nothing past it is committed.
             let once = CancellationToken::new();
             let cancel_soon = once.clone();
             tokio::spawn(async move {
