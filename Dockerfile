@@ -32,7 +32,9 @@ ENV CARGO_TERM_COLOR=never \
 # a cache warm-up: if it cannot build (say the manifest grows a build script),
 # the real build below does all the work.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src \
+# The workspace names bench/ too: its manifest and a stub let cargo resolve.
+COPY bench/Cargo.toml bench/Cargo.toml
+RUN mkdir -p src bench/src && touch bench/src/lib.rs \
  && echo 'fn main() {}' > src/main.rs \
  && : > src/lib.rs \
  && (cargo build --release --locked --bin cdc-invalidator || echo "dependency warm-up failed; the full build will compile everything") \

@@ -1,0 +1,162 @@
+//! The consume limit: an rdkafka consumer that reads a topic from the start
+//! to its end offsets (taken when it starts) and does nothing else with the
+//! records but count them. No group, no commits (partitions are assigned).
+//!
+//!   raw-consume --topic bench_x.public.bench_items
+//!
+//! Prints one JSON object: events, bytes, seconds from the first record to
+//! the last, events/s, CPU seconds (getrusage, all threads) and peak RSS.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cdc_bench::{kafka, stats};
+use clap::Parser;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(long)]
+    topic: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_s: u64,
+    /// `base`: a BaseConsumer polled in a loop (the limit of librdkafka);
+    /// `stream`: the daemon's way in, a StreamConsumer awaited on tokio with
+    /// the daemon's consumer settings and a group subscription, each record
+    /// copied out as the daemon's source does, and nothing else.
+    #[arg(long, default_value = "base")]
+    mode: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.mode == "stream" {
+        return tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(stream(args));
+    }
+    let ends = kafka::end_offsets(&args.brokers, &args.topic)?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("group.id", "cdc-bench-raw")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .context("consumer")?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..ends.len() as i32 {
+        tpl.add_partition_offset(&args.topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+
+    let expected: i64 = ends.iter().sum();
+    let mut next = vec![0i64; ends.len()];
+    let mut events = 0u64;
+    let mut bytes = 0u64;
+    let mut first: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
+    let done = |next: &[i64]| next.iter().zip(&ends).all(|(n, e)| n >= e);
+    while !done(&next) {
+        if Instant::now() > deadline {
+            bail!("timed out after {events} of {expected} records");
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                first.get_or_insert_with(Instant::now);
+                events += 1;
+                bytes += (m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len)) as u64;
+                let p = m.partition() as usize;
+                next[p] = next[p].max(m.offset() + 1);
+            }
+            Some(Err(e)) => eprintln!("[raw-consume] consumer error: {e}"),
+            None => {}
+        }
+    }
+    let seconds = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    let cpu = stats::self_cpu_seconds();
+    let out = serde_json::json!({
+        "events": events,
+        "bytes": bytes,
+        "seconds": seconds,
+        "events_per_second": events as f64 / seconds,
+        "cpu_seconds": cpu,
+        "cpu_seconds_per_million": cpu / events as f64 * 1e6,
+        "peak_rss_mib": stats::peak_rss_mib(std::process::id())?,
+    });
+    println!("{out}");
+    Ok(())
+}
+
+/// The daemon's consumer path without the daemon: same settings (the
+/// daemon's `source::consumer`), same awaited `recv()`, same owned copy.
+async fn stream(args: Args) -> anyhow::Result<()> {
+    use cdc_invalidator::config::{PlanSettings, SourceSettings, Subscription};
+    let ends = kafka::end_offsets(&args.brokers, &args.topic)?;
+    let settings = SourceSettings {
+        brokers: args.brokers.clone(),
+        group_id: format!("cdc-bench-raw-stream-{}-{}", std::process::id(), cdc_bench::now_us()),
+        subscription: Subscription::Topics(vec![args.topic.clone()]),
+        librdkafka: Default::default(),
+    };
+    // The daemon's default plan (its in-flight budget sizes the fetch queue).
+    let text = cdc_bench::daemon_config::DaemonConfig {
+        brokers: &args.brokers,
+        group_id: "unused",
+        topic: &args.topic,
+        redis_url: "redis://127.0.0.1:6390",
+        admin_listen: "127.0.0.1:9811",
+        keys_per_row: 3,
+        consistency: "strong",
+        avro_schemas_dir: None,
+        librdkafka: &[],
+    }
+    .render();
+    let plan: PlanSettings = cdc_invalidator::config::parse("generated.toml", &text, &|_| None)?.plan;
+    let consumer = cdc_invalidator::source::consumer(&settings, &plan)?;
+    consumer.subscribe(&[args.topic.as_str()])?;
+    let expected: i64 = ends.iter().sum();
+    let mut next = vec![0i64; ends.len()];
+    let mut events = 0u64;
+    let mut bytes = 0u64;
+    let mut first: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
+    while !next.iter().zip(&ends).all(|(n, e)| n >= e) {
+        if Instant::now() > deadline {
+            bail!("timed out after {events} of {expected} records");
+        }
+        match tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await {
+            Ok(Ok(m)) => {
+                first.get_or_insert_with(Instant::now);
+                let record = cdc_invalidator::source::to_record(&m);
+                events += 1;
+                bytes += (record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len)) as u64;
+                let p = record.partition as usize;
+                next[p] = next[p].max(record.offset + 1);
+            }
+            Ok(Err(e)) => eprintln!("[raw-consume] consumer error: {e}"),
+            Err(_) => {}
+        }
+    }
+    let seconds = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    let cpu = stats::self_cpu_seconds();
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": "stream",
+            "events": events,
+            "bytes": bytes,
+            "seconds": seconds,
+            "events_per_second": events as f64 / seconds,
+            "cpu_seconds": cpu,
+            "cpu_seconds_per_million": cpu / events as f64 * 1e6,
+            "peak_rss_mib": stats::peak_rss_mib(std::process::id())?,
+        })
+    );
+    Ok(())
+}

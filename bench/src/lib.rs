@@ -1,0 +1,29 @@
+//! cdc-bench: benchmarks of cdc-invalidator against the physical limits
+//! (a raw consumer, redis-benchmark, a decode-only microbenchmark) and the
+//! naive peer (bench/peers/naive-node), run by `bench/run`.
+//!
+//! - [`gen`]            Debezium-shaped events for `public.bench_items`, zipf hot keys
+//! - [`avro`]           the same events in Avro with the Confluent framing, and their .avsc files
+//! - [`daemon_config`]  the daemon's config for a run (templates per row)
+//! - [`kafka`]          topic creation with broker append time, watermarks
+//! - [`prom`]           scraping the daemon's /metrics (counters, gauges, histograms)
+//! - [`stats`]          percentiles, medians, process CPU and peak RSS from /proc
+//!
+//! Binaries: `load`, `raw-consume`, `probe`, and `harness` (the orchestrator
+//! `bench/run` calls).
+
+pub mod avro;
+pub mod daemon_config;
+pub mod gen;
+pub mod kafka;
+pub mod prom;
+pub mod stats;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
