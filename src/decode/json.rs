@@ -304,7 +304,7 @@ fn flattened(record: &KafkaRecord, mut row: Map<String, Value>, key: Option<Row>
     } else {
         (None, Some(row))
     };
-    Ok(ChangeEvent {
+    let event = ChangeEvent {
         table,
         op,
         before,
@@ -312,7 +312,10 @@ fn flattened(record: &KafkaRecord, mut row: Map<String, Value>, key: Option<Row>
         key,
         position,
         commit_time_us,
-    })
+    };
+    // Flattened or not, the message key must name the row it carries.
+    check_key(&event)?;
+    Ok(event)
 }
 
 /// Integers Debezium may print as numbers or, in some converters, as strings.
