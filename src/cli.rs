@@ -428,6 +428,25 @@ async fn check(path: &Path) -> anyhow::Result<i32> {
             problems += 1;
         }
     }
+    if let Some(url) = &settings.dead_letters_url {
+        match DeadLetterStore::connect_lazy(url) {
+            Ok(store) => match store.table_exists().await {
+                Ok(true) => println!("ok    dead letters: table cdc_dead_letters is there"),
+                Ok(false) => {
+                    println!("FAIL  dead letters: no table cdc_dead_letters (run `cdc-invalidator migrate`)");
+                    problems += 1;
+                }
+                Err(e) => {
+                    println!("FAIL  dead letters: {e}");
+                    problems += 1;
+                }
+            },
+            Err(e) => {
+                println!("FAIL  dead letters: {e}");
+                problems += 1;
+            }
+        }
+    }
     problems += check_database(&settings).await;
     if problems == 0 {
         println!("all checks passed");

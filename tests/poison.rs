@@ -162,6 +162,9 @@ async fn every_kind_of_poison_becomes_a_dead_letter_and_later_records_still_appl
             .output()
             .unwrap()
     };
+    let check = cli(&["check"]);
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(report.contains("ok    dead letters"), "{report}");
     let list = cli(&["dead-letters", "list"]);
     let text = String::from_utf8_lossy(&list.stdout);
     assert!(
