@@ -65,16 +65,7 @@ async fn every_kind_of_poison_becomes_a_dead_letter_and_later_records_still_appl
     let admin_port = common::free_port();
     let cfg = config(&topic, &table, &prefix, &dl_url, admin_port);
 
-    let good = |id: i64, lsn: u64| {
-        change(
-            &table,
-            "c",
-            lsn,
-            Some(json!({"id": id})),
-            Value::Null,
-            json!({"id": id}),
-        )
-    };
+    let good = |id: i64, lsn: u64| common::debezium_change(&table, "c", lsn, id, json!({"id": id}), common::now_us());
     let records = vec![
         good(1, 100),
         (
@@ -193,16 +184,7 @@ async fn dead_letter_store_down_stalls_the_partition_until_it_returns() {
     let (dl_url, schema) = common::dead_letter_url(&format!("127.0.0.1:{}", proxy.port)).await;
     let admin_port = common::free_port();
     let cfg = config(&topic, &table, &prefix, &dl_url, admin_port);
-    let good = |id: i64, lsn: u64| {
-        change(
-            &table,
-            "c",
-            lsn,
-            Some(json!({"id": id})),
-            Value::Null,
-            json!({"id": id}),
-        )
-    };
+    let good = |id: i64, lsn: u64| common::debezium_change(&table, "c", lsn, id, json!({"id": id}), common::now_us());
 
     common::produce(&topic, &[good(1, 100)]).await;
     let daemon = Daemon::start_with(cfg.path(), admin_port, &["--migrate"]);
