@@ -143,8 +143,62 @@ struct AppState {
     status: Arc<Status>,
 }
 
+/// The admin address could not be bound: fatal at start, because a daemon
+/// without `/metrics` and `/readyz` is invisible to its operators.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on admin address {address}{}: {error} (set [admin] listen or CDC_ADMIN_LISTEN to a free address)",
+    .holder.as_ref().map(|h| format!(" (held by {h})")).unwrap_or_default())]
+pub struct BindError {
+    pub address: SocketAddr,
+    /// The process listening there, when this host lets us see it.
+    pub holder: Option<String>,
+    pub error: std::io::Error,
+}
+
+/// Binds the admin listener before anything else starts (port 0 picks a
+/// free port; the bound address is logged and returned by `local_addr`).
+pub async fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
+    tokio::net::TcpListener::bind(address).await.map_err(|error| BindError {
+        address,
+        holder: (error.kind() == std::io::ErrorKind::AddrInUse)
+            .then(|| port_holder(address.port()))
+            .flatten(),
+        error,
+    })
+}
+
+/// Finds the process listening on a TCP port through /proc (Linux): the
+/// socket's inode in /proc/net/tcp{,6}, then the process holding that inode.
+/// Best effort: None where /proc says nothing or is not ours to read.
+fn port_holder(port: u16) -> Option<String> {
+    const LISTEN: &str = "0A";
+    let wanted = format!(":{port:04X}");
+    let inode = ["/proc/net/tcp", "/proc/net/tcp6"].iter().find_map(|table| {
+        let text = std::fs::read_to_string(table).ok()?;
+        text.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+            (local.ends_with(&wanted) && *state == LISTEN).then(|| inode.to_string())
+        })
+    })?;
+    let socket = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|process| {
+        let pid: u32 = process.file_name().to_str()?.parse().ok()?;
+        let holds = std::fs::read_dir(process.path().join("fd"))
+            .ok()?
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == socket.as_str()));
+        holds.then(|| {
+            let name = std::fs::read_to_string(process.path().join("comm")).unwrap_or_default();
+            format!("{} (pid {pid})", name.trim())
+        })
+    })
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on a listener from [`bind`]
+/// until shutdown.
 pub async fn serve(
-    listen: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: PrometheusHandle,
     status: Arc<Status>,
     shutdown: CancellationToken,
@@ -154,7 +208,6 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(AppState { metrics, status });
-    let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(address = %listener.local_addr()?, "admin http listening (/metrics /healthz /readyz)");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -212,5 +265,23 @@ mod tests {
         );
         status.unstall("shop.public.products/1");
         assert!(status.readiness().ready);
+    }
+}
+
+#[cfg(test)]
+mod bind_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_taken_port_names_the_address_and_the_holder() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = taken.local_addr().unwrap();
+        let error = bind(address).await.unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains(&address.to_string()), "{message}");
+        let holder = error
+            .holder
+            .expect("this process holds the port and can read its own /proc entries");
+        assert!(holder.contains(&format!("pid {}", std::process::id())), "{holder}");
     }
 }

@@ -175,8 +175,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             let metrics = crate::metrics::install();
             let shutdown = CancellationToken::new();
             spawn_signal_handler(shutdown.clone());
+            let listener = admin::bind(listen).await?;
             let server = tokio::spawn(admin::serve(
-                listen,
+                listener,
                 metrics,
                 Arc::new(Status::default()),
                 shutdown.clone(),
@@ -220,15 +221,18 @@ async fn load_schemas(avro: Option<&AvroSchemas>, record: &KafkaRecord) {
 }
 
 fn dead_letter_store(settings: &Settings) -> anyhow::Result<DeadLetterStore> {
-    let url = settings.dead_letters_url.as_deref().context(
+    let dead_letters = settings.dead_letters.as_ref().context(
         "no dead-letter store configured: add [dead_letters] url = \"postgres://...\" or set CDC_DEAD_LETTERS_URL",
     )?;
-    Ok(DeadLetterStore::connect_lazy(url)?)
+    Ok(DeadLetterStore::connect_lazy(dead_letters)?)
 }
 
 async fn run(path: &Path, migrate: bool) -> anyhow::Result<i32> {
     let settings = Arc::new(load(path)?);
-    let dead_letters = match &settings.dead_letters_url {
+    // Bound before anything else: a taken port fails the start at once
+    // instead of leaving a daemon without /metrics and /readyz.
+    let listener = admin::bind(settings.admin_listen).await?;
+    let dead_letters = match &settings.dead_letters {
         Some(_) => {
             let store = dead_letter_store(&settings)?;
             if migrate {
@@ -236,11 +240,18 @@ async fn run(path: &Path, migrate: bool) -> anyhow::Result<i32> {
                 tracing::info!("dead-letter migrations applied");
             }
             match store.table_exists().await {
-                Ok(true) => {}
                 Ok(false) => anyhow::bail!(
-                    "the dead-letter table cdc_dead_letters does not exist: run `cdc-invalidator migrate --config {}` or start with --migrate",
+                    "the dead-letter table {} does not exist: run `cdc-invalidator migrate --config {}` or start with --migrate",
+                    store.table(),
                     path.display()
                 ),
+                Ok(true) => match store.capturing_publications().await {
+                    Ok(publications) if !publications.is_empty() => tracing::warn!(
+                        table = %store.table(), publications = ?publications,
+                        "the dead-letter table is captured by a publication: dead letters feed back into CDC (see `check`)"
+                    ),
+                    _ => {}
+                },
                 // Unreachable now is an outage like any other: the pipeline
                 // pauses at the first dead letter until the store returns.
                 Err(e) => tracing::warn!(error = %e, "dead-letter store not reachable at start"),
@@ -257,12 +268,7 @@ async fn run(path: &Path, migrate: bool) -> anyhow::Result<i32> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
 
-    let admin_task = tokio::spawn(admin::serve(
-        settings.admin_listen,
-        metrics,
-        status.clone(),
-        shutdown.clone(),
-    ));
+    let admin_task = tokio::spawn(admin::serve(listener, metrics, status.clone(), shutdown.clone()));
 
     let sink = match connect_redis_until_ready(&settings, &status, &shutdown).await {
         Some(sink) => sink,
@@ -390,10 +396,7 @@ async fn check(path: &Path) -> anyhow::Result<i32> {
         Ok(found) => {
             let wanted: Vec<String> = match &settings.source.subscription {
                 Subscription::Topics(topics) => topics.clone(),
-                Subscription::Regex(pattern) => {
-                    let re = regex::Regex::new(pattern).expect("validated");
-                    found.iter().filter(|t| re.is_match(t)).cloned().collect()
-                }
+                Subscription::Regex(pattern) => found.iter().filter(|t| pattern.is_match(t)).cloned().collect(),
             };
             println!(
                 "ok    kafka {}: {} topics in the cluster",
@@ -417,7 +420,12 @@ async fn check(path: &Path) -> anyhow::Result<i32> {
                     match entity {
                         Some(e) => println!("ok    topic {topic} -> entity {}", e.table),
                         None => {
-                            println!("note  topic {topic}: no [[entity]] for table {table:?}; its records are skipped")
+                            println!(
+                                "note  topic {topic}: no [[entity]] for table {}; its records are skipped",
+                                table
+                                    .as_deref()
+                                    .unwrap_or("(none: the topic name is not <prefix>.<schema>.<table>)")
+                            )
                         }
                     }
                 }
@@ -428,24 +436,8 @@ async fn check(path: &Path) -> anyhow::Result<i32> {
             problems += 1;
         }
     }
-    if let Some(url) = &settings.dead_letters_url {
-        match DeadLetterStore::connect_lazy(url) {
-            Ok(store) => match store.table_exists().await {
-                Ok(true) => println!("ok    dead letters: table cdc_dead_letters is there"),
-                Ok(false) => {
-                    println!("FAIL  dead letters: no table cdc_dead_letters (run `cdc-invalidator migrate`)");
-                    problems += 1;
-                }
-                Err(e) => {
-                    println!("FAIL  dead letters: {e}");
-                    problems += 1;
-                }
-            },
-            Err(e) => {
-                println!("FAIL  dead letters: {e}");
-                problems += 1;
-            }
-        }
+    if settings.dead_letters.is_some() {
+        problems += check_dead_letters(&settings, path).await;
     }
     problems += check_database(&settings).await;
     if problems == 0 {
@@ -549,6 +541,55 @@ async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// The dead-letter table must exist when `run` starts (migrations are
+/// explicit: `migrate`, or `run --migrate`) and must not be captured by a
+/// publication. Returns the failure count.
+async fn check_dead_letters(settings: &Settings, path: &Path) -> usize {
+    let store = match dead_letter_store(settings) {
+        Ok(store) => store,
+        Err(e) => {
+            println!("FAIL  dead letters: {e:#}");
+            return 1;
+        }
+    };
+    let table = store.table();
+    let mut problems = 0;
+    match store.table_exists().await {
+        Ok(true) => println!("ok    dead letters: table {table} is there"),
+        Ok(false) => {
+            println!(
+                "FAIL  dead letters: no table {table} (run `cdc-invalidator migrate --config {}`, or start `run --migrate`)",
+                path.display()
+            );
+            problems += 1;
+        }
+        Err(e) => {
+            println!("FAIL  dead letters: {e}");
+            return 1;
+        }
+    }
+    match store.capturing_publications().await {
+        Ok(publications) if publications.is_empty() => {
+            println!("ok    dead letters: no publication captures {table}")
+        }
+        Ok(publications) => {
+            println!(
+                "FAIL  dead letters: {table} is captured by publication {}: every dead letter would become a change \
+                 event of its own, and a large one can fail the Debezium task for every table. Publish only the \
+                 captured schemas (CREATE PUBLICATION ... FOR TABLES IN SCHEMA public, or FOR TABLE ...), or keep \
+                 dead letters in a database Debezium does not capture",
+                publications.join(", ")
+            );
+            problems += 1;
+        }
+        Err(e) => {
+            println!("FAIL  dead letters: reading the publications: {e}");
+            problems += 1;
+        }
+    }
+    problems
 }
 
 /// Checks the graph against the source schema through the lookup database:
@@ -702,7 +743,7 @@ async fn explain(path: &Path, source: &str, topic: Option<&str>) -> anyhow::Resu
         &settings.plan,
         &record,
         pipeline::now_us(),
-        settings.dead_letters_url.is_some(),
+        settings.dead_letters.is_some(),
         avro.as_deref(),
     );
     if let Some(failure) = &route.dead_letter {

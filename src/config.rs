@@ -155,7 +155,15 @@ pub struct RawFanout {
 pub struct RawDeadLetters {
     /// PostgreSQL URL; the table comes from `cdc-invalidator migrate`.
     pub url: Spanned<String>,
+    /// Schema holding the dead-letter table and its migration history.
+    #[serde(default)]
+    pub schema: Option<Spanned<String>>,
 }
+
+/// Dead letters get a schema of their own so that a publication of the
+/// captured schemas never includes them: a captured dead letter is itself a
+/// change event, and a large one can fail the Debezium task for every table.
+pub const DEFAULT_DEAD_LETTER_SCHEMA: &str = "cdc_invalidator";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -205,9 +213,9 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub admin_listen: std::net::SocketAddr,
     pub plan: PlanSettings,
-    /// PostgreSQL URL of the dead-letter table; without one, records that
-    /// cannot be decoded escalate or stall.
-    pub dead_letters_url: Option<String>,
+    /// Where the dead-letter table lives; without it, records that cannot be
+    /// decoded escalate or stall.
+    pub dead_letters: Option<DeadLetterSettings>,
     pub lookup: Option<LookupSettings>,
     /// Where Avro schemas come from; None reads JSON only.
     pub avro: Option<crate::decode::SchemaSources>,
@@ -226,8 +234,8 @@ pub struct SourceSettings {
 #[derive(Debug, Clone)]
 pub enum Subscription {
     Topics(Vec<String>),
-    /// Anchored (`^...$`), as librdkafka expects a regex subscription to start with `^`.
-    Regex(String),
+    /// Anchored (`^(...)$`) and compiled by librdkafka's own engine.
+    Regex(crate::topic_pattern::TopicPattern),
 }
 
 impl Subscription {
@@ -235,9 +243,17 @@ impl Subscription {
     pub fn patterns(&self) -> Vec<String> {
         match self {
             Subscription::Topics(topics) => topics.clone(),
-            Subscription::Regex(pattern) => vec![pattern.clone()],
+            Subscription::Regex(pattern) => vec![pattern.anchored().to_owned()],
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterSettings {
+    /// PostgreSQL URL.
+    pub url: String,
+    /// Schema of the table `cdc_dead_letters` (and of sqlx's migration history).
+    pub schema: String,
 }
 
 #[derive(Debug, Clone)]
@@ -362,22 +378,30 @@ impl RawConfig {
     pub fn validate(self, v: &Validator<'_>, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
         let source = self.source.into_inner();
         let subscription = match (&source.topics, &source.topic_regex) {
-            (Some(topics), None) if !topics.get_ref().is_empty() => Subscription::Topics(topics.get_ref().clone()),
-            (Some(topics), None) => return v.error(topics.span(), "source.topics", "expected at least one topic"),
-            (None, Some(pattern)) => {
-                let text = pattern.get_ref();
-                // Anchor the whole name: an unanchored pattern silently picks up
-                // topics nobody meant to consume.
-                let anchored = format!("^(?:{})$", text.trim_start_matches('^').trim_end_matches('$'));
-                if let Err(e) = regex::Regex::new(&anchored) {
+            (Some(topics), None) => {
+                // librdkafka refuses the whole subscription (Invalid argument)
+                // for an empty list, an empty name or a repeated one.
+                let names = topics.get_ref();
+                if names.is_empty() {
+                    return v.error(topics.span(), "source.topics", "expected at least one topic");
+                }
+                if let Some(bad) = names.iter().find(|t| t.is_empty() || t.starts_with('^')) {
                     return v.error(
-                        pattern.span(),
-                        "source.topic_regex",
-                        format!("not a valid regular expression: {e}"),
+                        topics.span(),
+                        "source.topics",
+                        format!("{bad:?} is not a topic name (patterns go in `topic_regex`)"),
                     );
                 }
-                Subscription::Regex(anchored)
+                let mut seen = std::collections::BTreeSet::new();
+                if let Some(repeated) = names.iter().find(|t| !seen.insert(t.as_str())) {
+                    return v.error(topics.span(), "source.topics", format!("{repeated:?} is listed twice"));
+                }
+                Subscription::Topics(names.clone())
             }
+            (None, Some(pattern)) => match crate::topic_pattern::TopicPattern::new(pattern.get_ref()) {
+                Ok(compiled) => Subscription::Regex(compiled),
+                Err(reason) => return v.error(pattern.span(), "source.topic_regex", reason),
+            },
             (Some(topics), Some(_)) => {
                 return v.error(
                     topics.span(),
@@ -549,8 +573,23 @@ impl RawConfig {
                 kafka_schema_id: n.kafka_schema_id.map(Spanned::into_inner),
             }
         });
-        let dead_letters_url =
-            env(ENV_DEAD_LETTERS_URL).or_else(|| self.dead_letters.map(|d| d.into_inner().url.into_inner()));
+        let dead_letters = {
+            let raw = self.dead_letters.map(Spanned::into_inner);
+            let schema = match raw.as_ref().and_then(|d| d.schema.as_ref()) {
+                Some(schema) if !is_plain_identifier(schema.get_ref()) => {
+                    return v.error(
+                        schema.span(),
+                        "dead_letters.schema",
+                        "expected a plain PostgreSQL identifier (lowercase letters, digits, `_`; at most 63 bytes)",
+                    )
+                }
+                Some(schema) => schema.get_ref().clone(),
+                None => DEFAULT_DEAD_LETTER_SCHEMA.to_owned(),
+            };
+            env(ENV_DEAD_LETTERS_URL)
+                .or_else(|| raw.map(|d| d.url.into_inner()))
+                .map(|url| DeadLetterSettings { url, schema })
+        };
 
         if self.entities.is_empty() {
             return v.error(
@@ -706,7 +745,7 @@ impl RawConfig {
             redis: redis_settings,
             admin_listen,
             plan,
-            dead_letters_url,
+            dead_letters,
             lookup,
             avro,
             notices,
@@ -724,6 +763,14 @@ pub const FORCED_RDKAFKA_SETTINGS: &[&str] = &[
     "partition.assignment.strategy",
     "enable.partition.eof",
 ];
+
+/// A name PostgreSQL takes without quoting; the schema is spliced into DDL.
+fn is_plain_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some('a'..='z' | '_'))
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+        && name.len() <= 63
+}
 
 /// Hides the password of a URL for messages and logs.
 pub fn redact_url(url: &str) -> String {
@@ -885,8 +932,47 @@ keys = ["product:{id}"]
         let s = parse("shop.toml", &text, &no_env).unwrap();
         assert_eq!(
             s.source.subscription.patterns(),
-            vec!["^(?:shop\\.public\\..*)$".to_owned()]
+            vec!["^(shop\\.public\\..*)$".to_owned()]
         );
+    }
+
+    #[test]
+    fn a_regex_librdkafka_would_refuse_names_line_and_field() {
+        let text = BASE.replace(
+            "topics = [\"shop.public.products\"]",
+            "topic_regex = \"shop\\\\.(?:products|reviews)\"",
+        );
+        let msg = error_of(&text);
+        assert!(msg.starts_with("shop.toml:5: field `source.topic_regex`"), "{msg}");
+        assert!(msg.contains("POSIX extended"), "{msg}");
+    }
+
+    #[test]
+    fn repeated_or_pattern_like_topics_are_refused() {
+        let msg = error_of(&BASE.replace("topics = [\"shop.public.products\"]", "topics = [\"a\", \"b\", \"a\"]"));
+        assert!(
+            msg.contains("field `source.topics`") && msg.contains("\"a\" is listed twice"),
+            "{msg}"
+        );
+        let msg = error_of(&BASE.replace("topics = [\"shop.public.products\"]", "topics = [\"^shop\"]"));
+        assert!(msg.contains("patterns go in `topic_regex`"), "{msg}");
+    }
+
+    #[test]
+    fn dead_letters_get_their_own_schema() {
+        let with = |section: &str| BASE.replace("[[entity]]", &format!("{section}\n[[entity]]"));
+        let s = parse("shop.toml", &with("[dead_letters]\nurl = \"postgres://h/db\""), &no_env).unwrap();
+        assert_eq!(
+            s.dead_letters,
+            Some(DeadLetterSettings {
+                url: "postgres://h/db".into(),
+                schema: DEFAULT_DEAD_LETTER_SCHEMA.into()
+            })
+        );
+        let text = with("[dead_letters]\nurl = \"postgres://h/db\"\nschema = \"DL; drop\"");
+        let msg = error_of(&text);
+        assert!(msg.contains("field `dead_letters.schema`"), "{msg}");
+        assert!(msg.contains("plain PostgreSQL identifier"), "{msg}");
     }
 
     #[test]

@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Row as _;
 
+use crate::config::DeadLetterSettings;
 use crate::event::KafkaRecord;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -91,20 +92,41 @@ impl DeadLetter {
 #[derive(Clone)]
 pub struct DeadLetterStore {
     pool: PgPool,
+    schema: String,
 }
 
 impl DeadLetterStore {
     /// Connects lazily: an unreachable store shows up on the first write,
     /// where the pipeline treats it like any outage (pause, retry, commit nothing).
-    pub fn connect_lazy(url: &str) -> Result<DeadLetterStore, DeadLetterError> {
+    /// Every connection's `search_path` is the configured schema, so the
+    /// queries and the migrations (and sqlx's history table) stay in it.
+    pub fn connect_lazy(settings: &DeadLetterSettings) -> Result<DeadLetterStore, DeadLetterError> {
+        let options: PgConnectOptions = settings.url.parse()?;
         let pool = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy(url)?;
-        Ok(DeadLetterStore { pool })
+            .connect_lazy_with(options.options([("search_path", settings.schema.as_str())]));
+        Ok(DeadLetterStore {
+            pool,
+            schema: settings.schema.clone(),
+        })
     }
 
+    /// The table's qualified name, for messages.
+    pub fn table(&self) -> String {
+        format!("{}.cdc_dead_letters", self.schema)
+    }
+
+    /// Creates the schema (migrations cannot: their history table lives in
+    /// it) and applies the migrations there.
     pub async fn migrate(&self) -> Result<(), DeadLetterError> {
+        // The schema name is a validated plain identifier (config).
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE SCHEMA IF NOT EXISTS {}",
+            self.schema
+        )))
+        .execute(&self.pool)
+        .await?;
         MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
@@ -112,10 +134,42 @@ impl DeadLetterStore {
     /// At start: is the table there? `Ok(false)` when it is missing (not
     /// migrated); an error when the database cannot be asked.
     pub async fn table_exists(&self) -> Result<bool, DeadLetterError> {
-        let found: Option<String> = sqlx::query_scalar("SELECT to_regclass('cdc_dead_letters')::text")
+        let found: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass(format('%I.cdc_dead_letters', $1::text))::text")
+                .bind(&self.schema)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(found.is_some())
+    }
+
+    /// The publications that capture the dead-letter table (or would, once
+    /// it exists): `FOR ALL TABLES`, `FOR TABLES IN SCHEMA` of its schema, or
+    /// the table itself. Debezium streams what a publication holds, so a
+    /// captured dead letter becomes a change event of its own.
+    pub async fn capturing_publications(&self) -> Result<Vec<String>, DeadLetterError> {
+        // pg_publication_namespace (FOR TABLES IN SCHEMA) is PostgreSQL 15+.
+        let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
             .fetch_one(&self.pool)
             .await?;
-        Ok(found.is_some())
+        let by_schema = if version >= 150000 {
+            "OR EXISTS (SELECT FROM pg_publication_namespace pn JOIN pg_namespace n ON n.oid = pn.pnnspid
+                        WHERE pn.pnpubid = p.oid AND n.nspname = $1)"
+        } else {
+            ""
+        };
+        let query = format!(
+            "SELECT p.pubname::text || CASE WHEN p.puballtables THEN ' (FOR ALL TABLES)' ELSE '' END
+             FROM pg_publication p
+             WHERE p.puballtables {by_schema}
+                OR EXISTS (SELECT FROM pg_publication_rel pr JOIN pg_class c ON c.oid = pr.prrelid
+                           JOIN pg_namespace n ON n.oid = c.relnamespace
+                           WHERE pr.prpubid = p.oid AND n.nspname = $1 AND c.relname = 'cdc_dead_letters')
+             ORDER BY 1"
+        );
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(query))
+            .bind(&self.schema)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Writes (or, on redelivery, counts again) one dead letter. Durable when it returns.

@@ -3,6 +3,7 @@
 //!
 //! The crate, one stage per module, in the order data flows:
 //! - [`config`]    strict TOML config, defaults with reasons, `validate()` into runtime settings
+//! - [`topic_pattern`] `topic_regex` compiled by the POSIX engine librdkafka itself uses
 //! - [`source`]    rdkafka consumer, forced settings, rebalance bridge, owned records at the edge
 //! - [`event`]     owned domain types: `KafkaRecord`, `ChangeEvent`, `Position`
 //! - [`decode`]    Debezium envelopes (JSON, wrapped or not, flattened) to `ChangeEvent`
@@ -29,3 +30,4 @@ pub mod pipeline;
 pub mod plan;
 pub mod sink;
 pub mod source;
+pub mod topic_pattern;

@@ -9,9 +9,15 @@ use std::time::Duration;
 use common::{eventually, Daemon};
 use serde_json::{json, Value};
 
-fn config(topic: &str, table: &str, prefix: &str, dead_letters: &str, admin_port: u16) -> tempfile::NamedTempFile {
+fn config(
+    topic: &str,
+    table: &str,
+    prefix: &str,
+    (dead_letters, schema): (&str, &str),
+    admin_port: u16,
+) -> tempfile::NamedTempFile {
     let extra = format!(
-        "[dead_letters]\nurl = \"{dead_letters}\"\n[plan]\nmax_record_bytes = 100000\n\
+        "[dead_letters]\nurl = \"{dead_letters}\"\nschema = \"{schema}\"\n[plan]\nmax_record_bytes = 100000\n\
          [[entity]]\ntable = \"public.{table}\"\nnamespace = \"item\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\"]\n"
     );
     common::write_config(topic, &common::redis_url(), prefix, admin_port, &extra)
@@ -61,9 +67,9 @@ async fn every_kind_of_poison_becomes_a_dead_letter_and_later_records_still_appl
     let table = common::unique("poison");
     let topic = format!("{}.public.{table}", common::topic_prefix());
     let prefix = format!("{}:", common::unique("ver"));
-    let (dl_url, schema) = common::dead_letter_url(&common::pg_address()).await;
+    let (dl_url, schema) = common::dead_letter_url(&common::pg_address());
     let admin_port = common::free_port();
-    let cfg = config(&topic, &table, &prefix, &dl_url, admin_port);
+    let cfg = config(&topic, &table, &prefix, (&dl_url, &schema), admin_port);
 
     let good = |id: i64, lsn: u64| common::debezium_change(&table, "c", lsn, id, json!({"id": id}), common::now_us());
     let records = vec![
@@ -181,9 +187,9 @@ async fn dead_letter_store_down_stalls_the_partition_until_it_returns() {
     let topic = format!("{}.public.{table}", common::topic_prefix());
     let prefix = format!("{}:", common::unique("ver"));
     let mut proxy = common::Proxy::start(&common::pg_address()).await;
-    let (dl_url, schema) = common::dead_letter_url(&format!("127.0.0.1:{}", proxy.port)).await;
+    let (dl_url, schema) = common::dead_letter_url(&format!("127.0.0.1:{}", proxy.port));
     let admin_port = common::free_port();
-    let cfg = config(&topic, &table, &prefix, &dl_url, admin_port);
+    let cfg = config(&topic, &table, &prefix, (&dl_url, &schema), admin_port);
     let good = |id: i64, lsn: u64| common::debezium_change(&table, "c", lsn, id, json!({"id": id}), common::now_us());
 
     common::produce(&topic, &[good(1, 100)]).await;

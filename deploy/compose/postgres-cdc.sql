@@ -21,4 +21,6 @@ GRANT ALL ON SCHEMA public TO cdc;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO cdc;
 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO cdc;
 
-CREATE PUBLICATION cdc_invalidator FOR ALL TABLES;
+-- The captured schema only: the daemon's dead letters live in their own
+-- schema (cdc_invalidator) and must never be captured (`check` fails if so).
+CREATE PUBLICATION cdc_invalidator FOR TABLES IN SCHEMA public;

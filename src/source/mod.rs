@@ -118,6 +118,11 @@ pub fn consumer(settings: &SourceSettings, plan: &PlanSettings) -> Result<Consum
         // Per-partition lag for metrics and lag escalation comes from the
         // statistics callback.
         .set("statistics.interval.ms", "1000")
+        // A regex subscription learns of new matching topics on a metadata
+        // refresh, and Debezium creates a table's topic at its first change:
+        // librdkafka's 5-minute default would hold a new table's changes back
+        // that long.
+        .set("topic.metadata.refresh.interval.ms", "10000")
         // The prefetch queue below is capped to the in-flight budget, so it
         // fills often; librdkafka's default 1000 ms fetch backoff then idled
         // the consumer for a second at a time (BENCHMARKS.md, finding 1:

@@ -39,6 +39,17 @@ pub async fn pg() -> sqlx::PgPool {
         .expect("PostgreSQL from scripts/stack up is reachable (CDC_PG_URL)")
 }
 
+/// The stack's superuser (trust authentication on loopback), for what the
+/// replication role may not do, such as creating a schema publication.
+pub async fn pg_admin() -> sqlx::PgPool {
+    let url = format!("postgres://postgres@{}/shop", pg_address());
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .expect("the stack's PostgreSQL superuser (scripts/stack up)")
+}
+
 pub async fn sql(pool: &sqlx::PgPool, statements: &str) {
     sqlx::raw_sql(sqlx::AssertSqlSafe(statements.to_owned()))
         .execute(pool)
@@ -309,14 +320,10 @@ pub fn pg_address() -> String {
     after_at.split('/').next().unwrap().to_owned()
 }
 
-/// A dead-letter URL through `address`, isolated in its own schema.
-pub async fn dead_letter_url(address: &str) -> (String, String) {
-    let schema = unique("dl");
-    let pool = pg().await;
-    sql(&pool, &format!("CREATE SCHEMA {schema}")).await;
-    let url = pg_url().replace(&pg_address(), address);
-    let sep = if url.contains('?') { '&' } else { '?' };
-    (format!("{url}{sep}options=-csearch_path%3D{schema}"), schema)
+/// A dead-letter URL through `address` and a schema of the test's own
+/// (`[dead_letters] schema`; `migrate` creates it).
+pub fn dead_letter_url(address: &str) -> (String, String) {
+    (pg_url().replace(&pg_address(), address), unique("dl"))
 }
 
 pub async fn produce(topic: &str, records: &[(Option<Vec<u8>>, Option<Vec<u8>>)]) -> Vec<(i32, i64)> {
