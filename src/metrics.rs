@@ -14,6 +14,8 @@ pub const MOOT_EVENTS: &str = "cdc_invalidator_moot_events_total";
 pub const ESCALATIONS: &str = "cdc_invalidator_escalations_total";
 pub const DEAD_LETTERS: &str = "cdc_invalidator_dead_letters_total";
 pub const PROPAGATION: &str = "cdc_invalidator_invalidation_propagation_seconds";
+pub const APPLY_LATENCY: &str = "cdc_invalidator_apply_latency_seconds";
+pub const LAST_PROGRESS: &str = "cdc_invalidator_last_progress_timestamp_seconds";
 pub const REDIS_APPLY: &str = "cdc_invalidator_redis_apply_seconds";
 pub const BATCH_TARGETS: &str = "cdc_invalidator_batch_targets";
 pub const CONSUMER_LAG: &str = "cdc_invalidator_consumer_lag_records";
@@ -30,6 +32,7 @@ pub const NOTICES: &str = "cdc_invalidator_notices_total";
 pub const AUDIT_CHECKS: &str = "cdc_invalidator_audit_checks_total";
 pub const AUDIT_VIOLATIONS: &str = "cdc_invalidator_audit_violations_total";
 pub const AUDIT_STALE_RATIO: &str = "cdc_invalidator_audit_stale_ratio";
+pub const AUDIT_BUILD_INFO: &str = "cdc_invalidator_audit_build_info";
 
 /// Outcome label of the events metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +121,16 @@ fn describe() {
         "Source commit time to Redis acknowledgement of the bump."
     );
     describe_histogram!(
+        APPLY_LATENCY,
+        Unit::Seconds,
+        "Kafka record timestamp to Redis acknowledgement of the record's bumps: the part of propagation the daemon owns."
+    );
+    describe_gauge!(
+        LAST_PROGRESS,
+        Unit::Seconds,
+        "Unix time when the daemon last stored offsets after Redis acknowledged, or last had nothing to consume."
+    );
+    describe_histogram!(
         REDIS_APPLY,
         Unit::Seconds,
         "Duration of one pipelined apply round trip to Redis."
@@ -158,6 +171,7 @@ fn describe() {
         AUDIT_VIOLATIONS,
         "Checked changes whose version records had not advanced within the SLO."
     );
+    describe_gauge!(AUDIT_BUILD_INFO, "Always 1 on the auditor; the version label names the build.");
     describe_gauge!(
         AUDIT_STALE_RATIO,
         "Violations divided by checks since the auditor started."
