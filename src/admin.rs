@@ -214,6 +214,28 @@ pub async fn serve(
         .await
 }
 
+/// Serves `/metrics` and `/healthz` only: the auditor is not a daemon, so it
+/// exports no readiness that a daemon alert could mistake for its own.
+pub async fn serve_metrics_only(
+    listener: tokio::net::TcpListener,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let text = metrics.render();
+                async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    tracing::info!(address = %listener.local_addr()?, "metrics http listening (/metrics /healthz)");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
 async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
     // Readiness is a gauge too; refresh it for scrapes that come without /readyz calls.
     state.status.readiness();

@@ -176,12 +176,17 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             let shutdown = CancellationToken::new();
             spawn_signal_handler(shutdown.clone());
             let listener = admin::bind(listen).await?;
-            let server = tokio::spawn(admin::serve(
-                listener,
-                metrics,
-                Arc::new(Status::default()),
-                shutdown.clone(),
-            ));
+            crate::metrics::audit_build_info();
+            let server = tokio::spawn(admin::serve_metrics_only(listener, metrics, shutdown.clone()));
+            let refresher = tokio::spawn({
+                let stop = shutdown.clone();
+                async move {
+                    let mut interval = tokio::time::interval(crate::metrics::GAUGE_REFRESH);
+                    while stop.run_until_cancelled(interval.tick()).await.is_some() {
+                        crate::metrics::refresh_gauges();
+                    }
+                }
+            });
             let options = crate::audit::AuditOptions {
                 slo,
                 sample_every,
@@ -191,7 +196,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             let report = crate::audit::run(&settings, &options, shutdown.clone()).await?;
             println!("{}", report.summary(slo));
             shutdown.cancel();
-            let _ = server.await;
+            let _ = tokio::join!(server, refresher);
             Ok(if report.violations == 0 { 0 } else { 1 })
         }
         Command::Check { config } => check(&config).await,

@@ -2,6 +2,9 @@
 //! `cdc_invalidator_<name>_<unit>[_total]`; labels come from small fixed sets
 //! (op codes, outcome words, reasons), never keys or raw error text.
 
+use std::collections::BTreeMap;
+use std::sync::{LazyLock, Mutex, PoisonError};
+
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
@@ -64,35 +67,88 @@ impl Outcome {
 /// per process: tests that install twice get the first handle's recorder.
 pub fn install() -> PrometheusHandle {
     // Propagation is the seed design's headline SLO (500 ms): resolve well
-    // below and above it.
+    // below and above it, and up to half an hour so that the quantiles of a
+    // backlog after an outage are measured instead of pinned to the top
+    // bucket (a 60 s top bucket made a long outage read "p99 is 1m").
     let latency_buckets = [
-        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+        1800.0,
     ];
     let batch_buckets = [
         1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
     ];
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(PROPAGATION.into()), &latency_buckets)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(APPLY_LATENCY.into()), &latency_buckets))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(REDIS_APPLY.into()), &latency_buckets))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_TARGETS.into()), &batch_buckets))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(LOOKUP.into()), &latency_buckets))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FANOUT_ROWS.into()), &batch_buckets))
         .expect("bucket lists are non-empty")
         // Gauges not set for this long disappear: that is how the series of a
-        // revoked partition go away (the pipeline refreshes live gauges every tick).
+        // revoked partition go away (forget_partition); live gauges are re-set
+        // by refresh_gauges far more often.
         .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE_TIMEOUT))
         .install_recorder()
         .expect("the metrics recorder is installed once per process");
     describe();
-    refresh_build_info();
     handle
 }
 
-/// How long a gauge lives without updates; the pipeline ticks far more often.
+/// How long a gauge lives without updates; refresh_gauges runs far more often.
 pub const GAUGE_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-pub fn refresh_build_info() {
-    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+/// How often [`refresh_gauges`] re-sets every gauge: well inside the idle timeout.
+pub const GAUGE_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+type GaugeKey = (&'static str, Vec<(&'static str, String)>);
+
+/// The last value of every live gauge. The exporter drops a gauge that is not
+/// set for GAUGE_IDLE_TIMEOUT, and the pipeline sets most of them only when
+/// they change; while it waits on an outage nothing changes, and the gauges
+/// that matter most then (paused partitions, stored offsets, lag) vanished.
+/// A task independent of the apply loop re-sets them all from here.
+static GAUGES: LazyLock<Mutex<BTreeMap<GaugeKey, f64>>> = LazyLock::new(|| Mutex::new(BTreeMap::new()));
+
+fn set_gauge(name: &'static str, labels: Vec<(&'static str, String)>, value: f64) {
+    gauge!(name, &labels).set(value);
+    // A poisoned lock only means a panic elsewhere mid-insert; the map is still usable.
+    GAUGES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert((name, labels), value);
+}
+
+/// Re-sets every gauge to its last value (called on a timer).
+pub fn refresh_gauges() {
+    let gauges = GAUGES.lock().unwrap_or_else(PoisonError::into_inner);
+    for ((name, labels), value) in gauges.iter() {
+        gauge!(*name, labels).set(*value);
+    }
+}
+
+/// Stops refreshing a revoked partition's gauges: they expire with the idle timeout.
+pub fn forget_partition(topic: &str, partition: i32) {
+    let partition = partition.to_string();
+    GAUGES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .retain(|(_, labels), _| {
+            !(labels.contains(&("topic", topic.to_owned())) && labels.contains(&("partition", partition.clone())))
+        });
+}
+
+pub fn build_info() {
+    set_gauge(BUILD_INFO, vec![("version", env!("CARGO_PKG_VERSION").to_owned())], 1.0);
+}
+
+/// The auditor's own build info: a name no daemon alert selects.
+pub fn audit_build_info() {
+    set_gauge(
+        AUDIT_BUILD_INFO,
+        vec![("version", env!("CARGO_PKG_VERSION").to_owned())],
+        1.0,
+    );
 }
 
 fn describe() {
@@ -171,7 +227,10 @@ fn describe() {
         AUDIT_VIOLATIONS,
         "Checked changes whose version records had not advanced within the SLO."
     );
-    describe_gauge!(AUDIT_BUILD_INFO, "Always 1 on the auditor; the version label names the build.");
+    describe_gauge!(
+        AUDIT_BUILD_INFO,
+        "Always 1 on the auditor; the version label names the build."
+    );
     describe_gauge!(
         AUDIT_STALE_RATIO,
         "Violations divided by checks since the auditor started."
@@ -221,14 +280,26 @@ pub fn redis_error(kind: &'static str) {
 }
 
 pub fn stored_offset(topic: &str, partition: i32, offset: i64) {
-    let labels = [("topic", topic.to_owned()), ("partition", partition.to_string())];
-    gauge!(STORED_OFFSET, &labels).set(offset as f64);
+    let labels = vec![("topic", topic.to_owned()), ("partition", partition.to_string())];
+    set_gauge(STORED_OFFSET, labels, offset as f64);
 }
 
-/// Sets a partition's lag alone (from the statistics callback).
+/// Sets a partition's lag alone (statistics, or the broker's high watermark
+/// while the partition is paused).
 pub fn partition_lag(topic: &str, partition: i32, lag: i64) {
-    let labels = [("topic", topic.to_owned()), ("partition", partition.to_string())];
-    gauge!(CONSUMER_LAG, &labels).set(lag.max(0) as f64);
+    let labels = vec![("topic", topic.to_owned()), ("partition", partition.to_string())];
+    set_gauge(CONSUMER_LAG, labels, lag.max(0) as f64);
+}
+
+/// One record's bumps were acknowledged `seconds` after its Kafka timestamp.
+pub fn apply_latency(seconds: f64) {
+    histogram!(APPLY_LATENCY).record(seconds);
+}
+
+/// The daemon moved forward (stored offsets after Redis acknowledged) or had
+/// nothing to wait for: now.
+pub fn progress(unix_seconds: f64) {
+    set_gauge(LAST_PROGRESS, Vec::new(), unix_seconds);
 }
 
 pub fn lookup(seconds: f64) {
@@ -254,21 +325,49 @@ pub fn audit(ok: bool) {
 }
 
 pub fn audit_stale_ratio(ratio: f64) {
-    gauge!(AUDIT_STALE_RATIO).set(ratio);
+    set_gauge(AUDIT_STALE_RATIO, Vec::new(), ratio);
 }
 
 pub fn in_flight(records: usize) {
-    gauge!(IN_FLIGHT).set(records as f64);
+    set_gauge(IN_FLIGHT, Vec::new(), records as f64);
 }
 
 pub fn paused_partitions(count: usize) {
-    gauge!(PAUSED_PARTITIONS).set(count as f64);
+    set_gauge(PAUSED_PARTITIONS, Vec::new(), count as f64);
 }
 
 pub fn stalled_partitions(count: usize) {
-    gauge!(STALLED_PARTITIONS).set(count as f64);
+    set_gauge(STALLED_PARTITIONS, Vec::new(), count as f64);
 }
 
 pub fn ready(is_ready: bool) {
-    gauge!(READY).set(if is_ready { 1.0 } else { 0.0 });
+    set_gauge(READY, Vec::new(), if is_ready { 1.0 } else { 0.0 });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remembered(name: &'static str, topic: &str, partition: i32) -> bool {
+        let wanted = vec![("topic", topic.to_owned()), ("partition", partition.to_string())];
+        GAUGES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&(name, wanted))
+    }
+
+    #[test]
+    fn a_revoked_partition_is_no_longer_refreshed_and_the_others_are() {
+        stored_offset("board-test", 0, 10);
+        partition_lag("board-test", 0, 5);
+        stored_offset("board-test", 1, 20);
+        assert!(remembered(STORED_OFFSET, "board-test", 0));
+        forget_partition("board-test", 0);
+        assert!(!remembered(STORED_OFFSET, "board-test", 0));
+        assert!(!remembered(CONSUMER_LAG, "board-test", 0));
+        assert!(
+            remembered(STORED_OFFSET, "board-test", 1),
+            "partition 1 is still assigned"
+        );
+    }
 }

@@ -244,6 +244,9 @@ struct Batch {
     dead_letters: Vec<(KafkaRecord, Failure)>,
     /// Per partition, the highest offset whose work is in this batch.
     done: HashMap<PartitionId, i64>,
+    /// Kafka timestamps of the records whose bumps are in this batch, for
+    /// the apply latency (bounded by the batch's record budget).
+    record_times_ms: Vec<i64>,
     records: usize,
     bytes: usize,
     flush_at: Option<Instant>,
@@ -284,7 +287,9 @@ pub struct Services {
 
 pub struct Pipeline {
     settings: Arc<Settings>,
-    consumer: Consumer,
+    /// Shared with the gauge refresher, which asks the broker for the high
+    /// watermarks of paused partitions.
+    consumer: Arc<Consumer>,
     sink: RedisSink,
     dead_letters: Option<DeadLetterStore>,
     lookups: Option<Lookups>,
@@ -314,7 +319,7 @@ impl Pipeline {
         status.redis_ok();
         Ok(Pipeline {
             settings,
-            consumer,
+            consumer: Arc::new(consumer),
             sink,
             dead_letters: services.dead_letters,
             lookups: services.lookups,
@@ -327,6 +332,18 @@ impl Pipeline {
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let refresher_stop = CancellationToken::new();
+        let refresher = tokio::spawn(refresh_gauges(
+            self.consumer.clone(),
+            self.status.clone(),
+            refresher_stop.clone(),
+        ));
+        metrics::build_info();
+        // Every gauge exists from the start, so none is missing during an
+        // outage that begins before the first tick.
+        metrics::in_flight(0);
+        metrics::progress(now_us() as f64 / 1e6);
+        self.refresh_paused_gauge();
         let mut batch = Batch::default();
         let mut next_tick = Instant::now() + TICK;
         loop {
@@ -375,6 +392,8 @@ impl Pipeline {
             }
         }
         self.shut_down(batch).await;
+        refresher_stop.cancel();
+        let _ = refresher.await;
     }
 
     /// Routes one record into the batch, or stalls its partition.
@@ -423,20 +442,25 @@ impl Pipeline {
             self.dead_letters.is_some(),
             self.avro.as_deref(),
         );
+        let mut dead_lettered = false;
         if let Some(failure) = dead_letter {
             tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset,
                 stage = failure.stage.label(), kind = failure.kind, detail = %failure.detail, "bad record");
             if self.dead_letters.is_some() {
                 batch.dead_letters.push((record.clone(), failure));
+                dead_lettered = true;
             }
         }
+        // A dead letter is an outcome of its own, whatever else became of the
+        // record (an escalation is still counted by reason).
+        let outcome = |other| if dead_lettered { Outcome::DeadLetter } else { other };
         let stalled = match action {
             Routed::Skip => {
-                metrics::event(op, Outcome::Skipped);
+                metrics::event(op, outcome(Outcome::Skipped));
                 None
             }
             Routed::Moot => {
-                metrics::event(op, Outcome::Moot);
+                metrics::event(op, outcome(Outcome::Moot));
                 metrics::moot();
                 None
             }
@@ -461,16 +485,19 @@ impl Pipeline {
                 for target in targets {
                     batch.plan.add(target, &position, commit_time_us);
                 }
+                if let Some(timestamp_ms) = record.timestamp_ms {
+                    batch.record_times_ms.push(timestamp_ms);
+                }
                 match escalation {
                     Some(reason) => {
-                        metrics::event(op, Outcome::Escalated);
+                        metrics::event(op, outcome(Outcome::Escalated));
                         metrics::escalation(reason.label());
                         if reason != EscalationReason::Lag {
                             tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset,
                                 reason = reason.label(), "escalated to the namespace: exact keys could not be derived");
                         }
                     }
-                    None => metrics::event(op, Outcome::Applied),
+                    None => metrics::event(op, outcome(Outcome::Applied)),
                 }
                 let linger = match consistency {
                     Consistency::Strong => Duration::ZERO,
@@ -628,6 +655,8 @@ impl Pipeline {
     /// dependency is unreachable), then stores its offsets.
     async fn flush(&mut self, batch: &mut Batch, shutdown: &CancellationToken) -> Result<(), Abandoned> {
         let taken = std::mem::take(batch);
+        // In flight until Redis acknowledges, however long an outage lasts.
+        metrics::in_flight(taken.records);
         metrics::coalesced(taken.plan.coalesced());
         if let Some(store) = self.dead_letters.clone() {
             for (record, failure) in &taken.dead_letters {
@@ -672,6 +701,10 @@ impl Pipeline {
                     backoff = (backoff * 2).min(self.settings.redis.max_retry_backoff);
                 }
             }
+        }
+        let acknowledged_ms = now_us() / 1000;
+        for timestamp_ms in &taken.record_times_ms {
+            metrics::apply_latency((acknowledged_ms - timestamp_ms).max(0) as f64 / 1e3);
         }
         if self.paused_for_outage {
             self.resume_after_outage();
@@ -747,9 +780,10 @@ impl Pipeline {
     fn resume_after_outage(&mut self) {
         self.paused_for_outage = false;
         let mut resume = TopicPartitionList::new();
-        for ((topic, partition), state) in &self.partitions {
+        for (id @ (topic, partition), state) in &self.partitions {
             if !state.stalled {
                 resume.add_partition(topic, *partition);
+                self.consumer.context().mark_resumed(id);
             }
         }
         if let Err(e) = self.consumer.resume(&resume) {
@@ -771,8 +805,10 @@ impl Pipeline {
 
     fn pause(&self, partitions: &[PartitionId]) {
         let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in partitions {
+        for id @ (topic, partition) in partitions {
             tpl.add_partition(topic, *partition);
+            let unapplied_from = self.partitions.get(id).and_then(|s| s.stored_offset);
+            self.consumer.context().mark_paused(id.clone(), unapplied_from);
         }
         if let Err(e) = self.consumer.pause(&tpl) {
             tracing::warn!(error = %e, "pausing partitions failed");
@@ -806,8 +842,11 @@ impl Pipeline {
             }
         }
         if tpl.count() > 0 {
-            if let Err(e) = self.consumer.store_offsets(&tpl) {
-                tracing::warn!(error = %e, "storing offsets failed; they are stored again after the next batch");
+            match self.consumer.store_offsets(&tpl) {
+                Ok(()) => metrics::progress(now_us() as f64 / 1e6),
+                Err(e) => {
+                    tracing::warn!(error = %e, "storing offsets failed; they are stored again after the next batch")
+                }
             }
         }
     }
@@ -839,14 +878,10 @@ impl Pipeline {
 
     fn tick(&self, batch: &Batch) {
         metrics::in_flight(batch.records);
-        // Refreshed every tick: only revoked partitions' series may expire.
-        for ((topic, partition), state) in &self.partitions {
-            if let Some(offset) = state.stored_offset {
-                metrics::stored_offset(topic, *partition, offset);
-            }
+        if batch.records == 0 && !self.paused_for_outage {
+            // Nothing consumed is waiting: the daemon is keeping up.
+            metrics::progress(now_us() as f64 / 1e6);
         }
-        self.refresh_paused_gauge();
-        metrics::refresh_build_info();
         self.status.readiness();
     }
 
@@ -881,6 +916,40 @@ impl Pipeline {
 
 #[derive(Debug)]
 struct Abandoned;
+
+/// Re-sets every gauge on a timer of its own, so that they stay true (and
+/// present) while the apply loop waits on an outage or a hung call, and
+/// measures the lag of paused partitions against the broker's high
+/// watermark, which the statistics of a paused partition no longer follow.
+async fn refresh_gauges(consumer: Arc<Consumer>, status: Arc<Status>, stop: CancellationToken) {
+    let mut interval = tokio::time::interval(metrics::GAUGE_REFRESH);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        for (partition, unapplied_from) in consumer.context().paused_partitions() {
+            let Some(unapplied_from) = unapplied_from else { continue };
+            let asking = consumer.clone();
+            let (topic, id) = partition.clone();
+            // fetch_watermarks blocks on a broker round trip.
+            let answer =
+                tokio::task::spawn_blocking(move || asking.fetch_watermarks(&topic, id, WATERMARK_TIMEOUT)).await;
+            match answer {
+                Ok(Ok((_low, high))) => consumer.context().set_paused_lag(&partition, high - unapplied_from),
+                Ok(Err(e)) => tracing::debug!(topic = %partition.0, partition = partition.1, error = %e,
+                    "high watermark of a paused partition not available"),
+                Err(e) => tracing::debug!(error = %e, "watermark query task failed"),
+            }
+        }
+        status.readiness();
+        metrics::refresh_gauges();
+    }
+}
+
+// A broker that does not answer within this is asked again at the next refresh.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn record_results(bumps: &[Bump], results: &[crate::sink::BumpResult]) {
     let now = now_us();

@@ -141,6 +141,12 @@ async fn every_kind_of_poison_becomes_a_dead_letter_and_later_records_still_appl
         common::metric_sum(&metrics, "cdc_invalidator_dead_letters_total", &["kind=\"malformed\""]),
         1.0
     );
+    // A dead letter is an outcome of its own, even when it also escalated.
+    assert_eq!(
+        common::metric_sum(&metrics, "cdc_invalidator_events_total", &["outcome=\"dead_letter\""]),
+        8.0,
+        "{metrics}"
+    );
     assert!(
         common::metric_sum(
             &metrics,

@@ -15,6 +15,11 @@ use crate::event::KafkaRecord;
 
 pub type PartitionId = (String, i32);
 
+/// A poisoned lock only means a panic elsewhere held it; the maps stay usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A rebalance, as seen by the pipeline after the poll that triggered it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RebalanceEvent {
@@ -30,16 +35,41 @@ pub struct SourceContext {
     events: Mutex<Vec<RebalanceEvent>>,
     /// Consumer lag per partition from the last statistics callback.
     lag: Mutex<HashMap<PartitionId, i64>>,
+    /// Partitions the pipeline paused, with the first offset not yet
+    /// applied: librdkafka stops fetching them, so their statistics keep a
+    /// stale high watermark and the lag is taken from the broker instead.
+    paused: Mutex<HashMap<PartitionId, Option<i64>>>,
 }
 
 impl SourceContext {
     pub fn drain_events(&self) -> Vec<RebalanceEvent> {
-        std::mem::take(&mut *self.events.lock().expect("rebalance queue lock"))
+        std::mem::take(&mut *lock(&self.events))
     }
 
     /// The partition's consumer lag in records, as of the last statistics.
     pub fn lag(&self, partition: &PartitionId) -> Option<i64> {
-        self.lag.lock().expect("lag lock").get(partition).copied()
+        lock(&self.lag).get(partition).copied()
+    }
+
+    /// The pipeline paused `partition`; `unapplied_from` is the first offset
+    /// whose work Redis has not acknowledged (the next offset to commit).
+    pub fn mark_paused(&self, partition: PartitionId, unapplied_from: Option<i64>) {
+        lock(&self.paused).insert(partition, unapplied_from);
+    }
+
+    pub fn mark_resumed(&self, partition: &PartitionId) {
+        lock(&self.paused).remove(partition);
+    }
+
+    pub fn paused_partitions(&self) -> Vec<(PartitionId, Option<i64>)> {
+        let paused = lock(&self.paused);
+        paused.iter().map(|(p, o)| (p.clone(), *o)).collect()
+    }
+
+    /// Lag measured from the broker's high watermark for a paused partition.
+    pub fn set_paused_lag(&self, partition: &PartitionId, lag: i64) {
+        crate::metrics::partition_lag(&partition.0, partition.1, lag);
+        lock(&self.lag).insert(partition.clone(), lag);
     }
 }
 
@@ -52,15 +82,18 @@ fn partitions(tpl: &rdkafka::TopicPartitionList) -> Vec<PartitionId> {
 
 impl ClientContext for SourceContext {
     fn stats(&self, statistics: Statistics) {
+        let paused = lock(&self.paused).clone();
         for (topic, t) in &statistics.topics {
             for (id, p) in &t.partitions {
                 // -1 is librdkafka's internal UA partition; lag -1 means unknown.
-                if *id >= 0 && p.consumer_lag >= 0 && p.fetch_state == "active" {
+                // A paused partition's statistics froze at the pause.
+                if *id >= 0
+                    && p.consumer_lag >= 0
+                    && p.fetch_state == "active"
+                    && !paused.contains_key(&(topic.clone(), *id))
+                {
                     crate::metrics::partition_lag(topic, *id, p.consumer_lag);
-                    self.lag
-                        .lock()
-                        .expect("lag lock")
-                        .insert((topic.clone(), *id), p.consumer_lag);
+                    lock(&self.lag).insert((topic.clone(), *id), p.consumer_lag);
                 }
             }
         }
@@ -73,15 +106,15 @@ impl ConsumerContext for SourceContext {
             let revoked = partitions(tpl);
             tracing::info!(partitions = ?revoked, "partitions revoked");
             // A stale lag must not trigger escalation if the partition comes back.
-            let mut lag = self.lag.lock().expect("lag lock");
+            let mut lag = lock(&self.lag);
+            let mut paused = lock(&self.paused);
             for p in &revoked {
                 lag.remove(p);
+                paused.remove(p);
+                crate::metrics::forget_partition(&p.0, p.1);
             }
-            drop(lag);
-            self.events
-                .lock()
-                .expect("rebalance queue lock")
-                .push(RebalanceEvent::Revoked(revoked));
+            drop((lag, paused));
+            lock(&self.events).push(RebalanceEvent::Revoked(revoked));
         }
     }
 
@@ -90,10 +123,7 @@ impl ConsumerContext for SourceContext {
             Rebalance::Assign(tpl) => {
                 let assigned = partitions(tpl);
                 tracing::info!(partitions = ?assigned, "partitions assigned");
-                self.events
-                    .lock()
-                    .expect("rebalance queue lock")
-                    .push(RebalanceEvent::Assigned(assigned));
+                lock(&self.events).push(RebalanceEvent::Assigned(assigned));
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
