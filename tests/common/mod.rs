@@ -69,6 +69,18 @@ pub async fn versions(
         .unwrap();
     let mut out = std::collections::BTreeMap::new();
     for key in keys {
+        // Not version records of changes: the epoch record, and namespace
+        // records only a loss recovery bumped (at a Redis's first use, the
+        // daemon cannot tell it from one that lost everything).
+        if key == format!("{prefix}epoch") {
+            continue;
+        }
+        if key.starts_with(&format!("{prefix}ns:")) {
+            let fields: Vec<String> = redis::cmd("HKEYS").arg(&key).query_async(conn).await.unwrap();
+            if fields.iter().filter(|f| f.starts_with("p:")).all(|f| f == "p:loss") {
+                continue;
+            }
+        }
         let v: Option<String> = redis::cmd("HGET").arg(&key).arg("v").query_async(conn).await.unwrap();
         out.insert(
             key[prefix.len()..].to_owned(),
