@@ -28,6 +28,12 @@ struct StatusInner {
     registry_error: Option<String>,
     redis_error: Option<String>,
     redis_connected: bool,
+    /// The readiness probe's last failures (None: it answered), kept apart
+    /// from the pipeline's own view so neither clears the other's.
+    redis_probe_error: Option<String>,
+    dead_letters_probe_error: Option<String>,
+    /// Source topics idle past `source.max_idle`: topic -> seconds idle.
+    idle_sources: BTreeMap<String, u64>,
     assigned: usize,
     stalls: BTreeMap<String, Stall>,
 }
@@ -81,6 +87,21 @@ impl Status {
         self.with(|s| s.registry_error = Some(error));
     }
 
+    /// The readiness probe's verdict on Redis (None: PING answered in time).
+    pub fn redis_probed(&self, error: Option<String>) {
+        self.with(|s| s.redis_probe_error = error);
+    }
+
+    /// The readiness probe's verdict on the dead-letter store.
+    pub fn dead_letters_probed(&self, error: Option<String>) {
+        self.with(|s| s.dead_letters_probe_error = error);
+    }
+
+    /// Topics whose newest record is older than `source.max_idle`.
+    pub fn set_idle_sources(&self, idle: BTreeMap<String, u64>) {
+        self.with(|s| s.idle_sources = idle);
+    }
+
     pub fn set_assigned(&self, count: usize) {
         self.with(|s| s.assigned = count);
     }
@@ -108,8 +129,18 @@ impl Status {
                     None => "redis not connected yet".to_owned(),
                 });
             }
+            if let (true, Some(e)) = (s.redis_connected, &s.redis_probe_error) {
+                reasons.push(format!("redis not answering the readiness probe: {e}"));
+            }
             if let Some(e) = &s.dead_letters_error {
                 reasons.push(format!("dead-letter store unreachable (consumption paused): {e}"));
+            } else if let Some(e) = &s.dead_letters_probe_error {
+                reasons.push(format!("dead-letter store not answering the readiness probe: {e}"));
+            }
+            for (topic, seconds) in &s.idle_sources {
+                reasons.push(format!(
+                    "source topic {topic:?} has had no new record for {seconds}s (above source.max_idle): is the connector running?"
+                ));
             }
             if let Some(e) = &s.registry_error {
                 reasons.push(format!("schema registry unreachable (consumption paused): {e}"));
@@ -134,6 +165,59 @@ impl Status {
                 stalled_partitions: s.stalls.clone(),
             }
         })
+    }
+}
+
+/// What the readiness probe pings, on its own task: an idle daemon learns of
+/// an outage within one interval, not at its next write.
+pub struct Probe {
+    pub redis: Option<crate::sink::RedisProbe>,
+    pub dead_letters: Option<crate::dead_letter::DeadLetterStore>,
+    pub interval: std::time::Duration,
+    /// Each ping is bounded: a hung dependency counts as down.
+    pub timeout: std::time::Duration,
+}
+
+/// Pings Redis and the dead-letter store every interval until shutdown.
+pub async fn probe(mut probe: Probe, status: Arc<Status>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(probe.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Some(redis) = probe.redis.as_mut() {
+            let verdict = match tokio::time::timeout(probe.timeout, redis.ping()).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("no answer within {:?}", probe.timeout)),
+            };
+            log_change("redis", status.with(|s| s.redis_probe_error.is_some()), &verdict);
+            status.redis_probed(verdict);
+        }
+        if let Some(store) = &probe.dead_letters {
+            let verdict = match tokio::time::timeout(probe.timeout, store.table_exists()).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("no answer within {:?}", probe.timeout)),
+            };
+            log_change(
+                "dead-letter store",
+                status.with(|s| s.dead_letters_probe_error.is_some()),
+                &verdict,
+            );
+            status.dead_letters_probed(verdict);
+        }
+        status.readiness();
+    }
+}
+
+fn log_change(dependency: &str, was_failing: bool, verdict: &Option<String>) {
+    match (was_failing, verdict) {
+        (false, Some(error)) => tracing::warn!(dependency, %error, "readiness probe failed: not ready"),
+        (true, None) => tracing::info!(dependency, "readiness probe answered again"),
+        _ => {}
     }
 }
 
@@ -268,6 +352,25 @@ mod tests {
 
         status.redis_ok();
         status.set_assigned(3);
+        assert!(status.readiness().ready);
+
+        status.redis_probed(Some("connection refused".into()));
+        let r = status.readiness();
+        assert!(!r.ready);
+        assert_eq!(
+            r.reasons,
+            vec!["redis not answering the readiness probe: connection refused"]
+        );
+        status.redis_probed(None);
+        status.dead_letters_probed(Some("timed out".into()));
+        assert!(!status.readiness().ready);
+        status.dead_letters_probed(None);
+        let mut idle = BTreeMap::new();
+        idle.insert("shop.public.products".to_owned(), 301);
+        status.set_idle_sources(idle);
+        let r = status.readiness();
+        assert!(r.reasons[0].contains("no new record for 301s"), "{:?}", r.reasons);
+        status.set_idle_sources(BTreeMap::new());
         assert!(status.readiness().ready);
 
         status.stall(

@@ -28,10 +28,12 @@ use crate::sink::RedisSink;
     about = "Keeps Redis-backed caches correct by following Debezium change events from Kafka",
     long_about = "Consumes Debezium row-change events from Kafka, maps each changed row to every cache key \
 that depends on it through the relationship graph in the config file, and bumps a version record per key \
-in Redis (HGET ver:<key> v). Offsets are committed only after Redis acknowledged.\n\n\
+in Redis (HGET ver:<key> v). Offsets are committed only after Redis acknowledged. Readers also fold \
+the epoch (HGET ver:epoch e) into data keys: the daemon advances it, and bumps every namespace, when it \
+finds that Redis lost acknowledged writes (docs/redis-loss.md).\n\n\
 Environment overrides (addresses and secrets): CDC_KAFKA_BROKERS, CDC_KAFKA_GROUP, CDC_REDIS_URL, \
 CDC_ADMIN_LISTEN, CDC_LOOKUP_URL, CDC_DEAD_LETTERS_URL, CDC_SCHEMA_REGISTRY_URL, CDC_SCHEMA_REGISTRY_USER, \
-CDC_SCHEMA_REGISTRY_PASSWORD."
+CDC_SCHEMA_REGISTRY_PASSWORD, CDC_INSTANCE_ID (static group membership)."
 )]
 pub struct Cli {
     /// Log format: human-readable lines or one JSON object per line.
@@ -117,6 +119,8 @@ pub enum Command {
         action: DeadLetterAction,
     },
     /// Validate the config and connect to Kafka and Redis; exit 0 only when all is well.
+    /// Also warns when Redis can lose version records (persistence off, an
+    /// evicting maxmemory-policy) or when a loss could not be detected.
     Check {
         #[arg(long, short)]
         config: PathBuf,
@@ -306,6 +310,18 @@ async fn run(path: &Path, migrate: bool) -> anyhow::Result<i32> {
         avro,
         notices,
     };
+    let probe = admin::Probe {
+        redis: Some(sink.prober()),
+        dead_letters: services.dead_letters.clone(),
+        interval: settings.probe.interval,
+        timeout: settings.probe.timeout,
+    };
+    tokio::spawn(admin::probe(probe, status.clone(), shutdown.clone()));
+    tokio::spawn(crate::source::liveness::watch(
+        settings.source.clone(),
+        status.clone(),
+        shutdown.clone(),
+    ));
     let pipeline = Pipeline::new(settings.clone(), sink, services, status)?;
     pipeline.run(shutdown.clone()).await;
     shutdown.cancel();
@@ -382,10 +398,20 @@ async fn check(path: &Path) -> anyhow::Result<i32> {
 
     match RedisSink::connect(&settings.redis).await {
         Ok(mut sink) => match sink.ping().await {
-            Ok(()) => println!(
-                "ok    redis {}: reachable, bump script loaded",
-                redact_url(&settings.redis.url)
-            ),
+            Ok(()) => {
+                println!(
+                    "ok    redis {}: reachable, bump script loaded",
+                    redact_url(&settings.redis.url)
+                );
+                // Warnings, not failures: a cache may accept these risks.
+                let facts = sink.server_facts(pipeline::namespace_count(&settings)).await;
+                for finding in crate::sink::epoch::assess(&facts) {
+                    match finding {
+                        crate::sink::epoch::Finding::Ok(text) => println!("ok    redis: {text}"),
+                        crate::sink::epoch::Finding::Warn(text) => println!("warn  redis: {text}"),
+                    }
+                }
+            }
             Err(e) => {
                 println!("FAIL  redis {}: {e}", redact_url(&settings.redis.url));
                 problems += 1;

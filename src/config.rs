@@ -22,6 +22,7 @@ pub const ENV_LOOKUP_URL: &str = "CDC_LOOKUP_URL";
 pub const ENV_SCHEMA_REGISTRY_URL: &str = "CDC_SCHEMA_REGISTRY_URL";
 pub const ENV_SCHEMA_REGISTRY_USER: &str = "CDC_SCHEMA_REGISTRY_USER";
 pub const ENV_SCHEMA_REGISTRY_PASSWORD: &str = "CDC_SCHEMA_REGISTRY_PASSWORD";
+pub const ENV_INSTANCE_ID: &str = "CDC_INSTANCE_ID";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -76,6 +77,20 @@ pub struct RawSource {
     /// Passed to librdkafka as they are (security.protocol, sasl.*, ssl.*, ...).
     #[serde(default)]
     pub librdkafka: BTreeMap<String, Spanned<String>>,
+    /// Static group membership (`group.instance.id`): a replica restarted
+    /// within the session timeout gets its partitions back at once. "auto"
+    /// is `<hostname>-<admin port>`.
+    #[serde(default)]
+    pub instance_id: Option<Spanned<String>>,
+    /// Topics whose high watermarks say whether the source is alive
+    /// (Debezium heartbeat topics, `__debezium-heartbeat.<prefix>`); by
+    /// default the subscribed topics.
+    #[serde(default)]
+    pub liveness_topics: Option<Spanned<Vec<String>>>,
+    /// Readiness fails and the idle-topics gauge rises when a watched topic
+    /// has had no new record for longer than this.
+    #[serde(default)]
+    pub max_idle: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,12 +106,22 @@ pub struct RawRedis {
     /// The URL names one seed node of a Redis Cluster; the rest is discovered.
     #[serde(default)]
     pub cluster: bool,
+    /// How often an idle daemon checks the epoch record for lost writes
+    /// (every applied batch checks it too).
+    #[serde(default)]
+    pub loss_check_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Spanned<String>,
+    /// How often the readiness probe pings Redis and the dead-letter store.
+    #[serde(default)]
+    pub probe_interval: Option<Spanned<String>>,
+    /// How long one ping may take before the dependency counts as down.
+    #[serde(default)]
+    pub probe_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,6 +226,13 @@ pub struct RawEntity {
     pub fanout: Vec<Spanned<RawFanout>>,
 }
 
+// Readers serve stale data from a Redis that lost writes until the daemon
+// notices: an idle daemon looks once a second (one small script call and
+// one INFO), so the window stays about a second without loading Redis.
+pub fn default_loss_check_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
 // Readers of the key protocol default to `ver:` (architecture section 3).
 fn default_version_prefix() -> Spanned<String> {
     Spanned::new(0..0, "ver:".to_owned())
@@ -212,6 +244,7 @@ pub struct Settings {
     pub source: SourceSettings,
     pub redis: RedisSettings,
     pub admin_listen: std::net::SocketAddr,
+    pub probe: ProbeSettings,
     pub plan: PlanSettings,
     /// Where the dead-letter table lives; without it, records that cannot be
     /// decoded escalate or stall.
@@ -229,6 +262,54 @@ pub struct SourceSettings {
     pub group_id: String,
     pub subscription: Subscription,
     pub librdkafka: BTreeMap<String, String>,
+    /// `group.instance.id` when static membership is on.
+    pub instance_id: Option<String>,
+    pub liveness: LivenessSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct LivenessSettings {
+    /// None: the subscribed topics.
+    pub topics: Option<Vec<String>>,
+    pub max_idle: Option<Duration>,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeSettings {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+// Readiness should turn within seconds of an outage, without the probe
+// itself becoming load: one PING and one catalog query every 2 s.
+pub fn default_probe_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+// A healthy Redis or PostgreSQL on the same network answers in
+// milliseconds; a second without an answer is an outage for readiness.
+pub fn default_probe_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+// Watermarks of the watched topics are read this often: Debezium's
+// heartbeats come every few seconds, so 5 s keeps the idle age accurate to
+// a heartbeat while costing one metadata round trip per partition.
+pub fn default_liveness_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// "auto": `<hostname>-<admin port>`: stable across restarts of a replica,
+/// distinct between replicas on one host (they cannot share a port).
+pub fn auto_instance_id(admin: std::net::SocketAddr) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}-{}", admin.port())
 }
 
 #[derive(Debug, Clone)]
@@ -270,6 +351,7 @@ pub struct RedisSettings {
     pub version_ttl: Duration,
     pub max_retry_backoff: Duration,
     pub cluster: bool,
+    pub loss_check_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -426,7 +508,22 @@ impl RawConfig {
                 );
             }
         }
-        let source = SourceSettings {
+        let max_idle = match &source.max_idle {
+            Some(d) => Some(v.duration(d, "source.max_idle")?),
+            None => None,
+        };
+        let liveness_topics = match &source.liveness_topics {
+            Some(t) if t.get_ref().is_empty() => {
+                return v.error(t.span(), "source.liveness_topics", "expected at least one topic")
+            }
+            Some(t) => Some(t.get_ref().clone()),
+            None => None,
+        };
+        let raw_instance_id = env(ENV_INSTANCE_ID).or_else(|| source.instance_id.as_ref().map(|i| i.get_ref().clone()));
+        if let (Some(""), Some(i)) = (raw_instance_id.as_deref(), &source.instance_id) {
+            return v.error(i.span(), "source.instance_id", "expected a non-empty id or \"auto\"");
+        }
+        let mut source = SourceSettings {
             brokers: env(ENV_KAFKA_BROKERS).unwrap_or_else(|| source.brokers.get_ref().clone()),
             group_id: env(ENV_KAFKA_GROUP).unwrap_or_else(|| source.group_id.get_ref().clone()),
             subscription,
@@ -435,6 +532,12 @@ impl RawConfig {
                 .into_iter()
                 .map(|(k, val)| (k, val.into_inner()))
                 .collect(),
+            instance_id: None,
+            liveness: LivenessSettings {
+                topics: liveness_topics,
+                max_idle,
+                interval: default_liveness_interval(),
+            },
         };
 
         let redis_span = self.redis.span();
@@ -452,12 +555,23 @@ impl RawConfig {
             Some(d) => v.duration(d, "redis.max_retry_backoff")?,
             None => DEFAULT_MAX_RETRY_BACKOFF,
         };
+        let loss_check_interval = match &redis.loss_check_interval {
+            Some(d) => {
+                let interval = v.duration(d, "redis.loss_check_interval")?;
+                if interval.is_zero() {
+                    return v.error(d.span(), "redis.loss_check_interval", "expected a positive duration");
+                }
+                interval
+            }
+            None => default_loss_check_interval(),
+        };
         let redis_settings = RedisSettings {
             url,
             version_prefix: redis.version_prefix.get_ref().clone(),
             version_ttl,
             max_retry_backoff,
             cluster: redis.cluster,
+            loss_check_interval,
         };
 
         let admin_text =
@@ -476,6 +590,31 @@ impl RawConfig {
             },
             None => DEFAULT_ADMIN_LISTEN.parse().expect("default admin address parses"),
         };
+        source.instance_id = raw_instance_id.filter(|id| !id.is_empty()).map(|id| {
+            if id == "auto" {
+                auto_instance_id(admin_listen)
+            } else {
+                id
+            }
+        });
+        let raw_admin = self.admin.map(Spanned::into_inner);
+        let probe = ProbeSettings {
+            interval: match raw_admin.as_ref().and_then(|a| a.probe_interval.as_ref()) {
+                Some(d) => v.duration(d, "admin.probe_interval")?,
+                None => default_probe_interval(),
+            },
+            timeout: match raw_admin.as_ref().and_then(|a| a.probe_timeout.as_ref()) {
+                Some(d) => v.duration(d, "admin.probe_timeout")?,
+                None => default_probe_timeout(),
+            },
+        };
+        if probe.interval.is_zero() || probe.timeout.is_zero() {
+            return v.error(
+                0..0,
+                "admin.probe_interval",
+                "probe interval and timeout must be positive",
+            );
+        }
 
         let raw_plan = self.plan.map(Spanned::into_inner);
         let positive = |value: &Option<Spanned<usize>>, field: &str, default: usize| match value {
@@ -744,6 +883,7 @@ impl RawConfig {
             source,
             redis: redis_settings,
             admin_listen,
+            probe,
             plan,
             dead_letters,
             lookup,
@@ -762,6 +902,8 @@ pub const FORCED_RDKAFKA_SETTINGS: &[&str] = &[
     "bootstrap.servers",
     "partition.assignment.strategy",
     "enable.partition.eof",
+    // Set from source.instance_id, so that it is one place and documented.
+    "group.instance.id",
 ];
 
 /// A name PostgreSQL takes without quoting; the schema is spliced into DDL.

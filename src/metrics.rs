@@ -27,6 +27,9 @@ pub const IN_FLIGHT: &str = "cdc_invalidator_in_flight_records";
 pub const PAUSED_PARTITIONS: &str = "cdc_invalidator_paused_partitions";
 pub const STALLED_PARTITIONS: &str = "cdc_invalidator_stalled_partitions";
 pub const REDIS_ERRORS: &str = "cdc_invalidator_redis_errors_total";
+pub const REDIS_DATA_LOSS: &str = "cdc_invalidator_redis_data_loss_total";
+pub const SOURCE_IDLE: &str = "cdc_invalidator_source_idle_seconds";
+pub const SOURCE_IDLE_TOPICS: &str = "cdc_invalidator_source_idle_topics";
 pub const READY: &str = "cdc_invalidator_ready";
 pub const BUILD_INFO: &str = "cdc_invalidator_build_info";
 pub const LOOKUP: &str = "cdc_invalidator_lookup_seconds";
@@ -218,6 +221,20 @@ fn describe() {
         "Partitions stopped at an invalidation that could not be applied or escalated."
     );
     describe_counter!(REDIS_ERRORS, "Failed Redis apply attempts, by error kind.");
+    describe_counter!(
+        REDIS_DATA_LOSS,
+        "Times Redis was found to have lost acknowledged writes (reason: missing, rolled_back, evicted); each bumped the epoch and every namespace."
+    );
+    describe_gauge!(
+        SOURCE_IDLE,
+        Unit::Seconds,
+        "Per watched topic (source.liveness_topics, else the subscribed ones): seconds since its high watermark last moved."
+    );
+    describe_gauge!(
+        SOURCE_IDLE_TOPICS,
+        Unit::Count,
+        "Watched topics idle for longer than source.max_idle (0 when no bound is set)."
+    );
     describe_gauge!(READY, "1 when connected, assigned and not stalled; 0 otherwise.");
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
     describe_histogram!(LOOKUP, Unit::Seconds, "Duration of one fan-out lookup query attempt.");
@@ -277,6 +294,18 @@ pub fn redis_apply(seconds: f64, targets: usize) {
 
 pub fn redis_error(kind: &'static str) {
     counter!(REDIS_ERRORS, "kind" => kind).increment(1);
+}
+
+pub fn source_idle(topic: &str, seconds: u64) {
+    gauge!(SOURCE_IDLE, "topic" => topic.to_owned()).set(seconds as f64);
+}
+
+pub fn source_idle_topics(count: usize) {
+    gauge!(SOURCE_IDLE_TOPICS).set(count as f64);
+}
+
+pub fn redis_data_loss(reason: &'static str) {
+    counter!(REDIS_DATA_LOSS, "reason" => reason).increment(1);
 }
 
 pub fn stored_offset(topic: &str, partition: i32, offset: i64) {

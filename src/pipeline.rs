@@ -24,6 +24,7 @@ use crate::graph::{
 };
 use crate::metrics::{self, Outcome};
 use crate::plan::{is_moot, Bump, Plan};
+use crate::sink::epoch::LossReason;
 use crate::sink::notice::Notices;
 use crate::sink::RedisSink;
 use crate::source::{self, Consumer, PartitionId, RebalanceEvent};
@@ -267,6 +268,10 @@ const TICK: Duration = Duration::from_secs(1);
 const FIRST_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 // How long a shutdown may spend on its final apply and commit.
 pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+// How long a shutdown waits for the final synchronous commit: a commit to a
+// healthy group takes milliseconds; past this it is stuck in a rebalance or
+// an outage, and what it would commit is at most a second of auto-commits.
+pub const SHUTDOWN_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a batch waits on while it retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,12 +305,14 @@ pub struct Pipeline {
     /// Set while Redis or the dead-letter store is unreachable: every
     /// partition is paused and Kafka holds the backlog.
     paused_for_outage: bool,
+    /// Every namespace of the graph: all are bumped when Redis lost writes.
+    namespaces: Vec<String>,
 }
 
 impl Pipeline {
     pub fn new(
         settings: Arc<Settings>,
-        sink: RedisSink,
+        mut sink: RedisSink,
         services: Services,
         status: Arc<Status>,
     ) -> Result<Pipeline, RunError> {
@@ -317,6 +324,8 @@ impl Pipeline {
             source,
         })?;
         status.redis_ok();
+        sink.enable_loss_detection();
+        let namespaces = all_namespaces(&settings);
         Ok(Pipeline {
             settings,
             consumer: Arc::new(consumer),
@@ -328,6 +337,7 @@ impl Pipeline {
             status,
             partitions: HashMap::new(),
             paused_for_outage: false,
+            namespaces,
         })
     }
 
@@ -346,6 +356,13 @@ impl Pipeline {
         self.refresh_paused_gauge();
         let mut batch = Batch::default();
         let mut next_tick = Instant::now() + TICK;
+        // Before anything is applied: did Redis lose writes while no daemon watched?
+        if self.check_loss(&shutdown).await.is_err() {
+            self.shut_down(batch).await;
+            return;
+        }
+        let loss_interval = self.settings.redis.loss_check_interval;
+        let mut next_loss_check = Instant::now() + loss_interval;
         loop {
             let now = Instant::now();
             let wake = batch.flush_at.unwrap_or(next_tick).min(next_tick);
@@ -390,10 +407,70 @@ impl Pipeline {
                 self.tick(&batch);
                 next_tick = now + TICK;
             }
+            if now >= next_loss_check {
+                if self.check_loss(&shutdown).await.is_err() {
+                    break;
+                }
+                next_loss_check = Instant::now() + loss_interval;
+            }
         }
         self.shut_down(batch).await;
         refresher_stop.cancel();
         let _ = refresher.await;
+    }
+
+    /// The periodic look at the epoch record; an unreachable Redis is left to
+    /// the readiness probe and the next apply.
+    async fn check_loss(&mut self, shutdown: &CancellationToken) -> Result<(), Abandoned> {
+        match self.sink.check_loss().await {
+            Ok(Some(reason)) => self.recover_from_loss(reason, shutdown).await,
+            Ok(None) => Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e, "loss check failed; retried at the next one");
+                Ok(())
+            }
+        }
+    }
+
+    /// Redis lost acknowledged writes: make every possibly-stale data key
+    /// unreachable (epoch, then every namespace) before anything else is
+    /// applied; retried like any write until Redis takes it.
+    async fn recover_from_loss(&mut self, reason: LossReason, shutdown: &CancellationToken) -> Result<(), Abandoned> {
+        metrics::redis_data_loss(reason.label());
+        let previous = self.sink.current_epoch().unwrap_or("0").to_owned();
+        if reason == LossReason::Missing && !self.sink.has_seen_epoch() {
+            tracing::warn!(
+                record = %crate::sink::epoch::epoch_record(self.sink.prefix()),
+                "no epoch record: this redis is used for the first time, or it lost all data; bumping the epoch and every namespace"
+            );
+        } else {
+            tracing::error!(
+                reason = reason.label(), previous_epoch = %previous, namespaces = self.namespaces.len(),
+                "redis lost acknowledged writes; bumping the epoch and every namespace before applying anything else"
+            );
+        }
+        let mut backoff = FIRST_RETRY_BACKOFF;
+        loop {
+            match self.sink.recover(&self.namespaces).await {
+                Ok(epoch) => {
+                    self.status.redis_ok();
+                    tracing::info!(%epoch, namespaces = self.namespaces.len(), "epoch advanced: data keys cached before the loss are unreachable");
+                    break;
+                }
+                Err(error) => {
+                    self.outage(Dependency::Redis, error.kind_label(), &error.to_string());
+                    if self.wait_polling(backoff, shutdown).await.is_err() {
+                        tracing::error!("shutdown before the epoch could be advanced after a redis data loss; the next run's check finds it again only if the record is still behind");
+                        return Err(Abandoned);
+                    }
+                    backoff = (backoff * 2).min(self.settings.redis.max_retry_backoff);
+                }
+            }
+        }
+        if self.paused_for_outage {
+            self.resume_after_outage();
+        }
+        Ok(())
     }
 
     /// Routes one record into the batch, or stalls its partition.
@@ -706,6 +783,11 @@ impl Pipeline {
         for timestamp_ms in &taken.record_times_ms {
             metrics::apply_latency((acknowledged_ms - timestamp_ms).max(0) as f64 / 1e3);
         }
+        if let Some(reason) = self.sink.take_loss() {
+            // This batch's bumps are in Redis; what Redis forgot before them
+            // is covered by the epoch before the next batch is applied.
+            self.recover_from_loss(reason, shutdown).await?;
+        }
         if self.paused_for_outage {
             self.resume_after_outage();
         }
@@ -903,13 +985,33 @@ impl Pipeline {
         if !matches!(drained, Ok(Ok(()))) {
             tracing::warn!("final batch not applied; its offsets are not committed");
         }
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => tracing::info!("final offsets committed"),
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.sink.forget_watermark()).await;
+        // A synchronous commit can block for a whole rebalance (34.5 s seen,
+        // then IllegalGeneration): it runs on its own thread and the stop
+        // waits for it at most SHUTDOWN_COMMIT_TIMEOUT. The consumer is
+        // closed on that thread too, so a hung close cannot hold the exit.
+        let consumer = self.consumer;
+        let (done, committed) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(consumer.commit_consumer_state(CommitMode::Sync));
+            drop(consumer);
+        });
+        match tokio::time::timeout(SHUTDOWN_COMMIT_TIMEOUT, committed).await {
+            Ok(Ok(Ok(()))) => tracing::info!("final offsets committed"),
             // librdkafka reports "nothing stored since the last commit" as an error.
-            Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {
+            Ok(Ok(Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)))) => {
                 tracing::info!("final commit: nothing new to commit")
             }
-            Err(e) => tracing::warn!(error = %e, "final commit failed; the next run replays from the last commit"),
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "final commit failed; the next run replays from the last commit")
+            }
+            Ok(Err(_)) => {
+                tracing::warn!("final commit thread ended without an answer; the next run replays from the last commit")
+            }
+            Err(_) => tracing::warn!(
+                timeout = ?SHUTDOWN_COMMIT_TIMEOUT,
+                "final commit did not finish in time; stopping anyway: the next owner replays from the last commit (the auto-commit at most a second older), which the guard makes harmless"
+            ),
         }
     }
 }
@@ -950,6 +1052,29 @@ async fn refresh_gauges(consumer: Arc<Consumer>, status: Arc<Status>, stop: Canc
 
 // A broker that does not answer within this is asked again at the next refresh.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How many namespaces a loss recovery bumps.
+pub fn namespace_count(settings: &Settings) -> usize {
+    all_namespaces(settings).len()
+}
+
+/// Every namespace an entity or a fan-out declares, once each.
+fn all_namespaces(settings: &Settings) -> Vec<String> {
+    let mut namespaces: Vec<String> = settings
+        .graph
+        .entities()
+        .iter()
+        .flat_map(|e| {
+            e.namespace
+                .iter()
+                .chain(e.fanouts.iter().filter_map(|f| f.namespace.as_ref()))
+        })
+        .cloned()
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
+    namespaces
+}
 
 fn record_results(bumps: &[Bump], results: &[crate::sink::BumpResult]) {
     let now = now_us();

@@ -67,7 +67,15 @@ async fn redis_outage_pauses_then_applies_everything_after_recovery() {
     })
     .await;
     assert!(not_ready.contains("\"ready\":false"), "{not_ready}");
-    let metrics = daemon.metrics().await;
+    // The readiness probe may see the outage before the pipeline's write fails.
+    let metrics = eventually("the pipeline to pause for the outage", Duration::from_secs(60), || {
+        let admin = daemon.admin.clone();
+        async move {
+            let (_, body) = common::http_get(&admin, "/metrics").await?;
+            (common::metric_sum(&body, "cdc_invalidator_paused_partitions", &[]) >= 1.0).then_some(body)
+        }
+    })
+    .await;
     assert!(
         common::metric_sum(&metrics, "cdc_invalidator_redis_errors_total", &[]) >= 1.0,
         "{metrics}"

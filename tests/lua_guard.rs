@@ -17,6 +17,7 @@ async fn sink(prefix: &str, ttl: Duration) -> RedisSink {
         version_ttl: ttl,
         max_retry_backoff: Duration::from_secs(1),
         cluster: false,
+        loss_check_interval: cdc_invalidator::config::default_loss_check_interval(),
     })
     .await
     .expect("redis from scripts/stack up")
@@ -185,6 +186,7 @@ async fn acl_user_from_the_url_is_used() {
         version_ttl: Duration::from_secs(60),
         max_retry_backoff: Duration::from_secs(1),
         cluster: false,
+        loss_check_interval: cdc_invalidator::config::default_loss_check_interval(),
     };
     let mut sink = RedisSink::connect(&settings).await.expect("ACL user connects");
     assert!(sink.apply(&[bump("k", Position::kafka("t", 0, 1))]).await.unwrap()[0].applied);
@@ -274,6 +276,7 @@ async fn tls_through_a_rediss_url() {
         version_ttl: Duration::from_secs(60),
         max_retry_backoff: Duration::from_secs(1),
         cluster: false,
+        loss_check_interval: cdc_invalidator::config::default_loss_check_interval(),
     };
     let mut sink = None;
     for _ in 0..50 {

@@ -122,6 +122,7 @@ async fn bumps_spread_over_slots_apply_guard_and_survive_script_flush() {
         version_ttl: Duration::from_secs(600),
         max_retry_backoff: Duration::from_secs(1),
         cluster: true,
+        loss_check_interval: cdc_invalidator::config::default_loss_check_interval(),
     })
     .await
     .unwrap();

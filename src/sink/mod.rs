@@ -11,11 +11,20 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 
 use crate::config::{redact_url, RedisSettings};
+use crate::event::Position;
+use crate::graph::Target;
 use crate::plan::Bump;
 
+pub mod epoch;
 pub mod notice;
 
+use epoch::{EpochReply, EpochState, LossReason, ServerView};
+
 pub const BUMP_SCRIPT: &str = include_str!("bump.lua");
+pub const EPOCH_SCRIPT: &str = include_str!("epoch.lua");
+/// The guard source of namespace bumps made by a loss recovery; its
+/// positions are the new epoch, so each recovery passes the guard once.
+pub const LOSS_SOURCE: &str = "loss";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -73,8 +82,14 @@ impl Connection {
 pub struct RedisSink {
     connection: Connection,
     script_sha: String,
+    epoch_sha: String,
     prefix: String,
     ttl_ms: u64,
+    /// Loss detection, enabled by `run` only (other commands never touch
+    /// the epoch record).
+    epoch: Option<EpochState>,
+    /// A loss the last apply revealed, for the caller to recover from.
+    pending_loss: Option<LossReason>,
 }
 
 impl RedisSink {
@@ -101,13 +116,156 @@ impl RedisSink {
             Connection::Standalone(ConnectionManager::new_with_config(client, config).await?)
         };
         // In a cluster, SCRIPT LOAD goes to every primary.
-        let script_sha = load_script(&mut connection).await?;
+        let (script_sha, epoch_sha) = load_scripts(&mut connection).await?;
         Ok(RedisSink {
             connection,
             script_sha,
+            epoch_sha,
             prefix: settings.version_prefix.clone(),
             ttl_ms: settings.version_ttl.as_millis() as u64,
+            epoch: None,
+            pending_loss: None,
         })
+    }
+
+    /// Turns on loss detection: every apply also advances this process's
+    /// watermark in the epoch record, in the same round trip.
+    pub fn enable_loss_detection(&mut self) {
+        self.epoch = Some(EpochState::new(&self.prefix, &epoch::process_token()));
+    }
+
+    /// The loss the last apply revealed (its bumps were applied; nothing
+    /// else may be before the recovery).
+    pub fn take_loss(&mut self) -> Option<LossReason> {
+        self.pending_loss.take()
+    }
+
+    /// Whether this process has seen the epoch record before (a missing
+    /// record at first contact may be a Redis used for the first time).
+    pub fn has_seen_epoch(&self) -> bool {
+        self.epoch.as_ref().is_some_and(|e| e.seen_record)
+    }
+
+    /// The epoch as of the last check or recovery.
+    pub fn current_epoch(&self) -> Option<&str> {
+        self.epoch.as_ref().and_then(|e| e.epoch.as_deref())
+    }
+
+    /// The periodic check: the watermarks, then (standalone) INFO for a
+    /// restart, a failover and evictions. Returns the loss it finds.
+    pub async fn check_loss(&mut self) -> Result<Option<LossReason>, SinkError> {
+        let Some(state) = &self.epoch else { return Ok(None) };
+        let state = state.clone();
+        let reply: EpochReply = self
+            .with_reload(|shas| epoch_check_cmd(shas.1, &state))
+            .await
+            .map(epoch_reply)?;
+        let state = self.epoch.as_mut().expect("checked above");
+        if let Some(loss) = state.observe(&reply) {
+            return Ok(Some(loss));
+        }
+        if matches!(self.connection, Connection::Cluster(_)) {
+            // INFO answers for one node only; evictions in a cluster are not
+            // watched yet (docs/redis-loss.md).
+            return Ok(None);
+        }
+        let info: String = self.connection.command(&redis::cmd("INFO")).await?;
+        let Some(view) = ServerView::parse(&info) else {
+            return Ok(None);
+        };
+        let state = self.epoch.as_mut().expect("checked above");
+        let previous = state.server.replace(view.clone());
+        if let Some(before) = previous {
+            if before.run_id != view.run_id {
+                tracing::info!(run_id = %view.run_id, "redis restarted or failed over (new run_id); watermarks intact, no loss");
+            }
+            let evicted = view.evicted_since(&before);
+            if evicted > 0 {
+                tracing::debug!(evicted, policy = %view.policy, "redis evicted keys");
+                return Ok(Some(LossReason::Evicted));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Re-establishes safety after a loss: advances the epoch, then bumps
+    /// every namespace (for readers that do not fold the epoch). Returns the
+    /// new epoch. Safe to repeat after a failure midway.
+    pub async fn recover(&mut self, namespaces: &[String]) -> Result<String, SinkError> {
+        let Some(state) = &self.epoch else {
+            return Ok(String::new());
+        };
+        let record = state.record.clone();
+        let own_field = state.own_field.clone();
+        let reply: EpochReply = self
+            .with_reload(|shas| {
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(shas.1).arg(1).arg(&record).arg("bump").arg(&own_field);
+                cmd
+            })
+            .await
+            .map(epoch_reply)?;
+        let ordinal = format!("{:0>20}", reply.epoch);
+        let bumps: Vec<Bump> = namespaces
+            .iter()
+            .map(|ns| Bump {
+                target: Target::Namespace(ns.clone()),
+                position: Position {
+                    source: LOSS_SOURCE.to_owned(),
+                    ordinal: ordinal.clone(),
+                },
+                commit_time_us: None,
+            })
+            .collect();
+        let state = self.epoch.as_mut().expect("checked above");
+        state.recovered(&reply);
+        // The epoch comes first: it covers every reader that folds it even if
+        // the namespace bumps fail and are retried.
+        self.apply(&bumps).await?;
+        if let Some(view) = self.server_view().await {
+            if let Some(state) = self.epoch.as_mut() {
+                state.server = Some(view);
+            }
+        }
+        Ok(reply.epoch)
+    }
+
+    /// Removes this process's watermark field on a clean stop.
+    pub async fn forget_watermark(&mut self) {
+        let Some(state) = &self.epoch else { return };
+        let cmd = redis::cmd("HDEL").arg(&state.record).arg(&state.own_field).clone();
+        if let Err(e) = self.connection.command::<i64>(&cmd).await {
+            tracing::debug!(error = %e, "watermark field not removed");
+        }
+    }
+
+    async fn server_view(&mut self) -> Option<ServerView> {
+        if matches!(self.connection, Connection::Cluster(_)) {
+            return None;
+        }
+        let info: String = self.connection.command(&redis::cmd("INFO")).await.ok()?;
+        ServerView::parse(&info)
+    }
+
+    /// Runs one script command, reloading the scripts once on NOSCRIPT.
+    async fn with_reload<T: redis::FromRedisValue>(
+        &mut self,
+        build: impl Fn((&str, &str)) -> redis::Cmd,
+    ) -> Result<T, SinkError> {
+        match self
+            .connection
+            .command(&build((&self.script_sha, &self.epoch_sha)))
+            .await
+        {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                (self.script_sha, self.epoch_sha) = load_scripts(&mut self.connection).await?;
+                Ok(self
+                    .connection
+                    .command(&build((&self.script_sha, &self.epoch_sha)))
+                    .await?)
+            }
+            other => Ok(other?),
+        }
     }
 
     pub fn prefix(&self) -> &str {
@@ -123,7 +281,7 @@ impl RedisSink {
         match self.try_apply(bumps).await {
             Err(SinkError::Redis(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 // The guard makes a partial first attempt harmless to repeat.
-                self.script_sha = load_script(&mut self.connection).await?;
+                (self.script_sha, self.epoch_sha) = load_scripts(&mut self.connection).await?;
                 self.try_apply(bumps).await
             }
             other => other,
@@ -142,8 +300,23 @@ impl RedisSink {
                 by_slot.into_values().collect()
             }
         };
+        let standalone = matches!(self.connection, Connection::Standalone(_));
+        let check = self.epoch.as_ref().map(|state| epoch_check_cmd(&self.epoch_sha, state));
+        let mut checked: Option<EpochReply> = None;
+        if let (Some(cmd), false) = (&check, standalone) {
+            // A cluster pipeline cannot cross slots: one more round trip, first.
+            checked = Some(epoch_reply(self.connection.command(cmd).await?));
+        }
         let requests = groups.into_iter().map(|indices| {
             let mut pipe = redis::pipe();
+            // Standalone: the watermark check rides in the batch's pipeline.
+            let with_check = match (&check, standalone) {
+                (Some(cmd), true) => {
+                    pipe.add_command(cmd.clone());
+                    true
+                }
+                _ => false,
+            };
             for &i in &indices {
                 pipe.cmd("EVALSHA")
                     .arg(&self.script_sha)
@@ -155,12 +328,25 @@ impl RedisSink {
             }
             let mut connection = self.connection.clone();
             async move {
-                let replies: Vec<(i64, String)> = connection.query(&pipe).await?;
-                Ok::<_, SinkError>((indices, replies))
+                let mut values: Vec<redis::Value> = connection.query(&pipe).await?;
+                let check = if with_check && !values.is_empty() {
+                    Some(epoch_reply(
+                        redis::from_redis_value(values.remove(0)).map_err(redis::RedisError::from)?,
+                    ))
+                } else {
+                    None
+                };
+                let replies: Vec<(i64, String)> = values
+                    .into_iter()
+                    .map(redis::from_redis_value)
+                    .collect::<Result<_, _>>()
+                    .map_err(redis::RedisError::from)?;
+                Ok::<_, SinkError>((indices, replies, check))
             }
         });
         let mut results = vec![None; bumps.len()];
-        for (indices, replies) in futures::future::try_join_all(requests).await? {
+        for (indices, replies, check) in futures::future::try_join_all(requests).await? {
+            checked = checked.or(check);
             if replies.len() != indices.len() {
                 return Err(SinkError::ShortReply {
                     sent: indices.len(),
@@ -172,6 +358,11 @@ impl RedisSink {
                     applied: applied == 1,
                     version: version.parse().unwrap_or(0),
                 });
+            }
+        }
+        if let (Some(reply), Some(state)) = (checked, self.epoch.as_mut()) {
+            if let Some(loss) = state.observe(&reply) {
+                self.pending_loss = Some(loss);
             }
         }
         Ok(results.into_iter().map(|r| r.expect("every index answered")).collect())
@@ -194,6 +385,50 @@ impl RedisSink {
         Ok(())
     }
 
+    /// What `check` needs to judge durability; refusals are kept as text.
+    pub async fn server_facts(&mut self, namespaces: usize) -> epoch::ServerFacts {
+        let mut config = std::collections::HashMap::new();
+        let mut refused = None;
+        for name in ["save", "appendonly", "appendfsync", "maxmemory", "maxmemory-policy"] {
+            match self
+                .connection
+                .command::<Vec<String>>(redis::cmd("CONFIG").arg("GET").arg(name))
+                .await
+            {
+                Ok(pair) => {
+                    if let [key, value] = pair.as_slice() {
+                        config.insert(key.clone(), value.clone());
+                    }
+                }
+                Err(e) => {
+                    refused = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        let info = self
+            .connection
+            .command::<String>(&redis::cmd("INFO"))
+            .await
+            .map_err(|e| e.to_string());
+        epoch::ServerFacts {
+            config: match refused {
+                Some(e) => Err(e),
+                None => Ok(config),
+            },
+            info,
+            cluster: matches!(self.connection, Connection::Cluster(_)),
+            namespaces,
+        }
+    }
+
+    /// A handle for the readiness probe, sharing this sink's connection.
+    pub fn prober(&self) -> RedisProbe {
+        RedisProbe {
+            connection: self.connection.clone(),
+        }
+    }
+
     /// Liveness probe for `check` and readiness.
     pub async fn ping(&mut self) -> Result<(), SinkError> {
         self.connection.command::<String>(&redis::cmd("PING")).await?;
@@ -210,10 +445,44 @@ impl RedisSink {
     }
 }
 
-async fn load_script(connection: &mut Connection) -> Result<String, SinkError> {
-    Ok(connection
+/// PINGs Redis for the readiness probe, on its own task.
+pub struct RedisProbe {
+    connection: Connection,
+}
+
+impl RedisProbe {
+    pub async fn ping(&mut self) -> Result<(), SinkError> {
+        self.connection.command::<String>(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+}
+
+async fn load_scripts(connection: &mut Connection) -> Result<(String, String), SinkError> {
+    let bump = connection
         .command(redis::cmd("SCRIPT").arg("LOAD").arg(BUMP_SCRIPT))
-        .await?)
+        .await?;
+    let epoch = connection
+        .command(redis::cmd("SCRIPT").arg("LOAD").arg(EPOCH_SCRIPT))
+        .await?;
+    Ok((bump, epoch))
+}
+
+fn epoch_check_cmd(sha: &str, state: &EpochState) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(sha).arg(1).arg(&state.record);
+    for arg in state.check_args() {
+        cmd.arg(arg);
+    }
+    cmd
+}
+
+fn epoch_reply((status, epoch, own, shared): (String, String, i64, i64)) -> EpochReply {
+    EpochReply {
+        status,
+        epoch,
+        own,
+        shared,
+    }
 }
 
 /// Redis Cluster's hash slot: CRC16 (XMODEM) of the key, or of its hash tag

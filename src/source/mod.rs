@@ -10,6 +10,8 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 
+pub mod liveness;
+
 use crate::config::{PlanSettings, SourceSettings};
 use crate::event::KafkaRecord;
 
@@ -80,7 +82,43 @@ fn partitions(tpl: &rdkafka::TopicPartitionList) -> Vec<PartitionId> {
         .collect()
 }
 
+/// librdkafka's own log lines, at the levels of README's policy: broker
+/// connection failures during a Kafka restart are a degraded path the client
+/// handles (WARN), not an invalidation at risk; only librdkafka's critical
+/// levels (a broken client) are ERROR.
+pub fn log_librdkafka(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+            tracing::error!(target: "librdkafka", facility, "{message}")
+        }
+        RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => {
+            tracing::warn!(target: "librdkafka", facility, "{message}")
+        }
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(target: "librdkafka", facility, "{message}"),
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+    }
+}
+
+/// librdkafka's global error callback: transport errors (all brokers down,
+/// a broker restarting) are retried by the client and nothing is committed
+/// meanwhile (WARN); a fatal error ends the consumer (ERROR).
+pub fn log_client_error(error: &rdkafka::error::KafkaError, reason: &str) {
+    if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Fatal) {
+        tracing::error!(target: "librdkafka", %error, reason, "fatal kafka client error");
+    } else {
+        tracing::warn!(target: "librdkafka", %error, reason, "kafka client error (retried by the client)");
+    }
+}
+
 impl ClientContext for SourceContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_librdkafka(level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        log_client_error(&error, reason);
+    }
+
     fn stats(&self, statistics: Statistics) {
         let paused = lock(&self.paused).clone();
         for (topic, t) in &statistics.topics {
@@ -179,6 +217,12 @@ pub fn consumer(settings: &SourceSettings, plan: &PlanSettings) -> Result<Consum
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("enable.partition.eof", "false")
         .set_log_level(RDKafkaLogLevel::Warning);
+    if let Some(id) = &settings.instance_id {
+        // Static membership (KIP-345): a replica restarted within
+        // session.timeout.ms rejoins as the same member and gets its
+        // partitions back without waiting for its old session to expire.
+        config.set("group.instance.id", id);
+    }
     config.create_with_context(SourceContext::default())
 }
 

@@ -80,6 +80,18 @@ pub async fn versions(
         .unwrap();
     let mut out = std::collections::BTreeMap::new();
     for key in keys {
+        // Not version records of changes: the epoch record, and namespace
+        // records only a loss recovery bumped (at a Redis's first use, the
+        // daemon cannot tell it from one that lost everything).
+        if key == format!("{prefix}epoch") {
+            continue;
+        }
+        if key.starts_with(&format!("{prefix}ns:")) {
+            let fields: Vec<String> = redis::cmd("HKEYS").arg(&key).query_async(conn).await.unwrap();
+            if fields.iter().filter(|f| f.starts_with("p:")).all(|f| f == "p:loss") {
+                continue;
+            }
+        }
         let v: Option<String> = redis::cmd("HGET").arg(&key).arg("v").query_async(conn).await.unwrap();
         out.insert(
             key[prefix.len()..].to_owned(),
@@ -486,25 +498,58 @@ pub async fn count_keys(url: &str, pattern: &str) -> usize {
 pub struct PrivateRedis {
     child: Child,
     pub port: u16,
+    /// Extra redis-server arguments, kept for `restart`.
+    args: Vec<String>,
 }
 
 impl PrivateRedis {
     pub fn start(port: u16) -> PrivateRedis {
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        PrivateRedis::start_with(port, &["--save", "", "--appendonly", "no"])
+    }
+
+    /// A private redis-server with its own arguments (persistence, memory).
+    pub fn start_with(port: u16, args: &[&str]) -> PrivateRedis {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        PrivateRedis {
+            child: PrivateRedis::spawn(port, &args),
+            port,
+            args,
+        }
+    }
+
+    fn spawn(port: u16, args: &[String]) -> Child {
+        Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(args)
             .stdout(Stdio::null())
             .spawn()
-            .expect("redis-server (installed by scripts/stack up)");
-        PrivateRedis { child, port }
+            .expect("redis-server (installed by scripts/stack up)")
+    }
+
+    /// kill -9, then the same server again on the same port (it loads
+    /// whatever its persistence kept), waiting until it answers.
+    pub async fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = PrivateRedis::spawn(self.port, &self.args);
+        let url = self.url();
+        eventually("the restarted redis to answer", Duration::from_secs(20), || {
+            let url = url.clone();
+            async move {
+                let mut conn = redis::Client::open(url)
+                    .ok()?
+                    .get_multiplexed_async_connection()
+                    .await
+                    .ok()?;
+                // PING fails with LOADING while the dataset is read.
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
+        })
+        .await;
     }
 
     pub fn url(&self) -> String {
@@ -530,7 +575,15 @@ impl Drop for PrivateRedis {
 impl PrivateRedis {
     /// Starts a private redis-server and waits until it answers.
     pub async fn start_ready() -> PrivateRedis {
-        let redis = PrivateRedis::start(free_port());
+        PrivateRedis::ready(PrivateRedis::start(free_port())).await
+    }
+
+    /// `start_with` on a free port, waiting until it answers.
+    pub async fn start_ready_with(args: &[&str]) -> PrivateRedis {
+        PrivateRedis::ready(PrivateRedis::start_with(free_port(), args)).await
+    }
+
+    async fn ready(redis: PrivateRedis) -> PrivateRedis {
         eventually("the private redis to answer", Duration::from_secs(10), || {
             let url = redis.url();
             async move {

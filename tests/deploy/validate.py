@@ -33,6 +33,7 @@ COUNTERS = {
     "cdc_invalidator_audit_checks_total",
     "cdc_invalidator_notices_total",
     "cdc_invalidator_audit_violations_total",
+    "cdc_invalidator_redis_data_loss_total",
 }
 GAUGES = {
     "cdc_invalidator_consumer_lag_records",
@@ -43,6 +44,8 @@ GAUGES = {
     "cdc_invalidator_ready",
     "cdc_invalidator_audit_stale_ratio",
     "cdc_invalidator_build_info",
+    "cdc_invalidator_source_idle_seconds",
+    "cdc_invalidator_source_idle_topics",
 }
 HISTOGRAMS = {
     "cdc_invalidator_invalidation_propagation_seconds",

@@ -1,0 +1,377 @@
+//! Redis data-loss detection through the epoch record (`{prefix}epoch`,
+//! `epoch.lua` beside this file). Every applied batch and every periodic
+//! check advance two counters in the record: one only this process writes,
+//! one all processes share. A counter that went backwards, or a record that
+//! is gone, means Redis lost writes it had acknowledged; so do evictions
+//! under an evicting `maxmemory-policy` (INFO `evicted_keys`). The recovery
+//! advances the epoch (which readers fold into every data key) and every
+//! namespace, before anything else is applied.
+
+use std::collections::HashMap;
+
+/// Why the daemon concluded that Redis lost acknowledged writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossReason {
+    /// No epoch record: first use of this Redis, FLUSHALL, a restart without
+    /// persistence, or the record was evicted.
+    Missing,
+    /// A watermark went backwards: a restart from an older snapshot, a
+    /// failover to a replica that missed writes, a restore.
+    RolledBack,
+    /// Redis evicted keys under an evicting maxmemory-policy: version records
+    /// may be among them.
+    Evicted,
+}
+
+impl LossReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            LossReason::Missing => "missing",
+            LossReason::RolledBack => "rolled_back",
+            LossReason::Evicted => "evicted",
+        }
+    }
+}
+
+/// What one process remembers of the epoch record between calls.
+#[derive(Debug, Clone)]
+pub struct EpochState {
+    /// `{prefix}epoch`.
+    pub record: String,
+    /// `w:<process>`: a field no other process writes.
+    pub own_field: String,
+    /// The value this process last saw in its own field.
+    pub own: Option<i64>,
+    /// The highest shared watermark seen.
+    pub shared: Option<i64>,
+    /// The epoch as of the last check.
+    pub epoch: Option<String>,
+    /// Whether this process has seen the record at least once (a missing
+    /// record at first contact may just be a new Redis).
+    pub seen_record: bool,
+    /// INFO's run_id and evicted_keys at the last check.
+    pub server: Option<ServerView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerView {
+    pub run_id: String,
+    pub evicted_keys: u64,
+    /// `maxmemory_policy`; `noeviction` never evicts.
+    pub policy: String,
+}
+
+impl ServerView {
+    /// Parses the fields of INFO (server, stats, memory sections) it needs.
+    pub fn parse(info: &str) -> Option<ServerView> {
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(|v| v.trim().to_owned()))
+        };
+        Some(ServerView {
+            run_id: field("run_id")?,
+            evicted_keys: field("evicted_keys")?.parse().ok()?,
+            policy: field("maxmemory_policy").unwrap_or_else(|| "unknown".into()),
+        })
+    }
+
+    /// Keys evicted since `before` that may be version records. A new run_id
+    /// (restart, failover) restarts the counter from zero.
+    pub fn evicted_since(&self, before: &ServerView) -> u64 {
+        if self.policy == "noeviction" {
+            return 0;
+        }
+        if self.run_id == before.run_id {
+            self.evicted_keys.saturating_sub(before.evicted_keys)
+        } else {
+            self.evicted_keys
+        }
+    }
+}
+
+/// One reply of `epoch.lua`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochReply {
+    pub status: String,
+    pub epoch: String,
+    pub own: i64,
+    pub shared: i64,
+}
+
+impl EpochState {
+    pub fn new(prefix: &str, process: &str) -> EpochState {
+        EpochState {
+            record: epoch_record(prefix),
+            own_field: format!("w:{process}"),
+            own: None,
+            shared: None,
+            epoch: None,
+            seen_record: false,
+            server: None,
+        }
+    }
+
+    /// The arguments of a check call after KEYS[1].
+    pub fn check_args(&self) -> [String; 4] {
+        [
+            "check".into(),
+            self.own_field.clone(),
+            self.own.map(|n| n.to_string()).unwrap_or_default(),
+            self.shared.map(|n| n.to_string()).unwrap_or_default(),
+        ]
+    }
+
+    /// Takes a check reply in; returns the loss it reveals, if any.
+    pub fn observe(&mut self, reply: &EpochReply) -> Option<LossReason> {
+        match reply.status.as_str() {
+            "ok" => {
+                self.seen_record = true;
+                self.own = Some(reply.own);
+                self.shared = Some(self.shared.map_or(reply.shared, |s| s.max(reply.shared)));
+                self.epoch = Some(reply.epoch.clone());
+                None
+            }
+            "missing" => Some(LossReason::Missing),
+            _ => Some(LossReason::RolledBack),
+        }
+    }
+
+    /// After the recovery bumped the epoch: the new baseline.
+    pub fn recovered(&mut self, reply: &EpochReply) {
+        self.seen_record = true;
+        self.own = Some(reply.own);
+        self.shared = Some(reply.shared);
+        self.epoch = Some(reply.epoch.clone());
+    }
+}
+
+/// The key of the epoch record readers fold into their data keys.
+pub fn epoch_record(prefix: &str) -> String {
+    format!("{prefix}epoch")
+}
+
+/// A name for this process's watermark field: unique per process (a restart
+/// is a new process that learns nothing from its predecessor's memory).
+pub fn process_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("{:016x}", hasher.finish())
+}
+
+/// One line of `check`'s verdict on how Redis keeps version records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    Ok(String),
+    Warn(String),
+}
+
+/// What `check` learned from the server; each part may have been refused.
+pub struct ServerFacts {
+    /// CONFIG GET of save, appendonly, appendfsync, maxmemory,
+    /// maxmemory-policy; Err when refused (ACLs) or unsupported.
+    pub config: Result<HashMap<String, String>, String>,
+    /// INFO (all default sections); Err when refused.
+    pub info: Result<String, String>,
+    pub cluster: bool,
+    /// Namespaces the config declares (bumped on a loss).
+    pub namespaces: usize,
+}
+
+/// `check`'s verdict: persistence, eviction, and whether loss is detectable.
+pub fn assess(facts: &ServerFacts) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let info_field = |name: &str| {
+        facts.info.as_ref().ok().and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(|v| v.trim().to_owned()))
+        })
+    };
+    if let Err(e) = &facts.config {
+        out.push(Finding::Warn(format!(
+            "CONFIG GET refused ({e}); persistence and eviction are read from INFO instead"
+        )));
+    }
+    let config = facts.config.as_ref().ok();
+    let get = |name: &str| config.and_then(|c| c.get(name).cloned());
+    // Persistence.
+    let aof = get("appendonly")
+        .map(|v| v == "yes")
+        .or_else(|| info_field("aof_enabled").map(|v| v == "1"));
+    let save = get("save");
+    match (aof, save.as_deref()) {
+        (Some(false), Some("")) => out.push(Finding::Warn(
+            "persistence is off (save \"\", appendonly no): a restart loses every version record; the daemon detects it and bumps the epoch and every namespace, so readers must fold one of them".into(),
+        )),
+        (Some(false), Some(schedule)) => out.push(Finding::Warn(format!(
+            "only RDB snapshots (save {schedule:?}, appendonly no): a restart or failover loses the writes since the last snapshot; the daemon detects it and bumps the epoch and every namespace"
+        ))),
+        (Some(false), None) => out.push(Finding::Warn(
+            "no append-only file (aof_enabled:0) and the snapshot schedule is unknown: a restart loses writes since the last snapshot, if any; the daemon detects it and bumps the epoch".into(),
+        )),
+        (Some(true), _) => match get("appendfsync").as_deref() {
+            Some("always") => out.push(Finding::Ok("persistence: append-only file, fsync always".into())),
+            Some(other) => out.push(Finding::Warn(format!(
+                "append-only file with appendfsync {other}: a crash loses up to about a second of writes; the daemon detects it and bumps the epoch"
+            ))),
+            None => out.push(Finding::Ok("persistence: append-only file (fsync policy unknown)".into())),
+        },
+        (None, _) => out.push(Finding::Warn(
+            "persistence unknown (CONFIG and INFO refused)".into(),
+        )),
+    }
+    // Eviction.
+    let policy = get("maxmemory-policy").or_else(|| info_field("maxmemory_policy"));
+    let maxmemory = get("maxmemory").or_else(|| info_field("maxmemory"));
+    match (policy.as_deref(), maxmemory.as_deref()) {
+        (Some("noeviction"), _) => out.push(Finding::Ok(
+            "maxmemory-policy noeviction: version records are never evicted (a full Redis refuses writes and the daemon retries)".into(),
+        )),
+        (Some(p), m) if p.starts_with("allkeys-") || p.starts_with("volatile-") => {
+            let note = if m == Some("0") { " (maxmemory 0: no limit yet)" } else { "" };
+            out.push(Finding::Warn(format!(
+                "maxmemory-policy {p}{note} can evict version records (they carry a TTL); the daemon treats every eviction as a loss and bumps the epoch: use noeviction for the Redis holding version records"
+            )))
+        }
+        (Some(p), _) => out.push(Finding::Warn(format!("maxmemory-policy {p}: not known to this check"))),
+        (None, _) => out.push(Finding::Warn("maxmemory-policy unknown (CONFIG and INFO refused)".into())),
+    }
+    // Detection.
+    if let Err(e) = &facts.info {
+        out.push(Finding::Warn(format!(
+            "INFO refused ({e}): evictions and restarts cannot be watched, only lost or rolled-back epoch records; grant +info"
+        )));
+    } else if facts.cluster {
+        out.push(Finding::Warn(
+            "cluster: the epoch record detects restarts and rollbacks of its own node only, and evictions are not watched".into(),
+        ));
+    } else {
+        out.push(Finding::Ok(
+            "loss detection: epoch record watermarks, run_id and evicted_keys are watched".into(),
+        ));
+    }
+    if facts.namespaces == 0 {
+        out.push(Finding::Warn(
+            "no entity declares a namespace: after a loss only readers that fold the epoch record are protected".into(),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: &str, own: i64, shared: i64) -> EpochReply {
+        EpochReply {
+            status: status.into(),
+            epoch: "1700000000000000".into(),
+            own,
+            shared,
+        }
+    }
+
+    fn warnings(facts: &ServerFacts) -> Vec<String> {
+        assess(facts)
+            .into_iter()
+            .filter_map(|f| match f {
+                Finding::Warn(w) => Some(w),
+                Finding::Ok(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn check_warns_about_persistence_eviction_and_refused_config() {
+        let config = |pairs: &[(&str, &str)]| -> Result<HashMap<String, String>, String> {
+            Ok(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        };
+        let safe = ServerFacts {
+            config: config(&[
+                ("save", ""),
+                ("appendonly", "yes"),
+                ("appendfsync", "always"),
+                ("maxmemory", "0"),
+                ("maxmemory-policy", "noeviction"),
+            ]),
+            info: Ok("run_id:x\r\n".into()),
+            cluster: false,
+            namespaces: 2,
+        };
+        assert_eq!(warnings(&safe), Vec::<String>::new());
+
+        let off = ServerFacts {
+            config: config(&[("save", ""), ("appendonly", "no"), ("maxmemory-policy", "allkeys-lru")]),
+            ..safe
+        };
+        let w = warnings(&off);
+        assert!(w[0].starts_with("persistence is off"), "{w:?}");
+        assert!(w[1].starts_with("maxmemory-policy allkeys-lru"), "{w:?}");
+
+        let refused = ServerFacts {
+            config: Err("NOPERM".into()),
+            info: Ok("aof_enabled:0\r\nmaxmemory_policy:volatile-lru\r\n".into()),
+            cluster: false,
+            namespaces: 0,
+        };
+        let w = warnings(&refused);
+        assert!(w[0].contains("CONFIG GET refused (NOPERM)"), "{w:?}");
+        assert!(w[1].contains("aof_enabled:0"), "{w:?}");
+        assert!(w[2].starts_with("maxmemory-policy volatile-lru"), "{w:?}");
+        assert!(w[3].starts_with("no entity declares a namespace"), "{w:?}");
+
+        let blind = ServerFacts {
+            config: Err("NOPERM".into()),
+            info: Err("NOPERM".into()),
+            cluster: false,
+            namespaces: 1,
+        };
+        let w = warnings(&blind);
+        assert!(w.iter().any(|l| l.starts_with("INFO refused (NOPERM)")), "{w:?}");
+    }
+
+    #[test]
+    fn check_arguments_carry_what_was_seen() {
+        let mut state = EpochState::new("ver:", "abc");
+        assert_eq!(state.record, "ver:epoch");
+        assert_eq!(state.check_args(), ["check", "w:abc", "", ""]);
+        assert_eq!(state.observe(&reply("ok", 1, 7)), None);
+        assert_eq!(state.check_args(), ["check", "w:abc", "1", "7"]);
+        // Another process advanced the shared counter further: the highest stays.
+        assert_eq!(state.observe(&reply("ok", 2, 5)), None);
+        assert_eq!(state.shared, Some(7));
+        assert_eq!(state.observe(&reply("rolled_back", 1, 3)), Some(LossReason::RolledBack));
+        assert_eq!(state.observe(&reply("missing", 0, 0)), Some(LossReason::Missing));
+    }
+
+    #[test]
+    fn evictions_count_only_under_an_evicting_policy_and_per_run() {
+        let info =
+            "# Server\r\nrun_id:aaa\r\n# Stats\r\nevicted_keys:5\r\n# Memory\r\nmaxmemory_policy:allkeys-lru\r\n";
+        let before = ServerView::parse(info).unwrap();
+        assert_eq!(before.policy, "allkeys-lru");
+        let later = ServerView {
+            evicted_keys: 9,
+            ..before.clone()
+        };
+        assert_eq!(later.evicted_since(&before), 4);
+        let restarted = ServerView {
+            run_id: "bbb".into(),
+            evicted_keys: 2,
+            ..before.clone()
+        };
+        assert_eq!(restarted.evicted_since(&before), 2);
+        let safe = ServerView {
+            policy: "noeviction".into(),
+            ..later
+        };
+        assert_eq!(safe.evicted_since(&before), 0);
+        assert_eq!(ServerView::parse("# Server\r\nrun_id:aaa\r\n"), None);
+    }
+}

@@ -1,0 +1,307 @@
+//! Redis losing acknowledged writes (docs/redis-loss.md): a restart from an
+//! older snapshot, FLUSHALL and evictions are detected and answered by an
+//! epoch and namespace bump; a restart that lost nothing is not a loss.
+//! Every test runs its own redis-server.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{eventually, Daemon, PrivateRedis};
+use serde_json::json;
+
+struct Setup {
+    topic: String,
+    table: String,
+    cfg: tempfile::NamedTempFile,
+    admin_port: u16,
+}
+
+fn setup(redis: &PrivateRedis) -> Setup {
+    let table = common::unique("loss");
+    let topic = format!("{}.public.{table}", common::topic_prefix());
+    let admin_port = common::free_port();
+    let entity = format!(
+        "[[entity]]\ntable = \"public.{table}\"\nnamespace = \"item\"\nconsistency = \"strong\"\nmax_cache_ttl = \"10m\"\nkeys = [\"item:{{id}}\"]\n"
+    );
+    let cfg = common::write_config(&topic, &redis.url(), "ver:", admin_port, &entity);
+    Setup {
+        topic,
+        table,
+        cfg,
+        admin_port,
+    }
+}
+
+async fn hget(url: &str, key: &str, field: &str) -> Option<u64> {
+    let mut conn = redis::Client::open(url)
+        .ok()?
+        .get_multiplexed_async_connection()
+        .await
+        .ok()?;
+    let v: Option<String> = redis::cmd("HGET")
+        .arg(key)
+        .arg(field)
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    v?.parse().ok()
+}
+
+async fn command(url: &str, args: &[&str]) -> redis::Value {
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(&mut conn).await.unwrap()
+}
+
+/// Produces one change of row `id` at `lsn` and waits until its version exceeds `above`.
+async fn change(s: &Setup, redis: &PrivateRedis, id: i64, lsn: u64, above: u64) -> u64 {
+    common::produce(
+        &s.topic,
+        &[common::debezium_change(
+            &s.table,
+            "u",
+            lsn,
+            id,
+            json!({"id": id}),
+            common::now_us(),
+        )],
+    )
+    .await;
+    let url = redis.url();
+    eventually("the change to be applied", Duration::from_secs(60), || {
+        let url = url.clone();
+        async move { hget(&url, &format!("ver:item:{id}"), "v").await.filter(|v| *v > above) }
+    })
+    .await
+}
+
+async fn loss_count(daemon: &Daemon, reason: &str) -> f64 {
+    common::metric_sum(
+        &daemon.metrics().await,
+        "cdc_invalidator_redis_data_loss_total",
+        &[&format!("reason=\"{reason}\"")],
+    )
+}
+
+/// Waits until the epoch differs from `before` and returns it.
+async fn epoch_after(url: &str, before: u64) -> u64 {
+    eventually("the epoch to advance", Duration::from_secs(30), || async move {
+        hget(url, "ver:epoch", "e").await.filter(|e| *e > before)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn restart_from_an_older_snapshot_bumps_epoch_and_namespaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_text = dir.path().to_str().unwrap().to_owned();
+    let mut redis = PrivateRedis::start_ready_with(&[
+        "--dir",
+        &dir_text,
+        "--dbfilename",
+        "dump.rdb",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ])
+    .await;
+    let s = setup(&redis);
+    let daemon = Daemon::start(s.cfg.path(), s.admin_port);
+    let v1 = change(&s, &redis, 1, 10, 0).await;
+    // First contact with a new Redis: no epoch record yet, created now.
+    let e0 = epoch_after(&redis.url(), 0).await;
+    let ns0 = hget(&redis.url(), "ver:ns:item", "v")
+        .await
+        .expect("namespace bumped at first use");
+
+    command(&redis.url(), &["SAVE"]).await;
+    let v2 = change(&s, &redis, 1, 20, v1).await;
+    // Let a periodic check see the record after the second change too.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.crash_and_restart().await;
+
+    let e1 = epoch_after(&redis.url(), e0).await;
+    eventually("the loss to be counted", Duration::from_secs(10), || {
+        let daemon = &daemon;
+        async move { (loss_count(daemon, "rolled_back").await >= 1.0).then_some(()) }
+    })
+    .await;
+    // The snapshot really lost the second change: the version went back.
+    assert_eq!(hget(&redis.url(), "ver:item:1", "v").await, Some(v1), "v2 was {v2}");
+    let ns1 = hget(&redis.url(), "ver:ns:item", "v").await.unwrap();
+    assert!(ns1 > ns0, "namespace {ns0} -> {ns1}");
+    assert!(e1 > e0);
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("redis lost acknowledged writes")),
+        "{}",
+        daemon.log_tail()
+    );
+    // Applying goes on after the recovery.
+    change(&s, &redis, 1, 30, v1).await;
+}
+
+#[tokio::test]
+async fn flushall_and_evictions_are_losses() {
+    let mut redis = PrivateRedis::start_ready_with(&[
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--maxmemory",
+        "4mb",
+        "--maxmemory-policy",
+        "allkeys-random",
+    ])
+    .await;
+    let s = setup(&redis);
+    let daemon = Daemon::start(s.cfg.path(), s.admin_port);
+    change(&s, &redis, 1, 10, 0).await;
+    let e0 = epoch_after(&redis.url(), 0).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let missing_before = loss_count(&daemon, "missing").await;
+
+    command(&redis.url(), &["FLUSHALL"]).await;
+    let e1 = epoch_after(&redis.url(), e0).await;
+    eventually("FLUSHALL to be counted", Duration::from_secs(10), || {
+        let daemon = &daemon;
+        async move { (loss_count(daemon, "missing").await > missing_before).then_some(()) }
+    })
+    .await;
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("redis lost acknowledged writes")),
+        "{}",
+        daemon.log_tail()
+    );
+
+    // Fill memory past maxmemory with data keys: Redis evicts.
+    let filler = "x".repeat(1024);
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for i in 0..8000 {
+        let _: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(format!("data:{i}"))
+            .arg(&filler)
+            .query_async(&mut conn)
+            .await;
+    }
+    let info: String = redis::cmd("INFO").arg("stats").query_async(&mut conn).await.unwrap();
+    assert!(!info.contains("evicted_keys:0\r"), "nothing was evicted: {info}");
+    epoch_after(&redis.url(), e1).await;
+    eventually("the eviction to be counted", Duration::from_secs(10), || {
+        let daemon = &daemon;
+        async move { (loss_count(daemon, "evicted").await >= 1.0).then_some(()) }
+    })
+    .await;
+    drop(daemon);
+    let _ = &mut redis;
+}
+
+#[tokio::test]
+async fn a_restart_that_lost_nothing_is_not_a_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_text = dir.path().to_str().unwrap().to_owned();
+    let mut redis = PrivateRedis::start_ready_with(&[
+        "--dir",
+        &dir_text,
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+    ])
+    .await;
+    let s = setup(&redis);
+    let daemon = Daemon::start(s.cfg.path(), s.admin_port);
+    let v1 = change(&s, &redis, 1, 10, 0).await;
+    let e0 = epoch_after(&redis.url(), 0).await;
+    // The first use counts once as "missing"; nothing may be added after it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let total = |text: String| common::metric_sum(&text, "cdc_invalidator_redis_data_loss_total", &[]);
+    let before = total(daemon.metrics().await);
+    assert_eq!(before, 1.0, "first use counts once");
+
+    redis.crash_and_restart().await;
+    let v2 = change(&s, &redis, 1, 20, v1).await;
+    // Several periodic checks (1 s) across the reconnect.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(hget(&redis.url(), "ver:epoch", "e").await, Some(e0));
+    assert_eq!(total(daemon.metrics().await), before, "{}", daemon.log_tail());
+    assert!(v2 > v1);
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(
+        log.contains("new run_id"),
+        "the restart was seen: {}",
+        daemon.log_tail()
+    );
+}
+
+/// A rough figure, printed, not asserted: the cost of the watermark check
+/// riding in each batch's pipeline.
+#[tokio::test]
+async fn epoch_check_cost() {
+    use cdc_invalidator::config::{default_loss_check_interval, RedisSettings};
+    use cdc_invalidator::event::Position;
+    use cdc_invalidator::graph::Target;
+    use cdc_invalidator::plan::Bump;
+    use cdc_invalidator::sink::RedisSink;
+    let redis = PrivateRedis::start_ready().await;
+    let settings = RedisSettings {
+        url: redis.url(),
+        version_prefix: "ver:".into(),
+        version_ttl: Duration::from_secs(600),
+        max_retry_backoff: Duration::from_secs(1),
+        cluster: false,
+        loss_check_interval: default_loss_check_interval(),
+    };
+    const BATCHES: u64 = 2000;
+    for batch_size in [1u64, 100] {
+        let mut figures = Vec::new();
+        for detect in [false, true] {
+            let mut sink = RedisSink::connect(&settings).await.unwrap();
+            if detect {
+                sink.enable_loss_detection();
+                // The first sink meets a new Redis (no epoch record), the next one does not.
+                if let Some(reason) = sink.check_loss().await.unwrap() {
+                    assert_eq!(reason.label(), "missing");
+                    sink.recover(&[]).await.unwrap();
+                }
+                assert_eq!(sink.check_loss().await.unwrap(), None);
+            }
+            let started = Instant::now();
+            for n in 0..BATCHES {
+                let bumps: Vec<Bump> = (0..batch_size)
+                    .map(|k| Bump {
+                        target: Target::Key(format!("bench:{batch_size}:{detect}:{k}")),
+                        position: Position::kafka("t", 0, (n * batch_size + k) as i64),
+                        commit_time_us: None,
+                    })
+                    .collect();
+                let results = sink.apply(&bumps).await.unwrap();
+                assert!(results.iter().all(|r| r.applied));
+                assert_eq!(sink.take_loss(), None);
+            }
+            figures.push(started.elapsed().as_secs_f64() * 1e6 / BATCHES as f64);
+        }
+        eprintln!(
+            "batches of {batch_size} bump(s): {:.1} us per batch without the epoch check, {:.1} us with it",
+            figures[0], figures[1]
+        );
+    }
+}
