@@ -96,14 +96,7 @@ fn main() -> anyhow::Result<()> {
 /// The daemon's consumer path without the daemon: same settings (the
 /// daemon's `source::consumer`), same awaited `recv()`, same owned copy.
 async fn stream(args: Args) -> anyhow::Result<()> {
-    use cdc_invalidator::config::{PlanSettings, SourceSettings, Subscription};
     let ends = kafka::end_offsets(&args.brokers, &args.topic)?;
-    let settings = SourceSettings {
-        brokers: args.brokers.clone(),
-        group_id: format!("cdc-bench-raw-stream-{}-{}", std::process::id(), cdc_bench::now_us()),
-        subscription: Subscription::Topics(vec![args.topic.clone()]),
-        librdkafka: Default::default(),
-    };
     // The daemon's default plan (its in-flight budget sizes the fetch queue).
     let text = cdc_bench::daemon_config::DaemonConfig {
         brokers: &args.brokers,
@@ -117,7 +110,11 @@ async fn stream(args: Args) -> anyhow::Result<()> {
         librdkafka: &[],
     }
     .render();
-    let plan: PlanSettings = cdc_invalidator::config::parse("generated.toml", &text, &|_| None)?.plan;
+    let parsed = cdc_invalidator::config::parse("generated.toml", &text, &|_| None)?;
+    let plan = parsed.plan;
+    // The daemon's source settings for the same topic, in a group of its own.
+    let mut settings = parsed.source;
+    settings.group_id = format!("cdc-bench-raw-stream-{}-{}", std::process::id(), cdc_bench::now_us());
     let consumer = cdc_invalidator::source::consumer(&settings, &plan)?;
     consumer.subscribe(&[args.topic.as_str()])?;
     let expected: i64 = ends.iter().sum();
