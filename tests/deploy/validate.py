@@ -42,10 +42,13 @@ GAUGES = {
     "cdc_invalidator_stalled_partitions",
     "cdc_invalidator_ready",
     "cdc_invalidator_audit_stale_ratio",
+    "cdc_invalidator_audit_build_info",
     "cdc_invalidator_build_info",
+    "cdc_invalidator_last_progress_timestamp_seconds",
 }
 HISTOGRAMS = {
     "cdc_invalidator_invalidation_propagation_seconds",
+    "cdc_invalidator_apply_latency_seconds",
     "cdc_invalidator_redis_apply_seconds",
     "cdc_invalidator_batch_targets",
     "cdc_invalidator_lookup_seconds",
@@ -316,10 +319,11 @@ def check_images(dockerfile, compose_config_text):
 
 
 # Keys whose values differ on purpose between the two stacks: hostnames and
-# the placeholders scripts/stack fills in.
+# the placeholders scripts/stack fills in (@SLOT@, @CAPTURED_SCHEMA@, ...).
 CONNECTOR_LOCAL_KEYS = {
     "database.hostname", "database.port", "database.user", "database.password",
-    "database.dbname", "topic.prefix", "publication.name",
+    "database.dbname", "topic.prefix", "publication.name", "slot.name",
+    "schema.include.list",
 }
 
 
