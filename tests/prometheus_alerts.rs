@@ -220,8 +220,7 @@ fn encode(text: &str) -> String {
 /// dashboard's variables set the way a viewer of this one daemon would.
 fn panel_queries(title: &str, range: &str) -> Vec<String> {
     let dashboard: Value =
-        serde_json::from_str(&std::fs::read_to_string(repo().join("deploy/grafana/dashboard.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(repo().join("deploy/grafana/dashboard.json")).unwrap()).unwrap();
     fn walk<'a>(panels: &'a Value, out: &mut Vec<&'a Value>) {
         for p in panels.as_array().into_iter().flatten() {
             out.push(p);
@@ -302,7 +301,14 @@ async fn shipped_alerts_page_on_a_redis_outage_only_and_the_dashboard_shows_the_
     // The topic exists before anyone subscribes.
     common::produce_many(
         &topic,
-        std::iter::once(common::debezium_change(&table, "c", 1, 0, json!({"id": 0}), common::now_us())),
+        std::iter::once(common::debezium_change(
+            &table,
+            "c",
+            1,
+            0,
+            json!({"id": 0}),
+            common::now_us(),
+        )),
     )
     .await;
 
@@ -363,11 +369,29 @@ async fn shipped_alerts_page_on_a_redis_outage_only_and_the_dashboard_shows_the_
 
     // ---------------------------------------------------------------- healthy
     let prom = &prometheus;
-    eventually("both jobs scraped (up == 1)", Duration::from_secs(30), move || async move {
-        let up = prom.query("up == 1").await;
-        let jobs: Vec<&str> = up.iter().filter_map(|(l, _)| l.get("job").map(String::as_str)).collect();
-        (jobs.contains(&DAEMON_JOB) && jobs.contains(&AUDIT_JOB)).then_some(())
-    })
+    eventually(
+        "both jobs scraped (up == 1)",
+        Duration::from_secs(30),
+        move || async move {
+            let up = prom.query("up == 1").await;
+            let jobs: Vec<&str> = up
+                .iter()
+                .filter_map(|(l, _)| l.get("job").map(String::as_str))
+                .collect();
+            (jobs.contains(&DAEMON_JOB) && jobs.contains(&AUDIT_JOB)).then_some(())
+        },
+    )
+    .await;
+    // Rules evaluated before the first scrape saw no target at all
+    // (CdcInvalidatorAbsent pending); the next evaluations clear that.
+    eventually(
+        "the first evaluations after both scrapes",
+        Duration::from_secs(10),
+        move || async move {
+            let alerts = prom.alerts().await;
+            (!alerts.iter().any(|(n, _, _)| n == "CdcInvalidatorAbsent")).then_some(())
+        },
+    )
     .await;
     let problems = prometheus.rule_problems().await;
     assert!(problems.is_empty(), "rules failed to evaluate: {problems:?}");
@@ -380,7 +404,10 @@ async fn shipped_alerts_page_on_a_redis_outage_only_and_the_dashboard_shows_the_
     assert!(
         leaked.is_empty(),
         "the auditor exports daemon metrics: {:?}",
-        leaked.iter().map(|(l, _)| l.get("__name__").cloned()).collect::<Vec<_>>()
+        leaked
+            .iter()
+            .map(|(l, _)| l.get("__name__").cloned())
+            .collect::<Vec<_>>()
     );
     // Steady traffic for 50s (long enough for every `for:` under a minute to
     // elapse): not one alert may even be pending.
@@ -402,7 +429,9 @@ async fn shipped_alerts_page_on_a_redis_outage_only_and_the_dashboard_shows_the_
     assert!(
         applied.first().map(|(_, v)| *v).unwrap_or(0.0) > 300.0,
         "{}",
-        context(&format!("the daemon applied little of 20 records/s in the last minute: {applied:?}"))
+        context(&format!(
+            "the daemon applied little of 20 records/s in the last minute: {applied:?}"
+        ))
     );
 
     // ---------------------------------------------------------------- outage
@@ -427,7 +456,11 @@ async fn shipped_alerts_page_on_a_redis_outage_only_and_the_dashboard_shows_the_
             break frozen.elapsed();
         }
         let others: Vec<_> = alerts.iter().filter(|(_, s, _)| s == "firing").collect();
-        assert!(others.is_empty(), "{}", context(&format!("fired during the outage: {others:?}")));
+        assert!(
+            others.is_empty(),
+            "{}",
+            context(&format!("fired during the outage: {others:?}"))
+        );
         // Past the daemon's 30s gauge idle timeout, the outage must still show.
         if frozen.elapsed() > Duration::from_secs(40) {
             gauges_late = true;
@@ -451,7 +484,9 @@ async fn shipped_alerts_page_on_a_redis_outage_only_and_the_dashboard_shows_the_
     assert!(
         paused_seen,
         "{}",
-        context(&format!("the dashboard showed no paused partition during the outage: {paused_query}"))
+        context(&format!(
+            "the dashboard showed no paused partition during the outage: {paused_query}"
+        ))
     );
     assert!(
         lag_seen,
@@ -504,17 +539,24 @@ async fn shipped_alerts_page_on_a_redis_outage_only_and_the_dashboard_shows_the_
         ("Dead letters by stage and kind (since daemon start)", "10m"),
     ] {
         let expr = panel_queries(title, range)[0].clone();
-        let shown = eventually(&format!("the dead letter in panel {title:?}"), Duration::from_secs(45), || {
-            let expr = expr.clone();
-            async move {
-                let result = prom.query(&expr).await;
-                let total: f64 = result.iter().map(|(_, v)| *v).sum();
-                (total > 0.0).then_some(result)
-            }
-        })
+        let shown = eventually(
+            &format!("the dead letter in panel {title:?}"),
+            Duration::from_secs(45),
+            || {
+                let expr = expr.clone();
+                async move {
+                    let result = prom.query(&expr).await;
+                    let total: f64 = result.iter().map(|(_, v)| *v).sum();
+                    (total > 0.0).then_some(result)
+                }
+            },
+        )
         .await;
         let total: f64 = shown.iter().map(|(_, v)| *v).sum();
-        assert_eq!(total, 1.0, "panel {title:?} shows {shown:?} for one dead letter: {expr}");
+        assert_eq!(
+            total, 1.0,
+            "panel {title:?} shows {shown:?} for one dead letter: {expr}"
+        );
     }
     let labels = eventually(
         "DeadLettersAppearing to fire for the first dead letter",
