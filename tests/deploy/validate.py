@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 COUNTERS = {
+    "cdc_invalidator_redis_data_loss_total",
     "cdc_invalidator_events_total",
     "cdc_invalidator_targets_bumped_total",
     "cdc_invalidator_guard_noops_total",
@@ -33,9 +34,10 @@ COUNTERS = {
     "cdc_invalidator_audit_checks_total",
     "cdc_invalidator_notices_total",
     "cdc_invalidator_audit_violations_total",
-    "cdc_invalidator_redis_data_loss_total",
 }
 GAUGES = {
+    "cdc_invalidator_source_idle_seconds",
+    "cdc_invalidator_source_idle_topics",
     "cdc_invalidator_consumer_lag_records",
     "cdc_invalidator_stored_offset",
     "cdc_invalidator_in_flight_records",
@@ -43,12 +45,13 @@ GAUGES = {
     "cdc_invalidator_stalled_partitions",
     "cdc_invalidator_ready",
     "cdc_invalidator_audit_stale_ratio",
+    "cdc_invalidator_audit_build_info",
     "cdc_invalidator_build_info",
-    "cdc_invalidator_source_idle_seconds",
-    "cdc_invalidator_source_idle_topics",
+    "cdc_invalidator_last_progress_timestamp_seconds",
 }
 HISTOGRAMS = {
     "cdc_invalidator_invalidation_propagation_seconds",
+    "cdc_invalidator_apply_latency_seconds",
     "cdc_invalidator_redis_apply_seconds",
     "cdc_invalidator_batch_targets",
     "cdc_invalidator_lookup_seconds",
@@ -319,10 +322,11 @@ def check_images(dockerfile, compose_config_text):
 
 
 # Keys whose values differ on purpose between the two stacks: hostnames and
-# the placeholders scripts/stack fills in.
+# the placeholders scripts/stack fills in (@SLOT@, @CAPTURED_SCHEMA@, ...).
 CONNECTOR_LOCAL_KEYS = {
     "database.hostname", "database.port", "database.user", "database.password",
-    "database.dbname", "topic.prefix", "publication.name",
+    "database.dbname", "topic.prefix", "publication.name", "slot.name",
+    "schema.include.list",
 }
 
 
