@@ -165,7 +165,7 @@ pub async fn run(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         while pending.front().is_some_and(|p| p.due <= Instant::now()) {
-            let check = pending.pop_front().expect("front exists");
+            let Some(check) = pending.pop_front() else { break };
             let field = format!("p:{}", check.position.source);
             let mut ok = true;
             for (record, covering) in &check.records {

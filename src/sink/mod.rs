@@ -144,13 +144,13 @@ impl RedisSink {
         };
         let requests = groups.into_iter().map(|indices| {
             let mut pipe = redis::pipe();
-            for &i in &indices {
+            for (key, bump) in indices.iter().filter_map(|&i| keys.get(i).zip(bumps.get(i))) {
                 pipe.cmd("EVALSHA")
                     .arg(&self.script_sha)
                     .arg(1)
-                    .arg(&keys[i])
-                    .arg(format!("p:{}", bumps[i].position.source))
-                    .arg(&bumps[i].position.ordinal)
+                    .arg(key)
+                    .arg(format!("p:{}", bump.position.source))
+                    .arg(&bump.position.ordinal)
                     .arg(self.ttl_ms);
             }
             let mut connection = self.connection.clone();
@@ -168,13 +168,25 @@ impl RedisSink {
                 });
             }
             for (i, (applied, version)) in indices.into_iter().zip(replies) {
-                results[i] = Some(BumpResult {
-                    applied: applied == 1,
-                    version: version.parse().unwrap_or(0),
-                });
+                if let Some(slot) = results.get_mut(i) {
+                    *slot = Some(BumpResult {
+                        applied: applied == 1,
+                        version: version.parse().unwrap_or(0),
+                    });
+                }
             }
         }
-        Ok(results.into_iter().map(|r| r.expect("every index answered")).collect())
+        // The groups partition 0..bumps.len() and each reply count was
+        // checked above, so every index is answered.
+        let answered = results.len();
+        let results: Vec<BumpResult> = results.into_iter().flatten().collect();
+        if results.len() != answered {
+            return Err(SinkError::ShortReply {
+                sent: answered,
+                got: results.len(),
+            });
+        }
+        Ok(results)
     }
 
     /// Announces applied bumps on a Pub/Sub channel, one JSON message each,
@@ -187,7 +199,8 @@ impl RedisSink {
         for n in notices {
             pipe.cmd("PUBLISH")
                 .arg(channel)
-                .arg(serde_json::to_string(n).expect("notices serialise"))
+                // A notice holds strings and integers only: it always serialises.
+                .arg(serde_json::to_string(n).unwrap_or_default())
                 .ignore();
         }
         self.connection.query::<()>(&pipe).await?;
@@ -223,11 +236,11 @@ pub fn hash_slot(key: &[u8]) -> u16 {
         .iter()
         .position(|&b| b == b'{')
         .and_then(|open| {
-            let rest = &key[open + 1..];
+            let rest = key.get(open + 1..)?;
             rest.iter()
                 .position(|&b| b == b'}')
                 .filter(|&close| close > 0)
-                .map(|close| &rest[..close])
+                .and_then(|close| rest.get(..close))
         })
         .unwrap_or(key);
     crc16_xmodem(tagged) % 16384

@@ -2,11 +2,11 @@
 //! the rebalance bridge and the conversion to owned [`KafkaRecord`]s.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 
@@ -34,13 +34,20 @@ pub struct SourceContext {
 
 impl SourceContext {
     pub fn drain_events(&self) -> Vec<RebalanceEvent> {
-        std::mem::take(&mut *self.events.lock().expect("rebalance queue lock"))
+        std::mem::take(&mut *lock(&self.events))
     }
 
     /// The partition's consumer lag in records, as of the last statistics.
     pub fn lag(&self, partition: &PartitionId) -> Option<i64> {
-        self.lag.lock().expect("lag lock").get(partition).copied()
+        lock(&self.lag).get(partition).copied()
     }
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the
+/// queue and the lag map stay consistent (each update is one push or insert),
+/// so the data is used as it is rather than spreading the panic.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn partitions(tpl: &rdkafka::TopicPartitionList) -> Vec<PartitionId> {
@@ -57,10 +64,7 @@ impl ClientContext for SourceContext {
                 // -1 is librdkafka's internal UA partition; lag -1 means unknown.
                 if *id >= 0 && p.consumer_lag >= 0 && p.fetch_state == "active" {
                     crate::metrics::partition_lag(topic, *id, p.consumer_lag);
-                    self.lag
-                        .lock()
-                        .expect("lag lock")
-                        .insert((topic.clone(), *id), p.consumer_lag);
+                    lock(&self.lag).insert((topic.clone(), *id), p.consumer_lag);
                 }
             }
         }
@@ -73,15 +77,12 @@ impl ConsumerContext for SourceContext {
             let revoked = partitions(tpl);
             tracing::info!(partitions = ?revoked, "partitions revoked");
             // A stale lag must not trigger escalation if the partition comes back.
-            let mut lag = self.lag.lock().expect("lag lock");
+            let mut lag = lock(&self.lag);
             for p in &revoked {
                 lag.remove(p);
             }
             drop(lag);
-            self.events
-                .lock()
-                .expect("rebalance queue lock")
-                .push(RebalanceEvent::Revoked(revoked));
+            lock(&self.events).push(RebalanceEvent::Revoked(revoked));
         }
     }
 
@@ -90,10 +91,7 @@ impl ConsumerContext for SourceContext {
             Rebalance::Assign(tpl) => {
                 let assigned = partitions(tpl);
                 tracing::info!(partitions = ?assigned, "partitions assigned");
-                self.events
-                    .lock()
-                    .expect("rebalance queue lock")
-                    .push(RebalanceEvent::Assigned(assigned));
+                lock(&self.events).push(RebalanceEvent::Assigned(assigned));
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -156,14 +154,45 @@ pub fn to_record(message: &BorrowedMessage<'_>) -> KafkaRecord {
         key: message.key().map(<[u8]>::to_vec),
         value: message.payload().map(<[u8]>::to_vec),
         timestamp_ms: message.timestamp().to_millis(),
-        headers: message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        headers: headers(message),
     }
+}
+
+/// The record's headers, names and values as raw bytes. Not through
+/// rdkafka's `Headers::iter`/`get`: rdkafka 0.39 unwraps `to_str()` on every
+/// header name, so one header name that is not UTF-8 panicked the daemon,
+/// again after every restart. Header names and values are any bytes a
+/// producer chose; they are kept as they are (for the dead-letter store).
+fn headers(message: &BorrowedMessage<'_>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    use rdkafka::bindings as rd;
+    let mut out = Vec::new();
+    let mut hdrs: *mut rd::rd_kafka_headers_t = std::ptr::null_mut();
+    // SAFETY: `message.ptr()` is the live librdkafka message this borrow
+    // keeps alive; rd_kafka_message_headers only writes the out pointer, and
+    // the headers it points to belong to the message (not freed by us).
+    let err = unsafe { rd::rd_kafka_message_headers(message.ptr(), &mut hdrs) };
+    if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || hdrs.is_null() {
+        return out;
+    }
+    // SAFETY: `hdrs` is non-null and owned by the message (see above).
+    let count = unsafe { rd::rd_kafka_header_cnt(hdrs) };
+    for idx in 0..count {
+        let mut name: *const std::os::raw::c_char = std::ptr::null();
+        let mut value: *const std::os::raw::c_void = std::ptr::null();
+        let mut size: usize = 0;
+        // SAFETY: `idx` is below the header count; the out pointers are
+        // locals; on success name is a NUL-terminated string and value
+        // (when not null) points to `size` bytes, both owned by the message.
+        let err = unsafe { rd::rd_kafka_header_get_all(hdrs, idx, &mut name, &mut value, &mut size) };
+        if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+            continue;
+        }
+        // SAFETY: as above; the bytes are copied before the borrow ends.
+        let name = unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes().to_vec();
+        let value = (!value.is_null())
+            // SAFETY: `value` points to `size` readable bytes (see above).
+            .then(|| unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) }.to_vec());
+        out.push((name, value));
+    }
+    out
 }
