@@ -10,7 +10,7 @@ use std::path::PathBuf;
 // A poisoned schema cache only means a panic elsewhere while it was held;
 // each update is one insert, so the map is consistent and used as it is.
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use apache_avro::schema::{Name, Schema};
 use apache_avro::types::Value as Avro;
@@ -54,7 +54,18 @@ pub struct AvroSchemas {
     sources: SchemaSources,
     http: reqwest::Client,
     prepared: RwLock<HashMap<u32, Arc<Prepared>>>,
+    /// Permanent answers (unknown id, invalid schema), kept for
+    /// [`NEGATIVE_CACHE_TTL`] so that a run of records naming a bad id costs
+    /// one registry request, not one each; bounded to [`NEGATIVE_CACHE_MAX`] ids.
+    failed: RwLock<HashMap<u32, (Instant, SchemaError)>>,
 }
+
+/// How long a permanent schema error is believed: long enough that a flood
+/// of bad ids is cheap, short enough that a schema registered late is found.
+pub const NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Distinct bad ids remembered at once (hostile input may name 2^32 ids);
+/// when full, expired entries go first, then the whole cache is dropped.
+pub const NEGATIVE_CACHE_MAX: usize = 10_000;
 
 /// The schema id of a Confluent-framed payload.
 pub fn schema_id(bytes: &[u8]) -> Option<u32> {
@@ -73,6 +84,7 @@ impl AvroSchemas {
             sources,
             http,
             prepared: RwLock::new(HashMap::new()),
+            failed: RwLock::new(HashMap::new()),
         })
     }
 
@@ -83,11 +95,39 @@ impl AvroSchemas {
             .contains_key(&id)
     }
 
-    /// Loads schema `id` unless it is cached: from the schema files, then the registry.
+    /// Loads schema `id` unless it is cached: from the schema files, then the
+    /// registry. Permanent errors are cached too, for [`NEGATIVE_CACHE_TTL`].
     pub async fn ensure(&self, id: u32) -> Result<(), SchemaError> {
         if self.is_loaded(id) {
             return Ok(());
         }
+        if let Some(error) = self.cached_failure(id) {
+            return Err(error);
+        }
+        let outcome = self.load(id).await;
+        if let Err(error @ (SchemaError::NotFound(_) | SchemaError::Invalid { .. })) = &outcome {
+            let mut failed = self.failed.write().unwrap_or_else(PoisonError::into_inner);
+            if failed.len() >= NEGATIVE_CACHE_MAX {
+                failed.retain(|_, (at, _)| at.elapsed() < NEGATIVE_CACHE_TTL);
+                if failed.len() >= NEGATIVE_CACHE_MAX {
+                    failed.clear();
+                }
+            }
+            failed.insert(id, (Instant::now(), error.clone()));
+        }
+        outcome
+    }
+
+    /// The permanent error cached for `id`, while it is fresh.
+    pub fn cached_failure(&self, id: u32) -> Option<SchemaError> {
+        let failed = self.failed.read().unwrap_or_else(PoisonError::into_inner);
+        failed
+            .get(&id)
+            .filter(|(at, _)| at.elapsed() < NEGATIVE_CACHE_TTL)
+            .map(|(_, error)| error.clone())
+    }
+
+    async fn load(&self, id: u32) -> Result<(), SchemaError> {
         let text = match self.from_file(id)? {
             Some(text) => text,
             None => self.from_registry(id).await?,
@@ -190,11 +230,15 @@ impl AvroSchemas {
             .unwrap_or_else(PoisonError::into_inner)
             .get(&id)
             .cloned()
-            .ok_or_else(|| {
-                DecodeError::new(
+            .ok_or_else(|| match self.cached_failure(id) {
+                Some(error @ SchemaError::Invalid { .. }) => {
+                    DecodeError::new(DecodeErrorKind::InvalidSchema, format!("{part}: {error}"))
+                }
+                Some(error) => DecodeError::new(DecodeErrorKind::UnknownSchema, format!("{part}: {error}")),
+                None => DecodeError::new(
                     DecodeErrorKind::UnknownSchema,
                     format!("{part}: schema id {id} is not known"),
-                )
+                ),
             })?;
         // schema_id just read the 5-byte framing, so the datum starts at 5.
         let mut datum = bytes.get(5..).unwrap_or_default();
@@ -493,5 +537,32 @@ mod tests {
         assert_eq!(schema_id(&[0, 0, 0, 1, 2, 9]), Some(258));
         assert_eq!(schema_id(&[1, 0, 0, 1, 2]), None);
         assert_eq!(schema_id(&[0, 0]), None);
+    }
+
+    #[tokio::test]
+    async fn bad_schemas_are_cached_and_said_to_be_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("7.avsc"), "{not a schema").unwrap();
+        let schemas = AvroSchemas::new(SchemaSources {
+            schemas_dir: Some(dir.path().to_path_buf()),
+            timeout: Duration::from_secs(1),
+            ..SchemaSources::default()
+        })
+        .unwrap();
+        assert!(matches!(
+            schemas.ensure(7).await,
+            Err(SchemaError::Invalid { id: 7, .. })
+        ));
+        // Cached: a fixed file would not be read again within the TTL.
+        std::fs::write(dir.path().join("7.avsc"), "\"string\"").unwrap();
+        assert!(matches!(
+            schemas.ensure(7).await,
+            Err(SchemaError::Invalid { id: 7, .. })
+        ));
+        let error = schemas.decode(&[0, 0, 0, 0, 7, 2], "value").unwrap_err();
+        assert_eq!(error.kind, DecodeErrorKind::InvalidSchema);
+        assert!(error.detail.contains("not a valid Avro schema"), "{}", error.detail);
+        assert!(matches!(schemas.ensure(8).await, Err(SchemaError::NotFound(8))));
+        assert_eq!(schemas.cached_failure(8), Some(SchemaError::NotFound(8)));
     }
 }
