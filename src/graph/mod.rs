@@ -11,7 +11,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use lookup::{Fanout, LookupError, LookupRequest, Lookups};
-pub use template::{RenderError, Template, TemplateError};
+pub use template::{canonical_number, escape, RenderError, Template, TemplateError};
 
 use crate::event::{ChangeEvent, Op, Row, UNAVAILABLE_VALUE};
 
