@@ -369,3 +369,90 @@ async fn hostile_headers_and_positions_are_dead_letters_and_never_stop_the_daemo
         0.0
     );
 }
+
+/// Issue 11, item 2: a dead letter the store is up for but refuses (here a
+/// CHECK constraint, SQLSTATE 23514) is no outage. Only its partition stalls,
+/// at the record, with a true readiness reason and the stalled metric; the
+/// other partitions keep going.
+#[tokio::test]
+async fn a_refused_dead_letter_stalls_its_partition_only() {
+    let table = common::unique("refused");
+    let stalled_topic = format!("{}.public.{table}", common::topic_prefix());
+    let other_topic = format!("other{}.public.{table}", common::topic_prefix());
+    let prefix = format!("{}:", common::unique("ver"));
+    let (dl_url, schema) = common::dead_letter_url(&common::pg_address()).await;
+    let admin_port = common::free_port();
+    // Two topics of the same table; write_config quotes one name.
+    let cfg = config(
+        &format!("{stalled_topic}\", \"{other_topic}"),
+        &table,
+        &prefix,
+        &dl_url,
+        admin_port,
+    );
+    let good = |id: i64, lsn: u64| common::debezium_change(&table, "c", lsn, id, json!({"id": id}), common::now_us());
+    common::produce(&stalled_topic, &[good(1, 100)]).await;
+    common::produce(&other_topic, &[good(2, 101)]).await;
+    let daemon = Daemon::start_with(cfg.path(), admin_port, &["--migrate"]);
+    for key in ["item:1", "item:2"] {
+        eventually("the first records", Duration::from_secs(60), || {
+            let prefix = prefix.clone();
+            async move { (version(&prefix, key).await > 0).then_some(()) }
+        })
+        .await;
+    }
+    let pool = common::pg().await;
+    common::sql(
+        &pool,
+        &format!(
+            "ALTER TABLE {schema}.cdc_dead_letters ADD CONSTRAINT refuse_malformed CHECK (error_kind <> 'malformed')"
+        ),
+    )
+    .await;
+
+    let poison = common::produce(&stalled_topic, &[(None, Some(b"{oops".to_vec())), good(3, 103)]).await;
+    let body = eventually(
+        "readiness to name the stalled partition",
+        Duration::from_secs(60),
+        || {
+            let admin = daemon.admin.clone();
+            async move {
+                let (code, body) = common::http_get(&admin, "/readyz").await?;
+                (code == 503 && body.contains("dead_letter_refused")).then_some(body)
+            }
+        },
+    )
+    .await;
+    assert!(
+        body.contains(&format!("{stalled_topic}/0 stalled at offset {}", poison[0].1)),
+        "{body}"
+    );
+    assert!(
+        !body.contains("dead-letter store unreachable"),
+        "the store is up: {body}"
+    );
+
+    // The other partition is not paused: its next record applies.
+    common::produce(&other_topic, &[good(4, 104)]).await;
+    eventually("the other partition to keep going", Duration::from_secs(60), || {
+        let prefix = prefix.clone();
+        async move { (version(&prefix, "item:4").await > 0).then_some(()) }
+    })
+    .await;
+    assert_eq!(version(&prefix, "item:3").await, 0, "nothing past the refused record");
+    let committed = common::committed_offset(&common::group_of(cfg.path()), &stalled_topic, 0).unwrap_or(-1);
+    assert!(committed <= poison[0].1, "committed {committed} past {}", poison[0].1);
+    let metrics = daemon.metrics().await;
+    assert_eq!(
+        common::metric_sum(&metrics, "cdc_invalidator_stalled_partitions", &[]),
+        1.0,
+        "{metrics}"
+    );
+    let log = std::fs::read_to_string(&daemon.log).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("dead_letter_refused")),
+        "{}",
+        daemon.log_tail()
+    );
+}

@@ -49,8 +49,11 @@ pub struct Lookups {
     timeout: Duration,
     attempts: u32,
     /// Column name to PostgreSQL type name, per query (from `describe`).
-    types: Arc<Mutex<HashMap<String, Arc<HashMap<String, String>>>>>,
+    types: Arc<Mutex<HashMap<String, ColumnTypes>>>,
 }
+
+/// Result column name to its PostgreSQL type name (`TIMESTAMPTZ`, `DATE`, ...).
+type ColumnTypes = Arc<HashMap<String, String>>;
 
 // Retrying a lookup faster than this only adds load to a struggling replica.
 const FIRST_RETRY_BACKOFF: Duration = Duration::from_millis(100);
@@ -137,7 +140,7 @@ impl Lookups {
 
     /// The result columns' PostgreSQL types, described once per query. When
     /// the database cannot describe it, no column is converted (text stays).
-    async fn column_types(&self, fanout: &Fanout) -> Arc<HashMap<String, String>> {
+    async fn column_types(&self, fanout: &Fanout) -> ColumnTypes {
         use sqlx::{Column as _, Executor as _, SqlSafeStr as _, TypeInfo as _};
         let cached = self
             .types
@@ -152,7 +155,7 @@ impl Lookups {
             .pool
             .describe(sqlx::AssertSqlSafe(fanout.query.trim().trim_end_matches(';').to_owned()).into_sql_str())
             .await;
-        let types: Arc<HashMap<String, String>> = match described {
+        let types: ColumnTypes = match described {
             Ok(d) => Arc::new(
                 d.columns()
                     .iter()
