@@ -456,3 +456,76 @@ async fn a_refused_dead_letter_stalls_its_partition_only() {
         daemon.log_tail()
     );
 }
+
+/// Issue 11, item 4 through the real broker: flattened rows whose columns
+/// look like schema-change or transaction records are rows (applied), a
+/// record naming another table and a NULL primary key are dead letters that
+/// escalate, and nothing is skipped silently.
+#[tokio::test]
+async fn look_alike_rows_apply_and_wrong_table_or_null_key_are_dead_letters() {
+    let table = common::unique("lookalike");
+    let topic = format!("{}.public.{table}", common::topic_prefix());
+    let prefix = format!("{}:", common::unique("ver"));
+    let (dl_url, schema) = common::dead_letter_url(&common::pg_address()).await;
+    let admin_port = common::free_port();
+    let cfg = config(&topic, &table, &prefix, &dl_url, admin_port);
+    let row = |v: Value| {
+        (
+            Some(serde_json::to_vec(&json!({"id": v["id"]})).unwrap()),
+            Some(serde_json::to_vec(&v).unwrap()),
+        )
+    };
+    let records = vec![
+        row(json!({"id": 11, "ddl": "CREATE TABLE x()", "tableChanges": []})),
+        row(json!({"id": 12, "status": "END", "event_count": 3})),
+        change(
+            "other_table",
+            "u",
+            300,
+            Some(json!({"id": 13})),
+            Value::Null,
+            json!({"id": 13}),
+        ),
+        change(
+            &table,
+            "c",
+            301,
+            Some(json!({"id": null})),
+            Value::Null,
+            json!({"id": null}),
+        ),
+        common::debezium_change(&table, "c", 302, 14, json!({"id": 14}), common::now_us()),
+    ];
+    let offsets = common::produce(&topic, &records).await;
+    let daemon = Daemon::start_with(cfg.path(), admin_port, &["--migrate"]);
+    eventually("the last record", Duration::from_secs(60), || {
+        let prefix = prefix.clone();
+        async move { (version(&prefix, "item:14").await > 0).then_some(()) }
+    })
+    .await;
+    assert!(
+        version(&prefix, "item:11").await > 0,
+        "a row with ddl/tableChanges columns is a row"
+    );
+    assert!(
+        version(&prefix, "item:12").await > 0,
+        "a row with status/event_count columns is a row"
+    );
+    assert_eq!(
+        version(&prefix, "item:13").await,
+        0,
+        "another table's record bumps nothing of this one's keys"
+    );
+    assert!(version(&prefix, "ns:item").await > 0, "the poisoned entity escalated");
+    let kinds = dead_letter_kinds(&schema).await;
+    assert_eq!(
+        kinds.iter().map(|(o, k, _)| (*o, k.as_str())).collect::<Vec<_>>(),
+        vec![(offsets[2].1, "table_mismatch"), (offsets[3].1, "missing_key")]
+    );
+    let metrics = daemon.metrics().await;
+    assert_eq!(
+        common::metric_sum(&metrics, "cdc_invalidator_events_total", &["outcome=\"skipped\""]),
+        0.0,
+        "{metrics}"
+    );
+}
