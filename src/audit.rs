@@ -139,7 +139,7 @@ pub async fn run(
                     if let Ok(Ok(message)) = received {
                         let record = crate::source::to_record(&message);
                         seen += 1;
-                        if seen % options.sample_every.max(1) == 0 {
+                        if seen.is_multiple_of(options.sample_every.max(1)) {
                             for id in [record.key.as_deref(), record.value.as_deref()].into_iter().flatten().filter_map(crate::decode::schema_id) {
                                 if let (Some(avro), false) = (&avro, avro.as_ref().is_some_and(|a| a.is_loaded(id))) {
                                     if let Err(e) = avro.ensure(id).await {
@@ -165,7 +165,7 @@ pub async fn run(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         while pending.front().is_some_and(|p| p.due <= Instant::now()) {
-            let check = pending.pop_front().expect("front exists");
+            let Some(check) = pending.pop_front() else { break };
             let field = format!("p:{}", check.position.source);
             let mut ok = true;
             for (record, covering) in &check.records {

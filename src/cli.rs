@@ -361,11 +361,16 @@ async fn connect_redis_until_ready(
 
 fn spawn_signal_handler(shutdown: CancellationToken) {
     tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGTERM handler; stopping on SIGINT only");
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!("SIGINT: stopping");
+            }
         }
         shutdown.cancel();
     });
@@ -642,7 +647,10 @@ async fn check_database(settings: &Settings) -> usize {
     let pool = lookups.pool();
     let mut problems = 0;
     for entity in settings.graph.entities() {
-        let (schema, table) = entity.table.split_once('.').expect("validated as schema.table");
+        // Config validation refuses a table that is not schema.table.
+        let Some((schema, table)) = entity.table.split_once('.') else {
+            continue;
+        };
         let columns: Vec<String> = match sqlx::query(
             "SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
         )
@@ -885,13 +893,14 @@ fn explain_record(text: &str, topic: Option<&str>) -> anyhow::Result<KafkaRecord
     let is_fixture = json.get("topic").is_some() && json.get("value").is_some();
     let bytes = |v: Option<&serde_json::Value>| match v {
         None | Some(serde_json::Value::Null) => None,
-        Some(v) => Some(serde_json::to_vec(v).expect("JSON re-encodes")),
+        // A parsed JSON value always encodes again.
+        Some(v) => serde_json::to_vec(v).ok(),
     };
     Ok(if is_fixture {
         KafkaRecord {
             topic: topic
                 .map(str::to_owned)
-                .unwrap_or_else(|| json["topic"].as_str().unwrap_or("").to_owned()),
+                .unwrap_or_else(|| json.get("topic").and_then(|t| t.as_str()).unwrap_or("").to_owned()),
             partition: json.get("partition").and_then(|p| p.as_i64()).unwrap_or(0) as i32,
             offset: json.get("offset").and_then(|p| p.as_i64()).unwrap_or(0),
             key: bytes(json.get("key")),

@@ -588,7 +588,12 @@ impl RawConfig {
                     );
                 }
             },
-            None => DEFAULT_ADMIN_LISTEN.parse().expect("default admin address parses"),
+            None => {
+                // A constant that the unit tests parse.
+                #[allow(clippy::expect_used)]
+                let default = DEFAULT_ADMIN_LISTEN.parse().expect("default admin address parses");
+                default
+            }
         };
         source.instance_id = raw_instance_id.filter(|id| !id.is_empty()).map(|id| {
             if id == "auto" {
@@ -772,7 +777,7 @@ impl RawConfig {
                 Some("strong") => Consistency::Strong,
                 Some(other) => {
                     return v.error(
-                        raw.consistency.as_ref().unwrap().span(),
+                        raw.consistency.as_ref().map(|c| c.span()).unwrap_or(0..0),
                         &field("consistency"),
                         format!("expected \"strong\" or \"eventual\", got {other:?}"),
                     )
@@ -810,7 +815,7 @@ impl RawConfig {
                 Some("full") => true,
                 Some(other) => {
                     return v.error(
-                        raw.replica_identity.as_ref().unwrap().span(),
+                        raw.replica_identity.as_ref().map(|r| r.span()).unwrap_or(0..0),
                         &field("replica_identity"),
                         format!("expected \"full\" or \"default\", got {other:?}"),
                     )

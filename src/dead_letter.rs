@@ -23,6 +23,21 @@ pub enum DeadLetterError {
     Migrate(sqlx::migrate::MigrateError),
 }
 
+impl DeadLetterError {
+    /// PostgreSQL refused this row's data (SQLSTATE class 22 "data exception"
+    /// or 23 "integrity constraint violation"): writing it again fails again,
+    /// so it is not an outage to wait out. Everything else (connection,
+    /// timeout, missing table, permissions) is treated as an outage.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            DeadLetterError::Database(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+            _ => false,
+        }
+    }
+}
+
 impl From<sqlx::Error> for DeadLetterError {
     fn from(e: sqlx::Error) -> Self {
         DeadLetterError::Database(e)
@@ -73,6 +88,8 @@ pub struct DeadLetter {
     pub first_seen: chrono::DateTime<chrono::Utc>,
     pub attempts: i32,
     pub replayed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Header names and values as the producer wrote them.
+    pub headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl DeadLetter {
@@ -84,7 +101,7 @@ impl DeadLetter {
             key: self.key.clone(),
             value: self.value.clone(),
             timestamp_ms: None,
-            headers: Vec::new(),
+            headers: self.headers.clone(),
         }
     }
 }
@@ -173,33 +190,28 @@ impl DeadLetterStore {
     }
 
     /// Writes (or, on redelivery, counts again) one dead letter. Durable when it returns.
+    /// Any record can be written: bytes go to bytea columns (header names and
+    /// values included), text columns get [`printable`] text.
     pub async fn write(&self, record: &KafkaRecord, failure: &Failure) -> Result<(), DeadLetterError> {
-        let headers: Map<String, Value> = record
-            .headers
-            .iter()
-            .map(|(name, value)| {
-                let value = value
-                    .as_ref()
-                    .map(|v| Value::String(String::from_utf8_lossy(v).into_owned()))
-                    .unwrap_or(Value::Null);
-                (name.clone(), value)
-            })
-            .collect();
+        let encoded = Encoded::of(record, failure);
         sqlx::query(
-            r#"INSERT INTO cdc_dead_letters (topic, "partition", "offset", key, value, headers, error_kind, error_detail, stage)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            r#"INSERT INTO cdc_dead_letters (topic, "partition", "offset", key, value, headers, header_names, header_values,
+                                             error_kind, error_detail, stage)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                ON CONFLICT (topic, "partition", "offset")
                DO UPDATE SET attempts = cdc_dead_letters.attempts + 1, last_seen = now(),
                              error_kind = EXCLUDED.error_kind, error_detail = EXCLUDED.error_detail, stage = EXCLUDED.stage"#,
         )
-        .bind(&record.topic)
+        .bind(&encoded.topic)
         .bind(record.partition)
         .bind(record.offset)
         .bind(record.key.as_deref())
         .bind(record.value.as_deref())
-        .bind(Value::Object(headers))
+        .bind(&encoded.headers)
+        .bind(&encoded.header_names)
+        .bind(&encoded.header_values)
         .bind(failure.kind)
-        .bind(&failure.detail)
+        .bind(&encoded.detail)
         .bind(failure.stage.label())
         .execute(&self.pool)
         .await?;
@@ -209,7 +221,8 @@ impl DeadLetterStore {
     /// Dead letters, oldest first; `pending_only` hides replayed ones.
     pub async fn list(&self, pending_only: bool, limit: i64) -> Result<Vec<DeadLetter>, DeadLetterError> {
         let rows = sqlx::query(
-            r#"SELECT id, topic, "partition", "offset", key, value, error_kind, error_detail, stage, first_seen, attempts, replayed_at
+            r#"SELECT id, topic, "partition", "offset", key, value, error_kind, error_detail, stage, first_seen, attempts, replayed_at,
+                      header_names, header_values
                FROM cdc_dead_letters WHERE ($1 = false OR replayed_at IS NULL) ORDER BY id LIMIT $2"#,
         )
         .bind(pending_only)
@@ -218,7 +231,19 @@ impl DeadLetterStore {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|r| DeadLetter {
+            .map(|r| {
+                let names: Option<Vec<Vec<u8>>> = r.get("header_names");
+                let values: Option<Vec<Option<Vec<u8>>>> = r.get("header_values");
+                (
+                    r,
+                    names
+                        .unwrap_or_default()
+                        .into_iter()
+                        .zip(values.unwrap_or_default())
+                        .collect(),
+                )
+            })
+            .map(|(r, headers)| DeadLetter {
                 id: r.get("id"),
                 topic: r.get("topic"),
                 partition: r.get("partition"),
@@ -231,6 +256,7 @@ impl DeadLetterStore {
                 first_seen: r.get("first_seen"),
                 attempts: r.get("attempts"),
                 replayed_at: r.get("replayed_at"),
+                headers,
             })
             .collect())
     }
@@ -250,5 +276,96 @@ impl DeadLetterStore {
             .execute(&self.pool)
             .await?;
         Ok(result.rows_affected())
+    }
+}
+
+/// A dead letter's columns, built without a database so that "every record
+/// can be a dead letter" is testable (tests/fuzz.rs): nothing in here can
+/// hold a value PostgreSQL refuses (a NUL in text or jsonb).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    pub topic: String,
+    /// A readable view of the headers for `dead-letters list` and SQL users;
+    /// the lossless form is `header_names`/`header_values`.
+    pub headers: Value,
+    pub header_names: Vec<Vec<u8>>,
+    pub header_values: Vec<Option<Vec<u8>>>,
+    pub detail: String,
+}
+
+impl Encoded {
+    pub fn of(record: &KafkaRecord, failure: &Failure) -> Encoded {
+        let headers: Map<String, Value> = record
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let value = value
+                    .as_ref()
+                    .map(|v| Value::String(printable(&String::from_utf8_lossy(v))))
+                    .unwrap_or(Value::Null);
+                (printable(&String::from_utf8_lossy(name)), value)
+            })
+            .collect();
+        Encoded {
+            topic: printable(&record.topic),
+            headers: Value::Object(headers),
+            header_names: record.headers.iter().map(|(name, _)| name.clone()).collect(),
+            header_values: record.headers.iter().map(|(_, value)| value.clone()).collect(),
+            detail: printable(&failure.detail),
+        }
+    }
+}
+
+/// Text PostgreSQL accepts in `text` and `jsonb`: every NUL becomes the six
+/// characters `\u0000`. Nothing else needs escaping (a Rust string is UTF-8).
+/// For the human-readable columns only: the record's own bytes are kept
+/// losslessly in bytea columns.
+pub fn printable(text: &str) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\\u0000")
+    } else {
+        text.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_text_has_no_nul() {
+        assert_eq!(printable("plain"), "plain");
+        assert_eq!(printable("a\0b"), "a\\u0000b");
+    }
+
+    #[test]
+    fn any_record_encodes_without_nul_and_keeps_header_bytes() {
+        let record = KafkaRecord {
+            topic: "t".into(),
+            partition: 0,
+            offset: 1,
+            key: Some(vec![0, 1]),
+            value: Some(vec![0xff]),
+            timestamp_ms: None,
+            headers: vec![(b"h\xff\xfe".to_vec(), Some(b"v\0w".to_vec())), (b"n\0".to_vec(), None)],
+        };
+        let failure = Failure {
+            stage: Stage::Decode,
+            kind: "malformed",
+            detail: "quoted \"\0\"".into(),
+        };
+        let e = Encoded::of(&record, &failure);
+        assert!(!e.detail.contains('\0'));
+        let texts: Vec<String> = e
+            .headers
+            .as_object()
+            .into_iter()
+            .flatten()
+            .flat_map(|(k, v)| [k.clone(), v.as_str().unwrap_or_default().to_owned()])
+            .collect();
+        assert!(texts.iter().all(|t| !t.contains('\0')), "{texts:?}");
+        assert!(texts.contains(&"v\\u0000w".to_owned()), "{texts:?}");
+        assert_eq!(e.header_names, vec![b"h\xff\xfe".to_vec(), b"n\0".to_vec()]);
+        assert_eq!(e.header_values, vec![Some(b"v\0w".to_vec()), None]);
     }
 }

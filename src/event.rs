@@ -14,7 +14,9 @@ pub struct KafkaRecord {
     pub value: Option<Vec<u8>>,
     /// Broker append time (or producer create time), milliseconds since the epoch.
     pub timestamp_ms: Option<i64>,
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// Names and values as the producer wrote them: any bytes (a name need
+    /// not be UTF-8), so that a dead letter keeps them losslessly.
+    pub headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 /// A row image: column name to its value as Debezium printed it.
@@ -151,6 +153,17 @@ pub enum Decoded {
 }
 
 impl Decoded {
+    /// What the record is, in words (for details and logs).
+    pub fn op_label_long(&self) -> &'static str {
+        match self {
+            Decoded::Change(_) => "row change",
+            Decoded::Tombstone => "tombstone",
+            Decoded::Heartbeat => "heartbeat",
+            Decoded::TransactionMetadata => "transaction metadata",
+            Decoded::SchemaChange => "schema change",
+        }
+    }
+
     /// Label for the `op` dimension of the events metric.
     pub fn op_label(&self) -> &'static str {
         match self {

@@ -80,6 +80,9 @@ pub fn install() -> PrometheusHandle {
     let batch_buckets = [
         1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
     ];
+    // Both expects are start-up invariants, not input: the bucket lists above
+    // are non-empty constants, and `install` is called once per process.
+    #[allow(clippy::expect_used)]
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(PROPAGATION.into()), &latency_buckets)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(APPLY_LATENCY.into()), &latency_buckets))

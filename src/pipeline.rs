@@ -100,6 +100,22 @@ pub fn route_with(
     };
     let event = match decoded {
         Ok(Decoded::Change(event)) => event,
+        // Debezium never writes these to a table's own topic: on the topic
+        // of a configured table, skipping could lose a change (a row whose
+        // columns merely look like one of them), so it is handled as an
+        // undecodable record of that table instead.
+        Ok(other @ (Decoded::Heartbeat | Decoded::TransactionMetadata | Decoded::SchemaChange))
+            if table_from_topic(&record.topic).is_some_and(|t| graph.entity(&t).is_some()) =>
+        {
+            let error = DecodeError {
+                kind: DecodeErrorKind::UnexpectedShape,
+                detail: format!(
+                    "a {} record on the topic of a configured table; not skipped",
+                    other.op_label_long()
+                ),
+            };
+            return route_undecodable(graph, record, error, dead_letters);
+        }
         Ok(other) => {
             return Route {
                 op: other.op_label(),
@@ -398,10 +414,9 @@ impl Pipeline {
             let due = batch
                 .flush_at
                 .is_some_and(|t| t <= now && (!took_record || now - t >= MAX_DRAIN));
-            if full || due {
-                if self.flush(&mut batch, &shutdown).await.is_err() {
-                    break;
-                }
+            // Abandoned only at shutdown: the drain below handles what is left.
+            if (full || due) && self.flush(&mut batch, &shutdown).await.is_err() {
+                break;
             }
             if now >= next_tick {
                 self.tick(&batch);
@@ -586,20 +601,7 @@ impl Pipeline {
             Routed::Stall { reason, detail } => Some((reason, detail)),
         };
         if let Some((reason, detail)) = stalled {
-            let state = self.partitions.get_mut(&partition).expect("inserted above");
-            state.stalled = true;
-            state.next_offset = Some(record.offset);
-            tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, reason, %detail,
-                "partition stalled: this invalidation cannot be applied or escalated; nothing past it will be committed");
-            self.pause(std::slice::from_ref(&partition));
-            self.status.stall(
-                format!("{}/{}", record.topic, record.partition),
-                Stall {
-                    offset: record.offset,
-                    reason,
-                    detail,
-                },
-            );
+            self.stall(&record, reason, detail);
             return Ok(());
         }
         batch.done.insert(partition, record.offset);
@@ -610,6 +612,26 @@ impl Pipeline {
             batch.take_until(Instant::now() + self.settings.plan.eventual_linger);
         }
         Ok(())
+    }
+
+    /// Stops `record`'s partition at the record: nothing at or past it is
+    /// committed until an operator acts (architecture 4.3, never silent).
+    fn stall(&mut self, record: &KafkaRecord, reason: &'static str, detail: String) {
+        let partition: PartitionId = (record.topic.clone(), record.partition);
+        let state = self.partitions.entry(partition.clone()).or_default();
+        state.stalled = true;
+        state.next_offset = Some(record.offset);
+        tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, reason, %detail,
+            "partition stalled: this invalidation cannot be applied, escalated or dead-lettered; nothing past it will be committed");
+        self.pause(std::slice::from_ref(&partition));
+        self.status.stall(
+            format!("{}/{}", record.topic, record.partition),
+            Stall {
+                offset: record.offset,
+                reason,
+                detail,
+            },
+        );
     }
 
     /// Loads the Avro schemas a framed record names. An unknown id is left to
@@ -731,7 +753,7 @@ impl Pipeline {
     /// Writes the batch's dead letters, applies its bumps (retrying while a
     /// dependency is unreachable), then stores its offsets.
     async fn flush(&mut self, batch: &mut Batch, shutdown: &CancellationToken) -> Result<(), Abandoned> {
-        let taken = std::mem::take(batch);
+        let mut taken = std::mem::take(batch);
         // In flight until Redis acknowledges, however long an outage lasts.
         metrics::in_flight(taken.records);
         metrics::coalesced(taken.plan.coalesced());
@@ -743,6 +765,28 @@ impl Pipeline {
                         Ok(()) => {
                             metrics::dead_letter(failure.stage.label(), failure.kind);
                             self.status.dead_letters_ok();
+                            break;
+                        }
+                        Err(error) if error.is_data_error() => {
+                            // The store is up and refused this row: retrying
+                            // cannot help and is no outage. Only this record's
+                            // partition stops, just before it.
+                            self.status.dead_letters_ok();
+                            let partition = (record.topic.clone(), record.partition);
+                            match record.offset.checked_sub(1) {
+                                Some(before) if before >= 0 => {
+                                    let done = taken.done.entry(partition).or_insert(before);
+                                    *done = (*done).min(before);
+                                }
+                                _ => {
+                                    taken.done.remove(&partition);
+                                }
+                            }
+                            self.stall(
+                                record,
+                                "dead_letter_refused",
+                                format!("the dead-letter store refused the record ({error})"),
+                            );
                             break;
                         }
                         Err(error) => {

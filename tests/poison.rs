@@ -251,3 +251,293 @@ async fn dead_letter_store_down_stalls_the_partition_until_it_returns() {
     );
     daemon.wait_ready().await;
 }
+
+/// Produces one record with raw header bytes: rdkafka's safe API only takes
+/// UTF-8 header names, and the point is a name that is not.
+async fn produce_with_raw_headers(topic: &str, value: &[u8], headers: &[(&[u8], Option<&[u8]>)]) -> i64 {
+    use rdkafka::bindings as rd;
+    use rdkafka::message::OwnedHeaders;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", common::kafka_brokers())
+        .create()
+        .unwrap();
+    // SAFETY: rd_kafka_headers_new returns an owned list; rd_kafka_header_add
+    // copies `size` bytes of name and value. OwnedHeaders is a single
+    // non-null pointer to such a list (checked by size below), and takes
+    // ownership of it (freed when the record is sent or dropped).
+    let owned: OwnedHeaders = unsafe {
+        let list = rd::rd_kafka_headers_new(headers.len());
+        for (name, value) in headers {
+            let (value_ptr, value_len) = match value {
+                Some(v) => (v.as_ptr().cast(), v.len() as isize),
+                None => (std::ptr::null(), 0),
+            };
+            rd::rd_kafka_header_add(list, name.as_ptr().cast(), name.len() as isize, value_ptr, value_len);
+        }
+        assert_eq!(
+            std::mem::size_of::<OwnedHeaders>(),
+            std::mem::size_of::<*mut rd::rd_kafka_headers_t>()
+        );
+        std::mem::transmute::<*mut rd::rd_kafka_headers_t, OwnedHeaders>(list)
+    };
+    let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).partition(0).payload(value).headers(owned);
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produce")
+        .offset
+}
+
+/// Issue 11, items 1-3 through the real broker and dead-letter store: a
+/// header name that is not UTF-8 (rdkafka 0.39's accessor panicked on it,
+/// a crash loop), a NUL in a header value (PostgreSQL's jsonb refused it and
+/// every partition paused), and positions Debezium cannot write (`lsn: -1`
+/// poisoned the guard): all dead letters, kept losslessly, and the valid
+/// change after them applies.
+#[tokio::test]
+async fn hostile_headers_and_positions_are_dead_letters_and_never_stop_the_daemon() {
+    let table = common::unique("hostile");
+    let topic = format!("{}.public.{table}", common::topic_prefix());
+    let prefix = format!("{}:", common::unique("ver"));
+    let (dl_url, schema) = common::dead_letter_url(&common::pg_address());
+    let admin_port = common::free_port();
+    let cfg = config(&topic, &table, &prefix, (&dl_url, &schema), admin_port);
+
+    let garbage_offset =
+        produce_with_raw_headers(&topic, b"{not json", &[(b"h\xff\xfe", Some(b"v\0w")), (b"plain", None)]).await;
+    let negative_lsn = json!({"before": null, "after": {"id": 3}, "op": "u",
+        "source": {"connector": "postgresql", "name": "shop", "db": "shop", "schema": "public", "table": table,
+                   "lsn": -1, "ts_ms": 1}});
+    let overflowing = json!({"before": null, "after": {"id": 3}, "op": "u",
+        "source": {"connector": "postgresql", "name": "shop", "db": "shop", "schema": "public", "table": table,
+                   "lsn": 7000, "sequence": "[\"18446744073709551615\",\"7000\"]", "ts_ms": 1}});
+    let offsets = common::produce(
+        &topic,
+        &[
+            (
+                Some(b"{\"id\":3}".to_vec()),
+                Some(serde_json::to_vec(&negative_lsn).unwrap()),
+            ),
+            (
+                Some(b"{\"id\":3}".to_vec()),
+                Some(serde_json::to_vec(&overflowing).unwrap()),
+            ),
+            common::debezium_change(&table, "u", 500, 3, json!({"id": 3}), common::now_us()),
+        ],
+    )
+    .await;
+
+    let daemon = Daemon::start_with(cfg.path(), admin_port, &["--migrate"]);
+    eventually("the valid change after the poison", Duration::from_secs(60), || {
+        let prefix = prefix.clone();
+        async move { (version(&prefix, "item:3").await > 0).then_some(()) }
+    })
+    .await;
+    daemon.wait_ready().await;
+
+    // The guard holds the valid position, never one from the poison.
+    let mut conn = common::redis_conn().await;
+    let guard: Option<String> = redis::cmd("HGET")
+        .arg(format!("{prefix}item:3"))
+        .arg("p:pg:shop")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(guard.as_deref(), Some("0000000000000000050000000000000000000500"));
+
+    let kinds = dead_letter_kinds(&schema).await;
+    assert_eq!(
+        kinds.iter().map(|(o, k, _)| (*o, k.as_str())).collect::<Vec<_>>(),
+        vec![
+            (garbage_offset, "malformed"),
+            (offsets[0].1, "bad_position"),
+            (offsets[1].1, "bad_position")
+        ]
+    );
+    let pool = common::pg().await;
+    let (names, values): (Vec<Vec<u8>>, Vec<Option<Vec<u8>>>) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT header_names, header_values FROM {schema}.cdc_dead_letters WHERE \"offset\" = $1"
+    )))
+    .bind(garbage_offset)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(names, vec![b"h\xff\xfe".to_vec(), b"plain".to_vec()]);
+    assert_eq!(values, vec![Some(b"v\0w".to_vec()), None]);
+    let metrics = daemon.metrics().await;
+    assert_eq!(
+        common::metric_sum(
+            &metrics,
+            "cdc_invalidator_dead_letters_total",
+            &["kind=\"bad_position\""]
+        ),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        common::metric_sum(&metrics, "cdc_invalidator_stalled_partitions", &[]),
+        0.0
+    );
+}
+
+/// Issue 11, item 2: a dead letter the store is up for but refuses (here a
+/// CHECK constraint, SQLSTATE 23514) is no outage. Only its partition stalls,
+/// at the record, with a true readiness reason and the stalled metric; the
+/// other partitions keep going.
+#[tokio::test]
+async fn a_refused_dead_letter_stalls_its_partition_only() {
+    let table = common::unique("refused");
+    let stalled_topic = format!("{}.public.{table}", common::topic_prefix());
+    let other_topic = format!("other{}.public.{table}", common::topic_prefix());
+    let prefix = format!("{}:", common::unique("ver"));
+    let (dl_url, schema) = common::dead_letter_url(&common::pg_address());
+    let admin_port = common::free_port();
+    // Two topics of the same table; write_config quotes one name.
+    let cfg = config(
+        &format!("{stalled_topic}\", \"{other_topic}"),
+        &table,
+        &prefix,
+        (&dl_url, &schema),
+        admin_port,
+    );
+    let good = |id: i64, lsn: u64| common::debezium_change(&table, "c", lsn, id, json!({"id": id}), common::now_us());
+    common::produce(&stalled_topic, &[good(1, 100)]).await;
+    common::produce(&other_topic, &[good(2, 101)]).await;
+    let daemon = Daemon::start_with(cfg.path(), admin_port, &["--migrate"]);
+    for key in ["item:1", "item:2"] {
+        eventually("the first records", Duration::from_secs(60), || {
+            let prefix = prefix.clone();
+            async move { (version(&prefix, key).await > 0).then_some(()) }
+        })
+        .await;
+    }
+    let pool = common::pg().await;
+    common::sql(
+        &pool,
+        &format!(
+            "ALTER TABLE {schema}.cdc_dead_letters ADD CONSTRAINT refuse_malformed CHECK (error_kind <> 'malformed')"
+        ),
+    )
+    .await;
+
+    let poison = common::produce(&stalled_topic, &[(None, Some(b"{oops".to_vec())), good(3, 103)]).await;
+    let body = eventually(
+        "readiness to name the stalled partition",
+        Duration::from_secs(60),
+        || {
+            let admin = daemon.admin.clone();
+            async move {
+                let (code, body) = common::http_get(&admin, "/readyz").await?;
+                (code == 503 && body.contains("dead_letter_refused")).then_some(body)
+            }
+        },
+    )
+    .await;
+    assert!(
+        body.contains(&format!("{stalled_topic}/0 stalled at offset {}", poison[0].1)),
+        "{body}"
+    );
+    assert!(
+        !body.contains("dead-letter store unreachable"),
+        "the store is up: {body}"
+    );
+
+    // The other partition is not paused: its next record applies.
+    common::produce(&other_topic, &[good(4, 104)]).await;
+    eventually("the other partition to keep going", Duration::from_secs(60), || {
+        let prefix = prefix.clone();
+        async move { (version(&prefix, "item:4").await > 0).then_some(()) }
+    })
+    .await;
+    assert_eq!(version(&prefix, "item:3").await, 0, "nothing past the refused record");
+    let committed = common::committed_offset(&common::group_of(cfg.path()), &stalled_topic, 0).unwrap_or(-1);
+    assert!(committed <= poison[0].1, "committed {committed} past {}", poison[0].1);
+    let metrics = daemon.metrics().await;
+    assert_eq!(
+        common::metric_sum(&metrics, "cdc_invalidator_stalled_partitions", &[]),
+        1.0,
+        "{metrics}"
+    );
+    let log = std::fs::read_to_string(&daemon.log).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("dead_letter_refused")),
+        "{}",
+        daemon.log_tail()
+    );
+}
+
+/// Issue 11, item 4 through the real broker: flattened rows whose columns
+/// look like schema-change or transaction records are rows (applied), a
+/// record naming another table and a NULL primary key are dead letters that
+/// escalate, and nothing is skipped silently.
+#[tokio::test]
+async fn look_alike_rows_apply_and_wrong_table_or_null_key_are_dead_letters() {
+    let table = common::unique("lookalike");
+    let topic = format!("{}.public.{table}", common::topic_prefix());
+    let prefix = format!("{}:", common::unique("ver"));
+    let (dl_url, schema) = common::dead_letter_url(&common::pg_address());
+    let admin_port = common::free_port();
+    let cfg = config(&topic, &table, &prefix, (&dl_url, &schema), admin_port);
+    let row = |v: Value| {
+        (
+            Some(serde_json::to_vec(&json!({"id": v["id"]})).unwrap()),
+            Some(serde_json::to_vec(&v).unwrap()),
+        )
+    };
+    let records = vec![
+        row(json!({"id": 11, "ddl": "CREATE TABLE x()", "tableChanges": []})),
+        row(json!({"id": 12, "status": "END", "event_count": 3})),
+        change(
+            "other_table",
+            "u",
+            300,
+            Some(json!({"id": 13})),
+            Value::Null,
+            json!({"id": 13}),
+        ),
+        change(
+            &table,
+            "c",
+            301,
+            Some(json!({"id": null})),
+            Value::Null,
+            json!({"id": null}),
+        ),
+        common::debezium_change(&table, "c", 302, 14, json!({"id": 14}), common::now_us()),
+    ];
+    let offsets = common::produce(&topic, &records).await;
+    let daemon = Daemon::start_with(cfg.path(), admin_port, &["--migrate"]);
+    eventually("the last record", Duration::from_secs(60), || {
+        let prefix = prefix.clone();
+        async move { (version(&prefix, "item:14").await > 0).then_some(()) }
+    })
+    .await;
+    assert!(
+        version(&prefix, "item:11").await > 0,
+        "a row with ddl/tableChanges columns is a row"
+    );
+    assert!(
+        version(&prefix, "item:12").await > 0,
+        "a row with status/event_count columns is a row"
+    );
+    assert_eq!(
+        version(&prefix, "item:13").await,
+        0,
+        "another table's record bumps nothing of this one's keys"
+    );
+    assert!(version(&prefix, "ns:item").await > 0, "the poisoned entity escalated");
+    let kinds = dead_letter_kinds(&schema).await;
+    assert_eq!(
+        kinds.iter().map(|(o, k, _)| (*o, k.as_str())).collect::<Vec<_>>(),
+        vec![(offsets[2].1, "table_mismatch"), (offsets[3].1, "missing_key")]
+    );
+    let metrics = daemon.metrics().await;
+    assert_eq!(
+        common::metric_sum(&metrics, "cdc_invalidator_events_total", &["outcome=\"skipped\""]),
+        0.0,
+        "{metrics}"
+    );
+}

@@ -56,7 +56,10 @@ async fn idle_replica_turns_unready_when_redis_or_postgres_go_and_ready_when_the
     let mut proxy = Proxy::start(&common::pg_address()).await;
     let (dl_url, schema) = common::dead_letter_url(&format!("127.0.0.1:{}", proxy.port));
     let admin_port = common::free_port();
-    let extra = format!("[dead_letters]\nurl = \"{dl_url}\"\nschema = \"{schema}\"\n{}", entity(&table));
+    let extra = format!(
+        "[dead_letters]\nurl = \"{dl_url}\"\nschema = \"{schema}\"\n{}",
+        entity(&table)
+    );
     let cfg = common::write_config(&topic, &redis.url(), "ver:", admin_port, &extra);
     // [admin] probe settings go with listen.
     let text = std::fs::read_to_string(cfg.path()).unwrap().replace(

@@ -7,8 +7,10 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+// A poisoned schema cache only means a panic elsewhere while it was held;
+// each update is one insert, so the map is consistent and used as it is.
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use apache_avro::schema::{Name, Schema};
 use apache_avro::types::Value as Avro;
@@ -52,7 +54,18 @@ pub struct AvroSchemas {
     sources: SchemaSources,
     http: reqwest::Client,
     prepared: RwLock<HashMap<u32, Arc<Prepared>>>,
+    /// Permanent answers (unknown id, invalid schema), kept for
+    /// [`NEGATIVE_CACHE_TTL`] so that a run of records naming a bad id costs
+    /// one registry request, not one each; bounded to [`NEGATIVE_CACHE_MAX`] ids.
+    failed: RwLock<HashMap<u32, (Instant, SchemaError)>>,
 }
+
+/// How long a permanent schema error is believed: long enough that a flood
+/// of bad ids is cheap, short enough that a schema registered late is found.
+pub const NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Distinct bad ids remembered at once (hostile input may name 2^32 ids);
+/// when full, expired entries go first, then the whole cache is dropped.
+pub const NEGATIVE_CACHE_MAX: usize = 10_000;
 
 /// The schema id of a Confluent-framed payload.
 pub fn schema_id(bytes: &[u8]) -> Option<u32> {
@@ -71,21 +84,53 @@ impl AvroSchemas {
             sources,
             http,
             prepared: RwLock::new(HashMap::new()),
+            failed: RwLock::new(HashMap::new()),
         })
     }
 
     pub fn is_loaded(&self, id: u32) -> bool {
-        self.prepared.read().expect("schema cache lock").contains_key(&id)
+        self.prepared
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&id)
     }
 
-    /// Loads schema `id` unless it is cached: from the schema files, then the registry.
+    /// Loads schema `id` unless it is cached: from the schema files, then the
+    /// registry. Permanent errors are cached too, for [`NEGATIVE_CACHE_TTL`].
     pub async fn ensure(&self, id: u32) -> Result<(), SchemaError> {
         if self.is_loaded(id) {
             return Ok(());
         }
-        let text = match self.from_file(id)? {
+        if let Some(error) = self.cached_failure(id) {
+            return Err(error);
+        }
+        let outcome = self.load(id).await;
+        if let Err(error @ (SchemaError::NotFound(_) | SchemaError::Invalid { .. })) = &outcome {
+            let mut failed = self.failed.write().unwrap_or_else(PoisonError::into_inner);
+            if failed.len() >= NEGATIVE_CACHE_MAX {
+                failed.retain(|_, (at, _)| at.elapsed() < NEGATIVE_CACHE_TTL);
+                if failed.len() >= NEGATIVE_CACHE_MAX {
+                    failed.clear();
+                }
+            }
+            failed.insert(id, (Instant::now(), error.clone()));
+        }
+        outcome
+    }
+
+    /// The permanent error cached for `id`, while it is fresh.
+    pub fn cached_failure(&self, id: u32) -> Option<SchemaError> {
+        let failed = self.failed.read().unwrap_or_else(PoisonError::into_inner);
+        failed
+            .get(&id)
+            .filter(|(at, _)| at.elapsed() < NEGATIVE_CACHE_TTL)
+            .map(|(_, error)| error.clone())
+    }
+
+    async fn load(&self, id: u32) -> Result<(), SchemaError> {
+        let text = match self.read_schema_file(id)? {
             Some(text) => text,
-            None => self.from_registry(id).await?,
+            None => self.fetch_from_registry(id).await?,
         };
         let root = Schema::parse_str(&text).map_err(|e| SchemaError::Invalid {
             id,
@@ -111,13 +156,13 @@ impl AvroSchemas {
             })?;
         self.prepared
             .write()
-            .expect("schema cache lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(id, Arc::new(Prepared { reader, root, names }));
         tracing::info!(schema_id = id, "avro schema loaded");
         Ok(())
     }
 
-    fn from_file(&self, id: u32) -> Result<Option<String>, SchemaError> {
+    fn read_schema_file(&self, id: u32) -> Result<Option<String>, SchemaError> {
         let Some(dir) = &self.sources.schemas_dir else {
             return Ok(None);
         };
@@ -132,7 +177,7 @@ impl AvroSchemas {
         }
     }
 
-    async fn from_registry(&self, id: u32) -> Result<String, SchemaError> {
+    async fn fetch_from_registry(&self, id: u32) -> Result<String, SchemaError> {
         let Some(base) = &self.sources.registry_url else {
             return Err(SchemaError::NotFound(id));
         };
@@ -182,16 +227,21 @@ impl AvroSchemas {
         let prepared = self
             .prepared
             .read()
-            .expect("schema cache lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .get(&id)
             .cloned()
-            .ok_or_else(|| {
-                DecodeError::new(
+            .ok_or_else(|| match self.cached_failure(id) {
+                Some(error @ SchemaError::Invalid { .. }) => {
+                    DecodeError::new(DecodeErrorKind::InvalidSchema, format!("{part}: {error}"))
+                }
+                Some(error) => DecodeError::new(DecodeErrorKind::UnknownSchema, format!("{part}: {error}")),
+                None => DecodeError::new(
                     DecodeErrorKind::UnknownSchema,
                     format!("{part}: schema id {id} is not known"),
-                )
+                ),
             })?;
-        let mut datum = &bytes[5..];
+        // schema_id just read the 5-byte framing, so the datum starts at 5.
+        let mut datum = bytes.get(5..).unwrap_or_default();
         let value = prepared.reader.read_value(&mut datum).map_err(|e| {
             let text = e.to_string();
             let kind =
@@ -212,24 +262,38 @@ impl AvroSchemas {
                 ),
             ));
         }
-        to_json(&value, &prepared.root, &prepared.names)
-            .map_err(|detail| DecodeError::new(DecodeErrorKind::UnexpectedShape, format!("{part}: {detail}")))
+        let json = to_json(&value, &prepared.root, &prepared.names)
+            .map_err(|Bad(kind, detail)| DecodeError::new(kind, format!("{part}: {detail}")))?;
+        let name = match &prepared.root {
+            Schema::Record(record) => Some(record.name.fullname(None)),
+            _ => None,
+        };
+        Ok(super::wrapper(name, json))
     }
+}
+
+/// Why a datum cannot become JSON: the kind, and a detail for humans.
+struct Bad(DecodeErrorKind, String);
+
+fn shape(detail: String) -> Bad {
+    Bad(DecodeErrorKind::UnexpectedShape, detail)
 }
 
 /// Avro value to the JSON JsonConverter writes, guided by the schema (for
 /// decimal scales and named types).
-fn to_json(value: &Avro, schema: &Schema, names: &HashMap<Name, Schema>) -> Result<Value, String> {
+fn to_json(value: &Avro, schema: &Schema, names: &HashMap<Name, Schema>) -> Result<Value, Bad> {
     let schema = match schema {
-        Schema::Ref { name } => names.get(name).ok_or_else(|| format!("unknown named type {name:?}"))?,
+        Schema::Ref { name } => names
+            .get(name)
+            .ok_or_else(|| shape(format!("unknown named type {name:?}")))?,
         other => other,
     };
     Ok(match (value, schema) {
         (Avro::Union(index, inner), Schema::Union(union)) => {
             let branch = union
                 .variants()
-                .get(*index as usize)
-                .ok_or_else(|| format!("union branch {index} out of range"))?;
+                .get(usize::try_from(*index).unwrap_or(usize::MAX))
+                .ok_or_else(|| shape(format!("union branch {index} out of range")))?;
             to_json(inner, branch, names)?
         }
         (Avro::Union(_, inner), other) => to_json(inner, other, names)?,
@@ -244,31 +308,34 @@ fn to_json(value: &Avro, schema: &Schema, names: &HashMap<Name, Schema>) -> Resu
         | (Avro::LocalTimestampMillis(i), _)
         | (Avro::LocalTimestampMicros(i), _)
         | (Avro::LocalTimestampNanos(i), _) => Value::from(*i),
-        (Avro::Float(f), _) => serde_json::Number::from_f64(f64::from(*f))
-            .map(Value::Number)
-            .unwrap_or(Value::Null),
-        (Avro::Double(f), _) => serde_json::Number::from_f64(*f)
-            .map(Value::Number)
-            .unwrap_or(Value::Null),
+        // A float32 is the number its shortest round-trip text names (what
+        // Java's Float.toString, hence Debezium's JSON, prints): 0.1, not
+        // 0.10000000149011612.
+        (Avro::Float(f), _) => float(format!("{f}").parse::<f64>().unwrap_or(f64::NAN)),
+        (Avro::Double(f), _) => float(*f),
         (Avro::String(s), _) | (Avro::Enum(_, s), _) => Value::String(s.clone()),
         (Avro::Uuid(u), _) => Value::String(u.to_string()),
         (Avro::Decimal(d), Schema::Decimal(decimal)) => {
-            let bytes: Vec<u8> = d.try_into().map_err(|e: apache_avro::Error| e.to_string())?;
-            Value::String(decimal_text(&bytes, decimal.scale)?)
+            let bytes: Vec<u8> = d.try_into().map_err(|e: apache_avro::Error| shape(e.to_string()))?;
+            Value::String(decimal_text(&bytes, decimal.scale as u64)?)
         }
-        (Avro::BigDecimal(d), _) => Value::String(d.to_string()),
+        (Avro::BigDecimal(d), _) => {
+            let (unscaled, scale) = d.as_bigint_and_exponent();
+            let scale = u64::try_from(scale).map_err(|_| bounds(format!("a decimal with negative scale {scale}")))?;
+            Value::String(decimal_text(&unscaled.to_signed_bytes_be(), scale)?)
+        }
         (Avro::Bytes(b), _) | (Avro::Fixed(_, b), _) => Value::String(base64(b)),
         (Avro::Array(items), Schema::Array(array)) => Value::Array(
             items
                 .iter()
                 .map(|v| to_json(v, &array.items, names))
-                .collect::<Result<_, _>>()?,
+                .collect::<Result<_, Bad>>()?,
         ),
         (Avro::Map(entries), Schema::Map(map)) => Value::Object(
             entries
                 .iter()
                 .map(|(k, v)| Ok((k.clone(), to_json(v, &map.types, names)?)))
-                .collect::<Result<Map<_, _>, String>>()?,
+                .collect::<Result<Map<_, _>, Bad>>()?,
         ),
         (Avro::Record(fields), Schema::Record(record)) => {
             let mut out = Map::new();
@@ -278,56 +345,147 @@ fn to_json(value: &Avro, schema: &Schema, names: &HashMap<Name, Schema>) -> Resu
                     .iter()
                     .find(|f| &f.name == name)
                     .map(|f| &f.schema)
-                    .ok_or_else(|| format!("field {name:?} not in the schema"))?;
+                    .ok_or_else(|| shape(format!("field {name:?} not in the schema")))?;
                 out.insert(name.clone(), to_json(field_value, field_schema, names)?);
             }
             // io.debezium.data.VariableScaleDecimal {scale, value} prints
             // as decimal.handling.mode=string would print the column.
             if record.name.name() == "VariableScaleDecimal" {
-                let scale = out.get("scale").and_then(Value::as_u64);
+                let scale = fields.iter().find_map(|(n, v)| match (n.as_str(), v) {
+                    ("scale", Avro::Int(scale)) => Some(*scale),
+                    _ => None,
+                });
                 let unscaled = fields.iter().find_map(|(n, v)| match (n.as_str(), v) {
                     ("value", Avro::Bytes(b)) => Some(b),
                     _ => None,
                 });
                 if let (Some(scale), Some(unscaled)) = (scale, unscaled) {
-                    return Ok(Value::String(decimal_text(unscaled, scale as usize)?));
+                    let scale = u64::try_from(scale)
+                        .map_err(|_| bounds(format!("a VariableScaleDecimal with negative scale {scale}")))?;
+                    return Ok(Value::String(decimal_text(unscaled, scale)?));
                 }
             }
             Value::Object(out)
         }
-        (other, schema) => return Err(format!("avro value {other:?} does not fit schema {schema:?}")),
+        (other, schema) => {
+            return Err(shape(format!(
+                "avro value {} does not fit schema {}",
+                shown(other),
+                shown(schema)
+            )))
+        }
     })
 }
 
-/// Big-endian two's complement unscaled value and a scale, printed as
-/// Java's BigDecimal.toPlainString does (Debezium's string mode).
-fn decimal_text(unscaled: &[u8], scale: usize) -> Result<String, String> {
-    if unscaled.len() > 16 {
-        return Err(format!("a decimal of {} bytes is beyond 38 digits", unscaled.len()));
+// Bounds on decimals from input. PostgreSQL's numeric holds up to 131072
+// digits before the point and 16383 after, but a key of that size is no key
+// a reader builds: beyond these, the record is a dead letter (a scale of
+// 70000 used to panic the formatter, 65534 made a 65,540-character key).
+/// Unscaled bytes: 128 bytes hold any 308-digit number.
+pub const MAX_DECIMAL_BYTES: usize = 128;
+/// Digits after the point.
+pub const MAX_DECIMAL_SCALE: u64 = 1000;
+
+fn bounds(detail: String) -> Bad {
+    Bad(DecodeErrorKind::OutOfBounds, detail)
+}
+
+/// Big-endian two's complement unscaled value of any length (within
+/// [`MAX_DECIMAL_BYTES`]) and a scale, printed as Java's
+/// BigDecimal.toPlainString does (Debezium's string mode): exact at any size.
+fn decimal_text(unscaled: &[u8], scale: u64) -> Result<String, Bad> {
+    if unscaled.len() > MAX_DECIMAL_BYTES {
+        return Err(bounds(format!(
+            "a decimal of {} bytes is beyond the bound of {MAX_DECIMAL_BYTES} bytes",
+            unscaled.len()
+        )));
+    }
+    if scale > MAX_DECIMAL_SCALE {
+        return Err(bounds(format!(
+            "a decimal scale of {scale} is beyond the bound of {MAX_DECIMAL_SCALE}"
+        )));
     }
     let negative = unscaled.first().is_some_and(|b| b & 0x80 != 0);
-    let mut buf = [if negative { 0xff } else { 0 }; 16];
-    buf[16 - unscaled.len()..].copy_from_slice(unscaled);
-    let n = i128::from_be_bytes(buf);
-    let digits = n.unsigned_abs().to_string();
-    let sign = if n < 0 { "-" } else { "" };
+    let mut magnitude = unscaled.to_vec();
+    if negative {
+        // Two's complement: invert and add one (from the last byte).
+        let mut carry = true;
+        for byte in magnitude.iter_mut().rev() {
+            let (sum, overflow) = (!*byte).overflowing_add(u8::from(carry));
+            *byte = sum;
+            carry = overflow;
+        }
+    }
+    let digits = magnitude_digits(&magnitude);
+    let sign = if negative && digits.bytes().any(|d| d != b'0') {
+        "-"
+    } else {
+        ""
+    };
+    // Bounded by MAX_DECIMAL_SCALE above, so it fits a usize.
+    let scale = usize::try_from(scale).unwrap_or(usize::MAX);
     if scale == 0 {
         return Ok(format!("{sign}{digits}"));
     }
-    let padded = format!("{digits:0>width$}", width = scale + 1);
-    let (int, frac) = padded.split_at(padded.len() - scale);
+    let padded = format!("{digits:0>width$}", width = scale.saturating_add(1));
+    let (int, frac) = padded.split_at(padded.len().saturating_sub(scale));
     Ok(format!("{sign}{int}.{frac}"))
+}
+
+/// Decimal digits of a big-endian unsigned magnitude (no leading zeros; "0").
+fn magnitude_digits(bytes: &[u8]) -> String {
+    let mut number: Vec<u8> = bytes.iter().copied().skip_while(|b| *b == 0).collect();
+    let mut digits = Vec::new();
+    while !number.is_empty() {
+        // Divide by 10, keeping the remainder: one decimal digit.
+        let mut remainder: u16 = 0;
+        for byte in number.iter_mut() {
+            let acc = (remainder << 8) | u16::from(*byte);
+            *byte = u8::try_from(acc / 10).unwrap_or(0);
+            remainder = acc % 10;
+        }
+        digits.push(b'0' + u8::try_from(remainder).unwrap_or(0));
+        let zeros = number.iter().take_while(|b| **b == 0).count();
+        number.drain(..zeros);
+    }
+    if digits.is_empty() {
+        digits.push(b'0');
+    }
+    digits.reverse();
+    String::from_utf8(digits).unwrap_or_default()
+}
+
+/// A JSON number for a finite float; Java's spelling of the others, as
+/// Debezium's JSON carries them (never null: null means SQL NULL).
+fn float(f: f64) -> Value {
+    match serde_json::Number::from_f64(f) {
+        Some(n) => Value::Number(n),
+        None if f.is_nan() => Value::String("NaN".into()),
+        None if f > 0.0 => Value::String("Infinity".into()),
+        None => Value::String("-Infinity".into()),
+    }
+}
+
+/// Debug text of a value or schema, cut short: a detail, not a dump.
+fn shown(value: &impl std::fmt::Debug) -> String {
+    let text = format!("{value:?}");
+    match text.char_indices().nth(200) {
+        Some((at, _)) => format!("{}...", text.get(..at).unwrap_or_default()),
+        None => text,
+    }
 }
 
 fn base64(bytes: &[u8]) -> String {
     const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+        let n = (byte(0) << 16) | (byte(1) << 8) | byte(2);
         for i in 0..4 {
             if i <= chunk.len() {
-                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                // A 6-bit index (masked with 63) into a 64-entry table.
+                let sextet = ((n >> (18 - 6 * i)) & 63) as usize;
+                out.push(TABLE.get(sextet).map_or('=', |c| *c as char));
             } else {
                 out.push('=');
             }
@@ -342,11 +500,29 @@ mod tests {
 
     #[test]
     fn decimals_print_like_debezium_string_mode() {
-        assert_eq!(decimal_text(&[0x04, 0xe2], 2).unwrap(), "12.50");
-        assert_eq!(decimal_text(&[0xfb], 2).unwrap(), "-0.05");
-        assert_eq!(decimal_text(&[0x04, 0xe2], 0).unwrap(), "1250");
-        assert_eq!(decimal_text(&[0x00], 3).unwrap(), "0.000");
-        assert!(decimal_text(&[1; 17], 0).is_err());
+        let text = |b: &[u8], scale| decimal_text(b, scale).ok().unwrap();
+        assert_eq!(text(&[0x04, 0xe2], 2), "12.50");
+        assert_eq!(text(&[0xfb], 2), "-0.05");
+        assert_eq!(text(&[0x04, 0xe2], 0), "1250");
+        assert_eq!(text(&[0x00], 3), "0.000");
+        assert_eq!(text(&[0x80], 0), "-128");
+        assert_eq!(text(&[], 0), "0");
+        // Beyond 38 digits (17 bytes): exact, as in Debezium's JSON.
+        assert_eq!(text(&[1; 17], 0), "341616807575530379006368233343265341697");
+        assert_eq!(text(&[0xff; 17], 1), "-0.1");
+    }
+
+    #[test]
+    fn decimal_scale_and_length_are_bounded() {
+        assert!(matches!(
+            decimal_text(&[1], 70000),
+            Err(Bad(DecodeErrorKind::OutOfBounds, _))
+        ));
+        assert!(decimal_text(&[1], MAX_DECIMAL_SCALE).is_ok());
+        assert!(matches!(
+            decimal_text(&[1; MAX_DECIMAL_BYTES + 1], 0),
+            Err(Bad(DecodeErrorKind::OutOfBounds, _))
+        ));
     }
 
     #[test]
@@ -361,5 +537,32 @@ mod tests {
         assert_eq!(schema_id(&[0, 0, 0, 1, 2, 9]), Some(258));
         assert_eq!(schema_id(&[1, 0, 0, 1, 2]), None);
         assert_eq!(schema_id(&[0, 0]), None);
+    }
+
+    #[tokio::test]
+    async fn bad_schemas_are_cached_and_said_to_be_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("7.avsc"), "{not a schema").unwrap();
+        let schemas = AvroSchemas::new(SchemaSources {
+            schemas_dir: Some(dir.path().to_path_buf()),
+            timeout: Duration::from_secs(1),
+            ..SchemaSources::default()
+        })
+        .unwrap();
+        assert!(matches!(
+            schemas.ensure(7).await,
+            Err(SchemaError::Invalid { id: 7, .. })
+        ));
+        // Cached: a fixed file would not be read again within the TTL.
+        std::fs::write(dir.path().join("7.avsc"), "\"string\"").unwrap();
+        assert!(matches!(
+            schemas.ensure(7).await,
+            Err(SchemaError::Invalid { id: 7, .. })
+        ));
+        let error = schemas.decode(&[0, 0, 0, 0, 7, 2], "value").unwrap_err();
+        assert_eq!(error.kind, DecodeErrorKind::InvalidSchema);
+        assert!(error.detail.contains("not a valid Avro schema"), "{}", error.detail);
+        assert!(matches!(schemas.ensure(8).await, Err(SchemaError::NotFound(8))));
+        assert_eq!(schemas.cached_failure(8), Some(SchemaError::NotFound(8)));
     }
 }

@@ -13,7 +13,8 @@ pub fn decode_json(record: &KafkaRecord) -> Result<Decoded, DecodeError> {
 /// The Debezium logic over already parsed key and value (from JSON bytes or
 /// from Avro turned into the same JSON).
 pub(super) fn decode_parsed(record: &KafkaRecord, key: Option<Value>, value: Value) -> Result<Decoded, DecodeError> {
-    let payload = match unwrap_payload(value) {
+    let (schema_name, payload) = unwrap_payload(value);
+    let payload = match payload {
         // `{"schema": ..., "payload": null}` is how JsonConverter writes a null value.
         Value::Null => return Ok(Decoded::Tombstone),
         Value::Object(map) => map,
@@ -25,31 +26,76 @@ pub(super) fn decode_parsed(record: &KafkaRecord, key: Option<Value>, value: Val
         }
     };
     let key = decode_key(key)?;
-
+    if let Some(kind) = marked_kind(record, schema_name.as_deref(), &payload) {
+        return Ok(kind);
+    }
     if payload.contains_key("op") {
         return envelope(record, payload, key).map(Decoded::Change);
-    }
-    if payload.contains_key("status") && payload.contains_key("id") && payload.contains_key("event_count")
-        || payload.contains_key("status") && record.topic.ends_with(".transaction")
-    {
-        return Ok(Decoded::TransactionMetadata);
-    }
-    if payload.contains_key("ddl") || payload.contains_key("tableChanges") {
-        return Ok(Decoded::SchemaChange);
-    }
-    if record.topic.starts_with("__debezium-heartbeat") || payload.len() == 1 && payload.contains_key("ts_ms") {
-        return Ok(Decoded::Heartbeat);
     }
     flattened(record, payload, key).map(Decoded::Change)
 }
 
-/// JsonConverter with `schemas.enable=true` wraps everything in `{schema, payload}`.
-fn unwrap_payload(value: Value) -> Value {
+/// Records that are not row changes, by what Debezium marks them with: the
+/// schema name (JsonConverter wrapper or Avro), else the topic Debezium
+/// writes them to. Field names alone never decide: a table may well have
+/// columns named `ddl` or `status`. Without a schema name, transaction
+/// metadata must come from a `<prefix>.transaction` topic and schema changes
+/// from the bare `<prefix>` topic (neither is named like a table topic,
+/// `<prefix>.<schema>.<table>`); the pipeline also refuses to skip one of
+/// these on the topic of a configured table.
+fn marked_kind(record: &KafkaRecord, schema_name: Option<&str>, payload: &Map<String, Value>) -> Option<Decoded> {
+    let topic = record.topic.as_str();
+    match schema_name {
+        Some("io.debezium.connector.common.Heartbeat") => return Some(Decoded::Heartbeat),
+        Some("io.debezium.connector.common.TransactionMetadataValue") => return Some(Decoded::TransactionMetadata),
+        Some(name) if name.starts_with("io.debezium.connector.") && name.ends_with(".SchemaChangeValue") => {
+            return Some(Decoded::SchemaChange)
+        }
+        _ => {}
+    }
+    if topic.starts_with("__debezium-heartbeat") {
+        return Some(Decoded::Heartbeat);
+    }
+    if schema_name.is_some() || table_from_topic(topic).is_some() || payload.contains_key("op") {
+        return None;
+    }
+    if topic.ends_with(".transaction") && payload.contains_key("status") && payload.contains_key("id") {
+        return Some(Decoded::TransactionMetadata);
+    }
+    if payload.contains_key("ddl") && (payload.contains_key("databaseName") || payload.contains_key("tableChanges")) {
+        return Some(Decoded::SchemaChange);
+    }
+    None
+}
+
+/// JsonConverter with `schemas.enable=true` wraps everything in `{schema,
+/// payload}`; the schema's name comes along when there is one.
+fn unwrap_payload(value: Value) -> (Option<String>, Value) {
     match value {
         Value::Object(mut map) if map.len() == 2 && map.contains_key("schema") && map.contains_key("payload") => {
-            map.remove("payload").unwrap_or(Value::Null)
+            let name = match map.remove("schema") {
+                Some(Value::Object(schema)) => schema.get("name").and_then(Value::as_str).map(str::to_owned),
+                _ => None,
+            };
+            (name, map.remove("payload").unwrap_or(Value::Null))
         }
-        other => other,
+        other => (None, other),
+    }
+}
+
+/// The table named in the record must be the table its topic carries
+/// (default topic naming): a record on another table's topic would
+/// otherwise invalidate the wrong entity's keys.
+fn check_table(record: &KafkaRecord, table: &str) -> Result<(), DecodeError> {
+    match table_from_topic(&record.topic) {
+        Some(topic_table) if topic_table != table => Err(DecodeError::new(
+            DecodeErrorKind::TableMismatch,
+            format!(
+                "the record names table {table:?} but topic {:?} carries table {topic_table:?}",
+                record.topic
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -57,7 +103,7 @@ fn decode_key(key: Option<Value>) -> Result<Option<Row>, DecodeError> {
     let Some(value) = key else {
         return Ok(None);
     };
-    match unwrap_payload(value) {
+    match unwrap_payload(value).1 {
         Value::Object(map) => Ok(Some(map)),
         Value::Null => Ok(None),
         other => Err(DecodeError::new(
@@ -123,11 +169,14 @@ fn envelope(
                 "cannot tell the table: no `source.table`",
             )
         })?;
+    check_table(record, &table)?;
+    // A commit time only decides whether an event is moot; one that
+    // overflows in microseconds is treated as unknown (never moot).
     let commit_time_us = int_field(&source, "ts_us")
-        .or_else(|| int_field(&source, "ts_ms").map(|ms| ms * 1000))
+        .or_else(|| int_field(&source, "ts_ms").and_then(|ms| ms.checked_mul(1000)))
         .or_else(|| int_field(&payload, "ts_us"))
-        .or_else(|| int_field(&payload, "ts_ms").map(|ms| ms * 1000));
-    let position = source_position(record, &source);
+        .or_else(|| int_field(&payload, "ts_ms").and_then(|ms| ms.checked_mul(1000)));
+    let position = source_position(record, &source)?;
     let event = ChangeEvent {
         table,
         op,
@@ -148,6 +197,13 @@ fn check_key(event: &ChangeEvent) -> Result<(), DecodeError> {
         (None, None) if event.op == Op::Delete => Err(DecodeError::new(
             DecodeErrorKind::MissingKey,
             "a delete with neither a message key nor a before image names no row",
+        )),
+        (Some(key), _) if key.values().any(Value::is_null) => Err(DecodeError::new(
+            DecodeErrorKind::MissingKey,
+            format!(
+                "primary-key column {:?} is null in the message key",
+                key.iter().find(|(_, v)| v.is_null()).map_or("", |(k, _)| k.as_str())
+            ),
         )),
         (Some(key), Some(row)) => {
             for (column, value) in key {
@@ -197,48 +253,120 @@ fn source_table(source: &Map<String, Value>) -> Option<String> {
     Some(format!("{schema}.{table}"))
 }
 
-fn source_position(record: &KafkaRecord, source: &Map<String, Value>) -> Position {
+/// The event's place in its source's log. Positions become guards in Redis
+/// (an event at or below the guard changes nothing), so one that is not a
+/// position Debezium can write would silence every later change of its keys:
+/// it is a dead letter, never a guard. Debezium writes LSNs, binlog
+/// positions and rows as Java `long`s (never negative, at most 2^63-1), and
+/// for PostgreSQL `sequence` is `["<lastCommitLsn>","<lsn>"]` whose second
+/// element is the event's own `lsn`. Rejected: negative, non-numeric,
+/// fractional or overflowing values, a `sequence` that is not such a pair,
+/// and a `sequence` whose LSN disagrees with `lsn`. (The last commit LSN may
+/// be above the event's LSN: concurrent transactions interleave in the WAL.)
+fn source_position(record: &KafkaRecord, source: &Map<String, Value>) -> Result<Position, DecodeError> {
     let server = source.get("name").and_then(Value::as_str).unwrap_or("");
     let connector = source.get("connector").and_then(Value::as_str).unwrap_or("");
     match connector {
         "postgresql" => {
-            if let Some(lsn) = int_field(source, "lsn") {
-                return match sequence(source) {
-                    Some((last_commit, seq_lsn)) => {
-                        Position::postgres(server, last_commit, seq_lsn.unwrap_or(lsn as u64))
-                    }
-                    None => Position::postgres_lsn_only(server, lsn as u64),
-                };
+            let lsn = log_number(source, "lsn")?;
+            match (sequence(source)?, lsn) {
+                (Some((_, Some(seq_lsn))), Some(lsn)) if seq_lsn != lsn => Err(bad_position(format!(
+                    "`source.sequence` names lsn {seq_lsn} but `source.lsn` is {lsn}"
+                ))),
+                (Some((last_commit, seq_lsn)), lsn) => match seq_lsn.or(lsn) {
+                    Some(lsn) => Ok(Position::postgres(server, last_commit.unwrap_or(0), lsn)),
+                    None => Err(bad_position("`source.sequence` and `source.lsn` name no lsn")),
+                },
+                (None, Some(lsn)) => Ok(Position::postgres_lsn_only(server, lsn)),
+                (None, None) => Ok(Position::kafka(&record.topic, record.partition, record.offset)),
             }
         }
         "mysql" | "mariadb" => {
-            let file_number = source
-                .get("file")
-                .and_then(Value::as_str)
-                .and_then(|f| f.rsplit('.').next())
-                .and_then(|n| n.parse::<u64>().ok());
-            if let (Some(file), Some(pos)) = (file_number, int_field(source, "pos")) {
-                let row = int_field(source, "row").unwrap_or(0);
-                return Position::mysql(server, file, pos.max(0) as u64, row.max(0) as u64);
+            let file_number = match source.get("file") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(file)) => {
+                    let number = file.rsplit('.').next().unwrap_or("");
+                    match digits(number).filter(|n| *n < MYSQL_FILE_LIMIT) {
+                        Some(n) => Some(n),
+                        None => return Err(bad_position(format!("binlog file name {file:?} has no file number"))),
+                    }
+                }
+                Some(other) => return Err(bad_position(format!("`source.file` is JSON {}", kind_of(other)))),
+            };
+            let pos = log_number(source, "pos")?;
+            let row = log_number(source, "row")?.unwrap_or(0);
+            if row >= MYSQL_ROW_LIMIT {
+                return Err(bad_position(format!("`source.row` {row} is beyond any binlog event")));
+            }
+            match (file_number, pos) {
+                (Some(file), Some(pos)) => Ok(Position::mysql(server, file, pos, row)),
+                _ => Ok(Position::kafka(&record.topic, record.partition, record.offset)),
             }
         }
-        _ => {}
+        _ => Ok(Position::kafka(&record.topic, record.partition, record.offset)),
     }
-    Position::kafka(&record.topic, record.partition, record.offset)
+}
+
+// Position::mysql prints the file number and the row in 10 digits each.
+const MYSQL_FILE_LIMIT: u64 = 10_000_000_000;
+const MYSQL_ROW_LIMIT: u64 = 10_000_000_000;
+
+fn bad_position(detail: impl Into<String>) -> DecodeError {
+    DecodeError::new(DecodeErrorKind::BadPosition, detail)
+}
+
+/// Decimal digits only (no sign, no spaces), as a `long` Debezium can write.
+fn digits(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<u64>().ok().filter(|n| *n <= i64::MAX as u64)
+}
+
+/// A log position field: absent or null is `None`; anything but a
+/// non-negative integer within a Java `long` is a bad position.
+fn log_number(map: &Map<String, Value>, name: &str) -> Result<Option<u64>, DecodeError> {
+    log_value(map.get(name)).map_err(|shown| bad_position(format!("`{name}` is {shown}, not a log position")))
+}
+
+fn log_value(value: Option<&Value>) -> Result<Option<u64>, String> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v) if v <= i64::MAX as u64 => Ok(Some(v)),
+            _ => Err(n.to_string()),
+        },
+        Some(Value::String(s)) => digits(s).map(Some).ok_or_else(|| format!("{s:?}")),
+        Some(other) => Err(format!("JSON {}", kind_of(other))),
+    }
 }
 
 /// `source.sequence` is a JSON array encoded as a string: `["lastCommitLsn","lsn"]`,
-/// either element possibly null.
-fn sequence(source: &Map<String, Value>) -> Option<(u64, Option<u64>)> {
-    let text = source.get("sequence")?.as_str()?;
-    let parts: Vec<Value> = serde_json::from_str(text).ok()?;
-    let as_u64 = |v: Option<&Value>| match v {
-        Some(Value::String(s)) => s.parse::<u64>().ok(),
-        Some(Value::Number(n)) => n.as_u64(),
-        _ => None,
+/// either element possibly null. Absent or null: `None`.
+#[allow(clippy::type_complexity)]
+fn sequence(source: &Map<String, Value>) -> Result<Option<(Option<u64>, Option<u64>)>, DecodeError> {
+    let text = match source.get("sequence") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(text)) => text,
+        Some(other) => {
+            return Err(bad_position(format!(
+                "`source.sequence` is JSON {}, not a string",
+                kind_of(other)
+            )))
+        }
     };
-    let last_commit = as_u64(parts.first()).unwrap_or(0);
-    Some((last_commit, as_u64(parts.get(1))))
+    let parts: Vec<Value> = serde_json::from_str(text)
+        .map_err(|_| bad_position(format!("`source.sequence` {text:?} is not a JSON array")))?;
+    let [last_commit, lsn] = parts.as_slice() else {
+        return Err(bad_position(format!(
+            "`source.sequence` {text:?} has {} elements, not [lastCommitLsn, lsn]",
+            parts.len()
+        )));
+    };
+    let element = |v: &Value| {
+        log_value(Some(v)).map_err(|shown| bad_position(format!("`source.sequence` {text:?} holds {shown}")))
+    };
+    Ok(Some((element(last_commit)?, element(lsn)?)))
 }
 
 /// Records flattened by `ExtractNewRecordState`: the row itself, plus
@@ -290,12 +418,13 @@ fn flattened(record: &KafkaRecord, mut row: Map<String, Value>, key: Option<Row>
             )
         })?,
     };
-    let commit_time_us =
-        int_field(&fields, "__source_ts_us").or_else(|| int_field(&fields, "__source_ts_ms").map(|ms| ms * 1000));
-    let position = match int_field(&fields, "__lsn") {
+    check_table(record, &table)?;
+    let commit_time_us = int_field(&fields, "__source_ts_us")
+        .or_else(|| int_field(&fields, "__source_ts_ms").and_then(|ms| ms.checked_mul(1000)));
+    let position = match log_number(&fields, "__lsn")? {
         Some(lsn) => {
             let server = record.topic.split('.').next().unwrap_or("");
-            Position::postgres_lsn_only(server, lsn.max(0) as u64)
+            Position::postgres_lsn_only(server, lsn)
         }
         None => Position::kafka(&record.topic, record.partition, record.offset),
     };
@@ -515,7 +644,7 @@ mod tests {
 
     #[test]
     fn keys_must_match_the_row_and_deletes_must_name_one() {
-        let source = pg_source(1, "[]");
+        let source = pg_source(1, "[\"1\",\"1\"]");
         let value = json!({"op": "u", "after": {"id": 1, "name": "x"}, "source": source});
         let mismatch = record("shop.public.products", Some(json!({"id": 2})), Some(value.clone()));
         assert_eq!(decode_json(&mismatch).unwrap_err().kind, DecodeErrorKind::KeyMismatch);
@@ -527,7 +656,7 @@ mod tests {
         let nameless_delete = record(
             "shop.public.products",
             None,
-            Some(json!({"op": "d", "before": null, "source": pg_source(1, "[]")})),
+            Some(json!({"op": "d", "before": null, "source": pg_source(1, "[\"1\",\"1\"]")})),
         );
         assert_eq!(
             decode_json(&nameless_delete).unwrap_err().kind,
@@ -555,14 +684,14 @@ mod tests {
         let wrong_op = record(
             "shop.public.products",
             None,
-            Some(json!({"op": "x", "source": pg_source(1, "[]")})),
+            Some(json!({"op": "x", "source": pg_source(1, "[\"1\",\"1\"]")})),
         );
         assert_eq!(decode_json(&wrong_op).unwrap_err().kind, DecodeErrorKind::UnknownOp);
 
         let wrong_after = record(
             "shop.public.products",
             None,
-            Some(json!({"op": "c", "after": [1], "source": pg_source(1, "[]")})),
+            Some(json!({"op": "c", "after": [1], "source": pg_source(1, "[\"1\",\"1\"]")})),
         );
         assert_eq!(
             decode_json(&wrong_after).unwrap_err().kind,
@@ -575,9 +704,90 @@ mod tests {
         let mut bad_key = record(
             "shop.public.products",
             None,
-            Some(json!({"op": "c", "after": {"id": 1}, "source": pg_source(1, "[]")})),
+            Some(json!({"op": "c", "after": {"id": 1}, "source": pg_source(1, "[\"1\",\"1\"]")})),
         );
         bad_key.key = Some(b"17".to_vec());
         assert_eq!(decode_json(&bad_key).unwrap_err().kind, DecodeErrorKind::BadKey);
+    }
+
+    fn pg(lsn: Value, sequence: Value) -> Value {
+        let mut source = pg_source(0, "");
+        source["lsn"] = lsn;
+        source["sequence"] = sequence;
+        json!({"op": "u", "after": {"id": 1}, "source": source})
+    }
+
+    #[test]
+    fn positions_debezium_cannot_write_are_dead_letters_never_guards() {
+        let kind = |value: Value| {
+            decode_json(&record("shop.public.products", Some(json!({"id": 1})), Some(value)))
+                .err()
+                .map(|e| e.kind)
+        };
+        let bad = Some(DecodeErrorKind::BadPosition);
+        assert_eq!(kind(pg(json!(-1), Value::Null)), bad, "negative lsn");
+        assert_eq!(kind(pg(json!("12x"), Value::Null)), bad, "non-numeric lsn");
+        assert_eq!(kind(pg(json!(1.5), Value::Null)), bad, "fractional lsn");
+        assert_eq!(
+            kind(pg(json!(9223372036854775808u64), Value::Null)),
+            bad,
+            "beyond a java long"
+        );
+        assert_eq!(
+            kind(pg(json!(7000), json!("[\"18446744073709551615\",\"7000\"]"))),
+            bad,
+            "overflowing last commit lsn"
+        );
+        assert_eq!(
+            kind(pg(json!(7000), json!("[\"10\",\"7001\"]"))),
+            bad,
+            "sequence lsn is not lsn"
+        );
+        assert_eq!(kind(pg(json!(7000), json!("[\"10\"]"))), bad, "one element");
+        assert_eq!(kind(pg(json!(7000), json!("not json"))), bad);
+        assert_eq!(kind(pg(json!(7000), json!("[\"-5\",\"7000\"]"))), bad);
+        // A last commit above the event's lsn is normal: transactions interleave.
+        assert_eq!(kind(pg(json!(7000), json!("[\"9000\",\"7000\"]"))), None);
+        let flattened = json!({"id": 1, "__lsn": -1});
+        assert_eq!(kind(flattened), bad, "flattened negative lsn");
+        let mysql = json!({"op": "c", "after": {"id": 1}, "source": {"connector": "mysql", "name": "inv",
+            "db": "public", "table": "products", "file": "mysql-bin.000003", "pos": -154, "row": 0}});
+        assert_eq!(kind(mysql), bad, "negative binlog position");
+    }
+
+    #[test]
+    fn rows_with_look_alike_columns_are_rows_on_table_topics() {
+        let topic = "shop.public.products";
+        for row in [
+            json!({"id": 1, "ddl": "x", "tableChanges": []}),
+            json!({"id": 1, "status": "END", "event_count": 2}),
+            json!({"id": 1, "ts_ms": 5}),
+        ] {
+            let decoded = decode_json(&record(topic, Some(json!({"id": 1})), Some(row.clone()))).unwrap();
+            assert!(matches!(decoded, Decoded::Change(_)), "{row}: {decoded:?}");
+        }
+        // The schema name marks them, whatever the topic.
+        let tx = json!({"schema": {"type": "struct", "name": "io.debezium.connector.common.TransactionMetadataValue"},
+                        "payload": {"status": "BEGIN", "id": "1:2", "event_count": null}});
+        assert_eq!(
+            decode_json(&record("custom-tx-topic", None, Some(tx))).unwrap(),
+            Decoded::TransactionMetadata
+        );
+    }
+
+    #[test]
+    fn a_record_of_another_table_on_this_topic_is_a_dead_letter() {
+        let mut source = pg_source(5, "[\"5\",\"5\"]");
+        source["table"] = json!("orders");
+        let value = json!({"op": "u", "after": {"id": 1}, "source": source});
+        let error = decode_json(&record("shop.public.products", Some(json!({"id": 1})), Some(value))).unwrap_err();
+        assert_eq!(error.kind, DecodeErrorKind::TableMismatch);
+    }
+
+    #[test]
+    fn a_null_primary_key_is_a_dead_letter() {
+        let value = json!({"op": "c", "after": {"id": null}, "source": pg_source(5, "[\"5\",\"5\"]")});
+        let error = decode_json(&record("shop.public.products", Some(json!({"id": null})), Some(value))).unwrap_err();
+        assert_eq!(error.kind, DecodeErrorKind::MissingKey);
     }
 }

@@ -45,6 +45,15 @@ pub enum DecodeErrorKind {
     TrailingBytes,
     /// A schema id that neither the registry nor the schema files know.
     UnknownSchema,
+    /// The schema exists but is not a valid Avro schema.
+    InvalidSchema,
+    /// A log position that Debezium cannot have written (negative,
+    /// non-numeric, overflowing, self-inconsistent): never a guard.
+    BadPosition,
+    /// `source.table` is not the table the topic carries.
+    TableMismatch,
+    /// A value beyond the decoder's bounds (a decimal scale or length).
+    OutOfBounds,
 }
 
 impl DecodeErrorKind {
@@ -62,6 +71,10 @@ impl DecodeErrorKind {
             DecodeErrorKind::Truncated => "truncated",
             DecodeErrorKind::TrailingBytes => "trailing_bytes",
             DecodeErrorKind::UnknownSchema => "unknown_schema",
+            DecodeErrorKind::InvalidSchema => "invalid_schema",
+            DecodeErrorKind::BadPosition => "bad_position",
+            DecodeErrorKind::TableMismatch => "table_mismatch",
+            DecodeErrorKind::OutOfBounds => "out_of_bounds",
         }
     }
 }
@@ -140,17 +153,39 @@ fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, serde_json::Error> {
     let wrapped =
         members.len() == 2 && members.iter().any(|(k, _)| k == "schema") && members.iter().any(|(k, _)| k == "payload");
     if wrapped {
-        let payload = members.iter().find(|(k, _)| k == "payload").expect("checked").1;
-        let mut object = serde_json::Map::new();
-        object.insert("schema".into(), serde_json::Value::Null);
-        object.insert("payload".into(), serde_json::from_str(payload.get())?);
-        return Ok(serde_json::Value::Object(object));
+        let part = |name: &str| members.iter().find(|(k, _)| k == name).map(|(_, raw)| *raw);
+        let (Some(schema), Some(payload)) = (part("schema"), part("payload")) else {
+            return serde_json::from_slice(bytes);
+        };
+        return Ok(wrapper(schema_name(schema), serde_json::from_str(payload.get())?));
     }
     let mut object = serde_json::Map::with_capacity(members.len());
     for (key, raw) in members {
         object.insert(key.into_owned(), serde_json::from_str(raw.get())?);
     }
     Ok(serde_json::Value::Object(object))
+}
+
+/// The `name` of a JsonConverter schema block (e.g.
+/// `io.debezium.connector.common.TransactionMetadataValue`), read without
+/// building the rest of the block.
+fn schema_name(schema: &serde_json::value::RawValue) -> Option<String> {
+    let RawObject(members) = serde_json::from_str::<RawObject<'_>>(schema.get()).ok()?;
+    let (_, raw) = members.into_iter().find(|(k, _)| k == "name")?;
+    serde_json::from_str::<String>(raw.get()).ok()
+}
+
+/// The `{schema, payload}` shape handed to the Debezium logic: the schema
+/// reduced to its name (what Debezium marks its record kinds with).
+pub(crate) fn wrapper(schema_name: Option<String>, payload: serde_json::Value) -> serde_json::Value {
+    let mut schema = serde_json::Map::new();
+    if let Some(name) = schema_name {
+        schema.insert("name".into(), serde_json::Value::String(name));
+    }
+    let mut object = serde_json::Map::new();
+    object.insert("schema".into(), serde_json::Value::Object(schema));
+    object.insert("payload".into(), payload);
+    serde_json::Value::Object(object)
 }
 
 /// A JSON object's members, values left unparsed.

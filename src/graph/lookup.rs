@@ -3,6 +3,8 @@
 //! Every lookup is bounded: `max_rows` (one more is fetched to detect the
 //! overflow), a per-query timeout, and a capped number of retries.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -46,7 +48,12 @@ pub struct Lookups {
     pool: PgPool,
     timeout: Duration,
     attempts: u32,
+    /// Column name to PostgreSQL type name, per query (from `describe`).
+    types: Arc<Mutex<HashMap<String, ColumnTypes>>>,
 }
+
+/// Result column name to its PostgreSQL type name (`TIMESTAMPTZ`, `DATE`, ...).
+type ColumnTypes = Arc<HashMap<String, String>>;
 
 // Retrying a lookup faster than this only adds load to a struggling replica.
 const FIRST_RETRY_BACKOFF: Duration = Duration::from_millis(100);
@@ -62,6 +69,7 @@ impl Lookups {
             pool,
             timeout,
             attempts: attempts.max(1),
+            types: Arc::default(),
         })
     }
 
@@ -97,12 +105,21 @@ impl Lookups {
                         });
                     }
                     crate::metrics::fanout_rows(rows.len());
+                    let types = self.column_types(fanout).await;
                     return Ok(rows
                         .iter()
                         .filter_map(|r| r.try_get::<Option<Value>, _>(0).ok().flatten())
                         .filter_map(|v| match v {
                             Value::Object(map) => Some(map),
                             _ => None,
+                        })
+                        .map(|mut row| {
+                            for (column, value) in row.iter_mut() {
+                                if let Some(ty) = types.get(column) {
+                                    *value = as_debezium(ty, std::mem::take(value));
+                                }
+                            }
+                            row
                         })
                         .collect());
                 }
@@ -119,6 +136,42 @@ impl Lookups {
             attempts: self.attempts,
             detail: last_error,
         })
+    }
+
+    /// The result columns' PostgreSQL types, described once per query. When
+    /// the database cannot describe it, no column is converted (text stays).
+    async fn column_types(&self, fanout: &Fanout) -> ColumnTypes {
+        use sqlx::{Column as _, Executor as _, SqlSafeStr as _, TypeInfo as _};
+        let cached = self
+            .types
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&fanout.query)
+            .cloned();
+        if let Some(types) = cached {
+            return types;
+        }
+        let described = self
+            .pool
+            .describe(sqlx::AssertSqlSafe(fanout.query.trim().trim_end_matches(';').to_owned()).into_sql_str())
+            .await;
+        let types: ColumnTypes = match described {
+            Ok(d) => Arc::new(
+                d.columns()
+                    .iter()
+                    .map(|c| (c.name().to_owned(), c.type_info().name().to_owned()))
+                    .collect(),
+            ),
+            Err(e) => {
+                tracing::warn!(query = %fanout.query, error = %e, "cannot describe the fan-out query; its values render as PostgreSQL prints them");
+                return Arc::default();
+            }
+        };
+        self.types
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(fanout.query.clone(), types.clone());
+        types
     }
 
     /// Prepares the rule's query without running it (for `check`).
@@ -141,6 +194,55 @@ fn wrapped_query(fanout: &Fanout) -> String {
     )
 }
 
+/// A lookup value (PostgreSQL's text, through jsonb) as the JSON Debezium
+/// prints for the same column with its default `time.precision.mode`
+/// (adaptive), so a child key renders the same from a lookup row as from its
+/// own change event (docs/key-rendering.md): `timestamptz` as a UTC
+/// ZonedTimestamp with six fractional digits, `date` as days since the epoch,
+/// `timestamp` as microseconds since the epoch, `time` as microseconds since
+/// midnight, floats as numbers. Other types keep their text. A value that does not parse is
+/// left as it is.
+pub fn as_debezium(type_name: &str, value: Value) -> Value {
+    use chrono::{NaiveDate, NaiveDateTime, NaiveTime, Timelike};
+    let Value::String(text) = &value else {
+        return value;
+    };
+    let converted = match type_name {
+        "TIMESTAMPTZ" => chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| {
+            Value::String(
+                t.with_timezone(&chrono::Utc)
+                    .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+                    .to_string(),
+            )
+        }),
+        "DATE" => NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().and_then(|d| {
+            let epoch = NaiveDate::from_ymd_opt(1970, 1, 1)?;
+            Some(Value::from((d - epoch).num_days()))
+        }),
+        "TIMESTAMP" => NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+            .ok()
+            .map(|t| Value::from(t.and_utc().timestamp_micros())),
+        // Floats print as shortest round-trip numbers: PostgreSQL's text
+        // (`1e+300`, `-0`) is only another spelling of the same value.
+        "FLOAT8" => text
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(Value::Number),
+        "FLOAT4" => text
+            .parse::<f32>()
+            .ok()
+            .and_then(|f| format!("{f}").parse::<f64>().ok())
+            .and_then(serde_json::Number::from_f64)
+            .map(Value::Number),
+        "TIME" => NaiveTime::parse_from_str(text, "%H:%M:%S%.f").ok().map(|t| {
+            Value::from(i64::from(t.num_seconds_from_midnight()) * 1_000_000 + i64::from(t.nanosecond() / 1000))
+        }),
+        _ => None,
+    };
+    converted.unwrap_or(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +262,25 @@ mod tests {
             "{sql}"
         );
         assert!(sql.contains("value #>> '{}'"), "{sql}");
+    }
+
+    #[test]
+    fn temporal_values_take_debezium_forms() {
+        let text = |t: &str| Value::String(t.into());
+        assert_eq!(
+            as_debezium("TIMESTAMPTZ", text("2024-02-18T16:00:00+00:00")),
+            text("2024-02-18T16:00:00.000000Z")
+        );
+        assert_eq!(
+            as_debezium("TIMESTAMPTZ", text("2024-05-01T12:34:56.789012+02:00")),
+            text("2024-05-01T10:34:56.789012Z")
+        );
+        assert_eq!(as_debezium("DATE", text("2024-05-01")), Value::from(19844));
+        assert_eq!(
+            as_debezium("TIMESTAMP", text("1970-01-01T00:00:01.5")),
+            Value::from(1_500_000)
+        );
+        assert_eq!(as_debezium("TIME", text("00:00:02.25")), Value::from(2_250_000));
+        assert_eq!(as_debezium("TEXT", text("2024-05-01")), text("2024-05-01"));
     }
 }

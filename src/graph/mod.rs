@@ -11,9 +11,9 @@ use std::fmt;
 use std::time::Duration;
 
 pub use lookup::{Fanout, LookupError, LookupRequest, Lookups};
-pub use template::{RenderError, Template, TemplateError};
+pub use template::{canonical_number, escape, RenderError, Template, TemplateError};
 
-use crate::event::{ChangeEvent, Op, Row};
+use crate::event::{ChangeEvent, Op, Row, UNAVAILABLE_VALUE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Consistency {
@@ -208,7 +208,7 @@ impl Graph {
     }
 
     pub fn entity(&self, table: &str) -> Option<&Entity> {
-        self.by_table.get(table).map(|&i| &self.entities[i])
+        self.by_table.get(table).and_then(|&i| self.entities.get(i))
     }
 
     /// Maps one change event to the targets it invalidates.
@@ -241,10 +241,26 @@ impl Graph {
             _ => {}
         }
 
+        let filled = fill_unavailable(entity, event);
+        let event = filled.as_ref().unwrap_or(event);
         let mut targets: Vec<DerivedTarget> = Vec::new();
         let mut problem: Option<(EscalationReason, String)> = None;
         for template in &entity.keys {
             for (image, row) in images_for(entity, event, template.columns()) {
+                if let Some(row) = row {
+                    if let Some(column) = null_key_column(event, template, row) {
+                        // A primary key is never NULL: rendering "no key" here
+                        // would skip the row's own keys silently.
+                        problem.get_or_insert((
+                            EscalationReason::Unrenderable,
+                            format!(
+                                "template {:?}, {image} image: primary-key column {column:?} is null",
+                                template.text()
+                            ),
+                        ));
+                        continue;
+                    }
+                }
                 let rendered = match row {
                     Some(row) => template.render(row),
                     None => {
@@ -351,6 +367,43 @@ impl Graph {
             },
         }
     }
+}
+
+/// Debezium's TOAST placeholder stands for "unchanged and not in the WAL
+/// record". In an update of a table that logs whole old rows (REPLICA
+/// IDENTITY FULL), the before image of the same event holds that unchanged
+/// value: the after image takes it from there. `None` when nothing to fill.
+fn fill_unavailable(entity: &Entity, event: &ChangeEvent) -> Option<ChangeEvent> {
+    let is_placeholder = |v: &serde_json::Value| v.as_str() == Some(UNAVAILABLE_VALUE);
+    if event.op != Op::Update || !entity.full_before_image {
+        return None;
+    }
+    let (Some(before), Some(after)) = (&event.before, &event.after) else {
+        return None;
+    };
+    if !after.values().any(is_placeholder) {
+        return None;
+    }
+    let mut filled = event.clone();
+    if let Some(after) = filled.after.as_mut() {
+        for (column, value) in after.iter_mut() {
+            if let Some(old) = before
+                .get(column)
+                .filter(|old| is_placeholder(value) && !is_placeholder(old))
+            {
+                *value = old.clone();
+            }
+        }
+    }
+    Some(filled)
+}
+
+/// A templated primary-key column (one the message key names) that is NULL
+/// in `row`.
+fn null_key_column<'t>(event: &ChangeEvent, template: &'t Template, row: &Row) -> Option<&'t str> {
+    template
+        .columns()
+        .find(|c| event.is_key_column(c) && row.get(*c).is_some_and(serde_json::Value::is_null))
 }
 
 /// Adds the entity's namespace to what could be rendered exactly; readers
@@ -577,9 +630,10 @@ mod tests {
 
     #[test]
     fn toast_placeholder_escalates_and_without_namespace_stalls() {
+        // No image has the value: the before image holds the placeholder too.
         let ev = event(
             Op::Update,
-            row(json!({"id": 1, "category_id": 3})),
+            row(json!({"id": 1, "category_id": UNAVAILABLE_VALUE})),
             row(json!({"id": 1, "category_id": UNAVAILABLE_VALUE})),
         );
         let d = products(Some("product")).derive(&ev);
@@ -597,6 +651,40 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn toast_placeholder_takes_the_before_value_under_replica_identity_full() {
+        // The unchanged TOASTed column is in the before image of the same event.
+        let ev = event(
+            Op::Update,
+            row(json!({"id": 1, "category_id": 3})),
+            row(json!({"id": 1, "category_id": UNAVAILABLE_VALUE})),
+        );
+        let d = products(None).derive(&ev);
+        assert_eq!(keys(&d), vec!["key product:1", "key category:3:products"]);
+        // Without a full before image nothing can be taken from it.
+        let default_identity = Graph::new(vec![Entity {
+            full_before_image: false,
+            namespace: Some("product".into()),
+            ..products(None).entities()[0].clone()
+        }]);
+        assert!(matches!(
+            default_identity.derive(&ev),
+            Derivation::Targets {
+                escalation: Some(EscalationReason::Toast),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn null_primary_key_escalates_instead_of_rendering_no_key() {
+        let mut ev = event(Op::Create, None, row(json!({"id": null, "category_id": 3})));
+        ev.key = row(json!({"id": null}));
+        let d = products(Some("product")).derive(&ev);
+        assert_eq!(keys(&d), vec!["key category:3:products", "namespace product"]);
+        assert!(matches!(products(None).derive(&ev), Derivation::Stall { .. }));
     }
 
     #[test]

@@ -63,8 +63,8 @@ impl Template {
         let mut literal = String::new();
         let bytes = text.as_bytes();
         let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
+        while let Some(&byte) = bytes.get(i) {
+            match byte {
                 b'{' if bytes.get(i + 1) == Some(&b'{') => {
                     literal.push('{');
                     i += 2;
@@ -74,8 +74,11 @@ impl Template {
                     i += 2;
                 }
                 b'{' => {
-                    let close = text[i..].find('}').ok_or(TemplateError::Unclosed(i))? + i;
-                    let column = text[i + 1..close].trim();
+                    // `i` is at an ASCII `{`, a character boundary, and so
+                    // are `close` (an ASCII `}`) and `i + 1`.
+                    let rest = text.get(i..).unwrap_or_default();
+                    let close = rest.find('}').ok_or(TemplateError::Unclosed(i))? + i;
+                    let column = text.get(i + 1..close).unwrap_or_default().trim();
                     if column.is_empty() {
                         return Err(TemplateError::Empty(i));
                     }
@@ -90,8 +93,10 @@ impl Template {
                 }
                 b'}' => return Err(TemplateError::Unmatched(i)),
                 _ => {
-                    // Copy one UTF-8 character.
-                    let ch = text[i..].chars().next().expect("in bounds");
+                    // Copy one UTF-8 character (`i` only ever moves by whole characters).
+                    let Some(ch) = text.get(i..).and_then(|rest| rest.chars().next()) else {
+                        break;
+                    };
                     literal.push(ch);
                     i += ch.len_utf8();
                 }
@@ -139,26 +144,24 @@ impl Template {
     }
 }
 
-/// The canonical text of one value: integers without decoration, strings as
-/// they are (decimals arrive as strings under `decimal.handling.mode=string`).
+/// The canonical text of one value (docs/key-rendering.md; vectors in
+/// tests/vectors/keys.json). Every path (Debezium JSON, Debezium Avro, a
+/// fan-out lookup row) hands over the JSON value Debezium's JsonConverter
+/// would print, and this one function turns it into key text.
 fn render_value(column: &str, value: &Value) -> Result<Option<String>, RenderError> {
     match value {
         Value::Null => Ok(None),
         Value::String(s) if s == UNAVAILABLE_VALUE => Err(RenderError::Unavailable {
             column: column.to_owned(),
         }),
-        Value::String(s) => Ok(Some(s.clone())),
+        Value::String(s) => Ok(Some(escape(s))),
         Value::Bool(b) => Ok(Some(b.to_string())),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Ok(Some(i.to_string()))
-            } else if let Some(u) = n.as_u64() {
-                Ok(Some(u.to_string()))
-            } else {
-                // serde_json prints the shortest text that round-trips.
-                Ok(Some(n.to_string()))
-            }
-        }
+        Value::Number(n) => canonical_number(&n.to_string())
+            .map(Some)
+            .ok_or_else(|| RenderError::Unrenderable {
+                column: column.to_owned(),
+                kind: "number out of range",
+            }),
         Value::Array(_) => Err(RenderError::Unrenderable {
             column: column.to_owned(),
             kind: "array",
@@ -168,6 +171,50 @@ fn render_value(column: &str, value: &Value) -> Result<Option<String>, RenderErr
             kind: "structure",
         }),
     }
+}
+
+/// A JSON number's canonical text. An integer literal is exact at any size
+/// (`-0` is `0`). Anything else is a binary64 float printed as its shortest
+/// round-trip digits in plain notation, integral values without a fraction
+/// (`1024.0` is `1024`, `-0.0` is `0`, `1.0E10` is `10000000000`). `None`
+/// for a value no float can hold (`1e400`).
+pub fn canonical_number(text: &str) -> Option<String> {
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    if !unsigned.is_empty() && unsigned.bytes().all(|b| b.is_ascii_digit()) {
+        let digits = unsigned.trim_start_matches('0');
+        return Some(match (digits.is_empty(), text.starts_with('-')) {
+            (true, _) => "0".to_owned(),
+            (false, true) => format!("-{digits}"),
+            (false, false) => digits.to_owned(),
+        });
+    }
+    let f: f64 = text.parse().ok()?;
+    if !f.is_finite() {
+        return None;
+    }
+    Some(if f == 0.0 { "0".to_owned() } else { format!("{f}") })
+}
+
+/// Text values are percent-escaped where they could be mistaken for key
+/// structure: `%` (the escape itself), `:` (the separator templates use),
+/// `{` and `}` (template syntax), and control characters (U+0000..U+001F,
+/// U+007F), each as `%XX` (uppercase hex of the byte). So `("1", "2:3")`
+/// and `("1:2", "3")` render `1:2%3A3` and `1%3A2:3`. Everything else,
+/// non-ASCII included, is kept as it is.
+pub fn escape(text: &str) -> String {
+    let reserved = |c: char| matches!(c, '%' | ':' | '{' | '}') || c.is_ascii_control();
+    if !text.chars().any(reserved) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if reserved(c) {
+            out.push_str(&format!("%{:02X}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -239,5 +286,31 @@ mod tests {
     fn utf8_literals_survive() {
         let t = Template::parse("größe:{id}").unwrap();
         assert_eq!(t.render(&row(json!({"id": 1}))).unwrap().as_deref(), Some("größe:1"));
+    }
+
+    #[test]
+    fn numbers_are_canonical_and_exact() {
+        let render = |text: &str| {
+            let value: Value = serde_json::from_str(text).unwrap();
+            render_value("c", &value).unwrap().unwrap()
+        };
+        assert_eq!(render("18446744073709551616"), "18446744073709551616");
+        assert_eq!(render("18446744073709551617"), "18446744073709551617");
+        assert_eq!(render("-0"), "0");
+        assert_eq!(render("-0.0"), "0");
+        assert_eq!(render("1024.0"), "1024");
+        assert_eq!(render("1.0E10"), "10000000000");
+        assert_eq!(render("0.1"), "0.1");
+        assert!(render_value("c", &serde_json::from_str::<Value>("1e400").unwrap()).is_err());
+    }
+
+    #[test]
+    fn reserved_characters_in_text_are_escaped() {
+        let t = Template::parse("pair:{a}:{b}").unwrap();
+        let one = t.render(&row(json!({"a": "1", "b": "2:3"}))).unwrap().unwrap();
+        let two = t.render(&row(json!({"a": "1:2", "b": "3"}))).unwrap().unwrap();
+        assert_eq!(one, "pair:1:2%3A3");
+        assert_eq!(two, "pair:1%3A2:3");
+        assert_eq!(escape("50%{x}\n\u{7f}é"), "50%25%7Bx%7D%0A%7Fé");
     }
 }

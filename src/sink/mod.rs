@@ -160,7 +160,10 @@ impl RedisSink {
             .with_reload(|shas| epoch_check_cmd(shas.1, &state))
             .await
             .map(epoch_reply)?;
-        let state = self.epoch.as_mut().expect("checked above");
+        // The epoch state is set at connect and never removed.
+        let Some(state) = self.epoch.as_mut() else {
+            return Ok(None);
+        };
         if let Some(loss) = state.observe(&reply) {
             return Ok(Some(loss));
         }
@@ -173,7 +176,9 @@ impl RedisSink {
         let Some(view) = ServerView::parse(&info) else {
             return Ok(None);
         };
-        let state = self.epoch.as_mut().expect("checked above");
+        let Some(state) = self.epoch.as_mut() else {
+            return Ok(None);
+        };
         let previous = state.server.replace(view.clone());
         if let Some(before) = previous {
             if before.run_id != view.run_id {
@@ -217,8 +222,9 @@ impl RedisSink {
                 commit_time_us: None,
             })
             .collect();
-        let state = self.epoch.as_mut().expect("checked above");
-        state.recovered(&reply);
+        if let Some(state) = self.epoch.as_mut() {
+            state.recovered(&reply);
+        }
         // The epoch comes first: it covers every reader that folds it even if
         // the namespace bumps fail and are retried.
         self.apply(&bumps).await?;
@@ -317,13 +323,13 @@ impl RedisSink {
                 }
                 _ => false,
             };
-            for &i in &indices {
+            for (key, bump) in indices.iter().filter_map(|&i| keys.get(i).zip(bumps.get(i))) {
                 pipe.cmd("EVALSHA")
                     .arg(&self.script_sha)
                     .arg(1)
-                    .arg(&keys[i])
-                    .arg(format!("p:{}", bumps[i].position.source))
-                    .arg(&bumps[i].position.ordinal)
+                    .arg(key)
+                    .arg(format!("p:{}", bump.position.source))
+                    .arg(&bump.position.ordinal)
                     .arg(self.ttl_ms);
             }
             let mut connection = self.connection.clone();
@@ -354,10 +360,12 @@ impl RedisSink {
                 });
             }
             for (i, (applied, version)) in indices.into_iter().zip(replies) {
-                results[i] = Some(BumpResult {
-                    applied: applied == 1,
-                    version: version.parse().unwrap_or(0),
-                });
+                if let Some(slot) = results.get_mut(i) {
+                    *slot = Some(BumpResult {
+                        applied: applied == 1,
+                        version: version.parse().unwrap_or(0),
+                    });
+                }
             }
         }
         if let (Some(reply), Some(state)) = (checked, self.epoch.as_mut()) {
@@ -365,7 +373,17 @@ impl RedisSink {
                 self.pending_loss = Some(loss);
             }
         }
-        Ok(results.into_iter().map(|r| r.expect("every index answered")).collect())
+        // The groups partition 0..bumps.len() and each reply count was
+        // checked above, so every index is answered.
+        let answered = results.len();
+        let results: Vec<BumpResult> = results.into_iter().flatten().collect();
+        if results.len() != answered {
+            return Err(SinkError::ShortReply {
+                sent: answered,
+                got: results.len(),
+            });
+        }
+        Ok(results)
     }
 
     /// Announces applied bumps on a Pub/Sub channel, one JSON message each,
@@ -378,7 +396,8 @@ impl RedisSink {
         for n in notices {
             pipe.cmd("PUBLISH")
                 .arg(channel)
-                .arg(serde_json::to_string(n).expect("notices serialise"))
+                // A notice holds strings and integers only: it always serialises.
+                .arg(serde_json::to_string(n).unwrap_or_default())
                 .ignore();
         }
         self.connection.query::<()>(&pipe).await?;
@@ -492,11 +511,11 @@ pub fn hash_slot(key: &[u8]) -> u16 {
         .iter()
         .position(|&b| b == b'{')
         .and_then(|open| {
-            let rest = &key[open + 1..];
+            let rest = key.get(open + 1..)?;
             rest.iter()
                 .position(|&b| b == b'}')
                 .filter(|&close| close > 0)
-                .map(|close| &rest[..close])
+                .and_then(|close| rest.get(..close))
         })
         .unwrap_or(key);
     crc16_xmodem(tagged) % 16384

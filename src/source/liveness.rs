@@ -115,20 +115,18 @@ fn read_watermarks(
     let topics = match (topics, subscription) {
         (Some(t), _) => t,
         (None, Subscription::Topics(t)) => t.clone(),
-        (None, Subscription::Regex(pattern)) => {
-            match consumer.fetch_metadata(None, REQUEST_TIMEOUT) {
-                Ok(m) => m
-                    .topics()
-                    .iter()
-                    .map(|t| t.name().to_owned())
-                    .filter(|t| pattern.is_match(t))
-                    .collect(),
-                Err(e) => {
-                    tracing::debug!(error = %e, "liveness: metadata not answered");
-                    return Vec::new();
-                }
+        (None, Subscription::Regex(pattern)) => match consumer.fetch_metadata(None, REQUEST_TIMEOUT) {
+            Ok(m) => m
+                .topics()
+                .iter()
+                .map(|t| t.name().to_owned())
+                .filter(|t| pattern.is_match(t))
+                .collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "liveness: metadata not answered");
+                return Vec::new();
             }
-        }
+        },
     };
     topics
         .into_iter()

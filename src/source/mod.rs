@@ -2,11 +2,11 @@
 //! the rebalance bridge and the conversion to owned [`KafkaRecord`]s.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 
@@ -16,11 +16,6 @@ use crate::config::{PlanSettings, SourceSettings};
 use crate::event::KafkaRecord;
 
 pub type PartitionId = (String, i32);
-
-/// A poisoned lock only means a panic elsewhere held it; the maps stay usable.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// A rebalance, as seen by the pipeline after the poll that triggered it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +68,13 @@ impl SourceContext {
         crate::metrics::partition_lag(&partition.0, partition.1, lag);
         lock(&self.lag).insert(partition.clone(), lag);
     }
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the
+/// queue and the lag map stay consistent (each update is one push or insert),
+/// so the data is used as it is rather than spreading the panic.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn partitions(tpl: &rdkafka::TopicPartitionList) -> Vec<PartitionId> {
@@ -235,14 +237,45 @@ pub fn to_record(message: &BorrowedMessage<'_>) -> KafkaRecord {
         key: message.key().map(<[u8]>::to_vec),
         value: message.payload().map(<[u8]>::to_vec),
         timestamp_ms: message.timestamp().to_millis(),
-        headers: message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        headers: headers(message),
     }
+}
+
+/// The record's headers, names and values as raw bytes. Not through
+/// rdkafka's `Headers::iter`/`get`: rdkafka 0.39 unwraps `to_str()` on every
+/// header name, so one header name that is not UTF-8 panicked the daemon,
+/// again after every restart. Header names and values are any bytes a
+/// producer chose; they are kept as they are (for the dead-letter store).
+fn headers(message: &BorrowedMessage<'_>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    use rdkafka::bindings as rd;
+    let mut out = Vec::new();
+    let mut hdrs: *mut rd::rd_kafka_headers_t = std::ptr::null_mut();
+    // SAFETY: `message.ptr()` is the live librdkafka message this borrow
+    // keeps alive; rd_kafka_message_headers only writes the out pointer, and
+    // the headers it points to belong to the message (not freed by us).
+    let err = unsafe { rd::rd_kafka_message_headers(message.ptr(), &mut hdrs) };
+    if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || hdrs.is_null() {
+        return out;
+    }
+    // SAFETY: `hdrs` is non-null and owned by the message (see above).
+    let count = unsafe { rd::rd_kafka_header_cnt(hdrs) };
+    for idx in 0..count {
+        let mut name: *const std::os::raw::c_char = std::ptr::null();
+        let mut value: *const std::os::raw::c_void = std::ptr::null();
+        let mut size: usize = 0;
+        // SAFETY: `idx` is below the header count; the out pointers are
+        // locals; on success name is a NUL-terminated string and value
+        // (when not null) points to `size` bytes, both owned by the message.
+        let err = unsafe { rd::rd_kafka_header_get_all(hdrs, idx, &mut name, &mut value, &mut size) };
+        if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+            continue;
+        }
+        // SAFETY: as above; the bytes are copied before the borrow ends.
+        let name = unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes().to_vec();
+        let value = (!value.is_null())
+            // SAFETY: `value` points to `size` readable bytes (see above).
+            .then(|| unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) }.to_vec());
+        out.push((name, value));
+    }
+    out
 }
