@@ -4,6 +4,11 @@
 //! every dependent version record's guard has reached the change's position
 //! (or that the entity's namespace has, which covers the keys). It exports
 //! checks, violations and the stale ratio, and reports "N nines within M s".
+//!
+//! A change not visible at the SLO is a violation, and is checked again
+//! `recheck_after` later: then it is either late (it arrived) or lost (it
+//! never did), both counted and printed. Outages of Redis or Kafka are gaps,
+//! not exits: a check that cannot read Redis waits and is tried again.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -25,12 +30,18 @@ pub struct AuditOptions {
     pub sample_every: u64,
     /// Stop after this long (then finish the checks already due); None runs until a signal.
     pub duration: Option<Duration>,
+    /// How long after the SLO a violation is checked again, to tell late from lost.
+    pub recheck_after: Duration,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AuditReport {
     pub checks: u64,
     pub violations: u64,
+    /// Violations that had arrived by the recheck.
+    pub late: u64,
+    /// Violations still not visible at the recheck.
+    pub lost: u64,
 }
 
 impl AuditReport {
@@ -62,12 +73,20 @@ impl AuditReport {
         } else {
             ""
         };
+        let unresolved = self.violations.saturating_sub(self.late + self.lost);
         format!(
-            "{bound}{} nines within {} seconds ({} checks, {} violations, stale ratio {:.4}%)",
+            "{bound}{} nines within {} seconds ({} checks, {} violations: {} late, {} lost{}; stale ratio {:.4}%)",
             self.nines(),
             slo.as_secs_f64(),
             self.checks,
             self.violations,
+            self.late,
+            self.lost,
+            if unresolved > 0 {
+                format!(", {unresolved} not rechecked yet")
+            } else {
+                String::new()
+            },
             self.stale_ratio() * 100.0
         )
     }
@@ -78,7 +97,12 @@ struct Pending {
     records: Vec<(String, Option<String>)>,
     position: Position,
     what: String,
+    /// Already a violation at the SLO: this is the late-or-lost recheck.
+    recheck: bool,
 }
+
+// A check that could not read Redis is tried again this much later.
+const REDIS_RETRY: Duration = Duration::from_secs(1);
 
 pub async fn run(
     settings: &Settings,
@@ -102,21 +126,7 @@ pub async fn run(
         .create()?;
     let patterns = settings.source.subscription.patterns();
     consumer.subscribe(&patterns.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let client = redis::Client::open(settings.redis.url.as_str())?;
-    let mut redis = if settings.redis.cluster {
-        None
-    } else {
-        Some(client.get_multiplexed_async_connection().await?)
-    };
-    let mut cluster = if settings.redis.cluster {
-        Some(
-            redis::cluster::ClusterClient::new(vec![settings.redis.url.as_str()])?
-                .get_async_connection()
-                .await?,
-        )
-    } else {
-        None
-    };
+    let mut redis = AuditRedis::new(&settings.redis.url, settings.redis.cluster)?;
     let avro = match &settings.avro {
         Some(sources) => Some(crate::decode::AvroSchemas::new(sources.clone())?),
         None => None,
@@ -155,6 +165,7 @@ pub async fn run(
                                     records: targets.iter().map(|t| (t.record_key(prefix), covering.clone())).collect(),
                                     what: format!("{}/{}@{}", record.topic, record.partition, record.offset),
                                     position,
+                                    recheck: false,
                                 });
                             }
                         }
@@ -164,31 +175,41 @@ pub async fn run(
         } else {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        while pending.front().is_some_and(|p| p.due <= Instant::now()) {
-            let Some(check) = pending.pop_front() else { break };
-            let field = format!("p:{}", check.position.source);
-            let mut ok = true;
-            for (record, covering) in &check.records {
-                let reached = |guard: Option<String>| {
-                    guard.is_some_and(|g| g.len() == check.position.ordinal.len() && g >= check.position.ordinal)
-                };
-                let key_guard = query(&mut redis, &mut cluster, redis::cmd("HGET").arg(record).arg(&field)).await?;
-                let covered = match covering {
-                    Some(ns) if !reached(key_guard.clone()) => {
-                        reached(query(&mut redis, &mut cluster, redis::cmd("HGET").arg(ns).arg(&field)).await?)
-                    }
-                    _ => false,
-                };
-                if !reached(key_guard) && !covered {
-                    ok = false;
-                    tracing::warn!(change = %check.what, record = %record, position = %check.position, slo = ?options.slo,
-                        "violation: version record not advanced past the change within the SLO");
+        // Rechecks are due later than new checks: take the earliest due first.
+        while let Some(index) = earliest_due(&pending) {
+            let Some(mut check) = pending.remove(index) else { break };
+            let visible = match visible(&mut redis, &check).await {
+                Ok(visible) => visible,
+                Err(e) => {
+                    // A gap, not a verdict: the change is checked again once
+                    // Redis answers.
+                    tracing::warn!(error = %e, change = %check.what, "audit: redis not readable; checking again shortly");
+                    check.due = Instant::now() + REDIS_RETRY;
+                    pending.push_back(check);
+                    break;
                 }
+            };
+            if check.recheck {
+                if visible {
+                    report.late += 1;
+                    crate::metrics::audit_late();
+                } else {
+                    report.lost += 1;
+                    crate::metrics::audit_lost();
+                    tracing::warn!(change = %check.what, position = %check.position, after = ?(options.slo + options.recheck_after),
+                        "lost: version record still not advanced past the change");
+                }
+                continue;
             }
             report.checks += 1;
-            crate::metrics::audit(ok);
-            if !ok {
+            crate::metrics::audit(visible);
+            if !visible {
                 report.violations += 1;
+                tracing::warn!(change = %check.what, position = %check.position, slo = ?options.slo,
+                    "violation: version record not advanced past the change within the SLO; rechecked later (late or lost)");
+                check.recheck = true;
+                check.due = Instant::now() + options.recheck_after;
+                pending.push_back(check);
             }
             crate::metrics::audit_stale_ratio(report.stale_ratio());
         }
@@ -205,16 +226,107 @@ pub async fn run(
     Ok(report)
 }
 
-async fn query(
-    redis: &mut Option<redis::aio::MultiplexedConnection>,
-    cluster: &mut Option<redis::cluster_async::ClusterConnection>,
-    cmd: &redis::Cmd,
-) -> anyhow::Result<Option<String>> {
-    Ok(match (redis, cluster) {
-        (Some(c), _) => cmd.query_async(c).await?,
-        (None, Some(c)) => cmd.query_async(c).await?,
-        (None, None) => None,
-    })
+fn earliest_due(pending: &VecDeque<Pending>) -> Option<usize> {
+    let now = Instant::now();
+    pending
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.due <= now)
+        .min_by_key(|(_, p)| p.due)
+        .map(|(i, _)| i)
+}
+
+/// Whether every version record of the change (or its entity's namespace)
+/// has reached the change's position.
+async fn visible(redis: &mut AuditRedis, check: &Pending) -> anyhow::Result<bool> {
+    let field = format!("p:{}", check.position.source);
+    let reached = |guard: Option<String>| {
+        guard.is_some_and(|g| g.len() == check.position.ordinal.len() && g >= check.position.ordinal)
+    };
+    for (record, covering) in &check.records {
+        if reached(redis.hget(record, &field).await?) {
+            continue;
+        }
+        match covering {
+            Some(ns) if reached(redis.hget(ns, &field).await?) => continue,
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+/// The auditor's Redis reads, reconnecting after an outage instead of
+/// ending the audit (the first connection is made at the first read).
+enum AuditRedis {
+    Standalone {
+        client: redis::Client,
+        connection: Option<redis::aio::MultiplexedConnection>,
+    },
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        connection: Option<redis::cluster_async::ClusterConnection>,
+    },
+}
+
+// Bounds one read, so a frozen Redis is a gap rather than a hang.
+const REDIS_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl AuditRedis {
+    fn new(url: &str, cluster: bool) -> anyhow::Result<AuditRedis> {
+        Ok(if cluster {
+            AuditRedis::Cluster {
+                client: redis::cluster::ClusterClient::new(vec![url])?,
+                connection: None,
+            }
+        } else {
+            AuditRedis::Standalone {
+                client: redis::Client::open(url)?,
+                connection: None,
+            }
+        })
+    }
+
+    async fn hget(&mut self, key: &str, field: &str) -> anyhow::Result<Option<String>> {
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(key).arg(field);
+        let answer = tokio::time::timeout(REDIS_READ_TIMEOUT, async {
+            match self {
+                AuditRedis::Standalone { client, connection } => {
+                    if connection.is_none() {
+                        *connection = Some(client.get_multiplexed_async_connection().await?);
+                    }
+                    match connection.as_mut() {
+                        Some(c) => cmd.query_async(c).await,
+                        None => Ok(None),
+                    }
+                }
+                AuditRedis::Cluster { client, connection } => {
+                    if connection.is_none() {
+                        *connection = Some(client.get_async_connection().await?);
+                    }
+                    match connection.as_mut() {
+                        Some(c) => cmd.query_async(c).await,
+                        None => Ok(None),
+                    }
+                }
+            }
+        })
+        .await;
+        match answer {
+            Ok(Ok(value)) => Ok(value),
+            failed => {
+                // Reconnect at the next read.
+                match self {
+                    AuditRedis::Standalone { connection, .. } => *connection = None,
+                    AuditRedis::Cluster { connection, .. } => *connection = None,
+                }
+                match failed {
+                    Ok(Err(e)) => Err(e.into()),
+                    _ => anyhow::bail!("no answer within {REDIS_READ_TIMEOUT:?}"),
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -226,6 +338,8 @@ mod tests {
         let r = AuditReport {
             checks: 10_000,
             violations: 1,
+            late: 1,
+            lost: 0,
         };
         assert_eq!(r.nines(), 4);
         assert!(r
@@ -233,15 +347,20 @@ mod tests {
             .starts_with("4 nines within 5 seconds"));
         let clean = AuditReport {
             checks: 1000,
-            violations: 0,
+            ..AuditReport::default()
         };
         assert_eq!(clean.nines(), 3);
         assert!(clean.summary(Duration::from_secs(2)).starts_with("at least 3 nines"));
         let bad = AuditReport {
             checks: 10,
             violations: 5,
+            late: 2,
+            lost: 1,
         };
         assert_eq!(bad.nines(), 0);
+        assert!(bad
+            .summary(Duration::from_secs(2))
+            .contains("5 violations: 2 late, 1 lost, 2 not rechecked yet"));
         assert_eq!(AuditReport::default().nines(), 0);
     }
 }

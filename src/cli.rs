@@ -104,6 +104,10 @@ pub enum Command {
         /// Stop after this long (default: until SIGTERM/SIGINT).
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
+        /// Check a violation again this long after the SLO: late (it arrived)
+        /// or lost (it did not).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        recheck_after: Duration,
         /// Serve the audit metrics here (/metrics).
         #[arg(long, default_value = "127.0.0.1:9800")]
         listen: std::net::SocketAddr,
@@ -173,6 +177,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             slo,
             sample_every,
             duration,
+            recheck_after,
             listen,
         } => {
             let settings = load(&config)?;
@@ -195,6 +200,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
                 slo,
                 sample_every,
                 duration,
+                recheck_after,
             };
             tracing::info!(slo = ?slo, sample_every, "auditing: changes must reach their version records within the SLO");
             let report = crate::audit::run(&settings, &options, shutdown.clone()).await?;

@@ -39,6 +39,8 @@ pub const AUDIT_CHECKS: &str = "cdc_invalidator_audit_checks_total";
 pub const AUDIT_VIOLATIONS: &str = "cdc_invalidator_audit_violations_total";
 pub const AUDIT_STALE_RATIO: &str = "cdc_invalidator_audit_stale_ratio";
 pub const AUDIT_BUILD_INFO: &str = "cdc_invalidator_audit_build_info";
+pub const AUDIT_LATE: &str = "cdc_invalidator_audit_late_total";
+pub const AUDIT_LOST: &str = "cdc_invalidator_audit_lost_total";
 
 /// Outcome label of the events metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +246,14 @@ fn describe() {
     describe_histogram!(FANOUT_ROWS, Unit::Count, "Rows returned by one fan-out lookup.");
     describe_counter!(AUDIT_CHECKS, "Sampled changes the auditor checked after the SLO.");
     describe_counter!(
+        AUDIT_LATE,
+        "Violations whose version records had advanced by the recheck (late, not lost)."
+    );
+    describe_counter!(
+        AUDIT_LOST,
+        "Violations whose version records had still not advanced at the recheck (lost)."
+    );
+    describe_counter!(
         AUDIT_VIOLATIONS,
         "Checked changes whose version records had not advanced within the SLO."
     );
@@ -354,6 +364,14 @@ pub fn audit(ok: bool) {
     counter!(AUDIT_CHECKS).increment(1);
     // Registered at zero too, so rate() works from the first check.
     counter!(AUDIT_VIOLATIONS).increment(u64::from(!ok));
+}
+
+pub fn audit_late() {
+    counter!(AUDIT_LATE).increment(1);
+}
+
+pub fn audit_lost() {
+    counter!(AUDIT_LOST).increment(1);
 }
 
 pub fn audit_stale_ratio(ratio: f64) {

@@ -247,10 +247,30 @@ struct PartitionState {
     /// The next offset to take into a batch: one past the last record taken.
     next_offset: Option<i64>,
     stalled: bool,
+    /// Paused at a record whose Avro schema the registry cannot serve now;
+    /// the other partitions go on.
+    waiting_schema: Option<SchemaWait>,
     /// Lag above `plan.escalate_above_lag`: namespaces instead of keys.
     escalating: bool,
     /// The last offset stored for commit (next to consume), for the gauge.
     stored_offset: Option<i64>,
+}
+
+impl PartitionState {
+    /// Stopped at a record of its own (a stall or a schema wait), so it stays
+    /// paused when an outage of the whole pipeline ends.
+    fn held(&self) -> bool {
+        self.stalled || self.waiting_schema.is_some()
+    }
+}
+
+/// A partition parked at `offset` until the registry serves `ids`.
+#[derive(Debug)]
+struct SchemaWait {
+    offset: i64,
+    ids: Vec<u32>,
+    retry_at: Instant,
+    backoff: Duration,
 }
 
 /// Records taken since the last flush, and what they ask of Redis.
@@ -294,7 +314,6 @@ pub const SHUTDOWN_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 enum Dependency {
     Redis,
     DeadLetters,
-    Registry,
 }
 
 /// The optional parts a config may enable.
@@ -398,7 +417,7 @@ impl Pipeline {
                     self.handle_rebalances(&mut batch);
                     if let Some(record) = record {
                         took_record = true;
-                        if self.take(record, &mut batch, &shutdown).await.is_err() {
+                        if self.take(record, &mut batch).await.is_err() {
                             break;
                         }
                     }
@@ -419,6 +438,7 @@ impl Pipeline {
                 break;
             }
             if now >= next_tick {
+                self.retry_schema_waits().await;
                 self.tick(&batch);
                 next_tick = now + TICK;
             }
@@ -489,25 +509,17 @@ impl Pipeline {
     }
 
     /// Routes one record into the batch, or stalls its partition.
-    async fn take(
-        &mut self,
-        record: KafkaRecord,
-        batch: &mut Batch,
-        shutdown: &CancellationToken,
-    ) -> Result<(), Abandoned> {
+    async fn take(&mut self, record: KafkaRecord, batch: &mut Batch) -> Result<(), Abandoned> {
         let partition: PartitionId = (record.topic.clone(), record.partition);
         let lag = self.consumer.context().lag(&partition);
-        if self.paused_for_outage || self.partitions.get(&partition).is_some_and(|s| s.stalled) {
+        if self.paused_for_outage || self.partitions.get(&partition).is_some_and(PartitionState::held) {
             // Fetched before the pause took effect; it is fetched again after a
-            // restart (stall) or the seek on resume (outage).
+            // restart (stall) or the seek on resume (outage, schema wait).
             return Ok(());
         }
-        self.load_schemas(&record, shutdown).await?;
-        if self.paused_for_outage {
-            // The registry came back: this record is in hand, so its
-            // partition resumes after it, the others where they stopped.
-            self.partitions.entry(partition.clone()).or_default().next_offset = Some(record.offset + 1);
-            self.resume_after_outage();
+        if let Err((ids, error)) = self.load_schemas(&record).await {
+            self.wait_for_schemas(partition, record.offset, ids, error);
+            return Ok(());
         }
         let state = self.partitions.entry(partition.clone()).or_default();
         state.next_offset = Some(record.offset + 1);
@@ -634,42 +646,101 @@ impl Pipeline {
         );
     }
 
-    /// Loads the Avro schemas a framed record names. An unknown id is left to
-    /// decoding (a dead letter); an unreachable registry pauses consumption
-    /// and is retried with capped backoff, so nothing is committed past it.
-    async fn load_schemas(&mut self, record: &KafkaRecord, shutdown: &CancellationToken) -> Result<(), Abandoned> {
+    /// Loads the Avro schemas a framed record names. An unknown or bad id is
+    /// left to decoding (a dead letter); when the registry cannot answer, the
+    /// ids it owes are returned with the error, and only this record's
+    /// partition waits for them (JSON partitions and Avro ones whose schemas
+    /// are cached go on).
+    async fn load_schemas(&self, record: &KafkaRecord) -> Result<(), (Vec<u32>, String)> {
         let Some(avro) = self.avro.clone() else { return Ok(()) };
         let ids: Vec<u32> = [record.key.as_deref(), record.value.as_deref()]
             .into_iter()
             .flatten()
             .filter_map(crate::decode::schema_id)
             .collect();
-        for id in ids {
-            let mut backoff = FIRST_RETRY_BACKOFF;
-            loop {
-                match avro.ensure(id).await {
-                    Ok(()) => {
-                        self.status.registry_ok();
-                        break;
+        ensure_schemas(&avro, &ids).await.map_err(|error| (ids, error))
+    }
+
+    /// Parks a partition at the record whose schemas the registry owes: it
+    /// is paused there, nothing past it is committed, and the schemas are
+    /// asked for again with capped backoff (retry_schema_waits).
+    fn wait_for_schemas(&mut self, partition: PartitionId, offset: i64, ids: Vec<u32>, error: String) {
+        tracing::warn!(topic = %partition.0, partition = partition.1, offset, schema_ids = ?ids, %error,
+            "schema registry unreachable: this partition waits at the record (nothing past it is committed); the others go on");
+        self.status.registry_failed(error);
+        let state = self.partitions.entry(partition.clone()).or_default();
+        state.next_offset = Some(offset);
+        state.waiting_schema = Some(SchemaWait {
+            offset,
+            ids,
+            retry_at: Instant::now() + FIRST_RETRY_BACKOFF,
+            backoff: FIRST_RETRY_BACKOFF,
+        });
+        self.pause(std::slice::from_ref(&partition));
+    }
+
+    /// Asks the registry again for the schemas waiting partitions owe; a
+    /// partition whose schemas are all in hand resumes at its parked record.
+    async fn retry_schema_waits(&mut self) {
+        let Some(avro) = self.avro.clone() else { return };
+        let now = Instant::now();
+        let due: Vec<(PartitionId, Vec<u32>)> = self
+            .partitions
+            .iter()
+            .filter_map(|(p, s)| {
+                s.waiting_schema
+                    .as_ref()
+                    .filter(|w| w.retry_at <= now)
+                    .map(|w| (p.clone(), w.ids.clone()))
+            })
+            .collect();
+        for (partition, ids) in due {
+            let outcome = ensure_schemas(&avro, &ids).await;
+            let max_backoff = self.settings.redis.max_retry_backoff;
+            let Some(state) = self.partitions.get_mut(&partition) else {
+                continue;
+            };
+            match outcome {
+                Err(error) => {
+                    if let Some(wait) = state.waiting_schema.as_mut() {
+                        wait.backoff = (wait.backoff * 2).min(max_backoff);
+                        wait.retry_at = Instant::now() + wait.backoff;
                     }
-                    Err(SchemaError::Unavailable(error)) => {
-                        self.outage(Dependency::Registry, "registry", &error);
-                        if self.wait_polling(backoff, shutdown).await.is_err() {
-                            tracing::warn!(
-                                "shutdown while the schema registry is unreachable: nothing committed past the record"
-                            );
-                            return Err(Abandoned);
-                        }
-                        backoff = (backoff * 2).min(self.settings.redis.max_retry_backoff);
+                    tracing::debug!(topic = %partition.0, partition = partition.1, %error, "schema registry still unreachable");
+                    self.status.registry_failed(error);
+                }
+                Ok(()) => {
+                    let Some(wait) = state.waiting_schema.take() else {
+                        continue;
+                    };
+                    if !state.stalled && !self.paused_for_outage {
+                        self.resume_at(&partition, wait.offset);
                     }
-                    Err(permanent) => {
-                        tracing::warn!(schema_id = id, error = %permanent, "schema cannot be loaded; the record becomes a dead letter");
-                        break;
-                    }
+                    tracing::info!(topic = %partition.0, partition = partition.1, offset = wait.offset,
+                        "schemas loaded: the partition resumes at the record that waited");
                 }
             }
         }
-        Ok(())
+        if !self.partitions.values().any(|s| s.waiting_schema.is_some()) {
+            self.status.registry_ok();
+        }
+        self.refresh_paused_gauge();
+    }
+
+    /// Resumes one paused partition from `offset` (fetched again from Kafka).
+    fn resume_at(&self, (topic, partition): &PartitionId, offset: i64) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, *partition);
+        if let Err(e) = self.consumer.resume(&tpl) {
+            tracing::warn!(%topic, partition, error = %e, "resuming a partition failed");
+        }
+        self.consumer.context().mark_resumed(&(topic.clone(), *partition));
+        if let Err(e) = self
+            .consumer
+            .seek(topic, *partition, Offset::Offset(offset), Duration::from_secs(5))
+        {
+            tracing::warn!(%topic, partition, offset, error = %e, "seek on resume failed");
+        }
     }
 
     /// Runs the event's fan-out lookups and adds the children they name.
@@ -866,7 +937,6 @@ impl Pipeline {
                 self.status.redis_failed(error.to_owned());
             }
             Dependency::DeadLetters => self.status.dead_letters_failed(error.to_owned()),
-            Dependency::Registry => self.status.registry_failed(error.to_owned()),
         }
         if !self.paused_for_outage {
             tracing::warn!(?dependency, %error, "write failed; pausing consumption and retrying (nothing is committed meanwhile)");
@@ -907,7 +977,7 @@ impl Pipeline {
         self.paused_for_outage = false;
         let mut resume = TopicPartitionList::new();
         for (id @ (topic, partition), state) in &self.partitions {
-            if !state.stalled {
+            if !state.held() {
                 resume.add_partition(topic, *partition);
                 self.consumer.context().mark_resumed(id);
             }
@@ -916,7 +986,7 @@ impl Pipeline {
             tracing::warn!(error = %e, "resume after the redis outage failed");
         }
         for ((topic, partition), state) in &self.partitions {
-            if let (false, Some(offset)) = (state.stalled, state.next_offset) {
+            if let (false, Some(offset)) = (state.held(), state.next_offset) {
                 if let Err(e) = self
                     .consumer
                     .seek(topic, *partition, Offset::Offset(offset), Duration::from_secs(5))
@@ -946,7 +1016,7 @@ impl Pipeline {
         let paused = if self.paused_for_outage {
             self.partitions.len()
         } else {
-            self.partitions.values().filter(|s| s.stalled).count()
+            self.partitions.values().filter(|s| s.held()).count()
         };
         metrics::paused_partitions(paused);
     }
@@ -1062,6 +1132,21 @@ impl Pipeline {
 
 #[derive(Debug)]
 struct Abandoned;
+
+/// Loads every schema id once each; Err carries the registry's outage.
+async fn ensure_schemas(avro: &AvroSchemas, ids: &[u32]) -> Result<(), String> {
+    for &id in ids {
+        match avro.ensure(id).await {
+            Ok(()) => {}
+            Err(SchemaError::Unavailable(error)) => return Err(error),
+            Err(permanent) => {
+                // Decoding turns the record into a dead letter that says why.
+                tracing::warn!(schema_id = id, error = %permanent, "schema cannot be loaded; the record becomes a dead letter");
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Re-sets every gauge on a timer of its own, so that they stay true (and
 /// present) while the apply loop waits on an outage or a hung call, and

@@ -14,7 +14,7 @@ use cdc_invalidator::decode::{AvroSchemas, SchemaError, SchemaSources};
 use cdc_invalidator::event::KafkaRecord;
 use cdc_invalidator::pipeline::{route_with, Routed};
 use common::{eventually, Daemon};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const SCHEMA_FILES: [(u32, &str); 3] = [
     (1, "shop.public.avro_products-Key.avsc"),
@@ -294,12 +294,24 @@ async fn daemon_reads_avro_through_the_registry_and_survives_its_outage() {
     let prefix = format!("{}:", common::unique("ver"));
     let mut registry = Registry::start().await;
     let admin_port = common::free_port();
+    // A JSON topic beside it: it must keep flowing while the registry is down.
+    let json_table = common::unique("json_items");
+    let json_topic = format!("{}.public.{json_table}", common::topic_prefix());
     let extra = format!(
         "[avro]\nregistry_url = \"{}\"\nusername = \"registry\"\npassword = \"s3cret\"\ntimeout = \"1s\"\n\
-         [[entity]]\ntable = \"public.avro_products\"\nnamespace = \"product\"\nconsistency = \"strong\"\nkeys = [\"p:{{id}}\", \"price:{{price}}\", \"w:{{weight}}\"]\n",
+         [[entity]]\ntable = \"public.avro_products\"\nnamespace = \"product\"\nconsistency = \"strong\"\nkeys = [\"p:{{id}}\", \"price:{{price}}\", \"w:{{weight}}\"]\n\
+         [[entity]]\ntable = \"public.{json_table}\"\nconsistency = \"strong\"\nkeys = [\"j:{{id}}\"]\n",
         registry.url()
     );
+    let json_change =
+        |id: i64| common::debezium_change(&json_table, "c", id as u64, id, json!({"id": id}), common::now_us());
+    common::produce(&json_topic, &[json_change(1)]).await;
     let cfg = common::write_config(&topic, &common::redis_url(), &prefix, admin_port, &extra);
+    let text = std::fs::read_to_string(cfg.path()).unwrap().replace(
+        &format!("topics = [\"{topic}\"]"),
+        &format!("topics = [\"{topic}\", \"{json_topic}\"]"),
+    );
+    std::fs::write(cfg.path(), text).unwrap();
     // Rows whose envelope uses schema 2 first; the v2 rows (schema 3) come
     // later, while the registry is down.
     let (v1, v2): (Vec<&Generated>, Vec<&Generated>) = rows.iter().partition(|r| r.value_avro[4] == 2);
@@ -332,7 +344,8 @@ async fn daemon_reads_avro_through_the_registry_and_survives_its_outage() {
             })
             .collect()
     };
-    let want_v1 = expected(&v1);
+    let mut want_v1 = expected(&v1);
+    want_v1.insert("j:1".to_owned());
     let mut conn = common::redis_conn().await;
     eventually("the avro rows to be applied", Duration::from_secs(60), || {
         let mut conn = conn.clone();
@@ -360,8 +373,31 @@ async fn daemon_reads_avro_through_the_registry_and_survives_its_outage() {
         }
     })
     .await;
+    // The Avro partition waits for its schema; the JSON topic goes on.
+    common::produce(&json_topic, &[json_change(2)]).await;
+    eventually(
+        "the JSON record while the registry is down",
+        Duration::from_secs(30),
+        || {
+            let mut conn = conn.clone();
+            let prefix = prefix.clone();
+            async move {
+                common::versions(&mut conn, &prefix)
+                    .await
+                    .contains_key("j:2")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let (code, body) = common::http_get(&daemon.admin, "/readyz").await.unwrap();
+    assert!(
+        code == 503 && body.contains("schema registry"),
+        "still waiting for the schema: {body}"
+    );
     registry.up().await;
     let mut want_all = want_v1.clone();
+    want_all.insert("j:2".to_owned());
     want_all.extend(expected(&v2));
     eventually(
         "the evolved-schema rows after the registry returns",

@@ -338,7 +338,10 @@ pub fn dead_letter_url(address: &str) -> (String, String) {
     (pg_url().replace(&pg_address(), address), unique("dl"))
 }
 
-pub async fn produce(topic: &str, records: &[(Option<Vec<u8>>, Option<Vec<u8>>)]) -> Vec<(i32, i64)> {
+/// A Kafka record to produce: key and value bytes.
+pub type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+pub async fn produce(topic: &str, records: &[KeyValue]) -> Vec<(i32, i64)> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", kafka_brokers())
