@@ -95,6 +95,13 @@ async fn lag_above_threshold_escalates_then_per_key_bumps_return() {
         "[plan]\nescalate_above_lag = 2000\nmax_batch_records = 500\n[[entity]]\ntable = \"public.{table}\"\nnamespace = \"item\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\"]\n"
     );
     let cfg = common::write_config(&topic, &redis.url(), "ver:", admin_port, &extra);
+    // Lag readings every 100 ms, so the first arrives before an optimised
+    // build has drained the whole backlog (at the default 1 s it came too late).
+    let text = std::fs::read_to_string(cfg.path()).unwrap().replace(
+        "[source.librdkafka]\n",
+        "[source.librdkafka]\n\"statistics.interval.ms\" = \"100\"\n",
+    );
+    std::fs::write(cfg.path(), text).unwrap();
     let now = common::now_us();
     common::produce_many(
         &topic,
