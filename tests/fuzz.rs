@@ -10,6 +10,8 @@
 //!
 //! `CDC_FUZZ_CASES` and `CDC_FUZZ_SEED` override the budget and the seed.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use apache_avro::types::Value as Avro;
@@ -280,15 +282,6 @@ fn avro_change(
     ])
 }
 
-// The writer API that replaces it needs a schema-owning builder; this is a test.
-#[allow(deprecated)]
-fn framed(id: u32, schema: &apache_avro::Schema, value: Avro) -> Vec<u8> {
-    let mut out = vec![0];
-    out.extend(id.to_be_bytes());
-    out.extend(apache_avro::to_avro_datum(schema, value).unwrap());
-    out
-}
-
 fn key_targets(route: &Route) -> Vec<String> {
     match &route.action {
         Routed::Bump { targets, .. } => targets
@@ -424,12 +417,12 @@ async fn hostile_records_never_panic_and_are_always_accounted_for() {
                 let id = rng.random_range(-5..1_000_000);
                 let sku = ["A-1", "a:b", "50%", "{x}", "é\n"][rng.random_range(0..5)];
                 let weight = [0.1f32, -0.0, 1024.0, 3.4e38][rng.random_range(0..4)];
-                let value = framed(
+                let value = common::confluent_framed(
                     AVRO_ID,
                     &value_schema,
                     avro_change(id, sku, Some(7), weight, 2, vec![0x04, 0xe2], 100 + offset),
                 );
-                let key = framed(
+                let key = common::confluent_framed(
                     AVRO_KEY_ID,
                     &key_schema,
                     Avro::Record(vec![("id".into(), Avro::Int(id))]),
@@ -490,7 +483,7 @@ async fn hostile_records_never_panic_and_are_always_accounted_for() {
             let lsn = [5, -1, 0, i64::MAX, i64::MIN][rng.random_range(0..5)];
             let weight = f32::from_bits(rng.random::<u32>());
             let value = avro_change(rng.random(), "s\0:{", None, weight, scale, unscaled, lsn);
-            let mut bytes = framed(AVRO_ID, &value_schema, value);
+            let mut bytes = common::confluent_framed(AVRO_ID, &value_schema, value);
             if rng.random_bool(0.4) {
                 mutate_bytes(&mut bytes, &mut rng);
             }

@@ -165,19 +165,16 @@ async fn avro_path_renders_every_vector() {
             ),
             ("op".into(), Avro::String("c".into())),
         ]);
-        let framed = |id: u32, schema: &apache_avro::Schema, value: Avro| {
-            let mut out = vec![0];
-            out.extend(id.to_be_bytes());
-            #[allow(deprecated)]
-            out.extend(apache_avro::to_avro_datum(schema, value).unwrap());
-            out
-        };
         let record = KafkaRecord {
             topic: "shop.public.vec".into(),
             partition: 0,
             offset: 0,
-            key: Some(framed(1, &key_schema, Avro::Record(vec![("id".into(), Avro::Int(1))]))),
-            value: Some(framed(id, &schema, envelope)),
+            key: Some(common::confluent_framed(
+                1,
+                &key_schema,
+                Avro::Record(vec![("id".into(), Avro::Int(1))]),
+            )),
+            value: Some(common::confluent_framed(id, &schema, envelope)),
             timestamp_ms: None,
             headers: Vec::new(),
         };

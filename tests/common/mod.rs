@@ -628,3 +628,15 @@ pub fn committed_offset(group: &str, topic: &str, partition: i32) -> Option<i64>
     let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
     committed.elements()[0].offset().to_raw().filter(|o| *o >= 0)
 }
+
+/// An Avro datum in the Confluent wire format: magic byte 0, the schema id
+/// (big-endian), the datum.
+// The writer API that replaces to_avro_datum needs a schema-owning builder;
+// this is a test helper.
+#[allow(deprecated)]
+pub fn confluent_framed(id: u32, schema: &apache_avro::Schema, value: apache_avro::types::Value) -> Vec<u8> {
+    let mut out = vec![0];
+    out.extend(id.to_be_bytes());
+    out.extend(apache_avro::to_avro_datum(schema, value).unwrap());
+    out
+}
