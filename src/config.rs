@@ -110,6 +110,13 @@ pub struct RawRedis {
     /// (every applied batch checks it too).
     #[serde(default)]
     pub loss_check_interval: Option<Spanned<String>>,
+    /// Replicas that must acknowledge a batch's bumps (Redis `WAIT`) before
+    /// its offsets may be stored; 0 (the default) waits for none.
+    #[serde(default)]
+    pub wait_replicas: Option<Spanned<u32>>,
+    /// How long one `WAIT` may block before the batch is retried.
+    #[serde(default)]
+    pub wait_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -352,6 +359,9 @@ pub struct RedisSettings {
     pub max_retry_backoff: Duration,
     pub cluster: bool,
     pub loss_check_interval: Duration,
+    /// `WAIT` for this many replicas after every batch (0: no WAIT).
+    pub wait_replicas: u32,
+    pub wait_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -381,6 +391,11 @@ const DEFAULT_EVENTUAL_LINGER: Duration = Duration::from_millis(100);
 const DEFAULT_CLOCK_SKEW_MARGIN: Duration = Duration::from_secs(30);
 // Retrying Redis faster than this only adds load to a struggling server.
 const DEFAULT_MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+/// Replication on a LAN takes well under a millisecond; a replica a second
+/// behind is one to alert on, and the batch is retried meanwhile.
+const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the Redis client waits for any reply before it reconnects.
+pub const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 // A registry slower than this is treated as unavailable for this attempt.
 const DEFAULT_REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
 // A lookup slower than this holds up its partition; retry or escalate instead.
@@ -565,6 +580,35 @@ impl RawConfig {
             }
             None => default_loss_check_interval(),
         };
+        let wait_replicas = redis.wait_replicas.as_ref().map_or(0, |n| *n.get_ref());
+        let wait_timeout = match &redis.wait_timeout {
+            Some(d) => {
+                let timeout = v.duration(d, "redis.wait_timeout")?;
+                // WAIT's own 0 means "block forever": a stuck replica would
+                // then hang the applier past every shutdown bound.
+                if timeout.as_millis() == 0 {
+                    return v.error(d.span(), "redis.wait_timeout", "expected at least 1ms (WAIT 0 blocks forever)");
+                }
+                if timeout >= REDIS_RESPONSE_TIMEOUT {
+                    return v.error(
+                        d.span(),
+                        "redis.wait_timeout",
+                        format!("expected less than {REDIS_RESPONSE_TIMEOUT:?}, the client's response timeout"),
+                    );
+                }
+                timeout
+            }
+            None => DEFAULT_WAIT_TIMEOUT,
+        };
+        if let (Some(n), true) = (&redis.wait_replicas, redis.cluster) {
+            if *n.get_ref() > 0 {
+                return v.error(
+                    n.span(),
+                    "redis.wait_replicas",
+                    "not supported with cluster = true yet (WAIT answers for one node); use 0",
+                );
+            }
+        }
         let redis_settings = RedisSettings {
             url,
             version_prefix: redis.version_prefix.get_ref().clone(),
@@ -572,6 +616,8 @@ impl RawConfig {
             max_retry_backoff,
             cluster: redis.cluster,
             loss_check_interval,
+            wait_replicas,
+            wait_timeout,
         };
 
         let admin_text =

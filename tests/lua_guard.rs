@@ -18,6 +18,8 @@ async fn sink(prefix: &str, ttl: Duration) -> RedisSink {
         max_retry_backoff: Duration::from_secs(1),
         cluster: false,
         loss_check_interval: cdc_invalidator::config::default_loss_check_interval(),
+        wait_replicas: 0,
+        wait_timeout: Duration::from_secs(1),
     })
     .await
     .expect("redis from scripts/stack up")
@@ -187,6 +189,8 @@ async fn acl_user_from_the_url_is_used() {
         max_retry_backoff: Duration::from_secs(1),
         cluster: false,
         loss_check_interval: cdc_invalidator::config::default_loss_check_interval(),
+        wait_replicas: 0,
+        wait_timeout: Duration::from_secs(1),
     };
     let mut sink = RedisSink::connect(&settings).await.expect("ACL user connects");
     assert!(sink.apply(&[bump("k", Position::kafka("t", 0, 1))]).await.unwrap()[0].applied);
@@ -277,6 +281,8 @@ async fn tls_through_a_rediss_url() {
         max_retry_backoff: Duration::from_secs(1),
         cluster: false,
         loss_check_interval: cdc_invalidator::config::default_loss_check_interval(),
+        wait_replicas: 0,
+        wait_timeout: Duration::from_secs(1),
     };
     let mut sink = None;
     for _ in 0..50 {

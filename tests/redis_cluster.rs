@@ -123,6 +123,8 @@ async fn bumps_spread_over_slots_apply_guard_and_survive_script_flush() {
         max_retry_backoff: Duration::from_secs(1),
         cluster: true,
         loss_check_interval: cdc_invalidator::config::default_loss_check_interval(),
+        wait_replicas: 0,
+        wait_timeout: Duration::from_secs(1),
     })
     .await
     .unwrap();

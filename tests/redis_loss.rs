@@ -276,6 +276,8 @@ async fn epoch_check_cost() {
         max_retry_backoff: Duration::from_secs(1),
         cluster: false,
         loss_check_interval: default_loss_check_interval(),
+        wait_replicas: 0,
+        wait_timeout: Duration::from_secs(1),
     };
     const BATCHES: u64 = 2000;
     for batch_size in [1u64, 100] {
@@ -311,4 +313,153 @@ async fn epoch_check_cost() {
             figures[0], figures[1]
         );
     }
+}
+
+/// Adds settings to the `[redis]` section of a config `write_config` wrote.
+fn redis_settings(cfg: &tempfile::NamedTempFile, lines: &str) {
+    let text = std::fs::read_to_string(cfg.path()).unwrap();
+    let text = text.replacen("[redis]\n", &format!("[redis]\n{lines}\n"), 1);
+    std::fs::write(cfg.path(), text).unwrap();
+}
+
+/// A Redis that also holds the cached data under an evicting policy: with
+/// eviction notifications on, evicted data keys are not a loss, and an
+/// evicted version record still is.
+#[tokio::test]
+async fn only_evicted_version_records_are_a_loss_when_evictions_are_notified() {
+    let redis = PrivateRedis::start_ready_with(&[
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--maxmemory",
+        "4mb",
+        // Shortest TTL first: data keys with a shorter TTL than the version
+        // records (1h) go first, deterministically.
+        "--maxmemory-policy",
+        "volatile-ttl",
+        "--notify-keyspace-events",
+        "Ee",
+    ])
+    .await;
+    let s = setup(&redis);
+    let daemon = Daemon::start(s.cfg.path(), s.admin_port);
+    change(&s, &redis, 1, 10, 0).await;
+    let e0 = epoch_after(&redis.url(), 0).await;
+    let fill = |prefix: &'static str, ttl_s: u64| {
+        let url = redis.url();
+        async move {
+            let filler = "x".repeat(1024);
+            let mut conn = redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            for i in 0..8000 {
+                let _: redis::RedisResult<()> = redis::cmd("SET")
+                    .arg(format!("{prefix}:{i}"))
+                    .arg(&filler)
+                    .arg("EX")
+                    .arg(ttl_s)
+                    .query_async(&mut conn)
+                    .await;
+            }
+            let info: String = redis::cmd("INFO").arg("stats").query_async(&mut conn).await.unwrap();
+            info.lines()
+                .find_map(|l| l.strip_prefix("evicted_keys:"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap()
+        }
+    };
+    let evicted = fill("data", 60).await;
+    assert!(evicted > 100, "the fill should evict data keys, evicted {evicted}");
+    // Several loss checks (1 s apart) see the evictions.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(loss_count(&daemon, "evicted").await, 0.0, "{}", daemon.log_tail());
+    assert_eq!(hget(&redis.url(), "ver:epoch", "e").await, Some(e0));
+    assert!(hget(&redis.url(), "ver:item:1", "v").await.is_some());
+
+    // Data keys that outlive the version records: now those go first.
+    fill("long", 86_400).await;
+    assert_eq!(hget(&redis.url(), "ver:item:1", "v").await, None, "the version record should be evicted");
+    epoch_after(&redis.url(), e0).await;
+    eventually("the version record's eviction to be counted", Duration::from_secs(10), || {
+        let daemon = &daemon;
+        async move { (loss_count(daemon, "evicted").await >= 1.0).then_some(()) }
+    })
+    .await;
+}
+
+/// `redis.wait_replicas`: a batch whose bumps no replica acknowledged is not
+/// acknowledged to Kafka; consumption pauses and readiness says why, until
+/// the replica catches up.
+#[tokio::test]
+async fn offsets_wait_for_the_replica_when_wait_replicas_is_set() {
+    let primary = PrivateRedis::start_ready().await;
+    let replica_port = common::free_port();
+    let replica = PrivateRedis::ready(PrivateRedis::start_with(
+        replica_port,
+        &["--save", "", "--appendonly", "no", "--replicaof", "127.0.0.1", &primary.port.to_string()],
+    ))
+    .await;
+    eventually("the replica to sync", Duration::from_secs(20), || {
+        let url = primary.url();
+        async move {
+            let info = match command(&url, &["INFO", "replication"]).await {
+                redis::Value::BulkString(b) => String::from_utf8(b).ok()?,
+                redis::Value::VerbatimString { text, .. } => text,
+                _ => return None,
+            };
+            info.contains("connected_slaves:1").then_some(())
+        }
+    })
+    .await;
+    let s = setup(&primary);
+    redis_settings(&s.cfg, "wait_replicas = 1\nwait_timeout = \"200ms\"");
+    let group = common::group_of(s.cfg.path());
+    let daemon = Daemon::start(s.cfg.path(), s.admin_port);
+    let v1 = change(&s, &primary, 1, 10, 0).await;
+    // Its replica has it too: the daemon waited for it.
+    assert_eq!(hget(&replica.url(), "ver:item:1", "v").await, Some(v1));
+
+    let committed_before = eventually("the first change's offset to be committed", Duration::from_secs(20), || {
+        let (group, topic) = (group.clone(), s.topic.clone());
+        async move { common::committed_offset(&group, &topic, 0).filter(|o| *o >= 1).map(Some) }
+    })
+    .await;
+
+    replica.signal("-STOP");
+    // Applied on the primary (bumps are idempotent, so retrying is safe)...
+    let v2 = change(&s, &primary, 1, 20, v1).await;
+    eventually("readiness to report the replica shortfall", Duration::from_secs(15), || {
+        let daemon = &daemon;
+        async move {
+            let (status, body) = common::http_get(&daemon.admin, "/readyz").await?;
+            (status == 503 && body.contains("replicas")).then_some(())
+        }
+    })
+    .await;
+    // ...but not acknowledged while no replica has it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(common::committed_offset(&group, &s.topic, 0), committed_before);
+    assert!(
+        common::metric_sum(
+            &daemon.metrics().await,
+            "cdc_invalidator_redis_errors_total",
+            &["kind=\"replicas\""]
+        ) >= 1.0
+    );
+
+    replica.signal("-CONT");
+    eventually("the offset to be committed once the replica has the batch", Duration::from_secs(30), || {
+        let group = group.clone();
+        let topic = s.topic.clone();
+        let before = committed_before;
+        async move {
+            let now = common::committed_offset(&group, &topic, 0);
+            (now > before).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(hget(&replica.url(), "ver:item:1", "v").await, Some(v2));
 }

@@ -182,6 +182,8 @@ pub struct ServerFacts {
     pub cluster: bool,
     /// Namespaces the config declares (bumped on a loss).
     pub namespaces: usize,
+    /// `redis.wait_replicas`.
+    pub wait_replicas: u32,
 }
 
 /// `check`'s verdict: persistence, eviction, and whether loss is detectable.
@@ -236,8 +238,19 @@ pub fn assess(facts: &ServerFacts) -> Vec<Finding> {
         (Some(p), m) if p.starts_with("allkeys-") || p.starts_with("volatile-") => {
             let note = if m == Some("0") { " (maxmemory 0: no limit yet)" } else { "" };
             out.push(Finding::Warn(format!(
-                "maxmemory-policy {p}{note} can evict version records (they carry a TTL); the daemon treats every eviction as a loss and bumps the epoch: use noeviction for the Redis holding version records"
-            )))
+                "maxmemory-policy {p}{note} can evict version records (they carry a TTL), and each such eviction bumps the epoch (every cache starts cold): use noeviction for the Redis holding version records"
+            )));
+            match get("notify-keyspace-events") {
+                Some(flags) if super::eviction::notifies_evictions(&flags) => out.push(Finding::Ok(format!(
+                    "notify-keyspace-events {flags:?} names evicted keys: evictions of other keys are not taken for a loss"
+                ))),
+                Some(flags) => out.push(Finding::Warn(format!(
+                    "notify-keyspace-events {flags:?} does not name evicted keys, so every eviction (of data keys too) counts as a loss of version records and bumps the epoch: add E and e (CONFIG SET notify-keyspace-events Ee{flags})"
+                ))),
+                None => out.push(Finding::Warn(
+                    "notify-keyspace-events unknown (CONFIG refused): unless it contains E and e, every eviction counts as a loss".into(),
+                )),
+            }
         }
         (Some(p), _) => out.push(Finding::Warn(format!("maxmemory-policy {p}: not known to this check"))),
         (None, _) => out.push(Finding::Warn("maxmemory-policy unknown (CONFIG and INFO refused)".into())),
@@ -255,6 +268,23 @@ pub fn assess(facts: &ServerFacts) -> Vec<Finding> {
         out.push(Finding::Ok(
             "loss detection: epoch record watermarks, run_id and evicted_keys are watched".into(),
         ));
+    }
+    // Replicas.
+    let replicas: Option<u32> = info_field("connected_slaves").and_then(|v| v.parse().ok());
+    match (facts.wait_replicas, replicas) {
+        (0, Some(n)) if n > 0 => out.push(Finding::Ok(format!(
+            "{n} replica(s) connected; a failover may lose the last writes (detected and recovered by the epoch); redis.wait_replicas makes each batch wait for them"
+        ))),
+        (0, _) => {}
+        (wanted, Some(n)) if n >= wanted => out.push(Finding::Ok(format!(
+            "redis.wait_replicas = {wanted}: {n} replica(s) connected"
+        ))),
+        (wanted, Some(n)) => out.push(Finding::Warn(format!(
+            "redis.wait_replicas = {wanted} but only {n} replica(s) are connected: every batch is retried (consumption paused, readiness 503) until enough replicas acknowledge"
+        ))),
+        (wanted, None) => out.push(Finding::Warn(format!(
+            "redis.wait_replicas = {wanted}: the number of connected replicas is unknown (INFO refused)"
+        ))),
     }
     if facts.namespaces == 0 {
         out.push(Finding::Warn(
@@ -303,6 +333,7 @@ mod tests {
             info: Ok("run_id:x\r\n".into()),
             cluster: false,
             namespaces: 2,
+            wait_replicas: 0,
         };
         assert_eq!(warnings(&safe), Vec::<String>::new());
 
@@ -319,21 +350,60 @@ mod tests {
             info: Ok("aof_enabled:0\r\nmaxmemory_policy:volatile-lru\r\n".into()),
             cluster: false,
             namespaces: 0,
+            wait_replicas: 0,
         };
         let w = warnings(&refused);
         assert!(w[0].contains("CONFIG GET refused (NOPERM)"), "{w:?}");
         assert!(w[1].contains("aof_enabled:0"), "{w:?}");
         assert!(w[2].starts_with("maxmemory-policy volatile-lru"), "{w:?}");
-        assert!(w[3].starts_with("no entity declares a namespace"), "{w:?}");
+        assert!(w[3].starts_with("notify-keyspace-events unknown"), "{w:?}");
+        assert!(w[4].starts_with("no entity declares a namespace"), "{w:?}");
 
         let blind = ServerFacts {
             config: Err("NOPERM".into()),
             info: Err("NOPERM".into()),
             cluster: false,
             namespaces: 1,
+            wait_replicas: 0,
         };
         let w = warnings(&blind);
         assert!(w.iter().any(|l| l.starts_with("INFO refused (NOPERM)")), "{w:?}");
+    }
+
+    #[test]
+    fn check_tells_whether_evictions_of_data_keys_count_as_loss() {
+        let facts = |flags: &str| ServerFacts {
+            config: Ok([("maxmemory-policy", "allkeys-lru"), ("notify-keyspace-events", flags)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()),
+            info: Ok("run_id:x\r\n".into()),
+            cluster: false,
+            namespaces: 1,
+            wait_replicas: 0,
+        };
+        let w = warnings(&facts(""));
+        assert!(w.iter().any(|l| l.contains("does not name evicted keys")), "{w:?}");
+        let w = warnings(&facts("Ee"));
+        assert!(!w.iter().any(|l| l.contains("notify-keyspace-events")), "{w:?}");
+    }
+
+    #[test]
+    fn check_compares_wait_replicas_with_connected_replicas() {
+        let facts = |wanted: u32, connected: u32| ServerFacts {
+            config: Ok([("maxmemory-policy", "noeviction"), ("appendonly", "yes"), ("appendfsync", "always")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()),
+            info: Ok(format!("run_id:x\r\nconnected_slaves:{connected}\r\n")),
+            cluster: false,
+            namespaces: 1,
+            wait_replicas: wanted,
+        };
+        assert_eq!(warnings(&facts(1, 1)), Vec::<String>::new());
+        assert_eq!(warnings(&facts(0, 2)), Vec::<String>::new());
+        let w = warnings(&facts(2, 1));
+        assert!(w.iter().any(|l| l.contains("wait_replicas = 2 but only 1")), "{w:?}");
     }
 
     #[test]

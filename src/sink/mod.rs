@@ -10,12 +10,13 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 
-use crate::config::{redact_url, RedisSettings};
+use crate::config::{redact_url, RedisSettings, REDIS_RESPONSE_TIMEOUT};
 use crate::event::Position;
 use crate::graph::Target;
 use crate::plan::Bump;
 
 pub mod epoch;
+pub mod eviction;
 pub mod notice;
 
 use epoch::{EpochReply, EpochState, LossReason, ServerView};
@@ -34,6 +35,12 @@ pub enum SinkError {
     Redis(#[from] redis::RedisError),
     #[error("redis answered {got} replies to {sent} bumps")]
     ShortReply { sent: usize, got: usize },
+    #[error("only {acknowledged} of {wanted} redis replicas acknowledged the batch within {timeout_ms} ms (redis.wait_replicas)")]
+    ReplicasBehind {
+        wanted: u32,
+        acknowledged: i64,
+        timeout_ms: u64,
+    },
 }
 
 impl SinkError {
@@ -44,6 +51,7 @@ impl SinkError {
             SinkError::Redis(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => "connection",
             SinkError::Redis(_) => "server",
             SinkError::ShortReply { .. } => "protocol",
+            SinkError::ReplicasBehind { .. } => "replicas",
         }
     }
 }
@@ -85,11 +93,18 @@ pub struct RedisSink {
     epoch_sha: String,
     prefix: String,
     ttl_ms: u64,
+    /// `WAIT` for this many replicas after each batch (0: none).
+    wait_replicas: u32,
+    wait_timeout_ms: u64,
     /// Loss detection, enabled by `run` only (other commands never touch
     /// the epoch record).
     epoch: Option<EpochState>,
     /// A loss the last apply revealed, for the caller to recover from.
     pending_loss: Option<LossReason>,
+    /// Standalone only: for the eviction notifications' own connection.
+    client: Option<redis::Client>,
+    /// Which evictions were of version records (loss detection only).
+    evictions: Option<(eviction::EvictionWatch, eviction::EvictionLedger)>,
 }
 
 impl RedisSink {
@@ -99,10 +114,11 @@ impl RedisSink {
             url: redact_url(&settings.url),
             source,
         };
+        let mut standalone_client = None;
         let mut connection = if settings.cluster {
             let client = redis::cluster::ClusterClientBuilder::new(vec![settings.url.as_str()])
                 .connection_timeout(Duration::from_secs(5))
-                .response_timeout(Duration::from_secs(10))
+                .response_timeout(REDIS_RESPONSE_TIMEOUT)
                 .build()
                 .map_err(client_error)?;
             Connection::Cluster(client.get_async_connection().await?)
@@ -110,9 +126,10 @@ impl RedisSink {
             let client = redis::Client::open(settings.url.as_str()).map_err(client_error)?;
             let config = redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(5)))
-                .set_response_timeout(Some(Duration::from_secs(10)))
+                .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
                 .set_max_delay(settings.max_retry_backoff)
                 .set_number_of_retries(2);
+            standalone_client = Some(client.clone());
             Connection::Standalone(ConnectionManager::new_with_config(client, config).await?)
         };
         // In a cluster, SCRIPT LOAD goes to every primary.
@@ -123,8 +140,12 @@ impl RedisSink {
             epoch_sha,
             prefix: settings.version_prefix.clone(),
             ttl_ms: settings.version_ttl.as_millis() as u64,
+            wait_replicas: settings.wait_replicas,
+            wait_timeout_ms: settings.wait_timeout.as_millis() as u64,
             epoch: None,
             pending_loss: None,
+            client: standalone_client,
+            evictions: None,
         })
     }
 
@@ -132,6 +153,11 @@ impl RedisSink {
     /// watermark in the epoch record, in the same round trip.
     pub fn enable_loss_detection(&mut self) {
         self.epoch = Some(EpochState::new(&self.prefix, &epoch::process_token()));
+        if let Some(client) = &self.client {
+            let db = client.get_connection_info().redis_settings().db();
+            let watch = eviction::EvictionWatch::start(client.clone(), self.prefix.clone(), db);
+            self.evictions = Some((watch, eviction::EvictionLedger::default()));
+        }
     }
 
     /// The loss the last apply revealed (its bumps were applied; nothing
@@ -180,17 +206,36 @@ impl RedisSink {
             return Ok(None);
         };
         let previous = state.server.replace(view.clone());
-        if let Some(before) = previous {
-            if before.run_id != view.run_id {
-                tracing::info!(run_id = %view.run_id, "redis restarted or failed over (new run_id); watermarks intact, no loss");
+        let counted = match &previous {
+            Some(before) => {
+                if before.run_id != view.run_id {
+                    tracing::info!(run_id = %view.run_id, "redis restarted or failed over (new run_id); watermarks intact, no loss");
+                }
+                view.evicted_since(before)
             }
-            let evicted = view.evicted_since(&before);
-            if evicted > 0 {
-                tracing::debug!(evicted, policy = %view.policy, "redis evicted keys");
-                return Ok(Some(LossReason::Evicted));
+            None => 0,
+        };
+        let verdict = match &mut self.evictions {
+            Some((watch, ledger)) => watch.judge(ledger, counted),
+            None if counted > 0 => eviction::EvictionVerdict::Unaccounted(counted),
+            None => eviction::EvictionVerdict::Harmless,
+        };
+        match verdict {
+            eviction::EvictionVerdict::Harmless => {
+                if counted > 0 {
+                    tracing::debug!(counted, policy = %view.policy, "redis evicted keys; none was a version record");
+                }
+                Ok(None)
+            }
+            eviction::EvictionVerdict::VersionRecords(n) => {
+                tracing::debug!(version_records = n, policy = %view.policy, "redis evicted version records");
+                Ok(Some(LossReason::Evicted))
+            }
+            eviction::EvictionVerdict::Unaccounted(n) => {
+                tracing::debug!(evictions = n, policy = %view.policy, "redis evicted keys no notification named (notify-keyspace-events without Ee?); treating them as version records");
+                Ok(Some(LossReason::Evicted))
             }
         }
-        Ok(None)
     }
 
     /// Re-establishes safety after a loss: advances the epoch, then bumps
@@ -332,9 +377,29 @@ impl RedisSink {
                     .arg(&bump.position.ordinal)
                     .arg(self.ttl_ms);
             }
+            // WAIT covers every write sent before it on this connection, so
+            // last in the pipeline it covers the whole batch (and the
+            // watermark). Cluster mode refuses wait_replicas in the config.
+            let wait = (standalone && self.wait_replicas > 0).then_some((self.wait_replicas, self.wait_timeout_ms));
+            if let Some((replicas, timeout_ms)) = wait {
+                pipe.cmd("WAIT").arg(replicas).arg(timeout_ms);
+            }
             let mut connection = self.connection.clone();
             async move {
                 let mut values: Vec<redis::Value> = connection.query(&pipe).await?;
+                if let Some((wanted, timeout_ms)) = wait {
+                    let acknowledged: i64 = match values.pop() {
+                        Some(value) => redis::from_redis_value(value).map_err(redis::RedisError::from)?,
+                        None => 0,
+                    };
+                    if acknowledged < i64::from(wanted) {
+                        return Err(SinkError::ReplicasBehind {
+                            wanted,
+                            acknowledged,
+                            timeout_ms,
+                        });
+                    }
+                }
                 let check = if with_check && !values.is_empty() {
                     Some(epoch_reply(
                         redis::from_redis_value(values.remove(0)).map_err(redis::RedisError::from)?,
@@ -408,7 +473,14 @@ impl RedisSink {
     pub async fn server_facts(&mut self, namespaces: usize) -> epoch::ServerFacts {
         let mut config = std::collections::HashMap::new();
         let mut refused = None;
-        for name in ["save", "appendonly", "appendfsync", "maxmemory", "maxmemory-policy"] {
+        for name in [
+            "save",
+            "appendonly",
+            "appendfsync",
+            "maxmemory",
+            "maxmemory-policy",
+            "notify-keyspace-events",
+        ] {
             match self
                 .connection
                 .command::<Vec<String>>(redis::cmd("CONFIG").arg("GET").arg(name))
@@ -438,6 +510,7 @@ impl RedisSink {
             info,
             cluster: matches!(self.connection, Connection::Cluster(_)),
             namespaces,
+            wait_replicas: self.wait_replicas,
         }
     }
 

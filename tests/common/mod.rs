@@ -586,7 +586,7 @@ impl PrivateRedis {
         PrivateRedis::ready(PrivateRedis::start_with(free_port(), args)).await
     }
 
-    async fn ready(redis: PrivateRedis) -> PrivateRedis {
+    pub async fn ready(redis: PrivateRedis) -> PrivateRedis {
         eventually("the private redis to answer", Duration::from_secs(10), || {
             let url = redis.url();
             async move {
