@@ -34,6 +34,8 @@ struct StatusInner {
     dead_letters_probe_error: Option<String>,
     /// Source topics idle past `source.max_idle`: topic -> seconds idle.
     idle_sources: BTreeMap<String, u64>,
+    /// Connectors Kafka Connect does not report RUNNING: name -> why.
+    connectors_down: BTreeMap<String, String>,
     assigned: usize,
     stalls: BTreeMap<String, Stall>,
 }
@@ -102,6 +104,11 @@ impl Status {
         self.with(|s| s.idle_sources = idle);
     }
 
+    /// Connectors in `[connect] connectors` that are not running.
+    pub fn set_connectors_down(&self, down: BTreeMap<String, String>) {
+        self.with(|s| s.connectors_down = down);
+    }
+
     pub fn set_assigned(&self, count: usize) {
         self.with(|s| s.assigned = count);
     }
@@ -140,6 +147,11 @@ impl Status {
             for (topic, seconds) in &s.idle_sources {
                 reasons.push(format!(
                     "source topic {topic:?} has had no new record for {seconds}s (above source.max_idle): is the connector running?"
+                ));
+            }
+            for (connector, problem) in &s.connectors_down {
+                reasons.push(format!(
+                    "source connector {connector:?} is not running ({problem}): no changes reach the daemon"
                 ));
             }
             if let Some(e) = &s.registry_error {

@@ -328,6 +328,13 @@ async fn run(path: &Path, migrate: bool) -> anyhow::Result<i32> {
         status.clone(),
         shutdown.clone(),
     ));
+    if let Some(connect) = &settings.connect {
+        tokio::spawn(crate::source::connect::watch(
+            connect.clone(),
+            status.clone(),
+            shutdown.clone(),
+        ));
+    }
     let pipeline = Pipeline::new(settings.clone(), sink, services, status)?;
     pipeline.run(shutdown.clone()).await;
     shutdown.cancel();
@@ -476,6 +483,20 @@ async fn check(path: &Path) -> anyhow::Result<i32> {
         Err(e) => {
             println!("FAIL  kafka {}: {e}", settings.source.brokers);
             problems += 1;
+        }
+    }
+    if let Some(connect) = &settings.connect {
+        for (name, verdict) in crate::source::connect::status_once(connect).await {
+            match verdict.problem {
+                None => println!(
+                    "ok    connector {name}: RUNNING with {} task(s)",
+                    verdict.tasks.values().sum::<usize>()
+                ),
+                Some(problem) => {
+                    println!("FAIL  connector {name}: {problem}");
+                    problems += 1;
+                }
+            }
         }
     }
     if settings.dead_letters.is_some() {

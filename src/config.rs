@@ -23,6 +23,7 @@ pub const ENV_SCHEMA_REGISTRY_URL: &str = "CDC_SCHEMA_REGISTRY_URL";
 pub const ENV_SCHEMA_REGISTRY_USER: &str = "CDC_SCHEMA_REGISTRY_USER";
 pub const ENV_SCHEMA_REGISTRY_PASSWORD: &str = "CDC_SCHEMA_REGISTRY_PASSWORD";
 pub const ENV_INSTANCE_ID: &str = "CDC_INSTANCE_ID";
+pub const ENV_CONNECT_URL: &str = "CDC_CONNECT_URL";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -61,6 +62,8 @@ pub struct RawConfig {
     pub avro: Option<Spanned<RawAvro>>,
     #[serde(default)]
     pub notices: Option<Spanned<RawNotices>>,
+    #[serde(default)]
+    pub connect: Option<Spanned<RawConnect>>,
     #[serde(default, rename = "entity")]
     pub entities: Vec<Spanned<RawEntity>>,
 }
@@ -129,6 +132,16 @@ pub struct RawAdmin {
     /// How long one ping may take before the dependency counts as down.
     #[serde(default)]
     pub probe_timeout: Option<Spanned<String>>,
+}
+
+/// Kafka Connect's REST API, to watch the named connectors' status.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConnect {
+    pub url: Spanned<String>,
+    pub connectors: Spanned<Vec<String>>,
+    #[serde(default)]
+    pub poll_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -260,8 +273,22 @@ pub struct Settings {
     /// Where Avro schemas come from; None reads JSON only.
     pub avro: Option<crate::decode::SchemaSources>,
     pub notices: Option<crate::sink::notice::NoticeSettings>,
+    /// Connector status watch; None watches nothing.
+    pub connect: Option<ConnectSettings>,
     pub graph: Graph,
 }
+
+#[derive(Debug, Clone)]
+pub struct ConnectSettings {
+    /// Base URL of a Kafka Connect worker's REST API.
+    pub url: String,
+    pub connectors: Vec<String>,
+    pub poll_interval: Duration,
+}
+
+/// Connect's REST API answers in milliseconds; a connector that FAILED is
+/// reported within this (and the alert's `for`).
+pub const DEFAULT_CONNECT_POLL_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct SourceSettings {
@@ -587,7 +614,11 @@ impl RawConfig {
                 // WAIT's own 0 means "block forever": a stuck replica would
                 // then hang the applier past every shutdown bound.
                 if timeout.as_millis() == 0 {
-                    return v.error(d.span(), "redis.wait_timeout", "expected at least 1ms (WAIT 0 blocks forever)");
+                    return v.error(
+                        d.span(),
+                        "redis.wait_timeout",
+                        "expected at least 1ms (WAIT 0 blocks forever)",
+                    );
                 }
                 if timeout >= REDIS_RESPONSE_TIMEOUT {
                     return v.error(
@@ -763,6 +794,61 @@ impl RawConfig {
                 kafka_schema_id: n.kafka_schema_id.map(Spanned::into_inner),
             }
         });
+        let connect = match self.connect.map(Spanned::into_inner) {
+            None => None,
+            Some(raw) => {
+                let url = env(ENV_CONNECT_URL).unwrap_or_else(|| raw.url.get_ref().clone());
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return v.error(
+                        raw.url.span(),
+                        "connect.url",
+                        format!(
+                            "expected an http:// or https:// URL of Kafka Connect's REST API, got {:?}",
+                            redact_url(&url)
+                        ),
+                    );
+                }
+                let names = raw.connectors.get_ref();
+                if names.is_empty() {
+                    return v.error(
+                        raw.connectors.span(),
+                        "connect.connectors",
+                        "expected at least one connector name",
+                    );
+                }
+                for (i, name) in names.iter().enumerate() {
+                    if name.trim().is_empty() || name.contains('/') {
+                        return v.error(
+                            raw.connectors.span(),
+                            "connect.connectors",
+                            format!("{name:?} is not a connector name"),
+                        );
+                    }
+                    if names.iter().take(i).any(|earlier| earlier == name) {
+                        return v.error(
+                            raw.connectors.span(),
+                            "connect.connectors",
+                            format!("{name:?} is listed twice"),
+                        );
+                    }
+                }
+                let poll_interval = match &raw.poll_interval {
+                    Some(d) => {
+                        let interval = v.duration(d, "connect.poll_interval")?;
+                        if interval.is_zero() {
+                            return v.error(d.span(), "connect.poll_interval", "expected a positive duration");
+                        }
+                        interval
+                    }
+                    None => DEFAULT_CONNECT_POLL_INTERVAL,
+                };
+                Some(ConnectSettings {
+                    url: url.trim_end_matches('/').to_owned(),
+                    connectors: names.clone(),
+                    poll_interval,
+                })
+            }
+        };
         let dead_letters = {
             let raw = self.dead_letters.map(Spanned::into_inner);
             let schema = match raw.as_ref().and_then(|d| d.schema.as_ref()) {
@@ -940,6 +1026,7 @@ impl RawConfig {
             lookup,
             avro,
             notices,
+            connect,
             graph: Graph::new(entities),
         })
     }

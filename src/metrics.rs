@@ -30,6 +30,8 @@ pub const REDIS_ERRORS: &str = "cdc_invalidator_redis_errors_total";
 pub const REDIS_DATA_LOSS: &str = "cdc_invalidator_redis_data_loss_total";
 pub const SOURCE_IDLE: &str = "cdc_invalidator_source_idle_seconds";
 pub const SOURCE_IDLE_TOPICS: &str = "cdc_invalidator_source_idle_topics";
+pub const CONNECTOR_UP: &str = "cdc_invalidator_connector_up";
+pub const CONNECTOR_TASKS: &str = "cdc_invalidator_connector_tasks";
 pub const READY: &str = "cdc_invalidator_ready";
 pub const BUILD_INFO: &str = "cdc_invalidator_build_info";
 pub const LOOKUP: &str = "cdc_invalidator_lookup_seconds";
@@ -240,6 +242,15 @@ fn describe() {
         Unit::Count,
         "Watched topics idle for longer than source.max_idle (0 when no bound is set)."
     );
+    describe_gauge!(
+        CONNECTOR_UP,
+        "Per connector in [connect] connectors: 1 when Kafka Connect reports it and every task RUNNING; 0 otherwise (FAILED, PAUSED, missing, Connect unreachable)."
+    );
+    describe_gauge!(
+        CONNECTOR_TASKS,
+        Unit::Count,
+        "Per connector and state: tasks Kafka Connect reports in that state."
+    );
     describe_gauge!(READY, "1 when connected, assigned and not stalled; 0 otherwise.");
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
     describe_histogram!(LOOKUP, Unit::Seconds, "Duration of one fan-out lookup query attempt.");
@@ -315,6 +326,23 @@ pub fn source_idle(topic: &str, seconds: u64) {
 
 pub fn source_idle_topics(count: usize) {
     gauge!(SOURCE_IDLE_TOPICS).set(count as f64);
+}
+
+/// One connector's status; states seen last time and gone now drop to 0.
+pub fn connector_status(connector: &str, up: bool, tasks: &BTreeMap<String, usize>, previous_states: &[String]) {
+    set_gauge(
+        CONNECTOR_UP,
+        vec![("connector", connector.to_owned())],
+        if up { 1.0 } else { 0.0 },
+    );
+    for state in previous_states.iter().filter(|s| !tasks.contains_key(*s)) {
+        let labels = vec![("connector", connector.to_owned()), ("state", state.clone())];
+        set_gauge(CONNECTOR_TASKS, labels, 0.0);
+    }
+    for (state, count) in tasks {
+        let labels = vec![("connector", connector.to_owned()), ("state", state.clone())];
+        set_gauge(CONNECTOR_TASKS, labels, *count as f64);
+    }
 }
 
 pub fn redis_data_loss(reason: &'static str) {

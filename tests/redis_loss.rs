@@ -381,12 +381,20 @@ async fn only_evicted_version_records_are_a_loss_when_evictions_are_notified() {
 
     // Data keys that outlive the version records: now those go first.
     fill("long", 86_400).await;
-    assert_eq!(hget(&redis.url(), "ver:item:1", "v").await, None, "the version record should be evicted");
+    assert_eq!(
+        hget(&redis.url(), "ver:item:1", "v").await,
+        None,
+        "the version record should be evicted"
+    );
     epoch_after(&redis.url(), e0).await;
-    eventually("the version record's eviction to be counted", Duration::from_secs(10), || {
-        let daemon = &daemon;
-        async move { (loss_count(daemon, "evicted").await >= 1.0).then_some(()) }
-    })
+    eventually(
+        "the version record's eviction to be counted",
+        Duration::from_secs(10),
+        || {
+            let daemon = &daemon;
+            async move { (loss_count(daemon, "evicted").await >= 1.0).then_some(()) }
+        },
+    )
     .await;
 }
 
@@ -399,7 +407,15 @@ async fn offsets_wait_for_the_replica_when_wait_replicas_is_set() {
     let replica_port = common::free_port();
     let replica = PrivateRedis::ready(PrivateRedis::start_with(
         replica_port,
-        &["--save", "", "--appendonly", "no", "--replicaof", "127.0.0.1", &primary.port.to_string()],
+        &[
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--replicaof",
+            "127.0.0.1",
+            &primary.port.to_string(),
+        ],
     ))
     .await;
     eventually("the replica to sync", Duration::from_secs(20), || {
@@ -422,22 +438,34 @@ async fn offsets_wait_for_the_replica_when_wait_replicas_is_set() {
     // Its replica has it too: the daemon waited for it.
     assert_eq!(hget(&replica.url(), "ver:item:1", "v").await, Some(v1));
 
-    let committed_before = eventually("the first change's offset to be committed", Duration::from_secs(20), || {
-        let (group, topic) = (group.clone(), s.topic.clone());
-        async move { common::committed_offset(&group, &topic, 0).filter(|o| *o >= 1).map(Some) }
-    })
+    let committed_before = eventually(
+        "the first change's offset to be committed",
+        Duration::from_secs(20),
+        || {
+            let (group, topic) = (group.clone(), s.topic.clone());
+            async move {
+                common::committed_offset(&group, &topic, 0)
+                    .filter(|o| *o >= 1)
+                    .map(Some)
+            }
+        },
+    )
     .await;
 
     replica.signal("-STOP");
     // Applied on the primary (bumps are idempotent, so retrying is safe)...
     let v2 = change(&s, &primary, 1, 20, v1).await;
-    eventually("readiness to report the replica shortfall", Duration::from_secs(15), || {
-        let daemon = &daemon;
-        async move {
-            let (status, body) = common::http_get(&daemon.admin, "/readyz").await?;
-            (status == 503 && body.contains("replicas")).then_some(())
-        }
-    })
+    eventually(
+        "readiness to report the replica shortfall",
+        Duration::from_secs(15),
+        || {
+            let daemon = &daemon;
+            async move {
+                let (status, body) = common::http_get(&daemon.admin, "/readyz").await?;
+                (status == 503 && body.contains("replicas")).then_some(())
+            }
+        },
+    )
     .await;
     // ...but not acknowledged while no replica has it.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -451,15 +479,19 @@ async fn offsets_wait_for_the_replica_when_wait_replicas_is_set() {
     );
 
     replica.signal("-CONT");
-    eventually("the offset to be committed once the replica has the batch", Duration::from_secs(30), || {
-        let group = group.clone();
-        let topic = s.topic.clone();
-        let before = committed_before;
-        async move {
-            let now = common::committed_offset(&group, &topic, 0);
-            (now > before).then_some(())
-        }
-    })
+    eventually(
+        "the offset to be committed once the replica has the batch",
+        Duration::from_secs(30),
+        || {
+            let group = group.clone();
+            let topic = s.topic.clone();
+            let before = committed_before;
+            async move {
+                let now = common::committed_offset(&group, &topic, 0);
+                (now > before).then_some(())
+            }
+        },
+    )
     .await;
     assert_eq!(hget(&replica.url(), "ver:item:1", "v").await, Some(v2));
 }

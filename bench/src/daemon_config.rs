@@ -17,6 +17,8 @@ pub struct DaemonConfig<'a> {
     /// Extra `[source.librdkafka]` settings (name, value), e.g. to try a
     /// consumer setting without changing the daemon.
     pub librdkafka: &'a [(String, String)],
+    /// `redis.wait_replicas` (0: no WAIT).
+    pub wait_replicas: u32,
 }
 
 impl DaemonConfig<'_> {
@@ -39,7 +41,7 @@ url = "{redis}"
 # Long enough that nothing loaded at the start of a run turns moot (dropped
 # unapplied) before the last repetition reads it.
 version_ttl = "6h"
-
+{wait}
 [admin]
 listen = "{admin}"
 
@@ -61,6 +63,10 @@ keys = [{keys}]
             table = gen::TABLE,
             keys = keys.join(", "),
             consistency = self.consistency,
+            wait = match self.wait_replicas {
+                0 => String::new(),
+                n => format!("wait_replicas = {n}\n"),
+            },
             librdkafka = self
                 .librdkafka
                 .iter()
@@ -94,6 +100,7 @@ mod tests {
             consistency: "strong",
             avro_schemas_dir: None,
             librdkafka: &[],
+            wait_replicas: 0,
         }
         .render();
         config::parse("generated.toml", &text, &|_| None).expect("the generated config validates")
@@ -204,6 +211,7 @@ mod tests {
             consistency: "strong",
             avro_schemas_dir: Some(dir.to_str().unwrap()),
             librdkafka: &[],
+            wait_replicas: 0,
         }
         .render();
         let s = config::parse("generated.toml", &text, &|_| None).expect("the generated config validates");

@@ -391,10 +391,14 @@ mod tests {
     #[test]
     fn check_compares_wait_replicas_with_connected_replicas() {
         let facts = |wanted: u32, connected: u32| ServerFacts {
-            config: Ok([("maxmemory-policy", "noeviction"), ("appendonly", "yes"), ("appendfsync", "always")]
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()),
+            config: Ok([
+                ("maxmemory-policy", "noeviction"),
+                ("appendonly", "yes"),
+                ("appendfsync", "always"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()),
             info: Ok(format!("run_id:x\r\nconnected_slaves:{connected}\r\n")),
             cluster: false,
             namespaces: 1,

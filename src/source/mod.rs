@@ -10,6 +10,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 
+pub mod connect;
 pub mod liveness;
 
 use crate::config::{PlanSettings, SourceSettings};

@@ -8,6 +8,11 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+/// Kafka Connect's REST API of the stack.
+pub fn connect_url() -> String {
+    std::env::var("CDC_CONNECT_URL").unwrap_or_else(|_| "http://127.0.0.1:8083".into())
+}
+
 pub fn kafka_brokers() -> String {
     std::env::var("CDC_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
@@ -130,6 +135,7 @@ pub fn cli() -> Command {
         "CDC_ADMIN_LISTEN",
         "CDC_DEAD_LETTERS_URL",
         "CDC_LOOKUP_URL",
+        "CDC_CONNECT_URL",
     ] {
         command.env_remove(name);
     }

@@ -40,6 +40,8 @@ COUNTERS = {
 GAUGES = {
     "cdc_invalidator_source_idle_seconds",
     "cdc_invalidator_source_idle_topics",
+    "cdc_invalidator_connector_up",
+    "cdc_invalidator_connector_tasks",
     "cdc_invalidator_consumer_lag_records",
     "cdc_invalidator_stored_offset",
     "cdc_invalidator_in_flight_records",

@@ -49,8 +49,10 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     probe_duration_s: u64,
     /// Entity consistency of the drain runs: "strong" is the headline (and
-    /// the latency test's), "eventual" the daemon's default.
-    #[arg(long, value_delimiter = ',', default_value = "strong,eventual")]
+    /// the latency test's), "eventual" the daemon's default; "strong-wait1"
+    /// is strong with `redis.wait_replicas = 1` against a replica of the
+    /// private Redis (started on --redis-port + 1 when asked for).
+    #[arg(long, value_delimiter = ',', default_value = "strong,strong-wait1,eventual")]
     consistencies: Vec<String>,
     /// EVALSHA calls per redis-benchmark repetition.
     #[arg(long, default_value_t = 500_000)]
@@ -219,6 +221,7 @@ impl Ctx {
         consistency: &str,
         avro_dir: Option<&Path>,
     ) -> anyhow::Result<PathBuf> {
+        let (consistency, wait_replicas) = split_wait(consistency)?;
         let text = DaemonConfig {
             brokers: &self.args.brokers,
             group_id: group,
@@ -227,6 +230,7 @@ impl Ctx {
             admin_listen: &self.admin,
             keys_per_row: self.args.keys_per_row,
             consistency,
+            wait_replicas,
             avro_schemas_dir: avro_dir.and_then(Path::to_str),
             librdkafka: &self.args.daemon_librdkafka,
         }
@@ -408,27 +412,68 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start_redis(args: &Args, dir: &Path, reaper: &mut Reaper) -> anyhow::Result<String> {
-    let url = format!("redis://127.0.0.1:{}", args.redis_port);
-    if std::net::TcpStream::connect(("127.0.0.1", args.redis_port)).is_ok() {
-        bail!(
-            "port {} is taken: the bench starts its own Redis there (choose --redis-port)",
-            args.redis_port
-        );
+/// "strong-wait1" -> ("strong", 1); "eventual" -> ("eventual", 0).
+fn split_wait(consistency: &str) -> anyhow::Result<(&str, u32)> {
+    match consistency.split_once("-wait") {
+        Some((base, n)) => Ok((base, n.parse().context("--consistencies: expected e.g. strong-wait1")?)),
+        None => Ok((consistency, 0)),
     }
-    let redis_dir = dir.join("redis");
+}
+
+fn start_redis(args: &Args, dir: &Path, reaper: &mut Reaper) -> anyhow::Result<String> {
+    let url = start_redis_server(args.redis_port, &[], dir, reaper)?;
+    let replicas = args
+        .consistencies
+        .iter()
+        .map(|c| split_wait(c).map(|(_, n)| n))
+        .collect::<anyhow::Result<Vec<u32>>>()?
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    for i in 1..=replicas {
+        let port = args.redis_port + i as u16;
+        start_redis_server(
+            port,
+            &["--replicaof".into(), "127.0.0.1".into(), args.redis_port.to_string()],
+            dir,
+            reaper,
+        )?;
+        let mut primary = redis::Client::open(url.as_str())?.get_connection()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let info: String = redis::cmd("INFO").arg("replication").query(&mut primary)?;
+            if info.contains(&format!("connected_slaves:{i}")) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the replica on port {port} did not connect to the private redis");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        say(format!("private redis replica on port {port}"));
+    }
+    Ok(url)
+}
+
+fn start_redis_server(port: u16, extra: &[String], dir: &Path, reaper: &mut Reaper) -> anyhow::Result<String> {
+    let url = format!("redis://127.0.0.1:{port}");
+    if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        bail!("port {port} is taken: the bench starts its own Redis there (choose --redis-port)");
+    }
+    let redis_dir = dir.join(format!("redis-{port}"));
     fs::create_dir_all(&redis_dir)?;
     let child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &args.redis_port.to_string()])
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .args(["--save", "", "--appendonly", "no", "--dir"])
         .arg(&redis_dir)
         .args(["--logfile", "redis.log"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("redis-server (apt-get install redis-server)")?;
-    reaper.0.push(("redis".into(), child));
+    reaper.0.push((format!("redis:{port}"), child));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(mut c) = redis::Client::open(url.as_str()).and_then(|c| c.get_connection()) {
@@ -438,7 +483,7 @@ fn start_redis(args: &Args, dir: &Path, reaper: &mut Reaper) -> anyhow::Result<S
             }
         }
         if Instant::now() > deadline {
-            bail!("redis-server did not start on port {}", args.redis_port);
+            bail!("redis-server did not start on port {port}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -559,7 +604,7 @@ fn run(ctx: &mut Ctx) -> anyhow::Result<Value> {
             let key = if consistency == "strong" {
                 "daemon".to_owned()
             } else {
-                format!("daemon_{consistency}")
+                format!("daemon_{}", consistency.replace('-', "_"))
             };
             r.insert(key, daemon);
         }
@@ -1133,6 +1178,13 @@ fn medians(reps: &[Value], probes: &[Value], rates: &[u64]) -> Value {
         "daemon_eventual_peak_rss_mib": med(reps, &["daemon_eventual", "peak_rss_mib"]),
         "daemon_eventual_redis_apply_share_of_drain": med(reps, &["daemon_eventual", "redis_apply_share_of_drain"]),
         "daemon_eventual_mean_targets_per_batch": med(reps, &["daemon_eventual", "mean_targets_per_batch"]),
+        "daemon_strong_wait1_events_per_second": med(reps, &["daemon_strong_wait1", "events_per_second"]),
+        "daemon_strong_wait1_targets_per_second": med(reps, &["daemon_strong_wait1", "targets_per_second"]),
+        "daemon_strong_wait1_redis_commands": med(reps, &["daemon_strong_wait1", "redis_commands", "total"]),
+        "daemon_strong_wait1_cpu_seconds_per_million": med(reps, &["daemon_strong_wait1", "cpu_seconds_per_million"]),
+        "daemon_strong_wait1_cpu_utilisation": med(reps, &["daemon_strong_wait1", "cpu_utilisation"]),
+        "daemon_strong_wait1_peak_rss_mib": med(reps, &["daemon_strong_wait1", "peak_rss_mib"]),
+        "daemon_strong_wait1_redis_apply_share_of_drain": med(reps, &["daemon_strong_wait1", "redis_apply_share_of_drain"]),
         "raw_consume_avro_events_per_second": med(reps, &["raw_consume_avro", "events_per_second"]),
         "daemon_avro_events_per_second": med(reps, &["daemon_avro", "events_per_second"]),
         "daemon_avro_targets_per_second": med(reps, &["daemon_avro", "targets_per_second"]),
@@ -1204,6 +1256,7 @@ fn ratios(m: &Value) -> Value {
         "daemon_over_raw_consume": div(f("daemon_events_per_second"), f("raw_consume_events_per_second")),
         "daemon_over_node": div(f("daemon_events_per_second"), f("node_events_per_second")),
         "daemon_targets_over_redis_benchmark": div(f("daemon_targets_per_second"), f("redis_benchmark_evalsha_per_second")),
+        "daemon_strong_wait1_over_strong": div(f("daemon_strong_wait1_events_per_second"), f("daemon_events_per_second")),
         "daemon_eventual_over_raw_consume": div(f("daemon_eventual_events_per_second"), f("raw_consume_events_per_second")),
         "daemon_eventual_over_node": div(f("daemon_eventual_events_per_second"), f("node_events_per_second")),
         "daemon_avro_over_raw_consume_avro": div(f("daemon_avro_events_per_second"), f("raw_consume_avro_events_per_second")),
@@ -1266,6 +1319,7 @@ fn print_table(r: &Value) {
     );
     for (label, k) in [
         ("cdc-invalidator, strong", "daemon"),
+        ("cdc-invalidator, strong, WAIT 1 replica", "daemon_strong_wait1"),
         ("cdc-invalidator, eventual (default)", "daemon_eventual"),
         ("cdc-invalidator, Avro, strong", "daemon_avro"),
     ] {

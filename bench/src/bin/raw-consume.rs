@@ -108,6 +108,7 @@ async fn stream(args: Args) -> anyhow::Result<()> {
         consistency: "strong",
         avro_schemas_dir: None,
         librdkafka: &[],
+        wait_replicas: 0,
     }
     .render();
     let parsed = cdc_invalidator::config::parse("generated.toml", &text, &|_| None)?;
