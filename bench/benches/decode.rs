@@ -77,6 +77,7 @@ fn benches(c: &mut Criterion) {
             consistency: "strong",
             avro_schemas_dir: None,
             librdkafka: &[],
+            wait_replicas: 0,
         }
         .render(),
         &|_| None,
