@@ -14,7 +14,6 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
-use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -109,21 +108,9 @@ pub async fn run(
     options: &AuditOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<AuditReport> {
-    let mut config = ClientConfig::new();
-    for (k, v) in &settings.source.librdkafka {
-        config.set(k, v);
-    }
-    let consumer: StreamConsumer = config
-        .set("bootstrap.servers", &settings.source.brokers)
-        // Its own group, starting at the newest records: the auditor watches
-        // live traffic and never moves the daemon's offsets.
-        .set(
-            "group.id",
-            format!("{}-audit-{}", settings.source.group_id, std::process::id()),
-        )
-        .set("auto.offset.reset", "latest")
-        .set("enable.auto.commit", "false")
-        .create()?;
+    // Its own group, starting at the newest records: the auditor watches
+    // live traffic and never moves the daemon's offsets.
+    let consumer: StreamConsumer = crate::kafka_client::auditor(&settings.source).create()?;
     let patterns = settings.source.subscription.patterns();
     consumer.subscribe(&patterns.iter().map(String::as_str).collect::<Vec<_>>())?;
     let mut redis = AuditRedis::new(&settings.redis.url, settings.redis.cluster)?;

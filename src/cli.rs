@@ -306,7 +306,7 @@ async fn run(path: &Path, migrate: bool) -> anyhow::Result<i32> {
                     .as_deref()
                     .map(|url| (url, a.username.as_deref(), a.password.as_deref()))
             });
-            Some(Arc::new(Notices::new(n, &settings.source.brokers, registry).await?))
+            Some(Arc::new(Notices::new(n, &settings.source, registry).await?))
         }
         None => None,
     };
@@ -770,13 +770,7 @@ async fn check_database(settings: &Settings) -> usize {
 }
 
 fn kafka_topics(settings: &Settings) -> anyhow::Result<Vec<String>> {
-    let mut config = rdkafka::ClientConfig::new();
-    for (k, v) in &settings.source.librdkafka {
-        config.set(k, v);
-    }
-    let consumer: rdkafka::consumer::BaseConsumer = config
-        .set("bootstrap.servers", &settings.source.brokers)
-        .set("group.id", &settings.source.group_id)
+    let consumer: rdkafka::consumer::BaseConsumer = crate::kafka_client::observer(&settings.source, "check")
         .create()
         .context("creating a kafka client")?;
     let metadata = consumer

@@ -27,8 +27,8 @@ pub const ENV_CONNECT_URL: &str = "CDC_CONNECT_URL";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path:?}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read config file {path:?}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
     #[error("{path}:{line}:{column}: {message}")]
     Parse {
         path: String,
@@ -436,9 +436,9 @@ const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9799";
 
 /// Reads, parses and validates a config file; `env` supplies overrides.
 pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
     parse(&path.display().to_string(), &text, env)
 }
@@ -542,7 +542,7 @@ impl RawConfig {
             }
         };
         for (name, value) in &source.librdkafka {
-            if FORCED_RDKAFKA_SETTINGS.contains(&name.as_str()) {
+            if crate::kafka_client::is_forced(name) {
                 return v.error(
                     value.span(),
                     &format!("source.librdkafka.{name}"),
@@ -1031,18 +1031,6 @@ impl RawConfig {
         })
     }
 }
-
-/// librdkafka settings the daemon owns; letting users override them would
-/// break the at-least-once promise.
-pub const FORCED_RDKAFKA_SETTINGS: &[&str] = &[
-    "enable.auto.offset.store",
-    "group.id",
-    "bootstrap.servers",
-    "partition.assignment.strategy",
-    "enable.partition.eof",
-    // Set from source.instance_id, so that it is one place and documented.
-    "group.instance.id",
-];
 
 /// A name PostgreSQL takes without quoting; the schema is spliced into DDL.
 fn is_plain_identifier(name: &str) -> bool {

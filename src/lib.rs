@@ -4,7 +4,8 @@
 //! The crate, one stage per module, in the order data flows:
 //! - [`config`]    strict TOML config, defaults with reasons, `validate()` into runtime settings
 //! - [`topic_pattern`] `topic_regex` compiled by the POSIX engine librdkafka itself uses
-//! - [`source`]    rdkafka consumer, forced settings, rebalance bridge, owned records at the edge
+//! - [`kafka_client`] every Kafka client's settings: the passthrough, then what its role forces
+//! - [`source`]    rdkafka consumer, rebalance bridge, owned records at the edge, source liveness
 //! - [`event`]     owned domain types: `KafkaRecord`, `ChangeEvent`, `Position`
 //! - [`decode`]    Debezium envelopes (JSON, wrapped or not, flattened) to `ChangeEvent`
 //! - [`graph`]     key templates and entity rules: event to targets, escalation, stalls
@@ -16,6 +17,12 @@
 //! - [`admin`]     HTTP `/metrics`, `/healthz`, `/readyz`, and the shared status
 //! - [`audit`]     the consistency auditor: sampled changes checked against Redis after an SLO
 //! - [`cli`]       `run`, `check`, `explain`, `migrate`, `dead-letters`, `audit`
+//!
+//! Errors say each cause once: an error type that wraps another puts the
+//! inner error in its message and does not return it from `source()`
+//! (no `#[from]`/`#[source]`, no field named `source`), because the binary
+//! prints the whole chain with `{:#}` and the log prints the message alone.
+//! Context added with anyhow is the only chain.
 
 // Hostile input must never panic the daemon (a panic on a record is a crash
 // loop: the record comes back after every restart). Outside tests, no
@@ -36,9 +43,66 @@ pub mod dead_letter;
 pub mod decode;
 pub mod event;
 pub mod graph;
+pub mod kafka_client;
 pub mod metrics;
 pub mod pipeline;
 pub mod plan;
 pub mod sink;
 pub mod source;
 pub mod topic_pattern;
+
+#[cfg(test)]
+mod error_policy {
+    fn kafka_error() -> rdkafka::error::KafkaError {
+        rdkafka::error::KafkaError::ClientCreation("no brokers".into())
+    }
+
+    fn redis_error() -> redis::RedisError {
+        redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"))
+    }
+
+    /// Every wrapping error of the crate: its cause is in the message and
+    /// not returned again as a source, so `{:#}` prints it once.
+    #[test]
+    fn wrapping_errors_say_their_cause_once() {
+        let errors: Vec<(Box<dyn std::error::Error + Send + Sync>, &str)> = vec![
+            (
+                Box::new(crate::config::ConfigError::Read {
+                    path: "/nonexistent.toml".into(),
+                    cause: std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory"),
+                }),
+                "No such file or directory",
+            ),
+            (Box::new(crate::sink::SinkError::from(redis_error())), "refused"),
+            (
+                Box::new(crate::sink::SinkError::Client {
+                    url: "redis://x".into(),
+                    cause: redis_error(),
+                }),
+                "refused",
+            ),
+            (
+                Box::new(crate::sink::notice::NoticeError::from(kafka_error())),
+                "no brokers",
+            ),
+            (
+                Box::new(crate::pipeline::RunError::Consumer(kafka_error())),
+                "no brokers",
+            ),
+            (
+                Box::new(crate::pipeline::RunError::Subscribe {
+                    patterns: vec!["t".into()],
+                    cause: kafka_error(),
+                }),
+                "no brokers",
+            ),
+        ];
+        for (error, cause) in errors {
+            // `{:#}` prints the message, then each source: with none, the
+            // message is the whole chain.
+            assert!(error.source().is_none(), "{error}: returns its cause again as a source");
+            let printed = error.to_string();
+            assert_eq!(printed.matches(cause).count(), 1, "{printed}");
+        }
+    }
+}

@@ -32,11 +32,11 @@ use crate::source::{self, Consumer, PartitionId, RebalanceEvent};
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot create the kafka consumer: {0}")]
-    Consumer(#[source] rdkafka::error::KafkaError),
-    #[error("cannot subscribe to {patterns:?}: {source}")]
+    Consumer(rdkafka::error::KafkaError),
+    #[error("cannot subscribe to {patterns:?}: {cause}")]
     Subscribe {
         patterns: Vec<String>,
-        source: rdkafka::error::KafkaError,
+        cause: rdkafka::error::KafkaError,
     },
 }
 
@@ -354,9 +354,9 @@ impl Pipeline {
         let consumer = source::consumer(&settings.source, &settings.plan).map_err(RunError::Consumer)?;
         let patterns = settings.source.subscription.patterns();
         let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
-        consumer.subscribe(&refs).map_err(|source| RunError::Subscribe {
+        consumer.subscribe(&refs).map_err(|cause| RunError::Subscribe {
             patterns: patterns.clone(),
-            source,
+            cause,
         })?;
         status.redis_ok();
         sink.enable_loss_detection();

@@ -215,3 +215,26 @@ async fn a_regex_subscription_receives_a_topic_created_after_start() {
         "{out}"
     );
 }
+
+/// Each cause is printed once, by `check` and by `run` alike.
+#[test]
+fn a_missing_config_file_is_reported_once() {
+    for command in ["check", "run"] {
+        let out = common::cli()
+            .args([command, "--config", "/nonexistent/cdc.toml"])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{command}: {text}");
+        assert!(text.contains("/nonexistent/cdc.toml"), "{command}: {text}");
+        assert_eq!(
+            text.matches("No such file or directory").count(),
+            1,
+            "{command}: {text}"
+        );
+    }
+}

@@ -29,10 +29,10 @@ pub const LOSS_SOURCE: &str = "loss";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("cannot open redis client for {url}: {source}")]
-    Client { url: String, source: redis::RedisError },
+    #[error("cannot open redis client for {url}: {cause}")]
+    Client { url: String, cause: redis::RedisError },
     #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(redis::RedisError),
     #[error("redis answered {got} replies to {sent} bumps")]
     ShortReply { sent: usize, got: usize },
     #[error("only {acknowledged} of {wanted} redis replicas acknowledged the batch within {timeout_ms} ms (redis.wait_replicas)")]
@@ -41,6 +41,12 @@ pub enum SinkError {
         acknowledged: i64,
         timeout_ms: u64,
     },
+}
+
+impl From<redis::RedisError> for SinkError {
+    fn from(error: redis::RedisError) -> SinkError {
+        SinkError::Redis(error)
+    }
 }
 
 impl SinkError {
@@ -110,9 +116,9 @@ pub struct RedisSink {
 impl RedisSink {
     /// Connects and loads the script. Fails fast; the caller decides about retries.
     pub async fn connect(settings: &RedisSettings) -> Result<RedisSink, SinkError> {
-        let client_error = |source| SinkError::Client {
+        let client_error = |cause| SinkError::Client {
             url: redact_url(&settings.url),
-            source,
+            cause,
         };
         let mut standalone_client = None;
         let mut connection = if settings.cluster {

@@ -32,9 +32,15 @@ pub enum NoticeError {
     #[error("notice schema: {0}")]
     Schema(String),
     #[error("notice producer: {0}")]
-    Producer(#[from] rdkafka::error::KafkaError),
+    Producer(rdkafka::error::KafkaError),
     #[error("registering the notice schema: {0}")]
     Register(String),
+}
+
+impl From<rdkafka::error::KafkaError> for NoticeError {
+    fn from(error: rdkafka::error::KafkaError) -> NoticeError {
+        NoticeError::Producer(error)
+    }
 }
 
 pub struct Notices {
@@ -74,7 +80,7 @@ pub struct Notice {
 impl Notices {
     pub async fn new(
         settings: &NoticeSettings,
-        brokers: &str,
+        source: &crate::config::SourceSettings,
         registry: Option<(&str, Option<&str>, Option<&str>)>,
     ) -> Result<Notices, NoticeError> {
         let writer = notice_writer()?;
@@ -89,12 +95,7 @@ impl Notices {
                         ))
                     }
                 };
-                let producer: FutureProducer = rdkafka::ClientConfig::new()
-                    .set("bootstrap.servers", brokers)
-                    // Notices are hints; a short linger batches them cheaply.
-                    .set("linger.ms", "5")
-                    .set("enable.idempotence", "true")
-                    .create()?;
+                let producer: FutureProducer = crate::kafka_client::producer(source).create()?;
                 Some((producer, topic.clone(), id))
             }
             None => None,

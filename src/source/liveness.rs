@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use tokio_util::sync::CancellationToken;
 
@@ -53,15 +52,8 @@ impl Ages {
 
 /// Runs until shutdown: one round per interval.
 pub async fn watch(settings: SourceSettings, status: Arc<Status>, shutdown: CancellationToken) {
-    let mut config = ClientConfig::new();
-    for (name, value) in &settings.librdkafka {
-        config.set(name, value);
-    }
-    config
-        .set("bootstrap.servers", &settings.brokers)
-        // Never subscribes or joins: the id only satisfies the client.
-        .set("group.id", format!("{}-liveness", settings.group_id))
-        .set("enable.auto.commit", "false");
+    // Never subscribes or joins: the group id only satisfies the client.
+    let config = crate::kafka_client::observer(&settings, "liveness");
     let consumer: Arc<BaseConsumer<super::SourceContext>> =
         match config.create_with_context(super::SourceContext::default()) {
             Ok(c) => Arc::new(c),

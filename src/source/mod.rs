@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
@@ -174,59 +174,12 @@ impl ConsumerContext for SourceContext {
 
 pub type Consumer = StreamConsumer<SourceContext>;
 
-/// Builds the consumer. User passthrough settings go first so that the
-/// settings the delivery promise depends on always win.
+/// Builds the group consumer (settings in [`crate::kafka_client::consumer`]).
 pub fn consumer(settings: &SourceSettings, plan: &PlanSettings) -> Result<Consumer, rdkafka::error::KafkaError> {
-    let mut config = ClientConfig::new();
-    // Sensible defaults a user may override through [source.librdkafka].
+    let mut config = crate::kafka_client::consumer(settings, plan);
     config
-        // A new group starts at the oldest retained change: changes made
-        // before the daemon first ran may still be cached.
-        .set("auto.offset.reset", "earliest")
-        // Commit stored offsets every second: a crash replays at most about a
-        // second of work, which the guard turns into no-ops.
-        .set("auto.commit.interval.ms", "1000")
-        // Per-partition lag for metrics and lag escalation comes from the
-        // statistics callback.
-        .set("statistics.interval.ms", "1000")
-        // A regex subscription learns of new matching topics on a metadata
-        // refresh, and Debezium creates a table's topic at its first change:
-        // librdkafka's 5-minute default would hold a new table's changes back
-        // that long.
-        .set("topic.metadata.refresh.interval.ms", "10000")
-        // The prefetch queue below is capped to the in-flight budget, so it
-        // fills often; librdkafka's default 1000 ms fetch backoff then idled
-        // the consumer for a second at a time (BENCHMARKS.md, finding 1:
-        // 3.1x the drain rate at 10 ms, memory bound unchanged).
-        .set("fetch.queue.backoff.ms", "10")
-        // librdkafka prefetches up to this much into the consumer queue; keep
-        // it within the in-flight budget so memory stays bounded under backlog.
-        .set(
-            "queued.max.messages.kbytes",
-            (plan.max_batch_bytes / 1024).max(1024).to_string(),
-        );
-    for (name, value) in &settings.librdkafka {
-        config.set(name, value);
-    }
-    config
-        .set("bootstrap.servers", &settings.brokers)
-        .set("group.id", &settings.group_id)
-        // At-least-once: offsets are stored only after Redis acknowledged
-        // every target of the record and of all earlier records of its
-        // partition; librdkafka then commits what was stored.
-        .set("enable.auto.offset.store", "false")
-        .set("enable.auto.commit", "true")
-        // Replicas share partitions without stop-the-world rebalances.
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("enable.partition.eof", "false")
-        .set_log_level(RDKafkaLogLevel::Warning);
-    if let Some(id) = &settings.instance_id {
-        // Static membership (KIP-345): a replica restarted within
-        // session.timeout.ms rejoins as the same member and gets its
-        // partitions back without waiting for its old session to expire.
-        config.set("group.instance.id", id);
-    }
-    config.create_with_context(SourceContext::default())
+        .set_log_level(RDKafkaLogLevel::Warning)
+        .create_with_context(SourceContext::default())
 }
 
 /// Copies a borrowed message out at the edge.
