@@ -4,170 +4,160 @@
 //! records would bump the epoch (and so empty every cache) all the time.
 //! With keyspace notifications for evictions on (`notify-keyspace-events`
 //! containing `E` and `e`), Redis names each evicted key on
-//! `__keyevent@<db>__:evicted`; this watch counts them and remembers
-//! whether any was a version record.
+//! `__keyevent@<db>__:evicted`; the loss check subscribes to them on a
+//! connection of its own and compares them with INFO's count.
 //!
-//! The rule stays conservative: an eviction INFO counted that no
-//! notification accounts for by the next check (notifications off, the
-//! subscription dropped, a message lost) is taken as a loss of version
-//! records, exactly as without the watch.
+//! The comparison is exact, not timed: after reading INFO the check sends
+//! PING on the subscription. Redis answers it after every notification it
+//! published before, and the client hands messages over in the order they
+//! arrive, so once the PONG is in, every eviction INFO counted has been
+//! notified or never will be. An eviction INFO counted that no notification
+//! names (notifications off, the subscription dropped, a message lost) is
+//! taken as a loss of version records, exactly as without the watch.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::FutureExt as _;
+use futures::StreamExt as _;
+use redis::aio::{PubSubSink, PubSubStream};
 
-/// What the subscriber task has seen since the last check.
-#[derive(Debug, Default)]
-struct Seen {
-    /// Evictions notified, in any database.
-    notified: u64,
-    /// Of those, keys under the version prefix in the daemon's database.
-    version_records: u64,
-    /// The subscription was not continuous (not yet up, dropped, resubscribed):
-    /// evictions in the gap were not notified.
-    gap: bool,
-    /// Subscribed right now.
-    subscribed: bool,
-}
+/// A PING on the subscription slower than this counts as a dropped one.
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
 
-impl Seen {
-    /// Hands over the counts and starts the next interval; a subscription
-    /// that is down now makes the next interval a gap from its start.
-    fn take(&mut self) -> Seen {
-        let next = Seen {
-            gap: !self.subscribed,
-            subscribed: self.subscribed,
-            ..Seen::default()
-        };
-        std::mem::replace(self, next)
-    }
-}
-
-/// Shared between the subscriber task and the loss check.
-#[derive(Clone)]
-pub struct EvictionWatch {
-    seen: Arc<Mutex<Seen>>,
-    task: Arc<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for EvictionWatch {
-    fn drop(&mut self) {
-        if Arc::strong_count(&self.task) == 1 {
-            self.task.abort();
-        }
-    }
-}
-
-/// Evictions INFO counted, checked against what was notified.
+/// Notifications that arrived beyond what INFO had counted (evictions
+/// between the INFO read and the PING), credited to the next check.
 #[derive(Debug, Default, Clone)]
 pub struct EvictionLedger {
-    /// Evictions INFO counted up to the previous check and not yet notified.
-    unexplained: u64,
+    credit: u64,
 }
 
-/// The verdict on the evictions since the previous check.
+/// The verdict on the evictions INFO counted since the previous check.
 #[derive(Debug, PartialEq, Eq)]
 pub enum EvictionVerdict {
-    /// Every eviction so far is accounted for and none was a version record.
+    /// Every eviction is accounted for and none was a version record.
     Harmless,
     /// A version record (or the epoch record) was evicted.
     VersionRecords(u64),
-    /// Evictions no notification accounted for in time: assume the worst.
+    /// Evictions no notification accounted for: assume the worst.
     Unaccounted(u64),
 }
 
 impl EvictionLedger {
     /// `counted`: evictions INFO reports since the previous check (same
-    /// server); `notified`, `version_records`, `gap`: what the watch saw in
-    /// the same interval. Notifications may trail INFO by a moment (another
-    /// connection), so an eviction counted now needs its notification by
-    /// the next check, not by this one.
-    fn judge(&mut self, counted: u64, notified: u64, version_records: u64, gap: bool) -> EvictionVerdict {
+    /// server); `notified`, `version_records`: notifications received up to
+    /// the barrier; `gap`: the subscription was not continuous since the
+    /// previous check (first subscribe, a reconnect).
+    pub fn judge(&mut self, counted: u64, notified: u64, version_records: u64, gap: bool) -> EvictionVerdict {
         if version_records > 0 {
-            self.unexplained = 0;
+            self.credit = 0;
             return EvictionVerdict::VersionRecords(version_records);
         }
-        if gap && (counted > 0 || self.unexplained > 0) {
-            let lost = counted + self.unexplained;
-            self.unexplained = 0;
-            return EvictionVerdict::Unaccounted(lost);
+        if gap {
+            // Which notifications preceded INFO is unknown: the ones INFO
+            // cannot have counted are at most the surplus.
+            self.credit = notified.saturating_sub(counted);
+            return if counted > notified {
+                EvictionVerdict::Unaccounted(counted - notified)
+            } else {
+                EvictionVerdict::Harmless
+            };
         }
-        // Notifications first pay off what the previous check counted.
-        let late = self.unexplained.saturating_sub(notified);
-        if late > 0 {
-            self.unexplained = 0;
-            return EvictionVerdict::Unaccounted(late);
+        let covered = notified + self.credit;
+        if counted > covered {
+            self.credit = 0;
+            return EvictionVerdict::Unaccounted(counted - covered);
         }
-        let spare = notified - self.unexplained;
-        self.unexplained = counted.saturating_sub(spare);
+        self.credit = covered - counted;
         EvictionVerdict::Harmless
     }
 }
 
-impl EvictionWatch {
-    /// Subscribes to eviction notifications of every database (INFO's
-    /// counter covers them all) and keeps subscribing after a drop.
-    pub fn start(client: redis::Client, version_prefix: String, db: i64) -> EvictionWatch {
-        let seen = Arc::new(Mutex::new(Seen {
-            gap: true,
-            ..Seen::default()
-        }));
-        let task = tokio::spawn(subscribe_forever(client, version_prefix, db, Arc::clone(&seen)));
-        EvictionWatch {
-            seen,
-            task: Arc::new(task),
-        }
-    }
-
-    /// Takes what was seen since the last call and judges `counted`.
-    pub fn judge(&self, ledger: &mut EvictionLedger, counted: u64) -> EvictionVerdict {
-        let seen = match self.seen.lock() {
-            Ok(mut seen) => seen.take(),
-            // The subscriber panicked while holding the lock: nothing it
-            // counted can be trusted.
-            Err(_) => Seen {
-                gap: true,
-                ..Seen::default()
-            },
-        };
-        ledger.judge(counted, seen.notified, seen.version_records, seen.gap)
-    }
+/// The subscription to eviction notifications, driven by the loss check.
+pub struct EvictionWatch {
+    client: redis::Client,
+    prefix: String,
+    /// The database the version records live in.
+    db: i64,
+    subscription: Option<(PubSubSink, PubSubStream)>,
+    /// The subscription was (re)made since the last barrier.
+    gap: bool,
+    pub ledger: EvictionLedger,
 }
 
-async fn subscribe_forever(client: redis::Client, prefix: String, db: i64, seen: Arc<Mutex<Seen>>) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match client.get_async_pubsub().await {
-            Ok(mut pubsub) => match pubsub.psubscribe("__keyevent@*__:evicted").await {
-                Ok(()) => {
-                    backoff = Duration::from_millis(100);
-                    if let Ok(mut seen) = seen.lock() {
-                        seen.subscribed = true;
-                    }
-                    let mut messages = pubsub.into_on_message();
-                    while let Some(message) = messages.next().await {
-                        let ours = message.get_channel_name() == format!("__keyevent@{db}__:evicted");
-                        let key = message.get_payload_bytes();
-                        if let Ok(mut seen) = seen.lock() {
-                            seen.notified += 1;
-                            if ours && key.starts_with(prefix.as_bytes()) {
-                                seen.version_records += 1;
-                            }
-                        }
-                    }
-                    tracing::debug!("eviction notifications: subscription ended; resubscribing");
-                }
-                Err(e) => tracing::debug!(error = %e, "eviction notifications: PSUBSCRIBE failed"),
-            },
-            Err(e) => tracing::debug!(error = %e, "eviction notifications: cannot connect"),
+/// What the barrier found since the previous one.
+pub struct Notified {
+    pub notified: u64,
+    pub version_records: u64,
+    pub gap: bool,
+}
+
+impl EvictionWatch {
+    pub fn new(client: redis::Client, prefix: String, db: i64) -> EvictionWatch {
+        EvictionWatch {
+            client,
+            prefix,
+            db,
+            subscription: None,
+            gap: true,
+            ledger: EvictionLedger::default(),
         }
-        if let Ok(mut seen) = seen.lock() {
-            seen.gap = true;
-            seen.subscribed = false;
+    }
+
+    /// Subscribes if not subscribed; call before reading INFO, so that
+    /// evictions INFO counts after this are notified.
+    pub async fn ensure_subscribed(&mut self) {
+        if self.subscription.is_some() {
+            return;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        let subscribed = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.psubscribe("__keyevent@*__:evicted").await?;
+            Ok::<_, redis::RedisError>(pubsub.split())
+        };
+        match tokio::time::timeout(BARRIER_TIMEOUT, subscribed).await {
+            Ok(Ok(parts)) => self.subscription = Some(parts),
+            Ok(Err(e)) => tracing::debug!(error = %e, "eviction notifications: cannot subscribe"),
+            Err(_) => tracing::debug!("eviction notifications: subscribing timed out"),
+        }
+        self.gap = true;
+    }
+
+    /// After INFO was read: PING on the subscription, then counts every
+    /// notification received before the PONG.
+    pub async fn barrier(&mut self) -> Notified {
+        let mut out = Notified {
+            notified: 0,
+            version_records: 0,
+            gap: std::mem::replace(&mut self.gap, false),
+        };
+        let Some((sink, stream)) = self.subscription.as_mut() else {
+            out.gap = true;
+            self.gap = true;
+            return out;
+        };
+        let pong = tokio::time::timeout(BARRIER_TIMEOUT, sink.ping::<redis::Value>()).await;
+        let ours = format!("__keyevent@{}__:evicted", self.db);
+        let mut closed = false;
+        // Everything before the PONG is in the channel now; take it without
+        // waiting. Unconstrained: tokio's cooperative budget would otherwise
+        // report the channel empty after 128 messages in one go.
+        while let Some(next) = tokio::task::unconstrained(stream.next()).now_or_never() {
+            let Some(message) = next else {
+                closed = true;
+                break;
+            };
+            out.notified += 1;
+            if message.get_channel_name() == ours && message.get_payload_bytes().starts_with(self.prefix.as_bytes()) {
+                out.version_records += 1;
+            }
+        }
+        if closed || !matches!(pong, Ok(Ok(_))) {
+            tracing::debug!("eviction notifications: subscription lost; resubscribing at the next check");
+            self.subscription = None;
+            self.gap = true;
+            out.gap = true;
+        }
+        out
     }
 }
 
@@ -182,22 +172,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn notified_evictions_of_other_keys_are_harmless_even_when_late() {
+    fn notified_evictions_of_other_keys_are_harmless() {
         let mut ledger = EvictionLedger::default();
-        // INFO counted 5; 3 notifications have arrived so far.
-        assert_eq!(ledger.judge(5, 3, 0, false), EvictionVerdict::Harmless);
-        // The 2 stragglers arrive with 4 new ones, INFO counted 4 more.
+        assert_eq!(ledger.judge(5, 5, 0, false), EvictionVerdict::Harmless);
+        // Two evictions happened between INFO and the PING: notified now,
+        // counted next time.
         assert_eq!(ledger.judge(4, 6, 0, false), EvictionVerdict::Harmless);
-        assert_eq!(ledger.judge(0, 0, 0, false), EvictionVerdict::Harmless);
+        assert_eq!(ledger.judge(2, 0, 0, false), EvictionVerdict::Harmless);
+        assert_eq!(ledger.judge(1, 0, 0, false), EvictionVerdict::Unaccounted(1));
     }
 
     #[test]
-    fn counted_but_never_notified_is_a_loss_one_check_later() {
+    fn counted_but_never_notified_is_a_loss() {
         let mut ledger = EvictionLedger::default();
         // Notifications off: INFO counts, nothing is notified.
-        assert_eq!(ledger.judge(3, 0, 0, false), EvictionVerdict::Harmless);
-        assert_eq!(ledger.judge(0, 0, 0, false), EvictionVerdict::Unaccounted(3));
-        // Reported once, then the ledger starts over.
+        assert_eq!(ledger.judge(3, 0, 0, false), EvictionVerdict::Unaccounted(3));
         assert_eq!(ledger.judge(0, 0, 0, false), EvictionVerdict::Harmless);
     }
 
@@ -208,11 +197,13 @@ mod tests {
     }
 
     #[test]
-    fn evictions_during_a_subscription_gap_are_a_loss() {
+    fn after_a_gap_only_what_was_notified_is_accounted_for() {
         let mut ledger = EvictionLedger::default();
-        assert_eq!(ledger.judge(1, 0, 0, true), EvictionVerdict::Unaccounted(1));
-        // A gap without evictions is nothing.
+        assert_eq!(ledger.judge(3, 1, 0, true), EvictionVerdict::Unaccounted(2));
         assert_eq!(ledger.judge(0, 0, 0, true), EvictionVerdict::Harmless);
+        assert_eq!(ledger.judge(2, 5, 0, true), EvictionVerdict::Harmless);
+        // The surplus is credited.
+        assert_eq!(ledger.judge(3, 0, 0, false), EvictionVerdict::Harmless);
     }
 
     #[test]

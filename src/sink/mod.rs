@@ -110,7 +110,7 @@ pub struct RedisSink {
     /// Standalone only: for the eviction notifications' own connection.
     client: Option<redis::Client>,
     /// Which evictions were of version records (loss detection only).
-    evictions: Option<(eviction::EvictionWatch, eviction::EvictionLedger)>,
+    evictions: Option<eviction::EvictionWatch>,
 }
 
 impl RedisSink {
@@ -161,8 +161,7 @@ impl RedisSink {
         self.epoch = Some(EpochState::new(&self.prefix, &epoch::process_token()));
         if let Some(client) = &self.client {
             let db = client.get_connection_info().redis_settings().db();
-            let watch = eviction::EvictionWatch::start(client.clone(), self.prefix.clone(), db);
-            self.evictions = Some((watch, eviction::EvictionLedger::default()));
+            self.evictions = Some(eviction::EvictionWatch::new(client.clone(), self.prefix.clone(), db));
         }
     }
 
@@ -204,6 +203,11 @@ impl RedisSink {
             // watched yet (docs/redis-loss.md).
             return Ok(None);
         }
+        // Subscribed before INFO is read: evictions INFO counts from here on
+        // are notified before the barrier below.
+        if let Some(watch) = self.evictions.as_mut() {
+            watch.ensure_subscribed().await;
+        }
         let info: String = self.connection.command(&redis::cmd("INFO")).await?;
         let Some(view) = ServerView::parse(&info) else {
             return Ok(None);
@@ -222,7 +226,12 @@ impl RedisSink {
             None => 0,
         };
         let verdict = match &mut self.evictions {
-            Some((watch, ledger)) => watch.judge(ledger, counted),
+            Some(watch) => {
+                let seen = watch.barrier().await;
+                watch
+                    .ledger
+                    .judge(counted, seen.notified, seen.version_records, seen.gap)
+            }
             None if counted > 0 => eviction::EvictionVerdict::Unaccounted(counted),
             None => eviction::EvictionVerdict::Harmless,
         };
