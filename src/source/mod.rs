@@ -12,7 +12,7 @@ use rdkafka::ClientContext;
 
 pub mod liveness;
 
-use crate::config::{PlanSettings, SourceSettings};
+use crate::config::{GroupProtocol, PlanSettings, SourceSettings};
 use crate::event::KafkaRecord;
 
 pub type PartitionId = (String, i32);
@@ -215,10 +215,15 @@ pub fn consumer(settings: &SourceSettings, plan: &PlanSettings) -> Result<Consum
         // partition; librdkafka then commits what was stored.
         .set("enable.auto.offset.store", "false")
         .set("enable.auto.commit", "true")
-        // Replicas share partitions without stop-the-world rebalances.
-        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("group.protocol", settings.group_protocol.as_str())
         .set("enable.partition.eof", "false")
         .set_log_level(RDKafkaLogLevel::Warning);
+    if settings.group_protocol == GroupProtocol::Classic {
+        // Replicas share partitions without stop-the-world rebalances. (The
+        // consumer protocol is incremental by design, its assignor is the
+        // broker's, and librdkafka refuses this setting there.)
+        config.set("partition.assignment.strategy", "cooperative-sticky");
+    }
     if let Some(id) = &settings.instance_id {
         // Static membership (KIP-345): a replica restarted within
         // session.timeout.ms rejoins as the same member and gets its
@@ -278,4 +283,42 @@ fn headers(message: &BorrowedMessage<'_>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         out.push((name, value));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[source]
+brokers = "127.0.0.1:9"
+group_id = "g"
+topics = ["shop.public.products"]
+instance_id = "replica-1"
+@PROTOCOL@
+
+[redis]
+url = "redis://127.0.0.1:6379"
+version_ttl = "1h"
+
+[[entity]]
+table = "public.products"
+max_cache_ttl = "10m"
+keys = ["product:{id}"]
+"#;
+
+    /// librdkafka checks the combination at creation (no broker needed): the
+    /// consumer protocol refuses the classic-only settings the daemon forces
+    /// under the classic one, and static membership works with both.
+    // A StreamConsumer spawns its wakeup task: it needs a runtime.
+    #[tokio::test]
+    async fn librdkafka_accepts_the_settings_of_each_group_protocol() {
+        for protocol in ["", "group_protocol = \"classic\"", "group_protocol = \"consumer\""] {
+            let text = CONFIG.replace("@PROTOCOL@", protocol);
+            let settings = crate::config::parse("t.toml", &text, &|_| None).unwrap();
+            if let Err(e) = consumer(&settings.source, &settings.plan) {
+                panic!("{protocol:?}: {e}");
+            }
+        }
+    }
 }
