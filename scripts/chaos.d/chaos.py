@@ -51,6 +51,10 @@ class Interrupted(Exception):
 
 
 def on_signal(signum, _frame):
+    # Ctrl-C reaches the wrapper too, which forwards a SIGTERM: the second
+    # signal must not interrupt the cleanup the first one started.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Interrupted(f"signal {signum}")
 
 
