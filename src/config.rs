@@ -24,6 +24,7 @@ pub const ENV_SCHEMA_REGISTRY_USER: &str = "CDC_SCHEMA_REGISTRY_USER";
 pub const ENV_SCHEMA_REGISTRY_PASSWORD: &str = "CDC_SCHEMA_REGISTRY_PASSWORD";
 pub const ENV_INSTANCE_ID: &str = "CDC_INSTANCE_ID";
 pub const ENV_CONNECT_URL: &str = "CDC_CONNECT_URL";
+pub const ENV_GROUP_PROTOCOL: &str = "CDC_GROUP_PROTOCOL";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -85,6 +86,11 @@ pub struct RawSource {
     /// is `<hostname>-<admin port>`.
     #[serde(default)]
     pub instance_id: Option<Spanned<String>>,
+    /// Kafka's consumer group protocol: "classic" (JoinGroup/SyncGroup,
+    /// cooperative-sticky) or "consumer" (KIP-848: the broker assigns,
+    /// session and heartbeat are broker settings).
+    #[serde(default)]
+    pub group_protocol: Option<Spanned<String>>,
     /// Topics whose high watermarks say whether the source is alive
     /// (Debezium heartbeat topics, `__debezium-heartbeat.<prefix>`); by
     /// default the subscribed topics.
@@ -298,8 +304,36 @@ pub struct SourceSettings {
     pub librdkafka: BTreeMap<String, String>,
     /// `group.instance.id` when static membership is on.
     pub instance_id: Option<String>,
+    pub group_protocol: GroupProtocol,
     pub liveness: LivenessSettings,
 }
+
+/// Kafka's consumer group protocol (`group.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GroupProtocol {
+    /// JoinGroup/SyncGroup with the cooperative-sticky assignor: works with
+    /// every broker the daemon supports, so it stays the default.
+    #[default]
+    Classic,
+    /// KIP-848 (Kafka 4.0 or newer): the broker computes assignments and
+    /// each member heartbeats on its own, with no group-wide barrier.
+    Consumer,
+}
+
+impl GroupProtocol {
+    /// The value of librdkafka's `group.protocol`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupProtocol::Classic => "classic",
+            GroupProtocol::Consumer => "consumer",
+        }
+    }
+}
+
+/// librdkafka refuses these with `group.protocol=consumer` (the broker owns
+/// the session, the heartbeat and the assignor there); refused at load so
+/// the error names the line instead of failing at consumer creation.
+const CLASSIC_ONLY_RDKAFKA_SETTINGS: &[&str] = &["session.timeout.ms", "heartbeat.interval.ms", "group.protocol.type"];
 
 #[derive(Debug, Clone)]
 pub struct LivenessSettings {
@@ -561,6 +595,34 @@ impl RawConfig {
             Some(t) => Some(t.get_ref().clone()),
             None => None,
         };
+        let group_protocol_span = source.group_protocol.as_ref().map(|p| p.span()).unwrap_or(0..0);
+        let group_protocol = match env(ENV_GROUP_PROTOCOL)
+            .or_else(|| source.group_protocol.as_ref().map(|p| p.get_ref().clone()))
+            .as_deref()
+        {
+            None | Some("classic") => GroupProtocol::Classic,
+            Some("consumer") => GroupProtocol::Consumer,
+            Some(other) => {
+                return v.error(
+                    group_protocol_span,
+                    "source.group_protocol",
+                    format!("expected \"classic\" or \"consumer\", got {other:?}"),
+                )
+            }
+        };
+        if group_protocol == GroupProtocol::Consumer {
+            if let Some((name, value)) = source
+                .librdkafka
+                .iter()
+                .find(|(name, _)| CLASSIC_ONLY_RDKAFKA_SETTINGS.contains(&name.as_str()))
+            {
+                return v.error(
+                    value.span(),
+                    &format!("source.librdkafka.{name}"),
+                    "is not used with group_protocol = \"consumer\" (the broker sets it: group.consumer.*); remove it",
+                );
+            }
+        }
         let raw_instance_id = env(ENV_INSTANCE_ID).or_else(|| source.instance_id.as_ref().map(|i| i.get_ref().clone()));
         if let (Some(""), Some(i)) = (raw_instance_id.as_deref(), &source.instance_id) {
             return v.error(i.span(), "source.instance_id", "expected a non-empty id or \"auto\"");
@@ -575,6 +637,7 @@ impl RawConfig {
                 .map(|(k, val)| (k, val.into_inner()))
                 .collect(),
             instance_id: None,
+            group_protocol,
             liveness: LivenessSettings {
                 topics: liveness_topics,
                 max_idle,
@@ -1141,6 +1204,45 @@ keys = ["product:{id}"]
     fn topics_and_regex_are_exclusive() {
         let msg = error_of(&BASE.replace("topics = [", "topic_regex = \"shop\\\\..*\"\ntopics = ["));
         assert!(msg.contains("not both"), "{msg}");
+    }
+
+    #[test]
+    fn group_protocol_defaults_to_classic_and_takes_consumer() {
+        let s = parse("shop.toml", BASE, &no_env).unwrap();
+        assert_eq!(s.source.group_protocol, GroupProtocol::Classic);
+        let text = BASE.replace("group_id = \"g\"", "group_id = \"g\"\ngroup_protocol = \"consumer\"");
+        let s = parse("shop.toml", &text, &no_env).unwrap();
+        assert_eq!(s.source.group_protocol, GroupProtocol::Consumer);
+        let env = |name: &str| (name == ENV_GROUP_PROTOCOL).then(|| "classic".to_owned());
+        let s = parse("shop.toml", &text, &env).unwrap();
+        assert_eq!(s.source.group_protocol, GroupProtocol::Classic, "the environment wins");
+    }
+
+    #[test]
+    fn unknown_group_protocol_names_line_and_field() {
+        let msg = error_of(&BASE.replace("group_id = \"g\"", "group_id = \"g\"\ngroup_protocol = \"kip848\""));
+        assert!(msg.starts_with("shop.toml:5: field `source.group_protocol`"), "{msg}");
+        assert!(msg.contains("\"classic\" or \"consumer\""), "{msg}");
+    }
+
+    #[test]
+    fn classic_only_settings_are_refused_with_the_consumer_protocol() {
+        let text = BASE.replace(
+            "topics = [\"shop.public.products\"]",
+            "topics = [\"shop.public.products\"]\ngroup_protocol = \"consumer\"\nlibrdkafka = { \"session.timeout.ms\" = \"10000\" }",
+        );
+        let msg = error_of(&text);
+        assert!(
+            msg.starts_with("shop.toml:7: field `source.librdkafka.session.timeout.ms`"),
+            "{msg}"
+        );
+        // The same setting is fine with the classic protocol.
+        parse("shop.toml", &text.replace("\"consumer\"", "\"classic\""), &no_env).unwrap();
+        let msg = error_of(&BASE.replace(
+            "topics = [\"shop.public.products\"]",
+            "topics = [\"shop.public.products\"]\nlibrdkafka = { \"group.protocol\" = \"consumer\" }",
+        ));
+        assert!(msg.contains("source.librdkafka.group.protocol"), "{msg}");
     }
 
     #[test]

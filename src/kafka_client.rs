@@ -7,7 +7,7 @@
 
 use rdkafka::config::ClientConfig;
 
-use crate::config::{PlanSettings, SourceSettings};
+use crate::config::{GroupProtocol, PlanSettings, SourceSettings};
 
 /// What the group consumer forces; `[source.librdkafka]` may not set these
 /// (config validation refuses them, naming the field).
@@ -17,18 +17,26 @@ pub const CONSUMER_FORCED: &[(&str, &str)] = &[
     ("enable.auto.offset.store", "false"),
     // ...and librdkafka commits what was stored, every auto.commit.interval.ms.
     ("enable.auto.commit", "true"),
-    // Replicas share partitions without stop-the-world rebalances.
-    ("partition.assignment.strategy", "cooperative-sticky"),
     ("enable.partition.eof", "false"),
 ];
 
+/// What the classic group protocol also forces: replicas share partitions
+/// without stop-the-world rebalances. (The consumer protocol, KIP-848, is
+/// incremental by design, its assignor is the broker's, and librdkafka
+/// refuses this setting there.) Refused in the passthrough either way.
+pub const CLASSIC_FORCED: &[(&str, &str)] = &[("partition.assignment.strategy", "cooperative-sticky")];
+
 /// Set from other fields of the config, so each lives in one place:
-/// `brokers`, `group_id`, `instance_id`.
-pub const FROM_CONFIG: &[&str] = &["bootstrap.servers", "group.id", "group.instance.id"];
+/// `brokers`, `group_id`, `instance_id`, `group_protocol`.
+pub const FROM_CONFIG: &[&str] = &["bootstrap.servers", "group.id", "group.instance.id", "group.protocol"];
 
 /// Whether `[source.librdkafka]` may not set `name`.
 pub fn is_forced(name: &str) -> bool {
-    FROM_CONFIG.contains(&name) || CONSUMER_FORCED.iter().any(|(forced, _)| *forced == name)
+    FROM_CONFIG.contains(&name)
+        || CONSUMER_FORCED
+            .iter()
+            .chain(CLASSIC_FORCED)
+            .any(|(forced, _)| *forced == name)
 }
 
 /// Defaults first, then the passthrough, then the brokers and what the
@@ -79,6 +87,10 @@ pub fn consumer(source: &SourceSettings, plan: &PlanSettings) -> ClientConfig {
     ];
     let mut forced: Vec<(&str, String)> = CONSUMER_FORCED.iter().map(|(n, v)| (*n, (*v).to_owned())).collect();
     forced.push(("group.id", source.group_id.clone()));
+    forced.push(("group.protocol", source.group_protocol.as_str().to_owned()));
+    if source.group_protocol == GroupProtocol::Classic {
+        forced.extend(CLASSIC_FORCED.iter().map(|(n, v)| (*n, (*v).to_owned())));
+    }
     if let Some(id) = &source.instance_id {
         // Static membership (KIP-345): a replica restarted within
         // session.timeout.ms rejoins as the same member and gets its
@@ -168,6 +180,15 @@ mod tests {
             assert_eq!(c.get(name), Some(*value), "{name}");
         }
         assert_eq!(c.get("group.id"), Some("g"));
+        assert_eq!(c.get("group.protocol"), Some("classic"));
+        assert_eq!(c.get("partition.assignment.strategy"), Some("cooperative-sticky"));
+        let kip848 = SourceSettings {
+            group_protocol: GroupProtocol::Consumer,
+            ..s.source.clone()
+        };
+        let c = consumer(&kip848, &s.plan);
+        assert_eq!(c.get("group.protocol"), Some("consumer"));
+        assert_eq!(c.get("partition.assignment.strategy"), None);
         // Defaults yield to the passthrough.
         assert_eq!(c.get("auto.offset.reset"), Some("latest"));
         // Observers never commit.
@@ -179,6 +200,7 @@ mod tests {
     fn the_passthrough_may_not_set_a_forced_setting() {
         for name in CONSUMER_FORCED
             .iter()
+            .chain(CLASSIC_FORCED)
             .map(|(n, _)| *n)
             .chain(FROM_CONFIG.iter().copied())
         {

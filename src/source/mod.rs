@@ -233,3 +233,41 @@ fn headers(message: &BorrowedMessage<'_>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[source]
+brokers = "127.0.0.1:9"
+group_id = "g"
+topics = ["shop.public.products"]
+instance_id = "replica-1"
+@PROTOCOL@
+
+[redis]
+url = "redis://127.0.0.1:6379"
+version_ttl = "1h"
+
+[[entity]]
+table = "public.products"
+max_cache_ttl = "10m"
+keys = ["product:{id}"]
+"#;
+
+    /// librdkafka checks the combination at creation (no broker needed): the
+    /// consumer protocol refuses the classic-only settings the daemon forces
+    /// under the classic one, and static membership works with both.
+    // A StreamConsumer spawns its wakeup task: it needs a runtime.
+    #[tokio::test]
+    async fn librdkafka_accepts_the_settings_of_each_group_protocol() {
+        for protocol in ["", "group_protocol = \"classic\"", "group_protocol = \"consumer\""] {
+            let text = CONFIG.replace("@PROTOCOL@", protocol);
+            let settings = crate::config::parse("t.toml", &text, &|_| None).unwrap();
+            if let Err(e) = consumer(&settings.source, &settings.plan) {
+                panic!("{protocol:?}: {e}");
+            }
+        }
+    }
+}
