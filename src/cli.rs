@@ -336,15 +336,23 @@ async fn run(path: &Path, migrate: bool) -> anyhow::Result<i32> {
         ));
     }
     let pipeline = Pipeline::new(settings.clone(), sink, services, status)?;
-    pipeline.run(shutdown.clone()).await;
+    let outcome = pipeline.run(shutdown.clone()).await;
     shutdown.cancel();
     match admin_task.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "admin http failed"),
         Err(e) => tracing::warn!(error = %e, "admin http task panicked"),
         Ok(Ok(())) => {}
     }
-    tracing::info!("stopped");
-    Ok(0)
+    match outcome {
+        Ok(()) => {
+            tracing::info!("stopped");
+            Ok(0)
+        }
+        Err(fatal) => {
+            tracing::error!(error = %fatal, "stopped after a fatal kafka client error");
+            Ok(1)
+        }
+    }
 }
 
 /// Redis may come up after the daemon: retry with capped backoff, serving

@@ -29,6 +29,14 @@ use crate::sink::notice::Notices;
 use crate::sink::RedisSink;
 use crate::source::{self, Consumer, PartitionId, RebalanceEvent};
 
+/// librdkafka raised a fatal error: the client instance cannot recover.
+#[derive(Debug, thiserror::Error)]
+#[error("fatal kafka client error {code:?}: {reason}")]
+pub struct FatalKafkaError {
+    pub code: rdkafka::types::RDKafkaErrorCode,
+    pub reason: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot create the kafka consumer: {0}")]
@@ -376,7 +384,9 @@ impl Pipeline {
         })
     }
 
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    /// Runs until shutdown; Err when the Kafka client failed fatally (the
+    /// process should exit non-zero so its supervisor starts a new one).
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), FatalKafkaError> {
         let refresher_stop = CancellationToken::new();
         let refresher = tokio::spawn(refresh_gauges(
             self.consumer.clone(),
@@ -394,8 +404,9 @@ impl Pipeline {
         // Before anything is applied: did Redis lose writes while no daemon watched?
         if self.check_loss(&shutdown).await.is_err() {
             self.shut_down(batch).await;
-            return;
+            return Ok(());
         }
+        let mut fatal = None;
         let loss_interval = self.settings.redis.loss_check_interval;
         let mut next_loss_check = Instant::now() + loss_interval;
         loop {
@@ -438,6 +449,13 @@ impl Pipeline {
                 break;
             }
             if now >= next_tick {
+                // A fatal librdkafka error (a fenced static member, for one)
+                // leaves the consumer unusable for good: the process must end.
+                if let Some((code, reason)) = self.consumer.client().fatal_error() {
+                    tracing::error!(?code, %reason, "fatal kafka client error: the consumer cannot go on; exiting with status 1 so a supervisor starts a new process");
+                    fatal = Some(FatalKafkaError { code, reason });
+                    break;
+                }
                 self.retry_schema_waits().await;
                 self.tick(&batch);
                 next_tick = now + TICK;
@@ -452,6 +470,7 @@ impl Pipeline {
         self.shut_down(batch).await;
         refresher_stop.cancel();
         let _ = refresher.await;
+        fatal.map_or(Ok(()), Err)
     }
 
     /// The periodic look at the epoch record; an unreachable Redis is left to

@@ -177,3 +177,58 @@ async fn missing_before_without_namespace_stalls_and_commits_nothing_past_it() {
     drop(daemon);
     common::sql(&pool, &format!("DROP TABLE {table}")).await;
 }
+
+/// A fatal librdkafka error leaves the consumer unusable for good: the
+/// daemon must exit non-zero (its supervisor starts a new process) instead of
+/// running on with no partitions. Provoked for real: with the consumer group
+/// protocol (KIP-848) and static membership, a replica restarted before its
+/// killed predecessor's session expired is refused with
+/// UNRELEASED_INSTANCE_ID, which librdkafka raises as fatal.
+#[tokio::test]
+async fn a_fatal_kafka_client_error_ends_the_process_with_status_1() {
+    let topic = format!("{}.public.{}", common::topic_prefix(), common::unique("fatal"));
+    let table = topic.rsplit('.').next().unwrap().to_owned();
+    common::produce(
+        &topic,
+        &[common::debezium_change(
+            &table,
+            "c",
+            1,
+            1,
+            serde_json::json!({"id": 1}),
+            common::now_us(),
+        )],
+    )
+    .await;
+    let admin_port = common::free_port();
+    let entity = "[[entity]]\ntable = \"public.fatal\"\nconsistency = \"strong\"\nmax_cache_ttl = \"10m\"\nkeys = [\"fatal:{id}\"]\n";
+    let cfg = common::write_config(&topic, &common::redis_url(), "fatal:", admin_port, entity);
+    let text = std::fs::read_to_string(cfg.path()).unwrap().replacen(
+        "[source]\n",
+        &format!(
+            "[source]\ngroup_protocol = \"consumer\"\ninstance_id = \"{}\"\n",
+            common::unique("member")
+        ),
+        1,
+    );
+    std::fs::write(cfg.path(), text).unwrap();
+
+    let mut first = Daemon::start(cfg.path(), admin_port);
+    first.wait_ready().await;
+    first.kill9();
+    let mut second = Daemon::start(cfg.path(), admin_port);
+    let status = eventually("the restarted member to exit", Duration::from_secs(60), || {
+        let status = second.child.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    assert_eq!(status.code(), Some(1), "{}", second.log_tail());
+    let log = std::fs::read_to_string(&second.log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("fatal kafka client error")),
+        "{}",
+        second.log_tail()
+    );
+    second.kill9();
+}

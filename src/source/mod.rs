@@ -104,12 +104,14 @@ pub fn log_librdkafka(level: RDKafkaLogLevel, facility: &str, message: &str) {
 
 /// librdkafka's global error callback: transport errors (all brokers down,
 /// a broker restarting) are retried by the client and nothing is committed
-/// meanwhile (WARN); a fatal error ends the consumer (ERROR).
+/// meanwhile (WARN). A fatal error arrives here with its underlying code, not
+/// `Fatal`, so it cannot be told apart: the pipeline asks the client for it
+/// every tick, logs it at ERROR and ends the process.
 pub fn log_client_error(error: &rdkafka::error::KafkaError, reason: &str) {
     if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Fatal) {
         tracing::error!(target: "librdkafka", %error, reason, "fatal kafka client error");
     } else {
-        tracing::warn!(target: "librdkafka", %error, reason, "kafka client error (retried by the client)");
+        tracing::warn!(target: "librdkafka", %error, reason, "kafka client error");
     }
 }
 
