@@ -623,10 +623,15 @@ impl RawConfig {
                 );
             }
         }
-        let raw_instance_id = env(ENV_INSTANCE_ID).or_else(|| source.instance_id.as_ref().map(|i| i.get_ref().clone()));
-        if let (Some(""), Some(i)) = (raw_instance_id.as_deref(), &source.instance_id) {
-            return v.error(i.span(), "source.instance_id", "expected a non-empty id or \"auto\"");
+        // An empty CDC_INSTANCE_ID turns static membership off whatever the
+        // file says (one config shared by a fleet, one replica opting out).
+        let env_instance_id = env(ENV_INSTANCE_ID);
+        if let (None, Some(i)) = (&env_instance_id, &source.instance_id) {
+            if i.get_ref().is_empty() {
+                return v.error(i.span(), "source.instance_id", "expected a non-empty id or \"auto\"");
+            }
         }
+        let raw_instance_id = env_instance_id.or_else(|| source.instance_id.as_ref().map(|i| i.get_ref().clone()));
         let mut source = SourceSettings {
             brokers: env(ENV_KAFKA_BROKERS).unwrap_or_else(|| source.brokers.get_ref().clone()),
             group_id: env(ENV_KAFKA_GROUP).unwrap_or_else(|| source.group_id.get_ref().clone()),
@@ -1204,6 +1209,24 @@ keys = ["product:{id}"]
     fn topics_and_regex_are_exclusive() {
         let msg = error_of(&BASE.replace("topics = [", "topic_regex = \"shop\\\\..*\"\ntopics = ["));
         assert!(msg.contains("not both"), "{msg}");
+    }
+
+    #[test]
+    fn instance_id_from_file_or_environment_and_an_empty_environment_turns_it_off() {
+        let s = parse("shop.toml", BASE, &no_env).unwrap();
+        assert_eq!(s.source.instance_id, None);
+        let text = BASE.replace("group_id = \"g\"", "group_id = \"g\"\ninstance_id = \"auto\"");
+        let s = parse("shop.toml", &text, &no_env).unwrap();
+        let auto = s.source.instance_id.unwrap();
+        assert!(auto.ends_with("-9799"), "{auto}");
+        let env = |value: &'static str| move |name: &str| (name == ENV_INSTANCE_ID).then(|| value.to_owned());
+        let s = parse("shop.toml", &text, &env("replica-7")).unwrap();
+        assert_eq!(s.source.instance_id.as_deref(), Some("replica-7"));
+        let s = parse("shop.toml", &text, &env("")).unwrap();
+        assert_eq!(s.source.instance_id, None, "an empty CDC_INSTANCE_ID turns it off");
+        let empty = BASE.replace("group_id = \"g\"", "group_id = \"g\"\ninstance_id = \"\"");
+        let msg = error_of(&empty);
+        assert!(msg.contains("field `source.instance_id`"), "{msg}");
     }
 
     #[test]

@@ -272,9 +272,9 @@ class Replicas:
             CDC_KAFKA_GROUP=self.group,
             CDC_GROUP_PROTOCOL=self.args.protocol,
         )
-        env.pop("CDC_INSTANCE_ID", None)
-        if self.args.static:
-            env["CDC_INSTANCE_ID"] = f"{self.group}-r{n}"
+        # Static membership with an id per replica (the example config's
+        # "auto" would do the same here), or off with --dynamic.
+        env["CDC_INSTANCE_ID"] = "" if self.args.dynamic else f"{self.group}-r{n}"
         logf = open(os.path.join(self.out_dir, f"daemon-{n}.log"), "a")
         proc = subprocess.Popen(
             [BINARY, "--log-format", "json", "run", "--config", CONFIG], env=env, stdout=logf, stderr=logf,
@@ -1043,7 +1043,10 @@ def main():
     ap.add_argument("--rate", type=float, default=60, help="row changes per second (default 60)")
     ap.add_argument("--faults", help="comma-separated fault kinds, in order (default: all kinds, kill9 three times)")
     ap.add_argument("--protocol", choices=["classic", "consumer"], default=os.environ.get("CDC_GROUP_PROTOCOL", "classic"))
-    ap.add_argument("--static", action="store_true", help="static membership (CDC_INSTANCE_ID per replica)")
+    membership = ap.add_mutually_exclusive_group()
+    membership.add_argument("--static", action="store_true",
+                            help="static membership, CDC_INSTANCE_ID per replica (the default, as in the example config)")
+    membership.add_argument("--dynamic", action="store_true", help="no static membership (CDC_INSTANCE_ID=\"\")")
     ap.add_argument("--replicas", type=int, default=3)
     ap.add_argument("--admin-base", type=int, default=int(os.environ.get("CHAOS_ADMIN_BASE", "29790")))
     ap.add_argument("--loss-window", type=int, default=8, help="seconds of bumps a Redis fault loses (default 8)")
@@ -1067,7 +1070,7 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     group = f"chaos-{run_id}-{random.randint(0, 9999):04d}"
     log(f"run {run_id}: {duration}s at {args.rate}/s, faults {','.join(faults)}, protocol {args.protocol}"
-        f"{' static' if args.static else ''}, group {group}; logs in {out_dir}")
+        f"{' dynamic' if args.dynamic else ' static'} membership, group {group}; logs in {out_dir}")
 
     stack = Stack(out_dir)
     if not stack.status_ok():
