@@ -362,21 +362,21 @@ async fn connect_redis_until_ready(
     status: &Status,
     shutdown: &CancellationToken,
 ) -> Option<RedisSink> {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = crate::backoff::Backoff::new(settings.redis.max_retry_backoff);
     loop {
+        let delay = backoff.next_delay();
         match RedisSink::connect(&settings.redis).await {
             Ok(sink) => return Some(sink),
             Err(e) => {
                 crate::metrics::redis_error(e.kind_label());
                 status.redis_failed(e.to_string());
-                tracing::warn!(error = %e, retry_in = ?backoff, "redis not reachable at start");
+                tracing::warn!(error = %e, retry_in = ?delay, "redis not reachable at start");
             }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
-        backoff = (backoff * 2).min(settings.redis.max_retry_backoff);
     }
 }
 

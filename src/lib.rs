@@ -14,6 +14,7 @@
 //! - [`dead_letter`] records that could not be decoded or rendered, in PostgreSQL (sqlx)
 //! - [`pipeline`]  the main loop joining the stages; offsets stored after Redis acknowledged
 //! - [`metrics`]   every metric name and recording helper
+//! - [`backoff`]   the one capped exponential retry delay
 //! - [`admin`]     HTTP `/metrics`, `/healthz`, `/readyz`, and the shared status
 //! - [`audit`]     the consistency auditor: sampled changes checked against Redis after an SLO
 //! - [`cli`]       `run`, `check`, `explain`, `migrate`, `dead-letters`, `audit`
@@ -36,6 +37,7 @@
 #[cfg_attr(not(test), allow(clippy::expect_used))]
 pub mod admin;
 pub mod audit;
+pub mod backoff;
 #[cfg_attr(not(test), allow(clippy::expect_used))]
 pub mod cli;
 pub mod config;

@@ -15,6 +15,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{Stall, Status};
+use crate::backoff::Backoff;
 use crate::config::{PlanSettings, Settings};
 use crate::dead_letter::{DeadLetterStore, Failure, Stage};
 use crate::decode::{decode, table_from_topic, AvroSchemas, DecodeError, DecodeErrorKind, SchemaError};
@@ -278,7 +279,7 @@ struct SchemaWait {
     offset: i64,
     ids: Vec<u32>,
     retry_at: Instant,
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 /// Records taken since the last flush, and what they ask of Redis.
@@ -309,7 +310,6 @@ const MAX_DRAIN: Duration = Duration::from_millis(5);
 // The loop wakes at least this often to refresh gauges and readiness.
 const TICK: Duration = Duration::from_secs(1);
 // First retry delay after a failed write; doubles up to max_retry_backoff.
-const FIRST_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 // How long a shutdown may spend on its final apply and commit.
 pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 // How long a shutdown waits for the final synchronous commit: a commit to a
@@ -503,7 +503,7 @@ impl Pipeline {
                 "redis lost acknowledged writes; bumping the epoch and every namespace before applying anything else"
             );
         }
-        let mut backoff = FIRST_RETRY_BACKOFF;
+        let mut backoff = Backoff::new(self.settings.redis.max_retry_backoff);
         loop {
             match self.sink.recover(&self.namespaces).await {
                 Ok(epoch) => {
@@ -513,11 +513,10 @@ impl Pipeline {
                 }
                 Err(error) => {
                     self.outage(Dependency::Redis, error.kind_label(), &error.to_string());
-                    if self.wait_polling(backoff, shutdown).await.is_err() {
+                    if self.wait_polling(backoff.next_delay(), shutdown).await.is_err() {
                         tracing::error!("shutdown before the epoch could be advanced after a redis data loss; the next run's check finds it again only if the record is still behind");
                         return Err(Abandoned);
                     }
-                    backoff = (backoff * 2).min(self.settings.redis.max_retry_backoff);
                 }
             }
         }
@@ -689,11 +688,12 @@ impl Pipeline {
         self.status.registry_failed(error);
         let state = self.partitions.entry(partition.clone()).or_default();
         state.next_offset = Some(offset);
+        let mut backoff = Backoff::new(self.settings.redis.max_retry_backoff);
         state.waiting_schema = Some(SchemaWait {
             offset,
             ids,
-            retry_at: Instant::now() + FIRST_RETRY_BACKOFF,
-            backoff: FIRST_RETRY_BACKOFF,
+            retry_at: Instant::now() + backoff.next_delay(),
+            backoff,
         });
         self.pause(std::slice::from_ref(&partition));
     }
@@ -715,15 +715,13 @@ impl Pipeline {
             .collect();
         for (partition, ids) in due {
             let outcome = ensure_schemas(&avro, &ids).await;
-            let max_backoff = self.settings.redis.max_retry_backoff;
             let Some(state) = self.partitions.get_mut(&partition) else {
                 continue;
             };
             match outcome {
                 Err(error) => {
                     if let Some(wait) = state.waiting_schema.as_mut() {
-                        wait.backoff = (wait.backoff * 2).min(max_backoff);
-                        wait.retry_at = Instant::now() + wait.backoff;
+                        wait.retry_at = Instant::now() + wait.backoff.next_delay();
                     }
                     tracing::debug!(topic = %partition.0, partition = partition.1, %error, "schema registry still unreachable");
                     self.status.registry_failed(error);
@@ -849,7 +847,7 @@ impl Pipeline {
         metrics::coalesced(taken.plan.coalesced());
         if let Some(store) = self.dead_letters.clone() {
             for (record, failure) in &taken.dead_letters {
-                let mut backoff = FIRST_RETRY_BACKOFF;
+                let mut backoff = Backoff::new(self.settings.redis.max_retry_backoff);
                 loop {
                     match store.write(record, failure).await {
                         Ok(()) => {
@@ -881,18 +879,17 @@ impl Pipeline {
                         }
                         Err(error) => {
                             self.outage(Dependency::DeadLetters, "unreachable", &error.to_string());
-                            if self.wait_polling(backoff, shutdown).await.is_err() {
+                            if self.wait_polling(backoff.next_delay(), shutdown).await.is_err() {
                                 tracing::warn!("shutdown while the dead-letter store is unreachable: nothing committed past the record");
                                 return Err(Abandoned);
                             }
-                            backoff = (backoff * 2).min(self.settings.redis.max_retry_backoff);
                         }
                     }
                 }
             }
         }
         let bumps = taken.plan.into_bumps();
-        let mut backoff = FIRST_RETRY_BACKOFF;
+        let mut backoff = Backoff::new(self.settings.redis.max_retry_backoff);
         while !bumps.is_empty() {
             let started = Instant::now();
             match self.sink.apply(&bumps).await {
@@ -905,11 +902,10 @@ impl Pipeline {
                 }
                 Err(error) => {
                     self.outage(Dependency::Redis, error.kind_label(), &error.to_string());
-                    if self.wait_polling(backoff, shutdown).await.is_err() {
+                    if self.wait_polling(backoff.next_delay(), shutdown).await.is_err() {
                         tracing::warn!(targets = bumps.len(), "shutdown during a redis outage: the unapplied batch is left to the next run (nothing committed past it)");
                         return Err(Abandoned);
                     }
-                    backoff = (backoff * 2).min(self.settings.redis.max_retry_backoff);
                 }
             }
         }

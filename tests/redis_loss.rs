@@ -151,6 +151,31 @@ async fn restart_from_an_older_snapshot_bumps_epoch_and_namespaces() {
     change(&s, &redis, 1, 30, v1).await;
 }
 
+/// Writes 8,000 keys of 1 KiB under `prefix` (with `EX ttl_s` when given)
+/// into a Redis with a small maxmemory, so that it evicts; returns INFO's
+/// evicted_keys afterwards.
+async fn fill_memory(url: &str, prefix: &str, ttl_s: Option<u64>) -> u64 {
+    let filler = "x".repeat(1024);
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for i in 0..8000 {
+        let mut set = redis::cmd("SET");
+        set.arg(format!("{prefix}:{i}")).arg(&filler);
+        if let Some(ttl) = ttl_s {
+            set.arg("EX").arg(ttl);
+        }
+        let _: redis::RedisResult<()> = set.query_async(&mut conn).await;
+    }
+    let info: String = redis::cmd("INFO").arg("stats").query_async(&mut conn).await.unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("evicted_keys:"))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap()
+}
+
 #[tokio::test]
 async fn flushall_and_evictions_are_losses() {
     let mut redis = PrivateRedis::start_ready_with(&[
@@ -190,21 +215,8 @@ async fn flushall_and_evictions_are_losses() {
     // may evict the epoch record itself: the daemon then finds it missing
     // before it reads the eviction count. Either is the loss.
     let missing_after_flush = loss_count(&daemon, "missing").await;
-    let filler = "x".repeat(1024);
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    for i in 0..8000 {
-        let _: redis::RedisResult<()> = redis::cmd("SET")
-            .arg(format!("data:{i}"))
-            .arg(&filler)
-            .query_async(&mut conn)
-            .await;
-    }
-    let info: String = redis::cmd("INFO").arg("stats").query_async(&mut conn).await.unwrap();
-    assert!(!info.contains("evicted_keys:0\r"), "nothing was evicted: {info}");
+    let evicted = fill_memory(&redis.url(), "data", None).await;
+    assert!(evicted > 0, "nothing was evicted");
     epoch_after(&redis.url(), e1).await;
     eventually("the eviction to be counted", Duration::from_secs(10), || {
         let daemon = &daemon;
@@ -346,32 +358,7 @@ async fn only_evicted_version_records_are_a_loss_when_evictions_are_notified() {
     let daemon = Daemon::start(s.cfg.path(), s.admin_port);
     change(&s, &redis, 1, 10, 0).await;
     let e0 = epoch_after(&redis.url(), 0).await;
-    let fill = |prefix: &'static str, ttl_s: u64| {
-        let url = redis.url();
-        async move {
-            let filler = "x".repeat(1024);
-            let mut conn = redis::Client::open(url)
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
-            for i in 0..8000 {
-                let _: redis::RedisResult<()> = redis::cmd("SET")
-                    .arg(format!("{prefix}:{i}"))
-                    .arg(&filler)
-                    .arg("EX")
-                    .arg(ttl_s)
-                    .query_async(&mut conn)
-                    .await;
-            }
-            let info: String = redis::cmd("INFO").arg("stats").query_async(&mut conn).await.unwrap();
-            info.lines()
-                .find_map(|l| l.strip_prefix("evicted_keys:"))
-                .and_then(|n| n.trim().parse::<u64>().ok())
-                .unwrap()
-        }
-    };
-    let evicted = fill("data", 60).await;
+    let evicted = fill_memory(&redis.url(), "data", Some(60)).await;
     assert!(evicted > 100, "the fill should evict data keys, evicted {evicted}");
     // Several loss checks (1 s apart) see the evictions.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -380,7 +367,7 @@ async fn only_evicted_version_records_are_a_loss_when_evictions_are_notified() {
     assert!(hget(&redis.url(), "ver:item:1", "v").await.is_some());
 
     // Data keys that outlive the version records: now those go first.
-    fill("long", 86_400).await;
+    fill_memory(&redis.url(), "long", Some(86_400)).await;
     assert_eq!(
         hget(&redis.url(), "ver:item:1", "v").await,
         None,

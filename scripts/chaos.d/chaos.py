@@ -420,17 +420,35 @@ class Limiter:
             time.sleep(wait)
 
 
-class Writer:
-    def __init__(self, stack, rate, workers=4):
-        self.stack = stack
-        self.limiter = Limiter(rate)
-        self.workers = workers
+class Workers:
+    """Threads running self.worker until finish()."""
+
+    def __init__(self, n_threads):
+        self.n_threads = n_threads
         self.stop = threading.Event()
         self.lock = threading.Lock()
+        self.threads = []
+
+    def start(self):
+        for _ in range(self.n_threads):
+            t = threading.Thread(target=self.worker, daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def finish(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=15)
+
+
+class Writer(Workers):
+    def __init__(self, stack, rate, workers=4):
+        super().__init__(workers)
+        self.stack = stack
+        self.limiter = Limiter(rate)
         self.changes = 0
         self.txns = 0
         self.errors = 0
-        self.threads = []
         with psycopg.connect(stack.pg_url, autocommit=True, connect_timeout=5) as conn:
             self.next_product = max(conn.execute("SELECT coalesce(max(id), 0) FROM products").fetchone()[0], N_SEED_PRODUCTS) + 1
             self.next_review = conn.execute("SELECT coalesce(max(id), 0) FROM reviews").fetchone()[0] + 1
@@ -542,16 +560,6 @@ class Writer:
         if conn is not None:
             conn.close()
 
-    def start(self):
-        for _ in range(self.workers):
-            t = threading.Thread(target=self.worker, daemon=True)
-            t.start()
-            self.threads.append(t)
-
-    def finish(self):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=15)
 
 
 # ------------------------------------------------------------------ reader
@@ -575,7 +583,7 @@ def load_value(conn, kind, ident):
     return json.dumps(row[0] if row else None)
 
 
-class Reader:
+class Reader(Workers):
     """Cache-aside under the key protocol: read the epoch, the namespace
     versions and the key's version (one round trip), then the row, then fill
     K@e<E>:n<N...>:v<V> with a TTL within the entity's max_cache_ttl."""
@@ -592,17 +600,14 @@ class Reader:
     }
 
     def __init__(self, stack, model, writer, rate=40, threads=2):
+        super().__init__(threads)
         self.stack = stack
         self.model = model
         self.writer = writer
         self.rate = rate
-        self.n_threads = threads
-        self.stop = threading.Event()
         self.keys = {}  # key -> (kind, ident)
         self.fills = 0
         self.errors = 0
-        self.lock = threading.Lock()
-        self.threads = []
 
     def pick(self):
         kind = random.choice(list(self.KINDS))
@@ -651,17 +656,6 @@ class Reader:
             time.sleep(self.n_threads / self.rate)
         if conn is not None:
             conn.close()
-
-    def start(self):
-        for _ in range(self.n_threads):
-            t = threading.Thread(target=self.worker, daemon=True)
-            t.start()
-            self.threads.append(t)
-
-    def finish(self):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=15)
 
     def stale_keys(self):
         """Reachable data keys whose value differs from PostgreSQL now."""

@@ -55,8 +55,7 @@ pub struct Lookups {
 /// Result column name to its PostgreSQL type name (`TIMESTAMPTZ`, `DATE`, ...).
 type ColumnTypes = Arc<HashMap<String, String>>;
 
-// Retrying a lookup faster than this only adds load to a struggling replica.
-const FIRST_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+// Retrying a lookup slower than this only delays the fan-out's escalation.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(2);
 
 impl Lookups {
@@ -81,7 +80,7 @@ impl Lookups {
     /// Debezium prints them in string mode, so child keys render the same.
     pub async fn run(&self, fanout: &Fanout, binds: &[Value]) -> Result<Vec<Row>, LookupError> {
         let sql = wrapped_query(fanout);
-        let mut backoff = FIRST_RETRY_BACKOFF;
+        let mut backoff = crate::backoff::Backoff::new(MAX_RETRY_BACKOFF);
         let mut last_error = String::new();
         for attempt in 1..=self.attempts {
             let started = Instant::now();
@@ -128,8 +127,7 @@ impl Lookups {
             }
             if attempt < self.attempts {
                 tracing::debug!(attempt, error = %last_error, "lookup failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
         Err(LookupError::Failed {

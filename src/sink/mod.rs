@@ -4,11 +4,12 @@
 //! pipeline per batch; Redis Cluster gets one pipeline per hash slot, sent
 //! concurrently, because a cluster pipeline must not cross slots.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
 
 use crate::config::{redact_url, RedisSettings, REDIS_RESPONSE_TIMEOUT};
 use crate::event::Position;
@@ -359,9 +360,10 @@ impl RedisSink {
         let groups: Vec<Vec<usize>> = match self.connection {
             Connection::Standalone(_) => vec![(0..bumps.len()).collect()],
             Connection::Cluster(_) => {
-                let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+                // redis-rs's own slot function: the one its cluster client routes by.
+                let mut by_slot: HashMap<Slot, Vec<usize>> = HashMap::new();
                 for (i, key) in keys.iter().enumerate() {
-                    by_slot.entry(hash_slot(key.as_bytes())).or_default().push(i);
+                    by_slot.entry(Slot::for_key(key)).or_default().push(i);
                 }
                 by_slot.into_values().collect()
             }
@@ -592,38 +594,6 @@ fn epoch_reply((status, epoch, own, shared): (String, String, i64, i64)) -> Epoc
     }
 }
 
-/// Redis Cluster's hash slot: CRC16 (XMODEM) of the key, or of its hash tag
-/// (the part between the first `{` and the next `}`, when non-empty).
-pub fn hash_slot(key: &[u8]) -> u16 {
-    let tagged = key
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let rest = key.get(open + 1..)?;
-            rest.iter()
-                .position(|&b| b == b'}')
-                .filter(|&close| close > 0)
-                .and_then(|close| rest.get(..close))
-        })
-        .unwrap_or(key);
-    crc16_xmodem(tagged) % 16384
-}
-
-fn crc16_xmodem(bytes: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in bytes {
-        crc ^= (byte as u16) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -631,10 +601,9 @@ mod tests {
     #[test]
     fn hash_slots_match_redis() {
         // Values from CLUSTER KEYSLOT on a real server.
-        assert_eq!(hash_slot(b"foo"), 12182);
-        assert_eq!(hash_slot(b"123456789"), 12739);
-        assert_eq!(hash_slot(b"{user1000}.following"), hash_slot(b"user1000"));
-        // An empty tag does not count: the whole key is hashed.
-        assert_eq!(hash_slot(b"foo{}{bar}"), crc16_xmodem(b"foo{}{bar}") % 16384);
+        let slot = |n| Slot::new(n).unwrap();
+        assert_eq!(Slot::for_key("foo"), slot(12182));
+        assert_eq!(Slot::for_key("123456789"), slot(12739));
+        assert_eq!(Slot::for_key("{user1000}.following"), Slot::for_key("user1000"));
     }
 }
