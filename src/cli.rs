@@ -301,12 +301,13 @@ async fn run(path: &Path, migrate: bool) -> anyhow::Result<i32> {
     let avro = avro_schemas(&settings)?;
     let notices = match &settings.notices {
         Some(n) => {
-            let registry = settings.avro.as_ref().and_then(|a| {
-                a.registry_url
-                    .as_deref()
-                    .map(|url| (url, a.username.as_deref(), a.password.as_deref()))
-            });
-            Some(Arc::new(Notices::new(n, &settings.source, registry).await?))
+            let registry = match &settings.avro {
+                Some(sources) => {
+                    crate::registry::Registry::from_sources(sources).context("creating the schema registry client")?
+                }
+                None => None,
+            };
+            Some(Arc::new(Notices::new(n, &settings.source, registry.as_ref()).await?))
         }
         None => None,
     };

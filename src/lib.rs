@@ -7,6 +7,7 @@
 //! - [`kafka_client`] every Kafka client's settings: the passthrough, then what its role forces
 //! - [`source`]    rdkafka consumer, rebalance bridge, owned records at the edge, source liveness
 //! - [`event`]     owned domain types: `KafkaRecord`, `ChangeEvent`, `Position`
+//! - [`registry`]  the schema registry client (schemas by id, registering the notice schema)
 //! - [`decode`]    Debezium envelopes (JSON, wrapped or not, flattened) to `ChangeEvent`
 //! - [`graph`]     key templates and entity rules: event to targets, escalation, stalls
 //! - [`plan`]      coalescing per (target, source) and the moot-event rule
@@ -49,6 +50,7 @@ pub mod kafka_client;
 pub mod metrics;
 pub mod pipeline;
 pub mod plan;
+pub mod registry;
 pub mod sink;
 pub mod source;
 pub mod topic_pattern;

@@ -18,6 +18,7 @@ use apache_avro::GenericSingleObjectReader;
 use serde_json::{Map, Value};
 
 use super::{DecodeError, DecodeErrorKind};
+use crate::registry::{Registry, RegistryError};
 
 /// Where schemas come from.
 #[derive(Debug, Clone, Default)]
@@ -52,7 +53,7 @@ struct Prepared {
 
 pub struct AvroSchemas {
     sources: SchemaSources,
-    http: reqwest::Client,
+    registry: Option<Registry>,
     prepared: RwLock<HashMap<u32, Arc<Prepared>>>,
     /// Permanent answers (unknown id, invalid schema), kept for
     /// [`NEGATIVE_CACHE_TTL`] so that a run of records naming a bad id costs
@@ -77,12 +78,9 @@ pub fn schema_id(bytes: &[u8]) -> Option<u32> {
 
 impl AvroSchemas {
     pub fn new(sources: SchemaSources) -> Result<AvroSchemas, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(sources.timeout.max(Duration::from_millis(100)))
-            .build()?;
         Ok(AvroSchemas {
+            registry: Registry::from_sources(&sources)?,
             sources,
-            http,
             prepared: RwLock::new(HashMap::new()),
             failed: RwLock::new(HashMap::new()),
         })
@@ -178,41 +176,14 @@ impl AvroSchemas {
     }
 
     async fn fetch_from_registry(&self, id: u32) -> Result<String, SchemaError> {
-        let Some(base) = &self.sources.registry_url else {
+        let Some(registry) = &self.registry else {
             return Err(SchemaError::NotFound(id));
         };
-        let url = format!("{}/schemas/ids/{id}", base.trim_end_matches('/'));
-        let mut request = self
-            .http
-            .get(&url)
-            .header("Accept", "application/vnd.schemaregistry.v1+json, application/json");
-        if let Some(user) = &self.sources.username {
-            request = request.basic_auth(user, self.sources.password.as_deref());
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| SchemaError::Unavailable(e.without_url().to_string()))?;
-        let status = response.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
-            return Err(SchemaError::NotFound(id));
-        }
-        if !status.is_success() {
-            return Err(SchemaError::Unavailable(format!(
-                "GET /schemas/ids/{id} answered {status}"
-            )));
-        }
-        let body: Value = response
-            .json()
-            .await
-            .map_err(|e| SchemaError::Unavailable(e.without_url().to_string()))?;
-        match body.get("schema") {
-            Some(Value::String(text)) => Ok(text.clone()),
-            _ => Err(SchemaError::Invalid {
-                id,
-                detail: "the registry answer has no \"schema\" string".into(),
-            }),
-        }
+        registry.schema_by_id(id).await.map_err(|e| match e {
+            RegistryError::NotFound => SchemaError::NotFound(id),
+            RegistryError::Unavailable(detail) => SchemaError::Unavailable(detail),
+            RegistryError::Malformed(detail) => SchemaError::Invalid { id, detail },
+        })
     }
 
     /// Decodes one framed payload with its (already loaded) schema into

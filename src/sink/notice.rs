@@ -81,14 +81,17 @@ impl Notices {
     pub async fn new(
         settings: &NoticeSettings,
         source: &crate::config::SourceSettings,
-        registry: Option<(&str, Option<&str>, Option<&str>)>,
+        registry: Option<&crate::registry::Registry>,
     ) -> Result<Notices, NoticeError> {
         let writer = notice_writer()?;
         let kafka = match &settings.kafka_topic {
             Some(topic) => {
                 let id = match (settings.kafka_schema_id, registry) {
                     (Some(id), _) => id,
-                    (None, Some((url, user, password))) => register(url, user, password, &format!("{topic}-value")).await?,
+                    (None, Some(registry)) => registry
+                        .register(&format!("{topic}-value"), NOTICE_SCHEMA)
+                        .await
+                        .map_err(|e| NoticeError::Register(e.to_string()))?,
                     (None, None) => {
                         return Err(NoticeError::Schema(
                             "notices.kafka_topic needs notices.kafka_schema_id or an [avro] registry_url to register the schema".into(),
@@ -195,35 +198,6 @@ impl Notices {
             }
         }
     }
-}
-
-/// Registers the notice schema (POST /subjects/{subject}/versions); the
-/// registry answers the id, the same one for an unchanged schema.
-async fn register(url: &str, user: Option<&str>, password: Option<&str>, subject: &str) -> Result<u32, NoticeError> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| NoticeError::Register(e.to_string()))?;
-    let mut request = client
-        .post(format!("{}/subjects/{subject}/versions", url.trim_end_matches('/')))
-        .header("Content-Type", "application/vnd.schemaregistry.v1+json")
-        .json(&serde_json::json!({ "schema": NOTICE_SCHEMA }));
-    if let Some(user) = user {
-        request = request.basic_auth(user, password);
-    }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| NoticeError::Register(e.without_url().to_string()))?;
-    let status = response.status();
-    let body: serde_json::Value = response
-        .json()
-        .await
-        .map_err(|e| NoticeError::Register(e.without_url().to_string()))?;
-    body.get("id")
-        .and_then(serde_json::Value::as_u64)
-        .map(|id| id as u32)
-        .ok_or_else(|| NoticeError::Register(format!("registry answered {status}: {body}")))
 }
 
 #[cfg(test)]
