@@ -124,7 +124,9 @@ pub enum Command {
     },
     /// Validate the config and connect to Kafka and Redis; exit 0 only when all is well.
     /// Also warns when Redis can lose version records (persistence off, an
-    /// evicting maxmemory-policy) or when a loss could not be detected.
+    /// evicting maxmemory-policy without eviction notifications, fewer
+    /// replicas than wait_replicas) or when a loss could not be detected, and
+    /// fails when a [connect] connector is not RUNNING.
     Check {
         #[arg(long, short)]
         config: PathBuf,
