@@ -14,6 +14,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -1084,6 +1085,19 @@ def main():
     try:
         wait_for("the shop topics", lambda: all(
             t in monitor.consumer().list_topics(timeout=3).topics for t in model.topics), 60)
+        # A taken admin port would make a replica exit at once (status 2),
+        # again and again: the run would silently have one replica fewer.
+        for n in range(1, args.replicas + 1):
+            with socket.socket() as probe:
+                # As the daemon binds (Rust's listener sets SO_REUSEADDR): a
+                # previous run's TIME_WAIT connections do not count.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(("127.0.0.1", replicas.port(n)))
+                except OSError as e:
+                    raise RuntimeError(f"admin port {replicas.port(n)} for replica {n} is taken ({e}); "
+                                       f"choose other ports with CHAOS_ADMIN_BASE or --admin-base "
+                                       f"(below 32768, outside the kernel's ephemeral range)")
         for n in range(1, args.replicas + 1):
             replicas.start(n)
         monitor.start()
@@ -1144,7 +1158,7 @@ def main():
             unexpected_exits=replicas.unexpected,
         )
         report(result)
-        exit_code = 1 if (lost or stale) else 0
+        exit_code = verdict(result)
     except Interrupted as e:
         log(f"interrupted ({e}); cleaning up")
         exit_code = 130
@@ -1207,7 +1221,13 @@ def reprint(path):
     samples = [(t0 + t, lag, ready) for t, lag, ready in res["samples"]]
     fault_figures(samples, res["faults"], res.get("t_end") or t0 + res["duration"])
     report(res)
-    return 1 if (res["lost"] or res["stale"]) else 0
+    return verdict(res)
+
+
+def verdict(res):
+    """Non-zero on any lost pair, stale reachable key, or a replica that
+    exited without the suite making it (a crash, or one that never ran)."""
+    return 1 if (res["lost"] or res["stale"] or res.get("unexpected_exits")) else 0
 
 
 def fmt(v):
