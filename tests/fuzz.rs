@@ -261,25 +261,12 @@ fn avro_change(
             ),
         ),
     ]);
-    Avro::Record(vec![
-        ("before".into(), Avro::Union(0, Box::new(Avro::Null))),
-        ("after".into(), Avro::Union(1, Box::new(row))),
-        (
-            "source".into(),
-            Avro::Record(vec![
-                ("connector".into(), Avro::String("postgresql".into())),
-                ("name".into(), Avro::String("shop".into())),
-                ("schema".into(), Avro::String("public".into())),
-                ("table".into(), Avro::String("fx_products".into())),
-                ("lsn".into(), Avro::Union(1, Box::new(Avro::Long(lsn)))),
-                (
-                    "sequence".into(),
-                    Avro::Union(1, Box::new(Avro::String(format!("[\"{lsn}\",\"{lsn}\"]")))),
-                ),
-            ]),
-        ),
-        ("op".into(), Avro::String("c".into())),
-    ])
+    common::avro_insert(
+        "fx_products",
+        row,
+        Avro::Union(1, Box::new(Avro::Long(lsn))),
+        Avro::Union(1, Box::new(Avro::String(format!("[\"{lsn}\",\"{lsn}\"]")))),
+    )
 }
 
 fn key_targets(route: &Route) -> Vec<String> {

@@ -149,22 +149,7 @@ async fn avro_path_renders_every_vector() {
         avro.ensure(id).await.unwrap();
         let schema = apache_avro::Schema::parse_str(&schema.to_string()).unwrap();
         let row = Avro::Record(vec![("id".into(), Avro::Int(1)), ("c".into(), field_value)]);
-        let envelope = Avro::Record(vec![
-            ("before".into(), Avro::Union(0, Box::new(Avro::Null))),
-            ("after".into(), Avro::Union(1, Box::new(row))),
-            (
-                "source".into(),
-                Avro::Record(vec![
-                    ("connector".into(), Avro::String("postgresql".into())),
-                    ("name".into(), Avro::String("shop".into())),
-                    ("schema".into(), Avro::String("public".into())),
-                    ("table".into(), Avro::String("vec".into())),
-                    ("lsn".into(), Avro::Long(10)),
-                    ("sequence".into(), Avro::String("[\"10\",\"10\"]".into())),
-                ]),
-            ),
-            ("op".into(), Avro::String("c".into())),
-        ]);
+        let envelope = common::avro_insert("vec", row, Avro::Long(10), Avro::String("[\"10\",\"10\"]".into()));
         let record = KafkaRecord {
             topic: "shop.public.vec".into(),
             partition: 0,

@@ -635,6 +635,34 @@ pub fn committed_offset(group: &str, topic: &str, partition: i32) -> Option<i64>
     committed.elements()[0].offset().to_raw().filter(|o| *o >= 0)
 }
 
+/// A Debezium insert of `row` into `public.<table>` as an Avro record: no
+/// before image, op "c"; `lsn` and `sequence` come typed as the test's schema
+/// declares them (plain, or inside a union).
+pub fn avro_insert(
+    table: &str,
+    row: apache_avro::types::Value,
+    lsn: apache_avro::types::Value,
+    sequence: apache_avro::types::Value,
+) -> apache_avro::types::Value {
+    use apache_avro::types::Value as Avro;
+    Avro::Record(vec![
+        ("before".into(), Avro::Union(0, Box::new(Avro::Null))),
+        ("after".into(), Avro::Union(1, Box::new(row))),
+        (
+            "source".into(),
+            Avro::Record(vec![
+                ("connector".into(), Avro::String("postgresql".into())),
+                ("name".into(), Avro::String("shop".into())),
+                ("schema".into(), Avro::String("public".into())),
+                ("table".into(), Avro::String(table.into())),
+                ("lsn".into(), lsn),
+                ("sequence".into(), sequence),
+            ]),
+        ),
+        ("op".into(), Avro::String("c".into())),
+    ])
+}
+
 /// An Avro datum in the Confluent wire format: magic byte 0, the schema id
 /// (big-endian), the datum.
 // The writer API that replaces to_avro_datum needs a schema-owning builder;
