@@ -305,3 +305,61 @@ async fn tls_through_a_rediss_url() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// Many bumps per script call (sink::BUMPS_PER_CALL) keep every target's own
+/// result: applied or guard no-op, each with its own version, in order, and
+/// an applied bump keeps the version it replaced in `pv`.
+#[tokio::test]
+async fn a_large_batch_answers_per_target_across_script_calls() {
+    let prefix = format!("{}:", common::unique("ver"));
+    let mut sink = sink(&prefix, Duration::from_secs(600)).await;
+    let count = cdc_invalidator::sink::BUMPS_PER_CALL * 2 + 5;
+    let keys: Vec<String> = (0..count).map(|i| format!("item:{i}")).collect();
+    // Every third key already saw a later position: its bump is a no-op.
+    let seen: Vec<Bump> = keys
+        .iter()
+        .step_by(3)
+        .map(|k| bump(k, Position::postgres("shop", 50, 0)))
+        .collect();
+    let first = sink.apply(&seen).await.unwrap();
+    assert!(first.iter().all(|r| r.applied));
+    let batch: Vec<Bump> = keys
+        .iter()
+        .map(|k| bump(k, Position::postgres("shop", 40, 0)))
+        .collect();
+    let results = sink.apply(&batch).await.unwrap();
+    assert_eq!(results.len(), count);
+    let mut conn = common::redis_conn().await;
+    for (i, (key, result)) in keys.iter().zip(&results).enumerate() {
+        let record = format!("{prefix}{key}");
+        let (v, pv): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+            .arg(&record)
+            .arg("v")
+            .arg("pv")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(Some(result.version), v, "{key}: the reply is this key's version");
+        if i % 3 == 0 {
+            assert!(!result.applied, "{key} had seen a later position");
+            assert_eq!(Some(first[i / 3].version), v, "{key}: a no-op keeps the version");
+            assert_eq!(pv, None, "{key}: created by one bump, it has no previous version");
+        } else {
+            assert!(result.applied, "{key} is new");
+            assert_eq!(pv, None, "{key}: created by this bump");
+        }
+    }
+    // A second applied bump records the version it replaced.
+    let again = sink
+        .apply(&[bump(&keys[1], Position::postgres("shop", 41, 0))])
+        .await
+        .unwrap();
+    let pv: Option<u64> = redis::cmd("HGET")
+        .arg(format!("{prefix}{}", keys[1]))
+        .arg("pv")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(again[0].applied);
+    assert_eq!(pv, Some(results[1].version));
+}

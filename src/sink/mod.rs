@@ -1,5 +1,5 @@
-//! Redis apply: one guarded bump per target through the Lua script beside
-//! this file, pipelined, loaded once and reloaded on NOSCRIPT (after a
+//! Redis apply: guarded bumps through the Lua script beside this file, many
+//! targets per call and the calls pipelined, loaded once and reloaded on NOSCRIPT (after a
 //! restart or a failover the server forgets it). Standalone servers get one
 //! pipeline per batch; Redis Cluster gets one pipeline per hash slot, sent
 //! concurrently, because a cluster pipeline must not cross slots.
@@ -24,6 +24,11 @@ use epoch::{EpochReply, EpochState, LossReason, ServerView};
 
 pub const BUMP_SCRIPT: &str = include_str!("bump.lua");
 pub const EPOCH_SCRIPT: &str = include_str!("epoch.lua");
+/// Guarded bumps per script call. A call costs far more than the commands
+/// inside it, so keys per second grow with the chunk until the call's own
+/// run time blocks the server for too long; the curve is in BENCHMARKS.md
+/// ("Bumps per script call").
+pub const BUMPS_PER_CALL: usize = 32;
 /// The guard source of namespace bumps made by a loss recovery; its
 /// positions are the new epoch, so each recovery passes the guard once.
 pub const LOSS_SOURCE: &str = "loss";
@@ -357,25 +362,27 @@ impl RedisSink {
 
     async fn try_apply(&mut self, bumps: &[Bump]) -> Result<Vec<BumpResult>, SinkError> {
         let keys: Vec<String> = bumps.iter().map(|b| b.target.record_key(&self.prefix)).collect();
-        let groups: Vec<Vec<usize>> = match self.connection {
-            Connection::Standalone(_) => vec![(0..bumps.len()).collect()],
-            Connection::Cluster(_) => {
-                // redis-rs's own slot function: the one its cluster client routes by.
-                let mut by_slot: HashMap<Slot, Vec<usize>> = HashMap::new();
-                for (i, key) in keys.iter().enumerate() {
-                    by_slot.entry(Slot::for_key(key)).or_default().push(i);
-                }
-                by_slot.into_values().collect()
-            }
-        };
         let standalone = matches!(self.connection, Connection::Standalone(_));
+        // One pipeline per request: the whole batch on a standalone server,
+        // one per hash slot on a cluster (a cluster pipeline must not cross
+        // slots, and neither may one script call's keys).
+        let pipelines: Vec<Vec<usize>> = if standalone {
+            vec![(0..bumps.len()).collect()]
+        } else {
+            // redis-rs's own slot function: the one its cluster client routes by.
+            let mut by_slot: HashMap<Slot, Vec<usize>> = HashMap::new();
+            for (i, key) in keys.iter().enumerate() {
+                by_slot.entry(Slot::for_key(key)).or_default().push(i);
+            }
+            by_slot.into_values().collect()
+        };
         let check = self.epoch.as_ref().map(|state| epoch_check_cmd(&self.epoch_sha, state));
         let mut checked: Option<EpochReply> = None;
         if let (Some(cmd), false) = (&check, standalone) {
             // A cluster pipeline cannot cross slots: one more round trip, first.
             checked = Some(epoch_reply(self.connection.command(cmd).await?));
         }
-        let requests = groups.into_iter().map(|indices| {
+        let requests = pipelines.into_iter().map(|indices| {
             let mut pipe = redis::pipe();
             // Standalone: the watermark check rides in the batch's pipeline.
             let with_check = match (&check, standalone) {
@@ -385,14 +392,21 @@ impl RedisSink {
                 }
                 _ => false,
             };
-            for (key, bump) in indices.iter().filter_map(|&i| keys.get(i).zip(bumps.get(i))) {
-                pipe.cmd("EVALSHA")
-                    .arg(&self.script_sha)
-                    .arg(1)
-                    .arg(key)
-                    .arg(format!("p:{}", bump.position.source))
-                    .arg(&bump.position.ordinal)
-                    .arg(self.ttl_ms);
+            for call in indices.chunks(BUMPS_PER_CALL) {
+                // The keys first, then ARGV: the TTL, then a (guard field,
+                // position) pair per key (bump.lua).
+                let cmd = pipe.cmd("EVALSHA").arg(&self.script_sha).arg(call.len());
+                let mut args = Vec::with_capacity(call.len());
+                for &i in call {
+                    if let (Some(key), Some(bump)) = (keys.get(i), bumps.get(i)) {
+                        cmd.arg(key);
+                        args.push((format!("p:{}", bump.position.source), &bump.position.ordinal));
+                    }
+                }
+                cmd.arg(self.ttl_ms);
+                for (guard_field, ordinal) in args {
+                    cmd.arg(guard_field).arg(ordinal);
+                }
             }
             // WAIT covers every write sent before it on this connection, so
             // last in the pipeline it covers the whole batch (and the
@@ -424,11 +438,11 @@ impl RedisSink {
                 } else {
                     None
                 };
-                let replies: Vec<(i64, String)> = values
-                    .into_iter()
-                    .map(redis::from_redis_value)
-                    .collect::<Result<_, _>>()
-                    .map_err(redis::RedisError::from)?;
+                let mut replies: Vec<(i64, String)> = Vec::with_capacity(indices.len());
+                for value in values {
+                    let call: Vec<(i64, String)> = redis::from_redis_value(value).map_err(redis::RedisError::from)?;
+                    replies.extend(call);
+                }
                 Ok::<_, SinkError>((indices, replies, check))
             }
         });
