@@ -62,7 +62,7 @@ def main(src, dst):
 
     # Redis bumps/s: the daemon's targets against redis-benchmark's EVALSHA.
     rb = [
-        ("redis-benchmark\nEVALSHA bump\n(limit)", values(reps, "redis_benchmark", "requests_per_second"), "#999999"),
+        ("redis-benchmark\nbump script,\nbumps/s (limit)", values(reps, "redis_benchmark", "bumps_per_second"), "#999999"),
         ("cdc-invalidator\ntargets", values(reps, "daemon", "targets_per_second"), "#1f77b4"),
     ]
     rb = [b for b in rb if b[1]]

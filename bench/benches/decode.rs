@@ -78,6 +78,7 @@ fn benches(c: &mut Criterion) {
             avro_schemas_dir: None,
             librdkafka: &[],
             wait_replicas: 0,
+            cluster: false,
         }
         .render(),
         &|_| None,

@@ -19,6 +19,8 @@ pub struct DaemonConfig<'a> {
     pub librdkafka: &'a [(String, String)],
     /// `redis.wait_replicas` (0: no WAIT).
     pub wait_replicas: u32,
+    /// `redis.cluster`: `redis_url` is one node of a Redis Cluster.
+    pub cluster: bool,
 }
 
 impl DaemonConfig<'_> {
@@ -63,9 +65,10 @@ keys = [{keys}]
             table = gen::TABLE,
             keys = keys.join(", "),
             consistency = self.consistency,
-            wait = match self.wait_replicas {
-                0 => String::new(),
-                n => format!("wait_replicas = {n}\n"),
+            wait = match (self.wait_replicas, self.cluster) {
+                (0, false) => String::new(),
+                (0, true) => "cluster = true\n".to_owned(),
+                (n, _) => format!("wait_replicas = {n}\n"),
             },
             librdkafka = self
                 .librdkafka
@@ -101,6 +104,7 @@ mod tests {
             avro_schemas_dir: None,
             librdkafka: &[],
             wait_replicas: 0,
+            cluster: false,
         }
         .render();
         config::parse("generated.toml", &text, &|_| None).expect("the generated config validates")
@@ -212,6 +216,7 @@ mod tests {
             avro_schemas_dir: Some(dir.to_str().unwrap()),
             librdkafka: &[],
             wait_replicas: 0,
+            cluster: false,
         }
         .render();
         let s = config::parse("generated.toml", &text, &|_| None).expect("the generated config validates");

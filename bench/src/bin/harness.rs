@@ -51,17 +51,30 @@ struct Args {
     /// Entity consistency of the drain runs: "strong" is the headline (and
     /// the latency test's), "eventual" the daemon's default; "strong-wait1"
     /// is strong with `redis.wait_replicas = 1` against a replica of the
-    /// private Redis (started on --redis-port + 1 when asked for).
-    #[arg(long, value_delimiter = ',', default_value = "strong,strong-wait1,eventual")]
+    /// private Redis (started on --redis-port + 1 when asked for);
+    /// "strong-cluster" is strong against a private 3-node Redis Cluster on
+    /// loopback (ports --redis-port + 10, 11, 12).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "strong,strong-wait1,strong-cluster,eventual"
+    )]
     consistencies: Vec<String>,
-    /// EVALSHA calls per redis-benchmark repetition.
+    /// Bumps per redis-benchmark point (calls = this / bumps per call).
     #[arg(long, default_value_t = 500_000)]
     redis_benchmark_requests: u64,
+    /// Bumps in flight per redis-benchmark connection (pipeline depth =
+    /// this / bumps per call), about what one daemon batch sends at once.
     #[arg(long, default_value_t = 1000)]
     redis_benchmark_pipeline: u64,
+    /// Bumps per script call to measure with redis-benchmark: the curve in
+    /// BENCHMARKS.md; the daemon's own (sink::BUMPS_PER_CALL) is always added.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,32,64,128")]
+    script_chunks: Vec<usize>,
     #[arg(long, default_value_t = 6390)]
     redis_port: u16,
-    #[arg(long, default_value_t = 9811)]
+    /// The daemon's admin port; 0 (the default): a free one, picked at start.
+    #[arg(long, default_value_t = 0)]
     admin_port: u16,
     /// Directory of the release binaries (cdc-invalidator, load, raw-consume, probe).
     #[arg(long, default_value = "target/release")]
@@ -155,6 +168,13 @@ struct Ctx {
     redis: redis::Connection,
     redis_url: String,
     admin: String,
+    /// The log of the daemon spawned last.
+    last_log: Option<PathBuf>,
+    /// The private Redis Cluster's nodes, when a drain asks for one.
+    cluster_nodes: Vec<u16>,
+    /// Set for the length of a cluster drain: flushes and command counts
+    /// then cover every cluster node instead of the private server.
+    on_cluster: bool,
     reaper: Reaper,
     topics: Vec<String>,
     /// The tree the run started from (the daemon copy was built from it).
@@ -173,13 +193,29 @@ impl Ctx {
             .arg("notify-keyspace-events")
             .arg("")
             .query::<()>(&mut self.redis)?;
+        if self.on_cluster {
+            for port in &self.cluster_nodes {
+                let mut node = redis::Client::open(format!("redis://127.0.0.1:{port}"))?.get_connection()?;
+                redis::cmd("FLUSHALL").query::<()>(&mut node)?;
+            }
+        }
         Ok(())
     }
 
+    /// Calls per command so far: of the private server, or summed over the
+    /// cluster's nodes during a cluster drain.
     fn commandstats(&mut self) -> anyhow::Result<BTreeMap<String, u64>> {
-        let text: String = redis::cmd("INFO").arg("commandstats").query(&mut self.redis)?;
+        let mut texts = Vec::new();
+        if self.on_cluster {
+            for port in &self.cluster_nodes {
+                let mut node = redis::Client::open(format!("redis://127.0.0.1:{port}"))?.get_connection()?;
+                texts.push(redis::cmd("INFO").arg("commandstats").query::<String>(&mut node)?);
+            }
+        } else {
+            texts.push(redis::cmd("INFO").arg("commandstats").query(&mut self.redis)?);
+        }
         let mut out = BTreeMap::new();
-        for line in text.lines() {
+        for line in texts.iter().flat_map(|t| t.lines()) {
             let Some(rest) = line.strip_prefix("cmdstat_") else {
                 continue;
             };
@@ -191,7 +227,7 @@ impl Ctx {
                 .find_map(|f| f.strip_prefix("calls="))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            out.insert(name.to_owned(), calls);
+            *out.entry(name.to_owned()).or_insert(0) += calls;
         }
         Ok(out)
     }
@@ -221,12 +257,26 @@ impl Ctx {
         consistency: &str,
         avro_dir: Option<&Path>,
     ) -> anyhow::Result<PathBuf> {
+        let (consistency, cluster) = match consistency.strip_suffix("-cluster") {
+            Some(base) => (base, true),
+            None => (consistency, false),
+        };
         let (consistency, wait_replicas) = split_wait(consistency)?;
+        let cluster_url = self
+            .cluster_nodes
+            .first()
+            .map(|port| format!("redis://127.0.0.1:{port}"));
+        let redis_url = match (&cluster_url, cluster) {
+            (Some(url), true) => url.as_str(),
+            (None, true) => bail!("a cluster drain without the private cluster"),
+            _ => self.redis_url.as_str(),
+        };
         let text = DaemonConfig {
             brokers: &self.args.brokers,
             group_id: group,
             topic,
-            redis_url: &self.redis_url,
+            redis_url,
+            cluster,
             admin_listen: &self.admin,
             keys_per_row: self.args.keys_per_row,
             consistency,
@@ -242,7 +292,9 @@ impl Ctx {
 
     /// Starts the daemon (or `wrapper` + daemon) with its log in the run directory.
     fn spawn_daemon(&mut self, config: &Path, log_name: &str, wrapper: &[String]) -> anyhow::Result<u32> {
-        let log = fs::File::create(self.dir.join(log_name))?;
+        let log_path = self.dir.join(log_name);
+        let log = fs::File::create(&log_path)?;
+        self.last_log = Some(log_path);
         let daemon = self.bin("cdc-invalidator");
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
@@ -284,11 +336,32 @@ impl Ctx {
             .is_some_and(|(_, c)| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Whether the daemon spawned last says, in its own log, that it bound
+    /// the admin address: an answer on the port is trusted only then. (It
+    /// logs the address before it serves, so an answer implies the line.)
+    fn owns_admin(&self) -> anyhow::Result<bool> {
+        let bound = format!("\"address\":\"{}\"", self.admin);
+        let log = match &self.last_log {
+            Some(path) => fs::read_to_string(path)?,
+            None => String::new(),
+        };
+        Ok(log
+            .lines()
+            .any(|l| l.contains("admin http listening") && l.contains(&bound)))
+    }
+
+    /// Waits until the daemon spawned last answers /readyz itself.
     fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok((200, _)) = prom::http_get(&self.admin, "/readyz") {
-                return Ok(());
+                if self.owns_admin()? {
+                    return Ok(());
+                }
+                bail!(
+                    "something answers on {} but the daemon's log never says it bound it (another process holds the port; choose --admin-port)",
+                    self.admin
+                );
             }
             if !self.daemon_alive() {
                 bail!(
@@ -372,9 +445,21 @@ fn main() -> anyhow::Result<()> {
 
     let mut reaper = Reaper(Vec::new());
     let redis_url = start_redis(&args, &dir, &mut reaper)?;
+    let cluster_nodes = if args.consistencies.iter().any(|c| c.ends_with("-cluster")) {
+        start_cluster(args.redis_port + 10, &dir, &mut reaper)?
+    } else {
+        Vec::new()
+    };
     let redis = redis::Client::open(redis_url.as_str())?.get_connection()?;
+    let admin_port = match args.admin_port {
+        0 => free_port()?,
+        port => port,
+    };
     let mut ctx = Ctx {
-        admin: format!("127.0.0.1:{}", args.admin_port),
+        admin: format!("127.0.0.1:{admin_port}"),
+        last_log: None,
+        cluster_nodes,
+        on_cluster: false,
         args: args.clone(),
         run_id: run_id.clone(),
         dir: dir.clone(),
@@ -410,6 +495,14 @@ fn main() -> anyhow::Result<()> {
     say(format!("load average after {load_after:?}"));
     say(format!("results: {}", path.display()));
     Ok(())
+}
+
+/// A port nothing listens on now. The daemon's own log later proves it was
+/// our daemon that bound it (Ctx::wait_ready), so a process that takes the
+/// port in between is detected, not trusted.
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
 }
 
 /// "strong-wait1" -> ("strong", 1); "eventual" -> ("eventual", 0).
@@ -453,6 +546,53 @@ fn start_redis(args: &Args, dir: &Path, reaper: &mut Reaper) -> anyhow::Result<S
         say(format!("private redis replica on port {port}"));
     }
     Ok(url)
+}
+
+/// A private 3-node Redis Cluster (no replicas) on `first_port` and the two
+/// ports after it; returns the ports.
+fn start_cluster(first_port: u16, dir: &Path, reaper: &mut Reaper) -> anyhow::Result<Vec<u16>> {
+    let ports: Vec<u16> = (first_port..first_port + 3).collect();
+    for &port in &ports {
+        start_redis_server(
+            port,
+            &[
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                format!("nodes-{port}.conf"),
+            ],
+            dir,
+            reaper,
+        )?;
+    }
+    let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let status = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addresses)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .context("redis-cli (apt-get install redis-tools)")?;
+    if !status.success() {
+        bail!("redis-cli --cluster create {addresses:?} failed");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for &port in &ports {
+        let mut node = redis::Client::open(format!("redis://127.0.0.1:{port}"))?.get_connection()?;
+        loop {
+            let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut node)?;
+            if info.contains("cluster_state:ok") {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the private redis cluster did not reach cluster_state:ok");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    say(format!("private redis cluster on {addresses:?}"));
+    Ok(ports)
 }
 
 fn start_redis_server(port: u16, extra: &[String], dir: &Path, reaper: &mut Reaper) -> anyhow::Result<String> {
@@ -656,16 +796,29 @@ fn run(ctx: &mut Ctx) -> anyhow::Result<Value> {
             r.insert("node".into(), node);
         }
 
-        say(format!(
-            "rep {rep}/{}: redis-benchmark, EVALSHA of the bump script",
-            args.reps
-        ));
-        let rb = redis_benchmark(ctx)?;
-        say(format!(
-            "  redis-benchmark: {:.0} EVALSHA/s",
-            rb["requests_per_second"].as_f64().unwrap_or(0.0)
-        ));
-        r.insert("redis_benchmark".into(), rb);
+        let daemon_chunk = cdc_invalidator::sink::BUMPS_PER_CALL;
+        let mut chunks = args.script_chunks.clone();
+        chunks.push(daemon_chunk);
+        chunks.sort_unstable();
+        chunks.dedup();
+        let mut curve = serde_json::Map::new();
+        for chunk in chunks {
+            say(format!(
+                "rep {rep}/{}: redis-benchmark, the bump script at {chunk} bumps per call",
+                args.reps
+            ));
+            let rb = redis_benchmark(ctx, chunk)?;
+            say(format!(
+                "  redis-benchmark: {:.0} calls/s, {:.0} bumps/s",
+                rb["requests_per_second"].as_f64().unwrap_or(0.0),
+                rb["bumps_per_second"].as_f64().unwrap_or(0.0)
+            ));
+            if chunk == daemon_chunk {
+                r.insert("redis_benchmark".into(), rb.clone());
+            }
+            curve.insert(chunk.to_string(), rb);
+        }
+        r.insert("script_curve".into(), Value::Object(curve));
         reps.push(Value::Object(r));
     }
 
@@ -745,6 +898,13 @@ struct Drain<'a> {
 }
 
 fn daemon_drain(ctx: &mut Ctx, drain: &Drain<'_>) -> anyhow::Result<Value> {
+    ctx.on_cluster = drain.consistency.ends_with("-cluster");
+    let result = drain_once(ctx, drain);
+    ctx.on_cluster = false;
+    result
+}
+
+fn drain_once(ctx: &mut Ctx, drain: &Drain<'_>) -> anyhow::Result<Value> {
     let Drain {
         topic,
         ends,
@@ -768,6 +928,12 @@ fn daemon_drain(ctx: &mut Ctx, drain: &Drain<'_>) -> anyhow::Result<Value> {
         }
         let t0 = Instant::now();
         if let Ok(samples) = prom::scrape(&ctx.admin) {
+            if !ctx.owns_admin()? {
+                bail!(
+                    "something answers on {} but the daemon's log never says it bound it (another process holds the port; choose --admin-port)",
+                    ctx.admin
+                );
+            }
             if prom::sum(&samples, "cdc_invalidator_events_total") > 0.0 {
                 break last_empty + (t0 - last_empty) / 2;
             }
@@ -848,6 +1014,8 @@ fn daemon_drain(ctx: &mut Ctx, drain: &Drain<'_>) -> anyhow::Result<Value> {
         "moot": by("cdc_invalidator_moot_events_total"),
         "redis_commands": commands,
         "evalsha_per_event": commands["by_command"]["evalsha"].as_f64().unwrap_or(0.0) / records as f64,
+        "redis_commands_per_event": commands["total"].as_f64().unwrap_or(0.0) / records as f64,
+        "targets_per_event": (bumped + noops + by("cdc_invalidator_targets_coalesced_total")) / records as f64,
         "cpu_seconds": cpu,
         "cpu_seconds_per_million": cpu / records as f64 * 1e6,
         "cpu_utilisation": cpu / seconds,
@@ -878,7 +1046,10 @@ fn node_drain(ctx: &mut Ctx, topic: &str, rep: usize) -> anyhow::Result<Value> {
     Ok(out)
 }
 
-fn redis_benchmark(ctx: &mut Ctx) -> anyhow::Result<Value> {
+/// redis-benchmark of the daemon's own bump script at `chunk` bumps per
+/// call: the Redis ceiling for that chunk size, in calls and in bumps per
+/// second.
+fn redis_benchmark(ctx: &mut Ctx, chunk: usize) -> anyhow::Result<Value> {
     ctx.flush_redis()?;
     let sha: String = redis::cmd("SCRIPT")
         .arg("LOAD")
@@ -886,31 +1057,27 @@ fn redis_benchmark(ctx: &mut Ctx) -> anyhow::Result<Value> {
         .query(&mut ctx.redis)?;
     // The daemon's argument shapes: ver:<key>, p:pg:<server>, a 40-digit
     // position ([last commit, lsn], 20 digits each), version_ttl in ms.
-    // Keys from a space far larger than the request count: nearly every call
-    // takes the applied path (HGET guard, TIME, HGET v, HSET, PEXPIRE), as
-    // almost all of the daemon's bumps do.
+    // Every __rand_int__ is drawn on its own from a space far larger than the
+    // request count: nearly every bump takes the applied path, as almost all
+    // of the daemon's do.
     let position = format!("{:020}{:020}", 33_554_248u64, 33_554_432u64);
-    let before = ctx.commandstats()?;
+    let chunk = chunk.max(1);
+    let mut command = vec!["EVALSHA".to_owned(), sha, chunk.to_string()];
+    command.extend((0..chunk).map(|_| "ver:item:__rand_int__".to_owned()));
+    command.push("21600000".to_owned());
+    for _ in 0..chunk {
+        command.push("p:pg:bench".to_owned());
+        command.push(position.clone());
+    }
     let args = ctx.args.clone();
+    let calls = (args.redis_benchmark_requests / chunk as u64).max(1000);
+    let pipeline = (args.redis_benchmark_pipeline / chunk as u64).max(1);
+    let before = ctx.commandstats()?;
     let out = Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &args.redis_port.to_string()])
-        .args(["-n", &args.redis_benchmark_requests.to_string(), "-c", "1"])
-        .args([
-            "-P",
-            &args.redis_benchmark_pipeline.to_string(),
-            "-r",
-            "100000000",
-            "--csv",
-        ])
-        .args([
-            "EVALSHA",
-            &sha,
-            "1",
-            "ver:item:__rand_int__",
-            "p:pg:bench",
-            &position,
-            "21600000",
-        ])
+        .args(["-n", &calls.to_string(), "-c", "1"])
+        .args(["-P", &pipeline.to_string(), "-r", "100000000", "--csv"])
+        .args(&command)
         .stdin(Stdio::null())
         .output()
         .context("redis-benchmark (apt-get install redis-tools)")?;
@@ -931,13 +1098,14 @@ fn redis_benchmark(ctx: &mut Ctx) -> anyhow::Result<Value> {
         .with_context(|| format!("cannot read redis-benchmark output: {text}"))?;
     let dbsize: u64 = redis::cmd("DBSIZE").query(&mut ctx.redis)?;
     Ok(json!({
-        "requests": args.redis_benchmark_requests,
+        "bumps_per_call": chunk,
+        "requests": calls,
         "clients": 1,
-        "pipeline": args.redis_benchmark_pipeline,
+        "pipeline": pipeline,
         "requests_per_second": rps,
+        "bumps_per_second": rps * chunk as f64,
         "keys_created": dbsize,
         "redis_commands": Ctx::commands_delta(&before, &after),
-        "csv": text.trim(),
     }))
 }
 
@@ -1199,6 +1367,36 @@ fn medians(reps: &[Value], probes: &[Value], rates: &[u64]) -> Value {
         "node_peak_rss_mib": med(reps, &["node", "peak_rss_mib"]),
         "redis_benchmark_evalsha_per_second": med(reps, &["redis_benchmark", "requests_per_second"]),
     });
+    m["daemon_strong_cluster_events_per_second"] = med(reps, &["daemon_strong_cluster", "events_per_second"]);
+    m["daemon_strong_cluster_targets_per_second"] = med(reps, &["daemon_strong_cluster", "targets_per_second"]);
+    m["daemon_strong_cluster_redis_commands"] = med(reps, &["daemon_strong_cluster", "redis_commands", "total"]);
+    m["daemon_strong_cluster_cpu_seconds_per_million"] =
+        med(reps, &["daemon_strong_cluster", "cpu_seconds_per_million"]);
+    m["daemon_strong_cluster_cpu_utilisation"] = med(reps, &["daemon_strong_cluster", "cpu_utilisation"]);
+    m["daemon_strong_cluster_peak_rss_mib"] = med(reps, &["daemon_strong_cluster", "peak_rss_mib"]);
+    m["redis_ceiling_bumps_per_second"] = med(reps, &["redis_benchmark", "bumps_per_second"]);
+    m["daemon_bumps_per_call"] = json!(cdc_invalidator::sink::BUMPS_PER_CALL);
+    m["daemon_targets_per_event"] = med(reps, &["daemon", "targets_per_event"]);
+    m["daemon_redis_commands_per_event"] = med(reps, &["daemon", "redis_commands_per_event"]);
+    m["daemon_peak_rss_mib_max"] = json!(reps
+        .iter()
+        .filter_map(|r| get(r, &["daemon", "peak_rss_mib"]))
+        .fold(0.0f64, f64::max));
+    // Bumps per second of the script by bumps per call: every chunk size
+    // the first repetition has.
+    if let Some(Value::Object(first)) = reps.first().and_then(|r| r.get("script_curve")) {
+        let mut curve = serde_json::Map::new();
+        for chunk in first.keys() {
+            curve.insert(
+                chunk.clone(),
+                json!({
+                    "calls_per_second": med(reps, &["script_curve", chunk, "requests_per_second"]),
+                    "bumps_per_second": med(reps, &["script_curve", chunk, "bumps_per_second"]),
+                }),
+            );
+        }
+        m["script_curve"] = Value::Object(curve);
+    }
     // Decode benchmarks: every id the first repetition has.
     if let Some(Value::Object(first)) = reps.first().and_then(|r| r.get("decode")) {
         let mut d = serde_json::Map::new();
@@ -1255,8 +1453,12 @@ fn ratios(m: &Value) -> Value {
     json!({
         "daemon_over_raw_consume": div(f("daemon_events_per_second"), f("raw_consume_events_per_second")),
         "daemon_over_node": div(f("daemon_events_per_second"), f("node_events_per_second")),
-        "daemon_targets_over_redis_benchmark": div(f("daemon_targets_per_second"), f("redis_benchmark_evalsha_per_second")),
+        // The share of the Redis ceiling the daemon used: its bumps per second
+        // over redis-benchmark's for the same script at the same chunk size
+        // (equivalently events/s over ceiling / targets per event).
+        "daemon_targets_over_redis_ceiling": div(f("daemon_targets_per_second"), f("redis_ceiling_bumps_per_second")),
         "daemon_strong_wait1_over_strong": div(f("daemon_strong_wait1_events_per_second"), f("daemon_events_per_second")),
+        "daemon_strong_cluster_over_strong": div(f("daemon_strong_cluster_events_per_second"), f("daemon_events_per_second")),
         "daemon_eventual_over_raw_consume": div(f("daemon_eventual_events_per_second"), f("raw_consume_events_per_second")),
         "daemon_eventual_over_node": div(f("daemon_eventual_events_per_second"), f("node_events_per_second")),
         "daemon_avro_over_raw_consume_avro": div(f("daemon_avro_events_per_second"), f("raw_consume_avro_events_per_second")),
@@ -1320,6 +1522,7 @@ fn print_table(r: &Value) {
     for (label, k) in [
         ("cdc-invalidator, strong", "daemon"),
         ("cdc-invalidator, strong, WAIT 1 replica", "daemon_strong_wait1"),
+        ("cdc-invalidator, strong, 3-node cluster", "daemon_strong_cluster"),
         ("cdc-invalidator, eventual (default)", "daemon_eventual"),
         ("cdc-invalidator, Avro, strong", "daemon_avro"),
     ] {
@@ -1366,10 +1569,10 @@ fn print_table(r: &Value) {
         ],
     );
     row(
-        "redis-benchmark, EVALSHA bump (limit)",
+        "redis-benchmark, bump script (limit)",
         [
             dash(),
-            n(&m["redis_benchmark_evalsha_per_second"]),
+            n(&m["redis_ceiling_bumps_per_second"]),
             dash(),
             dash(),
             dash(),
@@ -1377,6 +1580,28 @@ fn print_table(r: &Value) {
             dash(),
         ],
     );
+    if let Value::Object(curve) = &m["script_curve"] {
+        println!(
+            "{:<36} {:>10} {:>10}",
+            "bump script, bumps per call", "calls/s", "bumps/s"
+        );
+        let mut chunks: Vec<&String> = curve.keys().collect();
+        chunks.sort_by_key(|c| c.parse::<u64>().unwrap_or(0));
+        for chunk in chunks {
+            println!(
+                "{:<36} {:>10} {:>10}",
+                chunk,
+                n(&curve[chunk]["calls_per_second"]),
+                n(&curve[chunk]["bumps_per_second"])
+            );
+        }
+        println!(
+            "daemon: {} bumps per call, {} targets per event, {} Redis commands per event",
+            m["daemon_bumps_per_call"],
+            f2(&m["daemon_targets_per_event"]),
+            f2(&m["daemon_redis_commands_per_event"])
+        );
+    }
     if let Value::Object(d) = &m["decode"] {
         println!(
             "{:<56} {:>10} {:>10}",
@@ -1430,12 +1655,12 @@ fn print_table(r: &Value) {
     }
     let q = &r["ratios"];
     println!(
-        "ratios (strong / eventual): ours/raw-consume {} / {}   ours/naive peer {} / {}   ours targets/redis-benchmark {}",
+        "ratios (strong / eventual): ours/raw-consume {} / {}   ours/naive peer {} / {}   ours bumps/Redis ceiling {}",
         f2(&q["daemon_over_raw_consume"]),
         f2(&q["daemon_eventual_over_raw_consume"]),
         f2(&q["daemon_over_node"]),
         f2(&q["daemon_eventual_over_node"]),
-        f2(&q["daemon_targets_over_redis_benchmark"])
+        f2(&q["daemon_targets_over_redis_ceiling"])
     );
     println!(
         "Avro: ours/raw-consume (Avro topic) {}   ours/naive peer (JSON) {}",

@@ -106,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
             avro_schemas_dir: args.avro_schemas_dir.as_deref().and_then(|p| p.to_str()),
             librdkafka: &[],
             wait_replicas: 0,
+            cluster: false,
         }
         .render();
         std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;

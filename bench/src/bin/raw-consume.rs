@@ -109,6 +109,7 @@ async fn stream(args: Args) -> anyhow::Result<()> {
         avro_schemas_dir: None,
         librdkafka: &[],
         wait_replicas: 0,
+        cluster: false,
     }
     .render();
     let parsed = cdc_invalidator::config::parse("generated.toml", &text, &|_| None)?;
