@@ -234,7 +234,14 @@ impl Applier {
                 }
                 Err(error) => {
                     self.outage(Dependency::Redis, error.kind_label(), &error.to_string());
-                    if wait(backoff.next_delay(), give_up).await.is_err() {
+                    let delay = if error.is_retriable() {
+                        backoff.next_delay()
+                    } else {
+                        tracing::error!(%error, targets = bumps.len(),
+                            "redis refused the batch: retrying cannot fix this (a version record that is not a hash? an ACL without a command README lists?); retrying at the longest backoff until an operator fixes it, nothing committed meanwhile");
+                        self.settings.redis.max_retry_backoff
+                    };
+                    if wait(delay, give_up).await.is_err() {
                         tracing::warn!(targets = bumps.len(), "shutdown during a redis outage: the unapplied batch is left to the next run (nothing committed past it)");
                         return Err(Abandoned);
                     }

@@ -61,9 +61,35 @@ impl SinkError {
         match self {
             SinkError::Client { .. } => "client",
             SinkError::Redis(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => "connection",
+            SinkError::Redis(_) if !self.is_retriable() => "refused",
             SinkError::Redis(_) => "server",
             SinkError::ShortReply { .. } => "protocol",
             SinkError::ReplicasBehind { .. } => "replicas",
+        }
+    }
+
+    /// Whether waiting can make the same write succeed: an unreachable,
+    /// loading, failing-over or lagging Redis can. A refusal of the write
+    /// itself cannot (a version record that is not a hash, a script error,
+    /// an ACL that denies a command, a reply of the wrong shape, a bad
+    /// client setting): only an operator can, so it is logged as such. Both
+    /// kinds are retried, because nothing past an unapplied invalidation
+    /// may be committed; a permanent one at the longest backoff.
+    pub fn is_retriable(&self) -> bool {
+        use redis::{ErrorKind, ServerErrorKind};
+        match self {
+            SinkError::Client { .. } | SinkError::ShortReply { .. } => false,
+            SinkError::ReplicasBehind { .. } => true,
+            SinkError::Redis(e) => match e.kind() {
+                ErrorKind::Server(
+                    ServerErrorKind::ResponseError
+                    | ServerErrorKind::ExecAbort
+                    | ServerErrorKind::NoPerm
+                    | ServerErrorKind::CrossSlot,
+                ) => e.is_io_error() || e.is_connection_dropped() || e.is_timeout(),
+                ErrorKind::Parse | ErrorKind::UnexpectedReturnType => false,
+                _ => true,
+            },
         }
     }
 }
@@ -611,6 +637,37 @@ fn epoch_reply((status, epoch, own, shared): (String, String, i64, i64)) -> Epoc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_are_permanent_and_outages_retriable() {
+        use redis::{ErrorKind, RedisError, ServerErrorKind};
+        let server = |kind, text: &'static str| SinkError::Redis(RedisError::from((ErrorKind::Server(kind), text)));
+        let wrongtype = server(ServerErrorKind::ResponseError, "WRONGTYPE");
+        assert!(!wrongtype.is_retriable());
+        assert_eq!(wrongtype.kind_label(), "refused");
+        assert!(!server(ServerErrorKind::NoPerm, "NOPERM").is_retriable());
+        assert!(!SinkError::ShortReply { sent: 2, got: 1 }.is_retriable());
+        for kind in [
+            ServerErrorKind::BusyLoading,
+            ServerErrorKind::TryAgain,
+            ServerErrorKind::ClusterDown,
+            ServerErrorKind::MasterDown,
+            ServerErrorKind::ReadOnly,
+        ] {
+            assert!(server(kind, "x").is_retriable(), "{kind:?}");
+        }
+        let dropped = SinkError::Redis(RedisError::from(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert!(dropped.is_retriable());
+        assert_eq!(dropped.kind_label(), "connection");
+        assert!(SinkError::ReplicasBehind {
+            wanted: 1,
+            acknowledged: 0,
+            timeout_ms: 1
+        }
+        .is_retriable());
+    }
 
     #[test]
     fn hash_slots_match_redis() {
