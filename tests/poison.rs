@@ -541,3 +541,88 @@ async fn look_alike_rows_apply_and_wrong_table_or_null_key_are_dead_letters() {
         "{metrics}"
     );
 }
+
+/// A version record Redis refuses to bump (another application wrote a
+/// string where the daemon keeps a hash: WRONGTYPE) cannot be fixed by
+/// retrying: the daemon says so (log, `kind="refused"`, readiness), commits
+/// nothing past it, and applies everything once an operator removes the key.
+#[tokio::test]
+async fn a_version_record_redis_refuses_holds_offsets_until_an_operator_fixes_it() {
+    let table = common::unique("refused");
+    let topic = format!("{}.public.{table}", common::topic_prefix());
+    let redis = common::PrivateRedis::start_ready().await;
+    let admin_port = common::free_port();
+    let extra = format!("[[entity]]\ntable = \"public.{table}\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\"]\n");
+    let cfg = common::write_config(&topic, &redis.url(), "ver:", admin_port, &extra);
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("ver:item:1")
+        .arg("not a hash")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let now = common::now_us();
+    common::produce(
+        &topic,
+        &[
+            common::debezium_change(&table, "u", 10, 1, json!({"id": 1}), now),
+            common::debezium_change(&table, "u", 11, 2, json!({"id": 2}), now),
+        ],
+    )
+    .await;
+    let daemon = Daemon::start(cfg.path(), admin_port);
+    let body = eventually("readiness to name the refusal", Duration::from_secs(60), || {
+        let admin = daemon.admin.clone();
+        async move {
+            common::http_get(&admin, "/readyz")
+                .await
+                .filter(|(code, body)| *code == 503 && body.contains("WRONGTYPE"))
+                .map(|(_, body)| body)
+        }
+    })
+    .await;
+    assert!(body.contains("redis"), "{body}");
+    let metrics = daemon.metrics().await;
+    assert!(
+        common::metric_sum(&metrics, "cdc_invalidator_redis_errors_total", &["kind=\"refused\""]) >= 1.0,
+        "{metrics}"
+    );
+    let group = common::group_of(cfg.path());
+    assert_eq!(
+        common::committed_offset(&group, &topic, 0),
+        None,
+        "nothing committed past the refusal"
+    );
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(log.contains("retrying cannot fix this"), "{}", daemon.log_tail());
+
+    let _: () = redis::cmd("DEL")
+        .arg("ver:item:1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    eventually("both bumps applied and committed", Duration::from_secs(60), || {
+        let (group, topic) = (group.clone(), topic.clone());
+        let mut conn = conn.clone();
+        async move {
+            let v1: Option<u64> = redis::cmd("HGET")
+                .arg("ver:item:1")
+                .arg("v")
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            let v2: Option<u64> = redis::cmd("HGET")
+                .arg("ver:item:2")
+                .arg("v")
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            (v1.is_some() && v2.is_some() && common::committed_offset(&group, &topic, 0) == Some(2)).then_some(())
+        }
+    })
+    .await;
+}

@@ -76,25 +76,37 @@ impl SinkError {
     /// kinds are retried, because nothing past an unapplied invalidation
     /// may be committed; a permanent one at the longest backoff.
     pub fn is_retriable(&self) -> bool {
-        use redis::{ErrorKind, ServerErrorKind};
         match self {
             SinkError::Client { .. } | SinkError::ShortReply { .. } => false,
             SinkError::ReplicasBehind { .. } => true,
+            SinkError::Redis(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => true,
             SinkError::Redis(e) => match e.kind() {
-                ErrorKind::Server(
-                    ServerErrorKind::ResponseError
-                    | ServerErrorKind::ExecAbort
-                    | ServerErrorKind::NoPerm
-                    | ServerErrorKind::CrossSlot,
-                ) => e.is_io_error() || e.is_connection_dropped() || e.is_timeout(),
-                ErrorKind::Parse | ErrorKind::UnexpectedReturnType => false,
-                _ => true,
+                redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType => false,
+                // A pipeline's error carries each failed command's reply code
+                // (WRONGTYPE has no kind of its own in redis-rs).
+                _ => !e
+                    .clone()
+                    .into_server_errors()
+                    .is_some_and(|errors| errors.iter().any(|(_, error)| REFUSALS.contains(&error.code()))),
             },
         }
     }
 }
 
-/// What Redis did with one bump.
+/// Reply codes that refuse the write itself: the same write fails again
+/// until an operator changes something (the key, the ACL, the script).
+/// Everything else a server answers (LOADING, TRYAGAIN, CLUSTERDOWN,
+/// MASTERDOWN, READONLY during a failover, OOM, BUSY, NOREPLICAS) passes.
+const REFUSALS: &[&str] = &[
+    "WRONGTYPE",
+    "NOPERM",
+    "ERR",
+    "EXECABORT",
+    "CROSSSLOT",
+    "NOAUTH",
+    "WRONGPASS",
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BumpResult {
     pub applied: bool,
@@ -641,21 +653,34 @@ mod tests {
     #[test]
     fn refusals_are_permanent_and_outages_retriable() {
         use redis::{ErrorKind, RedisError, ServerErrorKind};
-        let server = |kind, text: &'static str| SinkError::Redis(RedisError::from((ErrorKind::Server(kind), text)));
-        let wrongtype = server(ServerErrorKind::ResponseError, "WRONGTYPE");
-        assert!(!wrongtype.is_retriable());
-        assert_eq!(wrongtype.kind_label(), "refused");
-        assert!(!server(ServerErrorKind::NoPerm, "NOPERM").is_retriable());
-        assert!(!SinkError::ShortReply { sent: 2, got: 1 }.is_retriable());
-        for kind in [
-            ServerErrorKind::BusyLoading,
-            ServerErrorKind::TryAgain,
-            ServerErrorKind::ClusterDown,
-            ServerErrorKind::MasterDown,
-            ServerErrorKind::ReadOnly,
+        // As the server sends them: a RESP error reply.
+        let reply = |text: &str| match redis::parse_redis_value(format!("-{text}\r\n").as_bytes()) {
+            Ok(redis::Value::ServerError(error)) => SinkError::Redis(RedisError::from(error)),
+            other => panic!("not an error reply: {other:?}"),
+        };
+        for refusal in [
+            "WRONGTYPE Operation against a key holding the wrong kind of value script: 1f0e, on @user_script:24.",
+            "ERR user_script:3: Script attempted to access nonexistent global variable",
+            "NOPERM this user has no permissions to run the 'hset' command",
         ] {
-            assert!(server(kind, "x").is_retriable(), "{kind:?}");
+            let error = reply(refusal);
+            assert!(!error.is_retriable(), "{refusal}");
+            assert_eq!(error.kind_label(), "refused", "{refusal}");
         }
+        assert!(!SinkError::ShortReply { sent: 2, got: 1 }.is_retriable());
+        for outage in [
+            "LOADING Redis is loading the dataset in memory",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "CLUSTERDOWN The cluster is down",
+            "MASTERDOWN Link with MASTER is down",
+            "READONLY You can't write against a read only replica.",
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "BUSY Redis is busy running a script.",
+        ] {
+            assert!(reply(outage).is_retriable(), "{outage}");
+        }
+        let general = SinkError::Redis(RedisError::from((ErrorKind::Server(ServerErrorKind::TryAgain), "x")));
+        assert!(general.is_retriable());
         let dropped = SinkError::Redis(RedisError::from(std::io::Error::from(
             std::io::ErrorKind::ConnectionReset,
         )));
