@@ -259,7 +259,8 @@ pub fn default_loss_check_interval() -> Duration {
     Duration::from_secs(1)
 }
 
-// Readers of the key protocol default to `ver:` (architecture section 3).
+// Readers of the key protocol default to `ver:` (docs/architecture.md, "The
+// key protocol").
 fn default_version_prefix() -> Spanned<String> {
     Spanned::new(0..0, "ver:".to_owned())
 }

@@ -73,8 +73,9 @@ impl Outcome {
 /// Installs the Prometheus recorder and describes every metric. Idempotent
 /// per process: tests that install twice get the first handle's recorder.
 pub fn install() -> PrometheusHandle {
-    // Propagation is the seed design's headline SLO (500 ms): resolve well
-    // below and above it, and up to half an hour so that the quantiles of a
+    // The apply objective is 1 s and a healthy p99 10-50 ms
+    // (docs/architecture.md, "Observability"): resolve well below and above
+    // that, and up to half an hour so that the quantiles of a
     // backlog after an outage are measured instead of pinned to the top
     // bucket (a 60 s top bucket made a long outage read "p99 is 1m").
     let latency_buckets = [

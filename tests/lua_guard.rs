@@ -1,4 +1,5 @@
-//! The key protocol's guard, against real Redis (architecture section 3).
+//! The key protocol's guard, against real Redis (docs/architecture.md,
+//! "The key protocol").
 
 mod common;
 

@@ -1,7 +1,8 @@
 //! The relationship graph: which cache keys depend on a changed row.
 //! Templates render from the old and the new image; when the targets of an
 //! event cannot be derived exactly, the entity's namespace is escalated
-//! instead, and without a namespace the event stalls (architecture 4.3).
+//! instead, and without a namespace the event stalls (docs/architecture.md,
+//! "Never silent").
 
 mod lookup;
 mod template;
