@@ -279,10 +279,20 @@ pub struct Settings {
     pub lookup: Option<LookupSettings>,
     /// Where Avro schemas come from; None reads JSON only.
     pub avro: Option<crate::decode::SchemaSources>,
-    pub notices: Option<crate::sink::notice::NoticeSettings>,
+    pub notices: Option<NoticeSettings>,
     /// Connector status watch; None watches nothing.
     pub connect: Option<ConnectSettings>,
     pub graph: Graph,
+}
+
+/// `[notices]`: where applied bumps are announced (`sink::notice`).
+#[derive(Debug, Clone, Default)]
+pub struct NoticeSettings {
+    pub redis_channel: Option<String>,
+    pub kafka_topic: Option<String>,
+    /// The notice schema's registry id; registered under `<topic>-value`
+    /// when a registry is configured and this is not set.
+    pub kafka_schema_id: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -969,8 +979,8 @@ fn validate_avro(
 }
 
 impl RawNotices {
-    fn validate(self) -> crate::sink::notice::NoticeSettings {
-        crate::sink::notice::NoticeSettings {
+    fn validate(self) -> NoticeSettings {
+        NoticeSettings {
             redis_channel: self.redis_channel.map(Spanned::into_inner),
             kafka_topic: self.kafka_topic.map(Spanned::into_inner),
             kafka_schema_id: self.kafka_schema_id.map(Spanned::into_inner),
