@@ -4,6 +4,7 @@
 //! instead, and without a namespace the event stalls (docs/architecture.md,
 //! "Never silent").
 
+mod introspect;
 mod lookup;
 mod template;
 
