@@ -48,167 +48,167 @@ pub enum ConfigError {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
-    pub source: Spanned<RawSource>,
-    pub redis: Spanned<RawRedis>,
+pub(crate) struct RawConfig {
+    pub(crate) source: Spanned<RawSource>,
+    pub(crate) redis: Spanned<RawRedis>,
     #[serde(default)]
-    pub admin: Option<Spanned<RawAdmin>>,
+    pub(crate) admin: Option<Spanned<RawAdmin>>,
     #[serde(default)]
-    pub plan: Option<Spanned<RawPlan>>,
+    pub(crate) plan: Option<Spanned<RawPlan>>,
     #[serde(default)]
-    pub dead_letters: Option<Spanned<RawDeadLetters>>,
+    pub(crate) dead_letters: Option<Spanned<RawDeadLetters>>,
     #[serde(default)]
-    pub lookup: Option<Spanned<RawLookup>>,
+    pub(crate) lookup: Option<Spanned<RawLookup>>,
     #[serde(default)]
-    pub avro: Option<Spanned<RawAvro>>,
+    pub(crate) avro: Option<Spanned<RawAvro>>,
     #[serde(default)]
-    pub notices: Option<Spanned<RawNotices>>,
+    pub(crate) notices: Option<Spanned<RawNotices>>,
     #[serde(default)]
-    pub connect: Option<Spanned<RawConnect>>,
+    pub(crate) connect: Option<Spanned<RawConnect>>,
     #[serde(default, rename = "entity")]
-    pub entities: Vec<Spanned<RawEntity>>,
+    pub(crate) entities: Vec<Spanned<RawEntity>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSource {
-    pub brokers: Spanned<String>,
-    pub group_id: Spanned<String>,
+pub(crate) struct RawSource {
+    pub(crate) brokers: Spanned<String>,
+    pub(crate) group_id: Spanned<String>,
     #[serde(default)]
-    pub topics: Option<Spanned<Vec<String>>>,
+    pub(crate) topics: Option<Spanned<Vec<String>>>,
     #[serde(default)]
-    pub topic_regex: Option<Spanned<String>>,
+    pub(crate) topic_regex: Option<Spanned<String>>,
     /// Passed to librdkafka as they are (security.protocol, sasl.*, ssl.*, ...).
     #[serde(default)]
-    pub librdkafka: BTreeMap<String, Spanned<String>>,
+    pub(crate) librdkafka: BTreeMap<String, Spanned<String>>,
     /// Static group membership (`group.instance.id`): a replica restarted
     /// within the session timeout gets its partitions back at once. "auto"
     /// is `<hostname>-<admin port>`.
     #[serde(default)]
-    pub instance_id: Option<Spanned<String>>,
+    pub(crate) instance_id: Option<Spanned<String>>,
     /// Kafka's consumer group protocol: "classic" (JoinGroup/SyncGroup,
     /// cooperative-sticky) or "consumer" (KIP-848: the broker assigns,
     /// session and heartbeat are broker settings).
     #[serde(default)]
-    pub group_protocol: Option<Spanned<String>>,
+    pub(crate) group_protocol: Option<Spanned<String>>,
     /// Topics whose high watermarks say whether the source is alive
     /// (Debezium heartbeat topics, `__debezium-heartbeat.<prefix>`); by
     /// default the subscribed topics.
     #[serde(default)]
-    pub liveness_topics: Option<Spanned<Vec<String>>>,
+    pub(crate) liveness_topics: Option<Spanned<Vec<String>>>,
     /// Readiness fails and the idle-topics gauge rises when a watched topic
     /// has had no new record for longer than this.
     #[serde(default)]
-    pub max_idle: Option<Spanned<String>>,
+    pub(crate) max_idle: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRedis {
+pub(crate) struct RawRedis {
     /// redis://, rediss:// (TLS); user and password in the URL for ACL users.
-    pub url: Spanned<String>,
+    pub(crate) url: Spanned<String>,
     #[serde(default = "default_version_prefix")]
-    pub version_prefix: Spanned<String>,
-    pub version_ttl: Spanned<String>,
+    pub(crate) version_prefix: Spanned<String>,
+    pub(crate) version_ttl: Spanned<String>,
     #[serde(default)]
-    pub max_retry_backoff: Option<Spanned<String>>,
+    pub(crate) max_retry_backoff: Option<Spanned<String>>,
     /// The URL names one seed node of a Redis Cluster; the rest is discovered.
     #[serde(default)]
-    pub cluster: bool,
+    pub(crate) cluster: bool,
     /// How often an idle daemon checks the epoch record for lost writes
     /// (every applied batch checks it too).
     #[serde(default)]
-    pub loss_check_interval: Option<Spanned<String>>,
+    pub(crate) loss_check_interval: Option<Spanned<String>>,
     /// Replicas that must acknowledge a batch's bumps (Redis `WAIT`) before
     /// its offsets may be stored; 0 (the default) waits for none.
     #[serde(default)]
-    pub wait_replicas: Option<Spanned<u32>>,
+    pub(crate) wait_replicas: Option<Spanned<u32>>,
     /// How long one `WAIT` may block before the batch is retried.
     #[serde(default)]
-    pub wait_timeout: Option<Spanned<String>>,
+    pub(crate) wait_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAdmin {
-    pub listen: Spanned<String>,
+pub(crate) struct RawAdmin {
+    pub(crate) listen: Spanned<String>,
     /// How often the readiness probe pings Redis and the dead-letter store.
     #[serde(default)]
-    pub probe_interval: Option<Spanned<String>>,
+    pub(crate) probe_interval: Option<Spanned<String>>,
     /// How long one ping may take before the dependency counts as down.
     #[serde(default)]
-    pub probe_timeout: Option<Spanned<String>>,
+    pub(crate) probe_timeout: Option<Spanned<String>>,
 }
 
 /// Kafka Connect's REST API, to watch the named connectors' status.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConnect {
-    pub url: Spanned<String>,
-    pub connectors: Spanned<Vec<String>>,
+pub(crate) struct RawConnect {
+    pub(crate) url: Spanned<String>,
+    pub(crate) connectors: Spanned<Vec<String>>,
     #[serde(default)]
-    pub poll_interval: Option<Spanned<String>>,
+    pub(crate) poll_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawNotices {
+pub(crate) struct RawNotices {
     #[serde(default)]
-    pub redis_channel: Option<Spanned<String>>,
+    pub(crate) redis_channel: Option<Spanned<String>>,
     #[serde(default)]
-    pub kafka_topic: Option<Spanned<String>>,
+    pub(crate) kafka_topic: Option<Spanned<String>>,
     #[serde(default)]
-    pub kafka_schema_id: Option<Spanned<u32>>,
+    pub(crate) kafka_schema_id: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAvro {
+pub(crate) struct RawAvro {
     /// Confluent-compatible schema registry (Confluent, Apicurio's ccompat API, Karapace).
     #[serde(default)]
-    pub registry_url: Option<Spanned<String>>,
+    pub(crate) registry_url: Option<Spanned<String>>,
     #[serde(default)]
-    pub username: Option<Spanned<String>>,
+    pub(crate) username: Option<Spanned<String>>,
     #[serde(default)]
-    pub password: Option<Spanned<String>>,
+    pub(crate) password: Option<Spanned<String>>,
     /// Directory of `<schema id>.avsc` files, read before asking the registry.
     #[serde(default)]
-    pub schemas_dir: Option<Spanned<String>>,
+    pub(crate) schemas_dir: Option<Spanned<String>>,
     #[serde(default)]
-    pub timeout: Option<Spanned<String>>,
+    pub(crate) timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLookup {
+pub(crate) struct RawLookup {
     /// PostgreSQL URL, ideally a read replica.
-    pub url: Spanned<String>,
+    pub(crate) url: Spanned<String>,
     #[serde(default)]
-    pub timeout: Option<Spanned<String>>,
+    pub(crate) timeout: Option<Spanned<String>>,
     #[serde(default)]
-    pub attempts: Option<Spanned<u32>>,
+    pub(crate) attempts: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawFanout {
-    pub query: Spanned<String>,
-    pub bind: Spanned<Vec<String>>,
-    pub keys: Spanned<Vec<String>>,
+pub(crate) struct RawFanout {
+    pub(crate) query: Spanned<String>,
+    pub(crate) bind: Spanned<Vec<String>>,
+    pub(crate) keys: Spanned<Vec<String>>,
     #[serde(default)]
-    pub max_rows: Option<Spanned<usize>>,
+    pub(crate) max_rows: Option<Spanned<usize>>,
     #[serde(default)]
-    pub namespace: Option<Spanned<String>>,
+    pub(crate) namespace: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawDeadLetters {
+pub(crate) struct RawDeadLetters {
     /// PostgreSQL URL; the table comes from `cdc-invalidator migrate`.
-    pub url: Spanned<String>,
+    pub(crate) url: Spanned<String>,
     /// Schema holding the dead-letter table and its migration history.
     #[serde(default)]
-    pub schema: Option<Spanned<String>>,
+    pub(crate) schema: Option<Spanned<String>>,
 }
 
 /// Dead letters get a schema of their own so that a publication of the
@@ -218,38 +218,38 @@ pub const DEFAULT_DEAD_LETTER_SCHEMA: &str = "cdc_invalidator";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPlan {
+pub(crate) struct RawPlan {
     #[serde(default)]
-    pub max_batch_records: Option<Spanned<usize>>,
+    pub(crate) max_batch_records: Option<Spanned<usize>>,
     #[serde(default)]
-    pub max_batch_bytes: Option<Spanned<usize>>,
+    pub(crate) max_batch_bytes: Option<Spanned<usize>>,
     #[serde(default)]
-    pub max_record_bytes: Option<Spanned<usize>>,
+    pub(crate) max_record_bytes: Option<Spanned<usize>>,
     #[serde(default)]
-    pub escalate_above_lag: Option<Spanned<i64>>,
+    pub(crate) escalate_above_lag: Option<Spanned<i64>>,
     #[serde(default)]
-    pub eventual_linger: Option<Spanned<String>>,
+    pub(crate) eventual_linger: Option<Spanned<String>>,
     #[serde(default)]
-    pub clock_skew_margin: Option<Spanned<String>>,
+    pub(crate) clock_skew_margin: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawEntity {
-    pub table: Spanned<String>,
+pub(crate) struct RawEntity {
+    pub(crate) table: Spanned<String>,
     #[serde(default)]
-    pub namespace: Option<Spanned<String>>,
+    pub(crate) namespace: Option<Spanned<String>>,
     #[serde(default)]
-    pub consistency: Option<Spanned<String>>,
+    pub(crate) consistency: Option<Spanned<String>>,
     #[serde(default)]
-    pub max_cache_ttl: Option<Spanned<String>>,
-    pub keys: Spanned<Vec<String>>,
+    pub(crate) max_cache_ttl: Option<Spanned<String>>,
+    pub(crate) keys: Spanned<Vec<String>>,
     #[serde(default)]
-    pub invalidate_on_snapshot: bool,
+    pub(crate) invalidate_on_snapshot: bool,
     #[serde(default)]
-    pub replica_identity: Option<Spanned<String>>,
+    pub(crate) replica_identity: Option<Spanned<String>>,
     #[serde(default)]
-    pub fanout: Vec<Spanned<RawFanout>>,
+    pub(crate) fanout: Vec<Spanned<RawFanout>>,
 }
 
 // Readers serve stale data from a Redis that lost writes until the daemon
@@ -509,7 +509,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// Builds errors that point at a spanned value of the file being validated.
-pub struct Validator<'a> {
+pub(crate) struct Validator<'a> {
     path: &'a str,
     text: &'a str,
 }
@@ -603,7 +603,11 @@ impl Validator<'_> {
 impl RawConfig {
     /// One function per section, called in the order the sections have
     /// always been checked, so the first error reported stays the same.
-    pub fn validate(self, v: &Validator<'_>, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+    pub(crate) fn validate(
+        self,
+        v: &Validator<'_>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
         let (mut source, instance_id) = self.source.into_inner().validate(v, env)?;
         let redis_span = self.redis.span();
         let redis = self.redis.into_inner().validate(v, env)?;
