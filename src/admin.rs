@@ -254,13 +254,22 @@ pub(crate) struct BindError {
 /// Binds the admin listener before anything else starts (port 0 picks a
 /// free port; the bound address is logged and returned by `local_addr`).
 pub(crate) async fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
-    tokio::net::TcpListener::bind(address).await.map_err(|error| BindError {
-        address,
-        holder: (error.kind() == std::io::ErrorKind::AddrInUse)
-            .then(|| port_holder(address.port()))
-            .flatten(),
-        error,
-    })
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| BindError {
+            address,
+            holder: (error.kind() == std::io::ErrorKind::AddrInUse)
+                .then(|| port_holder(address.port()))
+                .flatten(),
+            error,
+        })?;
+    // With port 0 the kernel picks the port: this line is how a supervisor
+    // or a test learns it (the integration tests read it from the log).
+    match listener.local_addr() {
+        Ok(bound) => tracing::info!(address = %bound, "admin listener bound"),
+        Err(error) => tracing::warn!(%error, "admin listener bound, address unknown"),
+    }
+    Ok(listener)
 }
 
 /// Finds the process listening on a TCP port through /proc (Linux): the

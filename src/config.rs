@@ -608,11 +608,20 @@ impl RawConfig {
         v: &Validator<'_>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Settings, ConfigError> {
+        let instance_id_span = self.source.get_ref().instance_id.as_ref().map(|i| i.span());
         let (mut source, instance_id) = self.source.into_inner().validate(v, env)?;
         let redis_span = self.redis.span();
         let redis = self.redis.into_inner().validate(v, env)?;
         let (admin_listen, probe) = validate_admin(self.admin.map(Spanned::into_inner), v, env)?;
-        // "auto" is named after the admin port, known only now.
+        // "auto" is named after the admin port, known only now; with port 0
+        // (the kernel picks one) every replica on a host would share a name.
+        if instance_id.as_deref() == Some("auto") && admin_listen.port() == 0 {
+            return v.error(
+                instance_id_span.unwrap_or(0..0),
+                "source.instance_id",
+                "\"auto\" is named after the admin port, but admin.listen has port 0: set an explicit id",
+            );
+        }
         source.instance_id = instance_id.map(|id| {
             if id == "auto" {
                 auto_instance_id(admin_listen)
@@ -1614,6 +1623,22 @@ keys = ["product:{id}"]
         let entity = &s.graph.entities()[0];
         assert_eq!(entity.consistency, Consistency::Eventual);
         assert!(!entity.full_before_image);
+    }
+
+    #[test]
+    fn auto_instance_id_needs_a_fixed_admin_port() {
+        let text = BASE.replace("group_id = \"g\"", "group_id = \"g\"\ninstance_id = \"auto\"");
+        let fixed = parse(
+            "shop.toml",
+            &format!("{text}\n[admin]\nlisten = \"127.0.0.1:9799\"\n"),
+            &no_env,
+        )
+        .unwrap();
+        assert!(fixed.source.instance_id.unwrap().ends_with("-9799"));
+        assert_eq!(
+            error_of(&format!("{text}\n[admin]\nlisten = \"127.0.0.1:0\"\n")),
+            "shop.toml:5: field `source.instance_id`: \"auto\" is named after the admin port, but admin.listen has port 0: set an explicit id"
+        );
     }
 
     #[test]

@@ -280,7 +280,7 @@ impl DeadLetterStore {
 }
 
 /// A dead letter's columns, built without a database so that "every record
-/// can be a dead letter" is testable (tests/fuzz.rs): nothing in here can
+/// can be a dead letter" is testable (tests/integration/fuzz.rs): nothing in here can
 /// hold a value PostgreSQL refuses (a NUL in text or jsonb).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Encoded {

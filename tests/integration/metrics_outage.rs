@@ -3,11 +3,11 @@
 //! lag follows the broker's high watermark (the backlog grows), and the last
 //! progress time stops; after recovery everything moves again.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{eventually, metric_sum, Daemon, PrivateRedis};
+use crate::common::{eventually, metric_sum, Daemon, PrivateRedis};
 use serde_json::json;
 
 fn gauge(metrics: &str, name: &str) -> Option<f64> {
@@ -22,18 +22,16 @@ async fn gauges_lag_and_progress_stay_true_through_a_redis_freeze() {
     let table = common::unique("gauges");
     let topic = format!("{}.public.{table}", common::topic_prefix());
     let redis = PrivateRedis::start_ready().await;
-    let admin_port = common::free_port();
     let cfg = common::write_config(
         &topic,
         &redis.url(),
         "ver:",
-        admin_port,
         &format!("[[entity]]\ntable = \"public.{table}\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\"]\n"),
     );
     let change =
         |id: i64| common::debezium_change(&table, "c", 100 + id as u64, id, json!({"id": id}), common::now_us());
     common::produce(&topic, &[change(1)]).await;
-    let daemon = Daemon::start(cfg.path(), admin_port);
+    let daemon = Daemon::start(cfg.path());
     daemon.wait_ready().await;
     let before = eventually("the first record's apply latency", Duration::from_secs(60), || {
         let daemon = &daemon;

@@ -3,11 +3,11 @@
 //! port failing the start, and a `topic_regex` subscription that `run`
 //! really subscribes with, picking up a topic created after start.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{eventually, Daemon};
+use crate::common::{eventually, Daemon};
 use serde_json::json;
 
 fn cli_output(args: &[&str], config: &std::path::Path) -> (bool, String) {
@@ -41,7 +41,7 @@ async fn check_requires_the_dead_letter_table_and_refuses_a_published_one() {
         "[dead_letters]\nurl = \"{dl_url}\"\nschema = \"{schema}\"\n\
          [[entity]]\ntable = \"public.someone_else\"\nkeys = [\"x:{{id}}\"]\n"
     );
-    let cfg = common::write_config(&topic, &common::redis_url(), "ver:", common::free_port(), &extra);
+    let cfg = common::write_config(&topic, &common::redis_url(), "ver:", &extra);
 
     // Not migrated: the table is missing and check says how to make it.
     let (ok, out) = cli_output(&["check"], cfg.path());
@@ -118,10 +118,15 @@ async fn a_taken_admin_port_fails_the_start_and_names_it() {
         &topic,
         &common::redis_url(),
         "ver:",
-        port,
         "[[entity]]\ntable = \"public.x\"\nkeys = [\"x:{id}\"]\n",
     );
-    let mut daemon = Daemon::start(cfg.path(), port);
+    let text = std::fs::read_to_string(cfg.path()).unwrap();
+    std::fs::write(
+        cfg.path(),
+        text.replace("127.0.0.1:0\"", &format!("127.0.0.1:{port}\"")),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(cfg.path());
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = daemon.child.try_wait().unwrap() {
@@ -153,12 +158,10 @@ async fn a_regex_subscription_receives_a_topic_created_after_start() {
     let table = "items";
     let topic = format!("{topic_prefix}.public.{table}");
     let prefix = format!("{}:", common::unique("ver"));
-    let admin_port = common::free_port();
     let cfg = common::write_config(
         &topic,
         &common::redis_url(),
         &prefix,
-        admin_port,
         "[[entity]]\ntable = \"public.items\"\nconsistency = \"strong\"\nkeys = [\"item:{id}\"]\n",
     );
     let text = std::fs::read_to_string(cfg.path()).unwrap().replace(
@@ -171,7 +174,7 @@ async fn a_regex_subscription_receives_a_topic_created_after_start() {
     assert!(!ok, "no topic matches yet: {out}");
     assert!(out.contains("matches no topic"), "{out}");
 
-    let daemon = Daemon::start(cfg.path(), admin_port);
+    let daemon = Daemon::start(cfg.path());
     // Redis connected (set once the subscription is made) and the only thing
     // missing is a partition: the topic does not exist yet.
     eventually("the daemon to subscribe", Duration::from_secs(30), || {

@@ -2,11 +2,11 @@
 //! sticky); when one stops, the other takes its partitions over and nothing
 //! is lost.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{eventually, Daemon};
+use crate::common::{eventually, Daemon};
 use serde_json::json;
 
 #[tokio::test]
@@ -28,19 +28,11 @@ async fn replicas_share_partitions_and_take_over_without_loss() {
     };
     produce_spread(&topic, produce(0, FIRST)).await;
 
-    let port_a = common::free_port();
-    let port_b = common::free_port();
-    let config_a = common::write_config(&topic, &common::redis_url(), &prefix, port_a, &entity);
-    // The same group for both replicas.
-    let text = std::fs::read_to_string(config_a.path()).unwrap();
-    let config_b = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-    std::fs::write(
-        config_b.path(),
-        text.replace(&format!("127.0.0.1:{port_a}"), &format!("127.0.0.1:{port_b}")),
-    )
-    .unwrap();
-    let mut a = Daemon::start(config_a.path(), port_a);
-    let b = Daemon::start(config_b.path(), port_b);
+    // One config, so one group, for both replicas; each binds its own
+    // admin port (port 0).
+    let config = common::write_config(&topic, &common::redis_url(), &prefix, &entity);
+    let mut a = Daemon::start(config.path());
+    let b = Daemon::start(config.path());
     let assigned = |admin: String| async move {
         let (_, body) = common::http_get(&admin, "/readyz").await?;
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;

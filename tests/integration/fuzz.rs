@@ -10,7 +10,7 @@
 //!
 //! `CDC_FUZZ_CASES` and `CDC_FUZZ_SEED` override the budget and the seed.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,34 +3,27 @@
 //! epoch and namespace bump; a restart that lost nothing is not a loss.
 //! Every test runs its own redis-server.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{eventually, Daemon, PrivateRedis};
+use crate::common::{eventually, Daemon, PrivateRedis};
 use serde_json::json;
 
 struct Setup {
     topic: String,
     table: String,
     cfg: tempfile::NamedTempFile,
-    admin_port: u16,
 }
 
 fn setup(redis: &PrivateRedis) -> Setup {
     let table = common::unique("loss");
     let topic = format!("{}.public.{table}", common::topic_prefix());
-    let admin_port = common::free_port();
     let entity = format!(
         "[[entity]]\ntable = \"public.{table}\"\nnamespace = \"item\"\nconsistency = \"strong\"\nmax_cache_ttl = \"10m\"\nkeys = [\"item:{{id}}\"]\n"
     );
-    let cfg = common::write_config(&topic, &redis.url(), "ver:", admin_port, &entity);
-    Setup {
-        topic,
-        table,
-        cfg,
-        admin_port,
-    }
+    let cfg = common::write_config(&topic, &redis.url(), "ver:", &entity);
+    Setup { topic, table, cfg }
 }
 
 async fn hget(url: &str, key: &str, field: &str) -> Option<u64> {
@@ -115,7 +108,7 @@ async fn restart_from_an_older_snapshot_bumps_epoch_and_namespaces() {
     ])
     .await;
     let s = setup(&redis);
-    let daemon = Daemon::start(s.cfg.path(), s.admin_port);
+    let daemon = Daemon::start(s.cfg.path());
     let v1 = change(&s, &redis, 1, 10, 0).await;
     // First contact with a new Redis: no epoch record yet, created now.
     let e0 = epoch_after(&redis.url(), 0).await;
@@ -190,7 +183,7 @@ async fn flushall_and_evictions_are_losses() {
     ])
     .await;
     let s = setup(&redis);
-    let daemon = Daemon::start(s.cfg.path(), s.admin_port);
+    let daemon = Daemon::start(s.cfg.path());
     change(&s, &redis, 1, 10, 0).await;
     let e0 = epoch_after(&redis.url(), 0).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -247,7 +240,7 @@ async fn a_restart_that_lost_nothing_is_not_a_loss() {
     ])
     .await;
     let s = setup(&redis);
-    let daemon = Daemon::start(s.cfg.path(), s.admin_port);
+    let daemon = Daemon::start(s.cfg.path());
     let v1 = change(&s, &redis, 1, 10, 0).await;
     let e0 = epoch_after(&redis.url(), 0).await;
     // The first use counts once as "missing"; nothing may be added after it.
@@ -355,7 +348,7 @@ async fn only_evicted_version_records_are_a_loss_when_evictions_are_notified() {
     ])
     .await;
     let s = setup(&redis);
-    let daemon = Daemon::start(s.cfg.path(), s.admin_port);
+    let daemon = Daemon::start(s.cfg.path());
     change(&s, &redis, 1, 10, 0).await;
     let e0 = epoch_after(&redis.url(), 0).await;
     let evicted = fill_memory(&redis.url(), "data", Some(60)).await;
@@ -420,7 +413,7 @@ async fn offsets_wait_for_the_replica_when_wait_replicas_is_set() {
     let s = setup(&primary);
     redis_settings(&s.cfg, "wait_replicas = 1\nwait_timeout = \"200ms\"");
     let group = common::group_of(s.cfg.path());
-    let daemon = Daemon::start(s.cfg.path(), s.admin_port);
+    let daemon = Daemon::start(s.cfg.path());
     let v1 = change(&s, &primary, 1, 10, 0).await;
     // Its replica has it too: the daemon waited for it.
     assert_eq!(hget(&replica.url(), "ver:item:1", "v").await, Some(v1));

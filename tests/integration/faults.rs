@@ -1,27 +1,10 @@
 //! Faults: Redis going away mid-stream, and a partition that must stall.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{eventually, Daemon, PrivateRedis};
-
-async fn key_count(url: &str) -> usize {
-    let Ok(client) = redis::Client::open(url) else {
-        return 0;
-    };
-    let Ok(Ok(mut conn)) =
-        tokio::time::timeout(Duration::from_secs(2), client.get_multiplexed_async_connection()).await
-    else {
-        return 0;
-    };
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("ver:item:*")
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    keys.len()
-}
+use crate::common::{eventually, Daemon, PrivateRedis};
 
 #[tokio::test]
 async fn redis_outage_pauses_then_applies_everything_after_recovery() {
@@ -35,19 +18,17 @@ async fn redis_outage_pauses_then_applies_everything_after_recovery() {
     .await;
 
     let redis = PrivateRedis::start_ready().await;
-    let admin_port = common::free_port();
     let cfg = common::write_config(
         &topic,
         &redis.url(),
         "ver:",
-        admin_port,
         &format!("[[entity]]\ntable = \"public.{table}\"\nnamespace = \"item\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\"]\n"),
     );
-    let daemon = Daemon::start(cfg.path(), admin_port);
+    let daemon = Daemon::start(cfg.path());
     daemon.wait_ready().await;
     eventually("the seed row to be applied", Duration::from_secs(60), || {
         let url = redis.url();
-        async move { (key_count(&url).await == 1).then_some(()) }
+        async move { (common::count_keys(&url, "ver:item:*").await == 1).then_some(()) }
     })
     .await;
 
@@ -91,7 +72,7 @@ async fn redis_outage_pauses_then_applies_everything_after_recovery() {
         Duration::from_secs(60),
         || {
             let url = redis.url();
-            async move { (key_count(&url).await == 501).then_some(()) }
+            async move { (common::count_keys(&url, "ver:item:*").await == 501).then_some(()) }
         },
     )
     .await;
@@ -113,7 +94,6 @@ async fn missing_before_without_namespace_stalls_and_commits_nothing_past_it() {
         ),
     )
     .await;
-    let admin_port = common::free_port();
     let entity = format!(
         "[[entity]]\ntable = \"public.{table}\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\", \"grp:{{grp}}\"]\n"
     );
@@ -121,12 +101,11 @@ async fn missing_before_without_namespace_stalls_and_commits_nothing_past_it() {
         &topic,
         &common::redis_url(),
         "ver:",
-        admin_port,
         &entity
             .replace("item:", &format!("{table}:item:"))
             .replace("grp:", &format!("{table}:grp:")),
     );
-    let daemon = Daemon::start(cfg.path(), admin_port);
+    let daemon = Daemon::start(cfg.path());
     daemon.wait_ready().await;
     common::sql(
         &pool,
@@ -200,9 +179,8 @@ async fn a_fatal_kafka_client_error_ends_the_process_with_status_1() {
         )],
     )
     .await;
-    let admin_port = common::free_port();
     let entity = "[[entity]]\ntable = \"public.fatal\"\nconsistency = \"strong\"\nmax_cache_ttl = \"10m\"\nkeys = [\"fatal:{id}\"]\n";
-    let cfg = common::write_config(&topic, &common::redis_url(), "fatal:", admin_port, entity);
+    let cfg = common::write_config(&topic, &common::redis_url(), "fatal:", entity);
     let text = std::fs::read_to_string(cfg.path()).unwrap().replacen(
         "[source]\n",
         &format!(
@@ -213,10 +191,10 @@ async fn a_fatal_kafka_client_error_ends_the_process_with_status_1() {
     );
     std::fs::write(cfg.path(), text).unwrap();
 
-    let mut first = Daemon::start(cfg.path(), admin_port);
+    let mut first = Daemon::start(cfg.path());
     first.wait_ready().await;
     first.kill9();
-    let mut second = Daemon::start(cfg.path(), admin_port);
+    let mut second = Daemon::start(cfg.path());
     let status = eventually("the restarted member to exit", Duration::from_secs(60), || {
         let status = second.child.try_wait().unwrap();
         async move { status }

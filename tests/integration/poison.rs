@@ -2,25 +2,24 @@
 //! stall silently). Records are produced straight to a topic named like a
 //! Debezium topic, so every kind of bad input can be made on purpose.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{eventually, Daemon};
+use crate::common::{eventually, Daemon};
 use serde_json::{json, Value};
 
 fn config(
-    topic: &str,
+    topics: &[String],
     table: &str,
     prefix: &str,
     (dead_letters, schema): (&str, &str),
-    admin_port: u16,
 ) -> tempfile::NamedTempFile {
     let extra = format!(
         "[dead_letters]\nurl = \"{dead_letters}\"\nschema = \"{schema}\"\n[plan]\nmax_record_bytes = 100000\n\
          [[entity]]\ntable = \"public.{table}\"\nnamespace = \"item\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\"]\n"
     );
-    common::write_config(topic, &common::redis_url(), prefix, admin_port, &extra)
+    common::write_config_for(topics, &common::redis_url(), prefix, &common::unique("group"), &extra)
 }
 
 fn change(
@@ -68,8 +67,7 @@ async fn every_kind_of_poison_becomes_a_dead_letter_and_later_records_still_appl
     let topic = format!("{}.public.{table}", common::topic_prefix());
     let prefix = format!("{}:", common::unique("ver"));
     let (dl_url, schema) = common::dead_letter_url(&common::pg_address());
-    let admin_port = common::free_port();
-    let cfg = config(&topic, &table, &prefix, (&dl_url, &schema), admin_port);
+    let cfg = config(std::slice::from_ref(&topic), &table, &prefix, (&dl_url, &schema));
 
     let good = |id: i64, lsn: u64| common::debezium_change(&table, "c", lsn, id, json!({"id": id}), common::now_us());
     let records = vec![
@@ -98,7 +96,7 @@ async fn every_kind_of_poison_becomes_a_dead_letter_and_later_records_still_appl
     let offsets = common::produce(&topic, &records).await;
     let first = offsets[0].1;
 
-    let daemon = Daemon::start_with(cfg.path(), admin_port, &["--migrate"]);
+    let daemon = Daemon::start_with(cfg.path(), &["--migrate"]);
     eventually(
         "the record after the poison to be applied",
         Duration::from_secs(60),
@@ -194,12 +192,11 @@ async fn dead_letter_store_down_stalls_the_partition_until_it_returns() {
     let prefix = format!("{}:", common::unique("ver"));
     let mut proxy = common::Proxy::start(&common::pg_address()).await;
     let (dl_url, schema) = common::dead_letter_url(&format!("127.0.0.1:{}", proxy.port));
-    let admin_port = common::free_port();
-    let cfg = config(&topic, &table, &prefix, (&dl_url, &schema), admin_port);
+    let cfg = config(std::slice::from_ref(&topic), &table, &prefix, (&dl_url, &schema));
     let good = |id: i64, lsn: u64| common::debezium_change(&table, "c", lsn, id, json!({"id": id}), common::now_us());
 
     common::produce(&topic, &[good(1, 100)]).await;
-    let daemon = Daemon::start_with(cfg.path(), admin_port, &["--migrate"]);
+    let daemon = Daemon::start_with(cfg.path(), &["--migrate"]);
     eventually("the first record", Duration::from_secs(60), || {
         let prefix = prefix.clone();
         async move { (version(&prefix, "item:1").await > 0).then_some(()) }
@@ -302,8 +299,7 @@ async fn hostile_headers_and_positions_are_dead_letters_and_never_stop_the_daemo
     let topic = format!("{}.public.{table}", common::topic_prefix());
     let prefix = format!("{}:", common::unique("ver"));
     let (dl_url, schema) = common::dead_letter_url(&common::pg_address());
-    let admin_port = common::free_port();
-    let cfg = config(&topic, &table, &prefix, (&dl_url, &schema), admin_port);
+    let cfg = config(std::slice::from_ref(&topic), &table, &prefix, (&dl_url, &schema));
 
     let garbage_offset =
         produce_with_raw_headers(&topic, b"{not json", &[(b"h\xff\xfe", Some(b"v\0w")), (b"plain", None)]).await;
@@ -329,7 +325,7 @@ async fn hostile_headers_and_positions_are_dead_letters_and_never_stop_the_daemo
     )
     .await;
 
-    let daemon = Daemon::start_with(cfg.path(), admin_port, &["--migrate"]);
+    let daemon = Daemon::start_with(cfg.path(), &["--migrate"]);
     eventually("the valid change after the poison", Duration::from_secs(60), || {
         let prefix = prefix.clone();
         async move { (version(&prefix, "item:3").await > 0).then_some(()) }
@@ -393,19 +389,17 @@ async fn a_refused_dead_letter_stalls_its_partition_only() {
     let other_topic = format!("other{}.public.{table}", common::topic_prefix());
     let prefix = format!("{}:", common::unique("ver"));
     let (dl_url, schema) = common::dead_letter_url(&common::pg_address());
-    let admin_port = common::free_port();
-    // Two topics of the same table; write_config quotes one name.
+    // Two topics of the same table.
     let cfg = config(
-        &format!("{stalled_topic}\", \"{other_topic}"),
+        &[stalled_topic.clone(), other_topic.clone()],
         &table,
         &prefix,
         (&dl_url, &schema),
-        admin_port,
     );
     let good = |id: i64, lsn: u64| common::debezium_change(&table, "c", lsn, id, json!({"id": id}), common::now_us());
     common::produce(&stalled_topic, &[good(1, 100)]).await;
     common::produce(&other_topic, &[good(2, 101)]).await;
-    let daemon = Daemon::start_with(cfg.path(), admin_port, &["--migrate"]);
+    let daemon = Daemon::start_with(cfg.path(), &["--migrate"]);
     for key in ["item:1", "item:2"] {
         eventually("the first records", Duration::from_secs(60), || {
             let prefix = prefix.clone();
@@ -479,8 +473,7 @@ async fn look_alike_rows_apply_and_wrong_table_or_null_key_are_dead_letters() {
     let topic = format!("{}.public.{table}", common::topic_prefix());
     let prefix = format!("{}:", common::unique("ver"));
     let (dl_url, schema) = common::dead_letter_url(&common::pg_address());
-    let admin_port = common::free_port();
-    let cfg = config(&topic, &table, &prefix, (&dl_url, &schema), admin_port);
+    let cfg = config(std::slice::from_ref(&topic), &table, &prefix, (&dl_url, &schema));
     let row = |v: Value| {
         (
             Some(serde_json::to_vec(&json!({"id": v["id"]})).unwrap()),
@@ -509,7 +502,7 @@ async fn look_alike_rows_apply_and_wrong_table_or_null_key_are_dead_letters() {
         common::debezium_change(&table, "c", 302, 14, json!({"id": 14}), common::now_us()),
     ];
     let offsets = common::produce(&topic, &records).await;
-    let daemon = Daemon::start_with(cfg.path(), admin_port, &["--migrate"]);
+    let daemon = Daemon::start_with(cfg.path(), &["--migrate"]);
     eventually("the last record", Duration::from_secs(60), || {
         let prefix = prefix.clone();
         async move { (version(&prefix, "item:14").await > 0).then_some(()) }
@@ -551,9 +544,8 @@ async fn a_version_record_redis_refuses_holds_offsets_until_an_operator_fixes_it
     let table = common::unique("refused");
     let topic = format!("{}.public.{table}", common::topic_prefix());
     let redis = common::PrivateRedis::start_ready().await;
-    let admin_port = common::free_port();
     let extra = format!("[[entity]]\ntable = \"public.{table}\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\"]\n");
-    let cfg = common::write_config(&topic, &redis.url(), "ver:", admin_port, &extra);
+    let cfg = common::write_config(&topic, &redis.url(), "ver:", &extra);
     let mut conn = redis::Client::open(redis.url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -574,7 +566,7 @@ async fn a_version_record_redis_refuses_holds_offsets_until_an_operator_fixes_it
         ],
     )
     .await;
-    let daemon = Daemon::start(cfg.path(), admin_port);
+    let daemon = Daemon::start(cfg.path());
     let body = eventually("readiness to name the refusal", Duration::from_secs(60), || {
         let admin = daemon.admin.clone();
         async move {

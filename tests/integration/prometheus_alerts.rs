@@ -20,7 +20,7 @@
 //! really exports them, scrape and evaluation timing, and the outage behaviour
 //! of the gauges.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{eventually, Daemon, PrivateRedis};
+use crate::common::{eventually, Daemon, PrivateRedis};
 use serde_json::{json, Value};
 
 /// The daemon's and the auditor's scrape jobs, as the shipped config names them.
@@ -312,22 +312,20 @@ async fn shipped_alerts_page_on_a_redis_outage_only_and_the_dashboard_shows_the_
     )
     .await;
 
-    let admin_port = common::free_port();
     let extra = format!(
         "[dead_letters]\nurl = \"{dl_url}\"\nschema = \"{dl_schema}\"\n\
          [[entity]]\ntable = \"public.{table}\"\nnamespace = \"item\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\"]\n"
     );
-    let config = common::write_config(&topic, &redis.url(), &prefix, admin_port, &extra);
-    let daemon = Daemon::start_with(config.path(), admin_port, &["--migrate"]);
+    let config = common::write_config(&topic, &redis.url(), &prefix, &extra);
+    let daemon = Daemon::start_with(config.path(), &["--migrate"]);
     daemon.wait_ready().await;
 
     // The auditor on the same config: its own consumer group, its own port.
-    let audit_address = format!("127.0.0.1:{}", common::free_port());
     let audit_log = config.path().with_extension("audit.log");
     let auditor = common::cli()
         .args(["audit", "--config"])
         .arg(config.path())
-        .args(["--listen", &audit_address])
+        .args(["--listen", "127.0.0.1:0"])
         .env("CDC_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&audit_log).unwrap())
@@ -341,6 +339,7 @@ async fn shipped_alerts_page_on_a_redis_outage_only_and_the_dashboard_shows_the_
         }
     }
     let _auditor = Kill(auditor);
+    let audit_address = common::wait_for_bound_address(&audit_log);
     eventually("the auditor's /healthz", Duration::from_secs(30), || {
         let address = audit_address.clone();
         async move { http_ok(&address, "/healthz").await.then_some(()) }

@@ -3,11 +3,11 @@
 //! `source.max_idle` turns readiness off; static membership rejoins as the
 //! same member.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{eventually, Daemon, PrivateRedis, Proxy};
+use crate::common::{eventually, Daemon, PrivateRedis, Proxy};
 use serde_json::json;
 
 fn entity(table: &str) -> String {
@@ -55,19 +55,18 @@ async fn idle_replica_turns_unready_when_redis_or_postgres_go_and_ready_when_the
     let mut redis = PrivateRedis::start_ready().await;
     let mut proxy = Proxy::start(&common::pg_address()).await;
     let (dl_url, schema) = common::dead_letter_url(&format!("127.0.0.1:{}", proxy.port));
-    let admin_port = common::free_port();
     let extra = format!(
         "[dead_letters]\nurl = \"{dl_url}\"\nschema = \"{schema}\"\n{}",
         entity(&table)
     );
-    let cfg = common::write_config(&topic, &redis.url(), "ver:", admin_port, &extra);
+    let cfg = common::write_config(&topic, &redis.url(), "ver:", &extra);
     // [admin] probe settings go with listen.
     let text = std::fs::read_to_string(cfg.path()).unwrap().replace(
-        &format!("listen = \"127.0.0.1:{admin_port}\""),
-        &format!("listen = \"127.0.0.1:{admin_port}\"\nprobe_interval = \"500ms\"\nprobe_timeout = \"300ms\""),
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nprobe_interval = \"500ms\"\nprobe_timeout = \"300ms\"",
     );
     std::fs::write(cfg.path(), text).unwrap();
-    let daemon = Daemon::start_with(cfg.path(), admin_port, &["--migrate"]);
+    let daemon = Daemon::start_with(cfg.path(), &["--migrate"]);
     daemon.wait_ready().await;
 
     // Redis goes away while nothing is written: only the probe can notice.
@@ -98,14 +97,13 @@ async fn idle_replica_turns_unready_when_redis_or_postgres_go_and_ready_when_the
 async fn a_source_topic_idle_past_max_idle_turns_readiness_off_until_a_record_comes() {
     let (table, topic) = topic_with_a_record().await;
     let redis = PrivateRedis::start_ready().await;
-    let admin_port = common::free_port();
-    let cfg = common::write_config(&topic, &redis.url(), "ver:", admin_port, &entity(&table));
+    let cfg = common::write_config(&topic, &redis.url(), "ver:", &entity(&table));
     let text = std::fs::read_to_string(cfg.path()).unwrap().replace(
         &format!("topics = [\"{topic}\"]"),
         &format!("topics = [\"{topic}\"]\nmax_idle = \"3s\""),
     );
     std::fs::write(cfg.path(), text).unwrap();
-    let daemon = Daemon::start(cfg.path(), admin_port);
+    let daemon = Daemon::start(cfg.path());
 
     let body = wait_status(&daemon, "503 for the idle topic", 503, "no new record").await;
     assert!(body.contains(&topic), "{body}");
@@ -148,9 +146,8 @@ async fn static_member_rejoins_under_its_instance_id_after_kill_9() {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let (table, topic) = topic_with_a_record().await;
     let redis = PrivateRedis::start_ready().await;
-    let admin_port = common::free_port();
     let instance = common::unique("inst");
-    let cfg = common::write_config(&topic, &redis.url(), "ver:", admin_port, &entity(&table));
+    let cfg = common::write_config(&topic, &redis.url(), "ver:", &entity(&table));
     let text = std::fs::read_to_string(cfg.path()).unwrap().replace(
         &format!("topics = [\"{topic}\"]"),
         &format!("topics = [\"{topic}\"]\ninstance_id = \"{instance}\""),
@@ -169,7 +166,7 @@ async fn static_member_rejoins_under_its_instance_id_after_kill_9() {
             .collect::<Vec<String>>()
     };
 
-    let mut daemon = Daemon::start(cfg.path(), admin_port);
+    let mut daemon = Daemon::start(cfg.path());
     daemon.wait_ready().await;
     let first = members();
     assert_eq!(first.len(), 1, "{first:?}");
@@ -177,7 +174,7 @@ async fn static_member_rejoins_under_its_instance_id_after_kill_9() {
     assert!(first[0].starts_with(&format!("{instance}-")), "{first:?}");
 
     daemon.kill9();
-    let daemon = Daemon::start(cfg.path(), admin_port);
+    let daemon = Daemon::start(cfg.path());
     daemon.wait_ready().await;
     // The restarted process took the old member's place (no second member
     // waiting for the first one's session to expire).

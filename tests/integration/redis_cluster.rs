@@ -1,6 +1,6 @@
 //! The sink against a real three-node Redis Cluster started by this test.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

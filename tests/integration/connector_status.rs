@@ -4,11 +4,11 @@
 //! Its own test binary: pausing the stack's connector must not overlap the
 //! tests that need Debezium (binaries run one after another).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{eventually, Daemon};
+use crate::common::{eventually, Daemon};
 
 const CONNECTOR: &str = "shop-postgres";
 
@@ -47,13 +47,12 @@ impl Drop for ResumeOnDrop {
 #[tokio::test]
 async fn connector_status_reaches_metrics_readiness_and_check() {
     let topic = format!("{}.public.{}", common::topic_prefix(), common::unique("conn"));
-    let admin_port = common::free_port();
     let extra = format!(
         "[connect]\nurl = \"{}\"\nconnectors = [\"{CONNECTOR}\", \"no-such-connector\"]\npoll_interval = \"500ms\"\n\
          [[entity]]\ntable = \"public.conn\"\nconsistency = \"strong\"\nmax_cache_ttl = \"10m\"\nkeys = [\"conn:{{id}}\"]\n",
         common::connect_url()
     );
-    let cfg = common::write_config(&topic, &common::redis_url(), "conn:", admin_port, &extra);
+    let cfg = common::write_config(&topic, &common::redis_url(), "conn:", &extra);
 
     // check: the real connector is RUNNING, the other does not exist.
     let out = common::cli()
@@ -72,7 +71,7 @@ async fn connector_status_reaches_metrics_readiness_and_check() {
     );
     assert!(!out.status.success());
 
-    let daemon = Daemon::start(cfg.path(), admin_port);
+    let daemon = Daemon::start(cfg.path());
     eventually("connector_up for both connectors", Duration::from_secs(30), || {
         let daemon = &daemon;
         async move {

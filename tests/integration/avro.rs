@@ -3,17 +3,17 @@
 //! the registry is an endpoint served by this test harness (Confluent API:
 //! GET /schemas/ids/{id}, basic auth).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{eventually, Daemon};
 use cdc_invalidator::config;
 use cdc_invalidator::decode::{AvroSchemas, SchemaError, SchemaSources};
 use cdc_invalidator::event::KafkaRecord;
 use cdc_invalidator::pipeline::{route_with, Routed};
-use common::{eventually, Daemon};
 use serde_json::{json, Value};
 
 const SCHEMA_FILES: [(u32, &str); 3] = [
@@ -205,16 +205,24 @@ impl Registry {
                 .map(|(id, f)| (*id, schema_text(f)))
                 .collect::<HashMap<_, _>>(),
         );
+        // Bound on port 0 and kept: nothing can take the port in between.
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
         let mut registry = Registry {
-            port: common::free_port(),
+            port: listener.local_addr().unwrap().port(),
             stop: None,
             schemas,
         };
-        registry.up().await;
+        registry.serve(listener);
         registry
     }
 
+    /// Serves again on the same port after `down`.
     async fn up(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        self.serve(listener);
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
         use axum::extract::{Path, State};
         use axum::http::{HeaderMap, StatusCode};
         let stop = tokio_util::sync::CancellationToken::new();
@@ -235,7 +243,6 @@ impl Registry {
                 ),
             )
             .with_state(self.schemas.clone());
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
         let token = stop.clone();
         tokio::spawn(async move {
             axum::serve(listener, app)
@@ -293,7 +300,6 @@ async fn daemon_reads_avro_through_the_registry_and_survives_its_outage() {
     let topic = format!("{}.public.avro_products", common::unique("t"));
     let prefix = format!("{}:", common::unique("ver"));
     let mut registry = Registry::start().await;
-    let admin_port = common::free_port();
     // A JSON topic beside it: it must keep flowing while the registry is down.
     let json_table = common::unique("json_items");
     let json_topic = format!("{}.public.{json_table}", common::topic_prefix());
@@ -306,7 +312,7 @@ async fn daemon_reads_avro_through_the_registry_and_survives_its_outage() {
     let json_change =
         |id: i64| common::debezium_change(&json_table, "c", id as u64, id, json!({"id": id}), common::now_us());
     common::produce(&json_topic, &[json_change(1)]).await;
-    let cfg = common::write_config(&topic, &common::redis_url(), &prefix, admin_port, &extra);
+    let cfg = common::write_config(&topic, &common::redis_url(), &prefix, &extra);
     let text = std::fs::read_to_string(cfg.path()).unwrap().replace(
         &format!("topics = [\"{topic}\"]"),
         &format!("topics = [\"{topic}\", \"{json_topic}\"]"),
@@ -321,7 +327,7 @@ async fn daemon_reads_avro_through_the_registry_and_survives_its_outage() {
             .map(|r| (Some(r.key_avro.clone()), Some(r.value_avro.clone()))),
     )
     .await;
-    let daemon = Daemon::start(cfg.path(), admin_port);
+    let daemon = Daemon::start(cfg.path());
     daemon.wait_ready().await;
 
     // What the JSON twin of each row says must be bumped.

@@ -4,7 +4,7 @@
 //! fan-out lookup row from the real PostgreSQL (sqlx). Each must render the
 //! vector's text exactly.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

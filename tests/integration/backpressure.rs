@@ -2,11 +2,11 @@
 //! and is applied in full after recovery; a backlog above the lag threshold
 //! is escalated to namespace bumps, and per-key bumps return afterwards.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{eventually, Daemon, PrivateRedis};
+use crate::common::{eventually, Daemon, PrivateRedis};
 use serde_json::json;
 
 #[tokio::test]
@@ -15,16 +15,15 @@ async fn burst_of_200k_while_redis_is_frozen_is_bounded_and_fully_applied() {
     let table = common::unique("burst");
     let topic = format!("{}.public.{table}", common::topic_prefix());
     let redis = PrivateRedis::start_ready().await;
-    let admin_port = common::free_port();
     let entity = format!("[[entity]]\ntable = \"public.{table}\"\nnamespace = \"item\"\nconsistency = \"strong\"\nmax_cache_ttl = \"10m\"\nkeys = [\"item:{{id}}\"]\n");
-    let cfg = common::write_config(&topic, &redis.url(), "ver:", admin_port, &entity);
+    let cfg = common::write_config(&topic, &redis.url(), "ver:", &entity);
     let now = common::now_us();
     common::produce_many(
         &topic,
         std::iter::once(common::debezium_change(&table, "c", 1, 0, json!({"id": 0}), now)),
     )
     .await;
-    let daemon = Daemon::start(cfg.path(), admin_port);
+    let daemon = Daemon::start(cfg.path());
     daemon.wait_ready().await;
 
     redis.signal("-STOP");
@@ -90,11 +89,10 @@ async fn lag_above_threshold_escalates_then_per_key_bumps_return() {
     let table = common::unique("lag");
     let topic = format!("{}.public.{table}", common::topic_prefix());
     let redis = PrivateRedis::start_ready().await;
-    let admin_port = common::free_port();
     let extra = format!(
         "[plan]\nescalate_above_lag = 2000\nmax_batch_records = 500\n[[entity]]\ntable = \"public.{table}\"\nnamespace = \"item\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\"]\n"
     );
-    let cfg = common::write_config(&topic, &redis.url(), "ver:", admin_port, &extra);
+    let cfg = common::write_config(&topic, &redis.url(), "ver:", &extra);
     // Lag readings every 100 ms, so the first arrives before an optimised
     // build has drained the whole backlog (at the default 1 s it came too late).
     let text = std::fs::read_to_string(cfg.path()).unwrap().replace(
@@ -109,7 +107,7 @@ async fn lag_above_threshold_escalates_then_per_key_bumps_return() {
     )
     .await;
 
-    let daemon = Daemon::start(cfg.path(), admin_port);
+    let daemon = Daemon::start(cfg.path());
     let metrics = eventually("the backlog to be consumed", Duration::from_secs(120), || {
         let admin = daemon.admin.clone();
         async move {

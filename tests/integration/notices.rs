@@ -1,11 +1,11 @@
 //! Notices: each applied bump announced on Redis Pub/Sub (JSON) and on a
 //! Kafka topic (Avro, decoded here by fastavro, not by the daemon's code).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::Daemon;
+use crate::common::Daemon;
 use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
@@ -18,12 +18,11 @@ async fn applied_bumps_are_announced_on_pubsub_and_kafka() {
     let notice_topic = common::unique("notices");
     let channel = common::unique("channel");
     let prefix = format!("{}:", common::unique("ver"));
-    let admin_port = common::free_port();
     let extra = format!(
         "[notices]\nredis_channel = \"{channel}\"\nkafka_topic = \"{notice_topic}\"\nkafka_schema_id = 7\n\
          [[entity]]\ntable = \"public.{table}\"\nnamespace = \"n\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\"]\n"
     );
-    let cfg = common::write_config(&topic, &common::redis_url(), &prefix, admin_port, &extra);
+    let cfg = common::write_config(&topic, &common::redis_url(), &prefix, &extra);
     common::produce_many(
         &topic,
         std::iter::once(common::debezium_change(
@@ -40,7 +39,7 @@ async fn applied_bumps_are_announced_on_pubsub_and_kafka() {
     let client = common::redis();
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub.subscribe(&channel).await.unwrap();
-    let daemon = Daemon::start(cfg.path(), admin_port);
+    let daemon = Daemon::start(cfg.path());
     daemon.wait_ready().await;
     common::produce_many(
         &topic,

@@ -1,6 +1,6 @@
 //! End to end through PostgreSQL, Debezium, Kafka, the daemon and Redis.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -8,57 +8,24 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
-use common::{eventually, Daemon};
+use crate::common::{eventually, Daemon};
 
 struct Setup {
     prefix: String,
     config: tempfile::NamedTempFile,
-    admin_port: u16,
 }
 
 /// Writes a config for the given entities with a fresh group and key prefix.
 fn setup(topics: &[String], entities: &str) -> Setup {
     let prefix = format!("{}:", common::unique("ver"));
-    let admin_port = common::free_port();
-    let config = write_config(topics, entities, &prefix, &common::unique("group"), admin_port);
-    Setup {
-        prefix,
-        config,
-        admin_port,
-    }
+    let config = write_config(topics, entities, &prefix, &common::unique("group"));
+    Setup { prefix, config }
 }
 
-fn write_config(
-    topics: &[String],
-    entities: &str,
-    prefix: &str,
-    group: &str,
-    admin_port: u16,
-) -> tempfile::NamedTempFile {
-    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-    let text = format!(
-        r#"
-[source]
-brokers = "{brokers}"
-group_id = "{group}"
-topics = {topics:?}
-[source.librdkafka]
-"topic.metadata.refresh.interval.ms" = "1000"
-[redis]
-url = "{redis}"
-version_prefix = "{prefix}"
-version_ttl = "1h"
-[admin]
-listen = "127.0.0.1:{admin_port}"
-[plan]
-eventual_linger = "20ms"
-{entities}
-"#,
-        brokers = common::kafka_brokers(),
-        redis = common::redis_url(),
-    );
-    std::fs::write(file.path(), text).unwrap();
-    file
+/// Eventual entities linger 20 ms here (not 100): the tests wait less.
+fn write_config(topics: &[String], entities: &str, prefix: &str, group: &str) -> tempfile::NamedTempFile {
+    let extra = format!("[plan]\neventual_linger = \"20ms\"\n{entities}");
+    common::write_config_for(topics, &common::redis_url(), prefix, group, &extra)
 }
 
 fn topic(table: &str) -> String {
@@ -158,7 +125,7 @@ keys = ["product:{{id}}", "product-sku:{{sku}}", "category:{{category_id}}:produ
 "#
         ),
     );
-    let daemon = Daemon::start(s.config.path(), s.admin_port);
+    let daemon = Daemon::start(s.config.path());
     daemon.wait_ready().await;
     let conn = common::redis_conn().await;
     let seeded = set(&[
@@ -325,7 +292,7 @@ keys = ["item:{{id}}", "group:{{grp}}"]
 "#
     );
     let s = setup(&topics, &entities);
-    let mut daemon = Daemon::start(s.config.path(), s.admin_port);
+    let mut daemon = Daemon::start(s.config.path());
     daemon.wait_ready().await;
 
     // Thousands of changes in many transactions, written while the daemon runs.
@@ -365,7 +332,7 @@ keys = ["item:{{id}}", "group:{{grp}}"]
     );
 
     let expected = expected_positions(&topics[0], s.config.path(), ROWS + 1).await;
-    let mut daemon = Daemon::start(s.config.path(), s.admin_port);
+    let mut daemon = Daemon::start(s.config.path());
     daemon.wait_ready().await;
     eventually(
         "every key to reach its last change's position",
@@ -401,8 +368,8 @@ keys = ["item:{{id}}", "group:{{grp}}"]
 
     // Replay from offset 0 (a new group): every bump is a guard no-op.
     let before_replay = common::versions(&mut conn, &s.prefix).await;
-    let replay_config = write_config(&topics, &entities, &s.prefix, &common::unique("replay"), s.admin_port);
-    let replay = Daemon::start(replay_config.path(), s.admin_port);
+    let replay_config = write_config(&topics, &entities, &s.prefix, &common::unique("replay"));
+    let replay = Daemon::start(replay_config.path());
     replay.wait_ready().await;
     eventually("the replay to consume every record", Duration::from_secs(120), || {
         let admin = replay.admin.clone();

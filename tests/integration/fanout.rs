@@ -2,11 +2,11 @@
 //! invalidates its products (found by SQL), and every case where the exact
 //! children or old values cannot be known moves a namespace record instead.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{eventually, Daemon};
+use crate::common::{eventually, Daemon};
 
 async fn version(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> u64 {
     let v: Option<String> = redis::cmd("HGET").arg(key).arg("v").query_async(conn).await.unwrap();
@@ -58,7 +58,6 @@ async fn fanout_exact_over_limit_failing_and_missing_before_each_move_the_right_
     .await;
     let topic = format!("{}.public.{categories}", common::topic_prefix());
     let prefix = format!("{}:", common::unique("ver"));
-    let admin_port = common::free_port();
     // Category 3's lookup divides by zero: a lookup that keeps failing.
     let extra = format!(
         r#"
@@ -80,7 +79,7 @@ keys = ["category:{{id}}", "category-name:{{name}}"]
 "#,
         pg = common::pg_url()
     );
-    let cfg = common::write_config(&topic, &common::redis_url(), &prefix, admin_port, &extra);
+    let cfg = common::write_config(&topic, &common::redis_url(), &prefix, &extra);
     // `check` sees the lookup database: the query prepares, the table is DEFAULT.
     let check = common::cli()
         .args(["check", "--config", cfg.path().to_str().unwrap()])
@@ -92,7 +91,7 @@ keys = ["category:{{id}}", "category-name:{{name}}"]
         "{report}"
     );
 
-    let daemon = Daemon::start(cfg.path(), admin_port);
+    let daemon = Daemon::start(cfg.path());
     daemon.wait_ready().await;
 
     // Two children, under max_rows: their exact keys. The name template needs

@@ -2,12 +2,12 @@
 //! one topic only, the auditor watches both: lost), tells them from changes
 //! that arrived after the SLO (late), and keeps running through a Redis outage.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Daemon, PrivateRedis};
+use crate::common::{Daemon, PrivateRedis};
 use serde_json::json;
 
 #[tokio::test]
@@ -29,25 +29,17 @@ async fn auditor_flags_exactly_the_topic_the_daemon_does_not_serve() {
         )
         .await;
     }
-    let admin_port = common::free_port();
-    let daemon_cfg = common::write_config(&topic(&served), &common::redis_url(), &prefix, admin_port, &entities);
-    let daemon = Daemon::start(daemon_cfg.path(), admin_port);
+    let daemon_cfg = common::write_config(&topic(&served), &common::redis_url(), &prefix, &entities);
+    let daemon = Daemon::start(daemon_cfg.path());
     daemon.wait_ready().await;
 
     // The auditor's config names both topics.
-    let audit_cfg = common::write_config(
-        &topic(&served),
-        &common::redis_url(),
-        &prefix,
-        common::free_port(),
-        &entities,
-    );
+    let audit_cfg = common::write_config(&topic(&served), &common::redis_url(), &prefix, &entities);
     let text = std::fs::read_to_string(audit_cfg.path()).unwrap().replace(
         &format!("topics = [\"{}\"]", topic(&served)),
         &format!("topics = [\"{}\", \"{}\"]", topic(&served), topic(&unserved)),
     );
     std::fs::write(audit_cfg.path(), text).unwrap();
-    let audit_port = common::free_port();
     let log = tempfile::NamedTempFile::new().unwrap();
     let auditor = common::cli()
         .args([
@@ -61,11 +53,12 @@ async fn auditor_flags_exactly_the_topic_the_daemon_does_not_serve() {
             "--recheck-after",
             "3s",
         ])
-        .args(["--listen", &format!("127.0.0.1:{audit_port}")])
+        .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log.path()).unwrap())
         .spawn()
         .unwrap();
+    let audit_address = common::wait_for_bound_address(log.path());
     // Let the auditor join and get its partitions before the changes.
     tokio::time::sleep(Duration::from_secs(4)).await;
     for round in 1..=10i64 {
@@ -86,7 +79,7 @@ async fn auditor_flags_exactly_the_topic_the_daemon_does_not_serve() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let metrics = common::http_get(&format!("127.0.0.1:{audit_port}"), "/metrics")
+    let metrics = common::http_get(&audit_address, "/metrics")
         .await
         .map(|(_, b)| b)
         .unwrap_or_default();
@@ -130,12 +123,12 @@ async fn a_change_applied_after_the_slo_is_late_and_a_redis_outage_is_a_gap() {
     let change =
         |id: i64| common::debezium_change(&table, "c", 10 + id as u64, id, json!({"id": id}), common::now_us());
     common::produce(&topic, &[change(0)]).await; // the topic exists before anyone subscribes
-    let audit_cfg = common::write_config(&topic, &redis.url(), "ver:", common::free_port(), &entity);
+    let audit_cfg = common::write_config(&topic, &redis.url(), "ver:", &entity);
     let log = tempfile::NamedTempFile::new().unwrap();
     let auditor = common::cli()
         .args(["audit", "--config", audit_cfg.path().to_str().unwrap()])
         .args(["--slo", "2s", "--duration", "10s", "--recheck-after", "8s"])
-        .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
+        .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log.path()).unwrap())
         .spawn()
@@ -149,9 +142,8 @@ async fn a_change_applied_after_the_slo_is_late_and_a_redis_outage_is_a_gap() {
     redis.signal("-CONT");
     // The daemon comes after the SLO and before the recheck.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let admin_port = common::free_port();
-    let daemon_cfg = common::write_config(&topic, &redis.url(), "ver:", admin_port, &entity);
-    let daemon = Daemon::start(daemon_cfg.path(), admin_port);
+    let daemon_cfg = common::write_config(&topic, &redis.url(), "ver:", &entity);
+    let daemon = Daemon::start(daemon_cfg.path());
 
     let output = tokio::task::spawn_blocking(move || auditor.wait_with_output().unwrap())
         .await

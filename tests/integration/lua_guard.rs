@@ -1,7 +1,7 @@
 //! The key protocol's guard, against real Redis (docs/architecture.md,
 //! "The key protocol").
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

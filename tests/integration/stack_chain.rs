@@ -1,7 +1,7 @@
 //! Proof that the real chain works: a row change in PostgreSQL arrives in
 //! Kafka as Debezium's change event, read here with rdkafka.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
