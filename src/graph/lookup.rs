@@ -30,9 +30,9 @@ pub struct Fanout {
 /// A lookup the graph asks for: which rule, with which values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LookupRequest {
-    pub table: String,
-    pub fanout: usize,
-    pub binds: Vec<Value>,
+    pub(crate) table: String,
+    pub(crate) fanout: usize,
+    pub(crate) binds: Vec<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,7 +72,7 @@ impl Lookups {
         })
     }
 
-    pub fn pool(&self) -> &PgPool {
+    pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
     }
 
@@ -173,7 +173,7 @@ impl Lookups {
     }
 
     /// Prepares the rule's query without running it (for `check`).
-    pub async fn prepare(&self, fanout: &Fanout) -> Result<(), sqlx::Error> {
+    pub(crate) async fn prepare(&self, fanout: &Fanout) -> Result<(), sqlx::Error> {
         use sqlx::{Executor as _, SqlSafeStr as _};
         self.pool
             .describe(sqlx::AssertSqlSafe(wrapped_query(fanout)).into_sql_str())
@@ -200,7 +200,7 @@ fn wrapped_query(fanout: &Fanout) -> String {
 /// `timestamp` as microseconds since the epoch, `time` as microseconds since
 /// midnight, floats as numbers. Other types keep their text. A value that does not parse is
 /// left as it is.
-pub fn as_debezium(type_name: &str, value: Value) -> Value {
+pub(crate) fn as_debezium(type_name: &str, value: Value) -> Value {
     use chrono::{NaiveDate, NaiveDateTime, NaiveTime, Timelike};
     let Value::String(text) = &value else {
         return value;
