@@ -160,7 +160,8 @@ async fn stampede(redis: &Redis) {
     let name = common::unique("stampede");
     let cache = redis.cache(options(&name, &prefix)).await;
     let mut sink = redis.sink(&prefix).await;
-    let key = "product:1";
+    // Leaked: spawned readers need a 'static key, and a test ends soon.
+    let key: &'static str = format!("{}:1", common::unique("product")).leak();
     let ttl = Duration::from_secs(60);
     bump(&mut sink, key, 1).await;
     let first = cache.get(key, GetOptions::new(ttl, fixed(b"v1"))).await.unwrap();
@@ -249,7 +250,7 @@ async fn crashed_loader(redis: &Redis) {
         })
         .await;
     let mut sink = redis.sink(&prefix).await;
-    let key = "product:9";
+    let key: &'static str = format!("{}:9", common::unique("product")).leak();
     bump(&mut sink, key, 1).await;
 
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
@@ -525,4 +526,140 @@ async fn readers_never_serve_older_than_the_last_bump_plus_their_bound_standalon
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_never_serve_older_than_the_last_bump_plus_their_bound_cluster() {
     staleness(&Redis::cluster()).await;
+}
+
+// ---------------------------------------------------------------- the rest of the read path
+
+/// Loader errors release the lease; XFetch refreshes early; the freshness
+/// sample counts mismatches; the L1 serves within its bound and drops an
+/// entry on a notice (the Node package's tests/redis.test.ts, same cases).
+async fn read_path(redis: &Redis) {
+    let prefix = format!("{}:", common::unique("ver"));
+    let ttl = Duration::from_secs(60);
+    // Data keys carry no version prefix: keys of their own per run.
+    let tag = common::unique("k");
+    let [k, x, f, p, bad] = ["k", "x", "f", "p", "bad"].map(|n| format!("{tag}:{n}"));
+
+    let name = common::unique("error");
+    let cache = redis.cache(options(&name, &prefix)).await;
+    let failing = || std::future::ready(LoadResult::Err(std::io::Error::other("database down")));
+    let err = cache.get(&k, GetOptions::new(ttl, failing)).await.unwrap_err();
+    assert_eq!(err.kind(), "loader");
+    assert!(err.to_string().contains("database down"), "{err}");
+    let started = Instant::now();
+    assert_eq!(
+        cache.get(&k, GetOptions::new(ttl, fixed(b"ok"))).await.unwrap().value,
+        b"ok"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "no lease was left behind"
+    );
+    assert_eq!(counter(cdc_cache::metrics::FILL_ERRORS, &name), 1);
+
+    // beta 1e9: a 5 ms loader is "close to expiry" for the whole TTL (the
+    // chance of no refresh is about one in a million).
+    let name = common::unique("xfetch");
+    let cache = redis
+        .cache(CacheOptions {
+            beta: 1e9,
+            ..options(&name, &prefix)
+        })
+        .await;
+    let slow = |v: &'static [u8]| {
+        move || async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            LoadResult::Ok(v.to_vec())
+        }
+    };
+    cache.get(&x, GetOptions::new(ttl, slow(b"n1"))).await.unwrap();
+    let again = cache.get(&x, GetOptions::new(ttl, slow(b"n2"))).await.unwrap();
+    assert!(!again.hit, "refreshed early");
+    assert_eq!(again.value, b"n2");
+    assert_eq!(counter(cdc_cache::metrics::EARLY_REFRESHES, &name), 1);
+    let off = redis
+        .cache(CacheOptions {
+            beta: 0.0,
+            ..options(&common::unique("xfetch_off"), &prefix)
+        })
+        .await;
+    assert!(off.get(&x, GetOptions::new(ttl, fixed(b"n3"))).await.unwrap().hit);
+
+    let name = common::unique("fresh");
+    let cache = redis
+        .cache(CacheOptions {
+            sample_rate: 1.0,
+            beta: 0.0,
+            ..options(&name, &prefix)
+        })
+        .await;
+    cache.get(&f, GetOptions::new(ttl, fixed(b"old"))).await.unwrap();
+    // The row changed but no bump came (a lost invalidation): the check sees it.
+    cache.get(&f, GetOptions::new(ttl, fixed(b"new"))).await.unwrap();
+    cache.get(&f, GetOptions::new(ttl, fixed(b"old"))).await.unwrap();
+    assert_eq!(counter(cdc_cache::metrics::FRESHNESS_CHECKS, &name), 2);
+    assert_eq!(counter(cdc_cache::metrics::FRESHNESS_MISMATCHES, &name), 1);
+
+    let name = common::unique("l1");
+    let channel = common::unique("notices");
+    let cache = redis
+        .cache(CacheOptions {
+            l1: Some(L1Options {
+                channel: Some(channel.clone()),
+                max_stale: Duration::from_secs(60),
+                max_entries: 100,
+            }),
+            ..options(&name, &prefix)
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // the subscription
+    let eventual = |v: &'static [u8]| GetOptions::new(ttl, fixed(v)).eventual(Duration::from_secs(60));
+    cache.get(&p, eventual(b"one")).await.unwrap();
+    let mut sink = redis.sink(&prefix).await;
+    bump(&mut sink, &p, 1).await;
+    // No notice yet: the L1 serves its entry (within the caller's bound).
+    assert_eq!(cache.get(&p, eventual(b"two")).await.unwrap().value, b"one");
+    let notice = serde_json::json!({"kind": "KEY", "target": p, "record_key": format!("{prefix}{p}"),
+        "version": 1, "source": "t", "position": "1", "commit_time_us": common::now_us() - 5000});
+    let _: i64 = redis
+        .query(redis::cmd("PUBLISH").arg(&channel).arg(notice.to_string()))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(cache.get(&p, eventual(b"two")).await.unwrap().value, b"two");
+    assert_eq!(counter(cdc_cache::metrics::L1_INVALIDATIONS, &name), 1);
+    // A strong get never reads the L1; a tight bound re-verifies against Redis.
+    let strong = cache.get(&p, GetOptions::new(ttl, fixed(b"x"))).await.unwrap();
+    assert_eq!(strong.value, b"two");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let bounded = cache
+        .get(
+            &p,
+            GetOptions::new(ttl, fixed(b"x")).eventual(Duration::from_millis(10)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(bounded.value, b"two");
+    assert_eq!(
+        counter(cdc_cache::metrics::HITS, &name),
+        3,
+        "1 from the L1, 2 from Redis"
+    );
+
+    // A version record holding what no bump writes is an error naming it.
+    let _: () = redis
+        .query(redis::cmd("HSET").arg(format!("{prefix}{bad}")).arg("v").arg("1.7e+15"))
+        .await;
+    let err = cache.get(&bad, GetOptions::new(ttl, fixed(b"x"))).await.unwrap_err();
+    assert_eq!(err.kind(), "bad_version");
+    assert!(err.to_string().contains(&format!("{prefix}{bad}")), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_path_standalone() {
+    read_path(&Redis::standalone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_path_cluster() {
+    read_path(&Redis::cluster()).await;
 }

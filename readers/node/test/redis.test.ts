@@ -35,7 +35,7 @@ for (const topology of ['standalone', 'cluster'] as const) {
       const prefix = `${unique('ver')}:`;
       const registry = new Registry();
       const cache = new Cache(redis, { name: 'stampede', prefix, registry });
-      const key = 'product:1';
+      const key = `${unique('product')}:1`;
       const ttlMs = 60_000;
       const prevented = () => metric(registry, METRIC_NAMES.stampedePrevented);
       await bump(redis, prefix, key, 1);
@@ -82,7 +82,7 @@ for (const topology of ['standalone', 'cluster'] as const) {
       const registry = new Registry();
       const leaseMs = 1500;
       const cache = new Cache(redis, { name: 'crash', prefix, registry, leaseMs });
-      const key = 'product:9';
+      const key = `${unique('product')}:9`;
       await bump(redis, prefix, key, 1);
       // The first reader's loader never returns: it holds the lease as a
       // crashed process would (nothing releases it).
@@ -112,7 +112,7 @@ for (const topology of ['standalone', 'cluster'] as const) {
       const registry = new Registry();
       const cache = new Cache(redis, { name: 'error', prefix, registry });
       await assert.rejects(
-        cache.get('k', {
+        cache.get(`${prefix}k`, {
           ttlMs: 1000,
           loader: async () => {
             throw new Error('database down');
@@ -121,7 +121,7 @@ for (const topology of ['standalone', 'cluster'] as const) {
         /loader: database down/,
       );
       const started = performance.now();
-      const got = await cache.get('k', { ttlMs: 1000, loader: async () => 'ok' });
+      const got = await cache.get(`${prefix}k`, { ttlMs: 1000, loader: async () => 'ok' });
       assert.equal(got.value, 'ok');
       assert.ok(performance.now() - started < 200, 'no lease was left behind');
       assert.equal(await metric(registry, METRIC_NAMES.fillErrors), 1);
@@ -139,23 +139,23 @@ for (const topology of ['standalone', 'cluster'] as const) {
         await sleep(5);
         return `n${calls}`;
       };
-      await cache.get('x', { ttlMs: 5000, loader });
-      const again = await cache.get('x', { ttlMs: 5000, loader });
+      await cache.get(`${prefix}x`, { ttlMs: 5000, loader });
+      const again = await cache.get(`${prefix}x`, { ttlMs: 5000, loader });
       assert.equal(again.hit, false, 'refreshed early');
       assert.equal(again.value, 'n2');
       assert.equal(await metric(registry, METRIC_NAMES.earlyRefreshes), 1);
       const off = new Cache(redis, { name: 'xfetch-off', prefix, registry, beta: 0 });
-      assert.equal((await off.get('x', { ttlMs: 5000, loader })).hit, true);
+      assert.equal((await off.get(`${prefix}x`, { ttlMs: 5000, loader })).hit, true);
     });
 
     test('freshness sampling counts what the loader disagrees with', async () => {
       const prefix = `${unique('ver')}:`;
       const registry = new Registry();
       const cache = new Cache(redis, { name: 'fresh', prefix, registry, sampleRate: 1, beta: 0 });
-      await cache.get('f', { ttlMs: 60_000, loader: async () => 'old' });
+      await cache.get(`${prefix}f`, { ttlMs: 60_000, loader: async () => 'old' });
       // The row changed, but no bump came (a lost invalidation): the check sees it.
-      await cache.get('f', { ttlMs: 60_000, loader: async () => 'new' });
-      await cache.get('f', { ttlMs: 60_000, loader: async () => 'old' });
+      await cache.get(`${prefix}f`, { ttlMs: 60_000, loader: async () => 'new' });
+      await cache.get(`${prefix}f`, { ttlMs: 60_000, loader: async () => 'old' });
       assert.equal(await metric(registry, METRIC_NAMES.freshnessChecks), 2);
       assert.equal(await metric(registry, METRIC_NAMES.freshnessMismatches), 1);
       assert.equal(await metric(registry, METRIC_NAMES.staleRatio), 0.5);
@@ -169,23 +169,23 @@ for (const topology of ['standalone', 'cluster'] as const) {
       try {
         await sleep(200); // the subscription
         const opts = (value: string) => ({ ttlMs: 60_000, consistency: 'eventual' as const, maxStaleMs: 60_000, loader: async () => value });
-        await cache.get('p', opts('one'));
-        await bump(redis, prefix, 'p', 1);
+        await cache.get(`${prefix}p`, opts('one'));
+        await bump(redis, prefix, `${prefix}p`, 1);
         // No notice yet: the L1 serves its entry (within the caller's bound).
-        const l1 = await cache.get('p', opts('two'));
+        const l1 = await cache.get(`${prefix}p`, opts('two'));
         assert.equal(l1.value, 'one');
         assert.equal(await metric(registry, METRIC_NAMES.hits, { layer: 'l1' }), 1);
         const publisher = redis instanceof Cluster ? redis : redis;
-        await publisher.publish(channel, JSON.stringify({ kind: 'KEY', target: 'p', record_key: `${prefix}p`, version: 1, source: 't', position: '1', commit_time_us: Date.now() * 1000 - 5000 }));
+        await publisher.publish(channel, JSON.stringify({ kind: 'KEY', target: `${prefix}p`, record_key: `${prefix}${prefix}p`, version: 1, source: 't', position: '1', commit_time_us: Date.now() * 1000 - 5000 }));
         await sleep(100);
-        const fresh = await cache.get('p', opts('two'));
+        const fresh = await cache.get(`${prefix}p`, opts('two'));
         assert.equal(fresh.value, 'two');
         assert.equal(await metric(registry, METRIC_NAMES.l1Invalidations, { reason: 'notice' }), 1);
         // A strong get never reads the L1.
-        assert.equal((await cache.get('p', { ttlMs: 60_000, loader: async () => 'x' })).value, 'two');
+        assert.equal((await cache.get(`${prefix}p`, { ttlMs: 60_000, loader: async () => 'x' })).value, 'two');
         // A tight bound re-verifies against Redis.
         await sleep(20);
-        const bounded = await cache.get('p', { ...opts('x'), maxStaleMs: 10 });
+        const bounded = await cache.get(`${prefix}p`, { ...opts('x'), maxStaleMs: 10 });
         assert.equal(bounded.value, 'two');
         assert.equal(await metric(registry, METRIC_NAMES.hits, { layer: 'redis' }), 2);
       } finally {
