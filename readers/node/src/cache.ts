@@ -120,7 +120,7 @@ export class Cache {
   private readonly cluster: boolean;
   private readOnly = true; // EVALSHA_RO exists (Redis 7.0+)
   private checks: boolean[] = [];
-  private subscriber?: Redis;
+  private subscriber?: Redis | Cluster;
 
   constructor(
     private readonly redis: Redis | Cluster,
@@ -156,9 +156,10 @@ export class Cache {
   }
 
   private followNotices(channel: string): void {
-    // Any node relays a cluster's Pub/Sub messages: one suffices.
-    const base = this.redis instanceof Cluster ? this.redis.nodes('master')[0] ?? null : this.redis;
-    const sub = base ? base.duplicate() : new Redis();
+    // A connection of its own: a subscribed connection serves nothing else.
+    // (A Cluster's duplicate subscribes on one node; every node relays a
+    // cluster's Pub/Sub messages.)
+    const sub: Redis | Cluster = this.redis instanceof Cluster ? this.redis.duplicate() : this.redis.duplicate();
     this.subscriber = sub;
     const l1 = this.l1!;
     // On every (re)subscribe: notices sent while not subscribed are lost.
