@@ -228,7 +228,17 @@ export class Cache {
 
     this.m.misses.inc(cache);
     const token = await this.tryLease(snap.dataKey);
-    if (token) return this.fill(layout, snap.dataKey, token, loader, options.ttlMs, l1Id);
+    if (token) {
+      // A holder may have filled and released between our read and our lease
+      // (a reader stalled that long): look once more before loading.
+      const found = await this.redis.getBuffer(snap.dataKey);
+      if (found) {
+        await this.release(snap.dataKey, token);
+        this.m.stampedePrevented.inc(cache);
+        return { value: decode(found).value.toString('utf8'), hit: true, version: snap.dataKey, stale: false };
+      }
+      return this.fill(layout, snap.dataKey, token, loader, options.ttlMs, l1Id);
+    }
 
     if (eventual) {
       const stale = layout.staleKey(snap.epoch, snap.fields, snap.nowUs);
@@ -258,6 +268,14 @@ export class Cache {
       if (leaseLeft === -2) {
         const taken = await this.tryLease(snap.dataKey);
         if (taken) {
+          // On a cluster the GET and the PTTL above went to different nodes:
+          // the fill may have landed between them.
+          const found = await this.redis.getBuffer(snap.dataKey);
+          if (found) {
+            await this.release(snap.dataKey, taken);
+            this.m.stampedePrevented.inc(cache);
+            return { value: decode(found).value.toString('utf8'), hit: true, version: snap.dataKey, stale: false };
+          }
           this.m.leaseTakeovers.inc(cache);
           return this.fill(layout, snap.dataKey, taken, loader, options.ttlMs, l1Id);
         }

@@ -2,7 +2,7 @@
 // PostgreSQL (Debezium -> Kafka -> cdc-invalidator -> Redis) while readers
 // loop; strong readers never serve a value older than the last bump, eventual
 // ones (L1 with notices, stale-while-revalidate) never one older than the last
-// bump plus their bound. Standalone and Cluster, like tests/readers.rs.
+// bump plus their bound. Standalone and Cluster, like tests/integration/readers.rs.
 //
 // Needs the stack (scripts/stack up; CDC_* variables from scripts/stack env)
 // and the daemon built (target/debug/cdc-invalidator, or CDC_INVALIDATOR_BIN).

@@ -366,6 +366,19 @@ impl Cache {
             // -2: the lease key is gone without a fill (holder crashed or failed).
             if lease_left == -2 {
                 if let Some(token) = self.try_lease(&snap.data_key).await? {
+                    // On a cluster the GET and the PTTL above went to different
+                    // nodes: the fill may have landed between them.
+                    let raw: Option<Vec<u8>> = inner.conn.query(cmd("GET", &snap.data_key)).await?;
+                    if let Some(raw) = raw {
+                        self.release(&snap.data_key, &token).await?;
+                        inner.m.prevented.increment(1);
+                        return Ok(Got {
+                            value: decode(&raw).1.to_vec(),
+                            hit: true,
+                            version: snap.data_key,
+                            stale: false,
+                        });
+                    }
                     inner.m.takeovers.increment(1);
                     return self
                         .fill(&layout, &snap.data_key, Some(token), loader, options.ttl, l1_id)
