@@ -10,10 +10,27 @@ pub struct Cluster {
     _dir: tempfile::TempDir,
 }
 
+/// `count` ports whose cluster bus ports (port + 10000) are free too. Redis
+/// refuses a cluster node above 55535 (its bus port would not exist), and
+/// the kernel's ephemeral range, where `free_port` draws, reaches 60999: so
+/// these come from 10000-20000, below that range, checked by binding both.
+fn cluster_ports(count: usize) -> Vec<u16> {
+    use rand::Rng;
+    let bindable = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    let mut ports = Vec::new();
+    while ports.len() < count {
+        let port = rand::rng().random_range(10_000..20_000u16);
+        if !ports.contains(&port) && bindable(port) && bindable(port + 10_000) {
+            ports.push(port);
+        }
+    }
+    ports
+}
+
 impl Cluster {
     pub fn start() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..3).map(|_| super::free_port()).collect();
+        let ports = cluster_ports(3);
         let nodes = ports
             .iter()
             .map(|port| {
