@@ -1,4 +1,4 @@
--- The epoch record (README, "When Redis loses data"): detects that Redis lost
+-- The epoch record (docs/redis-loss.md): detects that Redis lost
 -- writes it had acknowledged, and advances the epoch readers fold into every
 -- data key.
 -- KEYS[1]  the epoch record, e.g. ver:epoch (a hash, no TTL)
