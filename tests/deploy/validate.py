@@ -381,7 +381,7 @@ def selftest():
 
 def check_metrics_source(path):
     """The lists above must be exactly the names src/metrics.rs declares."""
-    declared = set(re.findall(r'pub const [A-Z_]+: &str = "(cdc_invalidator_[a-z_]+)";', Path(path).read_text()))
+    declared = set(re.findall(r'pub(?:\(crate\))? const [A-Z_]+: &str = "(cdc_invalidator_[a-z_]+)";', Path(path).read_text()))
     listed = COUNTERS | GAUGES | HISTOGRAMS
     problems = [f"{path}: {n} is exported but unknown to the dashboard and alert checks" for n in sorted(declared - listed)]
     problems += [f"{path}: {n} is checked for but no longer exported" for n in sorted(listed - declared)]
