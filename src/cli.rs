@@ -126,7 +126,10 @@ pub enum Command {
     /// Also warns when Redis can lose version records (persistence off, an
     /// evicting maxmemory-policy without eviction notifications, fewer
     /// replicas than wait_replicas) or when a loss could not be detected, and
-    /// fails when a [connect] connector is not RUNNING.
+    /// fails when a [connect] connector is not RUNNING. With [lookup] it also
+    /// verifies tables, templated columns, fan-out queries and old-row logging:
+    /// REPLICA IDENTITY FULL (PostgreSQL) or binlog_format ROW and
+    /// binlog_row_image FULL (MySQL, MariaDB) where replica_identity = "full".
     Check {
         #[arg(long, short)]
         config: PathBuf,
@@ -682,7 +685,9 @@ async fn check_database(settings: &Settings) -> usize {
             return 1;
         }
     };
-    let pool = lookups.pool();
+    let Some(pool) = lookups.postgres_pool() else {
+        return crate::source::mysql_check::check_database(settings.graph.entities(), &lookups).await;
+    };
     let mut problems = 0;
     for entity in settings.graph.entities() {
         // Config validation refuses a table that is not schema.table.

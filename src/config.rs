@@ -181,7 +181,8 @@ pub struct RawAvro {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLookup {
-    /// PostgreSQL URL, ideally a read replica.
+    /// PostgreSQL URL, or `mysql://` / `mariadb://` for MySQL-family
+    /// databases; ideally a read replica.
     pub url: Spanned<String>,
     #[serde(default)]
     pub timeout: Option<Spanned<String>>,
@@ -1029,12 +1030,29 @@ impl RawConfig {
                     return v.error(
                         spanned.span(),
                         &field("query"),
-                        "fan-out lookups need a [lookup] url (a PostgreSQL read replica)",
+                        "fan-out lookups need a [lookup] url (a read replica: PostgreSQL, MySQL or MariaDB)",
                     );
                 }
-                let placeholders = (1..=fanout.bind.get_ref().len() + 1)
-                    .take_while(|n| fanout.query.get_ref().contains(&format!("${n}")))
-                    .count();
+                let mysql = lookup
+                    .as_ref()
+                    .is_some_and(|l| crate::graph::lookup_mysql::is_mysql_url(&l.url));
+                let placeholders = if mysql {
+                    crate::graph::lookup_mysql::placeholders(fanout.query.get_ref())
+                } else {
+                    (1..=fanout.bind.get_ref().len() + 1)
+                        .take_while(|n| fanout.query.get_ref().contains(&format!("${n}")))
+                        .count()
+                };
+                if mysql && placeholders != fanout.bind.get_ref().len() {
+                    return v.error(
+                        fanout.bind.span(),
+                        &field("bind"),
+                        format!(
+                            "{} bind column(s) for a MySQL query with {placeholders} `?` placeholder(s)",
+                            fanout.bind.get_ref().len()
+                        ),
+                    );
+                }
                 if placeholders != fanout.bind.get_ref().len() {
                     return v.error(
                         fanout.bind.span(),

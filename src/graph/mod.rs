@@ -4,6 +4,7 @@
 //! instead, and without a namespace the event stalls (architecture 4.3).
 
 mod lookup;
+pub mod lookup_mysql;
 mod template;
 
 use std::collections::HashMap;
