@@ -705,17 +705,14 @@ async fn the_mariadb_example_config_checks_against_the_stack() {
     let pool = mariadb(&url).await;
     let schema =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/shop-mariadb/schema.sql")).unwrap();
-    let statements: Vec<String> = schema
-        .split(';')
-        .map(|s| {
-            s.lines()
-                .filter(|l| !l.trim_start().starts_with("--"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .filter(|s| !s.trim().is_empty())
-        .collect();
-    sql(&pool, &statements.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    // Comment lines first (they may hold a `;`), then one statement per `;`.
+    let code: String = schema
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let statements: Vec<&str> = code.split(';').filter(|s| !s.trim().is_empty()).collect();
+    sql(&pool, &statements).await;
     let out = common::cli()
         .args([
             "check",
