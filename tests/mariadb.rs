@@ -543,7 +543,12 @@ keys = ["item:{{id}}", "group:{{grp}}"]
         };
         // Debezium may still be writing: wait until the count holds still.
         let mut last = records_now();
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
+            assert!(
+                Instant::now() < deadline,
+                "the topic kept growing or stayed at {last} records for 120 s"
+            );
             tokio::time::sleep(Duration::from_secs(2)).await;
             let now = records_now();
             if now == last && now > ROWS {
