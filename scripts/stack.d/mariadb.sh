@@ -138,6 +138,18 @@ register_mariadb_connector() {
     200 | 201) ;;
     *) fail connect "registering connector $MARIADB_CONNECTOR answered HTTP $answer: $(head -c 400 "$STACK_DIR/connector-answer.json")" "$log" ;;
   esac
+  # A task that failed while MariaDB was down (a plain `up` starts Connect,
+  # which runs every registered connector) stays FAILED until restarted: an
+  # unchanged config does not restart it.
+  local state
+  state=$(connector_status "$MARIADB_CONNECTOR" 2>/dev/null) || true
+  if grep -q FAILED <<<"$state"; then
+    step "restarting the failed tasks of connector $MARIADB_CONNECTOR"
+    curl -sf -X POST "$(connect_url)/connectors/$MARIADB_CONNECTOR/restart?includeTasks=true&onlyFailed=true" >/dev/null ||
+      fail connect "could not restart connector $MARIADB_CONNECTOR" "$log"
+    wait_until connect "$log" "connector $MARIADB_CONNECTOR to leave FAILED" \
+      bash -c "! curl -sf '$(connect_url)/connectors/$MARIADB_CONNECTOR/status' | grep -q FAILED"
+  fi
   wait_until connect "$log" "connector $MARIADB_CONNECTOR and its task to be RUNNING" connector_running_named "$MARIADB_CONNECTOR"
   step "debezium connector $MARIADB_CONNECTOR is RUNNING (topics ${MARIADB_TOPIC_PREFIX}.$MARIADB_DB.<table>)"
 }
