@@ -404,27 +404,40 @@ async fn expected_positions(topic: &str, config: &std::path::Path, records: usiz
 }
 
 async fn guard_positions(prefix: &str) -> HashMap<String, (u64, String)> {
+    // One pipeline, tried again on an error: on a loaded machine a single
+    // reply among thousands can miss the client's response timeout.
+    let mut last_error = None;
+    for _ in 0..5 {
+        match try_guard_positions(prefix).await {
+            Ok(out) => return out,
+            Err(e) => last_error = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("reading the guards: {last_error:?}");
+}
+
+async fn try_guard_positions(prefix: &str) -> redis::RedisResult<HashMap<String, (u64, String)>> {
     let mut conn = common::redis_conn().await;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}*"))
         .query_async(&mut conn)
-        .await
-        .unwrap();
-    let mut out = HashMap::new();
-    for key in keys {
-        let (v, p): (Option<String>, Option<String>) = redis::cmd("HMGET")
-            .arg(&key)
-            .arg("v")
-            .arg(format!("p:{SOURCE}"))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        out.insert(
-            key[prefix.len()..].to_owned(),
-            (v.and_then(|v| v.parse().ok()).unwrap_or(0), p.unwrap_or_default()),
-        );
+        .await?;
+    let mut pipe = redis::pipe();
+    for key in &keys {
+        pipe.cmd("HMGET").arg(key).arg("v").arg(format!("p:{SOURCE}"));
     }
-    out
+    let replies: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut conn).await?;
+    Ok(keys
+        .iter()
+        .zip(replies)
+        .map(|(key, (v, p))| {
+            (
+                key[prefix.len()..].to_owned(),
+                (v.and_then(|v| v.parse().ok()).unwrap_or(0), p.unwrap_or_default()),
+            )
+        })
+        .collect())
 }
 
 #[tokio::test]
