@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Why a partition stopped: the daemon will not commit past this record.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Stall {
-    pub offset: i64,
-    pub reason: &'static str,
-    pub detail: String,
+pub(crate) struct Stall {
+    pub(crate) offset: i64,
+    pub(crate) reason: &'static str,
+    pub(crate) detail: String,
 }
 
 #[derive(Debug, Default)]
@@ -47,11 +47,11 @@ pub struct Status {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Readiness {
-    pub ready: bool,
-    pub reasons: Vec<String>,
-    pub assigned_partitions: usize,
-    pub stalled_partitions: BTreeMap<String, Stall>,
+pub(crate) struct Readiness {
+    pub(crate) ready: bool,
+    pub(crate) reasons: Vec<String>,
+    pub(crate) assigned_partitions: usize,
+    pub(crate) stalled_partitions: BTreeMap<String, Stall>,
 }
 
 impl Status {
@@ -59,75 +59,75 @@ impl Status {
         f(&mut self.inner.lock().expect("status lock"))
     }
 
-    pub fn redis_ok(&self) {
+    pub(crate) fn redis_ok(&self) {
         self.with(|s| {
             s.redis_connected = true;
             s.redis_error = None;
         });
     }
 
-    pub fn redis_failed(&self, error: String) {
+    pub(crate) fn redis_failed(&self, error: String) {
         self.with(|s| {
             s.redis_connected = false;
             s.redis_error = Some(error);
         });
     }
 
-    pub fn dead_letters_ok(&self) {
+    pub(crate) fn dead_letters_ok(&self) {
         self.with(|s| s.dead_letters_error = None);
     }
 
-    pub fn dead_letters_failed(&self, error: String) {
+    pub(crate) fn dead_letters_failed(&self, error: String) {
         self.with(|s| s.dead_letters_error = Some(error));
     }
 
-    pub fn registry_ok(&self) {
+    pub(crate) fn registry_ok(&self) {
         self.with(|s| s.registry_error = None);
     }
 
-    pub fn registry_failed(&self, error: String) {
+    pub(crate) fn registry_failed(&self, error: String) {
         self.with(|s| s.registry_error = Some(error));
     }
 
     /// The readiness probe's verdict on Redis (None: PING answered in time).
-    pub fn redis_probed(&self, error: Option<String>) {
+    pub(crate) fn redis_probed(&self, error: Option<String>) {
         self.with(|s| s.redis_probe_error = error);
     }
 
     /// The readiness probe's verdict on the dead-letter store.
-    pub fn dead_letters_probed(&self, error: Option<String>) {
+    pub(crate) fn dead_letters_probed(&self, error: Option<String>) {
         self.with(|s| s.dead_letters_probe_error = error);
     }
 
     /// Topics whose newest record is older than `source.max_idle`.
-    pub fn set_idle_sources(&self, idle: BTreeMap<String, u64>) {
+    pub(crate) fn set_idle_sources(&self, idle: BTreeMap<String, u64>) {
         self.with(|s| s.idle_sources = idle);
     }
 
     /// Connectors in `[connect] connectors` that are not running.
-    pub fn set_connectors_down(&self, down: BTreeMap<String, String>) {
+    pub(crate) fn set_connectors_down(&self, down: BTreeMap<String, String>) {
         self.with(|s| s.connectors_down = down);
     }
 
-    pub fn set_assigned(&self, count: usize) {
+    pub(crate) fn set_assigned(&self, count: usize) {
         self.with(|s| s.assigned = count);
     }
 
-    pub fn stall(&self, partition: String, stall: Stall) {
+    pub(crate) fn stall(&self, partition: String, stall: Stall) {
         self.with(|s| {
             s.stalls.insert(partition, stall);
             crate::metrics::stalled_partitions(s.stalls.len());
         });
     }
 
-    pub fn unstall(&self, partition: &str) {
+    pub(crate) fn unstall(&self, partition: &str) {
         self.with(|s| {
             s.stalls.remove(partition);
             crate::metrics::stalled_partitions(s.stalls.len());
         });
     }
 
-    pub fn readiness(&self) -> Readiness {
+    pub(crate) fn readiness(&self) -> Readiness {
         self.with(|s| {
             let mut reasons = Vec::new();
             if !s.redis_connected {
@@ -182,16 +182,16 @@ impl Status {
 
 /// What the readiness probe pings, on its own task: an idle daemon learns of
 /// an outage within one interval, not at its next write.
-pub struct Probe {
-    pub redis: Option<crate::sink::RedisProbe>,
-    pub dead_letters: Option<crate::dead_letter::DeadLetterStore>,
-    pub interval: std::time::Duration,
+pub(crate) struct Probe {
+    pub(crate) redis: Option<crate::sink::RedisProbe>,
+    pub(crate) dead_letters: Option<crate::dead_letter::DeadLetterStore>,
+    pub(crate) interval: std::time::Duration,
     /// Each ping is bounded: a hung dependency counts as down.
-    pub timeout: std::time::Duration,
+    pub(crate) timeout: std::time::Duration,
 }
 
 /// Pings Redis and the dead-letter store every interval until shutdown.
-pub async fn probe(mut probe: Probe, status: Arc<Status>, shutdown: CancellationToken) {
+pub(crate) async fn probe(mut probe: Probe, status: Arc<Status>, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(probe.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -244,23 +244,32 @@ struct AppState {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on admin address {address}{}: {error} (set [admin] listen or CDC_ADMIN_LISTEN to a free address)",
     .holder.as_ref().map(|h| format!(" (held by {h})")).unwrap_or_default())]
-pub struct BindError {
-    pub address: SocketAddr,
+pub(crate) struct BindError {
+    pub(crate) address: SocketAddr,
     /// The process listening there, when this host lets us see it.
-    pub holder: Option<String>,
-    pub error: std::io::Error,
+    pub(crate) holder: Option<String>,
+    pub(crate) error: std::io::Error,
 }
 
 /// Binds the admin listener before anything else starts (port 0 picks a
 /// free port; the bound address is logged and returned by `local_addr`).
-pub async fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
-    tokio::net::TcpListener::bind(address).await.map_err(|error| BindError {
-        address,
-        holder: (error.kind() == std::io::ErrorKind::AddrInUse)
-            .then(|| port_holder(address.port()))
-            .flatten(),
-        error,
-    })
+pub(crate) async fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| BindError {
+            address,
+            holder: (error.kind() == std::io::ErrorKind::AddrInUse)
+                .then(|| port_holder(address.port()))
+                .flatten(),
+            error,
+        })?;
+    // With port 0 the kernel picks the port: this line is how a supervisor
+    // or a test learns it (the integration tests read it from the log).
+    match listener.local_addr() {
+        Ok(bound) => tracing::info!(address = %bound, "admin listener bound"),
+        Err(error) => tracing::warn!(%error, "admin listener bound, address unknown"),
+    }
+    Ok(listener)
 }
 
 /// Finds the process listening on a TCP port through /proc (Linux): the
@@ -293,7 +302,7 @@ fn port_holder(port: u16) -> Option<String> {
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on a listener from [`bind`]
 /// until shutdown.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     metrics: PrometheusHandle,
     status: Arc<Status>,
@@ -312,7 +321,7 @@ pub async fn serve(
 
 /// Serves `/metrics` and `/healthz` only: the auditor is not a daemon, so it
 /// exports no readiness that a daemon alert could mistake for its own.
-pub async fn serve_metrics_only(
+pub(crate) async fn serve_metrics_only(
     listener: tokio::net::TcpListener,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,

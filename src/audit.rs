@@ -22,29 +22,29 @@ use crate::graph::Target;
 use crate::pipeline::{self, Routed};
 
 #[derive(Debug, Clone)]
-pub struct AuditOptions {
+pub(crate) struct AuditOptions {
     /// How long a change may take to reach Redis before it counts as a violation.
-    pub slo: Duration,
+    pub(crate) slo: Duration,
     /// Check one change in this many.
-    pub sample_every: u64,
+    pub(crate) sample_every: u64,
     /// Stop after this long (then finish the checks already due); None runs until a signal.
-    pub duration: Option<Duration>,
+    pub(crate) duration: Option<Duration>,
     /// How long after the SLO a violation is checked again, to tell late from lost.
-    pub recheck_after: Duration,
+    pub(crate) recheck_after: Duration,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct AuditReport {
-    pub checks: u64,
-    pub violations: u64,
+pub(crate) struct AuditReport {
+    pub(crate) checks: u64,
+    pub(crate) violations: u64,
     /// Violations that had arrived by the recheck.
-    pub late: u64,
+    pub(crate) late: u64,
     /// Violations still not visible at the recheck.
-    pub lost: u64,
+    pub(crate) lost: u64,
 }
 
 impl AuditReport {
-    pub fn stale_ratio(&self) -> f64 {
+    pub(crate) fn stale_ratio(&self) -> f64 {
         if self.checks == 0 {
             0.0
         } else {
@@ -54,7 +54,7 @@ impl AuditReport {
 
     /// Whole nines of the fraction of changes that arrived within the SLO.
     /// With no violation the sample only supports log10(checks) nines.
-    pub fn nines(&self) -> u32 {
+    pub(crate) fn nines(&self) -> u32 {
         if self.checks == 0 {
             return 0;
         }
@@ -66,7 +66,7 @@ impl AuditReport {
         (-ratio.log10()).floor().max(0.0) as u32
     }
 
-    pub fn summary(&self, slo: Duration) -> String {
+    pub(crate) fn summary(&self, slo: Duration) -> String {
         let bound = if self.violations == 0 && self.checks > 0 {
             "at least "
         } else {
@@ -103,7 +103,7 @@ struct Pending {
 // A check that could not read Redis is tried again this much later.
 const REDIS_RETRY: Duration = Duration::from_secs(1);
 
-pub async fn run(
+pub(crate) async fn run(
     settings: &Settings,
     options: &AuditOptions,
     shutdown: CancellationToken,

@@ -7,17 +7,17 @@
 use std::time::Duration;
 
 /// The first wait after a failure.
-pub const FIRST_DELAY: Duration = Duration::from_millis(100);
+pub(crate) const FIRST_DELAY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
     max: Duration,
 }
 
 impl Backoff {
     /// Starts at [`FIRST_DELAY`], doubling up to `max`.
-    pub fn new(max: Duration) -> Backoff {
+    pub(crate) fn new(max: Duration) -> Backoff {
         Backoff {
             next: FIRST_DELAY.min(max),
             max,
@@ -25,7 +25,7 @@ impl Backoff {
     }
 
     /// The delay to wait now; the one after it is twice as long, up to the cap.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let delay = self.next;
         self.next = (self.next * 2).min(self.max);
         delay

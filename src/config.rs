@@ -48,168 +48,168 @@ pub enum ConfigError {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
-    pub source: Spanned<RawSource>,
-    pub redis: Spanned<RawRedis>,
+pub(crate) struct RawConfig {
+    pub(crate) source: Spanned<RawSource>,
+    pub(crate) redis: Spanned<RawRedis>,
     #[serde(default)]
-    pub admin: Option<Spanned<RawAdmin>>,
+    pub(crate) admin: Option<Spanned<RawAdmin>>,
     #[serde(default)]
-    pub plan: Option<Spanned<RawPlan>>,
+    pub(crate) plan: Option<Spanned<RawPlan>>,
     #[serde(default)]
-    pub dead_letters: Option<Spanned<RawDeadLetters>>,
+    pub(crate) dead_letters: Option<Spanned<RawDeadLetters>>,
     #[serde(default)]
-    pub lookup: Option<Spanned<RawLookup>>,
+    pub(crate) lookup: Option<Spanned<RawLookup>>,
     #[serde(default)]
-    pub avro: Option<Spanned<RawAvro>>,
+    pub(crate) avro: Option<Spanned<RawAvro>>,
     #[serde(default)]
-    pub notices: Option<Spanned<RawNotices>>,
+    pub(crate) notices: Option<Spanned<RawNotices>>,
     #[serde(default)]
-    pub connect: Option<Spanned<RawConnect>>,
+    pub(crate) connect: Option<Spanned<RawConnect>>,
     #[serde(default, rename = "entity")]
-    pub entities: Vec<Spanned<RawEntity>>,
+    pub(crate) entities: Vec<Spanned<RawEntity>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSource {
-    pub brokers: Spanned<String>,
-    pub group_id: Spanned<String>,
+pub(crate) struct RawSource {
+    pub(crate) brokers: Spanned<String>,
+    pub(crate) group_id: Spanned<String>,
     #[serde(default)]
-    pub topics: Option<Spanned<Vec<String>>>,
+    pub(crate) topics: Option<Spanned<Vec<String>>>,
     #[serde(default)]
-    pub topic_regex: Option<Spanned<String>>,
+    pub(crate) topic_regex: Option<Spanned<String>>,
     /// Passed to librdkafka as they are (security.protocol, sasl.*, ssl.*, ...).
     #[serde(default)]
-    pub librdkafka: BTreeMap<String, Spanned<String>>,
+    pub(crate) librdkafka: BTreeMap<String, Spanned<String>>,
     /// Static group membership (`group.instance.id`): a replica restarted
     /// within the session timeout gets its partitions back at once. "auto"
     /// is `<hostname>-<admin port>`.
     #[serde(default)]
-    pub instance_id: Option<Spanned<String>>,
+    pub(crate) instance_id: Option<Spanned<String>>,
     /// Kafka's consumer group protocol: "classic" (JoinGroup/SyncGroup,
     /// cooperative-sticky) or "consumer" (KIP-848: the broker assigns,
     /// session and heartbeat are broker settings).
     #[serde(default)]
-    pub group_protocol: Option<Spanned<String>>,
+    pub(crate) group_protocol: Option<Spanned<String>>,
     /// Topics whose high watermarks say whether the source is alive
     /// (Debezium heartbeat topics, `__debezium-heartbeat.<prefix>`); by
     /// default the subscribed topics.
     #[serde(default)]
-    pub liveness_topics: Option<Spanned<Vec<String>>>,
+    pub(crate) liveness_topics: Option<Spanned<Vec<String>>>,
     /// Readiness fails and the idle-topics gauge rises when a watched topic
     /// has had no new record for longer than this.
     #[serde(default)]
-    pub max_idle: Option<Spanned<String>>,
+    pub(crate) max_idle: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRedis {
+pub(crate) struct RawRedis {
     /// redis://, rediss:// (TLS); user and password in the URL for ACL users.
-    pub url: Spanned<String>,
+    pub(crate) url: Spanned<String>,
     #[serde(default = "default_version_prefix")]
-    pub version_prefix: Spanned<String>,
-    pub version_ttl: Spanned<String>,
+    pub(crate) version_prefix: Spanned<String>,
+    pub(crate) version_ttl: Spanned<String>,
     #[serde(default)]
-    pub max_retry_backoff: Option<Spanned<String>>,
+    pub(crate) max_retry_backoff: Option<Spanned<String>>,
     /// The URL names one seed node of a Redis Cluster; the rest is discovered.
     #[serde(default)]
-    pub cluster: bool,
+    pub(crate) cluster: bool,
     /// How often an idle daemon checks the epoch record for lost writes
     /// (every applied batch checks it too).
     #[serde(default)]
-    pub loss_check_interval: Option<Spanned<String>>,
+    pub(crate) loss_check_interval: Option<Spanned<String>>,
     /// Replicas that must acknowledge a batch's bumps (Redis `WAIT`) before
     /// its offsets may be stored; 0 (the default) waits for none.
     #[serde(default)]
-    pub wait_replicas: Option<Spanned<u32>>,
+    pub(crate) wait_replicas: Option<Spanned<u32>>,
     /// How long one `WAIT` may block before the batch is retried.
     #[serde(default)]
-    pub wait_timeout: Option<Spanned<String>>,
+    pub(crate) wait_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAdmin {
-    pub listen: Spanned<String>,
+pub(crate) struct RawAdmin {
+    pub(crate) listen: Spanned<String>,
     /// How often the readiness probe pings Redis and the dead-letter store.
     #[serde(default)]
-    pub probe_interval: Option<Spanned<String>>,
+    pub(crate) probe_interval: Option<Spanned<String>>,
     /// How long one ping may take before the dependency counts as down.
     #[serde(default)]
-    pub probe_timeout: Option<Spanned<String>>,
+    pub(crate) probe_timeout: Option<Spanned<String>>,
 }
 
 /// Kafka Connect's REST API, to watch the named connectors' status.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConnect {
-    pub url: Spanned<String>,
-    pub connectors: Spanned<Vec<String>>,
+pub(crate) struct RawConnect {
+    pub(crate) url: Spanned<String>,
+    pub(crate) connectors: Spanned<Vec<String>>,
     #[serde(default)]
-    pub poll_interval: Option<Spanned<String>>,
+    pub(crate) poll_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawNotices {
+pub(crate) struct RawNotices {
     #[serde(default)]
-    pub redis_channel: Option<Spanned<String>>,
+    pub(crate) redis_channel: Option<Spanned<String>>,
     #[serde(default)]
-    pub kafka_topic: Option<Spanned<String>>,
+    pub(crate) kafka_topic: Option<Spanned<String>>,
     #[serde(default)]
-    pub kafka_schema_id: Option<Spanned<u32>>,
+    pub(crate) kafka_schema_id: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAvro {
+pub(crate) struct RawAvro {
     /// Confluent-compatible schema registry (Confluent, Apicurio's ccompat API, Karapace).
     #[serde(default)]
-    pub registry_url: Option<Spanned<String>>,
+    pub(crate) registry_url: Option<Spanned<String>>,
     #[serde(default)]
-    pub username: Option<Spanned<String>>,
+    pub(crate) username: Option<Spanned<String>>,
     #[serde(default)]
-    pub password: Option<Spanned<String>>,
+    pub(crate) password: Option<Spanned<String>>,
     /// Directory of `<schema id>.avsc` files, read before asking the registry.
     #[serde(default)]
-    pub schemas_dir: Option<Spanned<String>>,
+    pub(crate) schemas_dir: Option<Spanned<String>>,
     #[serde(default)]
-    pub timeout: Option<Spanned<String>>,
+    pub(crate) timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLookup {
+pub(crate) struct RawLookup {
     /// PostgreSQL URL, or `mysql://` / `mariadb://` for MySQL-family
     /// databases; ideally a read replica.
-    pub url: Spanned<String>,
+    pub(crate) url: Spanned<String>,
     #[serde(default)]
-    pub timeout: Option<Spanned<String>>,
+    pub(crate) timeout: Option<Spanned<String>>,
     #[serde(default)]
-    pub attempts: Option<Spanned<u32>>,
+    pub(crate) attempts: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawFanout {
-    pub query: Spanned<String>,
-    pub bind: Spanned<Vec<String>>,
-    pub keys: Spanned<Vec<String>>,
+pub(crate) struct RawFanout {
+    pub(crate) query: Spanned<String>,
+    pub(crate) bind: Spanned<Vec<String>>,
+    pub(crate) keys: Spanned<Vec<String>>,
     #[serde(default)]
-    pub max_rows: Option<Spanned<usize>>,
+    pub(crate) max_rows: Option<Spanned<usize>>,
     #[serde(default)]
-    pub namespace: Option<Spanned<String>>,
+    pub(crate) namespace: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawDeadLetters {
+pub(crate) struct RawDeadLetters {
     /// PostgreSQL URL; the table comes from `cdc-invalidator migrate`.
-    pub url: Spanned<String>,
+    pub(crate) url: Spanned<String>,
     /// Schema holding the dead-letter table and its migration history.
     #[serde(default)]
-    pub schema: Option<Spanned<String>>,
+    pub(crate) schema: Option<Spanned<String>>,
 }
 
 /// Dead letters get a schema of their own so that a publication of the
@@ -219,38 +219,38 @@ pub const DEFAULT_DEAD_LETTER_SCHEMA: &str = "cdc_invalidator";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPlan {
+pub(crate) struct RawPlan {
     #[serde(default)]
-    pub max_batch_records: Option<Spanned<usize>>,
+    pub(crate) max_batch_records: Option<Spanned<usize>>,
     #[serde(default)]
-    pub max_batch_bytes: Option<Spanned<usize>>,
+    pub(crate) max_batch_bytes: Option<Spanned<usize>>,
     #[serde(default)]
-    pub max_record_bytes: Option<Spanned<usize>>,
+    pub(crate) max_record_bytes: Option<Spanned<usize>>,
     #[serde(default)]
-    pub escalate_above_lag: Option<Spanned<i64>>,
+    pub(crate) escalate_above_lag: Option<Spanned<i64>>,
     #[serde(default)]
-    pub eventual_linger: Option<Spanned<String>>,
+    pub(crate) eventual_linger: Option<Spanned<String>>,
     #[serde(default)]
-    pub clock_skew_margin: Option<Spanned<String>>,
+    pub(crate) clock_skew_margin: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawEntity {
-    pub table: Spanned<String>,
+pub(crate) struct RawEntity {
+    pub(crate) table: Spanned<String>,
     #[serde(default)]
-    pub namespace: Option<Spanned<String>>,
+    pub(crate) namespace: Option<Spanned<String>>,
     #[serde(default)]
-    pub consistency: Option<Spanned<String>>,
+    pub(crate) consistency: Option<Spanned<String>>,
     #[serde(default)]
-    pub max_cache_ttl: Option<Spanned<String>>,
-    pub keys: Spanned<Vec<String>>,
+    pub(crate) max_cache_ttl: Option<Spanned<String>>,
+    pub(crate) keys: Spanned<Vec<String>>,
     #[serde(default)]
-    pub invalidate_on_snapshot: bool,
+    pub(crate) invalidate_on_snapshot: bool,
     #[serde(default)]
-    pub replica_identity: Option<Spanned<String>>,
+    pub(crate) replica_identity: Option<Spanned<String>>,
     #[serde(default)]
-    pub fanout: Vec<Spanned<RawFanout>>,
+    pub(crate) fanout: Vec<Spanned<RawFanout>>,
 }
 
 // Readers serve stale data from a Redis that lost writes until the daemon
@@ -260,7 +260,8 @@ pub fn default_loss_check_interval() -> Duration {
     Duration::from_secs(1)
 }
 
-// Readers of the key protocol default to `ver:` (architecture section 3).
+// Readers of the key protocol default to `ver:` (docs/architecture.md, "The
+// key protocol").
 fn default_version_prefix() -> Spanned<String> {
     Spanned::new(0..0, "ver:".to_owned())
 }
@@ -279,10 +280,20 @@ pub struct Settings {
     pub lookup: Option<LookupSettings>,
     /// Where Avro schemas come from; None reads JSON only.
     pub avro: Option<crate::decode::SchemaSources>,
-    pub notices: Option<crate::sink::notice::NoticeSettings>,
+    pub notices: Option<NoticeSettings>,
     /// Connector status watch; None watches nothing.
     pub connect: Option<ConnectSettings>,
     pub graph: Graph,
+}
+
+/// `[notices]`: where applied bumps are announced (`sink::notice`).
+#[derive(Debug, Clone, Default)]
+pub struct NoticeSettings {
+    pub redis_channel: Option<String>,
+    pub kafka_topic: Option<String>,
+    /// The notice schema's registry id; registered under `<topic>-value`
+    /// when a registry is configured and this is not set.
+    pub kafka_schema_id: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -499,7 +510,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// Builds errors that point at a spanned value of the file being validated.
-pub struct Validator<'a> {
+pub(crate) struct Validator<'a> {
     path: &'a str,
     text: &'a str,
 }
@@ -531,12 +542,222 @@ impl Validator<'_> {
             )
         })
     }
+
+    fn optional_duration(&self, value: Option<&Spanned<String>>, field: &str) -> Result<Option<Duration>, ConfigError> {
+        value.map(|d| self.duration(d, field)).transpose()
+    }
+
+    /// A duration that must not be zero (an interval something waits on).
+    fn positive_duration(&self, value: Option<&Spanned<String>>, field: &str) -> Result<Option<Duration>, ConfigError> {
+        let Some(d) = value else { return Ok(None) };
+        let parsed = self.duration(d, field)?;
+        if parsed.is_zero() {
+            return self.error(d.span(), field, "expected a positive duration");
+        }
+        Ok(Some(parsed))
+    }
+
+    /// A count that must not be zero (a budget, a limit, a number of tries).
+    fn at_least_one<T: Copy + Default + PartialEq>(
+        &self,
+        value: Option<&Spanned<T>>,
+        field: &str,
+    ) -> Result<Option<T>, ConfigError> {
+        match value {
+            Some(n) if *n.get_ref() == T::default() => self.error(n.span(), field, "expected at least 1"),
+            Some(n) => Ok(Some(*n.get_ref())),
+            None => Ok(None),
+        }
+    }
+
+    /// One of a few words, each standing for a typed value; `choices` in the
+    /// order the error message lists them, `default` when the field is unset.
+    fn choice<T: Copy>(
+        &self,
+        value: Option<String>,
+        span: std::ops::Range<usize>,
+        field: &str,
+        choices: &[(&str, T)],
+        default: T,
+    ) -> Result<T, ConfigError> {
+        let Some(text) = value else { return Ok(default) };
+        match choices.iter().find(|(word, _)| *word == text) {
+            Some((_, typed)) => Ok(*typed),
+            None => {
+                let words: Vec<String> = choices.iter().map(|(word, _)| format!("{word:?}")).collect();
+                self.error(span, field, format!("expected {}, got {text:?}", words.join(" or ")))
+            }
+        }
+    }
+
+    fn templates(&self, texts: &Spanned<Vec<String>>, field: &str) -> Result<Vec<Template>, ConfigError> {
+        texts
+            .get_ref()
+            .iter()
+            .map(|text| {
+                Template::parse(text).or_else(|e| self.error(texts.span(), field, format!("template {text:?}: {e}")))
+            })
+            .collect()
+    }
 }
 
 impl RawConfig {
-    pub fn validate(self, v: &Validator<'_>, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
-        let source = self.source.into_inner();
-        let subscription = match (&source.topics, &source.topic_regex) {
+    /// One function per section, called in the order the sections have
+    /// always been checked, so the first error reported stays the same.
+    pub(crate) fn validate(
+        self,
+        v: &Validator<'_>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let instance_id_span = self.source.get_ref().instance_id.as_ref().map(|i| i.span());
+        let (mut source, instance_id) = self.source.into_inner().validate(v, env)?;
+        let redis_span = self.redis.span();
+        let redis = self.redis.into_inner().validate(v, env)?;
+        let (admin_listen, probe) = validate_admin(self.admin.map(Spanned::into_inner), v, env)?;
+        // "auto" is named after the admin port, known only now; with port 0
+        // (the kernel picks one) every replica on a host would share a name.
+        if instance_id.as_deref() == Some("auto") && admin_listen.port() == 0 {
+            return v.error(
+                instance_id_span.unwrap_or(0..0),
+                "source.instance_id",
+                "\"auto\" is named after the admin port, but admin.listen has port 0: set an explicit id",
+            );
+        }
+        source.instance_id = instance_id.map(|id| {
+            if id == "auto" {
+                auto_instance_id(admin_listen)
+            } else {
+                id
+            }
+        });
+        let plan = validate_plan(self.plan.map(Spanned::into_inner), v)?;
+        let lookup = validate_lookup(self.lookup.map(Spanned::into_inner), v, env)?;
+        let avro = validate_avro(self.avro, v, env)?;
+        let notices = self.notices.map(|n| n.into_inner().validate());
+        let connect = match self.connect {
+            Some(raw) => Some(raw.into_inner().validate(v, env)?),
+            None => None,
+        };
+        let dead_letters = validate_dead_letters(self.dead_letters.map(Spanned::into_inner), v, env)?;
+        if self.entities.is_empty() {
+            return v.error(
+                redis_span,
+                "entity",
+                "expected at least one [[entity]]: without one nothing is ever invalidated",
+            );
+        }
+        let mut entities = Vec::new();
+        let mut tables = HashSet::new();
+        for (index, spanned) in self.entities.into_iter().enumerate() {
+            let context = EntityContext {
+                index,
+                version_ttl: redis.version_ttl,
+                has_lookup: lookup.is_some(),
+                mysql_lookup: lookup
+                    .as_ref()
+                    .is_some_and(|l| crate::graph::lookup_mysql::is_mysql_url(&l.url)),
+            };
+            entities.push(spanned.into_inner().validate(&context, &mut tables, v)?);
+        }
+        Ok(Settings {
+            source,
+            redis,
+            admin_listen,
+            probe,
+            plan,
+            dead_letters,
+            lookup,
+            avro,
+            notices,
+            connect,
+            graph: Graph::new(entities),
+        })
+    }
+}
+
+impl RawSource {
+    /// The source settings, and the static-membership id still to resolve
+    /// ("auto" needs the admin address); None when membership is dynamic.
+    fn validate(
+        self,
+        v: &Validator<'_>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(SourceSettings, Option<String>), ConfigError> {
+        let subscription = self.subscription(v)?;
+        for (name, value) in &self.librdkafka {
+            if crate::kafka_client::is_forced(name) {
+                return v.error(
+                    value.span(),
+                    &format!("source.librdkafka.{name}"),
+                    "is set by cdc-invalidator itself (offsets are stored only after Redis acknowledged); remove it",
+                );
+            }
+        }
+        let max_idle = v.optional_duration(self.max_idle.as_ref(), "source.max_idle")?;
+        let liveness_topics = match &self.liveness_topics {
+            Some(t) if t.get_ref().is_empty() => {
+                return v.error(t.span(), "source.liveness_topics", "expected at least one topic")
+            }
+            Some(t) => Some(t.get_ref().clone()),
+            None => None,
+        };
+        let group_protocol_span = self.group_protocol.as_ref().map(|p| p.span()).unwrap_or(0..0);
+        let group_protocol = v.choice(
+            env(ENV_GROUP_PROTOCOL).or_else(|| self.group_protocol.as_ref().map(|p| p.get_ref().clone())),
+            group_protocol_span,
+            "source.group_protocol",
+            &[
+                ("classic", GroupProtocol::Classic),
+                ("consumer", GroupProtocol::Consumer),
+            ],
+            GroupProtocol::Classic,
+        )?;
+        if group_protocol == GroupProtocol::Consumer {
+            if let Some((name, value)) = self
+                .librdkafka
+                .iter()
+                .find(|(name, _)| CLASSIC_ONLY_RDKAFKA_SETTINGS.contains(&name.as_str()))
+            {
+                return v.error(
+                    value.span(),
+                    &format!("source.librdkafka.{name}"),
+                    "is not used with group_protocol = \"consumer\" (the broker sets it: group.consumer.*); remove it",
+                );
+            }
+        }
+        // An empty CDC_INSTANCE_ID turns static membership off whatever the
+        // file says (one config shared by a fleet, one replica opting out).
+        let env_instance_id = env(ENV_INSTANCE_ID);
+        if let (None, Some(i)) = (&env_instance_id, &self.instance_id) {
+            if i.get_ref().is_empty() {
+                return v.error(i.span(), "source.instance_id", "expected a non-empty id or \"auto\"");
+            }
+        }
+        let instance_id = env_instance_id
+            .or_else(|| self.instance_id.as_ref().map(|i| i.get_ref().clone()))
+            .filter(|id| !id.is_empty());
+        let settings = SourceSettings {
+            brokers: env(ENV_KAFKA_BROKERS).unwrap_or_else(|| self.brokers.get_ref().clone()),
+            group_id: env(ENV_KAFKA_GROUP).unwrap_or_else(|| self.group_id.get_ref().clone()),
+            subscription,
+            librdkafka: self
+                .librdkafka
+                .into_iter()
+                .map(|(k, val)| (k, val.into_inner()))
+                .collect(),
+            instance_id: None,
+            group_protocol,
+            liveness: LivenessSettings {
+                topics: liveness_topics,
+                max_idle,
+                interval: default_liveness_interval(),
+            },
+        };
+        Ok((settings, instance_id))
+    }
+
+    fn subscription(&self, v: &Validator<'_>) -> Result<Subscription, ConfigError> {
+        match (&self.topics, &self.topic_regex) {
             (Some(topics), None) => {
                 // librdkafka refuses the whole subscription (Invalid argument)
                 // for an empty list, an empty name or a repeated one.
@@ -555,129 +776,45 @@ impl RawConfig {
                 if let Some(repeated) = names.iter().find(|t| !seen.insert(t.as_str())) {
                     return v.error(topics.span(), "source.topics", format!("{repeated:?} is listed twice"));
                 }
-                Subscription::Topics(names.clone())
+                Ok(Subscription::Topics(names.clone()))
             }
             (None, Some(pattern)) => match crate::topic_pattern::TopicPattern::new(pattern.get_ref()) {
-                Ok(compiled) => Subscription::Regex(compiled),
-                Err(reason) => return v.error(pattern.span(), "source.topic_regex", reason),
+                Ok(compiled) => Ok(Subscription::Regex(compiled)),
+                Err(reason) => v.error(pattern.span(), "source.topic_regex", reason),
             },
-            (Some(topics), Some(_)) => {
-                return v.error(
-                    topics.span(),
-                    "source.topics",
-                    "set either `topics` or `topic_regex`, not both",
-                )
-            }
-            (None, None) => {
-                return v.error(
-                    source.group_id.span(),
-                    "source",
-                    "expected `topics = [...]` or `topic_regex = \"...\"`",
-                )
-            }
-        };
-        for (name, value) in &source.librdkafka {
-            if crate::kafka_client::is_forced(name) {
-                return v.error(
-                    value.span(),
-                    &format!("source.librdkafka.{name}"),
-                    "is set by cdc-invalidator itself (offsets are stored only after Redis acknowledged); remove it",
-                );
-            }
+            (Some(topics), Some(_)) => v.error(
+                topics.span(),
+                "source.topics",
+                "set either `topics` or `topic_regex`, not both",
+            ),
+            (None, None) => v.error(
+                self.group_id.span(),
+                "source",
+                "expected `topics = [...]` or `topic_regex = \"...\"`",
+            ),
         }
-        let max_idle = match &source.max_idle {
-            Some(d) => Some(v.duration(d, "source.max_idle")?),
-            None => None,
-        };
-        let liveness_topics = match &source.liveness_topics {
-            Some(t) if t.get_ref().is_empty() => {
-                return v.error(t.span(), "source.liveness_topics", "expected at least one topic")
-            }
-            Some(t) => Some(t.get_ref().clone()),
-            None => None,
-        };
-        let group_protocol_span = source.group_protocol.as_ref().map(|p| p.span()).unwrap_or(0..0);
-        let group_protocol = match env(ENV_GROUP_PROTOCOL)
-            .or_else(|| source.group_protocol.as_ref().map(|p| p.get_ref().clone()))
-            .as_deref()
-        {
-            None | Some("classic") => GroupProtocol::Classic,
-            Some("consumer") => GroupProtocol::Consumer,
-            Some(other) => {
-                return v.error(
-                    group_protocol_span,
-                    "source.group_protocol",
-                    format!("expected \"classic\" or \"consumer\", got {other:?}"),
-                )
-            }
-        };
-        if group_protocol == GroupProtocol::Consumer {
-            if let Some((name, value)) = source
-                .librdkafka
-                .iter()
-                .find(|(name, _)| CLASSIC_ONLY_RDKAFKA_SETTINGS.contains(&name.as_str()))
-            {
-                return v.error(
-                    value.span(),
-                    &format!("source.librdkafka.{name}"),
-                    "is not used with group_protocol = \"consumer\" (the broker sets it: group.consumer.*); remove it",
-                );
-            }
-        }
-        // An empty CDC_INSTANCE_ID turns static membership off whatever the
-        // file says (one config shared by a fleet, one replica opting out).
-        let env_instance_id = env(ENV_INSTANCE_ID);
-        if let (None, Some(i)) = (&env_instance_id, &source.instance_id) {
-            if i.get_ref().is_empty() {
-                return v.error(i.span(), "source.instance_id", "expected a non-empty id or \"auto\"");
-            }
-        }
-        let raw_instance_id = env_instance_id.or_else(|| source.instance_id.as_ref().map(|i| i.get_ref().clone()));
-        let mut source = SourceSettings {
-            brokers: env(ENV_KAFKA_BROKERS).unwrap_or_else(|| source.brokers.get_ref().clone()),
-            group_id: env(ENV_KAFKA_GROUP).unwrap_or_else(|| source.group_id.get_ref().clone()),
-            subscription,
-            librdkafka: source
-                .librdkafka
-                .into_iter()
-                .map(|(k, val)| (k, val.into_inner()))
-                .collect(),
-            instance_id: None,
-            group_protocol,
-            liveness: LivenessSettings {
-                topics: liveness_topics,
-                max_idle,
-                interval: default_liveness_interval(),
-            },
-        };
+    }
+}
 
-        let redis_span = self.redis.span();
-        let redis = self.redis.into_inner();
-        let url = env(ENV_REDIS_URL).unwrap_or_else(|| redis.url.get_ref().clone());
+impl RawRedis {
+    fn validate(self, v: &Validator<'_>, env: &dyn Fn(&str) -> Option<String>) -> Result<RedisSettings, ConfigError> {
+        let url = env(ENV_REDIS_URL).unwrap_or_else(|| self.url.get_ref().clone());
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
             return v.error(
-                redis.url.span(),
+                self.url.span(),
                 "redis.url",
                 format!("expected a redis:// or rediss:// URL, got {:?}", redact_url(&url)),
             );
         }
-        let version_ttl = v.duration(&redis.version_ttl, "redis.version_ttl")?;
-        let max_retry_backoff = match &redis.max_retry_backoff {
-            Some(d) => v.duration(d, "redis.max_retry_backoff")?,
-            None => DEFAULT_MAX_RETRY_BACKOFF,
-        };
-        let loss_check_interval = match &redis.loss_check_interval {
-            Some(d) => {
-                let interval = v.duration(d, "redis.loss_check_interval")?;
-                if interval.is_zero() {
-                    return v.error(d.span(), "redis.loss_check_interval", "expected a positive duration");
-                }
-                interval
-            }
-            None => default_loss_check_interval(),
-        };
-        let wait_replicas = redis.wait_replicas.as_ref().map_or(0, |n| *n.get_ref());
-        let wait_timeout = match &redis.wait_timeout {
+        let version_ttl = v.duration(&self.version_ttl, "redis.version_ttl")?;
+        let max_retry_backoff = v
+            .optional_duration(self.max_retry_backoff.as_ref(), "redis.max_retry_backoff")?
+            .unwrap_or(DEFAULT_MAX_RETRY_BACKOFF);
+        let loss_check_interval = v
+            .positive_duration(self.loss_check_interval.as_ref(), "redis.loss_check_interval")?
+            .unwrap_or_else(default_loss_check_interval);
+        let wait_replicas = self.wait_replicas.as_ref().map_or(0, |n| *n.get_ref());
+        let wait_timeout = match &self.wait_timeout {
             Some(d) => {
                 let timeout = v.duration(d, "redis.wait_timeout")?;
                 // WAIT's own 0 means "block forever": a stuck replica would
@@ -700,7 +837,7 @@ impl RawConfig {
             }
             None => DEFAULT_WAIT_TIMEOUT,
         };
-        if let (Some(n), true) = (&redis.wait_replicas, redis.cluster) {
+        if let (Some(n), true) = (&self.wait_replicas, self.cluster) {
             if *n.get_ref() > 0 {
                 return v.error(
                     n.span(),
@@ -709,413 +846,399 @@ impl RawConfig {
                 );
             }
         }
-        let redis_settings = RedisSettings {
+        Ok(RedisSettings {
             url,
-            version_prefix: redis.version_prefix.get_ref().clone(),
+            version_prefix: self.version_prefix.get_ref().clone(),
             version_ttl,
             max_retry_backoff,
-            cluster: redis.cluster,
+            cluster: self.cluster,
             loss_check_interval,
             wait_replicas,
             wait_timeout,
-        };
-
-        let admin_text =
-            env(ENV_ADMIN_LISTEN).or_else(|| self.admin.as_ref().map(|a| a.get_ref().listen.get_ref().clone()));
-        let admin_listen = match admin_text {
-            Some(text) => match text.parse() {
-                Ok(addr) => addr,
-                Err(_) => {
-                    let span = self.admin.as_ref().map(|a| a.get_ref().listen.span()).unwrap_or(0..0);
-                    return v.error(
-                        span,
-                        "admin.listen",
-                        format!("expected host:port such as \"127.0.0.1:9799\", got {text:?}"),
-                    );
-                }
-            },
-            None => {
-                // A constant that the unit tests parse.
-                #[allow(clippy::expect_used)]
-                let default = DEFAULT_ADMIN_LISTEN.parse().expect("default admin address parses");
-                default
-            }
-        };
-        source.instance_id = raw_instance_id.filter(|id| !id.is_empty()).map(|id| {
-            if id == "auto" {
-                auto_instance_id(admin_listen)
-            } else {
-                id
-            }
-        });
-        let raw_admin = self.admin.map(Spanned::into_inner);
-        let probe = ProbeSettings {
-            interval: match raw_admin.as_ref().and_then(|a| a.probe_interval.as_ref()) {
-                Some(d) => v.duration(d, "admin.probe_interval")?,
-                None => default_probe_interval(),
-            },
-            timeout: match raw_admin.as_ref().and_then(|a| a.probe_timeout.as_ref()) {
-                Some(d) => v.duration(d, "admin.probe_timeout")?,
-                None => default_probe_timeout(),
-            },
-        };
-        if probe.interval.is_zero() || probe.timeout.is_zero() {
-            return v.error(
-                0..0,
-                "admin.probe_interval",
-                "probe interval and timeout must be positive",
-            );
-        }
-
-        let raw_plan = self.plan.map(Spanned::into_inner);
-        let positive = |value: &Option<Spanned<usize>>, field: &str, default: usize| match value {
-            Some(n) if *n.get_ref() == 0 => v.error(n.span(), field, "expected at least 1"),
-            Some(n) => Ok(*n.get_ref()),
-            None => Ok(default),
-        };
-        let plan = PlanSettings {
-            max_batch_records: positive(
-                &raw_plan.as_ref().and_then(|p| p.max_batch_records.clone()),
-                "plan.max_batch_records",
-                DEFAULT_MAX_BATCH_RECORDS,
-            )?,
-            max_batch_bytes: positive(
-                &raw_plan.as_ref().and_then(|p| p.max_batch_bytes.clone()),
-                "plan.max_batch_bytes",
-                DEFAULT_MAX_BATCH_BYTES,
-            )?,
-            max_record_bytes: positive(
-                &raw_plan.as_ref().and_then(|p| p.max_record_bytes.clone()),
-                "plan.max_record_bytes",
-                DEFAULT_MAX_RECORD_BYTES,
-            )?,
-            escalate_above_lag: match raw_plan.as_ref().and_then(|p| p.escalate_above_lag.as_ref()) {
-                Some(n) if *n.get_ref() < 1 => {
-                    return v.error(
-                        n.span(),
-                        "plan.escalate_above_lag",
-                        "expected a positive number of records",
-                    )
-                }
-                Some(n) => Some(*n.get_ref()),
-                None => None,
-            },
-            eventual_linger: match raw_plan.as_ref().and_then(|p| p.eventual_linger.as_ref()) {
-                Some(d) => v.duration(d, "plan.eventual_linger")?,
-                None => DEFAULT_EVENTUAL_LINGER,
-            },
-            clock_skew_margin: match raw_plan.as_ref().and_then(|p| p.clock_skew_margin.as_ref()) {
-                Some(d) => v.duration(d, "plan.clock_skew_margin")?,
-                None => DEFAULT_CLOCK_SKEW_MARGIN,
-            },
-        };
-        let lookup = match self.lookup.map(Spanned::into_inner) {
-            Some(raw) => Some(LookupSettings {
-                url: env(ENV_LOOKUP_URL).unwrap_or_else(|| raw.url.into_inner()),
-                timeout: match &raw.timeout {
-                    Some(d) => v.duration(d, "lookup.timeout")?,
-                    None => DEFAULT_LOOKUP_TIMEOUT,
-                },
-                attempts: match &raw.attempts {
-                    Some(n) if *n.get_ref() == 0 => return v.error(n.span(), "lookup.attempts", "expected at least 1"),
-                    Some(n) => *n.get_ref(),
-                    None => DEFAULT_LOOKUP_ATTEMPTS,
-                },
-            }),
-            None => env(ENV_LOOKUP_URL).map(|url| LookupSettings {
-                url,
-                timeout: DEFAULT_LOOKUP_TIMEOUT,
-                attempts: DEFAULT_LOOKUP_ATTEMPTS,
-            }),
-        };
-        let avro = match self.avro {
-            Some(raw) => {
-                let raw_span = raw.span();
-                let raw = raw.into_inner();
-                let sources = crate::decode::SchemaSources {
-                    registry_url: env(ENV_SCHEMA_REGISTRY_URL).or_else(|| raw.registry_url.map(Spanned::into_inner)),
-                    username: env(ENV_SCHEMA_REGISTRY_USER).or_else(|| raw.username.map(Spanned::into_inner)),
-                    password: env(ENV_SCHEMA_REGISTRY_PASSWORD).or_else(|| raw.password.map(Spanned::into_inner)),
-                    schemas_dir: raw.schemas_dir.map(|d| std::path::PathBuf::from(d.into_inner())),
-                    timeout: match &raw.timeout {
-                        Some(d) => v.duration(d, "avro.timeout")?,
-                        None => DEFAULT_REGISTRY_TIMEOUT,
-                    },
-                };
-                if sources.registry_url.is_none() && sources.schemas_dir.is_none() {
-                    return v.error(raw_span, "avro", "expected `registry_url` or `schemas_dir` (or both)");
-                }
-                Some(sources)
-            }
-            None => env(ENV_SCHEMA_REGISTRY_URL).map(|url| crate::decode::SchemaSources {
-                registry_url: Some(url),
-                username: env(ENV_SCHEMA_REGISTRY_USER),
-                password: env(ENV_SCHEMA_REGISTRY_PASSWORD),
-                schemas_dir: None,
-                timeout: DEFAULT_REGISTRY_TIMEOUT,
-            }),
-        };
-        let notices = self.notices.map(|n| {
-            let n = n.into_inner();
-            crate::sink::notice::NoticeSettings {
-                redis_channel: n.redis_channel.map(Spanned::into_inner),
-                kafka_topic: n.kafka_topic.map(Spanned::into_inner),
-                kafka_schema_id: n.kafka_schema_id.map(Spanned::into_inner),
-            }
-        });
-        let connect = match self.connect.map(Spanned::into_inner) {
-            None => None,
-            Some(raw) => {
-                let url = env(ENV_CONNECT_URL).unwrap_or_else(|| raw.url.get_ref().clone());
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return v.error(
-                        raw.url.span(),
-                        "connect.url",
-                        format!(
-                            "expected an http:// or https:// URL of Kafka Connect's REST API, got {:?}",
-                            redact_url(&url)
-                        ),
-                    );
-                }
-                let names = raw.connectors.get_ref();
-                if names.is_empty() {
-                    return v.error(
-                        raw.connectors.span(),
-                        "connect.connectors",
-                        "expected at least one connector name",
-                    );
-                }
-                for (i, name) in names.iter().enumerate() {
-                    if name.trim().is_empty() || name.contains('/') {
-                        return v.error(
-                            raw.connectors.span(),
-                            "connect.connectors",
-                            format!("{name:?} is not a connector name"),
-                        );
-                    }
-                    if names.iter().take(i).any(|earlier| earlier == name) {
-                        return v.error(
-                            raw.connectors.span(),
-                            "connect.connectors",
-                            format!("{name:?} is listed twice"),
-                        );
-                    }
-                }
-                let poll_interval = match &raw.poll_interval {
-                    Some(d) => {
-                        let interval = v.duration(d, "connect.poll_interval")?;
-                        if interval.is_zero() {
-                            return v.error(d.span(), "connect.poll_interval", "expected a positive duration");
-                        }
-                        interval
-                    }
-                    None => DEFAULT_CONNECT_POLL_INTERVAL,
-                };
-                Some(ConnectSettings {
-                    url: url.trim_end_matches('/').to_owned(),
-                    connectors: names.clone(),
-                    poll_interval,
-                })
-            }
-        };
-        let dead_letters = {
-            let raw = self.dead_letters.map(Spanned::into_inner);
-            let schema = match raw.as_ref().and_then(|d| d.schema.as_ref()) {
-                Some(schema) if !is_plain_identifier(schema.get_ref()) => {
-                    return v.error(
-                        schema.span(),
-                        "dead_letters.schema",
-                        "expected a plain PostgreSQL identifier (lowercase letters, digits, `_`; at most 63 bytes)",
-                    )
-                }
-                Some(schema) => schema.get_ref().clone(),
-                None => DEFAULT_DEAD_LETTER_SCHEMA.to_owned(),
-            };
-            env(ENV_DEAD_LETTERS_URL)
-                .or_else(|| raw.map(|d| d.url.into_inner()))
-                .map(|url| DeadLetterSettings { url, schema })
-        };
-
-        if self.entities.is_empty() {
-            return v.error(
-                redis_span,
-                "entity",
-                "expected at least one [[entity]]: without one nothing is ever invalidated",
-            );
-        }
-        let mut entities = Vec::new();
-        let mut tables = HashSet::new();
-        for (index, spanned) in self.entities.into_iter().enumerate() {
-            let raw = spanned.into_inner();
-            let field = |name: &str| format!("entity[{index}].{name}");
-            let table = raw.table.get_ref().clone();
-            if table.split('.').count() != 2 || table.split('.').any(str::is_empty) {
-                return v.error(
-                    raw.table.span(),
-                    &field("table"),
-                    format!("expected \"schema.table\" (or \"database.table\" for MySQL), got {table:?}"),
-                );
-            }
-            if !tables.insert(table.clone()) {
-                return v.error(
-                    raw.table.span(),
-                    &field("table"),
-                    format!("table {table:?} is declared twice; put all its keys in one [[entity]]"),
-                );
-            }
-            if raw.keys.get_ref().is_empty() {
-                return v.error(raw.keys.span(), &field("keys"), "expected at least one key template");
-            }
-            let mut keys = Vec::new();
-            for text in raw.keys.get_ref() {
-                match Template::parse(text) {
-                    Ok(t) => keys.push(t),
-                    Err(e) => return v.error(raw.keys.span(), &field("keys"), format!("template {text:?}: {e}")),
-                }
-            }
-            let consistency = match raw.consistency.as_ref().map(|c| c.get_ref().as_str()) {
-                None | Some("eventual") => Consistency::Eventual,
-                Some("strong") => Consistency::Strong,
-                Some(other) => {
-                    return v.error(
-                        raw.consistency.as_ref().map(|c| c.span()).unwrap_or(0..0),
-                        &field("consistency"),
-                        format!("expected \"strong\" or \"eventual\", got {other:?}"),
-                    )
-                }
-            };
-            let max_cache_ttl = match &raw.max_cache_ttl {
-                Some(d) => {
-                    let ttl = v.duration(d, &field("max_cache_ttl"))?;
-                    if ttl > version_ttl {
-                        return v.error(
-                            d.span(),
-                            &field("max_cache_ttl"),
-                            format!(
-                                "is longer than redis.version_ttl ({}): a version record could expire while data it guards is still cached",
-                                humantime::format_duration(version_ttl)
-                            ),
-                        );
-                    }
-                    Some(ttl)
-                }
-                None => None,
-            };
-            let namespace = match &raw.namespace {
-                Some(ns) if ns.get_ref().is_empty() => {
-                    return v.error(ns.span(), &field("namespace"), "expected a non-empty name")
-                }
-                Some(ns) => Some(ns.get_ref().clone()),
-                None => None,
-            };
-            // "default" unless declared: trusting an incomplete old image
-            // would render wrong keys silently; distrusting a full one only
-            // costs escalations.
-            let full_before_image = match raw.replica_identity.as_ref().map(|r| r.get_ref().as_str()) {
-                None | Some("default") => false,
-                Some("full") => true,
-                Some(other) => {
-                    return v.error(
-                        raw.replica_identity.as_ref().map(|r| r.span()).unwrap_or(0..0),
-                        &field("replica_identity"),
-                        format!("expected \"full\" or \"default\", got {other:?}"),
-                    )
-                }
-            };
-            let mut fanouts = Vec::new();
-            for (f, spanned) in raw.fanout.iter().enumerate() {
-                let fanout = spanned.get_ref();
-                let field = |name: &str| format!("entity[{index}].fanout[{f}].{name}");
-                if lookup.is_none() {
-                    return v.error(
-                        spanned.span(),
-                        &field("query"),
-                        "fan-out lookups need a [lookup] url (a read replica: PostgreSQL, MySQL or MariaDB)",
-                    );
-                }
-                let mysql = lookup
-                    .as_ref()
-                    .is_some_and(|l| crate::graph::lookup_mysql::is_mysql_url(&l.url));
-                let placeholders = if mysql {
-                    crate::graph::lookup_mysql::placeholders(fanout.query.get_ref())
-                } else {
-                    (1..=fanout.bind.get_ref().len() + 1)
-                        .take_while(|n| fanout.query.get_ref().contains(&format!("${n}")))
-                        .count()
-                };
-                if mysql && placeholders != fanout.bind.get_ref().len() {
-                    return v.error(
-                        fanout.bind.span(),
-                        &field("bind"),
-                        format!(
-                            "{} bind column(s) for a MySQL query with {placeholders} `?` placeholder(s)",
-                            fanout.bind.get_ref().len()
-                        ),
-                    );
-                }
-                if placeholders != fanout.bind.get_ref().len() {
-                    return v.error(
-                        fanout.bind.span(),
-                        &field("bind"),
-                        format!(
-                            "{} bind column(s) for a query using ${}..${placeholders}",
-                            fanout.bind.get_ref().len(),
-                            1.min(placeholders)
-                        ),
-                    );
-                }
-                let mut keys = Vec::new();
-                for text in fanout.keys.get_ref() {
-                    match Template::parse(text) {
-                        Ok(t) => keys.push(t),
-                        Err(e) => {
-                            return v.error(fanout.keys.span(), &field("keys"), format!("template {text:?}: {e}"))
-                        }
-                    }
-                }
-                if keys.is_empty() {
-                    return v.error(fanout.keys.span(), &field("keys"), "expected at least one key template");
-                }
-                fanouts.push(Fanout {
-                    query: fanout.query.get_ref().clone(),
-                    bind: fanout.bind.get_ref().clone(),
-                    keys,
-                    max_rows: match &fanout.max_rows {
-                        Some(n) if *n.get_ref() == 0 => {
-                            return v.error(n.span(), &field("max_rows"), "expected at least 1")
-                        }
-                        Some(n) => *n.get_ref(),
-                        None => DEFAULT_FANOUT_MAX_ROWS,
-                    },
-                    namespace: fanout.namespace.as_ref().map(|n| n.get_ref().clone()),
-                });
-            }
-            entities.push(Entity {
-                table,
-                namespace,
-                consistency,
-                max_cache_ttl,
-                keys,
-                invalidate_on_snapshot: raw.invalidate_on_snapshot,
-                full_before_image,
-                fanouts,
-            });
-        }
-
-        Ok(Settings {
-            source,
-            redis: redis_settings,
-            admin_listen,
-            probe,
-            plan,
-            dead_letters,
-            lookup,
-            avro,
-            notices,
-            connect,
-            graph: Graph::new(entities),
         })
     }
+}
+
+/// The admin listener's address and the readiness probe's timing.
+fn validate_admin(
+    raw: Option<RawAdmin>,
+    v: &Validator<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(std::net::SocketAddr, ProbeSettings), ConfigError> {
+    let listen = match env(ENV_ADMIN_LISTEN).or_else(|| raw.as_ref().map(|a| a.listen.get_ref().clone())) {
+        Some(text) => match text.parse() {
+            Ok(addr) => addr,
+            Err(_) => {
+                let span = raw.as_ref().map(|a| a.listen.span()).unwrap_or(0..0);
+                return v.error(
+                    span,
+                    "admin.listen",
+                    format!("expected host:port such as \"127.0.0.1:9799\", got {text:?}"),
+                );
+            }
+        },
+        None => {
+            // A constant that the unit tests parse.
+            #[allow(clippy::expect_used)]
+            let default = DEFAULT_ADMIN_LISTEN.parse().expect("default admin address parses");
+            default
+        }
+    };
+    let probe = ProbeSettings {
+        interval: v
+            .optional_duration(
+                raw.as_ref().and_then(|a| a.probe_interval.as_ref()),
+                "admin.probe_interval",
+            )?
+            .unwrap_or_else(default_probe_interval),
+        timeout: v
+            .optional_duration(
+                raw.as_ref().and_then(|a| a.probe_timeout.as_ref()),
+                "admin.probe_timeout",
+            )?
+            .unwrap_or_else(default_probe_timeout),
+    };
+    if probe.interval.is_zero() || probe.timeout.is_zero() {
+        return v.error(
+            0..0,
+            "admin.probe_interval",
+            "probe interval and timeout must be positive",
+        );
+    }
+    Ok((listen, probe))
+}
+
+fn validate_plan(raw: Option<RawPlan>, v: &Validator<'_>) -> Result<PlanSettings, ConfigError> {
+    let raw = raw.as_ref();
+    Ok(PlanSettings {
+        max_batch_records: v
+            .at_least_one(raw.and_then(|p| p.max_batch_records.as_ref()), "plan.max_batch_records")?
+            .unwrap_or(DEFAULT_MAX_BATCH_RECORDS),
+        max_batch_bytes: v
+            .at_least_one(raw.and_then(|p| p.max_batch_bytes.as_ref()), "plan.max_batch_bytes")?
+            .unwrap_or(DEFAULT_MAX_BATCH_BYTES),
+        max_record_bytes: v
+            .at_least_one(raw.and_then(|p| p.max_record_bytes.as_ref()), "plan.max_record_bytes")?
+            .unwrap_or(DEFAULT_MAX_RECORD_BYTES),
+        escalate_above_lag: match raw.and_then(|p| p.escalate_above_lag.as_ref()) {
+            Some(n) if *n.get_ref() < 1 => {
+                return v.error(
+                    n.span(),
+                    "plan.escalate_above_lag",
+                    "expected a positive number of records",
+                )
+            }
+            Some(n) => Some(*n.get_ref()),
+            None => None,
+        },
+        eventual_linger: v
+            .optional_duration(raw.and_then(|p| p.eventual_linger.as_ref()), "plan.eventual_linger")?
+            .unwrap_or(DEFAULT_EVENTUAL_LINGER),
+        clock_skew_margin: v
+            .optional_duration(raw.and_then(|p| p.clock_skew_margin.as_ref()), "plan.clock_skew_margin")?
+            .unwrap_or(DEFAULT_CLOCK_SKEW_MARGIN),
+    })
+}
+
+fn validate_lookup(
+    raw: Option<RawLookup>,
+    v: &Validator<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<LookupSettings>, ConfigError> {
+    Ok(match raw {
+        Some(raw) => Some(LookupSettings {
+            url: env(ENV_LOOKUP_URL).unwrap_or_else(|| raw.url.get_ref().clone()),
+            timeout: v
+                .optional_duration(raw.timeout.as_ref(), "lookup.timeout")?
+                .unwrap_or(DEFAULT_LOOKUP_TIMEOUT),
+            attempts: v
+                .at_least_one(raw.attempts.as_ref(), "lookup.attempts")?
+                .unwrap_or(DEFAULT_LOOKUP_ATTEMPTS),
+        }),
+        None => env(ENV_LOOKUP_URL).map(|url| LookupSettings {
+            url,
+            timeout: DEFAULT_LOOKUP_TIMEOUT,
+            attempts: DEFAULT_LOOKUP_ATTEMPTS,
+        }),
+    })
+}
+
+fn validate_avro(
+    raw: Option<Spanned<RawAvro>>,
+    v: &Validator<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<crate::decode::SchemaSources>, ConfigError> {
+    let Some(raw) = raw else {
+        // The registry alone may come from the environment.
+        return Ok(env(ENV_SCHEMA_REGISTRY_URL).map(|url| crate::decode::SchemaSources {
+            registry_url: Some(url),
+            username: env(ENV_SCHEMA_REGISTRY_USER),
+            password: env(ENV_SCHEMA_REGISTRY_PASSWORD),
+            schemas_dir: None,
+            timeout: DEFAULT_REGISTRY_TIMEOUT,
+        }));
+    };
+    let raw_span = raw.span();
+    let raw = raw.into_inner();
+    let sources = crate::decode::SchemaSources {
+        registry_url: env(ENV_SCHEMA_REGISTRY_URL).or_else(|| raw.registry_url.map(Spanned::into_inner)),
+        username: env(ENV_SCHEMA_REGISTRY_USER).or_else(|| raw.username.map(Spanned::into_inner)),
+        password: env(ENV_SCHEMA_REGISTRY_PASSWORD).or_else(|| raw.password.map(Spanned::into_inner)),
+        schemas_dir: raw.schemas_dir.map(|d| PathBuf::from(d.into_inner())),
+        timeout: v
+            .optional_duration(raw.timeout.as_ref(), "avro.timeout")?
+            .unwrap_or(DEFAULT_REGISTRY_TIMEOUT),
+    };
+    if sources.registry_url.is_none() && sources.schemas_dir.is_none() {
+        return v.error(raw_span, "avro", "expected `registry_url` or `schemas_dir` (or both)");
+    }
+    Ok(Some(sources))
+}
+
+impl RawNotices {
+    fn validate(self) -> NoticeSettings {
+        NoticeSettings {
+            redis_channel: self.redis_channel.map(Spanned::into_inner),
+            kafka_topic: self.kafka_topic.map(Spanned::into_inner),
+            kafka_schema_id: self.kafka_schema_id.map(Spanned::into_inner),
+        }
+    }
+}
+
+impl RawConnect {
+    fn validate(self, v: &Validator<'_>, env: &dyn Fn(&str) -> Option<String>) -> Result<ConnectSettings, ConfigError> {
+        let url = env(ENV_CONNECT_URL).unwrap_or_else(|| self.url.get_ref().clone());
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return v.error(
+                self.url.span(),
+                "connect.url",
+                format!(
+                    "expected an http:// or https:// URL of Kafka Connect's REST API, got {:?}",
+                    redact_url(&url)
+                ),
+            );
+        }
+        let names = self.connectors.get_ref();
+        if names.is_empty() {
+            return v.error(
+                self.connectors.span(),
+                "connect.connectors",
+                "expected at least one connector name",
+            );
+        }
+        for (i, name) in names.iter().enumerate() {
+            if name.trim().is_empty() || name.contains('/') {
+                return v.error(
+                    self.connectors.span(),
+                    "connect.connectors",
+                    format!("{name:?} is not a connector name"),
+                );
+            }
+            if names.iter().take(i).any(|earlier| earlier == name) {
+                return v.error(
+                    self.connectors.span(),
+                    "connect.connectors",
+                    format!("{name:?} is listed twice"),
+                );
+            }
+        }
+        Ok(ConnectSettings {
+            url: url.trim_end_matches('/').to_owned(),
+            connectors: names.clone(),
+            poll_interval: v
+                .positive_duration(self.poll_interval.as_ref(), "connect.poll_interval")?
+                .unwrap_or(DEFAULT_CONNECT_POLL_INTERVAL),
+        })
+    }
+}
+
+fn validate_dead_letters(
+    raw: Option<RawDeadLetters>,
+    v: &Validator<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<DeadLetterSettings>, ConfigError> {
+    let schema = match raw.as_ref().and_then(|d| d.schema.as_ref()) {
+        Some(schema) if !is_plain_identifier(schema.get_ref()) => {
+            return v.error(
+                schema.span(),
+                "dead_letters.schema",
+                "expected a plain PostgreSQL identifier (lowercase letters, digits, `_`; at most 63 bytes)",
+            )
+        }
+        Some(schema) => schema.get_ref().clone(),
+        None => DEFAULT_DEAD_LETTER_SCHEMA.to_owned(),
+    };
+    Ok(env(ENV_DEAD_LETTERS_URL)
+        .or_else(|| raw.map(|d| d.url.into_inner()))
+        .map(|url| DeadLetterSettings { url, schema }))
+}
+
+/// What an `[[entity]]` is checked against besides its own fields.
+struct EntityContext {
+    index: usize,
+    version_ttl: Duration,
+    has_lookup: bool,
+    /// The lookup database is MySQL or MariaDB: fan-out queries bind `?`.
+    mysql_lookup: bool,
+}
+
+impl EntityContext {
+    fn field(&self, name: &str) -> String {
+        format!("entity[{}].{name}", self.index)
+    }
+}
+
+impl RawEntity {
+    /// `tables` holds the tables of the entities before this one.
+    fn validate(
+        self,
+        at: &EntityContext,
+        tables: &mut HashSet<String>,
+        v: &Validator<'_>,
+    ) -> Result<Entity, ConfigError> {
+        let table = self.table.get_ref().clone();
+        if table.split('.').count() != 2 || table.split('.').any(str::is_empty) {
+            return v.error(
+                self.table.span(),
+                &at.field("table"),
+                format!("expected \"schema.table\" (or \"database.table\" for MySQL), got {table:?}"),
+            );
+        }
+        if !tables.insert(table.clone()) {
+            return v.error(
+                self.table.span(),
+                &at.field("table"),
+                format!("table {table:?} is declared twice; put all its keys in one [[entity]]"),
+            );
+        }
+        if self.keys.get_ref().is_empty() {
+            return v.error(
+                self.keys.span(),
+                &at.field("keys"),
+                "expected at least one key template",
+            );
+        }
+        let keys = v.templates(&self.keys, &at.field("keys"))?;
+        let consistency = v.choice(
+            self.consistency.as_ref().map(|c| c.get_ref().clone()),
+            self.consistency.as_ref().map(|c| c.span()).unwrap_or(0..0),
+            &at.field("consistency"),
+            &[("strong", Consistency::Strong), ("eventual", Consistency::Eventual)],
+            Consistency::Eventual,
+        )?;
+        let max_cache_ttl = match &self.max_cache_ttl {
+            Some(d) => {
+                let ttl = v.duration(d, &at.field("max_cache_ttl"))?;
+                if ttl > at.version_ttl {
+                    return v.error(
+                        d.span(),
+                        &at.field("max_cache_ttl"),
+                        format!(
+                            "is longer than redis.version_ttl ({}): a version record could expire while data it guards is still cached",
+                            humantime::format_duration(at.version_ttl)
+                        ),
+                    );
+                }
+                Some(ttl)
+            }
+            None => None,
+        };
+        let namespace = match &self.namespace {
+            Some(ns) if ns.get_ref().is_empty() => {
+                return v.error(ns.span(), &at.field("namespace"), "expected a non-empty name")
+            }
+            Some(ns) => Some(ns.get_ref().clone()),
+            None => None,
+        };
+        // "default" unless declared: trusting an incomplete old image
+        // would render wrong keys silently; distrusting a full one only
+        // costs escalations.
+        let full_before_image = v.choice(
+            self.replica_identity.as_ref().map(|r| r.get_ref().clone()),
+            self.replica_identity.as_ref().map(|r| r.span()).unwrap_or(0..0),
+            &at.field("replica_identity"),
+            &[("full", true), ("default", false)],
+            false,
+        )?;
+        let mut fanouts = Vec::new();
+        for (f, spanned) in self.fanout.iter().enumerate() {
+            fanouts.push(validate_fanout(
+                spanned,
+                &format!("entity[{}].fanout[{f}]", at.index),
+                at,
+                v,
+            )?);
+        }
+        Ok(Entity {
+            table,
+            namespace,
+            consistency,
+            max_cache_ttl,
+            keys,
+            invalidate_on_snapshot: self.invalidate_on_snapshot,
+            full_before_image,
+            fanouts,
+        })
+    }
+}
+
+/// One `[[entity.fanout]]`; `name` is its field path, e.g. `entity[0].fanout[1]`.
+fn validate_fanout(
+    spanned: &Spanned<RawFanout>,
+    name: &str,
+    at: &EntityContext,
+    v: &Validator<'_>,
+) -> Result<Fanout, ConfigError> {
+    let fanout = spanned.get_ref();
+    let field = |f: &str| format!("{name}.{f}");
+    if !at.has_lookup {
+        return v.error(
+            spanned.span(),
+            &field("query"),
+            "fan-out lookups need a [lookup] url (a read replica: PostgreSQL, MySQL or MariaDB)",
+        );
+    }
+    let placeholders = if at.mysql_lookup {
+        crate::graph::lookup_mysql::placeholders(fanout.query.get_ref())
+    } else {
+        (1..=fanout.bind.get_ref().len() + 1)
+            .take_while(|n| fanout.query.get_ref().contains(&format!("${n}")))
+            .count()
+    };
+    if at.mysql_lookup && placeholders != fanout.bind.get_ref().len() {
+        return v.error(
+            fanout.bind.span(),
+            &field("bind"),
+            format!(
+                "{} bind column(s) for a MySQL query with {placeholders} `?` placeholder(s)",
+                fanout.bind.get_ref().len()
+            ),
+        );
+    }
+    if placeholders != fanout.bind.get_ref().len() {
+        return v.error(
+            fanout.bind.span(),
+            &field("bind"),
+            format!(
+                "{} bind column(s) for a query using ${}..${placeholders}",
+                fanout.bind.get_ref().len(),
+                1.min(placeholders)
+            ),
+        );
+    }
+    let keys = v.templates(&fanout.keys, &field("keys"))?;
+    if keys.is_empty() {
+        return v.error(fanout.keys.span(), &field("keys"), "expected at least one key template");
+    }
+    Ok(Fanout {
+        query: fanout.query.get_ref().clone(),
+        bind: fanout.bind.get_ref().clone(),
+        keys,
+        max_rows: v
+            .at_least_one(fanout.max_rows.as_ref(), &field("max_rows"))?
+            .unwrap_or(DEFAULT_FANOUT_MAX_ROWS),
+        namespace: fanout.namespace.as_ref().map(|n| n.get_ref().clone()),
+    })
 }
 
 /// A name PostgreSQL takes without quoting; the schema is spliced into DDL.
@@ -1384,6 +1507,158 @@ keys = ["product:{id}"]
         let msg = error_of(&text);
         assert!(msg.contains("field `dead_letters.schema`"), "{msg}");
         assert!(msg.contains("plain PostgreSQL identifier"), "{msg}");
+    }
+
+    /// One refusal per section, with the whole message: the sections are
+    /// validated by functions of their own, and each must still name the
+    /// file, the line and the field exactly as before.
+    #[test]
+    fn every_section_names_file_line_and_field() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "url = \"redis://127.0.0.1:6379\"",
+                "url = \"http://127.0.0.1:6379\"",
+                "shop.toml:8: field `redis.url`: expected a redis:// or rediss:// URL, got \"http://127.0.0.1:6379\"",
+            ),
+            (
+                "version_ttl = \"1h\"",
+                "version_ttl = \"1h\"\nloss_check_interval = \"0s\"",
+                "shop.toml:10: field `redis.loss_check_interval`: expected a positive duration",
+            ),
+            (
+                "version_ttl = \"1h\"",
+                "version_ttl = \"1h\"\nwait_timeout = \"0ms\"",
+                "shop.toml:10: field `redis.wait_timeout`: expected at least 1ms (WAIT 0 blocks forever)",
+            ),
+            (
+                "version_ttl = \"1h\"",
+                "version_ttl = \"1h\"\ncluster = true\nwait_replicas = 1",
+                "shop.toml:11: field `redis.wait_replicas`: not supported with cluster = true yet (WAIT answers for one node); use 0",
+            ),
+            (
+                "[[entity]]",
+                "[admin]\nlisten = \"localhost\"\n\n[[entity]]",
+                "shop.toml:12: field `admin.listen`: expected host:port such as \"127.0.0.1:9799\", got \"localhost\"",
+            ),
+            (
+                "[[entity]]",
+                "[admin]\nlisten = \"127.0.0.1:0\"\nprobe_timeout = \"soon\"\n\n[[entity]]",
+                "shop.toml:13: field `admin.probe_timeout`: expected a duration such as \"10m\" or \"30s\", got \"soon\" (expected number at 0)",
+            ),
+            (
+                "[[entity]]",
+                "[plan]\nmax_batch_bytes = 0\n\n[[entity]]",
+                "shop.toml:12: field `plan.max_batch_bytes`: expected at least 1",
+            ),
+            (
+                "[[entity]]",
+                "[plan]\nescalate_above_lag = 0\n\n[[entity]]",
+                "shop.toml:12: field `plan.escalate_above_lag`: expected a positive number of records",
+            ),
+            (
+                "[[entity]]",
+                "[lookup]\nurl = \"postgres://x\"\nattempts = 0\n\n[[entity]]",
+                "shop.toml:13: field `lookup.attempts`: expected at least 1",
+            ),
+            (
+                "[[entity]]",
+                "[avro]\ntimeout = \"5s\"\n\n[[entity]]",
+                "shop.toml:11: field `avro`: expected `registry_url` or `schemas_dir` (or both)",
+            ),
+            (
+                "[[entity]]",
+                "[connect]\nurl = \"connect:8083\"\nconnectors = [\"c\"]\n\n[[entity]]",
+                "shop.toml:12: field `connect.url`: expected an http:// or https:// URL of Kafka Connect's REST API, got \"connect:8083\"",
+            ),
+            (
+                "[[entity]]",
+                "[connect]\nurl = \"http://connect:8083\"\nconnectors = [\"c\", \"c\"]\n\n[[entity]]",
+                "shop.toml:13: field `connect.connectors`: \"c\" is listed twice",
+            ),
+            (
+                "[[entity]]",
+                "[connect]\nurl = \"http://connect:8083\"\nconnectors = [\"c\"]\npoll_interval = \"0s\"\n\n[[entity]]",
+                "shop.toml:14: field `connect.poll_interval`: expected a positive duration",
+            ),
+            (
+                "table = \"public.products\"",
+                "table = \"products\"",
+                "shop.toml:12: field `entity[0].table`: expected \"schema.table\" (or \"database.table\" for MySQL), got \"products\"",
+            ),
+            (
+                "namespace = \"product\"",
+                "namespace = \"\"",
+                "shop.toml:13: field `entity[0].namespace`: expected a non-empty name",
+            ),
+            (
+                "keys = [\"product:{id}\"]",
+                "keys = []",
+                "shop.toml:15: field `entity[0].keys`: expected at least one key template",
+            ),
+            (
+                "keys = [\"product:{id}\"]",
+                "keys = [\"product:{id}\"]\nreplica_identity = \"nothing\"",
+                "shop.toml:16: field `entity[0].replica_identity`: expected \"full\" or \"default\", got \"nothing\"",
+            ),
+        ];
+        for (from, to, expected) in cases {
+            assert!(BASE.contains(from), "{from}");
+            assert_eq!(&error_of(&BASE.replacen(from, to, 1)), expected);
+        }
+    }
+
+    #[test]
+    fn fanout_keys_and_row_limit_name_their_fields() {
+        let base = BASE.replacen("[[entity]]", "[lookup]\nurl = \"postgres://x\"\n\n[[entity]]", 1);
+        let fanout = |keys: &str, max_rows: &str| {
+            format!("{base}\n[[entity.fanout]]\nquery = \"SELECT id FROM t WHERE c = $1\"\nbind = [\"id\"]\nkeys = {keys}\n{max_rows}")
+        };
+        assert_eq!(
+            error_of(&fanout("[]", "")),
+            "shop.toml:23: field `entity[0].fanout[0].keys`: expected at least one key template"
+        );
+        assert_eq!(
+            error_of(&fanout("[\"item:{id\"]", "")),
+            "shop.toml:23: field `entity[0].fanout[0].keys`: template \"item:{id\": unclosed `{` at byte 5"
+        );
+        assert_eq!(
+            error_of(&fanout("[\"item:{id}\"]", "max_rows = 0")),
+            "shop.toml:24: field `entity[0].fanout[0].max_rows`: expected at least 1"
+        );
+        let settings = parse("shop.toml", &fanout("[\"item:{id}\"]", ""), &no_env).unwrap();
+        let fanouts = &settings.graph.entities()[0].fanouts;
+        assert_eq!(fanouts[0].max_rows, DEFAULT_FANOUT_MAX_ROWS);
+    }
+
+    #[test]
+    fn section_defaults_when_absent() {
+        let s = parse("shop.toml", BASE, &no_env).unwrap();
+        assert_eq!(s.redis.max_retry_backoff, DEFAULT_MAX_RETRY_BACKOFF);
+        assert_eq!(s.redis.loss_check_interval, default_loss_check_interval());
+        assert_eq!(s.redis.wait_timeout, DEFAULT_WAIT_TIMEOUT);
+        assert_eq!(s.probe.interval, default_probe_interval());
+        assert_eq!(s.plan.eventual_linger, DEFAULT_EVENTUAL_LINGER);
+        assert_eq!(s.plan.escalate_above_lag, None);
+        assert!(s.lookup.is_none() && s.avro.is_none() && s.notices.is_none() && s.connect.is_none());
+        let entity = &s.graph.entities()[0];
+        assert_eq!(entity.consistency, Consistency::Eventual);
+        assert!(!entity.full_before_image);
+    }
+
+    #[test]
+    fn auto_instance_id_needs_a_fixed_admin_port() {
+        let text = BASE.replace("group_id = \"g\"", "group_id = \"g\"\ninstance_id = \"auto\"");
+        let fixed = parse(
+            "shop.toml",
+            &format!("{text}\n[admin]\nlisten = \"127.0.0.1:9799\"\n"),
+            &no_env,
+        )
+        .unwrap();
+        assert!(fixed.source.instance_id.unwrap().ends_with("-9799"));
+        assert_eq!(
+            error_of(&format!("{text}\n[admin]\nlisten = \"127.0.0.1:0\"\n")),
+            "shop.toml:5: field `source.instance_id`: \"auto\" is named after the admin port, but admin.listen has port 0: set an explicit id"
+        );
     }
 
     #[test]

@@ -11,12 +11,12 @@ use sqlx::Row as _;
 use crate::config::DeadLetterSettings;
 use crate::event::KafkaRecord;
 
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The inner error is part of the message, not a `source`, so that the
 /// binary's `{:#}` chain does not print it twice.
 #[derive(Debug, thiserror::Error)]
-pub enum DeadLetterError {
+pub(crate) enum DeadLetterError {
     #[error("dead-letter store: {0}")]
     Database(sqlx::Error),
     #[error("dead-letter migrations: {0}")]
@@ -28,7 +28,7 @@ impl DeadLetterError {
     /// or 23 "integrity constraint violation"): writing it again fails again,
     /// so it is not an outage to wait out. Everything else (connection,
     /// timeout, missing table, permissions) is treated as an outage.
-    pub fn is_data_error(&self) -> bool {
+    pub(crate) fn is_data_error(&self) -> bool {
         match self {
             DeadLetterError::Database(sqlx::Error::Database(db)) => db
                 .code()
@@ -52,13 +52,13 @@ impl From<sqlx::migrate::MigrateError> for DeadLetterError {
 
 /// Where in the pipeline a record failed; a metric label and a column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
+pub(crate) enum Stage {
     Decode,
     Render,
 }
 
 impl Stage {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Stage::Decode => "decode",
             Stage::Render => "render",
@@ -69,31 +69,31 @@ impl Stage {
 /// Why a record becomes a dead letter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    pub stage: Stage,
+    pub(crate) stage: Stage,
     pub kind: &'static str,
-    pub detail: String,
+    pub(crate) detail: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    pub id: i64,
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-    pub error_kind: String,
-    pub error_detail: String,
-    pub stage: String,
-    pub first_seen: chrono::DateTime<chrono::Utc>,
-    pub attempts: i32,
-    pub replayed_at: Option<chrono::DateTime<chrono::Utc>>,
+pub(crate) struct DeadLetter {
+    pub(crate) id: i64,
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) value: Option<Vec<u8>>,
+    pub(crate) error_kind: String,
+    pub(crate) error_detail: String,
+    pub(crate) stage: String,
+    pub(crate) first_seen: chrono::DateTime<chrono::Utc>,
+    pub(crate) attempts: i32,
+    pub(crate) replayed_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Header names and values as the producer wrote them.
-    pub headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub(crate) headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl DeadLetter {
-    pub fn record(&self) -> KafkaRecord {
+    pub(crate) fn record(&self) -> KafkaRecord {
         KafkaRecord {
             topic: self.topic.clone(),
             partition: self.partition,
@@ -117,7 +117,7 @@ impl DeadLetterStore {
     /// where the pipeline treats it like any outage (pause, retry, commit nothing).
     /// Every connection's `search_path` is the configured schema, so the
     /// queries and the migrations (and sqlx's history table) stay in it.
-    pub fn connect_lazy(settings: &DeadLetterSettings) -> Result<DeadLetterStore, DeadLetterError> {
+    pub(crate) fn connect_lazy(settings: &DeadLetterSettings) -> Result<DeadLetterStore, DeadLetterError> {
         let options: PgConnectOptions = settings.url.parse()?;
         let pool = PgPoolOptions::new()
             .max_connections(2)
@@ -130,13 +130,13 @@ impl DeadLetterStore {
     }
 
     /// The table's qualified name, for messages.
-    pub fn table(&self) -> String {
+    pub(crate) fn table(&self) -> String {
         format!("{}.cdc_dead_letters", self.schema)
     }
 
     /// Creates the schema (migrations cannot: their history table lives in
     /// it) and applies the migrations there.
-    pub async fn migrate(&self) -> Result<(), DeadLetterError> {
+    pub(crate) async fn migrate(&self) -> Result<(), DeadLetterError> {
         // The schema name is a validated plain identifier (config).
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "CREATE SCHEMA IF NOT EXISTS {}",
@@ -150,7 +150,7 @@ impl DeadLetterStore {
 
     /// At start: is the table there? `Ok(false)` when it is missing (not
     /// migrated); an error when the database cannot be asked.
-    pub async fn table_exists(&self) -> Result<bool, DeadLetterError> {
+    pub(crate) async fn table_exists(&self) -> Result<bool, DeadLetterError> {
         let found: Option<String> =
             sqlx::query_scalar("SELECT to_regclass(format('%I.cdc_dead_letters', $1::text))::text")
                 .bind(&self.schema)
@@ -163,7 +163,7 @@ impl DeadLetterStore {
     /// it exists): `FOR ALL TABLES`, `FOR TABLES IN SCHEMA` of its schema, or
     /// the table itself. Debezium streams what a publication holds, so a
     /// captured dead letter becomes a change event of its own.
-    pub async fn capturing_publications(&self) -> Result<Vec<String>, DeadLetterError> {
+    pub(crate) async fn capturing_publications(&self) -> Result<Vec<String>, DeadLetterError> {
         // pg_publication_namespace (FOR TABLES IN SCHEMA) is PostgreSQL 15+.
         let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
             .fetch_one(&self.pool)
@@ -192,7 +192,7 @@ impl DeadLetterStore {
     /// Writes (or, on redelivery, counts again) one dead letter. Durable when it returns.
     /// Any record can be written: bytes go to bytea columns (header names and
     /// values included), text columns get [`printable`] text.
-    pub async fn write(&self, record: &KafkaRecord, failure: &Failure) -> Result<(), DeadLetterError> {
+    pub(crate) async fn write(&self, record: &KafkaRecord, failure: &Failure) -> Result<(), DeadLetterError> {
         let encoded = Encoded::of(record, failure);
         sqlx::query(
             r#"INSERT INTO cdc_dead_letters (topic, "partition", "offset", key, value, headers, header_names, header_values,
@@ -219,7 +219,7 @@ impl DeadLetterStore {
     }
 
     /// Dead letters, oldest first; `pending_only` hides replayed ones.
-    pub async fn list(&self, pending_only: bool, limit: i64) -> Result<Vec<DeadLetter>, DeadLetterError> {
+    pub(crate) async fn list(&self, pending_only: bool, limit: i64) -> Result<Vec<DeadLetter>, DeadLetterError> {
         let rows = sqlx::query(
             r#"SELECT id, topic, "partition", "offset", key, value, error_kind, error_detail, stage, first_seen, attempts, replayed_at,
                       header_names, header_values
@@ -261,7 +261,7 @@ impl DeadLetterStore {
             .collect())
     }
 
-    pub async fn mark_replayed(&self, id: i64) -> Result<(), DeadLetterError> {
+    pub(crate) async fn mark_replayed(&self, id: i64) -> Result<(), DeadLetterError> {
         sqlx::query("UPDATE cdc_dead_letters SET replayed_at = now() WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
@@ -270,7 +270,7 @@ impl DeadLetterStore {
     }
 
     /// Deletes replayed dead letters, or all of them with `everything`.
-    pub async fn purge(&self, everything: bool) -> Result<u64, DeadLetterError> {
+    pub(crate) async fn purge(&self, everything: bool) -> Result<u64, DeadLetterError> {
         let result = sqlx::query("DELETE FROM cdc_dead_letters WHERE $1 OR replayed_at IS NOT NULL")
             .bind(everything)
             .execute(&self.pool)
@@ -280,16 +280,16 @@ impl DeadLetterStore {
 }
 
 /// A dead letter's columns, built without a database so that "every record
-/// can be a dead letter" is testable (tests/fuzz.rs): nothing in here can
+/// can be a dead letter" is testable (tests/integration/fuzz.rs): nothing in here can
 /// hold a value PostgreSQL refuses (a NUL in text or jsonb).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Encoded {
-    pub topic: String,
+    pub(crate) topic: String,
     /// A readable view of the headers for `dead-letters list` and SQL users;
     /// the lossless form is `header_names`/`header_values`.
     pub headers: Value,
     pub header_names: Vec<Vec<u8>>,
-    pub header_values: Vec<Option<Vec<u8>>>,
+    pub(crate) header_values: Vec<Option<Vec<u8>>>,
     pub detail: String,
 }
 
@@ -320,7 +320,7 @@ impl Encoded {
 /// characters `\u0000`. Nothing else needs escaping (a Rust string is UTF-8).
 /// For the human-readable columns only: the record's own bytes are kept
 /// losslessly in bytea columns.
-pub fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     if text.contains('\0') {
         text.replace('\0', "\\u0000")
     } else {

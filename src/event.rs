@@ -20,7 +20,7 @@ pub struct KafkaRecord {
 }
 
 /// A row image: column name to its value as Debezium printed it.
-pub type Row = serde_json::Map<String, serde_json::Value>;
+pub(crate) type Row = serde_json::Map<String, serde_json::Value>;
 
 /// The value Debezium puts in columns it could not read (TOASTed, unchanged).
 pub const UNAVAILABLE_VALUE: &str = "__debezium_unavailable_value";
@@ -51,7 +51,7 @@ impl Op {
     }
 
     /// Debezium's one-letter code, also the metric label.
-    pub fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             Op::Create => "c",
             Op::Update => "u",
@@ -86,7 +86,7 @@ impl Position {
 
     /// PostgreSQL when only the change's LSN is known (flattened records).
     /// A separate source name, so the two encodings are never compared.
-    pub fn postgres_lsn_only(server: &str, lsn: u64) -> Position {
+    pub(crate) fn postgres_lsn_only(server: &str, lsn: u64) -> Position {
         Position {
             source: format!("pg-lsn:{server}"),
             ordinal: format!("{lsn:020}"),
@@ -94,7 +94,7 @@ impl Position {
     }
 
     /// MySQL: binlog file number, position in it, row within the event.
-    pub fn mysql(server: &str, file_number: u64, pos: u64, row: u64) -> Position {
+    pub(crate) fn mysql(server: &str, file_number: u64, pos: u64, row: u64) -> Position {
         Position {
             source: format!("mysql:{server}"),
             ordinal: format!("{file_number:010}{pos:020}{row:010}"),
@@ -147,7 +147,7 @@ pub struct ChangeEvent {
 
 impl ChangeEvent {
     /// True when `column` is part of the primary key (present in the message key).
-    pub fn is_key_column(&self, column: &str) -> bool {
+    pub(crate) fn is_key_column(&self, column: &str) -> bool {
         self.key.as_ref().is_some_and(|k| k.contains_key(column))
     }
 }
@@ -168,7 +168,7 @@ pub enum Decoded {
 
 impl Decoded {
     /// What the record is, in words (for details and logs).
-    pub fn op_label_long(&self) -> &'static str {
+    pub(crate) fn op_label_long(&self) -> &'static str {
         match self {
             Decoded::Change(_) => "row change",
             Decoded::Tombstone => "tombstone",
@@ -179,7 +179,7 @@ impl Decoded {
     }
 
     /// Label for the `op` dimension of the events metric.
-    pub fn op_label(&self) -> &'static str {
+    pub(crate) fn op_label(&self) -> &'static str {
         match self {
             Decoded::Change(ev) => ev.op.code(),
             Decoded::Tombstone => "tombstone",

@@ -11,7 +11,7 @@ use crate::config::{GroupProtocol, PlanSettings, SourceSettings};
 
 /// What the group consumer forces; `[source.librdkafka]` may not set these
 /// (config validation refuses them, naming the field).
-pub const CONSUMER_FORCED: &[(&str, &str)] = &[
+pub(crate) const CONSUMER_FORCED: &[(&str, &str)] = &[
     // At-least-once: offsets are stored only after Redis acknowledged every
     // target of the record and of all earlier records of its partition...
     ("enable.auto.offset.store", "false"),
@@ -24,14 +24,14 @@ pub const CONSUMER_FORCED: &[(&str, &str)] = &[
 /// without stop-the-world rebalances. (The consumer protocol, KIP-848, is
 /// incremental by design, its assignor is the broker's, and librdkafka
 /// refuses this setting there.) Refused in the passthrough either way.
-pub const CLASSIC_FORCED: &[(&str, &str)] = &[("partition.assignment.strategy", "cooperative-sticky")];
+pub(crate) const CLASSIC_FORCED: &[(&str, &str)] = &[("partition.assignment.strategy", "cooperative-sticky")];
 
 /// Set from other fields of the config, so each lives in one place:
 /// `brokers`, `group_id`, `instance_id`, `group_protocol`.
-pub const FROM_CONFIG: &[&str] = &["bootstrap.servers", "group.id", "group.instance.id", "group.protocol"];
+pub(crate) const FROM_CONFIG: &[&str] = &["bootstrap.servers", "group.id", "group.instance.id", "group.protocol"];
 
 /// Whether `[source.librdkafka]` may not set `name`.
-pub fn is_forced(name: &str) -> bool {
+pub(crate) fn is_forced(name: &str) -> bool {
     FROM_CONFIG.contains(&name)
         || CONSUMER_FORCED
             .iter()
@@ -57,7 +57,7 @@ fn build(source: &SourceSettings, defaults: &[(&str, String)], forced: &[(&str, 
 }
 
 /// The group consumer of `run`.
-pub fn consumer(source: &SourceSettings, plan: &PlanSettings) -> ClientConfig {
+pub(crate) fn consumer(source: &SourceSettings, plan: &PlanSettings) -> ClientConfig {
     let defaults = [
         // A new group starts at the oldest retained change: changes made
         // before the daemon first ran may still be cached.
@@ -103,7 +103,7 @@ pub fn consumer(source: &SourceSettings, plan: &PlanSettings) -> ClientConfig {
 /// A client that reads metadata and watermarks only (`check`, the liveness
 /// watcher): it never subscribes, so it joins no group and commits nothing;
 /// the group id only satisfies librdkafka.
-pub fn observer(source: &SourceSettings, purpose: &str) -> ClientConfig {
+pub(crate) fn observer(source: &SourceSettings, purpose: &str) -> ClientConfig {
     build(
         source,
         &[],
@@ -116,7 +116,7 @@ pub fn observer(source: &SourceSettings, purpose: &str) -> ClientConfig {
 
 /// The auditor: a group of its own per process, starting at the newest
 /// records, never committing, so it never moves the daemon's offsets.
-pub fn auditor(source: &SourceSettings) -> ClientConfig {
+pub(crate) fn auditor(source: &SourceSettings) -> ClientConfig {
     build(
         source,
         &[],
@@ -130,7 +130,7 @@ pub fn auditor(source: &SourceSettings) -> ClientConfig {
 
 /// The notice producer. Consumer settings in the passthrough are ignored by
 /// librdkafka for a producer (with a warning in its log).
-pub fn producer(source: &SourceSettings) -> ClientConfig {
+pub(crate) fn producer(source: &SourceSettings) -> ClientConfig {
     build(
         source,
         &[

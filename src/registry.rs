@@ -12,7 +12,7 @@ const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 /// What asking the registry can end in.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RegistryError {
+pub(crate) enum RegistryError {
     /// 404: the id or subject does not exist (permanent).
     #[error("not found (404)")]
     NotFound,
@@ -33,7 +33,7 @@ pub struct Registry {
 
 impl Registry {
     /// The registry `[avro]` names, if any.
-    pub fn from_sources(sources: &SchemaSources) -> Result<Option<Registry>, reqwest::Error> {
+    pub(crate) fn from_sources(sources: &SchemaSources) -> Result<Option<Registry>, reqwest::Error> {
         let Some(url) = &sources.registry_url else {
             return Ok(None);
         };
@@ -77,7 +77,7 @@ impl Registry {
     }
 
     /// `GET /schemas/ids/{id}`: the schema text.
-    pub async fn schema_by_id(&self, id: u32) -> Result<String, RegistryError> {
+    pub(crate) async fn schema_by_id(&self, id: u32) -> Result<String, RegistryError> {
         let request = self
             .http
             .get(format!("{}/schemas/ids/{id}", self.base))
@@ -96,7 +96,7 @@ impl Registry {
 
     /// `POST /subjects/{subject}/versions`: the id, the same one for an
     /// unchanged schema.
-    pub async fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
+    pub(crate) async fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
         let request = self
             .http
             .post(format!("{}/subjects/{subject}/versions", self.base))

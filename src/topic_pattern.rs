@@ -48,7 +48,7 @@ impl TopicPattern {
     /// Anchors the user's pattern to whole topic names (an unanchored pattern
     /// silently picks up topics nobody meant to consume) and compiles it.
     /// A leading `^` and a trailing unescaped `$` are accepted and implied.
-    pub fn new(user_pattern: &str) -> Result<TopicPattern, String> {
+    pub(crate) fn new(user_pattern: &str) -> Result<TopicPattern, String> {
         let inner = user_pattern.strip_prefix('^').unwrap_or(user_pattern);
         let inner = match inner.strip_suffix('$') {
             Some(rest) if !rest.ends_with('\\') => rest,
@@ -84,12 +84,12 @@ impl TopicPattern {
     }
 
     /// The pattern as librdkafka's `subscribe` takes it.
-    pub fn anchored(&self) -> &str {
+    pub(crate) fn anchored(&self) -> &str {
         &self.anchored
     }
 
     /// Whether librdkafka's engine matches the whole topic name.
-    pub fn is_match(&self, topic: &str) -> bool {
+    pub(crate) fn is_match(&self, topic: &str) -> bool {
         let Ok(text) = CString::new(topic) else { return false };
         // SAFETY: the compiled pattern is valid until Drop; REG_NOSUB means
         // no match array is read or written.

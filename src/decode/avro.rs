@@ -63,10 +63,10 @@ pub struct AvroSchemas {
 
 /// How long a permanent schema error is believed: long enough that a flood
 /// of bad ids is cheap, short enough that a schema registered late is found.
-pub const NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(60);
+pub(crate) const NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Distinct bad ids remembered at once (hostile input may name 2^32 ids);
 /// when full, expired entries go first, then the whole cache is dropped.
-pub const NEGATIVE_CACHE_MAX: usize = 10_000;
+pub(crate) const NEGATIVE_CACHE_MAX: usize = 10_000;
 
 /// The schema id of a Confluent-framed payload.
 pub fn schema_id(bytes: &[u8]) -> Option<u32> {
@@ -86,7 +86,7 @@ impl AvroSchemas {
         })
     }
 
-    pub fn is_loaded(&self, id: u32) -> bool {
+    pub(crate) fn is_loaded(&self, id: u32) -> bool {
         self.prepared
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -117,7 +117,7 @@ impl AvroSchemas {
     }
 
     /// The permanent error cached for `id`, while it is fresh.
-    pub fn cached_failure(&self, id: u32) -> Option<SchemaError> {
+    pub(crate) fn cached_failure(&self, id: u32) -> Option<SchemaError> {
         let failed = self.failed.read().unwrap_or_else(PoisonError::into_inner);
         failed
             .get(&id)
@@ -188,7 +188,7 @@ impl AvroSchemas {
 
     /// Decodes one framed payload with its (already loaded) schema into
     /// JsonConverter-shaped JSON.
-    pub fn decode(&self, bytes: &[u8], part: &str) -> Result<Value, DecodeError> {
+    pub(crate) fn decode(&self, bytes: &[u8], part: &str) -> Result<Value, DecodeError> {
         let id = schema_id(bytes).ok_or_else(|| {
             DecodeError::new(
                 DecodeErrorKind::Truncated,
@@ -353,9 +353,9 @@ fn to_json(value: &Avro, schema: &Schema, names: &HashMap<Name, Schema>) -> Resu
 // a reader builds: beyond these, the record is a dead letter (a scale of
 // 70000 used to panic the formatter, 65534 made a 65,540-character key).
 /// Unscaled bytes: 128 bytes hold any 308-digit number.
-pub const MAX_DECIMAL_BYTES: usize = 128;
+pub(crate) const MAX_DECIMAL_BYTES: usize = 128;
 /// Digits after the point.
-pub const MAX_DECIMAL_SCALE: u64 = 1000;
+pub(crate) const MAX_DECIMAL_SCALE: u64 = 1000;
 
 fn bounds(detail: String) -> Bad {
     Bad(DecodeErrorKind::OutOfBounds, detail)

@@ -16,12 +16,12 @@ use crate::event::{Decoded, KafkaRecord};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind}: {detail}")]
 pub struct DecodeError {
-    pub kind: DecodeErrorKind,
-    pub detail: String,
+    pub(crate) kind: DecodeErrorKind,
+    pub(crate) detail: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecodeErrorKind {
+pub(crate) enum DecodeErrorKind {
     /// The bytes are not JSON.
     Malformed,
     /// JSON, but not a shape Debezium produces (wrong types, missing fields).
@@ -57,7 +57,7 @@ pub enum DecodeErrorKind {
 }
 
 impl DecodeErrorKind {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             DecodeErrorKind::Malformed => "malformed",
             DecodeErrorKind::UnexpectedShape => "unexpected_shape",

@@ -32,9 +32,9 @@ pub struct Fanout {
 /// A lookup the graph asks for: which rule, with which values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LookupRequest {
-    pub table: String,
-    pub fanout: usize,
-    pub binds: Vec<Value>,
+    pub(crate) table: String,
+    pub(crate) fanout: usize,
+    pub(crate) binds: Vec<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -99,7 +99,7 @@ impl Lookups {
     }
 
     /// The PostgreSQL pool, when the lookup database is PostgreSQL.
-    pub fn postgres_pool(&self) -> Option<&PgPool> {
+    pub(crate) fn postgres_pool(&self) -> Option<&PgPool> {
         match &self.backend {
             Backend::Postgres { pool, .. } => Some(pool),
             Backend::MySql(_) => None,
@@ -107,7 +107,7 @@ impl Lookups {
     }
 
     /// The MySQL-family pool, when the lookup database is MySQL or MariaDB.
-    pub fn mysql_pool(&self) -> Option<&sqlx::MySqlPool> {
+    pub(crate) fn mysql_pool(&self) -> Option<&sqlx::MySqlPool> {
         match &self.backend {
             Backend::MySql(m) => Some(m.pool()),
             Backend::Postgres { .. } => None,
@@ -194,7 +194,7 @@ impl Lookups {
     }
 
     /// Prepares the rule's query without running it (for `check`).
-    pub async fn prepare(&self, fanout: &Fanout) -> Result<(), sqlx::Error> {
+    pub(crate) async fn prepare(&self, fanout: &Fanout) -> Result<(), sqlx::Error> {
         use sqlx::{Executor as _, SqlSafeStr as _};
         match &self.backend {
             Backend::MySql(m) => m.prepare(fanout).await,
@@ -258,7 +258,7 @@ fn wrapped_query(fanout: &Fanout) -> String {
 /// `timestamp` as microseconds since the epoch, `time` as microseconds since
 /// midnight, floats as numbers. Other types keep their text. A value that does not parse is
 /// left as it is.
-pub fn as_debezium(type_name: &str, value: Value) -> Value {
+pub(crate) fn as_debezium(type_name: &str, value: Value) -> Value {
     use chrono::{NaiveDate, NaiveDateTime, NaiveTime, Timelike};
     let Value::String(text) = &value else {
         return value;

@@ -1,10 +1,12 @@
 //! The relationship graph: which cache keys depend on a changed row.
 //! Templates render from the old and the new image; when the targets of an
 //! event cannot be derived exactly, the entity's namespace is escalated
-//! instead, and without a namespace the event stalls (architecture 4.3).
+//! instead, and without a namespace the event stalls (docs/architecture.md,
+//! "Never silent").
 
+mod introspect;
 mod lookup;
-pub mod lookup_mysql;
+pub(crate) mod lookup_mysql;
 mod template;
 
 use std::collections::HashMap;
@@ -26,18 +28,18 @@ pub enum Consistency {
 
 #[derive(Debug, Clone)]
 pub struct Entity {
-    pub table: String,
-    pub namespace: Option<String>,
-    pub consistency: Consistency,
-    pub max_cache_ttl: Option<Duration>,
-    pub keys: Vec<Template>,
-    pub invalidate_on_snapshot: bool,
+    pub(crate) table: String,
+    pub(crate) namespace: Option<String>,
+    pub(crate) consistency: Consistency,
+    pub(crate) max_cache_ttl: Option<Duration>,
+    pub(crate) keys: Vec<Template>,
+    pub(crate) invalidate_on_snapshot: bool,
     /// True when the table logs whole old rows (PostgreSQL REPLICA IDENTITY
     /// FULL, MySQL binlog_row_image=FULL). Otherwise a `before` image holds
     /// only trustworthy key columns: Debezium fills the others with nulls or
     /// type defaults (`""`, `0`) that must never become keys.
-    pub full_before_image: bool,
-    pub fanouts: Vec<Fanout>,
+    pub(crate) full_before_image: bool,
+    pub(crate) fanouts: Vec<Fanout>,
 }
 
 /// What gets bumped: one version record per target.
@@ -56,7 +58,7 @@ impl Target {
         }
     }
 
-    pub fn kind_label(&self) -> &'static str {
+    pub(crate) fn kind_label(&self) -> &'static str {
         match self {
             Target::Key(_) => "key",
             Target::Namespace(_) => "namespace",
@@ -75,7 +77,7 @@ impl fmt::Display for Target {
 
 /// Which row image a key was rendered from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Image {
+pub(crate) enum Image {
     Before,
     After,
 }
@@ -110,7 +112,7 @@ pub enum EscalationReason {
 }
 
 impl EscalationReason {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             EscalationReason::MissingBefore => "missing_before",
             EscalationReason::Toast => "toast",
@@ -125,21 +127,10 @@ impl EscalationReason {
 
 /// Why a target is bumped, for `explain` and logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Why {
-    Template {
-        template: String,
-        image: Image,
-    },
-    /// A child found by a fan-out lookup.
-    Lookup {
-        query: String,
-        template: String,
-    },
+pub(crate) enum Why {
+    Template { template: String, image: Image },
     Truncate,
-    Escalation {
-        reason: EscalationReason,
-        detail: String,
-    },
+    Escalation { reason: EscalationReason, detail: String },
 }
 
 impl fmt::Display for Why {
@@ -147,9 +138,6 @@ impl fmt::Display for Why {
         match self {
             Why::Template { template, image } => {
                 write!(f, "template {template:?} from the {image} image")
-            }
-            Why::Lookup { query, template } => {
-                write!(f, "template {template:?} over the rows of fan-out {query:?}")
             }
             Why::Truncate => write!(f, "truncate of the whole table"),
             Why::Escalation { reason, detail } => {
@@ -162,7 +150,7 @@ impl fmt::Display for Why {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DerivedTarget {
     pub target: Target,
-    pub why: Why,
+    pub(crate) why: Why,
 }
 
 /// The outcome of mapping one event through the graph.
@@ -199,12 +187,12 @@ pub struct Graph {
 }
 
 impl Graph {
-    pub fn new(entities: Vec<Entity>) -> Graph {
+    pub(crate) fn new(entities: Vec<Entity>) -> Graph {
         let by_table = entities.iter().enumerate().map(|(i, e)| (e.table.clone(), i)).collect();
         Graph { entities, by_table }
     }
 
-    pub fn entities(&self) -> &[Entity] {
+    pub(crate) fn entities(&self) -> &[Entity] {
         &self.entities
     }
 
@@ -409,7 +397,7 @@ fn null_key_column<'t>(event: &ChangeEvent, template: &'t Template, row: &Row) -
 
 /// Adds the entity's namespace to what could be rendered exactly; readers
 /// that fold the namespace version into their keys are then covered.
-pub fn escalate(
+pub(crate) fn escalate(
     entity: &Entity,
     mut targets: Vec<DerivedTarget>,
     reason: EscalationReason,

@@ -18,14 +18,8 @@ use crate::sink::BumpResult;
 
 pub const NOTICE_SCHEMA: &str = include_str!("../../schemas/invalidation-notice.avsc");
 
-#[derive(Debug, Clone, Default)]
-pub struct NoticeSettings {
-    pub redis_channel: Option<String>,
-    pub kafka_topic: Option<String>,
-    /// The notice schema's registry id; registered under `<topic>-value`
-    /// when a registry is configured and this is not set.
-    pub kafka_schema_id: Option<u32>,
-}
+// Settings types live in `config`, which depends on no stage module.
+pub use crate::config::NoticeSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NoticeError {

@@ -40,13 +40,13 @@ struct TaskStatus {
 
 /// What one poll found for one connector.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     /// The connector and every task RUNNING (and at least one task).
-    pub up: bool,
+    pub(crate) up: bool,
     /// Tasks per state (RUNNING, FAILED, PAUSED, UNASSIGNED, ...).
-    pub tasks: BTreeMap<String, usize>,
+    pub(crate) tasks: BTreeMap<String, usize>,
     /// Why it is not up, for readiness and the log; None when up.
-    pub problem: Option<String>,
+    pub(crate) problem: Option<String>,
 }
 
 /// Judges one status document (the body of a 200 answer).
@@ -115,7 +115,7 @@ async fn poll(http: &reqwest::Client, base: &str, name: &str) -> Verdict {
 }
 
 /// One poll of every connector, for `check`.
-pub async fn status_once(settings: &ConnectSettings) -> Vec<(String, Verdict)> {
+pub(crate) async fn status_once(settings: &ConnectSettings) -> Vec<(String, Verdict)> {
     let http = match reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build() {
         Ok(c) => c,
         Err(e) => {
@@ -140,7 +140,7 @@ pub async fn status_once(settings: &ConnectSettings) -> Vec<(String, Verdict)> {
 
 /// Polls every connector each interval until shutdown; exports
 /// `connector_up` and task counts, and tells readiness what is down.
-pub async fn watch(settings: ConnectSettings, status: Arc<Status>, shutdown: CancellationToken) {
+pub(crate) async fn watch(settings: ConnectSettings, status: Arc<Status>, shutdown: CancellationToken) {
     let http = match reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build() {
         Ok(c) => c,
         Err(e) => {

@@ -20,14 +20,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The age of each watched topic, from the watermarks seen so far.
 #[derive(Debug, Default)]
-pub struct Ages {
+pub(crate) struct Ages {
     /// topic -> (sum of high watermarks, when it last changed)
     seen: HashMap<String, (i64, Instant)>,
 }
 
 impl Ages {
     /// Takes one round of watermarks in (None: not answered this round).
-    pub fn observe(&mut self, topic: &str, high: Option<i64>, now: Instant) {
+    pub(crate) fn observe(&mut self, topic: &str, high: Option<i64>, now: Instant) {
         match (self.seen.get_mut(topic), high) {
             (Some((sum, changed)), Some(h)) if *sum != h => {
                 *sum = h;
@@ -42,7 +42,7 @@ impl Ages {
     }
 
     /// Seconds since each topic's newest record was first seen.
-    pub fn ages(&self, now: Instant) -> BTreeMap<String, u64> {
+    pub(crate) fn ages(&self, now: Instant) -> BTreeMap<String, u64> {
         self.seen
             .iter()
             .map(|(t, (_, changed))| (t.clone(), now.saturating_duration_since(*changed).as_secs()))
@@ -51,7 +51,7 @@ impl Ages {
 }
 
 /// Runs until shutdown: one round per interval.
-pub async fn watch(settings: SourceSettings, status: Arc<Status>, shutdown: CancellationToken) {
+pub(crate) async fn watch(settings: SourceSettings, status: Arc<Status>, shutdown: CancellationToken) {
     // Never subscribes or joins: the group id only satisfies the client.
     let config = crate::kafka_client::observer(&settings, "liveness");
     let consumer: Arc<BaseConsumer<super::SourceContext>> =

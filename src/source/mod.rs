@@ -12,16 +12,16 @@ use rdkafka::ClientContext;
 
 pub mod connect;
 pub mod liveness;
-pub mod mysql_check;
+pub(crate) mod mysql_check;
 
 use crate::config::{PlanSettings, SourceSettings};
 use crate::event::KafkaRecord;
 
-pub type PartitionId = (String, i32);
+pub(crate) type PartitionId = (String, i32);
 
 /// A rebalance, as seen by the pipeline after the poll that triggered it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RebalanceEvent {
+pub(crate) enum RebalanceEvent {
     Assigned(Vec<PartitionId>),
     Revoked(Vec<PartitionId>),
 }
@@ -41,32 +41,32 @@ pub struct SourceContext {
 }
 
 impl SourceContext {
-    pub fn drain_events(&self) -> Vec<RebalanceEvent> {
+    pub(crate) fn drain_events(&self) -> Vec<RebalanceEvent> {
         std::mem::take(&mut *lock(&self.events))
     }
 
     /// The partition's consumer lag in records, as of the last statistics.
-    pub fn lag(&self, partition: &PartitionId) -> Option<i64> {
+    pub(crate) fn lag(&self, partition: &PartitionId) -> Option<i64> {
         lock(&self.lag).get(partition).copied()
     }
 
     /// The pipeline paused `partition`; `unapplied_from` is the first offset
     /// whose work Redis has not acknowledged (the next offset to commit).
-    pub fn mark_paused(&self, partition: PartitionId, unapplied_from: Option<i64>) {
+    pub(crate) fn mark_paused(&self, partition: PartitionId, unapplied_from: Option<i64>) {
         lock(&self.paused).insert(partition, unapplied_from);
     }
 
-    pub fn mark_resumed(&self, partition: &PartitionId) {
+    pub(crate) fn mark_resumed(&self, partition: &PartitionId) {
         lock(&self.paused).remove(partition);
     }
 
-    pub fn paused_partitions(&self) -> Vec<(PartitionId, Option<i64>)> {
+    pub(crate) fn paused_partitions(&self) -> Vec<(PartitionId, Option<i64>)> {
         let paused = lock(&self.paused);
         paused.iter().map(|(p, o)| (p.clone(), *o)).collect()
     }
 
     /// Lag measured from the broker's high watermark for a paused partition.
-    pub fn set_paused_lag(&self, partition: &PartitionId, lag: i64) {
+    pub(crate) fn set_paused_lag(&self, partition: &PartitionId, lag: i64) {
         crate::metrics::partition_lag(&partition.0, partition.1, lag);
         lock(&self.lag).insert(partition.clone(), lag);
     }
@@ -90,7 +90,7 @@ fn partitions(tpl: &rdkafka::TopicPartitionList) -> Vec<PartitionId> {
 /// connection failures during a Kafka restart are a degraded path the client
 /// handles (WARN), not an invalidation at risk; only librdkafka's critical
 /// levels (a broken client) are ERROR.
-pub fn log_librdkafka(level: RDKafkaLogLevel, facility: &str, message: &str) {
+pub(crate) fn log_librdkafka(level: RDKafkaLogLevel, facility: &str, message: &str) {
     match level {
         RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
             tracing::error!(target: "librdkafka", facility, "{message}")
@@ -108,7 +108,7 @@ pub fn log_librdkafka(level: RDKafkaLogLevel, facility: &str, message: &str) {
 /// meanwhile (WARN). A fatal error arrives here with its underlying code, not
 /// `Fatal`, so it cannot be told apart: the pipeline asks the client for it
 /// every tick, logs it at ERROR and ends the process.
-pub fn log_client_error(error: &rdkafka::error::KafkaError, reason: &str) {
+pub(crate) fn log_client_error(error: &rdkafka::error::KafkaError, reason: &str) {
     if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Fatal) {
         tracing::error!(target: "librdkafka", %error, reason, "fatal kafka client error");
     } else {
@@ -175,7 +175,7 @@ impl ConsumerContext for SourceContext {
     }
 }
 
-pub type Consumer = StreamConsumer<SourceContext>;
+pub(crate) type Consumer = StreamConsumer<SourceContext>;
 
 /// Builds the group consumer (settings in [`crate::kafka_client::consumer`]).
 pub fn consumer(settings: &SourceSettings, plan: &PlanSettings) -> Result<Consumer, rdkafka::error::KafkaError> {

@@ -1,5 +1,5 @@
 //! What `check` verifies when the lookup database is MySQL-family (MySQL or
-//! MariaDB), the counterpart of the PostgreSQL checks in cli.rs: tables and
+//! MariaDB), the counterpart of the PostgreSQL checks in cli/check.rs: tables and
 //! templated columns exist; the binlog logs rows (`binlog_format = ROW`,
 //! without which Debezium reads no row changes); old rows are whole
 //! (`binlog_row_image = FULL`) wherever the config trusts old values
@@ -25,7 +25,7 @@ async fn variable(pool: &MySqlPool, name: &str) -> Result<Option<String>, sqlx::
     Ok(row.map(|r| r.get::<String, _>(0)))
 }
 
-pub async fn check_database(entities: &[Entity], lookups: &Lookups) -> usize {
+pub(crate) async fn check_database(entities: &[Entity], lookups: &Lookups) -> usize {
     let Some(pool) = lookups.mysql_pool() else {
         return 0;
     };

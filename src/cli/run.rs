@@ -1,0 +1,157 @@
+//! `run`: the daemon. Binds the admin listener first, checks the
+//! dead-letter table, connects Redis (retrying while serving `/readyz`),
+//! starts the probe, liveness and connector watches, then runs the pipeline
+//! until SIGTERM/SIGINT or a fatal Kafka client error.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use super::{avro_schemas, dead_letter_store, load, spawn_signal_handler};
+use crate::admin::{self, Status};
+use crate::config::{redact_url, Settings};
+use crate::graph::Lookups;
+use crate::pipeline::{self, Pipeline};
+use crate::sink::notice::Notices;
+use crate::sink::RedisSink;
+
+pub(super) async fn run(path: &Path, migrate: bool) -> anyhow::Result<i32> {
+    let settings = Arc::new(load(path)?);
+    // Bound before anything else: a taken port fails the start at once
+    // instead of leaving a daemon without /metrics and /readyz.
+    let listener = admin::bind(settings.admin_listen).await?;
+    let dead_letters = match &settings.dead_letters {
+        Some(_) => {
+            let store = dead_letter_store(&settings)?;
+            if migrate {
+                store.migrate().await.context("applying dead-letter migrations")?;
+                tracing::info!("dead-letter migrations applied");
+            }
+            match store.table_exists().await {
+                Ok(false) => anyhow::bail!(
+                    "the dead-letter table {} does not exist: run `cdc-invalidator migrate --config {}` or start with --migrate",
+                    store.table(),
+                    path.display()
+                ),
+                Ok(true) => match store.capturing_publications().await {
+                    Ok(publications) if !publications.is_empty() => tracing::warn!(
+                        table = %store.table(), publications = ?publications,
+                        "the dead-letter table is captured by a publication: dead letters feed back into CDC (see `check`)"
+                    ),
+                    _ => {}
+                },
+                // Unreachable now is an outage like any other: the pipeline
+                // pauses at the first dead letter until the store returns.
+                Err(e) => tracing::warn!(error = %e, "dead-letter store not reachable at start"),
+            }
+            Some(store)
+        }
+        None => {
+            tracing::info!("no dead-letter store configured: undecodable records escalate to their namespace or stall");
+            None
+        }
+    };
+    let metrics = crate::metrics::install();
+    let status = Arc::new(Status::default());
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+
+    let admin_task = tokio::spawn(admin::serve(listener, metrics, status.clone(), shutdown.clone()));
+
+    let sink = match connect_redis_until_ready(&settings, &status, &shutdown).await {
+        Some(sink) => sink,
+        None => return Ok(0),
+    };
+    tracing::info!(
+        brokers = %settings.source.brokers, group = %settings.source.group_id,
+        subscription = ?settings.source.subscription.patterns(), redis = %redact_url(&settings.redis.url),
+        entities = settings.graph.entities().len(), "starting"
+    );
+    let lookups = match &settings.lookup {
+        Some(l) => Some(Lookups::connect_lazy(&l.url, l.timeout, l.attempts).context("lookup database URL")?),
+        None => None,
+    };
+    let avro = avro_schemas(&settings)?;
+    let notices = match &settings.notices {
+        Some(n) => {
+            let registry = match &settings.avro {
+                Some(sources) => {
+                    crate::registry::Registry::from_sources(sources).context("creating the schema registry client")?
+                }
+                None => None,
+            };
+            Some(Arc::new(Notices::new(n, &settings.source, registry.as_ref()).await?))
+        }
+        None => None,
+    };
+    let services = pipeline::Services {
+        dead_letters,
+        lookups,
+        avro,
+        notices,
+    };
+    let probe = admin::Probe {
+        redis: Some(sink.prober()),
+        dead_letters: services.dead_letters.clone(),
+        interval: settings.probe.interval,
+        timeout: settings.probe.timeout,
+    };
+    tokio::spawn(admin::probe(probe, status.clone(), shutdown.clone()));
+    tokio::spawn(crate::source::liveness::watch(
+        settings.source.clone(),
+        status.clone(),
+        shutdown.clone(),
+    ));
+    if let Some(connect) = &settings.connect {
+        tokio::spawn(crate::source::connect::watch(
+            connect.clone(),
+            status.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let pipeline = Pipeline::new(settings.clone(), sink, services, status)?;
+    let outcome = pipeline.run(shutdown.clone()).await;
+    shutdown.cancel();
+    match admin_task.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "admin http failed"),
+        Err(e) => tracing::warn!(error = %e, "admin http task panicked"),
+        Ok(Ok(())) => {}
+    }
+    match outcome {
+        Ok(()) => {
+            tracing::info!("stopped");
+            Ok(0)
+        }
+        Err(fatal) => {
+            tracing::error!(error = %fatal, "stopped after a fatal kafka client error");
+            Ok(1)
+        }
+    }
+}
+
+/// Redis may come up after the daemon: retry with capped backoff, serving
+/// /readyz (not ready, and why) meanwhile.
+async fn connect_redis_until_ready(
+    settings: &Settings,
+    status: &Status,
+    shutdown: &CancellationToken,
+) -> Option<RedisSink> {
+    let mut backoff = crate::backoff::Backoff::new(settings.redis.max_retry_backoff);
+    loop {
+        let delay = backoff.next_delay();
+        match RedisSink::connect(&settings.redis).await {
+            Ok(sink) => return Some(sink),
+            Err(e) => {
+                crate::metrics::redis_error(e.kind_label());
+                status.redis_failed(e.to_string());
+                tracing::warn!(error = %e, retry_in = ?delay, "redis not reachable at start");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The sink against a real three-node Redis Cluster started by this test.
+
+use crate::common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cdc_invalidator::config::RedisSettings;
+use cdc_invalidator::event::Position;
+use cdc_invalidator::graph::Target;
+use cdc_invalidator::plan::Bump;
+use cdc_invalidator::sink::RedisSink;
+use redis::cluster_routing::Slot;
+
+struct Cluster {
+    nodes: Vec<Child>,
+    ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
+        let nodes = ports
+            .iter()
+            .map(|port| {
+                Command::new("redis-server")
+                    .args([
+                        "--bind",
+                        "127.0.0.1",
+                        "--port",
+                        &port.to_string(),
+                        "--cluster-enabled",
+                        "yes",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ])
+                    .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                    .current_dir(dir.path())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("redis-server (installed by scripts/stack up)")
+            })
+            .collect();
+        let cluster = Cluster {
+            nodes,
+            ports,
+            _dir: dir,
+        };
+        for port in &cluster.ports {
+            cluster.wait_for(*port, &["PING"], "PONG");
+        }
+        let addresses: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "redis-cli --cluster create failed");
+        for port in &cluster.ports {
+            cluster.wait_for(*port, &["CLUSTER", "INFO"], "cluster_state:ok");
+        }
+        cluster
+    }
+
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn wait_for(&self, port: u16, args: &[&str], expect: &str) {
+        for _ in 0..100 {
+            if self.cli(port, args).contains(expect) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("redis node {port}: {args:?} never answered {expect:?}");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
+}
+
+fn bump(key: String, ordinal: i64) -> Bump {
+    Bump {
+        target: Target::Key(key),
+        position: Position::kafka("t", 0, ordinal),
+        commit_time_us: None,
+    }
+}
+
+#[tokio::test]
+async fn bumps_spread_over_slots_apply_guard_and_survive_script_flush() {
+    let cluster = Cluster::start();
+    // The slot function the sink groups by agrees with the server's.
+    for key in ["foo", "123456789", "ver:product:42", "ver:{tag}:x", "ver:ns:product"] {
+        let server: u16 = cluster
+            .cli(cluster.ports[0], &["CLUSTER", "KEYSLOT", key])
+            .parse()
+            .unwrap();
+        assert_eq!(Slot::for_key(key), Slot::new(server).unwrap(), "{key}");
+    }
+
+    let mut sink = RedisSink::connect(&RedisSettings {
+        url: format!("redis://127.0.0.1:{}", cluster.ports[0]),
+        version_prefix: "ver:".into(),
+        version_ttl: Duration::from_secs(600),
+        max_retry_backoff: Duration::from_secs(1),
+        cluster: true,
+        loss_check_interval: cdc_invalidator::config::default_loss_check_interval(),
+        wait_replicas: 0,
+        wait_timeout: Duration::from_secs(1),
+    })
+    .await
+    .unwrap();
+    let bumps: Vec<Bump> = (0..300).map(|i| bump(format!("product:{i}"), 5)).collect();
+    let results = sink.apply(&bumps).await.unwrap();
+    assert!(results.iter().all(|r| r.applied));
+    // Keys landed on all three nodes.
+    for port in &cluster.ports {
+        let count: usize = cluster.cli(*port, &["DBSIZE"]).parse().unwrap();
+        assert!(count > 50, "node {port} holds {count} keys");
+    }
+    let again = sink.apply(&bumps).await.unwrap();
+    assert!(
+        again
+            .iter()
+            .zip(&results)
+            .all(|(a, r)| !a.applied && a.version == r.version),
+        "redelivery is a no-op"
+    );
+
+    for port in &cluster.ports {
+        cluster.cli(*port, &["SCRIPT", "FLUSH"]);
+    }
+    let newer: Vec<Bump> = (0..300).map(|i| bump(format!("product:{i}"), 6)).collect();
+    let after_flush = sink.apply(&newer).await.unwrap();
+    assert!(after_flush
+        .iter()
+        .zip(&results)
+        .all(|(a, r)| a.applied && a.version > r.version));
+}
