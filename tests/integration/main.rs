@@ -26,6 +26,7 @@ mod metrics_outage;
 mod notices;
 mod poison;
 mod prometheus_alerts;
+mod readers;
 mod readiness;
 mod redis_cluster;
 mod redis_loss;

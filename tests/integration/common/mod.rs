@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+pub mod cluster;
 mod config;
 mod daemon;
 mod kafka;

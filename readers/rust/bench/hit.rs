@@ -1,0 +1,180 @@
+//! Reads per second and latency percentiles of a cache hit through cdc-cache,
+//! beside a plain GET of the same data key (the limit a reader can reach on
+//! one connection), and an L1 hit. Not a test: figures for BENCHMARKS.md.
+//!
+//!     cargo bench -p cdc-cache --bench hit -- [--seconds 3] [--concurrency 32]
+//!
+//! Redis: CDC_REDIS_URL (default redis://127.0.0.1:6379). Each case runs
+//! `concurrency` tasks on one multiplexed connection for `seconds`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cdc_cache::{Cache, CacheOptions, GetOptions, L1Options};
+
+struct Figures {
+    reads: usize,
+    elapsed: Duration,
+    latencies_us: Vec<u64>,
+}
+
+impl Figures {
+    fn print(&mut self, name: &str) {
+        self.latencies_us.sort_unstable();
+        let at = |q: f64| self.latencies_us[((self.latencies_us.len() as f64 - 1.0) * q) as usize];
+        println!(
+            "{name:<28} {:>9.0} reads/s   p50 {:>6} µs   p99 {:>6} µs   p99.9 {:>6} µs",
+            self.reads as f64 / self.elapsed.as_secs_f64(),
+            at(0.50),
+            at(0.99),
+            at(0.999),
+        );
+    }
+}
+
+async fn run<F, Fut>(seconds: u64, concurrency: usize, read: F) -> Figures
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let read = Arc::new(read);
+    // Warm up: connections, scripts, branch predictors.
+    for _ in 0..1000 {
+        read().await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let read = read.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(100_000);
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    read().await;
+                    latencies.push(t.elapsed().as_micros() as u64);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies_us = Vec::new();
+    for t in tasks {
+        latencies_us.extend(t.await.expect("bench task"));
+    }
+    Figures {
+        reads: latencies_us.len(),
+        elapsed: started.elapsed(),
+        latencies_us,
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str, default: u64| -> u64 {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let seconds = arg("--seconds", 3);
+    let concurrency = arg("--concurrency", 32) as usize;
+    let url = std::env::var("CDC_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("bench{}:", std::process::id());
+    let key = format!("{prefix}product:1");
+    let ttl = Duration::from_secs(600);
+    let value = vec![b'x'; 512];
+
+    let cache = Cache::connect(
+        &url,
+        CacheOptions {
+            prefix: prefix.clone(),
+            // A hit must stay a hit for the whole run.
+            beta: 0.0,
+            ..CacheOptions::default()
+        },
+    )
+    .await?;
+    let v = value.clone();
+    let filled = cache
+        .get(
+            &key,
+            GetOptions::new(ttl, move || async move { Ok::<_, std::io::Error>(v) }),
+        )
+        .await?;
+    println!(
+        "{concurrency} concurrent readers, {seconds} s per case, 512-byte value, data key {}",
+        filled.version
+    );
+
+    let client = redis::Client::open(url.as_str())?;
+    let conn = client.get_multiplexed_async_connection().await?;
+    let data_key = filled.version.clone();
+    run(seconds, concurrency, move || {
+        let mut conn = conn.clone();
+        let data_key = data_key.clone();
+        async move {
+            let got: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(&data_key)
+                .query_async(&mut conn)
+                .await
+                .expect("GET");
+            assert!(got.is_some());
+        }
+    })
+    .await
+    .print("plain GET (redis-rs)");
+
+    let c = cache.clone();
+    let k = key.clone();
+    run(seconds, concurrency, move || {
+        let (c, k) = (c.clone(), k.clone());
+        async move {
+            let got = c
+                .get(
+                    &k,
+                    GetOptions::new(ttl, || async { Err::<Vec<u8>, _>(std::io::Error::other("a miss")) }),
+                )
+                .await
+                .expect("hit");
+            assert!(got.hit);
+        }
+    })
+    .await
+    .print("cdc-cache get, Redis hit");
+
+    let l1 = Cache::connect(
+        &url,
+        CacheOptions {
+            prefix: prefix.clone(),
+            beta: 0.0,
+            l1: Some(L1Options {
+                channel: None,
+                max_stale: Duration::from_secs(1),
+                max_entries: 1000,
+            }),
+            ..CacheOptions::default()
+        },
+    )
+    .await?;
+    let k = key.clone();
+    run(seconds, concurrency, move || {
+        let (c, k) = (l1.clone(), k.clone());
+        async move {
+            let got = c
+                .get(
+                    &k,
+                    GetOptions::new(ttl, || async { Err::<Vec<u8>, _>(std::io::Error::other("a miss")) })
+                        .eventual(Duration::from_secs(1)),
+                )
+                .await
+                .expect("hit");
+            assert!(got.hit);
+        }
+    })
+    .await
+    .print("cdc-cache get, L1 hit (1 s)");
+    Ok(())
+}

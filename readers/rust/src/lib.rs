@@ -1,0 +1,77 @@
+//! cdc-cache: the reader half of cdc-invalidator's key protocol, for Rust.
+//! The specification both this crate and the Node package follow is
+//! readers/spec.md; section numbers below refer to it.
+//!
+//! - `key`     cache keys rendered exactly as the daemon renders templates
+//! - `naming`  records, data keys, lease keys, stale keys, version parsing
+//! - `cache`   `Cache::get`: the read path, leases, stale-while-revalidate,
+//!   XFetch, the freshness check
+//! - `l1`      the optional in-process cache and its notice subscriber
+//! - `metrics` every metric name, described once
+//!
+//! ```no_run
+//! # async fn page() -> Result<(), cdc_cache::Error> {
+//! use std::time::Duration;
+//! use cdc_cache::{Cache, CacheOptions, GetOptions};
+//! let cache = Cache::connect("redis://127.0.0.1:6379", CacheOptions::default()).await?;
+//! let got = cache
+//!     .get("product:42", GetOptions::new(Duration::from_secs(60), || async {
+//!         Ok::<_, std::io::Error>(b"{\"name\":\"hammer\"}".to_vec())
+//!     }))
+//!     .await?;
+//! println!("{} hit={} keyed by {}", String::from_utf8_lossy(&got.value), got.hit, got.version);
+//! # Ok(()) }
+//! ```
+
+mod cache;
+pub mod key;
+mod l1;
+pub mod metrics;
+pub mod naming;
+
+use std::time::Duration;
+
+pub use cache::{Cache, CacheOptions, Consistency, GetOptions, Got};
+pub use key::{key, KeyValue, Template};
+pub use l1::L1Options;
+
+/// The loader's error, passed through.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A version field that is not a canonical integer (spec section 3).
+    #[error("version record {record:?}: field {field:?} holds {text:?}, not a version (decimal digits, 0 to 2^63-1, no leading zero)")]
+    BadVersion {
+        record: String,
+        field: String,
+        text: String,
+    },
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("loader: {0}")]
+    Loader(BoxError),
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+    /// The read script answered something it never returns: a different script
+    /// under its SHA, or a proxy in between.
+    #[error("unexpected reply from the read script: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// The label the spec uses for this kind of error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::BadVersion { .. } => "bad_version",
+            Error::Redis(_) => "redis",
+            Error::Loader(_) => "loader",
+            Error::InvalidOptions(_) => "invalid_options",
+            Error::Protocol(_) => "protocol",
+        }
+    }
+}
+
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
