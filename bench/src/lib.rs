@@ -9,7 +9,8 @@
 //! - [`prom`]           scraping the daemon's /metrics (counters, gauges, histograms)
 //! - [`stats`]          percentiles, medians, process CPU and peak RSS from /proc
 //!
-//! Binaries: `load`, `raw-consume`, `probe`, and `harness` (the orchestrator
+//! Binaries: `load`, `raw-consume`, `probe`, `db-probe` (PostgreSQL commit to
+//! Redis through Debezium, run by `bench/db-probe`), and `harness` (the orchestrator
 //! `bench/run` calls).
 
 pub mod avro;
