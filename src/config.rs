@@ -181,7 +181,8 @@ pub(crate) struct RawAvro {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLookup {
-    /// PostgreSQL URL, ideally a read replica.
+    /// PostgreSQL URL, or `mysql://` / `mariadb://` for MySQL-family
+    /// databases; ideally a read replica.
     pub(crate) url: Spanned<String>,
     #[serde(default)]
     pub(crate) timeout: Option<Spanned<String>>,
@@ -652,6 +653,9 @@ impl RawConfig {
                 index,
                 version_ttl: redis.version_ttl,
                 has_lookup: lookup.is_some(),
+                mysql_lookup: lookup
+                    .as_ref()
+                    .is_some_and(|l| crate::graph::lookup_mysql::is_mysql_url(&l.url)),
             };
             entities.push(spanned.into_inner().validate(&context, &mut tables, v)?);
         }
@@ -1074,6 +1078,8 @@ struct EntityContext {
     index: usize,
     version_ttl: Duration,
     has_lookup: bool,
+    /// The lookup database is MySQL or MariaDB: fan-out queries bind `?`.
+    mysql_lookup: bool,
 }
 
 impl EntityContext {
@@ -1189,12 +1195,26 @@ fn validate_fanout(
         return v.error(
             spanned.span(),
             &field("query"),
-            "fan-out lookups need a [lookup] url (a PostgreSQL read replica)",
+            "fan-out lookups need a [lookup] url (a read replica: PostgreSQL, MySQL or MariaDB)",
         );
     }
-    let placeholders = (1..=fanout.bind.get_ref().len() + 1)
-        .take_while(|n| fanout.query.get_ref().contains(&format!("${n}")))
-        .count();
+    let placeholders = if at.mysql_lookup {
+        crate::graph::lookup_mysql::placeholders(fanout.query.get_ref())
+    } else {
+        (1..=fanout.bind.get_ref().len() + 1)
+            .take_while(|n| fanout.query.get_ref().contains(&format!("${n}")))
+            .count()
+    };
+    if at.mysql_lookup && placeholders != fanout.bind.get_ref().len() {
+        return v.error(
+            fanout.bind.span(),
+            &field("bind"),
+            format!(
+                "{} bind column(s) for a MySQL query with {placeholders} `?` placeholder(s)",
+                fanout.bind.get_ref().len()
+            ),
+        );
+    }
     if placeholders != fanout.bind.get_ref().len() {
         return v.error(
             fanout.bind.span(),

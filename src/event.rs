@@ -101,6 +101,20 @@ impl Position {
         }
     }
 
+    /// MariaDB with a GTID (`domain-server-seq`): the sequence number first,
+    /// then the binlog coordinates, under a source per GTID domain. Sequence
+    /// numbers of a domain follow the commit order on every server of the
+    /// replication topology (gtid_strict_mode), so the order survives a
+    /// failover, where binlog file numbers and positions start over; within
+    /// one transaction (one GTID, one binlog file) the file, position and
+    /// row order its rows.
+    pub fn mariadb_gtid(server: &str, domain: u64, seq: u64, file_number: u64, pos: u64, row: u64) -> Position {
+        Position {
+            source: format!("mariadb-gtid:{server}:{domain}"),
+            ordinal: format!("{seq:020}{file_number:010}{pos:020}{row:010}"),
+        }
+    }
+
     /// Fallback: the Kafka offset, guarding per topic-partition.
     pub fn kafka(topic: &str, partition: i32, offset: i64) -> Position {
         Position {

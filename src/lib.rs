@@ -5,12 +5,14 @@
 //! - [`config`]    strict TOML config, defaults with reasons, `validate()` into runtime settings
 //! - [`topic_pattern`] `topic_regex` compiled by the POSIX engine librdkafka itself uses
 //! - [`kafka_client`] every Kafka client's settings: the passthrough, then what its role forces
-//! - [`source`]    rdkafka consumer, rebalance bridge, owned records at the edge, source liveness
+//! - [`source`]    rdkafka consumer, rebalance bridge, owned records at the edge, source liveness,
+//!   what `check` verifies on a MySQL-family source database
 //! - [`event`]     owned domain types: `KafkaRecord`, `ChangeEvent`, `Position`
 //! - [`registry`]  the schema registry client (schemas by id, registering the notice schema)
 //! - [`decode`]    Debezium envelopes (JSON, wrapped or not, flattened) to `ChangeEvent`
 //! - [`graph`]     key templates and entity rules: event to targets, escalation, stalls;
-//!   fan-out lookups and the catalog queries `check` uses
+//!   fan-out lookups (PostgreSQL, and MySQL/MariaDB through sqlx's MySQL driver) and the
+//!   catalog queries `check` uses
 //! - [`plan`]      coalescing per (target, source) and the moot-event rule
 //! - [`sink`]      guarded version bumps in Redis through `bump.lua`
 //! - [`dead_letter`] records that could not be decoded or rendered, in PostgreSQL (sqlx)

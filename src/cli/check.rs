@@ -205,6 +205,9 @@ async fn check_database(settings: &Settings) -> usize {
             return 1;
         }
     };
+    if lookups.postgres_pool().is_none() {
+        return crate::source::mysql_check::check_database(settings.graph.entities(), &lookups).await;
+    }
     let mut problems = 0;
     for entity in settings.graph.entities() {
         // Config validation refuses a table that is not schema.table.

@@ -138,7 +138,10 @@ pub enum Command {
     /// Also warns when Redis can lose version records (persistence off, an
     /// evicting maxmemory-policy without eviction notifications, fewer
     /// replicas than wait_replicas) or when a loss could not be detected, and
-    /// fails when a [connect] connector is not RUNNING.
+    /// fails when a [connect] connector is not RUNNING. With [lookup] it also
+    /// verifies tables, templated columns, fan-out queries and old-row logging:
+    /// REPLICA IDENTITY FULL (PostgreSQL) or binlog_format ROW and
+    /// binlog_row_image FULL (MySQL, MariaDB) where replica_identity = "full".
     Check {
         #[arg(long, short)]
         config: PathBuf,

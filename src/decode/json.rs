@@ -298,12 +298,46 @@ fn source_position(record: &KafkaRecord, source: &Map<String, Value>) -> Result<
             if row >= MYSQL_ROW_LIMIT {
                 return Err(bad_position(format!("`source.row` {row} is beyond any binlog event")));
             }
-            match (file_number, pos) {
-                (Some(file), Some(pos)) => Ok(Position::mysql(server, file, pos, row)),
+            let gtid = if connector == "mariadb" {
+                mariadb_gtid(source)?
+            } else {
+                None
+            };
+            match (file_number, pos, gtid) {
+                (Some(file), Some(pos), Some((domain, seq))) => {
+                    Ok(Position::mariadb_gtid(server, domain, seq, file, pos, row))
+                }
+                (Some(file), Some(pos), None) => Ok(Position::mysql(server, file, pos, row)),
                 _ => Ok(Position::kafka(&record.topic, record.partition, record.offset)),
             }
         }
         _ => Ok(Position::kafka(&record.topic, record.partition, record.offset)),
+    }
+}
+
+/// The MariaDB connector's `source.gtid`, `domain-server-seq` (e.g. `0-1-42`):
+/// the domain and the sequence number. Absent or null: `None` (the binlog
+/// coordinates alone then order the change). Any other shape is a bad
+/// position: the connector writes none.
+fn mariadb_gtid(source: &Map<String, Value>) -> Result<Option<(u64, u64)>, DecodeError> {
+    let text = match source.get("gtid") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(text)) => text,
+        Some(other) => return Err(bad_position(format!("`source.gtid` is JSON {}", kind_of(other)))),
+    };
+    let mut parts = text.split('-');
+    let (Some(domain), Some(server_id), Some(seq), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad_position(format!("`source.gtid` {text:?} is not domain-server-seq")));
+    };
+    match (digits(domain), digits(server_id), digits(seq)) {
+        // MariaDB's domain and server ids are 32-bit.
+        (Some(domain), Some(server_id), Some(seq))
+            if domain <= u64::from(u32::MAX) && server_id <= u64::from(u32::MAX) =>
+        {
+            Ok(Some((domain, seq)))
+        }
+        _ => Err(bad_position(format!("`source.gtid` {text:?} is not domain-server-seq"))),
     }
 }
 
@@ -567,6 +601,53 @@ mod tests {
         );
         assert_eq!(ev.table, "inventory.orders");
         assert_eq!(ev.position, Position::mysql("inv", 3, 154, 2));
+    }
+
+    #[test]
+    fn mariadb_gtid_orders_by_sequence_then_binlog_coordinates() {
+        let decode_source = |source: Value| {
+            decode_json(&record(
+                "m.shop.orders",
+                None,
+                Some(json!({"after": {"id": 1}, "source": source, "op": "c"})),
+            ))
+        };
+        let ev = change(
+            decode_source(
+                json!({"connector": "mariadb", "name": "m", "db": "shop", "table": "orders",
+                "gtid": "0-1-42", "file": "mysql-bin.000003", "pos": 154, "row": 2}),
+            )
+            .unwrap(),
+        );
+        assert_eq!(ev.position, Position::mariadb_gtid("m", 0, 42, 3, 154, 2));
+        assert_eq!(ev.position.source, "mariadb-gtid:m:0");
+        // A later transaction on a failover target, whose binlog starts over.
+        let later = Position::mariadb_gtid("m", 0, 43, 1, 4, 0);
+        assert!(later.ordinal > ev.position.ordinal);
+        // No GTID: the binlog coordinates alone, under the mysql source.
+        let plain = change(
+            decode_source(
+                json!({"connector": "mariadb", "name": "m", "db": "shop", "table": "orders",
+                "gtid": null, "file": "mysql-bin.000003", "pos": 154, "row": 2}),
+            )
+            .unwrap(),
+        );
+        assert_eq!(plain.position, Position::mysql("m", 3, 154, 2));
+        for bad in [
+            json!("0-1"),
+            json!("0-1-x"),
+            json!("-1-1-1"),
+            json!("0-1-2-3"),
+            json!(7),
+            json!("0-1-99999999999999999999"),
+        ] {
+            let err = decode_source(
+                json!({"connector": "mariadb", "name": "m", "db": "shop", "table": "orders",
+                "gtid": bad, "file": "mysql-bin.000003", "pos": 154, "row": 2}),
+            )
+            .unwrap_err();
+            assert_eq!(err.kind, DecodeErrorKind::BadPosition, "{bad}");
+        }
     }
 
     #[test]

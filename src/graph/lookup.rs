@@ -1,5 +1,6 @@
 //! Fan-out lookups: a parent row's change invalidates its children, found by
-//! a parameterised SQL query against a read replica (sqlx, PostgreSQL).
+//! a parameterised SQL query against a read replica (sqlx: PostgreSQL here,
+//! MySQL and MariaDB in lookup_mysql.rs, picked by the URL's scheme).
 //! Every lookup is bounded: `max_rows` (one more is fetched to detect the
 //! overflow), a per-query timeout, and a capped number of retries.
 
@@ -11,6 +12,7 @@ use serde_json::Value;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row as _;
 
+use super::lookup_mysql::{self, MySqlLookups};
 use super::Template;
 use crate::event::Row;
 
@@ -45,56 +47,82 @@ pub enum LookupError {
 
 #[derive(Clone)]
 pub struct Lookups {
-    pool: PgPool,
+    backend: Backend,
     timeout: Duration,
     attempts: u32,
-    /// Column name to PostgreSQL type name, per query (from `describe`).
-    types: Arc<Mutex<HashMap<String, ColumnTypes>>>,
+}
+
+/// The database the fan-out queries run against, chosen by the URL's scheme.
+#[derive(Clone)]
+enum Backend {
+    Postgres {
+        pool: PgPool,
+        /// Column name to PostgreSQL type name, per query (from `describe`).
+        types: Arc<Mutex<HashMap<String, ColumnTypes>>>,
+    },
+    /// `mysql://` or `mariadb://` (src/graph/lookup_mysql.rs).
+    MySql(MySqlLookups),
 }
 
 /// Result column name to its PostgreSQL type name (`TIMESTAMPTZ`, `DATE`, ...).
 type ColumnTypes = Arc<HashMap<String, String>>;
+
+/// Why one attempt failed: worth another attempt, or certain to fail again
+/// (a result the daemon cannot render), which escalates at once.
+pub(crate) enum FetchError {
+    Retry(String),
+    Permanent(String),
+}
 
 // Retrying a lookup slower than this only delays the fan-out's escalation.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(2);
 
 impl Lookups {
     pub fn connect_lazy(url: &str, timeout: Duration, attempts: u32) -> Result<Lookups, sqlx::Error> {
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(timeout)
-            .connect_lazy(url)?;
+        let backend = if lookup_mysql::is_mysql_url(url) {
+            Backend::MySql(MySqlLookups::connect_lazy(url, timeout)?)
+        } else {
+            let pool = PgPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(timeout)
+                .connect_lazy(url)?;
+            Backend::Postgres {
+                pool,
+                types: Arc::default(),
+            }
+        };
         Ok(Lookups {
-            pool,
+            backend,
             timeout,
             attempts: attempts.max(1),
-            types: Arc::default(),
         })
     }
 
-    pub(crate) fn pool(&self) -> &PgPool {
-        &self.pool
+    /// The PostgreSQL pool, when the lookup database is PostgreSQL.
+    pub(crate) fn postgres_pool(&self) -> Option<&PgPool> {
+        match &self.backend {
+            Backend::Postgres { pool, .. } => Some(pool),
+            Backend::MySql(_) => None,
+        }
     }
 
-    /// Runs the rule's query. Result values come back as text, the way
-    /// Debezium prints them in string mode, so child keys render the same.
+    /// The MySQL-family pool, when the lookup database is MySQL or MariaDB.
+    pub(crate) fn mysql_pool(&self) -> Option<&sqlx::MySqlPool> {
+        match &self.backend {
+            Backend::MySql(m) => Some(m.pool()),
+            Backend::Postgres { .. } => None,
+        }
+    }
+
+    /// Runs the rule's query. Result values come back as the JSON Debezium
+    /// prints for the same columns (string mode for decimals), so child keys
+    /// render the same as from the children's own change events.
     pub async fn run(&self, fanout: &Fanout, binds: &[Value]) -> Result<Vec<Row>, LookupError> {
-        let sql = wrapped_query(fanout);
         let mut backoff = crate::backoff::Backoff::new(MAX_RETRY_BACKOFF);
         let mut last_error = String::new();
         for attempt in 1..=self.attempts {
             let started = Instant::now();
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-            for value in binds {
-                query = match value {
-                    Value::Number(n) if n.is_i64() => query.bind(n.as_i64()),
-                    Value::Number(n) => query.bind(n.as_f64()),
-                    Value::Bool(b) => query.bind(*b),
-                    Value::String(s) => query.bind(s.clone()),
-                    other => query.bind(other.to_string()),
-                };
-            }
-            let outcome = tokio::time::timeout(self.timeout, query.fetch_all(&self.pool)).await;
+            let outcome = tokio::time::timeout(self.timeout, self.fetch(fanout, binds)).await;
             crate::metrics::lookup(started.elapsed().as_secs_f64());
             match outcome {
                 Ok(Ok(rows)) => {
@@ -104,25 +132,15 @@ impl Lookups {
                         });
                     }
                     crate::metrics::fanout_rows(rows.len());
-                    let types = self.column_types(fanout).await;
-                    return Ok(rows
-                        .iter()
-                        .filter_map(|r| r.try_get::<Option<Value>, _>(0).ok().flatten())
-                        .filter_map(|v| match v {
-                            Value::Object(map) => Some(map),
-                            _ => None,
-                        })
-                        .map(|mut row| {
-                            for (column, value) in row.iter_mut() {
-                                if let Some(ty) = types.get(column) {
-                                    *value = as_debezium(ty, std::mem::take(value));
-                                }
-                            }
-                            row
-                        })
-                        .collect());
+                    return Ok(rows);
                 }
-                Ok(Err(e)) => last_error = e.to_string(),
+                Ok(Err(FetchError::Retry(e))) => last_error = e,
+                Ok(Err(FetchError::Permanent(detail))) => {
+                    return Err(LookupError::Failed {
+                        attempts: attempt,
+                        detail,
+                    })
+                }
                 Err(_) => last_error = format!("timed out after {:?}", self.timeout),
             }
             if attempt < self.attempts {
@@ -136,50 +154,90 @@ impl Lookups {
         })
     }
 
-    /// The result columns' PostgreSQL types, described once per query. When
-    /// the database cannot describe it, no column is converted (text stays).
-    async fn column_types(&self, fanout: &Fanout) -> ColumnTypes {
-        use sqlx::{Column as _, Executor as _, SqlSafeStr as _, TypeInfo as _};
-        let cached = self
-            .types
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&fanout.query)
-            .cloned();
-        if let Some(types) = cached {
-            return types;
-        }
-        let described = self
-            .pool
-            .describe(sqlx::AssertSqlSafe(fanout.query.trim().trim_end_matches(';').to_owned()).into_sql_str())
-            .await;
-        let types: ColumnTypes = match described {
-            Ok(d) => Arc::new(
-                d.columns()
-                    .iter()
-                    .map(|c| (c.name().to_owned(), c.type_info().name().to_owned()))
-                    .collect(),
-            ),
-            Err(e) => {
-                tracing::warn!(query = %fanout.query, error = %e, "cannot describe the fan-out query; its values render as PostgreSQL prints them");
-                return Arc::default();
-            }
+    /// One attempt: at most `max_rows + 1` rows, as JSON rows.
+    async fn fetch(&self, fanout: &Fanout, binds: &[Value]) -> Result<Vec<Row>, FetchError> {
+        let (pool, types) = match &self.backend {
+            Backend::MySql(m) => return m.fetch(fanout, binds).await,
+            Backend::Postgres { pool, types } => (pool, types),
         };
-        self.types
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(fanout.query.clone(), types.clone());
-        types
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(wrapped_query(fanout)));
+        for value in binds {
+            query = match value {
+                Value::Number(n) if n.is_i64() => query.bind(n.as_i64()),
+                Value::Number(n) => query.bind(n.as_f64()),
+                Value::Bool(b) => query.bind(*b),
+                Value::String(s) => query.bind(s.clone()),
+                other => query.bind(other.to_string()),
+            };
+        }
+        let rows = query
+            .fetch_all(pool)
+            .await
+            .map_err(|e| FetchError::Retry(e.to_string()))?;
+        let types = column_types(pool, types, fanout).await;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.try_get::<Option<Value>, _>(0).ok().flatten())
+            .filter_map(|v| match v {
+                Value::Object(map) => Some(map),
+                _ => None,
+            })
+            .map(|mut row| {
+                for (column, value) in row.iter_mut() {
+                    if let Some(ty) = types.get(column) {
+                        *value = as_debezium(ty, std::mem::take(value));
+                    }
+                }
+                row
+            })
+            .collect())
     }
 
     /// Prepares the rule's query without running it (for `check`).
     pub(crate) async fn prepare(&self, fanout: &Fanout) -> Result<(), sqlx::Error> {
         use sqlx::{Executor as _, SqlSafeStr as _};
-        self.pool
-            .describe(sqlx::AssertSqlSafe(wrapped_query(fanout)).into_sql_str())
-            .await
-            .map(|_| ())
+        match &self.backend {
+            Backend::MySql(m) => m.prepare(fanout).await,
+            Backend::Postgres { pool, .. } => pool
+                .describe(sqlx::AssertSqlSafe(wrapped_query(fanout)).into_sql_str())
+                .await
+                .map(|_| ()),
+        }
     }
+}
+
+/// The result columns' PostgreSQL types, described once per query. When
+/// the database cannot describe it, no column is converted (text stays).
+async fn column_types(pool: &PgPool, cache: &Mutex<HashMap<String, ColumnTypes>>, fanout: &Fanout) -> ColumnTypes {
+    use sqlx::{Column as _, Executor as _, SqlSafeStr as _, TypeInfo as _};
+    let cached = cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&fanout.query)
+        .cloned();
+    if let Some(types) = cached {
+        return types;
+    }
+    let described = pool
+        .describe(sqlx::AssertSqlSafe(fanout.query.trim().trim_end_matches(';').to_owned()).into_sql_str())
+        .await;
+    let types: ColumnTypes = match described {
+        Ok(d) => Arc::new(
+            d.columns()
+                .iter()
+                .map(|c| (c.name().to_owned(), c.type_info().name().to_owned()))
+                .collect(),
+        ),
+        Err(e) => {
+            tracing::warn!(query = %fanout.query, error = %e, "cannot describe the fan-out query; its values render as PostgreSQL prints them");
+            return Arc::default();
+        }
+    };
+    cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(fanout.query.clone(), types.clone());
+    types
 }
 
 /// Each result row as one JSON object of text values, capped at one row

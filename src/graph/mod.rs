@@ -6,6 +6,7 @@
 
 mod introspect;
 mod lookup;
+pub(crate) mod lookup_mysql;
 mod template;
 
 use std::collections::HashMap;

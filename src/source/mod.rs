@@ -12,6 +12,7 @@ use rdkafka::ClientContext;
 
 pub mod connect;
 pub mod liveness;
+pub(crate) mod mysql_check;
 
 use crate::config::{PlanSettings, SourceSettings};
 use crate::event::KafkaRecord;

@@ -1,0 +1,730 @@
+//! End to end through MariaDB, Debezium's MariaDB connector, Kafka, the
+//! daemon and Redis (`scripts/stack up --with mariadb`), and fan-out lookups
+//! and `check` against MariaDB through sqlx's MySQL driver.
+//!
+//! Gated on the MariaDB being up: without CDC_MARIADB_URL (exported by
+//! `scripts/stack env` while MariaDB runs) each test says so and returns,
+//! unless CDC_REQUIRE_MARIADB=1 (scripts/test sets it), which makes the
+//! missing server a failure.
+
+use crate::common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use cdc_invalidator::graph::{Fanout, LookupError, Lookups, Template};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+use serde_json::{json, Value};
+
+use crate::common::{eventually, Daemon};
+
+/// The guard source of the stack's connector (topic.prefix `mariadb`, GTID domain 0).
+const SOURCE: &str = "mariadb-gtid:mariadb:0";
+
+fn mariadb_url() -> Option<String> {
+    match std::env::var("CDC_MARIADB_URL") {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var("CDC_REQUIRE_MARIADB").as_deref() == Ok("1") => {
+            panic!("CDC_REQUIRE_MARIADB=1 but CDC_MARIADB_URL is not set (scripts/stack up --with mariadb, then eval \"$(scripts/stack env)\")")
+        }
+        Err(_) => {
+            eprintln!("skipped: MariaDB is not up (scripts/stack up --with mariadb exports CDC_MARIADB_URL)");
+            None
+        }
+    }
+}
+
+async fn mariadb(url: &str) -> sqlx::MySqlPool {
+    sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .expect("MariaDB from scripts/stack up --with mariadb is reachable (CDC_MARIADB_URL)")
+}
+
+/// Runs the statements in order on one connection (so `BEGIN` ... `COMMIT`
+/// is one transaction).
+async fn sql(pool: &sqlx::MySqlPool, statements: &[&str]) {
+    let mut conn = pool.acquire().await.unwrap();
+    for statement in statements {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_string()))
+            .execute(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+}
+
+fn topic(table: &str) -> String {
+    let prefix = std::env::var("CDC_MARIADB_TOPIC_PREFIX").unwrap_or_else(|_| "mariadb".into());
+    format!("{prefix}.shop.{table}")
+}
+
+/// The common config writer with this file's plan: a short eventual linger,
+/// so a test's changes reach Redis without waiting on the default.
+fn write_config(topics: &[String], entities: &str, prefix: &str, group: &str) -> tempfile::NamedTempFile {
+    let extra = format!("[plan]\neventual_linger = \"20ms\"\n{entities}");
+    common::write_config_for(topics, &common::redis_url(), prefix, group, &extra)
+}
+
+async fn wait_for_topics(topics: &[String]) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", common::kafka_brokers())
+        .create()
+        .unwrap();
+    eventually("Debezium to create the topics", Duration::from_secs(60), || {
+        let found = consumer
+            .fetch_metadata(None, Duration::from_secs(5))
+            .map(|m| m.topics().iter().map(|t| t.name().to_owned()).collect::<BTreeSet<_>>());
+        let ok = found.map(|f| topics.iter().all(|t| f.contains(t))).unwrap_or(false);
+        async move { ok.then_some(()) }
+    })
+    .await;
+}
+
+fn changed(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeSet<String> {
+    after
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// Runs the statements, waits until every expected key moved, lets
+/// stragglers arrive, and asserts that exactly the expected keys moved.
+async fn expect_bumps(pool: &sqlx::MySqlPool, prefix: &str, statements: &[&str], expected: BTreeSet<String>) {
+    let mut conn = common::redis_conn().await;
+    let before = common::versions(&mut conn, prefix).await;
+    sql(pool, statements).await;
+    eventually(
+        &format!("{expected:?} to move after {statements:?}"),
+        Duration::from_secs(30),
+        || {
+            let mut conn = conn.clone();
+            let before = before.clone();
+            let expected = expected.clone();
+            async move {
+                let now = common::versions(&mut conn, prefix).await;
+                expected.is_subset(&changed(&before, &now)).then_some(())
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = common::versions(&mut conn, prefix).await;
+    assert_eq!(changed(&before, &after), expected, "after {statements:?}");
+}
+
+#[tokio::test]
+async fn mariadb_ops_foreign_key_move_fanout_and_truncate_bump_exactly_the_dependent_keys() {
+    let Some(url) = mariadb_url() else { return };
+    let pool = mariadb(&url).await;
+    let categories = common::unique("mcat");
+    let products = common::unique("mprod");
+    sql(
+        &pool,
+        &[
+            &format!("CREATE TABLE {categories} (id INT PRIMARY KEY, name VARCHAR(64) NOT NULL)"),
+            &format!(
+                "CREATE TABLE {products} (id INT PRIMARY KEY, category_id INT NOT NULL, sku VARCHAR(32) NOT NULL, price DECIMAL(10,2) NOT NULL)"
+            ),
+            &format!("INSERT INTO {categories} VALUES (1, 'tools'), (2, 'toys')"),
+            &format!("INSERT INTO {products} VALUES (1, 1, 'A', 9.99)"),
+        ],
+    )
+    .await;
+    let topics = vec![topic(&categories), topic(&products)];
+    wait_for_topics(&topics).await;
+    let prefix = format!("{}:", common::unique("ver"));
+    let entities = format!(
+        r#"
+[lookup]
+url = "{url}"
+timeout = "2s"
+attempts = 2
+[[entity]]
+table = "shop.{categories}"
+namespace = "category"
+consistency = "eventual"
+replica_identity = "full"
+keys = ["category:{{id}}", "category-name:{{name}}"]
+  [[entity.fanout]]
+  query = "SELECT id, price FROM {products} WHERE category_id = ?"
+  bind = ["id"]
+  keys = ["product:{{id}}:price:{{price}}"]
+  max_rows = 1
+  namespace = "product"
+[[entity]]
+table = "shop.{products}"
+namespace = "product"
+consistency = "strong"
+max_cache_ttl = "10m"
+replica_identity = "full"
+keys = ["product:{{id}}", "product-sku:{{sku}}", "category:{{category_id}}:products", "product:{{id}}:price:{{price}}"]
+"#
+    );
+    let config = write_config(&topics, &entities, &prefix, &common::unique("group"));
+
+    // check: binlog settings and the tables, against the real server.
+    let out = common::cli()
+        .args(["check", "--config", config.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ok    binlog_format = ROW"), "{text}");
+    assert!(
+        text.contains(&format!("ok    table shop.{products}: binlog_row_image = FULL")),
+        "{text}"
+    );
+    assert!(text.contains("ok    gtid_strict_mode = ON"), "{text}");
+    assert!(text.contains("prepares"), "{text}");
+
+    let daemon = Daemon::start(config.path());
+    daemon.wait_ready().await;
+    let conn = common::redis_conn().await;
+    let seeded = set(&[
+        "category:1",
+        "category-name:tools",
+        "category:2",
+        "category-name:toys",
+        "product:1",
+        "product-sku:A",
+        "category:1:products",
+        "product:1:price:9.99",
+    ]);
+    eventually("the seed rows to be applied", Duration::from_secs(30), || {
+        let mut conn = conn.clone();
+        let seeded = seeded.clone();
+        let prefix = prefix.clone();
+        async move {
+            let keys: BTreeSet<String> = common::versions(&mut conn, &prefix).await.into_keys().collect();
+            (keys == seeded).then_some(())
+        }
+    })
+    .await;
+
+    expect_bumps(
+        &pool,
+        &prefix,
+        &[&format!("INSERT INTO {products} VALUES (2, 2, 'B', 5.00)")],
+        set(&[
+            "product:2",
+            "product-sku:B",
+            "category:2:products",
+            "product:2:price:5.00",
+        ]),
+    )
+    .await;
+    // A foreign-key move invalidates the list it leaves and the one it joins
+    // (binlog_row_image=FULL: the old row is whole).
+    expect_bumps(
+        &pool,
+        &prefix,
+        &[&format!("UPDATE {products} SET category_id = 2 WHERE id = 1")],
+        set(&[
+            "product:1",
+            "product-sku:A",
+            "category:1:products",
+            "category:2:products",
+            "product:1:price:9.99",
+        ]),
+    )
+    .await;
+    // A rename of category 1 (now empty) and of category 2: the fan-out finds
+    // category 2's two products through MariaDB, over max_rows = 1, so it
+    // escalates to the product namespace.
+    expect_bumps(
+        &pool,
+        &prefix,
+        &[&format!("UPDATE {categories} SET name = 'hand tools' WHERE id = 1")],
+        set(&["category:1", "category-name:tools", "category-name:hand tools"]),
+    )
+    .await;
+    expect_bumps(
+        &pool,
+        &prefix,
+        &[&format!("UPDATE {categories} SET name = 'games' WHERE id = 2")],
+        set(&["category:2", "category-name:toys", "category-name:games", "ns:product"]),
+    )
+    .await;
+    expect_bumps(
+        &pool,
+        &prefix,
+        &[&format!("DELETE FROM {products} WHERE id = 2")],
+        set(&[
+            "product:2",
+            "product-sku:B",
+            "category:2:products",
+            "product:2:price:5.00",
+        ]),
+    )
+    .await;
+    // The fan-out within max_rows: exact product keys, rendered from the
+    // lookup row as they are from the product's own events (DECIMAL as text).
+    expect_bumps(
+        &pool,
+        &prefix,
+        &[&format!("UPDATE {categories} SET name = 'board games' WHERE id = 2")],
+        set(&[
+            "category:2",
+            "category-name:games",
+            "category-name:board games",
+            "product:1:price:9.99",
+        ]),
+    )
+    .await;
+    // One transaction of several rows over both tables.
+    expect_bumps(
+        &pool,
+        &prefix,
+        &[
+            "BEGIN",
+            &format!("INSERT INTO {products} VALUES (3, 1, 'C', 1.50)"),
+            &format!("UPDATE {products} SET sku = 'AA' WHERE id = 1"),
+            "COMMIT",
+        ],
+        set(&[
+            "product:3",
+            "product-sku:C",
+            "category:1:products",
+            "product:3:price:1.50",
+            "product:1",
+            "product-sku:A",
+            "product-sku:AA",
+            "category:2:products",
+            "product:1:price:9.99",
+        ]),
+    )
+    .await;
+    expect_bumps(
+        &pool,
+        &prefix,
+        &[&format!("TRUNCATE TABLE {products}")],
+        set(&["ns:product"]),
+    )
+    .await;
+
+    let metrics = daemon.metrics().await;
+    assert!(
+        common::metric_sum(&metrics, "cdc_invalidator_events_total", &["op=\"t\""]) >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        common::metric_sum(&metrics, "cdc_invalidator_escalations_total", &[]) >= 1.0,
+        "{metrics}"
+    );
+    // Every guard is under the GTID source.
+    let mut conn = common::redis_conn().await;
+    let guard: Option<String> = redis::cmd("HGET")
+        .arg(format!("{prefix}product-sku:AA"))
+        .arg(format!("p:{SOURCE}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(guard.map(|g| g.len()), Some(60), "a 60-digit GTID position");
+    drop(daemon);
+    sql(&pool, &[&format!("DROP TABLE {products}, {categories}")]).await;
+}
+
+/// The highest position per key, computed independently of the daemon:
+/// every record of the topic routed through the library.
+async fn expected_positions(topic: &str, config: &std::path::Path, records: usize) -> HashMap<String, String> {
+    let settings = cdc_invalidator::config::load(config, &|_| None).unwrap();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", common::kafka_brokers())
+        .set("group.id", common::unique("expect"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut expected: HashMap<String, String> = HashMap::new();
+    let mut seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen < records {
+        assert!(
+            Instant::now() < deadline,
+            "read {seen} of {records} records from {topic}"
+        );
+        let Some(Ok(message)) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let record = cdc_invalidator::source::to_record(&message);
+        seen += 1;
+        let route = cdc_invalidator::pipeline::route(
+            &settings.graph,
+            &settings.plan,
+            &record,
+            cdc_invalidator::pipeline::now_us(),
+            false,
+        );
+        if let cdc_invalidator::pipeline::Routed::Bump { targets, position, .. } = route.action {
+            assert_eq!(position.source, SOURCE);
+            for t in targets {
+                let slot = expected.entry(t.record_key("")).or_default();
+                if position.ordinal > *slot {
+                    *slot = position.ordinal.clone();
+                }
+            }
+        }
+    }
+    expected
+}
+
+async fn guard_positions(prefix: &str) -> HashMap<String, (u64, String)> {
+    // One pipeline, tried again on an error: on a loaded machine a single
+    // reply among thousands can miss the client's response timeout.
+    let mut last_error = None;
+    for _ in 0..5 {
+        match try_guard_positions(prefix).await {
+            Ok(out) => return out,
+            Err(e) => last_error = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("reading the guards: {last_error:?}");
+}
+
+async fn try_guard_positions(prefix: &str) -> redis::RedisResult<HashMap<String, (u64, String)>> {
+    let mut conn = common::redis_conn().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await?;
+    let mut pipe = redis::pipe();
+    for key in &keys {
+        pipe.cmd("HMGET").arg(key).arg("v").arg(format!("p:{SOURCE}"));
+    }
+    let replies: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut conn).await?;
+    Ok(keys
+        .iter()
+        .zip(replies)
+        .map(|(key, (v, p))| {
+            (
+                key[prefix.len()..].to_owned(),
+                (v.and_then(|v| v.parse().ok()).unwrap_or(0), p.unwrap_or_default()),
+            )
+        })
+        .collect())
+}
+
+#[tokio::test]
+async fn mariadb_kill_9_with_rotations_and_concurrent_writers_loses_nothing_and_replay_changes_nothing() {
+    let Some(url) = mariadb_url() else { return };
+    const ROWS: usize = 2000;
+    const TRANSACTIONS: usize = 40;
+    let pool = mariadb(&url).await;
+    let items = common::unique("mitem");
+    sql(
+        &pool,
+        &[
+            &format!("CREATE TABLE {items} (id INT PRIMARY KEY, grp INT NOT NULL)"),
+            &format!("INSERT INTO {items} VALUES (0, 0)"),
+        ],
+    )
+    .await;
+    let topics = vec![topic(&items)];
+    wait_for_topics(&topics).await;
+    let entities = format!(
+        r#"
+[[entity]]
+table = "shop.{items}"
+namespace = "item"
+consistency = "strong"
+replica_identity = "full"
+keys = ["item:{{id}}", "group:{{grp}}"]
+"#
+    );
+    let prefix = format!("{}:", common::unique("ver"));
+    let config = write_config(&topics, &entities, &prefix, &common::unique("group"));
+    let mut daemon = Daemon::start(config.path());
+    daemon.wait_ready().await;
+
+    // Two writers: one inserts batches, the other moves rows between groups
+    // in interleaved transactions; the binlog rotates every ten batches.
+    let per_tx = ROWS / TRANSACTIONS;
+    let inserter = {
+        let pool = pool.clone();
+        let items = items.clone();
+        tokio::spawn(async move {
+            for tx in 0..TRANSACTIONS {
+                let first = tx * per_tx + 1;
+                let last = first + per_tx - 1;
+                sql(
+                    &pool,
+                    &[&format!(
+                        "INSERT INTO {items} SELECT seq, seq % 50 FROM seq_{first}_to_{last}"
+                    )],
+                )
+                .await;
+                if tx % 10 == 5 {
+                    sql(&pool, &["FLUSH BINARY LOGS"]).await;
+                }
+            }
+        })
+    };
+    let mover = {
+        let pool = pool.clone();
+        let items = items.clone();
+        tokio::spawn(async move {
+            // READ COMMITTED: no gap locks, so the mover never blocks or
+            // deadlocks the inserter's rows beyond its range.
+            for round in 0..TRANSACTIONS {
+                sql(
+                    &pool,
+                    &[
+                        "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                        "BEGIN",
+                        &format!(
+                            "UPDATE {items} SET grp = 50 + {round} WHERE id BETWEEN 1 AND {} AND id % 7 = {}",
+                            round * per_tx,
+                            round % 7
+                        ),
+                        &format!("UPDATE {items} SET grp = 100 + {round} WHERE id = 0"),
+                        "COMMIT",
+                    ],
+                )
+                .await;
+            }
+        })
+    };
+    let mut conn = common::redis_conn().await;
+    eventually("the daemon to apply some changes", Duration::from_secs(60), || {
+        let mut conn = conn.clone();
+        let prefix = prefix.clone();
+        async move { (common::versions(&mut conn, &prefix).await.len() > 200).then_some(()) }
+    })
+    .await;
+    daemon.kill9();
+    let at_kill = guard_positions(&prefix).await;
+    inserter.await.unwrap();
+    mover.await.unwrap();
+    assert!(
+        at_kill.len() < ROWS,
+        "killed too late to prove anything ({} keys applied)",
+        at_kill.len()
+    );
+
+    // The records on the topic: the inserts plus every row the mover changed.
+    let end = {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", common::kafka_brokers())
+            .create()
+            .unwrap();
+        let records_now = || -> usize {
+            (0..3)
+                .map(|p| {
+                    consumer
+                        .fetch_watermarks(&topics[0], p, Duration::from_secs(5))
+                        .map(|(_, hi)| hi as usize)
+                        .unwrap_or(0)
+                })
+                .sum()
+        };
+        // Debezium may still be writing: wait until the count holds still.
+        let mut last = records_now();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "the topic kept growing or stayed at {last} records for 120 s"
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let now = records_now();
+            if now == last && now > ROWS {
+                break now;
+            }
+            last = now;
+        }
+    };
+    let expected = expected_positions(&topics[0], config.path(), end).await;
+    let mut daemon = Daemon::start(config.path());
+    daemon.wait_ready().await;
+    eventually(
+        "every key to reach its last change's position",
+        Duration::from_secs(120),
+        || {
+            let prefix = prefix.clone();
+            let expected = expected.clone();
+            async move {
+                let now = guard_positions(&prefix).await;
+                expected
+                    .iter()
+                    .all(|(k, p)| now.get(k).is_some_and(|(_, got)| got >= p))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let final_state = guard_positions(&prefix).await;
+    for (key, p) in &expected {
+        assert_eq!(&final_state[key].1, p, "{key}: the guard is the last change's position");
+    }
+    for (key, (v, p)) in &at_kill {
+        if expected.get(key) == Some(p) {
+            assert_eq!(
+                final_state[key].0, *v,
+                "{key} was applied before the kill and must not be bumped again"
+            );
+        }
+    }
+    assert_eq!(
+        daemon.terminate().code(),
+        Some(0),
+        "SIGTERM exits 0\n{}",
+        daemon.log_tail()
+    );
+
+    // Replay from offset 0 (a new group): every bump is a guard no-op.
+    let before_replay = common::versions(&mut conn, &prefix).await;
+    let replay_config = write_config(&topics, &entities, &prefix, &common::unique("replay"));
+    let replay = Daemon::start(replay_config.path());
+    replay.wait_ready().await;
+    eventually("the replay to consume every record", Duration::from_secs(120), || {
+        let admin = replay.admin.clone();
+        async move {
+            let (_, body) = common::http_get(&admin, "/metrics").await?;
+            (common::metric_sum(&body, "cdc_invalidator_events_total", &[]) >= end as f64).then_some(body)
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let metrics = replay.metrics().await;
+    assert_eq!(
+        common::versions(&mut conn, &prefix).await,
+        before_replay,
+        "replay changed versions"
+    );
+    assert_eq!(
+        common::metric_sum(&metrics, "cdc_invalidator_targets_bumped_total", &[]),
+        0.0,
+        "{metrics}"
+    );
+    drop(replay);
+    sql(&pool, &[&format!("DROP TABLE {items}")]).await;
+}
+
+#[tokio::test]
+async fn mysql_lookups_are_exact_bounded_and_escalate() {
+    let Some(url) = mariadb_url() else { return };
+    let pool = mariadb(&url).await;
+    let t = common::unique("mlook");
+    sql(
+        &pool,
+        &[
+            &format!(
+                "CREATE TABLE {t} (id BIGINT UNSIGNED PRIMARY KEY, category_id INT NOT NULL, price DECIMAL(10,2), name VARCHAR(32), born DATE, ratio DOUBLE, score FLOAT, seen DATETIME)"
+            ),
+            &format!(
+                "INSERT INTO {t} VALUES (18446744073709551615, 1, 19.90, 'caf\u{e9}: x', '2024-05-01', 0.1, 0.1, '2024-05-01 10:00:00'), (2, 1, NULL, NULL, NULL, NULL, NULL, NULL), (3, 2, 1.00, 'c', NULL, NULL, NULL, NULL)"
+            ),
+        ],
+    )
+    .await;
+    let fanout = |query: &str, max_rows: usize| Fanout {
+        query: query.into(),
+        bind: vec!["id".into()],
+        keys: vec![Template::parse("product:{id}").unwrap()],
+        max_rows,
+        namespace: Some("product".into()),
+    };
+    let lookups = Lookups::connect_lazy(&url, Duration::from_secs(2), 2).unwrap();
+    let rows = lookups
+        .run(
+            &fanout(
+                &format!("SELECT id, price, name, born, ratio, score FROM {t} WHERE category_id = ? ORDER BY id"),
+                2,
+            ),
+            &[json!(1)],
+        )
+        .await
+        .unwrap();
+    let as_json: Vec<Value> = rows.into_iter().map(Value::Object).collect();
+    assert_eq!(
+        as_json,
+        vec![
+            json!({"id": 2, "price": null, "name": null, "born": null, "ratio": null, "score": null}),
+            // Debezium's forms: DECIMAL as text (string mode), DATE as days
+            // since the epoch, a FLOAT as its f32's shortest digits.
+            json!({"id": 18446744073709551615u64, "price": "19.90", "name": "caf\u{e9}: x", "born": 19844, "ratio": 0.1, "score": 0.1}),
+        ]
+    );
+    // Over max_rows: one more row than allowed is fetched, then refused.
+    let over = lookups
+        .run(
+            &fanout(&format!("SELECT id FROM {t} WHERE category_id = ?"), 1),
+            &[json!(1)],
+        )
+        .await;
+    assert_eq!(over, Err(LookupError::OverLimit { max_rows: 1 }));
+    // A query that keeps failing: every attempt is made, then it escalates.
+    let failing = lookups
+        .run(
+            &fanout(&format!("SELECT id FROM {t}_missing WHERE category_id = ?"), 10),
+            &[json!(1)],
+        )
+        .await;
+    assert!(
+        matches!(failing, Err(LookupError::Failed { attempts: 2, .. })),
+        "{failing:?}"
+    );
+    // A DATETIME has no canonical form here: refused at once, not retried.
+    let unsupported = lookups
+        .run(
+            &fanout(&format!("SELECT id, seen FROM {t} WHERE category_id = ?"), 10),
+            &[json!(1)],
+        )
+        .await;
+    match unsupported {
+        Err(LookupError::Failed { attempts: 1, detail }) => assert!(detail.contains("DATETIME"), "{detail}"),
+        other => panic!("expected a permanent failure, got {other:?}"),
+    }
+    sql(&pool, &[&format!("DROP TABLE {t}")]).await;
+}
+
+/// The demo config for the shop in MySQL dialect checks out against the
+/// stack's MariaDB: binlog settings, tables, columns and the fan-out query.
+#[tokio::test]
+async fn the_mariadb_example_config_checks_against_the_stack() {
+    let Some(url) = mariadb_url() else { return };
+    let pool = mariadb(&url).await;
+    let schema =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/shop-mariadb/schema.sql")).unwrap();
+    // Comment lines first (they may hold a `;`), then one statement per `;`.
+    let code: String = schema
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let statements: Vec<&str> = code.split(';').filter(|s| !s.trim().is_empty()).collect();
+    sql(&pool, &statements).await;
+    let out = common::cli()
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/shop-mariadb/config.toml"),
+        ])
+        .env("CDC_KAFKA_BROKERS", common::kafka_brokers())
+        .env("CDC_REDIS_URL", common::redis_url())
+        .env("CDC_CONNECT_URL", common::connect_url())
+        .env("CDC_LOOKUP_URL", &url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "ok    binlog_format = ROW",
+        "ok    gtid_strict_mode = ON",
+        "ok    table shop.products: binlog_row_image = FULL, old keys render exactly",
+        "ok    table shop.categories: binlog_row_image = FULL, old keys render exactly",
+        "ok    table shop.reviews: binlog_row_image = FULL, old keys render exactly",
+        "ok    fan-out \"SELECT id FROM products WHERE category_id = ?\" prepares",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    assert!(!text.contains("FAIL  table"), "{text}");
+}
