@@ -42,7 +42,7 @@ struct StatusInner {
 
 /// Shared health of the pipeline, written by it and read by `/readyz`.
 #[derive(Debug, Default)]
-pub struct Status {
+pub(crate) struct Status {
     inner: Mutex<StatusInner>,
 }
 

@@ -13,18 +13,18 @@ use crate::graph::{Consistency, Entity, Fanout, Graph, Template};
 
 /// Environment variables that override addresses and secrets, so the same
 /// checked-in file serves every environment.
-pub const ENV_KAFKA_BROKERS: &str = "CDC_KAFKA_BROKERS";
-pub const ENV_KAFKA_GROUP: &str = "CDC_KAFKA_GROUP";
-pub const ENV_REDIS_URL: &str = "CDC_REDIS_URL";
-pub const ENV_ADMIN_LISTEN: &str = "CDC_ADMIN_LISTEN";
-pub const ENV_DEAD_LETTERS_URL: &str = "CDC_DEAD_LETTERS_URL";
-pub const ENV_LOOKUP_URL: &str = "CDC_LOOKUP_URL";
-pub const ENV_SCHEMA_REGISTRY_URL: &str = "CDC_SCHEMA_REGISTRY_URL";
-pub const ENV_SCHEMA_REGISTRY_USER: &str = "CDC_SCHEMA_REGISTRY_USER";
-pub const ENV_SCHEMA_REGISTRY_PASSWORD: &str = "CDC_SCHEMA_REGISTRY_PASSWORD";
-pub const ENV_INSTANCE_ID: &str = "CDC_INSTANCE_ID";
-pub const ENV_CONNECT_URL: &str = "CDC_CONNECT_URL";
-pub const ENV_GROUP_PROTOCOL: &str = "CDC_GROUP_PROTOCOL";
+pub(crate) const ENV_KAFKA_BROKERS: &str = "CDC_KAFKA_BROKERS";
+pub(crate) const ENV_KAFKA_GROUP: &str = "CDC_KAFKA_GROUP";
+pub(crate) const ENV_REDIS_URL: &str = "CDC_REDIS_URL";
+pub(crate) const ENV_ADMIN_LISTEN: &str = "CDC_ADMIN_LISTEN";
+pub(crate) const ENV_DEAD_LETTERS_URL: &str = "CDC_DEAD_LETTERS_URL";
+pub(crate) const ENV_LOOKUP_URL: &str = "CDC_LOOKUP_URL";
+pub(crate) const ENV_SCHEMA_REGISTRY_URL: &str = "CDC_SCHEMA_REGISTRY_URL";
+pub(crate) const ENV_SCHEMA_REGISTRY_USER: &str = "CDC_SCHEMA_REGISTRY_USER";
+pub(crate) const ENV_SCHEMA_REGISTRY_PASSWORD: &str = "CDC_SCHEMA_REGISTRY_PASSWORD";
+pub(crate) const ENV_INSTANCE_ID: &str = "CDC_INSTANCE_ID";
+pub(crate) const ENV_CONNECT_URL: &str = "CDC_CONNECT_URL";
+pub(crate) const ENV_GROUP_PROTOCOL: &str = "CDC_GROUP_PROTOCOL";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -215,7 +215,7 @@ pub(crate) struct RawDeadLetters {
 /// Dead letters get a schema of their own so that a publication of the
 /// captured schemas never includes them: a captured dead letter is itself a
 /// change event, and a large one can fail the Debezium task for every table.
-pub const DEFAULT_DEAD_LETTER_SCHEMA: &str = "cdc_invalidator";
+pub(crate) const DEFAULT_DEAD_LETTER_SCHEMA: &str = "cdc_invalidator";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -270,59 +270,59 @@ fn default_version_prefix() -> Spanned<String> {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub source: SourceSettings,
-    pub redis: RedisSettings,
-    pub admin_listen: std::net::SocketAddr,
-    pub probe: ProbeSettings,
+    pub(crate) redis: RedisSettings,
+    pub(crate) admin_listen: std::net::SocketAddr,
+    pub(crate) probe: ProbeSettings,
     pub plan: PlanSettings,
     /// Where the dead-letter table lives; without it, records that cannot be
     /// decoded escalate or stall.
-    pub dead_letters: Option<DeadLetterSettings>,
-    pub lookup: Option<LookupSettings>,
+    pub(crate) dead_letters: Option<DeadLetterSettings>,
+    pub(crate) lookup: Option<LookupSettings>,
     /// Where Avro schemas come from; None reads JSON only.
     pub avro: Option<crate::decode::SchemaSources>,
-    pub notices: Option<NoticeSettings>,
+    pub(crate) notices: Option<NoticeSettings>,
     /// Connector status watch; None watches nothing.
-    pub connect: Option<ConnectSettings>,
+    pub(crate) connect: Option<ConnectSettings>,
     pub graph: Graph,
 }
 
 /// `[notices]`: where applied bumps are announced (`sink::notice`).
 #[derive(Debug, Clone, Default)]
 pub struct NoticeSettings {
-    pub redis_channel: Option<String>,
-    pub kafka_topic: Option<String>,
+    pub(crate) redis_channel: Option<String>,
+    pub(crate) kafka_topic: Option<String>,
     /// The notice schema's registry id; registered under `<topic>-value`
     /// when a registry is configured and this is not set.
-    pub kafka_schema_id: Option<u32>,
+    pub(crate) kafka_schema_id: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
-pub struct ConnectSettings {
+pub(crate) struct ConnectSettings {
     /// Base URL of a Kafka Connect worker's REST API.
-    pub url: String,
-    pub connectors: Vec<String>,
-    pub poll_interval: Duration,
+    pub(crate) url: String,
+    pub(crate) connectors: Vec<String>,
+    pub(crate) poll_interval: Duration,
 }
 
 /// Connect's REST API answers in milliseconds; a connector that FAILED is
 /// reported within this (and the alert's `for`).
-pub const DEFAULT_CONNECT_POLL_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_CONNECT_POLL_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct SourceSettings {
-    pub brokers: String,
+    pub(crate) brokers: String,
     pub group_id: String,
-    pub subscription: Subscription,
-    pub librdkafka: BTreeMap<String, String>,
+    pub(crate) subscription: Subscription,
+    pub(crate) librdkafka: BTreeMap<String, String>,
     /// `group.instance.id` when static membership is on.
-    pub instance_id: Option<String>,
-    pub group_protocol: GroupProtocol,
-    pub liveness: LivenessSettings,
+    pub(crate) instance_id: Option<String>,
+    pub(crate) group_protocol: GroupProtocol,
+    pub(crate) liveness: LivenessSettings,
 }
 
 /// Kafka's consumer group protocol (`group.protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum GroupProtocol {
+pub(crate) enum GroupProtocol {
     /// JoinGroup/SyncGroup with the cooperative-sticky assignor: works with
     /// every broker the daemon supports, so it stays the default.
     #[default]
@@ -334,7 +334,7 @@ pub enum GroupProtocol {
 
 impl GroupProtocol {
     /// The value of librdkafka's `group.protocol`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             GroupProtocol::Classic => "classic",
             GroupProtocol::Consumer => "consumer",
@@ -348,41 +348,41 @@ impl GroupProtocol {
 const CLASSIC_ONLY_RDKAFKA_SETTINGS: &[&str] = &["session.timeout.ms", "heartbeat.interval.ms", "group.protocol.type"];
 
 #[derive(Debug, Clone)]
-pub struct LivenessSettings {
+pub(crate) struct LivenessSettings {
     /// None: the subscribed topics.
-    pub topics: Option<Vec<String>>,
-    pub max_idle: Option<Duration>,
-    pub interval: Duration,
+    pub(crate) topics: Option<Vec<String>>,
+    pub(crate) max_idle: Option<Duration>,
+    pub(crate) interval: Duration,
 }
 
 #[derive(Debug, Clone)]
-pub struct ProbeSettings {
-    pub interval: Duration,
-    pub timeout: Duration,
+pub(crate) struct ProbeSettings {
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
 }
 
 // Readiness should turn within seconds of an outage, without the probe
 // itself becoming load: one PING and one catalog query every 2 s.
-pub fn default_probe_interval() -> Duration {
+pub(crate) fn default_probe_interval() -> Duration {
     Duration::from_secs(2)
 }
 
 // A healthy Redis or PostgreSQL on the same network answers in
 // milliseconds; a second without an answer is an outage for readiness.
-pub fn default_probe_timeout() -> Duration {
+pub(crate) fn default_probe_timeout() -> Duration {
     Duration::from_secs(1)
 }
 
 // Watermarks of the watched topics are read this often: Debezium's
 // heartbeats come every few seconds, so 5 s keeps the idle age accurate to
 // a heartbeat while costing one metadata round trip per partition.
-pub fn default_liveness_interval() -> Duration {
+pub(crate) fn default_liveness_interval() -> Duration {
     Duration::from_secs(5)
 }
 
 /// "auto": `<hostname>-<admin port>`: stable across restarts of a replica,
 /// distinct between replicas on one host (they cannot share a port).
-pub fn auto_instance_id(admin: std::net::SocketAddr) -> String {
+pub(crate) fn auto_instance_id(admin: std::net::SocketAddr) -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
@@ -393,7 +393,7 @@ pub fn auto_instance_id(admin: std::net::SocketAddr) -> String {
 }
 
 #[derive(Debug, Clone)]
-pub enum Subscription {
+pub(crate) enum Subscription {
     Topics(Vec<String>),
     /// Anchored (`^(...)$`) and compiled by librdkafka's own engine.
     Regex(crate::topic_pattern::TopicPattern),
@@ -401,7 +401,7 @@ pub enum Subscription {
 
 impl Subscription {
     /// What `subscribe` takes: topic names, or one pattern starting with `^`.
-    pub fn patterns(&self) -> Vec<String> {
+    pub(crate) fn patterns(&self) -> Vec<String> {
         match self {
             Subscription::Topics(topics) => topics.clone(),
             Subscription::Regex(pattern) => vec![pattern.anchored().to_owned()],
@@ -410,18 +410,18 @@ impl Subscription {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetterSettings {
+pub(crate) struct DeadLetterSettings {
     /// PostgreSQL URL.
-    pub url: String,
+    pub(crate) url: String,
     /// Schema of the table `cdc_dead_letters` (and of sqlx's migration history).
-    pub schema: String,
+    pub(crate) schema: String,
 }
 
 #[derive(Debug, Clone)]
-pub struct LookupSettings {
-    pub url: String,
-    pub timeout: Duration,
-    pub attempts: u32,
+pub(crate) struct LookupSettings {
+    pub(crate) url: String,
+    pub(crate) timeout: Duration,
+    pub(crate) attempts: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -439,15 +439,15 @@ pub struct RedisSettings {
 
 #[derive(Debug, Clone)]
 pub struct PlanSettings {
-    pub max_batch_records: usize,
+    pub(crate) max_batch_records: usize,
     /// In-flight budget in bytes (keys and values of the records in a batch).
-    pub max_batch_bytes: usize,
-    pub max_record_bytes: usize,
+    pub(crate) max_batch_bytes: usize,
+    pub(crate) max_record_bytes: usize,
     /// Consumer lag (records) above which entities with a namespace bump it
     /// once per batch instead of their keys; back to keys below half of it.
-    pub escalate_above_lag: Option<i64>,
-    pub eventual_linger: Duration,
-    pub clock_skew_margin: Duration,
+    pub(crate) escalate_above_lag: Option<i64>,
+    pub(crate) eventual_linger: Duration,
+    pub(crate) clock_skew_margin: Duration,
 }
 
 // 5000 records keep one Redis pipeline well under a megabyte while
@@ -468,7 +468,7 @@ const DEFAULT_MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
 /// behind is one to alert on, and the batch is retried meanwhile.
 const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the Redis client waits for any reply before it reconnects.
-pub const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 // A registry slower than this is treated as unavailable for this attempt.
 const DEFAULT_REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
 // A lookup slower than this holds up its partition; retry or escalate instead.
@@ -1250,7 +1250,7 @@ fn is_plain_identifier(name: &str) -> bool {
 }
 
 /// Hides the password of a URL for messages and logs.
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];

@@ -107,7 +107,7 @@ impl DeadLetter {
 }
 
 #[derive(Clone)]
-pub struct DeadLetterStore {
+pub(crate) struct DeadLetterStore {
     pool: PgPool,
     schema: String,
 }

@@ -38,7 +38,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub fn parse(code: &str) -> Option<Op> {
+    pub(crate) fn parse(code: &str) -> Option<Op> {
         Some(match code {
             "c" => Op::Create,
             "u" => Op::Update,

@@ -19,13 +19,13 @@ pub struct Bump {
 
 /// Coalesces targets within a batch.
 #[derive(Debug, Default)]
-pub struct Plan {
+pub(crate) struct Plan {
     bumps: HashMap<(Target, String), Bump>,
     added: u64,
 }
 
 impl Plan {
-    pub fn add(&mut self, target: Target, position: &Position, commit_time_us: Option<i64>) {
+    pub(crate) fn add(&mut self, target: Target, position: &Position, commit_time_us: Option<i64>) {
         self.added += 1;
         let slot = (target, position.source.clone());
         match self.bumps.get_mut(&slot) {
@@ -52,16 +52,12 @@ impl Plan {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.bumps.is_empty()
-    }
-
     /// Targets added that merged into an existing bump.
-    pub fn coalesced(&self) -> u64 {
+    pub(crate) fn coalesced(&self) -> u64 {
         self.added - self.bumps.len() as u64
     }
 
-    pub fn into_bumps(self) -> Vec<Bump> {
+    pub(crate) fn into_bumps(self) -> Vec<Bump> {
         let mut bumps: Vec<Bump> = self.bumps.into_values().collect();
         // Deterministic order makes logs and tests readable.
         bumps.sort_by(|a, b| (&a.target, &a.position).cmp(&(&b.target, &b.position)));
@@ -71,7 +67,7 @@ impl Plan {
 
 /// An event is moot when every cache entry written before it has expired on
 /// its own: its age exceeds the entity's longest cache TTL plus the skew margin.
-pub fn is_moot(
+pub(crate) fn is_moot(
     commit_time_us: Option<i64>,
     now_us: i64,
     max_cache_ttl: Option<Duration>,

@@ -24,7 +24,7 @@ pub(crate) enum RegistryError {
     Malformed(String),
 }
 
-pub struct Registry {
+pub(crate) struct Registry {
     base: String,
     username: Option<String>,
     password: Option<String>,

@@ -13,7 +13,7 @@
 use std::ffi::CString;
 
 /// A compiled POSIX extended regular expression.
-pub struct TopicPattern {
+pub(crate) struct TopicPattern {
     compiled: Box<libc::regex_t>,
     /// The full pattern handed to librdkafka: `^(...)$`.
     anchored: String,

@@ -55,11 +55,11 @@ pub struct Cli {
     #[arg(long, env = "CDC_LOG", default_value = "info", global = true)]
     pub log: String,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum DeadLetterAction {
+pub(crate) enum DeadLetterAction {
     /// Show dead letters, oldest first.
     List {
         #[arg(long, short)]
@@ -94,7 +94,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Consume and invalidate until SIGTERM or SIGINT.
     Run {
         #[arg(long, short)]

@@ -17,13 +17,13 @@ use super::lookup::{Fanout, FetchError};
 use crate::event::Row;
 
 /// True for the URLs this backend serves.
-pub fn is_mysql_url(url: &str) -> bool {
+pub(crate) fn is_mysql_url(url: &str) -> bool {
     url.starts_with("mysql://") || url.starts_with("mariadb://")
 }
 
 /// The number of `?` placeholders in a MySQL-dialect query, outside quoted
 /// strings and identifiers (what `bind` must match).
-pub fn placeholders(query: &str) -> usize {
+pub(crate) fn placeholders(query: &str) -> usize {
     let mut count = 0;
     let mut quote: Option<char> = None;
     let mut chars = query.chars();

@@ -28,19 +28,19 @@ use crate::source::PartitionId;
 
 /// A batch handed from the consumer stage to the applier.
 pub(super) struct Sealed {
-    pub plan: Plan,
-    pub dead_letters: Vec<(KafkaRecord, Failure)>,
-    pub done: HashMap<PartitionId, i64>,
-    pub record_times_ms: Vec<i64>,
-    pub records: usize,
+    pub(crate) plan: Plan,
+    pub(crate) dead_letters: Vec<(KafkaRecord, Failure)>,
+    pub(crate) done: HashMap<PartitionId, i64>,
+    pub(crate) record_times_ms: Vec<i64>,
+    pub(crate) records: usize,
 }
 
 /// A record the dead-letter store refused: its partition stops just before it.
 #[derive(Debug)]
 pub(super) struct Refused {
-    pub partition: PartitionId,
-    pub offset: i64,
-    pub detail: String,
+    pub(crate) partition: PartitionId,
+    pub(crate) offset: i64,
+    pub(crate) detail: String,
 }
 
 /// What the applier tells the consumer stage, in order.
@@ -71,23 +71,23 @@ enum Dependency {
 pub(super) struct Abandoned;
 
 pub(super) struct Applier {
-    pub settings: Arc<Settings>,
-    pub sink: RedisSink,
-    pub dead_letters: Option<DeadLetterStore>,
-    pub notices: Option<Arc<Notices>>,
-    pub status: Arc<Status>,
-    pub reports: mpsc::UnboundedSender<Report>,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) sink: RedisSink,
+    pub(crate) dead_letters: Option<DeadLetterStore>,
+    pub(crate) notices: Option<Arc<Notices>>,
+    pub(crate) status: Arc<Status>,
+    pub(crate) reports: mpsc::UnboundedSender<Report>,
     /// Every namespace of the graph: all are bumped when Redis lost writes.
-    pub namespaces: Vec<String>,
+    pub(crate) namespaces: Vec<String>,
     /// Between the first failed write and the next success.
-    pub in_outage: bool,
+    pub(crate) in_outage: bool,
 }
 
 impl Applier {
     /// Applies batches until the channel closes (the consumer stage stopped
     /// and everything sealed was applied) or `give_up` is cancelled while a
     /// write is failing; between batches it checks Redis for lost writes.
-    pub async fn run(mut self, mut batches: mpsc::Receiver<Sealed>, give_up: CancellationToken) {
+    pub(crate) async fn run(mut self, mut batches: mpsc::Receiver<Sealed>, give_up: CancellationToken) {
         // Before anything is applied: did Redis lose writes while no daemon watched?
         if self.check_loss(&give_up).await.is_err() {
             return;

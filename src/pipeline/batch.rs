@@ -17,50 +17,50 @@ use crate::source::PartitionId;
 /// Records taken since the last hand-over, and what they ask of Redis.
 #[derive(Default)]
 pub(super) struct Batch {
-    pub plan: Plan,
+    pub(crate) plan: Plan,
     /// Written durably before anything of the batch is acknowledged.
-    pub dead_letters: Vec<(KafkaRecord, Failure)>,
+    pub(crate) dead_letters: Vec<(KafkaRecord, Failure)>,
     /// Per partition, the highest offset whose work is in this batch.
-    pub done: HashMap<PartitionId, i64>,
+    pub(crate) done: HashMap<PartitionId, i64>,
     /// Kafka timestamps of the records whose bumps are in this batch, for
     /// the apply latency (bounded by the batch's record budget).
-    pub record_times_ms: Vec<i64>,
-    pub records: usize,
-    pub bytes: usize,
+    pub(crate) record_times_ms: Vec<i64>,
+    pub(crate) records: usize,
+    pub(crate) bytes: usize,
     /// When the batch must be handed over: now for a strong change, after
     /// the linger for eventual ones and for records that only need their
     /// offsets stored.
-    pub due_at: Option<Instant>,
+    pub(crate) due_at: Option<Instant>,
 }
 
 impl Batch {
     /// The batch must be handed over no later than `at`.
-    pub fn due_by(&mut self, at: Instant) {
+    pub(crate) fn due_by(&mut self, at: Instant) {
         self.due_at = Some(self.due_at.map_or(at, |t| t.min(at)));
     }
 
     /// Adds a routed record's targets.
-    pub fn add_targets(&mut self, targets: Vec<Target>, position: &Position, commit_time_us: Option<i64>) {
+    pub(crate) fn add_targets(&mut self, targets: Vec<Target>, position: &Position, commit_time_us: Option<i64>) {
         for target in targets {
             self.plan.add(target, position, commit_time_us);
         }
     }
 
     /// Counts a record whose work (possibly none) is in this batch.
-    pub fn count(&mut self, partition: PartitionId, offset: i64, bytes: usize) {
+    pub(crate) fn count(&mut self, partition: PartitionId, offset: i64, bytes: usize) {
         self.done.insert(partition, offset);
         self.records += 1;
         self.bytes += bytes;
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.records == 0 && self.dead_letters.is_empty()
     }
 
     /// Abandons the offsets of partitions no longer ours: work already taken
     /// stays (a bump is harmless to repeat), their offsets are someone
     /// else's to commit now.
-    pub fn forget(&mut self, partition: &PartitionId) {
+    pub(crate) fn forget(&mut self, partition: &PartitionId) {
         self.done.remove(partition);
     }
 }
@@ -83,15 +83,15 @@ pub(super) enum Next {
 /// The batch limits and the adaptive hand-over rule.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Batching {
-    pub max_records: usize,
-    pub max_bytes: usize,
+    pub(crate) max_records: usize,
+    pub(crate) max_bytes: usize,
     /// How long a due batch may keep taking records that are already
     /// fetched: bounds what a strong change pays for batching under load.
-    pub max_drain: Duration,
+    pub(crate) max_drain: Duration,
 }
 
 impl Batching {
-    pub fn is_full(&self, batch: &Batch) -> bool {
+    pub(crate) fn is_full(&self, batch: &Batch) -> bool {
         batch.records >= self.max_records || batch.bytes >= self.max_bytes
     }
 
@@ -102,7 +102,7 @@ impl Batching {
     /// coalescing hot keys, so a consumer that is behind sends few large
     /// batches; when it is caught up, a due batch goes as soon as no fetched
     /// record is waiting, so a strong change is applied at once.
-    pub fn next(&self, batch: &Batch, now: Instant, took_record: bool, applier_has_room: bool) -> Next {
+    pub(crate) fn next(&self, batch: &Batch, now: Instant, took_record: bool, applier_has_room: bool) -> Next {
         if batch.is_empty() {
             return Next::Take;
         }

@@ -43,13 +43,13 @@ use batch::{Batch, Batching, Next};
 /// librdkafka raised a fatal error: the client instance cannot recover.
 #[derive(Debug, thiserror::Error)]
 #[error("fatal kafka client error {code:?}: {reason}")]
-pub struct FatalKafkaError {
-    pub code: rdkafka::types::RDKafkaErrorCode,
-    pub reason: String,
+pub(crate) struct FatalKafkaError {
+    pub(crate) code: rdkafka::types::RDKafkaErrorCode,
+    pub(crate) reason: String,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RunError {
+pub(crate) enum RunError {
     #[error("cannot create the kafka consumer: {0}")]
     Consumer(rdkafka::error::KafkaError),
     #[error("cannot subscribe to {patterns:?}: {cause}")]
@@ -101,22 +101,22 @@ const QUEUED_BATCHES: usize = 1;
 // The loop wakes at least this often to refresh gauges and readiness.
 const TICK: Duration = Duration::from_secs(1);
 // How long a shutdown may spend on its final apply and commit.
-pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 // How long a shutdown waits for the final synchronous commit: a commit to a
 // healthy group takes milliseconds; past this it is stuck in a rebalance or
 // an outage, and what it would commit is at most a second of auto-commits.
-pub const SHUTDOWN_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const SHUTDOWN_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The optional parts a config may enable.
 #[derive(Default)]
-pub struct Services {
-    pub dead_letters: Option<DeadLetterStore>,
-    pub lookups: Option<Lookups>,
-    pub avro: Option<Arc<AvroSchemas>>,
-    pub notices: Option<Arc<Notices>>,
+pub(crate) struct Services {
+    pub(crate) dead_letters: Option<DeadLetterStore>,
+    pub(crate) lookups: Option<Lookups>,
+    pub(crate) avro: Option<Arc<AvroSchemas>>,
+    pub(crate) notices: Option<Arc<Notices>>,
 }
 
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     stage: ConsumerStage,
     applier: Applier,
 }
@@ -143,7 +143,7 @@ struct ConsumerStage {
 }
 
 impl Pipeline {
-    pub fn new(
+    pub(crate) fn new(
         settings: Arc<Settings>,
         mut sink: RedisSink,
         services: Services,
@@ -193,7 +193,7 @@ impl Pipeline {
 
     /// Runs until shutdown; Err when the Kafka client failed fatally (the
     /// process should exit non-zero so its supervisor starts a new one).
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), FatalKafkaError> {
+    pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), FatalKafkaError> {
         let Pipeline { mut stage, applier } = self;
         let refresher_stop = CancellationToken::new();
         let refresher = tokio::spawn(refresh_gauges(
@@ -901,7 +901,7 @@ async fn refresh_gauges(consumer: Arc<Consumer>, status: Arc<Status>, stop: Canc
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How many namespaces a loss recovery bumps.
-pub fn namespace_count(settings: &Settings) -> usize {
+pub(crate) fn namespace_count(settings: &Settings) -> usize {
     all_namespaces(settings).len()
 }
 

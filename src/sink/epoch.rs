@@ -35,35 +35,35 @@ impl LossReason {
 
 /// What one process remembers of the epoch record between calls.
 #[derive(Debug, Clone)]
-pub struct EpochState {
+pub(crate) struct EpochState {
     /// `{prefix}epoch`.
-    pub record: String,
+    pub(crate) record: String,
     /// `w:<process>`: a field no other process writes.
-    pub own_field: String,
+    pub(crate) own_field: String,
     /// The value this process last saw in its own field.
-    pub own: Option<i64>,
+    pub(crate) own: Option<i64>,
     /// The highest shared watermark seen.
-    pub shared: Option<i64>,
+    pub(crate) shared: Option<i64>,
     /// The epoch as of the last check.
-    pub epoch: Option<String>,
+    pub(crate) epoch: Option<String>,
     /// Whether this process has seen the record at least once (a missing
     /// record at first contact may just be a new Redis).
-    pub seen_record: bool,
+    pub(crate) seen_record: bool,
     /// INFO's run_id and evicted_keys at the last check.
-    pub server: Option<ServerView>,
+    pub(crate) server: Option<ServerView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerView {
-    pub run_id: String,
-    pub evicted_keys: u64,
+pub(crate) struct ServerView {
+    pub(crate) run_id: String,
+    pub(crate) evicted_keys: u64,
     /// `maxmemory_policy`; `noeviction` never evicts.
-    pub policy: String,
+    pub(crate) policy: String,
 }
 
 impl ServerView {
     /// Parses the fields of INFO (server, stats, memory sections) it needs.
-    pub fn parse(info: &str) -> Option<ServerView> {
+    pub(crate) fn parse(info: &str) -> Option<ServerView> {
         let field = |name: &str| {
             info.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(|v| v.trim().to_owned()))
@@ -77,7 +77,7 @@ impl ServerView {
 
     /// Keys evicted since `before` that may be version records. A new run_id
     /// (restart, failover) restarts the counter from zero.
-    pub fn evicted_since(&self, before: &ServerView) -> u64 {
+    pub(crate) fn evicted_since(&self, before: &ServerView) -> u64 {
         if self.policy == "noeviction" {
             return 0;
         }
@@ -91,15 +91,15 @@ impl ServerView {
 
 /// One reply of `epoch.lua`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EpochReply {
-    pub status: String,
-    pub epoch: String,
-    pub own: i64,
-    pub shared: i64,
+pub(crate) struct EpochReply {
+    pub(crate) status: String,
+    pub(crate) epoch: String,
+    pub(crate) own: i64,
+    pub(crate) shared: i64,
 }
 
 impl EpochState {
-    pub fn new(prefix: &str, process: &str) -> EpochState {
+    pub(crate) fn new(prefix: &str, process: &str) -> EpochState {
         EpochState {
             record: epoch_record(prefix),
             own_field: format!("w:{process}"),
@@ -112,7 +112,7 @@ impl EpochState {
     }
 
     /// The arguments of a check call after KEYS[1].
-    pub fn check_args(&self) -> [String; 4] {
+    pub(crate) fn check_args(&self) -> [String; 4] {
         [
             "check".into(),
             self.own_field.clone(),
@@ -122,7 +122,7 @@ impl EpochState {
     }
 
     /// Takes a check reply in; returns the loss it reveals, if any.
-    pub fn observe(&mut self, reply: &EpochReply) -> Option<LossReason> {
+    pub(crate) fn observe(&mut self, reply: &EpochReply) -> Option<LossReason> {
         match reply.status.as_str() {
             "ok" => {
                 self.seen_record = true;
@@ -137,7 +137,7 @@ impl EpochState {
     }
 
     /// After the recovery bumped the epoch: the new baseline.
-    pub fn recovered(&mut self, reply: &EpochReply) {
+    pub(crate) fn recovered(&mut self, reply: &EpochReply) {
         self.seen_record = true;
         self.own = Some(reply.own);
         self.shared = Some(reply.shared);
@@ -146,13 +146,13 @@ impl EpochState {
 }
 
 /// The key of the epoch record readers fold into their data keys.
-pub fn epoch_record(prefix: &str) -> String {
+pub(crate) fn epoch_record(prefix: &str) -> String {
     format!("{prefix}epoch")
 }
 
 /// A name for this process's watermark field: unique per process (a restart
 /// is a new process that learns nothing from its predecessor's memory).
-pub fn process_token() -> String {
+pub(crate) fn process_token() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u32(std::process::id());
@@ -167,27 +167,27 @@ pub fn process_token() -> String {
 
 /// One line of `check`'s verdict on how Redis keeps version records.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Finding {
+pub(crate) enum Finding {
     Ok(String),
     Warn(String),
 }
 
 /// What `check` learned from the server; each part may have been refused.
-pub struct ServerFacts {
+pub(crate) struct ServerFacts {
     /// CONFIG GET of save, appendonly, appendfsync, maxmemory,
     /// maxmemory-policy; Err when refused (ACLs) or unsupported.
-    pub config: Result<HashMap<String, String>, String>,
+    pub(crate) config: Result<HashMap<String, String>, String>,
     /// INFO (all default sections); Err when refused.
-    pub info: Result<String, String>,
-    pub cluster: bool,
+    pub(crate) info: Result<String, String>,
+    pub(crate) cluster: bool,
     /// Namespaces the config declares (bumped on a loss).
-    pub namespaces: usize,
+    pub(crate) namespaces: usize,
     /// `redis.wait_replicas`.
-    pub wait_replicas: u32,
+    pub(crate) wait_replicas: u32,
 }
 
 /// `check`'s verdict: persistence, eviction, and whether loss is detectable.
-pub fn assess(facts: &ServerFacts) -> Vec<Finding> {
+pub(crate) fn assess(facts: &ServerFacts) -> Vec<Finding> {
     let mut out = Vec::new();
     let info_field = |name: &str| {
         facts.info.as_ref().ok().and_then(|info| {

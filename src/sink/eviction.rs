@@ -27,13 +27,13 @@ const BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Notifications that arrived beyond what INFO had counted (evictions
 /// between the INFO read and the PING), credited to the next check.
 #[derive(Debug, Default, Clone)]
-pub struct EvictionLedger {
+pub(crate) struct EvictionLedger {
     credit: u64,
 }
 
 /// The verdict on the evictions INFO counted since the previous check.
 #[derive(Debug, PartialEq, Eq)]
-pub enum EvictionVerdict {
+pub(crate) enum EvictionVerdict {
     /// Every eviction is accounted for and none was a version record.
     Harmless,
     /// A version record (or the epoch record) was evicted.
@@ -47,7 +47,7 @@ impl EvictionLedger {
     /// server); `notified`, `version_records`: notifications received up to
     /// the barrier; `gap`: the subscription was not continuous since the
     /// previous check (first subscribe, a reconnect).
-    pub fn judge(&mut self, counted: u64, notified: u64, version_records: u64, gap: bool) -> EvictionVerdict {
+    pub(crate) fn judge(&mut self, counted: u64, notified: u64, version_records: u64, gap: bool) -> EvictionVerdict {
         if version_records > 0 {
             self.credit = 0;
             return EvictionVerdict::VersionRecords(version_records);
@@ -73,7 +73,7 @@ impl EvictionLedger {
 }
 
 /// The subscription to eviction notifications, driven by the loss check.
-pub struct EvictionWatch {
+pub(crate) struct EvictionWatch {
     client: redis::Client,
     prefix: String,
     /// The database the version records live in.
@@ -81,18 +81,18 @@ pub struct EvictionWatch {
     subscription: Option<(PubSubSink, PubSubStream)>,
     /// The subscription was (re)made since the last barrier.
     gap: bool,
-    pub ledger: EvictionLedger,
+    pub(crate) ledger: EvictionLedger,
 }
 
 /// What the barrier found since the previous one.
-pub struct Notified {
-    pub notified: u64,
-    pub version_records: u64,
-    pub gap: bool,
+pub(crate) struct Notified {
+    pub(crate) notified: u64,
+    pub(crate) version_records: u64,
+    pub(crate) gap: bool,
 }
 
 impl EvictionWatch {
-    pub fn new(client: redis::Client, prefix: String, db: i64) -> EvictionWatch {
+    pub(crate) fn new(client: redis::Client, prefix: String, db: i64) -> EvictionWatch {
         EvictionWatch {
             client,
             prefix,
@@ -105,7 +105,7 @@ impl EvictionWatch {
 
     /// Subscribes if not subscribed; call before reading INFO, so that
     /// evictions INFO counts after this are notified.
-    pub async fn ensure_subscribed(&mut self) {
+    pub(crate) async fn ensure_subscribed(&mut self) {
         if self.subscription.is_some() {
             return;
         }
@@ -124,7 +124,7 @@ impl EvictionWatch {
 
     /// After INFO was read: PING on the subscription, then counts every
     /// notification received before the PONG.
-    pub async fn barrier(&mut self) -> Notified {
+    pub(crate) async fn barrier(&mut self) -> Notified {
         let mut out = Notified {
             notified: 0,
             version_records: 0,
@@ -163,7 +163,7 @@ impl EvictionWatch {
 
 /// Whether a `notify-keyspace-events` value makes Redis publish evictions
 /// on `__keyevent@<db>__:evicted` (`E`, and `e` or the `A` alias).
-pub fn notifies_evictions(flags: &str) -> bool {
+pub(crate) fn notifies_evictions(flags: &str) -> bool {
     flags.contains('E') && (flags.contains('e') || flags.contains('A'))
 }
 

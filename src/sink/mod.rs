@@ -23,7 +23,7 @@ pub mod notice;
 use epoch::{EpochReply, EpochState, LossReason, ServerView};
 
 pub const BUMP_SCRIPT: &str = include_str!("bump.lua");
-pub const EPOCH_SCRIPT: &str = include_str!("epoch.lua");
+pub(crate) const EPOCH_SCRIPT: &str = include_str!("epoch.lua");
 /// Guarded bumps per script call. A call costs far more than the commands
 /// inside it, so keys per second grow with the chunk until the call's own
 /// run time blocks the server for too long; the curve is in BENCHMARKS.md
@@ -31,7 +31,7 @@ pub const EPOCH_SCRIPT: &str = include_str!("epoch.lua");
 pub const BUMPS_PER_CALL: usize = 32;
 /// The guard source of namespace bumps made by a loss recovery; its
 /// positions are the new epoch, so each recovery passes the guard once.
-pub const LOSS_SOURCE: &str = "loss";
+pub(crate) const LOSS_SOURCE: &str = "loss";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -57,7 +57,7 @@ impl From<redis::RedisError> for SinkError {
 
 impl SinkError {
     /// Small fixed label set for the errors metric.
-    pub fn kind_label(&self) -> &'static str {
+    pub(crate) fn kind_label(&self) -> &'static str {
         match self {
             SinkError::Client { .. } => "client",
             SinkError::Redis(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => "connection",
@@ -75,7 +75,7 @@ impl SinkError {
     /// client setting): only an operator can, so it is logged as such. Both
     /// kinds are retried, because nothing past an unapplied invalidation
     /// may be committed; a permanent one at the longest backoff.
-    pub fn is_retriable(&self) -> bool {
+    pub(crate) fn is_retriable(&self) -> bool {
         match self {
             SinkError::Client { .. } | SinkError::ShortReply { .. } => false,
             SinkError::ReplicasBehind { .. } => true,
@@ -217,12 +217,12 @@ impl RedisSink {
 
     /// Whether this process has seen the epoch record before (a missing
     /// record at first contact may be a Redis used for the first time).
-    pub fn has_seen_epoch(&self) -> bool {
+    pub(crate) fn has_seen_epoch(&self) -> bool {
         self.epoch.as_ref().is_some_and(|e| e.seen_record)
     }
 
     /// The epoch as of the last check or recovery.
-    pub fn current_epoch(&self) -> Option<&str> {
+    pub(crate) fn current_epoch(&self) -> Option<&str> {
         self.epoch.as_ref().and_then(|e| e.epoch.as_deref())
     }
 
@@ -341,7 +341,7 @@ impl RedisSink {
     }
 
     /// Removes this process's watermark field on a clean stop.
-    pub async fn forget_watermark(&mut self) {
+    pub(crate) async fn forget_watermark(&mut self) {
         let Some(state) = &self.epoch else { return };
         let cmd = redis::cmd("HDEL").arg(&state.record).arg(&state.own_field).clone();
         if let Err(e) = self.connection.command::<i64>(&cmd).await {
@@ -378,7 +378,7 @@ impl RedisSink {
         }
     }
 
-    pub fn prefix(&self) -> &str {
+    pub(crate) fn prefix(&self) -> &str {
         &self.prefix
     }
 
@@ -522,7 +522,7 @@ impl RedisSink {
 
     /// Announces applied bumps on a Pub/Sub channel, one JSON message each,
     /// in one round trip.
-    pub async fn publish(&mut self, channel: &str, notices: &[notice::Notice]) -> Result<(), SinkError> {
+    pub(crate) async fn publish(&mut self, channel: &str, notices: &[notice::Notice]) -> Result<(), SinkError> {
         if notices.is_empty() {
             return Ok(());
         }
@@ -539,7 +539,7 @@ impl RedisSink {
     }
 
     /// What `check` needs to judge durability; refusals are kept as text.
-    pub async fn server_facts(&mut self, namespaces: usize) -> epoch::ServerFacts {
+    pub(crate) async fn server_facts(&mut self, namespaces: usize) -> epoch::ServerFacts {
         let mut config = std::collections::HashMap::new();
         let mut refused = None;
         for name in [
@@ -584,14 +584,14 @@ impl RedisSink {
     }
 
     /// A handle for the readiness probe, sharing this sink's connection.
-    pub fn prober(&self) -> RedisProbe {
+    pub(crate) fn prober(&self) -> RedisProbe {
         RedisProbe {
             connection: self.connection.clone(),
         }
     }
 
     /// Liveness probe for `check` and readiness.
-    pub async fn ping(&mut self) -> Result<(), SinkError> {
+    pub(crate) async fn ping(&mut self) -> Result<(), SinkError> {
         self.connection.command::<String>(&redis::cmd("PING")).await?;
         Ok(())
     }
@@ -607,12 +607,12 @@ impl RedisSink {
 }
 
 /// PINGs Redis for the readiness probe, on its own task.
-pub struct RedisProbe {
+pub(crate) struct RedisProbe {
     connection: Connection,
 }
 
 impl RedisProbe {
-    pub async fn ping(&mut self) -> Result<(), SinkError> {
+    pub(crate) async fn ping(&mut self) -> Result<(), SinkError> {
         self.connection.command::<String>(&redis::cmd("PING")).await?;
         Ok(())
     }

@@ -16,13 +16,13 @@ use crate::graph::Target;
 use crate::plan::Bump;
 use crate::sink::BumpResult;
 
-pub const NOTICE_SCHEMA: &str = include_str!("../../schemas/invalidation-notice.avsc");
+pub(crate) const NOTICE_SCHEMA: &str = include_str!("../../schemas/invalidation-notice.avsc");
 
 // Settings types live in `config`, which depends on no stage module.
 pub use crate::config::NoticeSettings;
 
 #[derive(Debug, thiserror::Error)]
-pub enum NoticeError {
+pub(crate) enum NoticeError {
     #[error("notice schema: {0}")]
     Schema(String),
     #[error("notice producer: {0}")]
@@ -37,7 +37,7 @@ impl From<rdkafka::error::KafkaError> for NoticeError {
     }
 }
 
-pub struct Notices {
+pub(crate) struct Notices {
     redis_channel: Option<String>,
     kafka: Option<(FutureProducer, String, u32)>,
     /// Resolved once; the schema lives for the whole process.
@@ -61,18 +61,18 @@ fn notice_writer() -> Result<GenericDatumWriter<'static>, NoticeError> {
 
 /// One notice, as JSON on Pub/Sub and as Avro on Kafka.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Notice {
-    pub kind: &'static str,
-    pub target: String,
-    pub record_key: String,
-    pub version: u64,
-    pub source: String,
-    pub position: String,
-    pub commit_time_us: Option<i64>,
+pub(crate) struct Notice {
+    pub(crate) kind: &'static str,
+    pub(crate) target: String,
+    pub(crate) record_key: String,
+    pub(crate) version: u64,
+    pub(crate) source: String,
+    pub(crate) position: String,
+    pub(crate) commit_time_us: Option<i64>,
 }
 
 impl Notices {
-    pub async fn new(
+    pub(crate) async fn new(
         settings: &NoticeSettings,
         source: &crate::config::SourceSettings,
         registry: Option<&crate::registry::Registry>,
@@ -104,12 +104,12 @@ impl Notices {
         })
     }
 
-    pub fn redis_channel(&self) -> Option<&str> {
+    pub(crate) fn redis_channel(&self) -> Option<&str> {
         self.redis_channel.as_deref()
     }
 
     /// The notices of the bumps that were applied (guard no-ops are not news).
-    pub fn of(prefix: &str, bumps: &[Bump], results: &[BumpResult]) -> Vec<Notice> {
+    pub(crate) fn of(prefix: &str, bumps: &[Bump], results: &[BumpResult]) -> Vec<Notice> {
         bumps
             .iter()
             .zip(results)
@@ -132,7 +132,7 @@ impl Notices {
             .collect()
     }
 
-    pub fn encode_avro(&self, notice: &Notice, schema_id: u32) -> Result<Vec<u8>, NoticeError> {
+    pub(crate) fn encode_avro(&self, notice: &Notice, schema_id: u32) -> Result<Vec<u8>, NoticeError> {
         let value = Avro::Record(vec![
             (
                 "kind".into(),
@@ -161,7 +161,7 @@ impl Notices {
     }
 
     /// Sends the Kafka notices; failures are counted and logged, never retried.
-    pub async fn publish_kafka(&self, notices: &[Notice]) {
+    pub(crate) async fn publish_kafka(&self, notices: &[Notice]) {
         let Some((producer, topic, id)) = &self.kafka else {
             return;
         };
