@@ -458,3 +458,191 @@ pub fn print_table(r: &RunReport) {
         json_text(&r.load_average_after)
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::results::{ProbeOutput, RawConsumeResult, RedisBenchmarkResult};
+
+    fn drain(events_per_second: f64, peak_rss_mib: f64) -> DrainResult {
+        DrainResult {
+            events_per_second,
+            targets_per_second: events_per_second * 3.0,
+            peak_rss_mib,
+            ..DrainResult::default()
+        }
+    }
+
+    fn repetition(rep: usize, strong: f64, eventual: Option<f64>) -> Repetition {
+        let mut r = Repetition {
+            rep,
+            raw_consume: Some(RawConsumeResult {
+                events_per_second: Some(1000.0),
+                ..RawConsumeResult::default()
+            }),
+            redis_benchmark: Some(RedisBenchmarkResult {
+                bumps_per_second: 2400.0,
+                ..RedisBenchmarkResult::default()
+            }),
+            ..Repetition::default()
+        };
+        r.insert_drain("strong", drain(strong, strong / 10.0));
+        if let Some(eps) = eventual {
+            r.insert_drain("eventual", drain(eps, 1.0));
+        }
+        r
+    }
+
+    /// A probe's output line as `probe` prints it, with the daemon's cost.
+    fn probe_result(rate: u64, p99: f64) -> ProbeResult {
+        let output: ProbeOutput = serde_json::from_value(json!({
+            "rate": rate, "duration_s": 20, "warmup_s": 2, "events": 100,
+            "achieved_rate": rate as f64, "delivered": 100, "acknowledged": 100,
+            "missing": 0, "missing_including_warmup": 0,
+            "append_to_ack_ms": {"p50": 1.0, "p99": p99, "p999": p99, "max": p99, "min": 0.5},
+            "send_to_ack_ms": {"p50": 1.0, "p99": p99, "p999": p99, "max": p99},
+            "daemon_histogram": {"samples": 100.0, "p50_ms": 1.0, "p99_ms": p99, "p999_ms": null, "buckets": []},
+        }))
+        .expect("probe output parses");
+        ProbeResult {
+            output,
+            rep: 1,
+            daemon_cpu_utilisation: 0.25,
+            daemon_peak_rss_mib: 12.0,
+        }
+    }
+
+    #[test]
+    fn medians_skip_the_repetitions_a_drain_is_missing_from() {
+        let reps = [
+            repetition(1, 100.0, Some(50.0)),
+            repetition(2, 300.0, None),
+            repetition(3, 200.0, Some(70.0)),
+        ];
+        let m = medians(&reps, &[], &[]);
+        assert_eq!(m.daemon_events_per_second, Some(200.0));
+        assert_eq!(m.daemon_eventual_events_per_second, Some(60.0));
+        assert_eq!(m.daemon_strong_wait1_events_per_second, None);
+        assert_eq!(m.node_events_per_second, None);
+        assert_eq!(m.daemon_peak_rss_mib_max, 30.0);
+        assert_eq!(m.redis_ceiling_bumps_per_second, Some(2400.0));
+        assert_eq!(m.decode, None);
+        assert!(m.latency.is_empty());
+    }
+
+    #[test]
+    fn latency_medians_are_per_rate() {
+        let probes = [
+            probe_result(5000, 2.0),
+            probe_result(5000, 4.0),
+            probe_result(20000, 9.0),
+        ];
+        let m = medians(&[], &probes, &[5000, 20000, 40000]);
+        assert_eq!(m.latency.keys().copied().collect::<Vec<_>>(), [5000, 20000]);
+        assert_eq!(m.latency[&5000].append_to_ack_ms.p99, Some(3.0));
+        assert_eq!(m.latency[&5000].daemon_histogram_ms.p99, Some(3.0));
+        assert_eq!(m.latency[&5000].daemon_histogram_ms.p999, None);
+        assert_eq!(m.latency[&20000].daemon_cpu_utilisation, Some(0.25));
+    }
+
+    #[test]
+    fn ratios_need_both_sides_and_a_positive_divisor() {
+        let m = Medians {
+            daemon_events_per_second: Some(200.0),
+            raw_consume_events_per_second: Some(400.0),
+            daemon_eventual_events_per_second: Some(100.0),
+            node_events_per_second: Some(0.0),
+            ..Medians::default()
+        };
+        let r = ratios(&m);
+        assert_eq!(r.daemon_over_raw_consume, Some(0.5));
+        assert_eq!(r.daemon_eventual_over_raw_consume, Some(0.25));
+        assert_eq!(r.daemon_over_node, None);
+        assert_eq!(r.daemon_strong_wait1_over_strong, None);
+    }
+
+    /// The keys bench/plot.py and BENCHMARKS.md read, at their nesting.
+    #[test]
+    fn run_report_serialises_to_the_keys_plot_py_reads() {
+        let mut rep = repetition(1, 100.0, Some(50.0));
+        rep.insert_drain("eventual-wait1", drain(40.0, 1.0));
+        let probes = vec![probe_result(5000, 2.0)];
+        let reps = vec![rep];
+        let medians = medians(&reps, &probes, &[5000]);
+        let report = RunReport {
+            run_id: "1700000000".into(),
+            git: Default::default(),
+            daemon_binary_sha256: None,
+            machine: Default::default(),
+            params: crate::results::Params {
+                events: 1000,
+                reps: 1,
+                daemon_librdkafka: vec!["fetch.wait.max.ms=5".into()],
+                ..Default::default()
+            },
+            load: Default::default(),
+            load_avro: None,
+            ratios: ratios(&medians),
+            reps,
+            probes,
+            medians,
+            profile: None,
+            load_average_before: Some([0.5, 0.25, 0.125]),
+            load_average_after: None,
+        };
+        let v: Value = serde_json::to_value(&report).expect("serialises");
+        let number = |pointer: &str| {
+            v.pointer(pointer)
+                .and_then(Value::as_f64)
+                .unwrap_or_else(|| panic!("{pointer} is not a number in {v:#}"))
+        };
+        for key in ["raw_consume", "daemon", "daemon_eventual"] {
+            number(&format!("/reps/0/{key}/events_per_second"));
+        }
+        number("/reps/0/daemon/targets_per_second");
+        number("/reps/0/redis_benchmark/bumps_per_second");
+        number("/reps/0/daemon_eventual_wait1/events_per_second");
+        for drain in [
+            "raw_consume_avro",
+            "daemon_avro",
+            "node",
+            "decode",
+            "daemon_strong_wait1",
+        ] {
+            assert!(
+                v["reps"][0].get(drain).is_none(),
+                "{drain} did not run, yet is in the file"
+            );
+        }
+        for q in ["p50", "p99", "p999"] {
+            number(&format!("/medians/latency/5000/append_to_ack_ms/{q}"));
+            assert!(v
+                .pointer(&format!("/medians/latency/5000/daemon_histogram_ms/{q}"))
+                .is_some());
+        }
+        assert_eq!(number("/medians/daemon_events_per_second"), 100.0);
+        assert!(v["medians"]["daemon_strong_cluster_events_per_second"].is_null());
+        assert_eq!(number("/ratios/daemon_over_raw_consume"), 0.1);
+        assert_eq!(v["run_id"], "1700000000");
+        for key in [
+            "events",
+            "rows",
+            "keys_per_row",
+            "zipf",
+            "partitions",
+            "reps",
+            "probe_duration_s",
+        ] {
+            number(&format!("/params/{key}"));
+        }
+        assert_eq!(v["params"]["daemon_librdkafka"], json!(["fetch.wait.max.ms=5"]));
+        assert_eq!(
+            v["probes"][0]["send_to_ack_ms"]["p99"], 2.0,
+            "the probe's unread fields pass through"
+        );
+        assert_eq!(v["load_average_before"], json!([0.5, 0.25, 0.125]));
+        assert!(v["profile"].is_null() && v["load_avro"].is_null());
+    }
+}

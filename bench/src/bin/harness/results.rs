@@ -19,7 +19,7 @@ pub struct RedisCommands {
 
 /// What `load` prints. Only the fields the harness reads are named; the rest
 /// goes to the results file as printed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LoadResult {
     pub produced_per_second: Option<f64>,
     pub mean_record_bytes: Option<f64>,
@@ -29,7 +29,7 @@ pub struct LoadResult {
 }
 
 /// What `raw-consume` prints.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RawConsumeResult {
     pub events_per_second: Option<f64>,
     pub cpu_seconds_per_million: Option<f64>,
