@@ -196,4 +196,23 @@ h_count 4
         assert_eq!(histogram_quantile(0.99, &b), Some(0.01));
         assert_eq!(histogram_quantile(0.5, &[(1.0, 0.0)]), None);
     }
+
+    /// A status other than 200 is an answer, and a chunked body comes back whole.
+    #[test]
+    fn http_get_returns_any_status_and_the_dechunked_body() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let n = stream.read(&mut request).unwrap();
+            stream
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nnot r\r\n4\r\neady\r\n0\r\n\r\n")
+                .unwrap();
+            String::from_utf8_lossy(&request[..n]).into_owned()
+        });
+        assert_eq!(http_get(&addr, "/readyz").unwrap(), (503, "not ready".to_owned()));
+        assert!(server.join().unwrap().starts_with("GET /readyz HTTP/1.1"));
+    }
 }
