@@ -20,6 +20,9 @@ pub struct Sample {
 pub fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(5)))
+        // The daemon is on loopback: an HTTP_PROXY in the environment must
+        // not reroute its scrapes.
+        .proxy(None)
         .http_status_as_error(false)
         .build()
         .into();

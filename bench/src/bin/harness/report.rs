@@ -223,7 +223,7 @@ fn drain_rows(m: &Medians) -> [DrainRow; 5] {
             cpu_seconds_per_million: m.daemon_strong_cluster_cpu_seconds_per_million,
             cpu_utilisation: m.daemon_strong_cluster_cpu_utilisation,
             peak_rss_mib: m.daemon_strong_cluster_peak_rss_mib,
-            // Not in the medians since the cluster drain was added; "-" as before.
+            // The medians carry no apply share for the cluster drain.
             redis_apply_share_of_drain: None,
         },
         DrainRow {

@@ -17,13 +17,13 @@ pub struct RedisCommands {
     pub by_command: BTreeMap<String, u64>,
 }
 
-/// What `load` prints. Only the fields the harness reads are named; the rest
-/// goes to the results file as printed.
+/// What `load` prints.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LoadResult {
     pub produced_per_second: Option<f64>,
     pub mean_record_bytes: Option<f64>,
     pub end_offsets: Vec<i64>,
+    /// The printed fields the harness does not read, kept for the results file.
     #[serde(flatten)]
     pub unread: Map<String, Value>,
 }
@@ -33,6 +33,7 @@ pub struct LoadResult {
 pub struct RawConsumeResult {
     pub events_per_second: Option<f64>,
     pub cpu_seconds_per_million: Option<f64>,
+    /// The printed fields the harness does not read, kept for the results file.
     #[serde(flatten)]
     pub unread: Map<String, Value>,
 }
@@ -123,6 +124,7 @@ pub struct AppendToAck {
     pub p99: Option<f64>,
     pub p999: Option<f64>,
     pub max: Option<f64>,
+    /// The printed fields the harness does not read, kept for the results file.
     #[serde(flatten)]
     pub unread: Map<String, Value>,
 }
@@ -133,6 +135,7 @@ pub struct DaemonHistogram {
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub p999_ms: Option<f64>,
+    /// The printed fields the harness does not read, kept for the results file.
     #[serde(flatten)]
     pub unread: Map<String, Value>,
 }
@@ -146,6 +149,7 @@ pub struct ProbeOutput {
     pub append_to_ack_ms: AppendToAck,
     /// Absent when the probe was not given the daemon's metrics address.
     pub daemon_histogram: Option<DaemonHistogram>,
+    /// The printed fields the harness does not read, kept for the results file.
     #[serde(flatten)]
     pub unread: Map<String, Value>,
 }
