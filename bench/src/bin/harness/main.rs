@@ -238,7 +238,6 @@ fn run(ctx: &mut Ctx) -> anyhow::Result<RunReport> {
         Duration::from_secs(1800),
     )?;
     say_loaded(&load);
-    let ends = load.end_offsets.clone();
 
     // The same events (same seed) in Avro, as Debezium's AvroConverter writes them.
     let avro = if args.skip_avro {
@@ -301,7 +300,7 @@ fn run(ctx: &mut Ctx) -> anyhow::Result<RunReport> {
                 ctx,
                 &Drain {
                     topic: &topic,
-                    ends: &ends,
+                    ends: &load.end_offsets,
                     group: &group,
                     consistency,
                     avro_dir: None,
