@@ -1,10 +1,8 @@
-//! The daemon's /metrics: a plain HTTP/1.1 GET on loopback and a parser for
+//! The daemon's /metrics: an HTTP GET on loopback (ureq) and a parser for
 //! the Prometheus text format (enough of it for counters, gauges and
 //! histogram buckets).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -17,45 +15,24 @@ pub struct Sample {
     pub value: f64,
 }
 
-/// GET `path` from `addr` (host:port); returns (status, body).
+/// GET `path` from `addr` (host:port); returns (status, body). Any status
+/// is an answer, not an error: callers decide what a 503 means.
 pub fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no HTTP status")?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        dechunk(body)?
-    } else {
-        body.to_owned()
-    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        // The daemon is on loopback: an HTTP_PROXY in the environment must
+        // not reroute its scrapes.
+        .proxy(None)
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .get(format!("http://{addr}{path}"))
+        .call()
+        .with_context(|| format!("GET http://{addr}{path}"))?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string()?;
     Ok((status, body))
-}
-
-fn dechunk(mut body: &str) -> anyhow::Result<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n").context("chunk size")?;
-        let size = usize::from_str_radix(size.trim(), 16)?;
-        if size == 0 {
-            return Ok(out);
-        }
-        if rest.len() < size {
-            bail!("short chunk");
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
 }
 
 pub fn scrape(addr: &str) -> anyhow::Result<Vec<Sample>> {
@@ -221,5 +198,24 @@ h_count 4
         assert!((histogram_quantile(0.5, &b).unwrap() - 0.0055).abs() < 1e-12);
         assert_eq!(histogram_quantile(0.99, &b), Some(0.01));
         assert_eq!(histogram_quantile(0.5, &[(1.0, 0.0)]), None);
+    }
+
+    /// A status other than 200 is an answer, and a chunked body comes back whole.
+    #[test]
+    fn http_get_returns_any_status_and_the_dechunked_body() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let n = stream.read(&mut request).unwrap();
+            stream
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nnot r\r\n4\r\neady\r\n0\r\n\r\n")
+                .unwrap();
+            String::from_utf8_lossy(&request[..n]).into_owned()
+        });
+        assert_eq!(http_get(&addr, "/readyz").unwrap(), (503, "not ready".to_owned()));
+        assert!(server.join().unwrap().starts_with("GET /readyz HTTP/1.1"));
     }
 }

@@ -1,0 +1,411 @@
+//! The typed shape of `<out>/<run id>.json` and of the JSON the harness's
+//! children print. Field names are the file's keys (bench/plot.py and
+//! BENCHMARKS.md read them), so renaming a field changes the file format.
+//! A measurement that may not have run is an Option, skipped when absent
+//! where the file has always left its key out.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Commands a measurement issued to Redis.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RedisCommands {
+    pub total: u64,
+    pub by_command: BTreeMap<String, u64>,
+}
+
+/// What `load` prints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LoadResult {
+    pub produced_per_second: Option<f64>,
+    pub mean_record_bytes: Option<f64>,
+    pub end_offsets: Vec<i64>,
+    /// The printed fields the harness does not read, kept for the results file.
+    #[serde(flatten)]
+    pub unread: Map<String, Value>,
+}
+
+/// What `raw-consume` prints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RawConsumeResult {
+    pub events_per_second: Option<f64>,
+    pub cpu_seconds_per_million: Option<f64>,
+    /// The printed fields the harness does not read, kept for the results file.
+    #[serde(flatten)]
+    pub unread: Map<String, Value>,
+}
+
+/// One drain of a topic by the daemon.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DrainResult {
+    pub events: i64,
+    pub seconds: f64,
+    pub events_per_second: f64,
+    pub targets_applied: f64,
+    pub targets_guard_noop: f64,
+    pub targets_coalesced: f64,
+    pub targets_per_second: f64,
+    pub events_by_outcome: BTreeMap<String, f64>,
+    pub escalations: f64,
+    pub moot: f64,
+    pub redis_commands: RedisCommands,
+    pub evalsha_per_event: f64,
+    pub redis_commands_per_event: f64,
+    pub targets_per_event: f64,
+    pub cpu_seconds: f64,
+    pub cpu_seconds_per_million: f64,
+    pub cpu_utilisation: f64,
+    pub peak_rss_mib: f64,
+    pub redis_apply_seconds: f64,
+    pub redis_apply_share_of_drain: f64,
+    pub batches: f64,
+    pub mean_targets_per_batch: f64,
+    pub startup_to_first_record_s: f64,
+}
+
+/// What the naive Node peer prints (its own command count is not read: the
+/// harness counts Redis' side instead).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeOutput {
+    pub events: u64,
+    pub seconds: f64,
+    pub events_per_second: Option<f64>,
+    pub cpu_seconds: Option<f64>,
+    pub cpu_seconds_per_million: Option<f64>,
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// One drain by the naive Node peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeResult {
+    #[serde(flatten)]
+    pub output: NodeOutput,
+    pub redis_commands: RedisCommands,
+}
+
+/// redis-benchmark of the bump script at one chunk size.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RedisBenchmarkResult {
+    pub bumps_per_call: usize,
+    pub requests: u64,
+    pub clients: u32,
+    pub pipeline: u64,
+    pub requests_per_second: f64,
+    pub bumps_per_second: f64,
+    pub keys_created: u64,
+    pub redis_commands: RedisCommands,
+}
+
+/// One criterion benchmark of the decode microbenchmark.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DecodeResult {
+    pub median_ns: f64,
+    pub per_second: f64,
+}
+
+/// The part of criterion's `estimates.json` the harness reads.
+#[derive(Debug, Deserialize)]
+pub struct CriterionEstimates {
+    pub median: CriterionEstimate,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CriterionEstimate {
+    pub point_estimate: f64,
+}
+
+/// Latency percentiles, ms, as `probe` prints them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppendToAck {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub p999: Option<f64>,
+    pub max: Option<f64>,
+    /// The printed fields the harness does not read, kept for the results file.
+    #[serde(flatten)]
+    pub unread: Map<String, Value>,
+}
+
+/// The daemon's propagation histogram over the probe's window.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonHistogram {
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub p999_ms: Option<f64>,
+    /// The printed fields the harness does not read, kept for the results file.
+    #[serde(flatten)]
+    pub unread: Map<String, Value>,
+}
+
+/// What `probe` prints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbeOutput {
+    pub rate: u64,
+    pub achieved_rate: f64,
+    pub missing: u64,
+    pub append_to_ack_ms: AppendToAck,
+    /// Absent when the probe was not given the daemon's metrics address.
+    pub daemon_histogram: Option<DaemonHistogram>,
+    /// The printed fields the harness does not read, kept for the results file.
+    #[serde(flatten)]
+    pub unread: Map<String, Value>,
+}
+
+/// One latency measurement: the probe's output and the daemon's cost.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbeResult {
+    #[serde(flatten)]
+    pub output: ProbeOutput,
+    pub rep: usize,
+    pub daemon_cpu_utilisation: f64,
+    pub daemon_peak_rss_mib: f64,
+}
+
+/// The callgrind profile of one drain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProfileResult {
+    pub events: u64,
+    pub drain_under_callgrind: DrainResult,
+    pub callgrind_out: PathBuf,
+    pub reports: CallgrindReports,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallgrindReports {
+    pub exclusive: PathBuf,
+    pub inclusive: PathBuf,
+}
+
+/// One repetition of the drains and the Redis ceiling. A drain that was
+/// not asked for (a consistency, Avro, the Node peer) is absent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Repetition {
+    pub rep: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode: Option<BTreeMap<String, DecodeResult>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_consume: Option<RawConsumeResult>,
+    /// Strong consistency: the headline drain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<DrainResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon_strong_wait1: Option<DrainResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon_strong_cluster: Option<DrainResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon_eventual: Option<DrainResult>,
+    /// Drains of any other `--consistencies` value, keyed `daemon_<name>`.
+    #[serde(flatten)]
+    pub daemon_other: BTreeMap<String, DrainResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_consume_avro: Option<RawConsumeResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon_avro: Option<DrainResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeResult>,
+    /// The bump script at the daemon's own chunk size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_benchmark: Option<RedisBenchmarkResult>,
+    /// By bumps per call.
+    #[serde(default)]
+    pub script_curve: BTreeMap<usize, RedisBenchmarkResult>,
+}
+
+impl Repetition {
+    /// Files a drain at `consistency` under its key ("strong" is `daemon`).
+    pub fn insert_drain(&mut self, consistency: &str, drain: DrainResult) {
+        let slot = match consistency {
+            "strong" => &mut self.daemon,
+            "strong-wait1" => &mut self.daemon_strong_wait1,
+            "strong-cluster" => &mut self.daemon_strong_cluster,
+            "eventual" => &mut self.daemon_eventual,
+            other => {
+                let key = format!("daemon_{}", other.replace('-', "_"));
+                self.daemon_other.insert(key, drain);
+                return;
+            }
+        };
+        *slot = Some(drain);
+    }
+}
+
+/// The machine the run was on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpu_model: Option<String>,
+    pub cpu_mhz: Option<String>,
+    pub nproc: Option<usize>,
+    pub mem_total_mib: Option<f64>,
+    pub kernel: Option<String>,
+    pub redis_server: Option<String>,
+    pub node: Option<String>,
+    pub rustc: Option<String>,
+}
+
+/// The tree the run started from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GitState {
+    pub commit: Option<String>,
+    pub dirty_paths: Option<usize>,
+}
+
+/// The run's parameters, as given on the command line.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Params {
+    pub events: u64,
+    pub rows: usize,
+    pub keys_per_row: usize,
+    pub zipf: f64,
+    pub partitions: i32,
+    pub reps: usize,
+    pub rates: Vec<u64>,
+    pub probe_duration_s: u64,
+    pub redis_benchmark_requests: u64,
+    pub redis_benchmark_pipeline: u64,
+    pub consistencies: Vec<String>,
+    /// NAME=VALUE.
+    pub daemon_librdkafka: Vec<String>,
+    pub latency_consistency: String,
+}
+
+/// The script's throughput at one chunk size, median over repetitions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScriptCurveMedian {
+    pub calls_per_second: Option<f64>,
+    pub bumps_per_second: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DecodeMedian {
+    pub median_ns: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExternalLatencyMedians {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub p999: Option<f64>,
+    pub max: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HistogramLatencyMedians {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub p999: Option<f64>,
+}
+
+/// The probes at one rate, median over repetitions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencyMedians {
+    pub achieved_rate: Option<f64>,
+    pub append_to_ack_ms: ExternalLatencyMedians,
+    pub daemon_histogram_ms: HistogramLatencyMedians,
+    pub missing: Option<f64>,
+    pub daemon_cpu_utilisation: Option<f64>,
+}
+
+/// Medians over the repetitions; None where no repetition measured it.
+/// Flat names (`<drain>_<metric>`): the file's format since the first run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Medians {
+    pub raw_consume_events_per_second: Option<f64>,
+    pub raw_consume_cpu_seconds_per_million: Option<f64>,
+    pub daemon_events_per_second: Option<f64>,
+    pub daemon_targets_per_second: Option<f64>,
+    pub daemon_redis_commands: Option<f64>,
+    pub daemon_evalsha: Option<f64>,
+    pub daemon_cpu_seconds_per_million: Option<f64>,
+    pub daemon_cpu_utilisation: Option<f64>,
+    pub daemon_redis_apply_share_of_drain: Option<f64>,
+    pub daemon_mean_targets_per_batch: Option<f64>,
+    pub daemon_peak_rss_mib: Option<f64>,
+    pub daemon_eventual_events_per_second: Option<f64>,
+    pub daemon_eventual_targets_per_second: Option<f64>,
+    pub daemon_eventual_redis_commands: Option<f64>,
+    pub daemon_eventual_cpu_seconds_per_million: Option<f64>,
+    pub daemon_eventual_cpu_utilisation: Option<f64>,
+    pub daemon_eventual_peak_rss_mib: Option<f64>,
+    pub daemon_eventual_redis_apply_share_of_drain: Option<f64>,
+    pub daemon_eventual_mean_targets_per_batch: Option<f64>,
+    pub daemon_strong_wait1_events_per_second: Option<f64>,
+    pub daemon_strong_wait1_targets_per_second: Option<f64>,
+    pub daemon_strong_wait1_redis_commands: Option<f64>,
+    pub daemon_strong_wait1_cpu_seconds_per_million: Option<f64>,
+    pub daemon_strong_wait1_cpu_utilisation: Option<f64>,
+    pub daemon_strong_wait1_peak_rss_mib: Option<f64>,
+    pub daemon_strong_wait1_redis_apply_share_of_drain: Option<f64>,
+    pub raw_consume_avro_events_per_second: Option<f64>,
+    pub daemon_avro_events_per_second: Option<f64>,
+    pub daemon_avro_targets_per_second: Option<f64>,
+    pub daemon_avro_redis_commands: Option<f64>,
+    pub daemon_avro_cpu_seconds_per_million: Option<f64>,
+    pub daemon_avro_cpu_utilisation: Option<f64>,
+    pub daemon_avro_peak_rss_mib: Option<f64>,
+    pub daemon_avro_redis_apply_share_of_drain: Option<f64>,
+    pub node_events_per_second: Option<f64>,
+    pub node_redis_commands: Option<f64>,
+    pub node_cpu_seconds_per_million: Option<f64>,
+    pub node_peak_rss_mib: Option<f64>,
+    pub redis_benchmark_evalsha_per_second: Option<f64>,
+    pub daemon_strong_cluster_events_per_second: Option<f64>,
+    pub daemon_strong_cluster_targets_per_second: Option<f64>,
+    pub daemon_strong_cluster_redis_commands: Option<f64>,
+    pub daemon_strong_cluster_cpu_seconds_per_million: Option<f64>,
+    pub daemon_strong_cluster_cpu_utilisation: Option<f64>,
+    pub daemon_strong_cluster_peak_rss_mib: Option<f64>,
+    pub redis_ceiling_bumps_per_second: Option<f64>,
+    pub daemon_bumps_per_call: usize,
+    pub daemon_targets_per_event: Option<f64>,
+    pub daemon_redis_commands_per_event: Option<f64>,
+    /// The largest, not the median: the memory a deployment must allow.
+    pub daemon_peak_rss_mib_max: f64,
+    /// By bumps per call: every chunk size the first repetition has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script_curve: Option<BTreeMap<usize, ScriptCurveMedian>>,
+    /// By benchmark id: every id the first repetition has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode: Option<BTreeMap<String, DecodeMedian>>,
+    /// By rate (events/s).
+    pub latency: BTreeMap<u64, LatencyMedians>,
+}
+
+/// Quotients of medians; None when either side is missing or the divisor is 0.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ratios {
+    pub daemon_over_raw_consume: Option<f64>,
+    pub daemon_over_node: Option<f64>,
+    /// The share of the Redis ceiling the daemon used: its bumps per second
+    /// over redis-benchmark's for the same script at the same chunk size
+    /// (equivalently events/s over ceiling / targets per event).
+    pub daemon_targets_over_redis_ceiling: Option<f64>,
+    pub daemon_strong_wait1_over_strong: Option<f64>,
+    pub daemon_strong_cluster_over_strong: Option<f64>,
+    pub daemon_eventual_over_raw_consume: Option<f64>,
+    pub daemon_eventual_over_node: Option<f64>,
+    pub daemon_avro_over_raw_consume_avro: Option<f64>,
+    pub daemon_avro_over_node: Option<f64>,
+    pub daemon_cpu_per_event_over_node: Option<f64>,
+}
+
+/// The whole of `<out>/<run id>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunReport {
+    pub run_id: String,
+    pub git: GitState,
+    pub daemon_binary_sha256: Option<String>,
+    pub machine: Machine,
+    pub params: Params,
+    pub load: LoadResult,
+    pub load_avro: Option<LoadResult>,
+    pub reps: Vec<Repetition>,
+    pub probes: Vec<ProbeResult>,
+    pub medians: Medians,
+    pub ratios: Ratios,
+    pub profile: Option<ProfileResult>,
+    pub load_average_before: Option<[f64; 3]>,
+    pub load_average_after: Option<[f64; 3]>,
+}
