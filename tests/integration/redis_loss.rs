@@ -266,22 +266,12 @@ async fn a_restart_that_lost_nothing_is_not_a_loss() {
 /// riding in each batch's pipeline.
 #[tokio::test]
 async fn epoch_check_cost() {
-    use cdc_invalidator::config::{default_loss_check_interval, RedisSettings};
     use cdc_invalidator::event::Position;
     use cdc_invalidator::graph::Target;
     use cdc_invalidator::plan::Bump;
     use cdc_invalidator::sink::RedisSink;
     let redis = PrivateRedis::start_ready().await;
-    let settings = RedisSettings {
-        url: redis.url(),
-        version_prefix: "ver:".into(),
-        version_ttl: Duration::from_secs(600),
-        max_retry_backoff: Duration::from_secs(1),
-        cluster: false,
-        loss_check_interval: default_loss_check_interval(),
-        wait_replicas: 0,
-        wait_timeout: Duration::from_secs(1),
-    };
+    let settings = common::sink_settings(&redis.url(), "ver:", Duration::from_secs(600));
     const BATCHES: u64 = 2000;
     for batch_size in [1u64, 100] {
         let mut figures = Vec::new();
