@@ -151,106 +151,80 @@ keys = ["product:{{id}}", "product-sku:{{sku}}", "category:{{category_id}}:produ
     )
     .await;
 
-    expect_bumps(
-        &pool,
-        &prefix,
-        &[&format!("INSERT INTO {products} VALUES (2, 2, 'B', 5.00)")],
-        set(&[
-            "product:2",
-            "product-sku:B",
-            "category:2:products",
-            "product:2:price:5.00",
-        ]),
-    )
-    .await;
-    // A foreign-key move invalidates the list it leaves and the one it joins
-    // (binlog_row_image=FULL: the old row is whole).
-    expect_bumps(
-        &pool,
-        &prefix,
-        &[&format!("UPDATE {products} SET category_id = 2 WHERE id = 1")],
-        set(&[
-            "product:1",
-            "product-sku:A",
-            "category:1:products",
-            "category:2:products",
-            "product:1:price:9.99",
-        ]),
-    )
-    .await;
-    // A rename of category 1 (now empty) and of category 2: the fan-out finds
-    // category 2's two products through MariaDB, over max_rows = 1, so it
-    // escalates to the product namespace.
-    expect_bumps(
-        &pool,
-        &prefix,
-        &[&format!("UPDATE {categories} SET name = 'hand tools' WHERE id = 1")],
-        set(&["category:1", "category-name:tools", "category-name:hand tools"]),
-    )
-    .await;
-    expect_bumps(
-        &pool,
-        &prefix,
-        &[&format!("UPDATE {categories} SET name = 'games' WHERE id = 2")],
-        set(&["category:2", "category-name:toys", "category-name:games", "ns:product"]),
-    )
-    .await;
-    expect_bumps(
-        &pool,
-        &prefix,
-        &[&format!("DELETE FROM {products} WHERE id = 2")],
-        set(&[
-            "product:2",
-            "product-sku:B",
-            "category:2:products",
-            "product:2:price:5.00",
-        ]),
-    )
-    .await;
-    // The fan-out within max_rows: exact product keys, rendered from the
-    // lookup row as they are from the product's own events (DECIMAL as text).
-    expect_bumps(
-        &pool,
-        &prefix,
-        &[&format!("UPDATE {categories} SET name = 'board games' WHERE id = 2")],
-        set(&[
-            "category:2",
-            "category-name:games",
-            "category-name:board games",
-            "product:1:price:9.99",
-        ]),
-    )
-    .await;
-    // One transaction of several rows over both tables.
-    expect_bumps(
-        &pool,
-        &prefix,
-        &[
-            "BEGIN",
-            &format!("INSERT INTO {products} VALUES (3, 1, 'C', 1.50)"),
-            &format!("UPDATE {products} SET sku = 'AA' WHERE id = 1"),
-            "COMMIT",
-        ],
-        set(&[
-            "product:3",
-            "product-sku:C",
-            "category:1:products",
-            "product:3:price:1.50",
-            "product:1",
-            "product-sku:A",
-            "product-sku:AA",
-            "category:2:products",
-            "product:1:price:9.99",
-        ]),
-    )
-    .await;
-    expect_bumps(
-        &pool,
-        &prefix,
-        &[&format!("TRUNCATE TABLE {products}")],
-        set(&["ns:product"]),
-    )
-    .await;
+    // Each change, with exactly the keys it must move. Product 2's insert
+    // and its delete move the same keys.
+    let product_2 = [
+        "product:2",
+        "product-sku:B",
+        "category:2:products",
+        "product:2:price:5.00",
+    ];
+    let steps: [(Vec<String>, &[&str]); 8] = [
+        (
+            vec![format!("INSERT INTO {products} VALUES (2, 2, 'B', 5.00)")],
+            &product_2,
+        ),
+        // A foreign-key move invalidates the list it leaves and the one it joins
+        // (binlog_row_image=FULL: the old row is whole).
+        (
+            vec![format!("UPDATE {products} SET category_id = 2 WHERE id = 1")],
+            &[
+                "product:1",
+                "product-sku:A",
+                "category:1:products",
+                "category:2:products",
+                "product:1:price:9.99",
+            ],
+        ),
+        // A rename of category 1 (now empty) and of category 2: the fan-out finds
+        // category 2's two products through MariaDB, over max_rows = 1, so it
+        // escalates to the product namespace.
+        (
+            vec![format!("UPDATE {categories} SET name = 'hand tools' WHERE id = 1")],
+            &["category:1", "category-name:tools", "category-name:hand tools"],
+        ),
+        (
+            vec![format!("UPDATE {categories} SET name = 'games' WHERE id = 2")],
+            &["category:2", "category-name:toys", "category-name:games", "ns:product"],
+        ),
+        (vec![format!("DELETE FROM {products} WHERE id = 2")], &product_2),
+        // The fan-out within max_rows: exact product keys, rendered from the
+        // lookup row as they are from the product's own events (DECIMAL as text).
+        (
+            vec![format!("UPDATE {categories} SET name = 'board games' WHERE id = 2")],
+            &[
+                "category:2",
+                "category-name:games",
+                "category-name:board games",
+                "product:1:price:9.99",
+            ],
+        ),
+        // One transaction of several rows over both tables.
+        (
+            vec![
+                "BEGIN".into(),
+                format!("INSERT INTO {products} VALUES (3, 1, 'C', 1.50)"),
+                format!("UPDATE {products} SET sku = 'AA' WHERE id = 1"),
+                "COMMIT".into(),
+            ],
+            &[
+                "product:3",
+                "product-sku:C",
+                "category:1:products",
+                "product:3:price:1.50",
+                "product:1",
+                "product-sku:A",
+                "product-sku:AA",
+                "category:2:products",
+                "product:1:price:9.99",
+            ],
+        ),
+        (vec![format!("TRUNCATE TABLE {products}")], &["ns:product"]),
+    ];
+    for (statements, expected) in steps {
+        let statements: Vec<&str> = statements.iter().map(String::as_str).collect();
+        expect_bumps(&pool, &prefix, &statements, set(expected)).await;
+    }
 
     let metrics = daemon.metrics().await;
     assert!(
