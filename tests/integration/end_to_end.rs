@@ -5,7 +5,7 @@ use crate::common;
 use std::collections::BTreeSet;
 
 use crate::common::chain::{
-    expect_bumps_after, expected_positions, guard_positions, kill_9_mid_stream, replay_changes_nothing,
+    expect_bumps_after, expected_positions, guard_positions, items_entity, kill_9_mid_stream, replay_changes_nothing,
     restart_until_caught_up, set, wait_for_seed, wait_for_topics, write_chain_config,
 };
 use crate::common::Daemon;
@@ -151,16 +151,7 @@ async fn kill_9_mid_stream_then_restart_loses_nothing_and_replay_changes_nothing
     .await;
     let topics = vec![topic(&items)];
     wait_for_topics(&topics).await;
-    let entities = format!(
-        r#"
-[[entity]]
-table = "public.{items}"
-namespace = "item"
-consistency = "strong"
-replica_identity = "full"
-keys = ["item:{{id}}", "group:{{grp}}"]
-"#
-    );
+    let entities = items_entity(&format!("public.{items}"));
     let s = setup(&topics, &entities);
     let mut daemon = Daemon::start(s.config.path());
     daemon.wait_ready().await;

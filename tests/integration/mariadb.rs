@@ -18,7 +18,7 @@ use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 
 use crate::common::chain::{
-    expect_bumps_after, expected_positions, guard_positions, kill_9_mid_stream, replay_changes_nothing,
+    expect_bumps_after, expected_positions, guard_positions, items_entity, kill_9_mid_stream, replay_changes_nothing,
     restart_until_caught_up, set, wait_for_seed, wait_for_topics, write_chain_config,
 };
 use crate::common::Daemon;
@@ -265,16 +265,7 @@ async fn mariadb_kill_9_with_rotations_and_concurrent_writers_loses_nothing_and_
     .await;
     let topics = vec![topic(&items)];
     wait_for_topics(&topics).await;
-    let entities = format!(
-        r#"
-[[entity]]
-table = "shop.{items}"
-namespace = "item"
-consistency = "strong"
-replica_identity = "full"
-keys = ["item:{{id}}", "group:{{grp}}"]
-"#
-    );
+    let entities = items_entity(&format!("shop.{items}"));
     let prefix = format!("{}:", common::unique("ver"));
     let config = write_chain_config(&topics, &entities, &prefix, &common::unique("group"));
     let mut daemon = Daemon::start(config.path());

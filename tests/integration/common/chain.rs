@@ -22,6 +22,21 @@ pub fn write_chain_config(topics: &[String], entities: &str, prefix: &str, group
     write_config_for(topics, &redis_url(), prefix, group, &extra)
 }
 
+/// The kill tests' entity: `table` (schema-qualified) of rows with an `id`
+/// and a group `grp`, strong, full replica identity, keyed by both.
+pub fn items_entity(table: &str) -> String {
+    format!(
+        r#"
+[[entity]]
+table = "{table}"
+namespace = "item"
+consistency = "strong"
+replica_identity = "full"
+keys = ["item:{{id}}", "group:{{grp}}"]
+"#
+    )
+}
+
 /// Waits until Debezium created every topic (it does on the first event).
 pub async fn wait_for_topics(topics: &[String]) {
     let consumer: BaseConsumer = ClientConfig::new()
