@@ -214,3 +214,21 @@ pub fn sink_settings(url: &str, prefix: &str, version_ttl: Duration) -> cdc_inva
         wait_timeout: Duration::from_secs(1),
     }
 }
+
+/// Waits (up to `timeout`, described by `what`) until the version record
+/// `key` (prefix included) has a version.
+pub async fn wait_for_version_record(
+    conn: &redis::aio::MultiplexedConnection,
+    what: &str,
+    key: &str,
+    timeout: Duration,
+) {
+    eventually(what, timeout, || {
+        let mut conn = conn.clone();
+        async move {
+            let v: Option<String> = redis::cmd("HGET").arg(key).arg("v").query_async(&mut conn).await.ok()?;
+            v.map(|_| ())
+        }
+    })
+    .await;
+}
