@@ -98,21 +98,13 @@ fn main() -> anyhow::Result<()> {
 async fn stream(args: Args) -> anyhow::Result<()> {
     let ends = kafka::end_offsets(&args.brokers, &args.topic)?;
     // The daemon's default plan (its in-flight budget sizes the fetch queue).
-    let text = cdc_bench::daemon_config::DaemonConfig {
+    let parsed = cdc_bench::daemon_config::DaemonConfig {
         brokers: &args.brokers,
         group_id: "unused",
         topic: &args.topic,
-        redis_url: "redis://127.0.0.1:6390",
-        admin_listen: "127.0.0.1:9811",
-        keys_per_row: 3,
-        consistency: "strong",
-        avro_schemas_dir: None,
-        librdkafka: &[],
-        wait_replicas: 0,
-        cluster: false,
+        ..cdc_bench::daemon_config::DaemonConfig::parse_only()
     }
-    .render();
-    let parsed = cdc_invalidator::config::parse("generated.toml", &text, &|_| None)?;
+    .settings()?;
     let plan = parsed.plan;
     // The daemon's source settings for the same topic, in a group of its own.
     let mut settings = parsed.source;
