@@ -85,41 +85,31 @@ keys = ["product:{{id}}", "product-sku:{{sku}}", "category:{{category_id}}:produ
     )
     .await;
 
-    expect_bumps(
-        &pool,
-        &s.prefix,
-        &format!("INSERT INTO {products} VALUES (2, 2, 'B', 'doll')"),
-        set(&["product:2", "product-sku:B", "category:2:products"]),
-    )
-    .await;
-    // A foreign-key move invalidates the list it leaves and the one it joins.
-    expect_bumps(
-        &pool,
-        &s.prefix,
-        &format!("UPDATE {products} SET category_id = 2 WHERE id = 1"),
-        set(&[
-            "product:1",
-            "product-sku:A",
-            "category:1:products",
-            "category:2:products",
-        ]),
-    )
-    .await;
-    expect_bumps(
-        &pool,
-        &s.prefix,
-        &format!("DELETE FROM {products} WHERE id = 2"),
-        set(&["product:2", "product-sku:B", "category:2:products"]),
-    )
-    .await;
-    expect_bumps(
-        &pool,
-        &s.prefix,
-        &format!("UPDATE {categories} SET name = 'games' WHERE id = 2"),
-        set(&["category:2"]),
-    )
-    .await;
-    expect_bumps(&pool, &s.prefix, &format!("TRUNCATE {products}"), set(&["ns:product"])).await;
+    // Each statement, with exactly the keys it must move. Product 2's
+    // insert and its delete move the same keys.
+    let product_2 = ["product:2", "product-sku:B", "category:2:products"];
+    let steps: [(String, &[&str]); 5] = [
+        (format!("INSERT INTO {products} VALUES (2, 2, 'B', 'doll')"), &product_2),
+        // A foreign-key move invalidates the list it leaves and the one it joins.
+        (
+            format!("UPDATE {products} SET category_id = 2 WHERE id = 1"),
+            &[
+                "product:1",
+                "product-sku:A",
+                "category:1:products",
+                "category:2:products",
+            ],
+        ),
+        (format!("DELETE FROM {products} WHERE id = 2"), &product_2),
+        (
+            format!("UPDATE {categories} SET name = 'games' WHERE id = 2"),
+            &["category:2"],
+        ),
+        (format!("TRUNCATE {products}"), &["ns:product"]),
+    ];
+    for (statement, expected) in steps {
+        expect_bumps(&pool, &s.prefix, &statement, set(expected)).await;
+    }
 
     let metrics = daemon.metrics().await;
     assert!(
