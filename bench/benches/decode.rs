@@ -26,15 +26,7 @@ fn generated() -> KafkaRecord {
     let mut g = Generator::new("bench", 3, 1000, 0.0, Mix::default(), 1);
     // Committed now: the route benchmark must not take the cheaper moot path.
     let r = g.unique_update(42, cdc_bench::now_us());
-    KafkaRecord {
-        topic: "bench.public.bench_items".into(),
-        partition: r.partition,
-        offset: 1,
-        key: Some(r.key),
-        value: r.value,
-        timestamp_ms: Some(1_795_697_046_074),
-        headers: Vec::new(),
-    }
+    r.into_kafka("bench.public.bench_items", 1, Some(1_795_697_046_074))
 }
 
 fn fixture() -> KafkaRecord {
@@ -65,25 +57,7 @@ struct Wrapped {
 }
 
 fn benches(c: &mut Criterion) {
-    let settings = cdc_invalidator::config::parse(
-        "bench.toml",
-        &DaemonConfig {
-            brokers: "127.0.0.1:9092",
-            group_id: "bench",
-            topic: "bench.public.bench_items",
-            redis_url: "redis://127.0.0.1:6390",
-            admin_listen: "127.0.0.1:9811",
-            keys_per_row: 3,
-            consistency: "strong",
-            avro_schemas_dir: None,
-            librdkafka: &[],
-            wait_replicas: 0,
-            cluster: false,
-        }
-        .render(),
-        &|_| None,
-    )
-    .expect("config");
+    let settings = DaemonConfig::parse_only().settings().expect("config");
     for (name, record) in [("generated_update", generated()), ("fixture_update_full", fixture())] {
         let key = record.key.clone().unwrap();
         let value = record.value.clone().unwrap();
@@ -126,15 +100,7 @@ fn benches(c: &mut Criterion) {
         .expect("avro schemas");
     g.avro().unwrap().write_schemas(&dir).unwrap();
     let r = g.unique_update(42, cdc_bench::now_us());
-    let record = KafkaRecord {
-        topic: "bench.public.bench_items".into(),
-        partition: r.partition,
-        offset: 1,
-        key: Some(r.key),
-        value: r.value,
-        timestamp_ms: Some(1_795_697_046_074),
-        headers: Vec::new(),
-    };
+    let record = r.into_kafka("bench.public.bench_items", 1, Some(1_795_697_046_074));
     let schemas = cdc_invalidator::decode::AvroSchemas::new(cdc_invalidator::decode::SchemaSources {
         schemas_dir: Some(dir.clone()),
         timeout: std::time::Duration::from_secs(5),

@@ -23,7 +23,34 @@ pub struct DaemonConfig<'a> {
     pub cluster: bool,
 }
 
+impl DaemonConfig<'static> {
+    /// A config that is only parsed, never run (the unit tests, the decode
+    /// bench, raw-consume's plan): loopback addresses of the local stack,
+    /// `bench.public.bench_items`, 3 keys per row, strong, JSON, no WAIT,
+    /// not a cluster. Override fields with struct update syntax.
+    pub fn parse_only() -> Self {
+        DaemonConfig {
+            brokers: "127.0.0.1:9092",
+            group_id: "bench",
+            topic: "bench.public.bench_items",
+            redis_url: "redis://127.0.0.1:6390",
+            admin_listen: "127.0.0.1:9811",
+            keys_per_row: 3,
+            consistency: "strong",
+            avro_schemas_dir: None,
+            librdkafka: &[],
+            wait_replicas: 0,
+            cluster: false,
+        }
+    }
+}
+
 impl DaemonConfig<'_> {
+    /// The rendered config as the daemon parses it.
+    pub fn settings(&self) -> Result<cdc_invalidator::config::Settings, cdc_invalidator::config::ConfigError> {
+        cdc_invalidator::config::parse("generated.toml", &self.render(), &|_| None)
+    }
+
     pub fn render(&self) -> String {
         let keys: Vec<String> = gen::key_templates(self.keys_per_row)
             .iter()
@@ -88,26 +115,17 @@ keys = [{keys}]
 mod tests {
     use super::*;
     use cdc_invalidator::config;
-    use cdc_invalidator::event::KafkaRecord;
     use cdc_invalidator::graph::Target;
     use cdc_invalidator::pipeline::{route, Routed};
 
     fn settings(keys_per_row: usize) -> config::Settings {
-        let text = DaemonConfig {
-            brokers: "127.0.0.1:9092",
-            group_id: "g",
+        DaemonConfig {
             topic: "b.public.bench_items",
-            redis_url: "redis://127.0.0.1:6390",
-            admin_listen: "127.0.0.1:9800",
             keys_per_row,
-            consistency: "strong",
-            avro_schemas_dir: None,
-            librdkafka: &[],
-            wait_replicas: 0,
-            cluster: false,
+            ..DaemonConfig::parse_only()
         }
-        .render();
-        config::parse("generated.toml", &text, &|_| None).expect("the generated config validates")
+        .settings()
+        .expect("the generated config validates")
     }
 
     /// The generated records go through the daemon's own decode and graph
@@ -131,15 +149,7 @@ mod tests {
         let now = cdc_invalidator::pipeline::now_us();
         // 1000 rows: 20 categories, row 42 is in category 1 + 42 % 20.
         let r = g.unique_update(42, now);
-        let record = KafkaRecord {
-            topic: "b.public.bench_items".into(),
-            partition: r.partition,
-            offset: 0,
-            key: Some(r.key),
-            value: r.value,
-            timestamp_ms: None,
-            headers: Vec::new(),
-        };
+        let record = r.into_kafka("b.public.bench_items", 0, None);
         let routed = route(&s.graph, &s.plan, &record, now, false);
         match routed.action {
             Routed::Bump {
@@ -174,15 +184,7 @@ mod tests {
         let now = cdc_invalidator::pipeline::now_us();
         for offset in 0..2000 {
             let r = g.next(now);
-            let record = KafkaRecord {
-                topic: "b.public.bench_items".into(),
-                partition: r.partition,
-                offset,
-                key: Some(r.key),
-                value: r.value,
-                timestamp_ms: None,
-                headers: Vec::new(),
-            };
+            let record = r.into_kafka("b.public.bench_items", offset, None);
             match route(&s.graph, &s.plan, &record, now, false).action {
                 Routed::Skip => {}
                 Routed::Bump {
@@ -205,35 +207,19 @@ mod tests {
             .unwrap();
         avro_gen.avro().unwrap().write_schemas(&dir).unwrap();
         let mut json_gen = gen::Generator::new("b", 3, 1000, 0.0, gen::Mix::default(), 3);
-        let text = DaemonConfig {
-            brokers: "127.0.0.1:9092",
-            group_id: "g",
+        let s = DaemonConfig {
             topic: "b.public.bench_items",
-            redis_url: "redis://127.0.0.1:6390",
-            admin_listen: "127.0.0.1:9800",
-            keys_per_row: 3,
-            consistency: "strong",
             avro_schemas_dir: Some(dir.to_str().unwrap()),
-            librdkafka: &[],
-            wait_replicas: 0,
-            cluster: false,
+            ..DaemonConfig::parse_only()
         }
-        .render();
-        let s = config::parse("generated.toml", &text, &|_| None).expect("the generated config validates");
+        .settings()
+        .expect("the generated config validates");
         let schemas = cdc_invalidator::decode::AvroSchemas::new(s.avro.clone().expect("avro configured")).unwrap();
         schemas.ensure(crate::avro::KEY_SCHEMA_ID).await.unwrap();
         schemas.ensure(crate::avro::VALUE_SCHEMA_ID).await.unwrap();
         let now = cdc_invalidator::pipeline::now_us();
         let targets = |r: gen::Record, avro: Option<&cdc_invalidator::decode::AvroSchemas>| {
-            let record = KafkaRecord {
-                topic: "b.public.bench_items".into(),
-                partition: r.partition,
-                offset: 0,
-                key: Some(r.key),
-                value: r.value,
-                timestamp_ms: None,
-                headers: Vec::new(),
-            };
+            let record = r.into_kafka("b.public.bench_items", 0, None);
             match cdc_invalidator::pipeline::route_with(&s.graph, &s.plan, &record, now, false, avro).action {
                 Routed::Bump {
                     targets,

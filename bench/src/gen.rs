@@ -94,6 +94,27 @@ pub struct Record {
     pub row_id: u64,
 }
 
+impl Record {
+    /// The record as the daemon's consumer hands it on: at `offset` of its
+    /// partition of `topic`, with no headers.
+    pub fn into_kafka(
+        self,
+        topic: &str,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+    ) -> cdc_invalidator::event::KafkaRecord {
+        cdc_invalidator::event::KafkaRecord {
+            topic: topic.to_owned(),
+            partition: self.partition,
+            offset,
+            key: Some(self.key),
+            value: self.value,
+            timestamp_ms,
+            headers: Vec::new(),
+        }
+    }
+}
+
 pub struct Generator {
     topic_prefix: String,
     partitions: i32,

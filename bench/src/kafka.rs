@@ -81,3 +81,28 @@ pub fn end_offsets(brokers: &str, topic: &str) -> anyhow::Result<Vec<i64>> {
     }
     Ok(out)
 }
+
+/// Sends `record`, sleeping `backoff` and trying again while the producer's
+/// queue is full (the loads produce faster than librdkafka drains).
+pub fn send_when_queued<'a, C, K, P>(
+    producer: &rdkafka::producer::ThreadedProducer<C>,
+    mut record: rdkafka::producer::BaseRecord<'a, K, P, C::DeliveryOpaque>,
+    backoff: Duration,
+) -> rdkafka::error::KafkaResult<()>
+where
+    C: rdkafka::producer::ProducerContext + 'static,
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(backoff);
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}

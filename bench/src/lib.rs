@@ -28,3 +28,33 @@ pub fn now_us() -> i64 {
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
 }
+
+/// Makes `cmd` run the daemon on `config` the way every benchmark starts
+/// it: JSON logs at `warn,cdc_invalidator=info` into `log` (stdout and
+/// stderr), no stdin, and no `CDC_*` variable from the shell (the generated
+/// config is the whole truth).
+pub fn daemon_run_args(
+    cmd: &mut std::process::Command,
+    config: &std::path::Path,
+    log: std::fs::File,
+) -> std::io::Result<()> {
+    use std::process::Stdio;
+    cmd.args([
+        "--log-format",
+        "json",
+        "--log",
+        "warn,cdc_invalidator=info",
+        "run",
+        "--config",
+    ])
+    .arg(config)
+    .stdin(Stdio::null())
+    .stdout(log.try_clone()?)
+    .stderr(log);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("CDC_") {
+            cmd.env_remove(&name);
+        }
+    }
+    Ok(())
+}

@@ -267,15 +267,7 @@ async fn check_database(settings: &Settings) -> usize {
             ),
             (_, false) => println!("ok    table {}: every template uses key columns only", entity.table),
         }
-        for fanout in &entity.fanouts {
-            match lookups.prepare(fanout).await {
-                Ok(()) => println!("ok    fan-out {:?} prepares", fanout.query),
-                Err(e) => {
-                    println!("FAIL  fan-out {:?}: {e}", fanout.query);
-                    problems += 1;
-                }
-            }
-        }
+        problems += crate::source::mysql_check::check_fanouts(entity, &lookups).await;
     }
     problems
 }

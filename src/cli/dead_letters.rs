@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 
-use super::{avro_schemas, dead_letter_store, load, load_schemas, DeadLetterAction};
+use super::{avro_schemas, dead_letter_store, load, DeadLetterAction};
 use crate::pipeline;
 use crate::sink::RedisSink;
 
@@ -48,15 +48,7 @@ pub(super) async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<i32
             let (mut replayed, mut still_failing) = (0, 0);
             for d in store.list(true, limit).await? {
                 let record = d.record();
-                load_schemas(avro.as_deref(), &record).await;
-                let route = pipeline::route_with(
-                    &settings.graph,
-                    &settings.plan,
-                    &record,
-                    pipeline::now_us(),
-                    true,
-                    avro.as_deref(),
-                );
+                let route = super::explain::route_now(&settings, avro.as_deref(), &record, true).await;
                 if let pipeline::Routed::Bump {
                     targets,
                     position,

@@ -30,15 +30,7 @@ pub(super) async fn explain(path: &Path, source: &str, topic: Option<&str>) -> a
     );
 
     let avro = avro_schemas(&settings)?;
-    load_schemas(avro.as_deref(), &record).await;
-    let route = pipeline::route_with(
-        &settings.graph,
-        &settings.plan,
-        &record,
-        pipeline::now_us(),
-        settings.dead_letters.is_some(),
-        avro.as_deref(),
-    );
+    let route = route_now(&settings, avro.as_deref(), &record, settings.dead_letters.is_some()).await;
     if let Some(failure) = &route.dead_letter {
         println!(
             "dead    would be kept as a dead letter: {} {}: {}",
@@ -173,4 +165,24 @@ fn explain_record(text: &str, topic: Option<&str>) -> anyhow::Result<KafkaRecord
             headers: Vec::new(),
         }
     })
+}
+
+/// Loads the record's Avro schemas (when it is Avro) and routes it as the
+/// daemon would now; `dead_letters`: whether a failure would be kept.
+/// `dead-letters replay` routes its records the same way.
+pub(super) async fn route_now(
+    settings: &crate::config::Settings,
+    avro: Option<&crate::decode::AvroSchemas>,
+    record: &KafkaRecord,
+    dead_letters: bool,
+) -> pipeline::Route {
+    load_schemas(avro, record).await;
+    pipeline::route_with(
+        &settings.graph,
+        &settings.plan,
+        record,
+        pipeline::now_us(),
+        dead_letters,
+        avro,
+    )
 }

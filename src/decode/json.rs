@@ -172,10 +172,7 @@ fn envelope(
     check_table(record, &table)?;
     // A commit time only decides whether an event is moot; one that
     // overflows in microseconds is treated as unknown (never moot).
-    let commit_time_us = int_field(&source, "ts_us")
-        .or_else(|| int_field(&source, "ts_ms").and_then(|ms| ms.checked_mul(1000)))
-        .or_else(|| int_field(&payload, "ts_us"))
-        .or_else(|| int_field(&payload, "ts_ms").and_then(|ms| ms.checked_mul(1000)));
+    let commit_time_us = micros(&source, "ts_us", "ts_ms").or_else(|| micros(&payload, "ts_us", "ts_ms"));
     let position = source_position(record, &source)?;
     let event = ChangeEvent {
         table,
@@ -453,8 +450,7 @@ fn flattened(record: &KafkaRecord, mut row: Map<String, Value>, key: Option<Row>
         })?,
     };
     check_table(record, &table)?;
-    let commit_time_us = int_field(&fields, "__source_ts_us")
-        .or_else(|| int_field(&fields, "__source_ts_ms").and_then(|ms| ms.checked_mul(1000)));
+    let commit_time_us = micros(&fields, "__source_ts_us", "__source_ts_ms");
     let position = match log_number(&fields, "__lsn")? {
         Some(lsn) => {
             let server = record.topic.split('.').next().unwrap_or("");
@@ -479,6 +475,12 @@ fn flattened(record: &KafkaRecord, mut row: Map<String, Value>, key: Option<Row>
     // Flattened or not, the message key must name the row it carries.
     check_key(&event)?;
     Ok(event)
+}
+
+/// A time in microseconds: the `us` field, else the `ms` field times 1000
+/// (None where that overflows).
+fn micros(map: &Map<String, Value>, us: &str, ms: &str) -> Option<i64> {
+    int_field(map, us).or_else(|| int_field(map, ms).and_then(|ms| ms.checked_mul(1000)))
 }
 
 /// Integers Debezium may print as numbers or, in some converters, as strings.

@@ -62,13 +62,22 @@ pub(crate) async fn check_database(entities: &[Entity], lookups: &Lookups) -> us
     }
     for entity in entities {
         problems += check_entity(pool, entity, full_image, image.as_deref()).await;
-        for fanout in &entity.fanouts {
-            match lookups.prepare(fanout).await {
-                Ok(()) => println!("ok    fan-out {:?} prepares", fanout.query),
-                Err(e) => {
-                    println!("FAIL  fan-out {:?}: {e}", fanout.query);
-                    problems += 1;
-                }
+        problems += check_fanouts(entity, lookups).await;
+    }
+    problems
+}
+
+/// Prepares each fan-out query of `entity` on the lookup database, one
+/// line each; returns how many failed. The PostgreSQL check (cli/check)
+/// uses it too: preparing is the same for both families.
+pub(crate) async fn check_fanouts(entity: &Entity, lookups: &Lookups) -> usize {
+    let mut problems = 0;
+    for fanout in &entity.fanouts {
+        match lookups.prepare(fanout).await {
+            Ok(()) => println!("ok    fan-out {:?} prepares", fanout.query),
+            Err(e) => {
+                println!("FAIL  fan-out {:?}: {e}", fanout.query);
+                problems += 1;
             }
         }
     }

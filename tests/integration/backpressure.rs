@@ -159,30 +159,13 @@ async fn lag_above_threshold_escalates_then_per_key_bumps_return() {
 
     // Once the lag is gone (statistics every second), keys are bumped again.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    common::produce_many(
-        &topic,
-        std::iter::once(common::debezium_change(
-            &table,
-            "u",
-            BACKLOG as u64 + 10,
-            7_000_001,
-            json!({"id": 7_000_001}),
-            common::now_us(),
-        )),
+    common::produce_id_change(&topic, &table, "u", BACKLOG as u64 + 10, 7_000_001).await;
+    common::wait_for_version_record(
+        &conn,
+        "a per-key bump after recovery",
+        "ver:item:7000001",
+        Duration::from_secs(30),
     )
-    .await;
-    eventually("a per-key bump after recovery", Duration::from_secs(30), || {
-        let mut conn = conn.clone();
-        async move {
-            let v: Option<String> = redis::cmd("HGET")
-                .arg("ver:item:7000001")
-                .arg("v")
-                .query_async(&mut conn)
-                .await
-                .ok()?;
-            v.map(|_| ())
-        }
-    })
     .await;
     let log = std::fs::read_to_string(&daemon.log).unwrap();
     assert!(

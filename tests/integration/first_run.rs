@@ -187,22 +187,11 @@ async fn a_regex_subscription_receives_a_topic_created_after_start() {
     .await;
     let (key, value) = common::debezium_change(table, "c", 100, 42, json!({"id": 42}), common::now_us());
     common::produce(&topic, &[(key, value)]).await;
-    eventually(
+    common::wait_for_version_record(
+        &common::redis_conn().await,
         "the record of the new topic to bump its key",
+        &format!("{prefix}item:42"),
         Duration::from_secs(60),
-        || {
-            let prefix = prefix.clone();
-            async move {
-                let mut conn = common::redis_conn().await;
-                let v: Option<String> = redis::cmd("HGET")
-                    .arg(format!("{prefix}item:42"))
-                    .arg("v")
-                    .query_async(&mut conn)
-                    .await
-                    .ok()?;
-                v.map(|_| ())
-            }
-        },
     )
     .await;
     assert!(

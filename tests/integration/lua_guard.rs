@@ -9,21 +9,12 @@ use cdc_invalidator::config::RedisSettings;
 use cdc_invalidator::event::Position;
 use cdc_invalidator::graph::Target;
 use cdc_invalidator::plan::Bump;
-use cdc_invalidator::sink::RedisSink;
+use cdc_invalidator::sink::{BumpResult, RedisSink};
 
 async fn sink(prefix: &str, ttl: Duration) -> RedisSink {
-    RedisSink::connect(&RedisSettings {
-        url: common::redis_url(),
-        version_prefix: prefix.to_owned(),
-        version_ttl: ttl,
-        max_retry_backoff: Duration::from_secs(1),
-        cluster: false,
-        loss_check_interval: cdc_invalidator::config::default_loss_check_interval(),
-        wait_replicas: 0,
-        wait_timeout: Duration::from_secs(1),
-    })
-    .await
-    .expect("redis from scripts/stack up")
+    RedisSink::connect(&common::sink_settings(&common::redis_url(), prefix, ttl))
+        .await
+        .expect("redis from scripts/stack up")
 }
 
 fn bump(key: &str, position: Position) -> Bump {
@@ -34,14 +25,16 @@ fn bump(key: &str, position: Position) -> Bump {
     }
 }
 
+/// Applies one bump of `key` at `position` and returns its result.
+async fn apply_one(sink: &mut RedisSink, key: &str, position: Position) -> BumpResult {
+    sink.apply(&[bump(key, position)]).await.unwrap()[0]
+}
+
 #[tokio::test]
 async fn redelivery_and_older_positions_are_noops() {
     let prefix = format!("{}:", common::unique("ver"));
     let mut sink = sink(&prefix, Duration::from_secs(600)).await;
-    let first = sink
-        .apply(&[bump("product:1", Position::postgres("shop", 10, 20))])
-        .await
-        .unwrap()[0];
+    let first = apply_one(&mut sink, "product:1", Position::postgres("shop", 10, 20)).await;
     assert!(first.applied);
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -53,30 +46,21 @@ async fn redelivery_and_older_positions_are_noops() {
         first.version
     );
 
-    let again = sink
-        .apply(&[bump("product:1", Position::postgres("shop", 10, 20))])
-        .await
-        .unwrap()[0];
+    let again = apply_one(&mut sink, "product:1", Position::postgres("shop", 10, 20)).await;
     assert_eq!(
         (again.applied, again.version),
         (false, first.version),
         "redelivery must change nothing"
     );
 
-    let older = sink
-        .apply(&[bump("product:1", Position::postgres("shop", 9, 99))])
-        .await
-        .unwrap()[0];
+    let older = apply_one(&mut sink, "product:1", Position::postgres("shop", 9, 99)).await;
     assert_eq!(
         (older.applied, older.version),
         (false, first.version),
         "an older position must change nothing"
     );
 
-    let newer = sink
-        .apply(&[bump("product:1", Position::postgres("shop", 10, 21))])
-        .await
-        .unwrap()[0];
+    let newer = apply_one(&mut sink, "product:1", Position::postgres("shop", 10, 21)).await;
     assert!(newer.applied && newer.version > first.version);
     assert_eq!(
         sink.version(&format!("{prefix}product:1")).await.unwrap(),
@@ -98,11 +82,11 @@ async fn redelivery_and_older_positions_are_noops() {
 async fn two_sources_guard_independently() {
     let prefix = format!("{}:", common::unique("ver"));
     let mut sink = sink(&prefix, Duration::from_secs(600)).await;
-    let a = sink.apply(&[bump("k", Position::postgres("a", 0, 500))]).await.unwrap()[0];
+    let a = apply_one(&mut sink, "k", Position::postgres("a", 0, 500)).await;
     // Source b's position is numerically lower, but it is another log.
-    let b = sink.apply(&[bump("k", Position::postgres("b", 0, 5))]).await.unwrap()[0];
+    let b = apply_one(&mut sink, "k", Position::postgres("b", 0, 5)).await;
     assert!(a.applied && b.applied && b.version > a.version);
-    let a_again = sink.apply(&[bump("k", Position::postgres("a", 0, 400))]).await.unwrap()[0];
+    let a_again = apply_one(&mut sink, "k", Position::postgres("a", 0, 400)).await;
     assert!(!a_again.applied);
 }
 
@@ -113,10 +97,7 @@ async fn expired_record_bumped_again_gets_a_larger_version() {
     let mut conn = common::redis_conn().await;
     // A reader-visible version far in the future (v+1 dominates server time).
     let record = format!("{prefix}product:9");
-    let first = sink
-        .apply(&[bump("product:9", Position::kafka("t", 0, 1))])
-        .await
-        .unwrap()[0];
+    let first = apply_one(&mut sink, "product:9", Position::kafka("t", 0, 1)).await;
     let ttl: i64 = redis::cmd("PTTL").arg(&record).query_async(&mut conn).await.unwrap();
     assert!(ttl > 0 && ttl <= 300, "version_ttl applied, got {ttl}");
     common::eventually("the version record to expire", Duration::from_secs(5), || {
@@ -130,10 +111,7 @@ async fn expired_record_bumped_again_gets_a_larger_version() {
     .await;
     // The same position again: the guard was forgotten with the record, so it
     // applies, and the new version is still above every earlier one.
-    let second = sink
-        .apply(&[bump("product:9", Position::kafka("t", 0, 1))])
-        .await
-        .unwrap()[0];
+    let second = apply_one(&mut sink, "product:9", Position::kafka("t", 0, 1)).await;
     assert!(second.applied);
     assert!(second.version > first.version, "{} > {}", second.version, first.version);
 }
@@ -183,18 +161,9 @@ async fn acl_user_from_the_url_is_used() {
         .await
         .unwrap();
     let url = common::redis_url().replacen("redis://", &format!("redis://{user}:s3cret@"), 1);
-    let settings = RedisSettings {
-        url: url.clone(),
-        version_prefix: prefix.clone(),
-        version_ttl: Duration::from_secs(60),
-        max_retry_backoff: Duration::from_secs(1),
-        cluster: false,
-        loss_check_interval: cdc_invalidator::config::default_loss_check_interval(),
-        wait_replicas: 0,
-        wait_timeout: Duration::from_secs(1),
-    };
+    let settings = common::sink_settings(&url, &prefix, Duration::from_secs(60));
     let mut sink = RedisSink::connect(&settings).await.expect("ACL user connects");
-    assert!(sink.apply(&[bump("k", Position::kafka("t", 0, 1))]).await.unwrap()[0].applied);
+    assert!(apply_one(&mut sink, "k", Position::kafka("t", 0, 1)).await.applied);
 
     let wrong = RedisSettings {
         url: url.replace("s3cret", "wrong"),
@@ -275,16 +244,11 @@ async fn tls_through_a_rediss_url() {
         .expect("redis-server");
     // The certificate is self-signed: `#insecure` skips verification (a real
     // deployment trusts its CA through the system store instead).
-    let settings = RedisSettings {
-        url: format!("rediss://127.0.0.1:{port}/#insecure"),
-        version_prefix: "ver:".into(),
-        version_ttl: Duration::from_secs(60),
-        max_retry_backoff: Duration::from_secs(1),
-        cluster: false,
-        loss_check_interval: cdc_invalidator::config::default_loss_check_interval(),
-        wait_replicas: 0,
-        wait_timeout: Duration::from_secs(1),
-    };
+    let settings = common::sink_settings(
+        &format!("rediss://127.0.0.1:{port}/#insecure"),
+        "ver:",
+        Duration::from_secs(60),
+    );
     let mut sink = None;
     for _ in 0..50 {
         if let Ok(s) = RedisSink::connect(&settings).await {
@@ -294,7 +258,7 @@ async fn tls_through_a_rediss_url() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut sink = sink.expect("a TLS connection");
-    assert!(sink.apply(&[bump("k", Position::kafka("t", 0, 1))]).await.unwrap()[0].applied);
+    assert!(apply_one(&mut sink, "k", Position::kafka("t", 0, 1)).await.applied);
     // The same server refuses plaintext: the bump above really went over TLS.
     let plain = RedisSettings {
         url: format!("redis://127.0.0.1:{port}"),

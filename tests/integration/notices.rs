@@ -9,7 +9,7 @@ use crate::common::Daemon;
 use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 #[tokio::test]
 async fn applied_bumps_are_announced_on_pubsub_and_kafka() {
@@ -23,36 +23,14 @@ async fn applied_bumps_are_announced_on_pubsub_and_kafka() {
          [[entity]]\ntable = \"public.{table}\"\nnamespace = \"n\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\"]\n"
     );
     let cfg = common::write_config(&topic, &common::redis_url(), &prefix, &extra);
-    common::produce_many(
-        &topic,
-        std::iter::once(common::debezium_change(
-            &table,
-            "c",
-            5,
-            0,
-            json!({"id": 0}),
-            common::now_us(),
-        )),
-    )
-    .await;
+    common::produce_id_change(&topic, &table, "c", 5, 0).await;
 
     let client = common::redis();
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub.subscribe(&channel).await.unwrap();
     let daemon = Daemon::start(cfg.path());
     daemon.wait_ready().await;
-    common::produce_many(
-        &topic,
-        std::iter::once(common::debezium_change(
-            &table,
-            "u",
-            9,
-            42,
-            json!({"id": 42}),
-            common::now_us(),
-        )),
-    )
-    .await;
+    common::produce_id_change(&topic, &table, "u", 9, 42).await;
 
     // The first notice may be for the seed row; wait for item:42's.
     let mut stream = pubsub.on_message();

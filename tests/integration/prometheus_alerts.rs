@@ -299,18 +299,7 @@ async fn shipped_alerts_page_on_a_redis_outage_only_and_the_dashboard_shows_the_
     let redis = PrivateRedis::start_ready().await;
 
     // The topic exists before anyone subscribes.
-    common::produce_many(
-        &topic,
-        std::iter::once(common::debezium_change(
-            &table,
-            "c",
-            1,
-            0,
-            json!({"id": 0}),
-            common::now_us(),
-        )),
-    )
-    .await;
+    common::produce_id_change(&topic, &table, "c", 1, 0).await;
 
     let extra = format!(
         "[dead_letters]\nurl = \"{dl_url}\"\nschema = \"{dl_schema}\"\n\

@@ -96,14 +96,8 @@ impl Redis {
 
     async fn sink(&self, prefix: &str) -> RedisSink {
         RedisSink::connect(&RedisSettings {
-            url: self.url.clone(),
-            version_prefix: prefix.to_owned(),
-            version_ttl: Duration::from_secs(600),
-            max_retry_backoff: Duration::from_secs(1),
             cluster: self.cluster.is_some(),
-            loss_check_interval: cdc_invalidator::config::default_loss_check_interval(),
-            wait_replicas: 0,
-            wait_timeout: Duration::from_secs(1),
+            ..common::sink_settings(&self.url, prefix, Duration::from_secs(600))
         })
         .await
         .unwrap()

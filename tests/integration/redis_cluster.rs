@@ -33,14 +33,12 @@ async fn bumps_spread_over_slots_apply_guard_and_survive_script_flush() {
     }
 
     let mut sink = RedisSink::connect(&RedisSettings {
-        url: format!("redis://127.0.0.1:{}", cluster.ports[0]),
-        version_prefix: "ver:".into(),
-        version_ttl: Duration::from_secs(600),
-        max_retry_backoff: Duration::from_secs(1),
         cluster: true,
-        loss_check_interval: cdc_invalidator::config::default_loss_check_interval(),
-        wait_replicas: 0,
-        wait_timeout: Duration::from_secs(1),
+        ..common::sink_settings(
+            &format!("redis://127.0.0.1:{}", cluster.ports[0]),
+            "ver:",
+            Duration::from_secs(600),
+        )
     })
     .await
     .unwrap();

@@ -92,26 +92,58 @@ async fn epoch_after(url: &str, before: u64) -> u64 {
     .await
 }
 
+/// Waits until the loss counter for `reason` is above `above`.
+async fn wait_for_loss(daemon: &Daemon, what: &str, reason: &str, above: f64) {
+    eventually(what, Duration::from_secs(10), || async move {
+        (loss_count(daemon, reason).await > above).then_some(())
+    })
+    .await;
+}
+
+/// The daemon logged the loss as an error.
+fn assert_loss_logged(daemon: &Daemon) {
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("redis lost acknowledged writes")),
+        "{}",
+        daemon.log_tail()
+    );
+}
+
+/// A private redis-server without persistence, with `extra` arguments.
+async fn redis_without_persistence(extra: &[&str]) -> PrivateRedis {
+    let mut args = vec!["--save", "", "--appendonly", "no"];
+    args.extend_from_slice(extra);
+    PrivateRedis::start_ready_with(&args).await
+}
+
+/// A daemon on `redis` that applied a first change of row 1.
+struct Running {
+    /// Holds the config file: bind it (`s: _config`) while the daemon runs.
+    s: Setup,
+    daemon: Daemon,
+    /// Row 1's version after the first change.
+    v1: u64,
+    /// The epoch created at the daemon's first contact with this Redis.
+    e0: u64,
+}
+
+async fn start_and_apply_a_first_change(redis: &PrivateRedis) -> Running {
+    let s = setup(redis);
+    let daemon = Daemon::start(s.cfg.path());
+    let v1 = change(&s, redis, 1, 10, 0).await;
+    // First contact with a new Redis: no epoch record yet, created now.
+    let e0 = epoch_after(&redis.url(), 0).await;
+    Running { s, daemon, v1, e0 }
+}
+
 #[tokio::test]
 async fn restart_from_an_older_snapshot_bumps_epoch_and_namespaces() {
     let dir = tempfile::tempdir().unwrap();
     let dir_text = dir.path().to_str().unwrap().to_owned();
-    let mut redis = PrivateRedis::start_ready_with(&[
-        "--dir",
-        &dir_text,
-        "--dbfilename",
-        "dump.rdb",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ])
-    .await;
-    let s = setup(&redis);
-    let daemon = Daemon::start(s.cfg.path());
-    let v1 = change(&s, &redis, 1, 10, 0).await;
-    // First contact with a new Redis: no epoch record yet, created now.
-    let e0 = epoch_after(&redis.url(), 0).await;
+    let mut redis = redis_without_persistence(&["--dir", &dir_text, "--dbfilename", "dump.rdb"]).await;
+    let Running { s, daemon, v1, e0 } = start_and_apply_a_first_change(&redis).await;
     let ns0 = hget(&redis.url(), "ver:ns:item", "v")
         .await
         .expect("namespace bumped at first use");
@@ -123,23 +155,13 @@ async fn restart_from_an_older_snapshot_bumps_epoch_and_namespaces() {
     redis.crash_and_restart().await;
 
     let e1 = epoch_after(&redis.url(), e0).await;
-    eventually("the loss to be counted", Duration::from_secs(10), || {
-        let daemon = &daemon;
-        async move { (loss_count(daemon, "rolled_back").await >= 1.0).then_some(()) }
-    })
-    .await;
+    wait_for_loss(&daemon, "the loss to be counted", "rolled_back", 0.0).await;
     // The snapshot really lost the second change: the version went back.
     assert_eq!(hget(&redis.url(), "ver:item:1", "v").await, Some(v1), "v2 was {v2}");
     let ns1 = hget(&redis.url(), "ver:ns:item", "v").await.unwrap();
     assert!(ns1 > ns0, "namespace {ns0} -> {ns1}");
     assert!(e1 > e0);
-    let log = std::fs::read_to_string(&daemon.log).unwrap();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("ERROR") && l.contains("redis lost acknowledged writes")),
-        "{}",
-        daemon.log_tail()
-    );
+    assert_loss_logged(&daemon);
     // Applying goes on after the recovery.
     change(&s, &redis, 1, 30, v1).await;
 }
@@ -171,38 +193,17 @@ async fn fill_memory(url: &str, prefix: &str, ttl_s: Option<u64>) -> u64 {
 
 #[tokio::test]
 async fn flushall_and_evictions_are_losses() {
-    let mut redis = PrivateRedis::start_ready_with(&[
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--maxmemory",
-        "4mb",
-        "--maxmemory-policy",
-        "allkeys-random",
-    ])
-    .await;
-    let s = setup(&redis);
-    let daemon = Daemon::start(s.cfg.path());
-    change(&s, &redis, 1, 10, 0).await;
-    let e0 = epoch_after(&redis.url(), 0).await;
+    let mut redis = redis_without_persistence(&["--maxmemory", "4mb", "--maxmemory-policy", "allkeys-random"]).await;
+    let Running {
+        s: _config, daemon, e0, ..
+    } = start_and_apply_a_first_change(&redis).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let missing_before = loss_count(&daemon, "missing").await;
 
     command(&redis.url(), &["FLUSHALL"]).await;
     let e1 = epoch_after(&redis.url(), e0).await;
-    eventually("FLUSHALL to be counted", Duration::from_secs(10), || {
-        let daemon = &daemon;
-        async move { (loss_count(daemon, "missing").await > missing_before).then_some(()) }
-    })
-    .await;
-    let log = std::fs::read_to_string(&daemon.log).unwrap();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("ERROR") && l.contains("redis lost acknowledged writes")),
-        "{}",
-        daemon.log_tail()
-    );
+    wait_for_loss(&daemon, "FLUSHALL to be counted", "missing", missing_before).await;
+    assert_loss_logged(&daemon);
 
     // Fill memory past maxmemory with data keys: Redis evicts. allkeys-random
     // may evict the epoch record itself: the daemon then finds it missing
@@ -239,10 +240,7 @@ async fn a_restart_that_lost_nothing_is_not_a_loss() {
         "always",
     ])
     .await;
-    let s = setup(&redis);
-    let daemon = Daemon::start(s.cfg.path());
-    let v1 = change(&s, &redis, 1, 10, 0).await;
-    let e0 = epoch_after(&redis.url(), 0).await;
+    let Running { s, daemon, v1, e0 } = start_and_apply_a_first_change(&redis).await;
     // The first use counts once as "missing"; nothing may be added after it.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let total = |text: String| common::metric_sum(&text, "cdc_invalidator_redis_data_loss_total", &[]);
@@ -268,22 +266,12 @@ async fn a_restart_that_lost_nothing_is_not_a_loss() {
 /// riding in each batch's pipeline.
 #[tokio::test]
 async fn epoch_check_cost() {
-    use cdc_invalidator::config::{default_loss_check_interval, RedisSettings};
     use cdc_invalidator::event::Position;
     use cdc_invalidator::graph::Target;
     use cdc_invalidator::plan::Bump;
     use cdc_invalidator::sink::RedisSink;
     let redis = PrivateRedis::start_ready().await;
-    let settings = RedisSettings {
-        url: redis.url(),
-        version_prefix: "ver:".into(),
-        version_ttl: Duration::from_secs(600),
-        max_retry_backoff: Duration::from_secs(1),
-        cluster: false,
-        loss_check_interval: default_loss_check_interval(),
-        wait_replicas: 0,
-        wait_timeout: Duration::from_secs(1),
-    };
+    let settings = common::sink_settings(&redis.url(), "ver:", Duration::from_secs(600));
     const BATCHES: u64 = 2000;
     for batch_size in [1u64, 100] {
         let mut figures = Vec::new();
@@ -332,11 +320,7 @@ fn redis_settings(cfg: &tempfile::NamedTempFile, lines: &str) {
 /// evicted version record still is.
 #[tokio::test]
 async fn only_evicted_version_records_are_a_loss_when_evictions_are_notified() {
-    let redis = PrivateRedis::start_ready_with(&[
-        "--save",
-        "",
-        "--appendonly",
-        "no",
+    let redis = redis_without_persistence(&[
         "--maxmemory",
         "4mb",
         // Shortest TTL first: data keys with a shorter TTL than the version
@@ -347,10 +331,9 @@ async fn only_evicted_version_records_are_a_loss_when_evictions_are_notified() {
         "Ee",
     ])
     .await;
-    let s = setup(&redis);
-    let daemon = Daemon::start(s.cfg.path());
-    change(&s, &redis, 1, 10, 0).await;
-    let e0 = epoch_after(&redis.url(), 0).await;
+    let Running {
+        s: _config, daemon, e0, ..
+    } = start_and_apply_a_first_change(&redis).await;
     let evicted = fill_memory(&redis.url(), "data", Some(60)).await;
     assert!(evicted > 100, "the fill should evict data keys, evicted {evicted}");
     // Several loss checks (1 s apart) see the evictions.
@@ -367,15 +350,7 @@ async fn only_evicted_version_records_are_a_loss_when_evictions_are_notified() {
         "the version record should be evicted"
     );
     epoch_after(&redis.url(), e0).await;
-    eventually(
-        "the version record's eviction to be counted",
-        Duration::from_secs(10),
-        || {
-            let daemon = &daemon;
-            async move { (loss_count(daemon, "evicted").await >= 1.0).then_some(()) }
-        },
-    )
-    .await;
+    wait_for_loss(&daemon, "the version record's eviction to be counted", "evicted", 0.0).await;
 }
 
 /// `redis.wait_replicas`: a batch whose bumps no replica acknowledged is not

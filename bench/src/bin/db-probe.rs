@@ -36,7 +36,7 @@
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -283,24 +283,7 @@ async fn run(args: &Args, names: &Names, work_dir: &Path, undo: &mut Undo) -> an
     let log_path = work_dir.join("daemon.log");
     let log = std::fs::File::create(&log_path)?;
     let mut cmd = Command::new(&daemon_bin);
-    cmd.args([
-        "--log-format",
-        "json",
-        "--log",
-        "warn,cdc_invalidator=info",
-        "run",
-        "--config",
-    ])
-    .arg(&config)
-    .stdin(Stdio::null())
-    .stdout(log.try_clone()?)
-    .stderr(log);
-    // The generated config is the whole truth: no overrides from the shell.
-    for (name, _) in std::env::vars() {
-        if name.starts_with("CDC_") {
-            cmd.env_remove(&name);
-        }
-    }
+    cdc_bench::daemon_run_args(&mut cmd, &config, log)?;
     undo.group_used = true;
     let mut daemon = Daemon(cmd.spawn().with_context(|| format!("start {}", daemon_bin.display()))?);
     verify_own_admin(&mut daemon, port, &log_path, setup_timeout)?;

@@ -15,7 +15,6 @@ use cdc_bench::gen::{Generator, Mix};
 use cdc_bench::{kafka, now_us};
 use clap::Parser;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 #[derive(Parser, Debug)]
@@ -133,17 +132,7 @@ async fn main() -> anyhow::Result<()> {
         if let Some(v) = &record.value {
             base = base.payload(&v[..]);
         }
-        let mut pending = base;
-        loop {
-            match producer.send(pending) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    pending = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, _)) => return Err(e).context("produce"),
-            }
-        }
+        kafka::send_when_queued(&producer, base, Duration::from_millis(5)).context("produce")?;
         if last_report.elapsed() >= Duration::from_secs(2) {
             eprintln!(
                 "[load] {i}/{} records ({:.0}/s)",

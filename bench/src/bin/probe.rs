@@ -25,7 +25,6 @@ use cdc_bench::{kafka, now_us, prom, stats};
 use clap::Parser;
 use futures::StreamExt;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, Timestamp};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
@@ -167,20 +166,11 @@ async fn main() -> anyhow::Result<()> {
                     let now = now_us();
                     let record = generator.unique_update(id, now);
                     let value = record.value.expect("updates have values");
-                    let mut pending = BaseRecord::with_opaque_to(&topic, Box::new(id))
+                    let pending = BaseRecord::with_opaque_to(&topic, Box::new(id))
                         .partition(record.partition)
                         .key(&record.key[..])
                         .payload(&value[..]);
-                    loop {
-                        match producer.send(pending) {
-                            Ok(()) => break,
-                            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                                pending = back;
-                                std::thread::sleep(Duration::from_millis(1));
-                            }
-                            Err((e, _)) => return Err(e).context("produce"),
-                        }
-                    }
+                    kafka::send_when_queued(&producer, pending, Duration::from_millis(1)).context("produce")?;
                     sent_at.push(now);
                 }
                 if last_report.elapsed() >= Duration::from_secs(5) {

@@ -55,42 +55,80 @@ fn main() -> anyhow::Result<()> {
     }
     consumer.assign(&tpl)?;
 
-    let expected: i64 = ends.iter().sum();
-    let mut next = vec![0i64; ends.len()];
-    let mut events = 0u64;
-    let mut bytes = 0u64;
-    let mut first: Option<Instant> = None;
-    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
-    let done = |next: &[i64]| next.iter().zip(&ends).all(|(n, e)| n >= e);
-    while !done(&next) {
-        if Instant::now() > deadline {
-            bail!("timed out after {events} of {expected} records");
-        }
+    let mut tally = Tally::new(ends, args.timeout_s);
+    while !tally.done()? {
         match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                first.get_or_insert_with(Instant::now);
-                events += 1;
-                bytes += (m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len)) as u64;
-                let p = m.partition() as usize;
-                next[p] = next[p].max(m.offset() + 1);
-            }
+            Some(Ok(m)) => tally.count(
+                m.partition(),
+                m.offset(),
+                m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len),
+            ),
             Some(Err(e)) => eprintln!("[raw-consume] consumer error: {e}"),
             None => {}
         }
     }
-    let seconds = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
-    let cpu = stats::self_cpu_seconds();
-    let out = serde_json::json!({
-        "events": events,
-        "bytes": bytes,
-        "seconds": seconds,
-        "events_per_second": events as f64 / seconds,
-        "cpu_seconds": cpu,
-        "cpu_seconds_per_million": cpu / events as f64 * 1e6,
-        "peak_rss_mib": stats::peak_rss_mib(std::process::id())?,
-    });
-    println!("{out}");
+    println!("{}", tally.report()?);
     Ok(())
+}
+
+/// What a consume loop counted: records, their key and value bytes, the
+/// next offset per partition against the end offsets, and when the first
+/// record came.
+struct Tally {
+    ends: Vec<i64>,
+    next: Vec<i64>,
+    events: u64,
+    bytes: u64,
+    first: Option<Instant>,
+    deadline: Instant,
+}
+
+impl Tally {
+    fn new(ends: Vec<i64>, timeout_s: u64) -> Tally {
+        Tally {
+            next: vec![0; ends.len()],
+            ends,
+            events: 0,
+            bytes: 0,
+            first: None,
+            deadline: Instant::now() + Duration::from_secs(timeout_s),
+        }
+    }
+
+    /// Every partition read to its end offset; an error past the deadline.
+    fn done(&self) -> anyhow::Result<bool> {
+        if self.next.iter().zip(&self.ends).all(|(n, e)| n >= e) {
+            return Ok(true);
+        }
+        if Instant::now() > self.deadline {
+            let expected: i64 = self.ends.iter().sum();
+            bail!("timed out after {} of {expected} records", self.events);
+        }
+        Ok(false)
+    }
+
+    fn count(&mut self, partition: i32, offset: i64, bytes: usize) {
+        self.first.get_or_insert_with(Instant::now);
+        self.events += 1;
+        self.bytes += bytes as u64;
+        let p = partition as usize;
+        self.next[p] = self.next[p].max(offset + 1);
+    }
+
+    /// The printed figures: seconds from the first record, CPU and peak RSS.
+    fn report(&self) -> anyhow::Result<serde_json::Value> {
+        let seconds = self.first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let cpu = stats::self_cpu_seconds();
+        Ok(serde_json::json!({
+            "events": self.events,
+            "bytes": self.bytes,
+            "seconds": seconds,
+            "events_per_second": self.events as f64 / seconds,
+            "cpu_seconds": cpu,
+            "cpu_seconds_per_million": cpu / self.events as f64 * 1e6,
+            "peak_rss_mib": stats::peak_rss_mib(std::process::id())?,
+        }))
+    }
 }
 
 /// The daemon's consumer path without the daemon: same settings (the
@@ -98,64 +136,39 @@ fn main() -> anyhow::Result<()> {
 async fn stream(args: Args) -> anyhow::Result<()> {
     let ends = kafka::end_offsets(&args.brokers, &args.topic)?;
     // The daemon's default plan (its in-flight budget sizes the fetch queue).
-    let text = cdc_bench::daemon_config::DaemonConfig {
+    let parsed = cdc_bench::daemon_config::DaemonConfig {
         brokers: &args.brokers,
         group_id: "unused",
         topic: &args.topic,
-        redis_url: "redis://127.0.0.1:6390",
-        admin_listen: "127.0.0.1:9811",
-        keys_per_row: 3,
-        consistency: "strong",
-        avro_schemas_dir: None,
-        librdkafka: &[],
-        wait_replicas: 0,
-        cluster: false,
+        ..cdc_bench::daemon_config::DaemonConfig::parse_only()
     }
-    .render();
-    let parsed = cdc_invalidator::config::parse("generated.toml", &text, &|_| None)?;
+    .settings()?;
     let plan = parsed.plan;
     // The daemon's source settings for the same topic, in a group of its own.
     let mut settings = parsed.source;
     settings.group_id = format!("cdc-bench-raw-stream-{}-{}", std::process::id(), cdc_bench::now_us());
     let consumer = cdc_invalidator::source::consumer(&settings, &plan)?;
     consumer.subscribe(&[args.topic.as_str()])?;
-    let expected: i64 = ends.iter().sum();
-    let mut next = vec![0i64; ends.len()];
-    let mut events = 0u64;
-    let mut bytes = 0u64;
-    let mut first: Option<Instant> = None;
-    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
-    while !next.iter().zip(&ends).all(|(n, e)| n >= e) {
-        if Instant::now() > deadline {
-            bail!("timed out after {events} of {expected} records");
-        }
+    let mut tally = Tally::new(ends, args.timeout_s);
+    while !tally.done()? {
         match tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await {
             Ok(Ok(m)) => {
-                first.get_or_insert_with(Instant::now);
+                // first is set when the record arrives, before the copy.
+                let arrived = Instant::now();
                 let record = cdc_invalidator::source::to_record(&m);
-                events += 1;
-                bytes += (record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len)) as u64;
-                let p = record.partition as usize;
-                next[p] = next[p].max(record.offset + 1);
+                tally.first.get_or_insert(arrived);
+                tally.count(
+                    record.partition,
+                    record.offset,
+                    record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len),
+                );
             }
             Ok(Err(e)) => eprintln!("[raw-consume] consumer error: {e}"),
             Err(_) => {}
         }
     }
-    let seconds = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
-    let cpu = stats::self_cpu_seconds();
-    println!(
-        "{}",
-        serde_json::json!({
-            "mode": "stream",
-            "events": events,
-            "bytes": bytes,
-            "seconds": seconds,
-            "events_per_second": events as f64 / seconds,
-            "cpu_seconds": cpu,
-            "cpu_seconds_per_million": cpu / events as f64 * 1e6,
-            "peak_rss_mib": stats::peak_rss_mib(std::process::id())?,
-        })
-    );
+    let mut out = tally.report()?;
+    out["mode"] = "stream".into();
+    println!("{out}");
     Ok(())
 }

@@ -138,3 +138,20 @@ pub fn confluent_framed(id: u32, schema: &apache_avro::Schema, value: apache_avr
     out.extend(apache_avro::to_avro_datum(schema, value).unwrap());
     out
 }
+
+/// Produces one change (`op` at `lsn`, committed now) of the row `{"id": id}`
+/// of `table` to partition 0 of `topic`.
+pub async fn produce_id_change(topic: &str, table: &str, op: &str, lsn: u64, id: i64) {
+    produce_many(
+        topic,
+        std::iter::once(debezium_change(
+            table,
+            op,
+            lsn,
+            id,
+            serde_json::json!({"id": id}),
+            super::now_us(),
+        )),
+    )
+    .await;
+}

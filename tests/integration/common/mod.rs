@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+pub mod chain;
 pub mod cluster;
 mod config;
 mod daemon;

@@ -198,3 +198,37 @@ impl PrivateRedis {
         redis
     }
 }
+
+/// Sink settings for a test: version records under `prefix` with
+/// `version_ttl`, a one-second retry backoff and `WAIT` timeout, no replicas
+/// to wait for, the default loss check, not a cluster.
+pub fn sink_settings(url: &str, prefix: &str, version_ttl: Duration) -> cdc_invalidator::config::RedisSettings {
+    cdc_invalidator::config::RedisSettings {
+        url: url.to_owned(),
+        version_prefix: prefix.to_owned(),
+        version_ttl,
+        max_retry_backoff: Duration::from_secs(1),
+        cluster: false,
+        loss_check_interval: cdc_invalidator::config::default_loss_check_interval(),
+        wait_replicas: 0,
+        wait_timeout: Duration::from_secs(1),
+    }
+}
+
+/// Waits (up to `timeout`, described by `what`) until the version record
+/// `key` (prefix included) has a version.
+pub async fn wait_for_version_record(
+    conn: &redis::aio::MultiplexedConnection,
+    what: &str,
+    key: &str,
+    timeout: Duration,
+) {
+    eventually(what, timeout, || {
+        let mut conn = conn.clone();
+        async move {
+            let v: Option<String> = redis::cmd("HGET").arg(key).arg("v").query_async(&mut conn).await.ok()?;
+            v.map(|_| ())
+        }
+    })
+    .await;
+}

@@ -210,6 +210,23 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `load` of the run's events (count, rows, zipf, partitions, keys per
+/// row) into the topic of `prefix`.
+fn load_command(ctx: &Ctx, prefix: &str) -> Command {
+    let args = &ctx.args;
+    let mut cmd = Command::new(ctx.bin("load"));
+    cmd.args(["--brokers", &args.brokers, "--topic-prefix", prefix])
+        .args(["--events", &args.events.to_string(), "--rows", &args.rows.to_string()])
+        .args([
+            "--zipf",
+            &args.zipf.to_string(),
+            "--partitions",
+            &args.partitions.to_string(),
+        ])
+        .args(["--keys-per-row", &args.keys_per_row.to_string()]);
+    cmd
+}
+
 fn run(ctx: &mut Ctx) -> anyhow::Result<RunReport> {
     let args = ctx.args.clone();
     let machine = machine();
@@ -223,20 +240,7 @@ fn run(ctx: &mut Ctx) -> anyhow::Result<RunReport> {
         args.events, args.rows, args.keys_per_row, args.zipf
     ));
     ctx.topics.push(topic.clone());
-    let load: LoadResult = ctx.run_json(
-        "load",
-        Command::new(ctx.bin("load"))
-            .args(["--brokers", &args.brokers, "--topic-prefix", &prefix])
-            .args(["--events", &args.events.to_string(), "--rows", &args.rows.to_string()])
-            .args([
-                "--zipf",
-                &args.zipf.to_string(),
-                "--partitions",
-                &args.partitions.to_string(),
-            ])
-            .args(["--keys-per-row", &args.keys_per_row.to_string()]),
-        Duration::from_secs(1800),
-    )?;
+    let load: LoadResult = ctx.run_json("load", &mut load_command(ctx, &prefix), Duration::from_secs(1800))?;
     say_loaded(&load);
 
     // The same events (same seed) in Avro, as Debezium's AvroConverter writes them.
@@ -250,18 +254,7 @@ fn run(ctx: &mut Ctx) -> anyhow::Result<RunReport> {
         ctx.topics.push(topic.clone());
         let load: LoadResult = ctx.run_json(
             "load-avro",
-            Command::new(ctx.bin("load"))
-                .args(["--brokers", &args.brokers, "--topic-prefix", &prefix])
-                .args(["--events", &args.events.to_string(), "--rows", &args.rows.to_string()])
-                .args([
-                    "--zipf",
-                    &args.zipf.to_string(),
-                    "--partitions",
-                    &args.partitions.to_string(),
-                ])
-                .args(["--keys-per-row", &args.keys_per_row.to_string()])
-                .arg("--avro-schemas-dir")
-                .arg(&schemas),
+            load_command(ctx, &prefix).arg("--avro-schemas-dir").arg(&schemas),
             Duration::from_secs(1800),
         )?;
         say_loaded(&load);

@@ -196,24 +196,7 @@ impl Ctx {
             }
             None => Command::new(&daemon),
         };
-        cmd.args([
-            "--log-format",
-            "json",
-            "--log",
-            "warn,cdc_invalidator=info",
-            "run",
-            "--config",
-        ])
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-        // The generated config is the whole truth: no overrides from the shell.
-        for (name, _) in std::env::vars() {
-            if name.starts_with("CDC_") {
-                cmd.env_remove(&name);
-            }
-        }
+        cdc_bench::daemon_run_args(&mut cmd, config, log)?;
         let child = cmd.spawn().with_context(|| format!("spawn {}", daemon.display()))?;
         let pid = child.id();
         self.reaper.0.push(("daemon".into(), child));
