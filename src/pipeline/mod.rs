@@ -72,13 +72,18 @@ struct PartitionState {
     escalating: bool,
     /// The last offset stored for commit (next to consume), for the gauge.
     stored_offset: Option<i64>,
+    /// Resumed after a pause but the seek back to this offset (the first
+    /// record dropped while paused) failed: paused again until a retry
+    /// succeeds, because consuming on from librdkafka's position would skip
+    /// the dropped records, and storing the later offsets would lose them.
+    seek_pending: Option<i64>,
 }
 
 impl PartitionState {
     /// Stopped at a record of its own (a stall or a schema wait), so it stays
     /// paused when an outage of the whole pipeline ends.
     fn held(&self) -> bool {
-        self.stalled_at.is_some() || self.waiting_schema.is_some()
+        self.stalled_at.is_some() || self.waiting_schema.is_some() || self.seek_pending.is_some()
     }
 }
 
@@ -98,6 +103,8 @@ const MAX_DRAIN: Duration = Duration::from_millis(5);
 // lets the consumer stage fill the next batch while a batch is applied and
 // keeps the memory bound at three batches (open, queued, applying).
 const QUEUED_BATCHES: usize = 1;
+// How long a seek on resume may wait for librdkafka before it is retried.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
 // The loop wakes at least this often to refresh gauges and readiness.
 const TICK: Duration = Duration::from_secs(1);
 // How long a shutdown may spend on its final apply and commit.
@@ -293,6 +300,7 @@ impl ConsumerStage {
                     return (batch, Some(FatalKafkaError { code, reason }));
                 }
                 self.retry_schema_waits().await;
+                self.retry_pending_seeks();
                 self.tick(&batch);
                 next_tick = now + TICK;
             }
@@ -553,19 +561,49 @@ impl ConsumerStage {
     }
 
     /// Resumes one paused partition from `offset` (fetched again from Kafka).
-    fn resume_at(&self, (topic, partition): &PartitionId, offset: i64) {
+    fn resume_at(&mut self, id: &PartitionId, offset: i64) {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(topic, *partition);
+        tpl.add_partition(&id.0, id.1);
         if let Err(e) = self.consumer.resume(&tpl) {
-            tracing::warn!(%topic, partition, error = %e, "resuming a partition failed");
+            tracing::warn!(topic = %id.0, partition = id.1, error = %e, "resuming a partition failed");
         }
-        self.consumer.context().mark_resumed(&(topic.clone(), *partition));
-        if let Err(e) = self
-            .consumer
-            .seek(topic, *partition, Offset::Offset(offset), Duration::from_secs(5))
-        {
-            tracing::warn!(%topic, partition, offset, error = %e, "seek on resume failed");
+        self.consumer.context().mark_resumed(id);
+        self.seek_or_hold(id, offset);
+    }
+
+    /// Seeks a just-resumed partition back to `offset`, the first record it
+    /// dropped while paused (resume alone goes on from the last record
+    /// delivered). If the seek fails, the partition is paused again and the
+    /// seek retried on the next tick: taking records from where librdkafka
+    /// stands would skip the dropped ones for good.
+    fn seek_or_hold(&mut self, id: &PartitionId, offset: i64) {
+        let Err(error) = self.consumer.seek(&id.0, id.1, Offset::Offset(offset), SEEK_TIMEOUT) else {
+            return;
+        };
+        tracing::warn!(topic = %id.0, partition = id.1, offset, %error,
+            "seek back to the first unconsumed record failed: the partition stays paused and the seek is retried");
+        self.partitions.entry(id.clone()).or_default().seek_pending = Some(offset);
+        self.pause(std::slice::from_ref(id));
+    }
+
+    /// Retries the seeks that failed on resume (see `seek_or_hold`).
+    fn retry_pending_seeks(&mut self) {
+        if self.paused_for_outage {
+            return;
         }
+        let pending: Vec<(PartitionId, i64)> = self
+            .partitions
+            .iter_mut()
+            .filter(|(_, s)| s.stalled_at.is_none() && s.waiting_schema.is_none())
+            .filter_map(|(id, s)| s.seek_pending.take().map(|offset| (id.clone(), offset)))
+            .collect();
+        for (id, offset) in pending {
+            self.resume_at(&id, offset);
+            if !self.partitions.get(&id).is_some_and(PartitionState::held) {
+                tracing::info!(topic = %id.0, partition = id.1, offset, "seek retried: the partition resumes");
+            }
+        }
+        self.refresh_paused_gauge();
     }
 
     /// Runs the event's fan-out lookups and adds the children they name.
@@ -648,24 +686,23 @@ impl ConsumerStage {
 
     fn resume_after_outage(&mut self) {
         self.paused_for_outage = false;
+        let resumed: Vec<(PartitionId, Option<i64>)> = self
+            .partitions
+            .iter()
+            .filter(|(_, state)| !state.held())
+            .map(|(id, state)| (id.clone(), state.next_offset))
+            .collect();
         let mut resume = TopicPartitionList::new();
-        for (id @ (topic, partition), state) in &self.partitions {
-            if !state.held() {
-                resume.add_partition(topic, *partition);
-                self.consumer.context().mark_resumed(id);
-            }
+        for (id @ (topic, partition), _) in &resumed {
+            resume.add_partition(topic, *partition);
+            self.consumer.context().mark_resumed(id);
         }
         if let Err(e) = self.consumer.resume(&resume) {
             tracing::warn!(error = %e, "resume after the outage failed");
         }
-        for ((topic, partition), state) in &self.partitions {
-            if let (false, Some(offset)) = (state.held(), state.next_offset) {
-                if let Err(e) = self
-                    .consumer
-                    .seek(topic, *partition, Offset::Offset(offset), Duration::from_secs(5))
-                {
-                    tracing::warn!(%topic, partition, offset, error = %e, "seek after the outage failed");
-                }
+        for (id, next_offset) in &resumed {
+            if let Some(offset) = next_offset {
+                self.seek_or_hold(id, *offset);
             }
         }
         self.refresh_paused_gauge();
