@@ -140,39 +140,130 @@ fn parse(
 
 /// JSON to a value, skipping the JsonConverter `schema` block: with
 /// `schemas.enable=true` it is most of the record's bytes, and building it
-/// as a `Value` only to drop it cost three quarters of the decode time. The
-/// top level is read as raw, unparsed members first; only the payload (or,
-/// unwrapped, each member) is turned into values.
+/// as a `Value` only to drop it cost three quarters of the decode time. One
+/// pass over the bytes: the schema block is only scanned (syntax checked)
+/// for its top-level `name`, and the payload and any other member are
+/// parsed where they stand.
 fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, serde_json::Error> {
-    use serde_json::value::RawValue;
-    let members: Vec<(std::borrow::Cow<'_, str>, &RawValue)> = match serde_json::from_slice::<RawObject<'_>>(bytes) {
-        Ok(RawObject(members)) => members,
-        // Not an object at the top (null, a number, an array): parse plainly.
+    let top = match serde_json::from_slice::<TopLevel>(bytes) {
+        Ok(top) => top,
+        // Not an object at the top (null, a number, an array), or not JSON:
+        // parse plainly, for the value or for serde_json's own error.
         Err(_) => return serde_json::from_slice(bytes),
     };
-    let wrapped =
-        members.len() == 2 && members.iter().any(|(k, _)| k == "schema") && members.iter().any(|(k, _)| k == "payload");
-    if wrapped {
-        let part = |name: &str| members.iter().find(|(k, _)| k == name).map(|(_, raw)| *raw);
-        let (Some(schema), Some(payload)) = (part("schema"), part("payload")) else {
-            return serde_json::from_slice(bytes);
-        };
-        return Ok(wrapper(schema_name(schema), serde_json::from_str(payload.get())?));
+    match top {
+        TopLevel::Wrapped { schema_name, payload } => Ok(wrapper(schema_name, payload)),
+        TopLevel::Object(object) => Ok(serde_json::Value::Object(object)),
+        // A `schema` member outside the two-member wrapper: its whole value
+        // is wanted after all. Rare enough to parse the record again.
+        TopLevel::SchemaNotWrapper => serde_json::from_slice(bytes),
     }
-    let mut object = serde_json::Map::with_capacity(members.len());
-    for (key, raw) in members {
-        object.insert(key.into_owned(), serde_json::from_str(raw.get())?);
+}
+
+/// A top-level JSON object as `parse_json` reads it.
+enum TopLevel {
+    /// Exactly the members `schema` and `payload`: the JsonConverter wrapper.
+    Wrapped {
+        schema_name: Option<String>,
+        payload: serde_json::Value,
+    },
+    /// Any other object without a `schema` member, parsed whole.
+    Object(serde_json::Map<String, serde_json::Value>),
+    /// An object with a `schema` member that is not the wrapper.
+    SchemaNotWrapper,
+}
+
+impl<'de> serde::Deserialize<'de> for TopLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = TopLevel;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = 0usize;
+                let mut schema_name: Option<Option<String>> = None;
+                let mut object = serde_json::Map::new();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    members += 1;
+                    if key == "schema" {
+                        schema_name = Some(map.next_value_seed(SchemaName)?);
+                    } else {
+                        object.insert(key.into_owned(), map.next_value()?);
+                    }
+                }
+                Ok(match schema_name {
+                    None => TopLevel::Object(object),
+                    Some(schema_name) if members == 2 && object.len() == 1 => match object.remove("payload") {
+                        Some(payload) => TopLevel::Wrapped { schema_name, payload },
+                        None => TopLevel::SchemaNotWrapper,
+                    },
+                    Some(_) => TopLevel::SchemaNotWrapper,
+                })
+            }
+        }
+        deserializer.deserialize_map(Members)
     }
-    Ok(serde_json::Value::Object(object))
 }
 
 /// The `name` of a JsonConverter schema block (e.g.
-/// `io.debezium.connector.common.TransactionMetadataValue`), read without
-/// building the rest of the block.
-fn schema_name(schema: &serde_json::value::RawValue) -> Option<String> {
-    let RawObject(members) = serde_json::from_str::<RawObject<'_>>(schema.get()).ok()?;
-    let (_, raw) = members.into_iter().find(|(k, _)| k == "name")?;
-    serde_json::from_str::<String>(raw.get()).ok()
+/// `io.debezium.connector.common.TransactionMetadataValue`): the first
+/// top-level `name` member if it is a string. Everything else in the block
+/// is skipped unbuilt; a block that is not an object has no name.
+struct SchemaName;
+
+impl<'de> serde::de::DeserializeSeed<'de> for SchemaName {
+    type Value = Option<String>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for SchemaName {
+    type Value = Option<String>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::IgnoredAny;
+        let mut name = None;
+        let mut seen_name = false;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "name" && !seen_name {
+                seen_name = true;
+                name = match map.next_value::<serde_json::Value>()? {
+                    serde_json::Value::String(name) => Some(name),
+                    _ => None,
+                };
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(name)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
 }
 
 /// The `{schema, payload}` shape handed to the Debezium logic: the schema
@@ -186,31 +277,6 @@ pub(crate) fn wrapper(schema_name: Option<String>, payload: serde_json::Value) -
     object.insert("schema".into(), serde_json::Value::Object(schema));
     object.insert("payload".into(), payload);
     serde_json::Value::Object(object)
-}
-
-/// A JSON object's members, values left unparsed.
-struct RawObject<'a>(Vec<(std::borrow::Cow<'a, str>, &'a serde_json::value::RawValue)>);
-
-impl<'de> serde::Deserialize<'de> for RawObject<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Members;
-        impl<'de> serde::de::Visitor<'de> for Members {
-            type Value = RawObject<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(entry) =
-                    map.next_entry::<std::borrow::Cow<'de, str>, &'de serde_json::value::RawValue>()?
-                {
-                    members.push(entry);
-                }
-                Ok(RawObject(members))
-            }
-        }
-        deserializer.deserialize_map(Members)
-    }
 }
 
 /// The table a topic carries under Debezium's default naming
@@ -240,5 +306,77 @@ mod tests {
         );
         assert_eq!(table_from_topic("products"), None);
         assert_eq!(table_from_topic("public.products"), None);
+    }
+
+    /// What `parse_json` must return, computed the slow way: the whole
+    /// record as a `Value`, then the wrapper's schema cut to its name.
+    fn parsed_whole(text: &str) -> serde_json::Value {
+        let value: serde_json::Value = serde_json::from_str(text).unwrap();
+        match &value {
+            serde_json::Value::Object(o) if o.len() == 2 && o.contains_key("schema") && o.contains_key("payload") => {
+                let name = o["schema"].get("name").and_then(|n| n.as_str()).map(str::to_owned);
+                wrapper(name, o["payload"].clone())
+            }
+            _ => value,
+        }
+    }
+
+    #[test]
+    fn one_pass_parse_equals_the_whole_parse_for_every_shape() {
+        let shapes = [
+            // The JsonConverter wrapper, members in either order.
+            r#"{"schema":{"type":"struct","fields":[{"field":"id","name":"inner"}],"name":"shop.Envelope"},"payload":{"op":"c","after":{"id":1}}}"#,
+            r#"{"payload":{"op":"d","before":{"id":2.50}},"schema":{"name":"io.debezium.connector.common.TransactionMetadataValue"}}"#,
+            // A name that is not a string, absent, or only nested.
+            r#"{"schema":{"name":7},"payload":{"op":"u"}}"#,
+            r#"{"schema":{"fields":[{"name":"nested.only"}]},"payload":null}"#,
+            // A schema block that is not an object.
+            r#"{"schema":"text","payload":{"op":"r"}}"#,
+            r#"{"schema":12345678901234567890123,"payload":{"op":"r"}}"#,
+            r#"{"schema":[{"name":"x"}],"payload":{}}"#,
+            r#"{"schema":null,"payload":[1,2]}"#,
+            // Escaped keys and names.
+            r#"{"sch\u0065ma":{"n\u0061me":"esc\"aped"},"payload":{"op":"c"}}"#,
+            // Not the wrapper: unwrapped Debezium, a third member, no payload.
+            r#"{"op":"c","after":{"id":1,"price":12.50},"source":{"lsn":99}}"#,
+            r#"{"schema":{"name":"s"},"payload":{"op":"c"},"extra":true}"#,
+            r#"{"schema":{"name":"s"}}"#,
+            r#"{"payload":{"op":"c"}}"#,
+            r#"{}"#,
+            // Not an object at the top.
+            r#"[{"schema":{}}]"#,
+            r#"null"#,
+            r#"3.25"#,
+        ];
+        for text in shapes {
+            assert_eq!(parse_json(text.as_bytes()).unwrap(), parsed_whole(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn one_pass_parse_keeps_the_first_schema_name_and_the_last_duplicate_member() {
+        let first_name = r#"{"schema":{"name":"first","name":"second"},"payload":{"op":"c"}}"#;
+        assert_eq!(
+            parse_json(first_name.as_bytes()).unwrap(),
+            wrapper(Some("first".into()), serde_json::json!({"op": "c"}))
+        );
+        // Two `schema` members and a payload: not the two-member wrapper.
+        let twice = r#"{"schema":{"name":"a"},"schema":{"name":"b"},"payload":{}}"#;
+        assert_eq!(
+            parse_json(twice.as_bytes()).unwrap(),
+            serde_json::json!({"schema": {"name": "b"}, "payload": {}})
+        );
+    }
+
+    #[test]
+    fn one_pass_parse_rejects_bad_json_inside_the_skipped_schema() {
+        for text in [
+            r#"{"schema":{"fields":[1,,2]},"payload":{}}"#,
+            r#"{"schema":{"name":"x" "type":1},"payload":{}}"#,
+            r#"{"schema":{"fields":"unterminated},"payload":{}}"#,
+            r#"{"schema":{"name":"x"},"payload":{}} trailing"#,
+        ] {
+            assert!(parse_json(text.as_bytes()).is_err(), "{text}");
+        }
     }
 }
