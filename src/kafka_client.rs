@@ -78,12 +78,12 @@ pub(crate) fn consumer(source: &SourceSettings, plan: &PlanSettings) -> ClientCo
         // the consumer for a second at a time (BENCHMARKS.md, finding 1:
         // 3.1x the drain rate at 10 ms, memory bound unchanged).
         ("fetch.queue.backoff.ms", "10".to_owned()),
-        // librdkafka prefetches up to this much into the consumer queue; keep
-        // it within the in-flight budget so memory stays bounded under backlog.
-        (
-            "queued.max.messages.kbytes",
-            (plan.max_batch_bytes / 1024).max(1024).to_string(),
-        ),
+        // librdkafka prefetches up to this much into the consumer queue. It
+        // only has to cover a fetch round trip, not a batch: a quarter of the
+        // batch budget (8 MiB by default) drained as fast as the whole budget
+        // and took the drain's peak RSS from about 70 to 37 MiB
+        // (BENCHMARKS.md, "Memory: the prefetch").
+        ("queued.max.messages.kbytes", prefetch_kbytes(plan).to_string()),
     ];
     let mut forced: Vec<(&str, String)> = CONSUMER_FORCED.iter().map(|(n, v)| (*n, (*v).to_owned())).collect();
     forced.push(("group.id", source.group_id.clone()));
@@ -98,6 +98,12 @@ pub(crate) fn consumer(source: &SourceSettings, plan: &PlanSettings) -> ClientCo
         forced.push(("group.instance.id", id.clone()));
     }
     build(source, &defaults, &forced)
+}
+
+/// The consumer's prefetch cap in KiB: a quarter of `plan.max_batch_bytes`,
+/// at least 1 MiB.
+pub(crate) fn prefetch_kbytes(plan: &PlanSettings) -> usize {
+    (plan.max_batch_bytes / 4 / 1024).max(1024)
 }
 
 /// A client that reads metadata and watermarks only (`check`, the liveness
@@ -191,6 +197,8 @@ mod tests {
         assert_eq!(c.get("partition.assignment.strategy"), None);
         // Defaults yield to the passthrough.
         assert_eq!(c.get("auto.offset.reset"), Some("latest"));
+        // The prefetch is a quarter of the default 32 MiB batch budget.
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("8192"));
         // Observers never commit.
         assert_eq!(observer(&s.source, "check").get("enable.auto.commit"), Some("false"));
         assert_eq!(auditor(&s.source).get("enable.auto.commit"), Some("false"));
