@@ -379,4 +379,22 @@ mod tests {
             assert!(parse_json(text.as_bytes()).is_err(), "{text}");
         }
     }
+
+    #[test]
+    fn deeply_nested_json_neither_overflows_the_stack_nor_is_built() {
+        let deep = |open: &str, close: &str| open.repeat(100_000) + &close.repeat(100_000);
+        // Skipped unbuilt: serde_json steps over nesting without recursing.
+        let schema = format!(r#"{{"schema":{},"payload":{{}}}}"#, deep("[", "]"));
+        assert_eq!(
+            parse_json(schema.as_bytes()).unwrap(),
+            wrapper(None, serde_json::json!({}))
+        );
+        // Built values stop at serde_json's recursion limit with an error.
+        for text in [
+            format!(r#"{{"schema":{{"name":"s"}},"payload":{}}}"#, deep(r#"{"a":"#, "}")),
+            format!(r#"{{"op":{}}}"#, deep("[", "]")),
+        ] {
+            assert!(parse_json(text.as_bytes()).is_err());
+        }
+    }
 }
