@@ -73,8 +73,8 @@ pub(crate) fn consumer(source: &SourceSettings, plan: &PlanSettings) -> ClientCo
         // librdkafka's 5-minute default would hold a new table's changes back
         // that long.
         ("topic.metadata.refresh.interval.ms", "10000".to_owned()),
-        // The prefetch queue below is capped to the in-flight budget, so it
-        // fills often; librdkafka's default 1000 ms fetch backoff then idled
+        // The prefetch queue below is capped (to a part of the in-flight
+        // budget), so it fills often; librdkafka's default 1000 ms fetch backoff then idled
         // the consumer for a second at a time (BENCHMARKS.md, finding 1:
         // 3.1x the drain rate at 10 ms, memory bound unchanged).
         ("fetch.queue.backoff.ms", "10".to_owned()),
@@ -102,7 +102,7 @@ pub(crate) fn consumer(source: &SourceSettings, plan: &PlanSettings) -> ClientCo
 
 /// The consumer's prefetch cap in KiB: a quarter of `plan.max_batch_bytes`,
 /// at least 1 MiB.
-pub(crate) fn prefetch_kbytes(plan: &PlanSettings) -> usize {
+fn prefetch_kbytes(plan: &PlanSettings) -> usize {
     (plan.max_batch_bytes / 4 / 1024).max(1024)
 }
 

@@ -597,6 +597,9 @@ impl ConsumerStage {
             .filter(|(_, s)| s.stalled_at.is_none() && s.waiting_schema.is_none())
             .filter_map(|(id, s)| s.seek_pending.take().map(|offset| (id.clone(), offset)))
             .collect();
+        if pending.is_empty() {
+            return;
+        }
         for (id, offset) in pending {
             self.resume_at(&id, offset);
             if !self.partitions.get(&id).is_some_and(PartitionState::held) {
