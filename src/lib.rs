@@ -48,6 +48,7 @@ pub mod decode;
 pub mod event;
 pub mod graph;
 pub mod kafka_client;
+pub mod kafka_forced;
 pub mod metrics;
 pub mod pipeline;
 pub mod plan;
