@@ -1,8 +1,8 @@
 //! The file's shape: one serde type per TOML section, exactly as written.
 //! Unknown fields are errors (`deny_unknown_fields`), and every value keeps
-//! its byte span (`Spanned`) so that validation can name the line. Nothing
-//! here has a default beyond "absent": what an absent value means, and why,
-//! is decided by the section's own module when it validates.
+//! its byte span (`Spanned`) so that validation can name the line. No
+//! default here goes beyond absent, false or empty: what an absent value
+//! means, and why, is decided by the section's own module when it validates.
 
 use std::collections::BTreeMap;
 

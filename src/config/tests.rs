@@ -4,7 +4,10 @@
 use super::admin::{default_probe_interval, DEFAULT_ADMIN_LISTEN};
 use super::dead_letters::DEFAULT_DEAD_LETTER_SCHEMA;
 use super::entity::DEFAULT_FANOUT_MAX_ROWS;
-use super::env::{ENV_GROUP_PROTOCOL, ENV_INSTANCE_ID, ENV_KAFKA_BROKERS, ENV_REDIS_URL};
+use super::env::{
+    ENV_ADMIN_LISTEN, ENV_CONNECT_URL, ENV_DEAD_LETTERS_URL, ENV_GROUP_PROTOCOL, ENV_INSTANCE_ID, ENV_KAFKA_BROKERS,
+    ENV_LOOKUP_URL, ENV_REDIS_URL, ENV_SCHEMA_REGISTRY_PASSWORD, ENV_SCHEMA_REGISTRY_URL,
+};
 use super::plan::{DEFAULT_EVENTUAL_LINGER, DEFAULT_MAX_BATCH_RECORDS};
 use super::redis::{DEFAULT_MAX_RETRY_BACKOFF, DEFAULT_WAIT_TIMEOUT};
 use super::*;
@@ -407,4 +410,145 @@ fn auto_instance_id_needs_a_fixed_admin_port() {
         error_of(&format!("{text}\n[admin]\nlisten = \"127.0.0.1:0\"\n")),
         "shop.toml:5: field `source.instance_id`: \"auto\" is named after the admin port, but admin.listen has port 0: set an explicit id"
     );
+}
+
+/// The password every case below hides somewhere; no error may contain it.
+const PASSWORD: &str = "S3cret";
+
+/// `BASE` with one more section, placed before the entity.
+fn with_section(section: &str) -> String {
+    BASE.replacen("[[entity]]", &format!("{section}\n\n[[entity]]"), 1)
+}
+
+/// A password in a URL-valued field never reaches a config error, whatever
+/// form the URL was written in: the refusal of the URL itself, or of
+/// another field of its section, or a syntax error on its line. Each case:
+/// the file, and a fragment that shows which refusal it reached.
+#[test]
+fn no_config_error_repeats_a_password_from_the_file() {
+    let cases = [
+        (
+            BASE.replace("redis://127.0.0.1:6379", "admin:S3cret@host:6379"),
+            "field `redis.url`",
+        ),
+        (
+            BASE.replace("redis://127.0.0.1:6379", ":S3cret@host:6379"),
+            "field `redis.url`",
+        ),
+        (
+            BASE.replace("redis://127.0.0.1:6379", "http://admin:S3cret@host:6379"),
+            "field `redis.url`",
+        ),
+        (
+            BASE.replace("redis://127.0.0.1:6379", "http://u:S3cret@x@h"),
+            "field `redis.url`",
+        ),
+        (
+            with_section("[connect]\nurl = \"user:S3cret@connect:8083\"\nconnectors = [\"c\"]"),
+            "field `connect.url`",
+        ),
+        (
+            with_section("[connect]\nurl = \"https://user:S3cret@connect:8083\"\nconnectors = []"),
+            "field `connect.connectors`",
+        ),
+        (
+            with_section("[admin]\nlisten = \"admin:S3cret@host:9799\""),
+            "field `admin.listen`",
+        ),
+        (
+            with_section("[lookup]\nurl = \"mysql://app:S3cret@db/shop\"\nattempts = 0"),
+            "field `lookup.attempts`",
+        ),
+        (
+            with_section("[dead_letters]\nurl = \"app:S3cret@db/dl\"\nschema = \"Bad\""),
+            "field `dead_letters.schema`",
+        ),
+        (
+            with_section(
+                "[avro]\nregistry_url = \"https://key:S3cret@registry\"\npassword = \"S3cret\"\ntimeout = \"soon\"",
+            ),
+            "field `avro.timeout`",
+        ),
+        (
+            BASE.replace(
+                "brokers = \"127.0.0.1:9092\"",
+                "brokers = \"u:S3cret@k1:9092\"\nmax_idle = \"soon\"",
+            ),
+            "field `source.max_idle`",
+        ),
+        (
+            BASE.replace("url = \"redis://127.0.0.1:6379\"", "url = \"redis://:S3cret@host:6379"),
+            "shop.toml:8:",
+        ),
+    ];
+    for (text, reached) in &cases {
+        assert!(text.contains(PASSWORD), "{text}");
+        let msg = error_of(text);
+        assert!(msg.contains(reached), "{msg}");
+        assert!(!msg.contains(PASSWORD), "{msg}");
+    }
+}
+
+/// The same for values from the environment: the error points at the
+/// file's line, and quotes the environment's value with its password hidden.
+#[test]
+fn no_config_error_repeats_a_password_from_the_environment() {
+    let cases = [
+        (
+            ENV_REDIS_URL,
+            "admin:S3cret@host:6379",
+            BASE.to_owned(),
+            "field `redis.url`",
+        ),
+        (ENV_REDIS_URL, ":S3cret@host:6379", BASE.to_owned(), "field `redis.url`"),
+        (
+            ENV_CONNECT_URL,
+            "u:S3cret@connect:8083",
+            with_section("[connect]\nurl = \"http://connect:8083\"\nconnectors = [\"c\"]"),
+            "field `connect.url`",
+        ),
+        (
+            ENV_ADMIN_LISTEN,
+            "admin:S3cret@host:9799",
+            BASE.to_owned(),
+            "field `admin.listen`",
+        ),
+        (
+            ENV_LOOKUP_URL,
+            "postgres://app:S3cret@db/shop",
+            with_section("[lookup]\nurl = \"postgres://db/shop\"\nattempts = 0"),
+            "field `lookup.attempts`",
+        ),
+        (
+            ENV_DEAD_LETTERS_URL,
+            "app:S3cret@db/dl",
+            with_section("[dead_letters]\nurl = \"postgres://db/dl\"\nschema = \"Bad\""),
+            "field `dead_letters.schema`",
+        ),
+        (
+            ENV_SCHEMA_REGISTRY_URL,
+            "key:S3cret@registry",
+            with_section("[avro]\ntimeout = \"soon\""),
+            "field `avro.timeout`",
+        ),
+        (
+            ENV_SCHEMA_REGISTRY_PASSWORD,
+            "S3cret",
+            with_section("[avro]\nregistry_url = \"https://registry\"\ntimeout = \"soon\""),
+            "field `avro.timeout`",
+        ),
+        (
+            ENV_KAFKA_BROKERS,
+            "u:S3cret@k1:9092",
+            BASE.replace("group_id = \"g\"", "group_id = \"g\"\nmax_idle = \"soon\""),
+            "field `source.max_idle`",
+        ),
+    ];
+    for (name, value, text, reached) in &cases {
+        assert!(value.contains(PASSWORD), "{value}");
+        let env = |asked: &str| (asked == *name).then(|| (*value).to_owned());
+        let msg = parse("shop.toml", text, &env).unwrap_err().to_string();
+        assert!(msg.contains(reached), "{name}: {msg}");
+        assert!(!msg.contains(PASSWORD), "{name}: {msg}");
+    }
 }
