@@ -471,10 +471,10 @@ async fn a_refused_dead_letter_stalls_its_partition_only() {
     );
 }
 
-/// Through the real broker: flattened rows whose columns
-/// look like schema-change or transaction records are rows (applied), a
-/// record naming another table and a NULL primary key are dead letters that
-/// escalate, and nothing is skipped silently.
+/// Through the real broker: flattened rows whose columns look like
+/// schema-change or transaction records are rows (applied), a record naming
+/// another table and a NULL primary key are dead letters that escalate, and
+/// nothing is skipped silently.
 #[tokio::test]
 async fn look_alike_rows_apply_and_wrong_table_or_null_key_are_dead_letters() {
     let table = common::unique("lookalike");
