@@ -198,7 +198,8 @@ Environment shared by the daemon and the auditor. Argument: dict with
 */}}
 {{- define "cdc-invalidator.env" -}}
 {{- $ := .ctx }}
-{{- $values := $.Values }}
+{{- $values := $.Values -}}
+
 - name: POD_NAME
   valueFrom:
     fieldRef:
@@ -213,7 +214,7 @@ Environment shared by the daemon and the auditor. Argument: dict with
 - name: CDC_INSTANCE_ID
   value: {{ printf "%s$(POD_NAME)" $values.staticMembership.instanceIdPrefix | quote }}
 {{- else }}
-# Dynamic membership: an empty id turns static membership off whatever the
+# Not a static member: an empty id turns static membership off whatever the
 # config file says.
 - name: CDC_INSTANCE_ID
   value: ""
@@ -336,7 +337,7 @@ metadata:
     {{- with .Values.podLabels }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
-  {{- with (include "cdc-invalidator.podAnnotations" .) }}
+  {{- with (include "cdc-invalidator.podAnnotations" . | trim) }}
   annotations:
     {{- . | nindent 4 }}
   {{- end }}
@@ -368,8 +369,8 @@ spec:
         - --migrate
         {{- end }}
       env:
-        {{- include "cdc-invalidator.env" (dict "ctx" . "role" "daemon") | nindent 8 }}
-      {{- with (include "cdc-invalidator.envFrom" .) }}
+        {{- include "cdc-invalidator.env" (dict "ctx" . "role" "daemon") | trim | nindent 8 }}
+      {{- with (include "cdc-invalidator.envFrom" . | trim) }}
       envFrom:
         {{- . | nindent 8 }}
       {{- end }}
@@ -404,7 +405,7 @@ spec:
     {{- toYaml . | nindent 4 }}
     {{- end }}
   topologySpreadConstraints:
-    {{- include "cdc-invalidator.topologySpreadConstraints" . | nindent 4 }}
+    {{- include "cdc-invalidator.topologySpreadConstraints" . | trim | nindent 4 }}
   {{- with .Values.nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}
