@@ -148,6 +148,15 @@ Checks no schema can express; each failure says what to change.
 {{- if eq $sources 0 }}
 {{- include "cdc-invalidator.refuseCredentialsInConfig" .Values.config.toml }}
 {{- end }}
+{{- if include "cdc-invalidator.staticMembership" . }}
+{{- $consumerProtocol := eq .Values.kafka.groupProtocol "consumer" }}
+{{- if and (not .Values.kafka.groupProtocol) (eq $sources 0) (regexMatch `(?m)^\s*group_protocol\s*=\s*"consumer"` .Values.config.toml) }}
+{{- $consumerProtocol = true }}
+{{- end }}
+{{- if $consumerProtocol }}
+{{- fail "static membership with group_protocol \"consumer\": a static member restarted before its session expired is refused by the broker (UNRELEASED_INSTANCE_ID, fatal; docs/reliability.md); use the classic protocol, or staticMembership.enabled=false" }}
+{{- end }}
+{{- end }}
 {{- $partitions := int .Values.kafka.partitions }}
 {{- if and (gt $partitions 0) (not .Values.autoscaling.enabled) (gt (int .Values.replicaCount) $partitions) }}
 {{- fail (printf "replicaCount %v is above kafka.partitions %d: the surplus replicas get no partition and are never ready" .Values.replicaCount $partitions) }}
@@ -179,8 +188,13 @@ Checks no schema can express; each failure says what to change.
 {{/*
 Refuses credentials written into the TOML text: URLs with a password, the
 [avro] password, librdkafka's password, secret and private-key settings.
+Comments are left out first (whole-line ones, and those after a closing
+quote): an example such as "redis://user:password@host" is no credential.
 */}}
 {{- define "cdc-invalidator.refuseCredentialsInConfig" -}}
+{{- $text := regexReplaceAll `(?m)^\s*#.*$` . "" }}
+{{- $text = regexReplaceAll `(?m)"\s*#.*$` $text "\"" }}
+{{- with $text }}
 {{- if regexMatch `[A-Za-z][A-Za-z0-9+.-]*://[^/@\s"']*:[^/@\s"']*@` . }}
 {{- fail "config.toml holds a URL with a password: move that URL to a Secret and pass it with secretEnv (e.g. CDC_REDIS_URL)" }}
 {{- end }}
@@ -189,6 +203,7 @@ Refuses credentials written into the TOML text: URLs with a password, the
 {{- end }}
 {{- if regexMatch `(?m)^\s*"?[A-Za-z0-9_.]*(password|secret|ssl\.key\.pem)[A-Za-z0-9_.]*"?\s*=` . }}
 {{- fail "config.toml holds a librdkafka credential (a password, secret or private key): keep the whole file in a Secret with config.existingSecret, or mount the key file from a Secret (extraVolumes)" }}
+{{- end }}
 {{- end }}
 {{- end }}
 
