@@ -65,6 +65,9 @@ pub(crate) struct Attempt {
     pub(crate) number: u32,
     /// Whether another attempt may follow (false on the last one allowed).
     pub(crate) will_retry: bool,
+    /// The wait before the next attempt if the classifier answers
+    /// [`Next::Retry`] ([`Next::RetryAtCap`] waits the cap), for its report.
+    pub(crate) retry_in: Duration,
 }
 
 /// Why [`Retry::run`] returned without a value.
@@ -81,15 +84,17 @@ pub(crate) enum Failed<E> {
 impl<E> Failed<E> {
     pub(crate) fn error(&self) -> &E {
         match self {
-            Failed::Permanent { error, .. } | Failed::Exhausted { error, .. } | Failed::Cancelled { error, .. } => error,
+            Failed::Permanent { error, .. } | Failed::Exhausted { error, .. } | Failed::Cancelled { error, .. } => {
+                error
+            }
         }
     }
 
     pub(crate) fn attempts(&self) -> u32 {
         match self {
-            Failed::Permanent { attempts, .. } | Failed::Exhausted { attempts, .. } | Failed::Cancelled { attempts, .. } => {
-                *attempts
-            }
+            Failed::Permanent { attempts, .. }
+            | Failed::Exhausted { attempts, .. }
+            | Failed::Cancelled { attempts, .. } => *attempts,
         }
     }
 }
@@ -129,7 +134,11 @@ impl Retry {
     /// attempts run out or the token is cancelled during a wait. The
     /// classifier sees every failure once, before any wait, so it is where
     /// a failure is reported.
-    pub(crate) async fn run<T, E, Op, Fut, Classify>(mut self, mut operation: Op, mut classify: Classify) -> Result<T, Failed<E>>
+    pub(crate) async fn run<T, E, Op, Fut, Classify>(
+        mut self,
+        mut operation: Op,
+        mut classify: Classify,
+    ) -> Result<T, Failed<E>>
     where
         Op: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
@@ -143,7 +152,12 @@ impl Retry {
                 Err(error) => error,
             };
             let will_retry = self.max_attempts.is_none_or(|max| number < max);
-            let delay = match classify(&error, Attempt { number, will_retry }) {
+            let attempt = Attempt {
+                number,
+                will_retry,
+                retry_in: self.backoff.next,
+            };
+            let delay = match classify(&error, attempt) {
                 Next::Stop => {
                     return Err(Failed::Permanent {
                         error,
@@ -197,16 +211,23 @@ mod tests {
                 || {
                     calls.set(calls.get() + 1);
                     let n = calls.get();
-                    async move { if n < 4 { Err("down") } else { Ok(n) } }
+                    async move {
+                        if n < 4 {
+                            Err("down")
+                        } else {
+                            Ok(n)
+                        }
+                    }
                 },
                 |_, attempt| {
-                    seen.push(attempt.number);
+                    seen.push((attempt.number, attempt.retry_in.as_millis()));
                     Next::Retry
                 },
             )
             .await;
         assert_eq!(result, Ok(4));
-        assert_eq!(seen, [1, 2, 3]);
+        // Each failure is told the wait that follows it.
+        assert_eq!(seen, [(1, 100), (2, 200), (3, 300)]);
         // 100 + 200 + 300 (capped)
         assert_eq!(started.elapsed(), Duration::from_millis(600));
     }
@@ -272,6 +293,9 @@ mod tests {
             .cancelled_by(&token)
             .run(|| async { Err("down") }, |_, _| Next::Retry)
             .await;
-        assert!(matches!(result, Err(Failed::Cancelled { attempts: 2, .. })), "{result:?}");
+        assert!(
+            matches!(result, Err(Failed::Cancelled { attempts: 2, .. })),
+            "{result:?}"
+        );
     }
 }

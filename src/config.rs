@@ -655,7 +655,7 @@ impl RawConfig {
                 has_lookup: lookup.is_some(),
                 mysql_lookup: lookup
                     .as_ref()
-                    .is_some_and(|l| crate::graph::lookup_mysql::is_mysql_url(&l.url)),
+                    .is_some_and(|l| crate::lookup::mysql::is_mysql_url(&l.url)),
             };
             entities.push(spanned.into_inner().validate(&context, &mut tables, v)?);
         }
@@ -1199,7 +1199,7 @@ fn validate_fanout(
         );
     }
     let placeholders = if at.mysql_lookup {
-        crate::graph::lookup_mysql::placeholders(fanout.query.get_ref())
+        crate::lookup::mysql::placeholders(fanout.query.get_ref())
     } else {
         (1..=fanout.bind.get_ref().len() + 1)
             .take_while(|n| fanout.query.get_ref().contains(&format!("${n}")))
