@@ -13,15 +13,18 @@
 //! - [`event`]     owned domain types: `KafkaRecord`, `ChangeEvent`, `Position`
 //! - [`registry`]  the schema registry client (schemas by id, registering the notice schema)
 //! - [`decode`]    Debezium envelopes (JSON, wrapped or not, flattened) to `ChangeEvent`
-//! - [`graph`]     key templates and entity rules: event to targets, escalation, stalls;
-//!   fan-out lookups (PostgreSQL, and MySQL/MariaDB through sqlx's MySQL driver) and the
-//!   catalog queries `check` uses
+//! - [`graph`]     key templates and entity rules: event to targets, escalation, stalls,
+//!   the fan-out lookups to run; pure (no SQL, no I/O)
+//! - [`lookup`]    all SQL against the lookup database: fan-out queries (PostgreSQL, and
+//!   MySQL/MariaDB through sqlx's MySQL driver) with their bounds and retries, the one
+//!   fan-out resolution `run`, `explain` and `dead-letters replay` share, the catalog
+//!   queries `check` reads
 //! - [`plan`]      coalescing per (target, source) and the moot-event rule
 //! - [`sink`]      guarded version bumps in Redis through `bump.lua`
 //! - [`dead_letter`] records that could not be decoded or rendered, in PostgreSQL (sqlx)
 //! - [`pipeline`]  the consumer stage and the applier, joined by a bounded channel; offsets stored after Redis acknowledged
 //! - [`metrics`]   every metric name and recording helper
-//! - [`backoff`]   the one capped exponential retry delay
+//! - [`backoff`]   the one capped exponential retry delay and the retry driver every loop runs through
 //! - [`admin`]     HTTP `/metrics`, `/healthz`, `/readyz`, and the shared status
 //! - [`audit`]     the consistency auditor: sampled changes checked against Redis after an SLO
 //! - [`cli`]       one file per command: `run`, `check`, `explain`, `migrate`, `dead-letters`, `audit`
@@ -52,6 +55,7 @@ pub mod event;
 pub mod graph;
 pub mod kafka_client;
 pub mod kafka_forced;
+pub mod lookup;
 pub mod metrics;
 pub mod pipeline;
 pub mod plan;

@@ -3,7 +3,8 @@
 //! records), Kafka (the subscription's topics and their entities), Kafka
 //! Connect's connectors, the dead-letter table, and through the lookup
 //! database the tables, templated columns, replica identity and fan-out
-//! queries (`graph::introspect`). Exit 0 only when nothing failed.
+//! queries (the catalog queries of `lookup`). Exit 0 only when nothing
+//! failed.
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use rdkafka::consumer::Consumer as _;
 use super::{dead_letter_store, load};
 use crate::config::{redact_url, Settings, Subscription};
 use crate::decode::table_from_topic;
-use crate::graph::Lookups;
+use crate::lookup::{Catalog, Lookups};
 use crate::pipeline;
 use crate::sink::RedisSink;
 
@@ -205,16 +206,19 @@ async fn check_database(settings: &Settings) -> usize {
             return 1;
         }
     };
-    if lookups.postgres_pool().is_none() {
-        return crate::source::mysql_check::check_database(settings.graph.entities(), &lookups).await;
-    }
+    let db = match lookups.catalog() {
+        Catalog::Postgres(db) => db,
+        Catalog::MySql(_) => {
+            return crate::source::mysql_check::check_database(settings.graph.entities(), &lookups).await
+        }
+    };
     let mut problems = 0;
     for entity in settings.graph.entities() {
         // Config validation refuses a table that is not schema.table.
         let Some((schema, table)) = entity.table.split_once('.') else {
             continue;
         };
-        let columns = match lookups.columns(schema, table).await {
+        let columns = match db.columns(schema, table).await {
             Ok(columns) => columns,
             Err(e) => {
                 println!("FAIL  lookup database: {e}");
@@ -239,8 +243,8 @@ async fn check_database(settings: &Settings) -> usize {
             );
             problems += 1;
         }
-        let full = lookups.replica_identity_full(schema, table).await;
-        let primary_key = lookups.primary_key(schema, table).await;
+        let full = db.replica_identity_full(schema, table).await;
+        let primary_key = db.primary_key(schema, table).await;
         let needs_old: Vec<&str> = entity
             .keys
             .iter()

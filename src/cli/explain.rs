@@ -1,16 +1,17 @@
 //! `explain`: the targets one Debezium record would bump, and why (which
-//! rule, which image, which lookup), through the same `route` as `run`.
+//! rule, which image, which lookup), through the same routing and fan-out
+//! as `run`: the record is decoded and derived once, and every line printed
+//! comes from that one derivation.
 
 use std::io::Read;
 use std::path::Path;
 
 use anyhow::Context;
 
-use super::{avro_schemas, load, load_schemas};
-use crate::decode::decode;
+use super::{avro_schemas, load, load_schemas, lookups};
 use crate::event::{Decoded, KafkaRecord};
-use crate::graph::{Derivation, Lookups, Why};
-use crate::pipeline;
+use crate::graph::{Derivation, DerivedTarget, Why};
+use crate::{lookup, pipeline};
 
 pub(super) async fn explain(path: &Path, source: &str, topic: Option<&str>) -> anyhow::Result<i32> {
     let settings = load(path)?;
@@ -30,7 +31,18 @@ pub(super) async fn explain(path: &Path, source: &str, topic: Option<&str>) -> a
     );
 
     let avro = avro_schemas(&settings)?;
-    let route = route_now(&settings, avro.as_deref(), &record, settings.dead_letters.is_some()).await;
+    load_schemas(avro.as_deref(), &record).await;
+    // One decode and one derivation, as `run` routes the record; everything
+    // below prints from them.
+    let trace = pipeline::trace_with(
+        &settings.graph,
+        &settings.plan,
+        &record,
+        pipeline::now_us(),
+        settings.dead_letters.is_some(),
+        avro.as_deref(),
+    );
+    let route = trace.route;
     if let Some(failure) = &route.dead_letter {
         println!(
             "dead    would be kept as a dead letter: {} {}: {}",
@@ -40,10 +52,15 @@ pub(super) async fn explain(path: &Path, source: &str, topic: Option<&str>) -> a
         );
     }
     let routed = route.action;
-    let event = match decode(&record, avro.as_deref()) {
+    let event = match trace.decoded {
         Ok(Decoded::Change(event)) => event,
-        Ok(other) => {
+        Ok(other) if routed == pipeline::Routed::Skip => {
             println!("kind    {other:?}: not a row change, nothing to invalidate");
+            return Ok(0);
+        }
+        Ok(other) => {
+            println!("kind    {other:?}: not a row change, on the topic of a configured table");
+            println!("result  {routed:?}");
             return Ok(0);
         }
         Err(e) => {
@@ -58,79 +75,67 @@ pub(super) async fn explain(path: &Path, source: &str, topic: Option<&str>) -> a
         event.table,
         event.position
     );
-    if let pipeline::Routed::Moot = routed {
+    let Some(derivation) = trace.derivation else {
         println!("result  moot: older than the entity's max_cache_ttl plus the skew margin; dropped");
         return Ok(0);
-    }
-    match settings.graph.derive(&event) {
+    };
+    match derivation {
         Derivation::Skip(reason) => println!("result  skipped ({reason:?}): nothing to invalidate"),
-        Derivation::Stall { reason, detail } => {
-            println!("result  STALL ({}): {detail}", reason.label());
-            println!("        the partition would stop here and readiness turn false");
-        }
+        Derivation::Stall { reason, detail } => print_stall(reason.label(), &detail),
         Derivation::Targets {
             targets,
             escalation,
-            lookups,
+            lookups: requests,
         } => {
             let prefix = &settings.redis.version_prefix;
-            for t in &targets {
+            let print_bump = |t: &DerivedTarget| {
                 let why = match &t.why {
                     Why::Template { .. } => format!("entity {}, {}", event.table, t.why),
                     other => other.to_string(),
                 };
                 println!("bump    {:<40} {}  <- {}", t.target.record_key(prefix), t.target, why);
-            }
+            };
+            targets.iter().for_each(print_bump);
             if let Some(reason) = escalation {
                 println!(
                     "note    escalated ({}): readers that fold the namespace version are covered",
                     reason.label()
                 );
             }
-            for request in &lookups {
-                let Some(fanout) = settings
+            for request in &requests {
+                if let Some(fanout) = settings
                     .graph
                     .entity(&request.table)
                     .and_then(|e| e.fanouts.get(request.fanout))
-                else {
-                    continue;
-                };
-                println!(
-                    "lookup  {:?} with {:?} (max_rows {})",
-                    fanout.query, request.binds, fanout.max_rows
-                );
-                let Some(l) = &settings.lookup else { continue };
-                let lookups = Lookups::connect_lazy(&l.url, l.timeout, l.attempts)?;
-                match lookups.run(fanout, &request.binds).await {
-                    Ok(rows) => {
-                        for row in &rows {
-                            for template in &fanout.keys {
-                                if let Ok(Some(key)) = template.render(row) {
-                                    let target = crate::graph::Target::Key(key);
-                                    println!(
-                                        "bump    {:<40} {}  <- fan-out row, template {:?}",
-                                        target.record_key(prefix),
-                                        target,
-                                        template.text()
-                                    );
-                                }
-                            }
-                        }
+                {
+                    println!(
+                        "lookup  {:?} with {:?} (max_rows {})",
+                        fanout.query, request.binds, fanout.max_rows
+                    );
+                }
+            }
+            if !requests.is_empty() {
+                // Opened only when a fan-out needs it, the way `run` opens it.
+                let lookup_db = lookups(&settings)?;
+                match lookup::fan_out(&settings.graph, lookup_db.as_ref(), &requests, false).await {
+                    Ok(found) => found.targets.iter().for_each(print_bump),
+                    Err(stall) => {
+                        // The partition would stop before this record's
+                        // offset: no guard is written for it.
+                        print_stall(stall.reason.label(), &stall.detail);
+                        return Ok(0);
                     }
-                    Err(e) => println!(
-                        "lookup  {e}: would escalate to {}",
-                        fanout
-                            .namespace
-                            .as_deref()
-                            .map(|n| format!("namespace {n}"))
-                            .unwrap_or_else(|| "nothing: STALL".into())
-                    ),
                 }
             }
             println!("guard   field p:{} = {}", event.position.source, event.position.ordinal);
         }
     }
     Ok(0)
+}
+
+fn print_stall(reason: &str, detail: &str) {
+    println!("result  STALL ({reason}): {detail}");
+    println!("        the partition would stop here and readiness turn false");
 }
 
 /// Accepts a captured fixture (`{"topic", "key", "value", ...}`) or a bare value.
@@ -165,24 +170,4 @@ fn explain_record(text: &str, topic: Option<&str>) -> anyhow::Result<KafkaRecord
             headers: Vec::new(),
         }
     })
-}
-
-/// Loads the record's Avro schemas (when it is Avro) and routes it as the
-/// daemon would now; `dead_letters`: whether a failure would be kept.
-/// `dead-letters replay` routes its records the same way.
-pub(super) async fn route_now(
-    settings: &crate::config::Settings,
-    avro: Option<&crate::decode::AvroSchemas>,
-    record: &KafkaRecord,
-    dead_letters: bool,
-) -> pipeline::Route {
-    load_schemas(avro, record).await;
-    pipeline::route_with(
-        &settings.graph,
-        &settings.plan,
-        record,
-        pipeline::now_us(),
-        dead_letters,
-        avro,
-    )
 }

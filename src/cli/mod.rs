@@ -11,7 +11,7 @@
 //!
 //! This file holds the argument types, logging, dispatch and the helpers
 //! several commands share (loading the config, the schema sources, the
-//! dead-letter store, the signal handler).
+//! lookup database, the dead-letter store, the signal handler).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +25,7 @@ use crate::config::{self, Settings};
 use crate::dead_letter::DeadLetterStore;
 use crate::decode::AvroSchemas;
 use crate::event::KafkaRecord;
+use crate::lookup::Lookups;
 
 mod audit;
 mod check;
@@ -224,6 +225,17 @@ async fn load_schemas(avro: Option<&AvroSchemas>, record: &KafkaRecord) {
             }
         }
     }
+}
+
+/// The lookup database when `[lookup]` is configured. `run`, `explain` and
+/// `dead-letters replay` open it here, the same way: a lazy pool, so nothing
+/// connects until a fan-out queries it.
+fn lookups(settings: &Settings) -> anyhow::Result<Option<Lookups>> {
+    settings
+        .lookup
+        .as_ref()
+        .map(|l| Lookups::connect_lazy(&l.url, l.timeout, l.attempts).context("lookup database URL"))
+        .transpose()
 }
 
 fn dead_letter_store(settings: &Settings) -> anyhow::Result<DeadLetterStore> {

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use super::{avro_schemas, dead_letter_store, load, spawn_signal_handler};
+use super::{avro_schemas, dead_letter_store, load, lookups, spawn_signal_handler};
 use crate::admin::{self, Status};
+use crate::backoff::{Next, Retry};
 use crate::config::{redact_url, Settings};
-use crate::graph::Lookups;
 use crate::pipeline::{self, Pipeline};
 use crate::sink::notice::Notices;
 use crate::sink::RedisSink;
@@ -69,10 +69,7 @@ pub(super) async fn run(path: &Path, migrate: bool) -> anyhow::Result<i32> {
         subscription = ?settings.source.subscription.patterns(), redis = %redact_url(&settings.redis.url),
         entities = settings.graph.entities().len(), "starting"
     );
-    let lookups = match &settings.lookup {
-        Some(l) => Some(Lookups::connect_lazy(&l.url, l.timeout, l.attempts).context("lookup database URL")?),
-        None => None,
-    };
+    let lookups = lookups(&settings)?;
     let avro = avro_schemas(&settings)?;
     let notices = match &settings.notices {
         Some(n) => {
@@ -132,26 +129,25 @@ pub(super) async fn run(path: &Path, migrate: bool) -> anyhow::Result<i32> {
 }
 
 /// Redis may come up after the daemon: retry with capped backoff, serving
-/// /readyz (not ready, and why) meanwhile.
+/// /readyz (not ready, and why) meanwhile. None when shut down first.
 async fn connect_redis_until_ready(
     settings: &Settings,
     status: &Status,
     shutdown: &CancellationToken,
 ) -> Option<RedisSink> {
-    let mut backoff = crate::backoff::Backoff::new(settings.redis.max_retry_backoff);
-    loop {
-        let delay = backoff.next_delay();
-        match RedisSink::connect(&settings.redis).await {
-            Ok(sink) => return Some(sink),
-            Err(e) => {
+    let connected = Retry::new(settings.redis.max_retry_backoff)
+        .cancelled_by(shutdown)
+        .run(
+            || RedisSink::connect(&settings.redis),
+            |e, attempt| {
                 crate::metrics::redis_error(e.kind_label());
                 status.redis_failed(e.to_string());
-                tracing::warn!(error = %e, retry_in = ?delay, "redis not reachable at start");
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
+                tracing::warn!(error = %e, retry_in = ?attempt.retry_in, "redis not reachable at start");
+                Next::Retry
+            },
+        )
+        .await;
+    // Unlimited attempts, every failure retried: only a shutdown ends the
+    // wait without a connection.
+    connected.ok()
 }

@@ -139,7 +139,7 @@ impl RawConfig {
                 has_lookup: lookup.is_some(),
                 mysql_lookup: lookup
                     .as_ref()
-                    .is_some_and(|l| crate::graph::lookup_mysql::is_mysql_url(&l.url)),
+                    .is_some_and(|l| crate::lookup::mysql::is_mysql_url(&l.url)),
             };
             entities.push(spanned.into_inner().validate(&context, &mut tables, v)?);
         }

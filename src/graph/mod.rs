@@ -2,18 +2,15 @@
 //! Templates render from the old and the new image; when the targets of an
 //! event cannot be derived exactly, the entity's namespace is escalated
 //! instead, and without a namespace the event stalls (docs/architecture.md,
-//! "Never silent").
+//! "Never silent"). Pure: the fan-out queries an entity declares are
+//! returned as [`LookupRequest`]s, run by `lookup`, never from here.
 
-mod introspect;
-mod lookup;
-pub(crate) mod lookup_mysql;
 mod template;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-pub use lookup::{Fanout, LookupError, LookupRequest, Lookups};
 pub use template::{canonical_number, escape, RenderError, Template, TemplateError};
 
 use crate::event::{ChangeEvent, Op, Row, UNAVAILABLE_VALUE};
@@ -40,6 +37,28 @@ pub struct Entity {
     /// type defaults (`""`, `0`) that must never become keys.
     pub(crate) full_before_image: bool,
     pub(crate) fanouts: Vec<Fanout>,
+}
+
+/// One `[[entity.fanout]]` rule: a parent row's change invalidates the
+/// children its query lists (run by `lookup`).
+#[derive(Debug, Clone)]
+pub struct Fanout {
+    pub query: String,
+    /// Columns of the changed row bound to `$1`, `$2`, ... (`?` on MySQL).
+    pub bind: Vec<String>,
+    /// Templates rendered from each result row.
+    pub keys: Vec<Template>,
+    pub max_rows: usize,
+    /// Bumped instead when the children cannot be listed exactly.
+    pub namespace: Option<String>,
+}
+
+/// A lookup the graph asks for: which rule, with which values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LookupRequest {
+    pub(crate) table: String,
+    pub(crate) fanout: usize,
+    pub(crate) binds: Vec<serde_json::Value>,
 }
 
 /// What gets bumped: one version record per target.
@@ -128,9 +147,19 @@ impl EscalationReason {
 /// Why a target is bumped, for `explain` and logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Why {
-    Template { template: String, image: Image },
+    Template {
+        template: String,
+        image: Image,
+    },
     Truncate,
-    Escalation { reason: EscalationReason, detail: String },
+    Escalation {
+        reason: EscalationReason,
+        detail: String,
+    },
+    /// A row of a fan-out query, rendered through one of its templates.
+    FanoutRow {
+        template: String,
+    },
 }
 
 impl fmt::Display for Why {
@@ -143,6 +172,7 @@ impl fmt::Display for Why {
             Why::Escalation { reason, detail } => {
                 write!(f, "escalation ({}): {detail}", reason.label())
             }
+            Why::FanoutRow { template } => write!(f, "fan-out row, template {template:?}"),
         }
     }
 }

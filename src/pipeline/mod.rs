@@ -14,7 +14,7 @@ mod apply;
 mod batch;
 mod route;
 
-pub use route::{now_us, route, route_with, Route, Routed};
+pub use route::{now_us, route, route_with, trace_with, Route, Routed, Trace};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,7 +32,8 @@ use crate::config::Settings;
 use crate::dead_letter::DeadLetterStore;
 use crate::decode::{AvroSchemas, SchemaError};
 use crate::event::KafkaRecord;
-use crate::graph::{Consistency, EscalationReason, LookupError, LookupRequest, Lookups, Target};
+use crate::graph::{Consistency, EscalationReason, LookupRequest, Target};
+use crate::lookup::Lookups;
 use crate::metrics::{self, Outcome};
 use crate::sink::notice::Notices;
 use crate::sink::RedisSink;
@@ -618,73 +619,14 @@ impl ConsumerStage {
         escalating: bool,
         targets: &mut Vec<Target>,
     ) -> Result<Option<EscalationReason>, (&'static str, String)> {
-        let mut escalation = None;
-        for request in requests {
-            let Some(fanout) = self
-                .settings
-                .graph
-                .entity(&request.table)
-                .and_then(|e| e.fanouts.get(request.fanout))
-            else {
-                continue;
-            };
-            if let (true, Some(ns)) = (escalating, &fanout.namespace) {
-                // Under lag the children's namespace replaces the query.
-                targets.push(Target::Namespace(ns.clone()));
-                escalation.get_or_insert(EscalationReason::Lag);
-                continue;
-            }
-            let outcome = match &self.lookups {
-                Some(lookups) => lookups.run(fanout, &request.binds).await,
-                None => Err(LookupError::Failed {
-                    attempts: 0,
-                    detail: "no [lookup] database configured".into(),
-                }),
-            };
-            let problem = match outcome {
-                Ok(rows) => {
-                    let mut unrenderable = None;
-                    for row in &rows {
-                        for template in &fanout.keys {
-                            match template.render(row) {
-                                Ok(Some(key)) => targets.push(Target::Key(key)),
-                                Ok(None) => {}
-                                Err(e) => {
-                                    unrenderable = Some(format!("fan-out row, template {:?}: {e}", template.text()))
-                                }
-                            }
-                        }
-                    }
-                    unrenderable.map(|detail| (EscalationReason::Unrenderable, detail))
-                }
-                Err(e @ LookupError::OverLimit { .. }) => Some((
-                    EscalationReason::FanoutLimit,
-                    format!("fan-out {:?}: {e}", fanout.query),
-                )),
-                Err(e @ LookupError::Failed { .. }) => Some((
-                    EscalationReason::LookupFailed,
-                    format!("fan-out {:?}: {e}", fanout.query),
-                )),
-            };
-            if let Some((reason, detail)) = problem {
-                match &fanout.namespace {
-                    Some(ns) => {
-                        tracing::warn!(reason = reason.label(), %detail, namespace = %ns, "fan-out escalated to its namespace");
-                        targets.push(Target::Namespace(ns.clone()));
-                        escalation.get_or_insert(reason);
-                    }
-                    None => {
-                        return Err((
-                            reason.label(),
-                            format!("{detail}; the fan-out declares no namespace to escalate to"),
-                        ))
-                    }
-                }
-            }
-        }
+        let found = crate::lookup::fan_out(&self.settings.graph, self.lookups.as_ref(), requests, escalating)
+            .await
+            .map_err(|stall| (stall.reason.label(), stall.detail))?;
+        found.log_escalations();
+        targets.extend(found.targets.into_iter().map(|t| t.target));
         targets.sort();
         targets.dedup();
-        Ok(escalation)
+        Ok(found.escalation)
     }
 
     fn resume_after_outage(&mut self) {

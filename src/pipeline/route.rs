@@ -1,11 +1,14 @@
 //! Routing: what one record asks of the pipeline (decode, graph, moot
-//! check). Pure, so `run`, `explain`, `audit` and the tests share it.
+//! check). Pure, so `run`, `explain`, `audit` and the tests share it;
+//! `explain` also keeps what routing saw on the way ([`trace_with`]).
 
 use crate::config::PlanSettings;
 use crate::dead_letter::{Failure, Stage};
 use crate::decode::{decode, table_from_topic, AvroSchemas, DecodeError, DecodeErrorKind};
-use crate::event::{Decoded, KafkaRecord, Position};
-use crate::graph::{escalate, Consistency, Derivation, EscalationReason, Graph, LookupRequest, Target, Why};
+use crate::event::{ChangeEvent, Decoded, KafkaRecord, Position};
+use crate::graph::{
+    escalate, Consistency, Derivation, Entity, EscalationReason, Graph, LookupRequest, SkipReason, Target, Why,
+};
 use crate::plan::is_moot;
 
 /// What one record asks of the pipeline.
@@ -57,22 +60,96 @@ pub fn route_with(
     dead_letters: bool,
     avro: Option<&AvroSchemas>,
 ) -> Route {
-    let size = record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len);
-    let decoded = if size > plan.max_record_bytes {
-        Err(DecodeError {
-            kind: DecodeErrorKind::TooLarge,
-            detail: format!("{size} bytes, above plan.max_record_bytes ({})", plan.max_record_bytes),
-        })
-    } else {
-        decode(record, avro)
+    let event = match decode_within_limit(plan, record, avro) {
+        Ok(Decoded::Change(event)) => event,
+        Ok(other) => return route_other(graph, record, &other, dead_letters),
+        Err(error) => return route_undecodable(graph, record, error, dead_letters),
     };
+    let judged = judge(graph, plan, &event, now_us);
+    route_judged(event.op.code(), judged, event.position, event.commit_time_us)
+}
+
+/// [`route_with`], keeping what routing saw on the way, for `explain`: how
+/// the record decoded and the graph's derivation, from the one decode and the
+/// one derivation behind the route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trace {
+    pub route: Route,
+    /// The decoded record, or why there is none (a record over
+    /// `plan.max_record_bytes` is not parsed: `TooLarge`).
+    pub decoded: Result<Decoded, DecodeError>,
+    /// The graph's derivation for a change event that is not moot (an
+    /// unknown table derives `Skip(UnknownTable)`); None otherwise.
+    pub derivation: Option<Derivation>,
+}
+
+/// Routes one record as [`route_with`] does and keeps the [`Trace`].
+pub fn trace_with(
+    graph: &Graph,
+    plan: &PlanSettings,
+    record: &KafkaRecord,
+    now_us: i64,
+    dead_letters: bool,
+    avro: Option<&AvroSchemas>,
+) -> Trace {
+    let decoded = decode_within_limit(plan, record, avro);
     let event = match decoded {
         Ok(Decoded::Change(event)) => event,
+        Ok(ref other) => {
+            let route = route_other(graph, record, other, dead_letters);
+            return Trace {
+                route,
+                decoded,
+                derivation: None,
+            };
+        }
+        Err(ref error) => {
+            let route = route_undecodable(graph, record, error.clone(), dead_letters);
+            return Trace {
+                route,
+                decoded,
+                derivation: None,
+            };
+        }
+    };
+    let judged = judge(graph, plan, &event, now_us);
+    let derivation = match &judged {
+        Judged::UnknownTable => Some(Derivation::Skip(SkipReason::UnknownTable)),
+        Judged::Moot => None,
+        Judged::Derived(_, derivation) => Some(derivation.clone()),
+    };
+    let route = route_judged(event.op.code(), judged, event.position.clone(), event.commit_time_us);
+    Trace {
+        route,
+        decoded: Ok(Decoded::Change(event)),
+        derivation,
+    }
+}
+
+/// Decodes the record unless it is over `plan.max_record_bytes`.
+fn decode_within_limit(
+    plan: &PlanSettings,
+    record: &KafkaRecord,
+    avro: Option<&AvroSchemas>,
+) -> Result<Decoded, DecodeError> {
+    let size = record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len);
+    if size > plan.max_record_bytes {
+        return Err(DecodeError {
+            kind: DecodeErrorKind::TooLarge,
+            detail: format!("{size} bytes, above plan.max_record_bytes ({})", plan.max_record_bytes),
+        });
+    }
+    decode(record, avro)
+}
+
+/// The route of a record that decoded to something other than a row change.
+fn route_other(graph: &Graph, record: &KafkaRecord, other: &Decoded, dead_letters: bool) -> Route {
+    match other {
         // Debezium never writes these to a table's own topic: on the topic
         // of a configured table, skipping could lose a change (a row whose
         // columns merely look like one of them), so it is handled as an
         // undecodable record of that table instead.
-        Ok(other @ (Decoded::Heartbeat | Decoded::TransactionMetadata | Decoded::SchemaChange))
+        Decoded::Heartbeat | Decoded::TransactionMetadata | Decoded::SchemaChange
             if table_from_topic(&record.topic).is_some_and(|t| graph.entity(&t).is_some()) =>
         {
             let error = DecodeError {
@@ -82,24 +159,26 @@ pub fn route_with(
                     other.op_label_long()
                 ),
             };
-            return route_undecodable(graph, record, error, dead_letters);
+            route_undecodable(graph, record, error, dead_letters)
         }
-        Ok(other) => {
-            return Route {
-                op: other.op_label(),
-                action: Routed::Skip,
-                dead_letter: None,
-            }
-        }
-        Err(error) => return route_undecodable(graph, record, error, dead_letters),
-    };
-    let op = event.op.code();
-    let Some(entity) = graph.entity(&event.table) else {
-        return Route {
-            op,
+        _ => Route {
+            op: other.op_label(),
             action: Routed::Skip,
             dead_letter: None,
-        };
+        },
+    }
+}
+
+/// The second half: the change event through its entity's rule.
+enum Judged<'g> {
+    UnknownTable,
+    Moot,
+    Derived(&'g Entity, Derivation),
+}
+
+fn judge<'g>(graph: &'g Graph, plan: &PlanSettings, event: &ChangeEvent, now_us: i64) -> Judged<'g> {
+    let Some(entity) = graph.entity(&event.table) else {
+        return Judged::UnknownTable;
     };
     if is_moot(
         event.commit_time_us,
@@ -107,12 +186,31 @@ pub fn route_with(
         entity.max_cache_ttl,
         plan.clock_skew_margin,
     ) {
-        return Route {
-            op,
-            action: Routed::Moot,
-            dead_letter: None,
-        };
+        return Judged::Moot;
     }
+    Judged::Derived(entity, graph.derive(event))
+}
+
+/// The route of a judged change event: `op` is its op code, `position` and
+/// `commit_time_us` its own.
+fn route_judged(op: &'static str, judged: Judged<'_>, position: Position, commit_time_us: Option<i64>) -> Route {
+    let (entity, derivation) = match judged {
+        Judged::UnknownTable => {
+            return Route {
+                op,
+                action: Routed::Skip,
+                dead_letter: None,
+            }
+        }
+        Judged::Moot => {
+            return Route {
+                op,
+                action: Routed::Moot,
+                dead_letter: None,
+            }
+        }
+        Judged::Derived(entity, derivation) => (entity, derivation),
+    };
     let render_failure = |reason: EscalationReason, detail: &str| {
         (reason == EscalationReason::Unrenderable).then(|| Failure {
             stage: Stage::Render,
@@ -120,7 +218,7 @@ pub fn route_with(
             detail: detail.to_owned(),
         })
     };
-    match graph.derive(&event) {
+    match derivation {
         Derivation::Skip(_) => Route {
             op,
             action: Routed::Skip,
@@ -148,8 +246,8 @@ pub fn route_with(
                 dead_letter,
                 action: Routed::Bump {
                     targets: targets.into_iter().map(|t| t.target).collect(),
-                    position: event.position,
-                    commit_time_us: event.commit_time_us,
+                    position,
+                    commit_time_us,
                     consistency: entity.consistency,
                     escalation,
                     namespace: entity.namespace.clone(),
@@ -393,5 +491,38 @@ keys = ["plain:{id}"]
             false,
         );
         assert!(matches!(r.action, Routed::Bump { .. }), "{r:?}");
+    }
+
+    #[test]
+    fn a_trace_keeps_the_one_decoding_and_derivation_behind_its_route() {
+        let s = settings();
+        let now = now_us();
+        let value = serde_json::to_vec(
+            &json!({"op": "u", "after": {"id": 1}, "source": {"connector": "postgresql", "name": "shop",
+            "schema": "public", "table": "products", "lsn": 5, "ts_us": now}}),
+        )
+        .unwrap();
+        let change = record("shop.public.products", &value);
+        let trace = trace_with(&s.graph, &s.plan, &change, now, true, None);
+        assert_eq!(trace.route, route(&s.graph, &s.plan, &change, now, true));
+        let Ok(Decoded::Change(event)) = &trace.decoded else {
+            panic!("{trace:?}")
+        };
+        assert_eq!(trace.derivation, Some(s.graph.derive(event)));
+
+        // Moot: routed without a derivation.
+        let old = trace_with(&s.graph, &s.plan, &change, now + 11 * 60 * 1_000_000, true, None);
+        assert_eq!((old.route.action, old.derivation), (Routed::Moot, None));
+
+        // Not parsed at all: the decoding says why, and nothing was derived.
+        let mut small = settings();
+        small.plan.max_record_bytes = 10;
+        let large = trace_with(&small.graph, &small.plan, &change, now, true, None);
+        assert!(
+            matches!(&large.decoded, Err(e) if e.kind == DecodeErrorKind::TooLarge),
+            "{large:?}"
+        );
+        assert_eq!(large.derivation, None);
+        assert_eq!(large.route, route(&small.graph, &small.plan, &change, now, true));
     }
 }

@@ -12,7 +12,8 @@ use apache_avro::types::Value as Avro;
 use cdc_invalidator::config::{self, Settings};
 use cdc_invalidator::decode::{AvroSchemas, SchemaSources};
 use cdc_invalidator::event::KafkaRecord;
-use cdc_invalidator::graph::{Fanout, Lookups, Target, Template};
+use cdc_invalidator::graph::{Fanout, Target, Template};
+use cdc_invalidator::lookup::Lookups;
 use cdc_invalidator::pipeline::{route_with, Routed};
 use serde_json::{json, Value};
 

@@ -12,7 +12,8 @@ use crate::common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use cdc_invalidator::graph::{Fanout, LookupError, Lookups, Template};
+use cdc_invalidator::graph::{Fanout, Template};
+use cdc_invalidator::lookup::{LookupError, Lookups};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
