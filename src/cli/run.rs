@@ -54,6 +54,7 @@ pub(super) async fn run(path: &Path, migrate: bool) -> anyhow::Result<i32> {
         }
     };
     let metrics = crate::metrics::install();
+    crate::metrics::daemon_at_zero();
     let status = Arc::new(Status::default());
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
