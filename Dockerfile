@@ -1,8 +1,14 @@
 # cdc-invalidator container image.
 #
 #   docker build -t cdc-invalidator:local .
-#   docker run --rm -v "$PWD/examples/shop/config.toml:/etc/cdc-invalidator/config.toml:ro" \
-#     -e CDC_KAFKA_BROKERS=... -e CDC_REDIS_URL=... -p 127.0.0.1:9799:9799 cdc-invalidator:local
+#   docker run --rm --read-only --tmpfs /tmp \
+#     -v "$PWD/examples/shop/config.toml:/etc/cdc-invalidator/config.toml:ro" \
+#     -e CDC_KAFKA_BROKERS=... -e CDC_REDIS_URL=... -e CDC_ADMIN_LISTEN=0.0.0.0:9799 \
+#     -p 127.0.0.1:9799:9799 cdc-invalidator:local
+#
+# The runtime runs as user 10001:10001 (numeric, so Kubernetes' runAsNonRoot
+# can check it) and writes nothing outside /tmp: it runs with a read-only root
+# filesystem, as the Helm chart (deploy/helm/cdc-invalidator) starts it.
 #
 # Works with the classic builder and with BuildKit (no cache mounts needed).
 
@@ -66,5 +72,12 @@ COPY --from=build /out/cdc-invalidator /usr/local/bin/cdc-invalidator
 USER 10001:10001
 # Admin HTTP: /metrics, /healthz, /readyz.
 EXPOSE 9799
+# For Docker and Podman (Kubernetes ignores it and uses the chart's probes):
+# the process answers /healthz. The image has bash but no curl, so a raw
+# HTTP/1.0 GET over bash's /dev/tcp, on the port of CDC_ADMIN_LISTEN when it
+# is set (9799 otherwise) at the loopback address. `audit` listens elsewhere
+# (--listen): give its container a healthcheck of its own.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=15s --retries=6 \
+  CMD bash -c 'port=${CDC_ADMIN_LISTEN##*:}; exec 3<>"/dev/tcp/127.0.0.1/${port:-9799}" && printf "GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n" >&3 && head -n 1 <&3 | grep -q " 200"'
 ENTRYPOINT ["cdc-invalidator"]
 CMD ["run", "--config", "/etc/cdc-invalidator/config.toml"]

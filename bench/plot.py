@@ -10,7 +10,7 @@ import sys
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def values(reps, *path):
@@ -33,7 +33,8 @@ def median(xs):
 
 
 def main(src, dst):
-    run = json.load(open(src))
+    with open(src) as f:
+        run = json.load(f)
     reps = run["reps"]
     params = run["params"]
     fig, (left, mid, right) = plt.subplots(1, 3, figsize=(17, 5.6), gridspec_kw={"width_ratios": [1.5, 0.8, 1.4]})
@@ -50,14 +51,14 @@ def main(src, dst):
     bars = [b for b in bars if b[1]]
     xs = range(len(bars))
     meds = [median(v) for _, v, _ in bars]
-    errs = [[m - min(v) for (_, v, _), m in zip(bars, meds)], [max(v) - m for (_, v, _), m in zip(bars, meds)]]
+    errs = [[m - min(v) for (_, v, _), m in zip(bars, meds, strict=True)], [max(v) - m for (_, v, _), m in zip(bars, meds, strict=True)]]
     left.bar(xs, meds, yerr=errs, color=[c for _, _, c in bars], capsize=4)
     left.set_xticks(list(xs), [b[0] for b in bars], fontsize=8)
     left.set_yscale("log")
     left.set_ylim(bottom=1000)
     left.set_ylabel("events/s (log scale)")
     left.set_title("Drain throughput, events/s")
-    for x, m in zip(xs, meds):
+    for x, m in zip(xs, meds, strict=True):
         left.annotate(f"{m:,.0f}", (x, m), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=9)
 
     # Redis bumps/s: the daemon's targets against redis-benchmark's EVALSHA.
@@ -68,12 +69,12 @@ def main(src, dst):
     rb = [b for b in rb if b[1]]
     xs2 = range(len(rb))
     meds2 = [median(v) for _, v, _ in rb]
-    errs2 = [[m - min(v) for (_, v, _), m in zip(rb, meds2)], [max(v) - m for (_, v, _), m in zip(rb, meds2)]]
+    errs2 = [[m - min(v) for (_, v, _), m in zip(rb, meds2, strict=True)], [max(v) - m for (_, v, _), m in zip(rb, meds2, strict=True)]]
     mid.bar(xs2, meds2, yerr=errs2, color=[c for _, _, c in rb], capsize=4)
     mid.set_xticks(list(xs2), [b[0] for b in rb])
     mid.set_ylabel("guarded bumps/s")
     mid.set_title("Redis side, bumps/s")
-    for x, m in zip(xs2, meds2):
+    for x, m in zip(xs2, meds2, strict=True):
         mid.annotate(f"{m:,.0f}", (x, m), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=9)
 
     # Latency percentiles per rate.

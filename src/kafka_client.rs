@@ -8,36 +8,9 @@
 use rdkafka::config::ClientConfig;
 
 use crate::config::{GroupProtocol, PlanSettings, SourceSettings};
-
-/// What the group consumer forces; `[source.librdkafka]` may not set these
-/// (config validation refuses them, naming the field).
-pub(crate) const CONSUMER_FORCED: &[(&str, &str)] = &[
-    // At-least-once: offsets are stored only after Redis acknowledged every
-    // target of the record and of all earlier records of its partition...
-    ("enable.auto.offset.store", "false"),
-    // ...and librdkafka commits what was stored, every auto.commit.interval.ms.
-    ("enable.auto.commit", "true"),
-    ("enable.partition.eof", "false"),
-];
-
-/// What the classic group protocol also forces: replicas share partitions
-/// without stop-the-world rebalances. (The consumer protocol, KIP-848, is
-/// incremental by design, its assignor is the broker's, and librdkafka
-/// refuses this setting there.) Refused in the passthrough either way.
-pub(crate) const CLASSIC_FORCED: &[(&str, &str)] = &[("partition.assignment.strategy", "cooperative-sticky")];
-
-/// Set from other fields of the config, so each lives in one place:
-/// `brokers`, `group_id`, `instance_id`, `group_protocol`.
-pub(crate) const FROM_CONFIG: &[&str] = &["bootstrap.servers", "group.id", "group.instance.id", "group.protocol"];
-
-/// Whether `[source.librdkafka]` may not set `name`.
-pub(crate) fn is_forced(name: &str) -> bool {
-    FROM_CONFIG.contains(&name)
-        || CONSUMER_FORCED
-            .iter()
-            .chain(CLASSIC_FORCED)
-            .any(|(forced, _)| *forced == name)
-}
+// The forced lists are shared with config validation, which refuses them
+// in the passthrough; they live in a leaf module so neither imports the other.
+use crate::kafka_forced::{CLASSIC_FORCED, CONSUMER_FORCED};
 
 /// Defaults first, then the passthrough, then the brokers and what the
 /// role forces.
@@ -85,6 +58,7 @@ pub(crate) fn consumer(source: &SourceSettings, plan: &PlanSettings) -> ClientCo
         // (BENCHMARKS.md, "Memory: the prefetch").
         ("queued.max.messages.kbytes", prefetch_kbytes(plan).to_string()),
     ];
+    // What delivery depends on, each with its reason in `kafka_forced`.
     let mut forced: Vec<(&str, String)> = CONSUMER_FORCED.iter().map(|(n, v)| (*n, (*v).to_owned())).collect();
     forced.push(("group.id", source.group_id.clone()));
     forced.push(("group.protocol", source.group_protocol.as_str().to_owned()));
@@ -150,6 +124,7 @@ pub(crate) fn producer(source: &SourceSettings) -> ClientConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kafka_forced::FROM_CONFIG;
 
     fn settings(extra: &str) -> crate::config::Settings {
         let text = format!(

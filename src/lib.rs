@@ -2,9 +2,12 @@
 //! database's change log (Debezium events in Kafka).
 //!
 //! The crate, one stage per module, in the order data flows:
-//! - [`config`]    strict TOML config, defaults with reasons, `validate()` into runtime settings
+//! - [`config`]    strict TOML config: the file's shape, then one file per section with its
+//!   settings type, defaults with reasons and validation; passwords kept out of its errors
 //! - [`topic_pattern`] `topic_regex` compiled by the POSIX engine librdkafka itself uses
 //! - [`kafka_client`] every Kafka client's settings: the passthrough, then what its role forces
+//! - [`kafka_forced`] the librdkafka settings the daemon forces, each with its reason (a leaf:
+//!   `kafka_client` sets them, `config` refuses them in the passthrough)
 //! - [`source`]    rdkafka consumer, rebalance bridge, owned records at the edge, source liveness,
 //!   what `check` verifies on a MySQL-family source database
 //! - [`event`]     owned domain types: `KafkaRecord`, `ChangeEvent`, `Position`
@@ -48,6 +51,7 @@ pub mod decode;
 pub mod event;
 pub mod graph;
 pub mod kafka_client;
+pub mod kafka_forced;
 pub mod metrics;
 pub mod pipeline;
 pub mod plan;

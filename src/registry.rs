@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::decode::SchemaSources;
+use crate::config::SchemaSources;
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 

@@ -11,7 +11,11 @@ WORK/out/<case>.json plus WORK/out/README.md. Arguments, in order:
 (CONNECTOR_STATUS, CONNECTOR_CONFIG, CONNECT_INFO and SKIPPED_OPS as JSON
 text, as the script captured them).
 """
-import json, os, re, sys, datetime
+import datetime
+import json
+import os
+import re
+import sys
 
 work, prefix, topic_prefix, placeholder, pg_version, status, config, connect_info, toast_info, skipped = sys.argv[1:]
 status, config, connect_info, skipped = json.loads(status), json.loads(config), json.loads(connect_info), json.loads(skipped)
@@ -211,7 +215,7 @@ w(f"- Kafka / Kafka Connect {connect_info.get('version')} (KRaft, one node)")
 w(f"- {pg_version}")
 w("- Converters: `org.apache.kafka.connect.json.JsonConverter` for keys and values, `schemas.enable=true`")
 w("  (every key and value is `{\"schema\": ..., \"payload\": ...}`)")
-w(f"- Captured {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')} with run suffix `{prefix}`")
+w(f"- Captured {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')} with run suffix `{prefix}`")
 w("")
 w("Connector configuration (`GET /connectors/shop-postgres/config`, password left out):")
 w("")
@@ -273,7 +277,7 @@ for name in order:
     w("")
     w("```sql")
     for s in setup_before[name]:
-        w(f"-- setup (its record is not kept):")
+        w("-- setup (its record is not kept):")
         w(s)
     if name == "delete_full_tombstone":
         w("-- the same statement as delete_full.json")

@@ -8,6 +8,7 @@ key is stale. Everything is bounded in time and cleaned up on exit.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -23,6 +24,7 @@ import time
 import tomllib
 import traceback
 import urllib.request
+from typing import ClassVar
 
 import psycopg
 import redis
@@ -276,7 +278,8 @@ class Replicas:
         # Static membership with an id per replica (the example config's
         # "auto" would do the same here), or off with --dynamic.
         env["CDC_INSTANCE_ID"] = "" if self.args.dynamic else f"{self.group}-r{n}"
-        logf = open(os.path.join(self.out_dir, f"daemon-{n}.log"), "a")
+        # The replica's stdout and stderr for its whole life, not one block.
+        logf = open(os.path.join(self.out_dir, f"daemon-{n}.log"), "a")  # noqa: SIM115
         proc = subprocess.Popen(
             [BINARY, "--log-format", "json", "run", "--config", CONFIG], env=env, stdout=logf, stderr=logf,
             stdin=subprocess.DEVNULL,
@@ -553,9 +556,7 @@ class Writer(Workers):
             except psycopg.Error:
                 with self.lock:
                     self.errors += 1
-                if conn is not None and conn.closed:
-                    conn = None
-                elif conn is not None and conn.broken:
+                if conn is not None and (conn.closed or conn.broken):
                     conn = None
                 time.sleep(0.2)
         if conn is not None:
@@ -589,7 +590,7 @@ class Reader(Workers):
     versions and the key's version (one round trip), then the row, then fill
     K@e<E>:n<N...>:v<V> with a TTL within the entity's max_cache_ttl."""
 
-    KINDS = {
+    KINDS: ClassVar[dict[str, int]] = {
         "product:{id}": 600,
         "product-sku:{sku}": 600,
         "category:{category_id}:products": 600,
@@ -808,11 +809,9 @@ class Faults:
 
     def cleanup(self):
         if self.replica_redis:
-            port, pidfile = self.replica_redis
-            try:
+            port, _pidfile = self.replica_redis
+            with contextlib.suppress(Exception):
                 self.stack.redis_client(port).shutdown(nosave=True)
-            except Exception:
-                pass
         rdb = os.path.join(self.stack.dir, "redis", "dump.rdb")
         if os.path.exists(rdb) and self.stack.pid("redis") and os.path.exists(f"/proc/{self.stack.pid('redis')}"):
             os.remove(rdb)
@@ -839,7 +838,7 @@ def read_changes(stack, model, start, timeout):
     end = {}
     assign = []
     for (topic, part), off in start.items():
-        lo, hi = c.get_watermark_offsets(TopicPartition(topic, part), timeout=10, cached=False)
+        _lo, hi = c.get_watermark_offsets(TopicPartition(topic, part), timeout=10, cached=False)
         end[(topic, part)] = hi
         if hi > off:
             assign.append(TopicPartition(topic, part, off))
@@ -955,7 +954,7 @@ def check_pairs(stack, model, targets):
         for rec, key, _ in chunk:
             pipe.hget(f"{p}{key}", f"p:{rec['source']}")
         guards = pipe.execute()
-        for (rec, key, covering), guard in zip(chunk, guards):
+        for (rec, key, covering), guard in zip(chunk, guards, strict=True):
             if guard is not None and guard >= rec["pos"]:
                 how["key"] += 1
             elif any(ns_guard.get(n, ("", 0))[0] >= rec["pos"] for n in covering):
@@ -1097,7 +1096,7 @@ def main():
                 except OSError as e:
                     raise RuntimeError(f"admin port {replicas.port(n)} for replica {n} is taken ({e}); "
                                        f"choose other ports with CHAOS_ADMIN_BASE or --admin-base "
-                                       f"(below 32768, outside the kernel's ephemeral range)")
+                                       f"(below 32768, outside the kernel's ephemeral range)") from e
         for n in range(1, args.replicas + 1):
             replicas.start(n)
         monitor.start()

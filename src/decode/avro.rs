@@ -6,7 +6,6 @@
 //! row renders to the same cache keys whichever way it arrived.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 // A poisoned schema cache only means a panic elsewhere while it was held;
 // each update is one insert, so the map is consistent and used as it is.
 use std::sync::{Arc, PoisonError, RwLock};
@@ -18,18 +17,8 @@ use apache_avro::GenericSingleObjectReader;
 use serde_json::{Map, Value};
 
 use super::{DecodeError, DecodeErrorKind};
+use crate::config::SchemaSources;
 use crate::registry::{Registry, RegistryError};
-
-/// Where schemas come from.
-#[derive(Debug, Clone, Default)]
-pub struct SchemaSources {
-    pub registry_url: Option<String>,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// Files named `<id>.avsc`, used before (or instead of) the registry.
-    pub schemas_dir: Option<PathBuf>,
-    pub timeout: Duration,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SchemaError {

@@ -187,7 +187,12 @@ fn envelope(
     Ok(event)
 }
 
-/// The message key must name the row the value describes.
+/// The message key must name the row the value describes, in both images.
+/// Debezium emits a primary-key change as a delete of the old key and a
+/// create of the new one, never as one update, so an update whose before
+/// image holds another value for a key column describes two rows under one
+/// key: it is refused as a key mismatch (dead letter, then the entity's
+/// namespace or a stall) rather than bumped from one image only.
 fn check_key(event: &ChangeEvent) -> Result<(), DecodeError> {
     let image = event.after.as_ref().or(event.before.as_ref());
     match (&event.key, image) {
@@ -217,6 +222,21 @@ fn check_key(event: &ChangeEvent) -> Result<(), DecodeError> {
                             DecodeErrorKind::KeyMismatch,
                             format!("key column {column:?} is not a column of the row (wrong topic for this key?)"),
                         ))
+                    }
+                }
+            }
+            // The before image of an update (when the after image was the
+            // one checked): a key column it carries must hold the same value.
+            // A column it lacks is no evidence (minimal row images).
+            if let (Some(_), Some(before)) = (&event.after, &event.before) {
+                for (column, value) in key {
+                    if let Some(v) = before.get(column).filter(|v| *v != value) {
+                        return Err(DecodeError::new(
+                            DecodeErrorKind::KeyMismatch,
+                            format!(
+                                "key column {column:?} is {value} in the key and the after image but {v} in the before image (a primary-key change is a delete and a create, never one update)"
+                            ),
+                        ));
                     }
                 }
             }
@@ -732,6 +752,16 @@ mod tests {
         let mismatch = record("shop.public.products", Some(json!({"id": 2})), Some(value.clone()));
         assert_eq!(decode_json(&mismatch).unwrap_err().kind, DecodeErrorKind::KeyMismatch);
         let other_table = record("shop.public.products", Some(json!({"order_id": 1})), Some(value));
+        // An update whose before image names another row: refused whole, not
+        // bumped from the after image alone.
+        let moved =
+            json!({"op": "u", "before": {"id": 7, "name": "x"}, "after": {"id": 1, "name": "x"}, "source": source});
+        let error = decode_json(&record("shop.public.products", Some(json!({"id": 1})), Some(moved))).unwrap_err();
+        assert_eq!(error.kind, DecodeErrorKind::KeyMismatch);
+        assert!(error.to_string().contains("before image"), "{error}");
+        // A before image without the key column (a minimal image) is no evidence.
+        let minimal = json!({"op": "u", "before": {"name": "x"}, "after": {"id": 1, "name": "y"}, "source": source});
+        assert!(decode_json(&record("shop.public.products", Some(json!({"id": 1})), Some(minimal))).is_ok());
         assert_eq!(
             decode_json(&other_table).unwrap_err().kind,
             DecodeErrorKind::KeyMismatch

@@ -6,8 +6,11 @@
 mod avro;
 mod json;
 
-pub use avro::{schema_id, AvroSchemas, SchemaError, SchemaSources};
+pub use avro::{schema_id, AvroSchemas, SchemaError};
 pub use json::decode_json;
+// `[avro]`'s settings, kept in `config` beside their validation (the
+// registry client reads them too); named here as well, where schemas are used.
+pub use crate::config::SchemaSources;
 
 use crate::event::{Decoded, KafkaRecord};
 

@@ -202,7 +202,10 @@ pub fn to_record(message: &BorrowedMessage<'_>) -> KafkaRecord {
 /// rdkafka's `Headers::iter`/`get`: rdkafka 0.39 unwraps `to_str()` on every
 /// header name, so one header name that is not UTF-8 panicked the daemon,
 /// again after every restart. Header names and values are any bytes a
-/// producer chose; they are kept as they are (for the dead-letter store).
+/// producer chose; they are kept as they are (for the dead-letter store),
+/// except that a name ends at its first NUL byte: librdkafka's
+/// `rd_kafka_header_get_all` returns names as C strings, without a length
+/// (docs/operations.md, "Dead letters").
 fn headers(message: &BorrowedMessage<'_>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
     use rdkafka::bindings as rd;
     let mut out = Vec::new();

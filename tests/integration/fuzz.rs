@@ -1,8 +1,9 @@
-//! Structure-aware fuzzing of the record path (issue 11), on stable Rust in
-//! `cargo test`, with a fixed seed and budget: mutations of the captured
-//! Debezium fixtures (tests/fixtures/debezium, JSON with and without the
-//! schema wrapper) and of Avro records (Confluent framing), headers included,
-//! through decode, graph and the dead-letter encoding.
+//! Structure-aware fuzzing of the record path (no hostile record may crash
+//! the daemon or be lost silently), on stable Rust in `cargo test`, with a
+//! fixed seed and budget: mutations of the captured Debezium fixtures
+//! (tests/fixtures/debezium, JSON with and without the schema wrapper) and
+//! of Avro records (Confluent framing), headers included, through decode,
+//! graph and the dead-letter encoding.
 //!
 //! Invariants: no panic; every record is applied, skipped as documented,
 //! escalated or a dead letter; valid records interleaved with the poison

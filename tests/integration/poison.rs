@@ -1,5 +1,5 @@
-//! Poison records and a dead-letter store outage (issue: never lose, never
-//! stall silently). Records are produced straight to a topic named like a
+//! Poison records and a dead-letter store outage: never lose a record, never
+//! stall silently. Records are produced straight to a topic named like a
 //! Debezium topic, so every kind of bad input can be made on purpose.
 
 use crate::common;
@@ -287,12 +287,11 @@ async fn produce_with_raw_headers(topic: &str, value: &[u8], headers: &[(&[u8], 
         .offset
 }
 
-/// Issue 11, items 1-3 through the real broker and dead-letter store: a
-/// header name that is not UTF-8 (rdkafka 0.39's accessor panicked on it,
-/// a crash loop), a NUL in a header value (PostgreSQL's jsonb refused it and
-/// every partition paused), and positions Debezium cannot write (`lsn: -1`
-/// poisoned the guard): all dead letters, kept losslessly, and the valid
-/// change after them applies.
+/// Through the real broker and dead-letter store: a header name that is not
+/// UTF-8 (rdkafka 0.39's accessor panicked on it, a crash loop), a NUL in a
+/// header value (PostgreSQL's jsonb refused it and every partition paused),
+/// and positions Debezium cannot write (`lsn: -1` poisoned the guard): all
+/// dead letters, kept losslessly, and the valid change after them applies.
 #[tokio::test]
 async fn hostile_headers_and_positions_are_dead_letters_and_never_stop_the_daemon() {
     let table = common::unique("hostile");
@@ -378,10 +377,10 @@ async fn hostile_headers_and_positions_are_dead_letters_and_never_stop_the_daemo
     );
 }
 
-/// Issue 11, item 2: a dead letter the store is up for but refuses (here a
-/// CHECK constraint, SQLSTATE 23514) is no outage. Only its partition stalls,
-/// at the record, with a true readiness reason and the stalled metric; the
-/// other partitions keep going.
+/// A dead letter the store is up for but refuses (here a CHECK constraint,
+/// SQLSTATE 23514) is no outage. Only its partition stalls, at the record,
+/// with a true readiness reason and the stalled metric; the other
+/// partitions keep going.
 #[tokio::test]
 async fn a_refused_dead_letter_stalls_its_partition_only() {
     let table = common::unique("refused");
@@ -472,10 +471,10 @@ async fn a_refused_dead_letter_stalls_its_partition_only() {
     );
 }
 
-/// Issue 11, item 4 through the real broker: flattened rows whose columns
-/// look like schema-change or transaction records are rows (applied), a
-/// record naming another table and a NULL primary key are dead letters that
-/// escalate, and nothing is skipped silently.
+/// Through the real broker: flattened rows whose columns look like
+/// schema-change or transaction records are rows (applied), a record naming
+/// another table and a NULL primary key are dead letters that escalate, and
+/// nothing is skipped silently.
 #[tokio::test]
 async fn look_alike_rows_apply_and_wrong_table_or_null_key_are_dead_letters() {
     let table = common::unique("lookalike");

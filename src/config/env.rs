@@ -1,0 +1,20 @@
+//! Environment variables that override addresses and secrets, so the same
+//! checked-in file serves every environment. Each section reads its own;
+//! they are listed together here so that the whole set is on one screen.
+
+pub(crate) const ENV_KAFKA_BROKERS: &str = "CDC_KAFKA_BROKERS";
+pub(crate) const ENV_KAFKA_GROUP: &str = "CDC_KAFKA_GROUP";
+pub(crate) const ENV_REDIS_URL: &str = "CDC_REDIS_URL";
+pub(crate) const ENV_ADMIN_LISTEN: &str = "CDC_ADMIN_LISTEN";
+pub(crate) const ENV_DEAD_LETTERS_URL: &str = "CDC_DEAD_LETTERS_URL";
+pub(crate) const ENV_LOOKUP_URL: &str = "CDC_LOOKUP_URL";
+pub(crate) const ENV_SCHEMA_REGISTRY_URL: &str = "CDC_SCHEMA_REGISTRY_URL";
+pub(crate) const ENV_SCHEMA_REGISTRY_USER: &str = "CDC_SCHEMA_REGISTRY_USER";
+pub(crate) const ENV_SCHEMA_REGISTRY_PASSWORD: &str = "CDC_SCHEMA_REGISTRY_PASSWORD";
+pub(crate) const ENV_INSTANCE_ID: &str = "CDC_INSTANCE_ID";
+pub(crate) const ENV_CONNECT_URL: &str = "CDC_CONNECT_URL";
+pub(crate) const ENV_GROUP_PROTOCOL: &str = "CDC_GROUP_PROTOCOL";
+
+/// Where overrides come from: `std::env::var` in the binary, a closure in
+/// tests. None means "not set".
+pub(crate) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
