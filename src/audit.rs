@@ -129,7 +129,8 @@ impl Baseline {
     /// Whether a reader's data key changed since `self` was read: the epoch
     /// or the namespace moved (both only grow).
     fn moved_by(self, now: Baseline) -> bool {
-        now.epoch > self.epoch || matches!((self.namespace, now.namespace), (Some(before), Some(after)) if after > before)
+        now.epoch > self.epoch
+            || matches!((self.namespace, now.namespace), (Some(before), Some(after)) if after > before)
     }
 }
 

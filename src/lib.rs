@@ -17,7 +17,8 @@
 //!   fan-out lookups (PostgreSQL, and MySQL/MariaDB through sqlx's MySQL driver) and the
 //!   catalog queries `check` uses
 //! - [`plan`]      coalescing per (target, source) and the moot-event rule
-//! - [`sink`]      guarded version bumps in Redis through `bump.lua`
+//! - [`sink`]      guarded version bumps in Redis through `bump.lua`: pure request building and
+//!   reply decoding, the connection, the I/O, and the epoch record's data-loss detection
 //! - [`dead_letter`] records that could not be decoded or rendered, in PostgreSQL (sqlx)
 //! - [`pipeline`]  the consumer stage and the applier, joined by a bounded channel; offsets stored after Redis acknowledged
 //! - [`metrics`]   every metric name and recording helper

@@ -239,5 +239,4 @@ mod tests {
         let w = warnings(&facts(2, 1));
         assert!(w.iter().any(|l| l.contains("wait_replicas = 2 but only 1")), "{w:?}");
     }
-
 }

@@ -14,7 +14,11 @@ use super::BumpResult;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplyError {
     #[error("redis answered {got} replies to {sent} {what}")]
-    Short { what: &'static str, sent: usize, got: usize },
+    Short {
+        what: &'static str,
+        sent: usize,
+        got: usize,
+    },
     #[error("malformed {what} reply: {problem}")]
     Malformed { what: &'static str, problem: String },
 }
@@ -95,8 +99,8 @@ pub(crate) fn epoch(value: Value) -> Result<EpochReply, ReplyError> {
     const WHAT: &str = "epoch";
     let [status, epoch, own, shared] = fixed::<4>(value, WHAT)?;
     let status_text = text(&status, WHAT)?;
-    let status = EpochStatus::parse(&status_text)
-        .ok_or_else(|| malformed(WHAT, format!("unknown status {status_text:?}")))?;
+    let status =
+        EpochStatus::parse(&status_text).ok_or_else(|| malformed(WHAT, format!("unknown status {status_text:?}")))?;
     let epoch = text(&epoch, WHAT)?;
     version_number(&epoch, WHAT)?;
     Ok(EpochReply {
@@ -124,12 +128,14 @@ pub(crate) fn version(value: Value) -> Result<u64, ReplyError> {
 /// A version's text (readers/spec.md, "Version text"): decimal digits of an
 /// integer from 0 to 2^63-1, no sign, no leading zero, no exponent.
 pub(crate) fn version_number(text: &str, what: &'static str) -> Result<u64, ReplyError> {
-    let canonical = !text.is_empty()
-        && text.bytes().all(|b| b.is_ascii_digit())
-        && (text == "0" || !text.starts_with('0'));
+    let canonical =
+        !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && (text == "0" || !text.starts_with('0'));
     match text.parse::<u64>() {
         Ok(n) if canonical && n <= i64::MAX as u64 => Ok(n),
-        _ => Err(malformed(what, format!("version {text:?} is not a decimal integer below 2^63"))),
+        _ => Err(malformed(
+            what,
+            format!("version {text:?} is not a decimal integer below 2^63"),
+        )),
     }
 }
 
@@ -222,7 +228,10 @@ mod tests {
                 "{text:?}"
             );
         }
-        assert_eq!(malformed_version("9223372036854775807").unwrap()[0].version, i64::MAX as u64);
+        assert_eq!(
+            malformed_version("9223372036854775807").unwrap()[0].version,
+            i64::MAX as u64
+        );
         assert_eq!(
             bump_call(Value::Array(vec![pair(1, "5")]), 2),
             Err(ReplyError::Short {
@@ -231,7 +240,10 @@ mod tests {
                 got: 1
             })
         );
-        assert!(matches!(bump_call(Value::Array(vec![pair(2, "5")]), 1), Err(ReplyError::Malformed { .. })));
+        assert!(matches!(
+            bump_call(Value::Array(vec![pair(2, "5")]), 1),
+            Err(ReplyError::Malformed { .. })
+        ));
         assert!(matches!(bump_call(Value::Int(1), 1), Err(ReplyError::Malformed { .. })));
         let triple = Value::Array(vec![Value::Array(vec![Value::Int(1), s("5"), s("x")])]);
         assert!(matches!(bump_call(triple, 1), Err(ReplyError::Malformed { .. })));
@@ -246,8 +258,14 @@ mod tests {
         assert_eq!(reply.epoch, "1754312345678901");
         assert_eq!((reply.own, reply.shared), (3, 9));
         assert_eq!(epoch(epoch_value("adopted", "7")).unwrap().status, EpochStatus::Adopted);
-        assert!(matches!(epoch(epoch_value("fine", "7")), Err(ReplyError::Malformed { .. })));
-        assert!(matches!(epoch(epoch_value("ok", "1e16")), Err(ReplyError::Malformed { .. })));
+        assert!(matches!(
+            epoch(epoch_value("fine", "7")),
+            Err(ReplyError::Malformed { .. })
+        ));
+        assert!(matches!(
+            epoch(epoch_value("ok", "1e16")),
+            Err(ReplyError::Malformed { .. })
+        ));
         let short = Value::Array(vec![s("ok"), s("7"), Value::Int(1)]);
         assert!(matches!(epoch(short), Err(ReplyError::Malformed { .. })));
         let text_watermark = Value::Array(vec![s("ok"), s("7"), s("1"), Value::Int(1)]);
@@ -299,7 +317,10 @@ mod tests {
             pipeline(short_call, &request, extras),
             Err(ReplyError::Short { what: "bumps", .. })
         ));
-        let plain = vec![Value::Array(vec![pair(1, "10"), pair(0, "11")]), Value::Array(vec![pair(1, "12")])];
+        let plain = vec![
+            Value::Array(vec![pair(1, "10"), pair(0, "11")]),
+            Value::Array(vec![pair(1, "12")]),
+        ];
         let reply = pipeline(plain, &request, Extras::default()).unwrap();
         assert_eq!((reply.check, reply.replicas), (None, None));
     }

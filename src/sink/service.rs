@@ -88,8 +88,7 @@ impl RedisSink {
         }
         // The epoch comes first: it covers every reader that folds it even if
         // the namespace bumps fail and are retried.
-        self.apply(&epoch::namespace_bumps(namespaces, &advanced.epoch))
-            .await?;
+        self.apply(&epoch::namespace_bumps(namespaces, &advanced.epoch)).await?;
         let view = self.server_view().await;
         if let Some(watch) = self.loss.as_mut() {
             watch.recovery_done(view);

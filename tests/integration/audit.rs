@@ -181,7 +181,8 @@ async fn changes_an_epoch_or_namespace_move_covers_are_not_lost() {
         "[[entity]]\ntable = \"public.{covered}\"\nnamespace = \"a\"\nconsistency = \"strong\"\nkeys = [\"a:{{id}}\"]\n\
          [[entity]]\ntable = \"public.{other}\"\nnamespace = \"b\"\nconsistency = \"strong\"\nkeys = [\"b:{{id}}\"]\n"
     );
-    let change = |t: &str, id: i64| common::debezium_change(t, "u", 10 + id as u64, id, json!({"id": id}), common::now_us());
+    let change =
+        |t: &str, id: i64| common::debezium_change(t, "u", 10 + id as u64, id, json!({"id": id}), common::now_us());
     for t in [&covered, &other] {
         common::produce(&topic(t), &[change(t, 0)]).await; // the topics exist before anyone subscribes
     }

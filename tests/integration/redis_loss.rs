@@ -244,8 +244,18 @@ async fn a_restart_that_lost_nothing_is_not_a_loss() {
     // The first use counts once as "missing"; nothing may be added after it.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let total = |text: String| common::metric_sum(&text, "cdc_invalidator_redis_data_loss_total", &[]);
-    let before = total(daemon.metrics().await);
+    let metrics = daemon.metrics().await;
+    let before = total(metrics.clone());
     assert_eq!(before, 1.0, "first use counts once");
+    // The other reasons, and counters nothing incremented yet, are exported at 0.
+    for series in [
+        "cdc_invalidator_redis_data_loss_total{reason=\"evicted\"} 0",
+        "cdc_invalidator_redis_errors_total{kind=\"replicas\"} 0",
+        "cdc_invalidator_escalations_total{reason=\"lookup_failed\"} 0",
+        "cdc_invalidator_moot_events_total 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == series), "{series} missing:\n{metrics}");
+    }
 
     redis.crash_and_restart().await;
     let v2 = change(&s, &redis, 1, 20, v1).await;
@@ -506,7 +516,10 @@ async fn replicas_detecting_the_same_loss_advance_the_epoch_once() {
     let e1: u64 = first[0].parse().unwrap();
     assert_eq!(hget(&url, &record, "e").await, Some(e1));
     let after_first = namespace_records(&url, &prefix, &namespaces).await;
-    assert!(after_first.iter().all(|(v, p)| v.is_some() && *p == Some(e1)), "{after_first:?}");
+    assert!(
+        after_first.iter().all(|(v, p)| v.is_some() && *p == Some(e1)),
+        "{after_first:?}"
+    );
     assert_eq!(detect_all(&mut sinks).await, vec![None; 3]);
 
     // A rollback: the record goes back to a copy taken before the latest checks.
