@@ -111,7 +111,7 @@ struct Pending {
     covering: Option<String>,
     position: Position,
     what: String,
-    /// Already a violation at the SLO: this is the late-or-lost recheck.
+    /// Already a violation at the SLO: this is the recheck (late, covered or lost).
     recheck: bool,
     /// Read once the change is consumed; None until Redis answered.
     baseline: Option<Baseline>,
@@ -212,8 +212,9 @@ pub(crate) async fn run(
         }
         if Instant::now() >= baselines_due {
             if let Err(e) = take_baselines(&mut redis, &mut pending, &epoch_record).await {
-                // A gap: the baselines are read once Redis answers (any
-                // time after the change is a sound baseline, only a later one).
+                // A gap: the baselines are read once Redis answers. Read
+                // later they are still after the change: sound, only fewer
+                // changes can turn out covered.
                 tracing::warn!(error = %e, "audit: redis not readable; epoch and namespace baselines read again shortly");
                 baselines_due = Instant::now() + REDIS_RETRY;
             }
@@ -259,7 +260,7 @@ pub(crate) async fn run(
             if !visible {
                 report.violations += 1;
                 tracing::warn!(change = %check.what, position = %check.position, slo = ?options.slo,
-                    "violation: version record not advanced past the change within the SLO; rechecked later (late or lost)");
+                    "violation: version record not advanced past the change within the SLO; rechecked later (late, covered or lost)");
                 check.recheck = true;
                 check.due = Instant::now() + options.recheck_after;
                 pending.push_back(check);
