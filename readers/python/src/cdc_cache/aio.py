@@ -1,0 +1,579 @@
+"""``AsyncCache``: the asyncio reader on ``redis.asyncio`` (standalone
+``Redis`` or ``RedisCluster``). It runs the flights of ``flow.py``, shares a
+flight among concurrent gets of one key (section 5, rule 2), and keeps the
+L1's subscription alive in a background task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+import redis.asyncio as aredis
+from prometheus_client import CollectorRegistry
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import RedisError as RedisPyError
+
+from . import _clients
+from ._clients import TRACKING_CHANNEL, NodeSpec, log
+from ._scripts import READ_LUA, READ_SHA, RELEASE_LUA, RELEASE_SHA
+from .errors import CacheError, InvalidOptionsError, LoaderError, LoaderTimeoutError, ProtocolError, RedisError
+from .flow import (
+    Check,
+    Checks,
+    Context,
+    Effect,
+    FlightState,
+    Get,
+    Load,
+    Outcome,
+    Poll,
+    Read,
+    Release,
+    Sleep,
+    Snapshot,
+    TryLease,
+    Write,
+    as_bytes,
+    flight,
+    parse_fields,
+    time_us,
+)
+from .l1 import BoundedL1, ExactL1
+from .metrics import CacheMetrics
+from .naming import Layout, lease_key
+from .options import L1, Duration, Request, Settings, TrackingL1
+from .result import CacheResult, as_value
+
+__all__ = ["AsyncCache", "AsyncLoader"]
+
+#: A get's loader: returns the value's bytes (``str`` is encoded as UTF-8).
+AsyncLoader = Callable[[], Awaitable[bytes | str]]
+
+AsyncClient = aredis.Redis | RedisCluster
+
+
+class _Flight:
+    __slots__ = ("done", "state")
+
+    def __init__(self) -> None:
+        self.state = FlightState()
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class AsyncCache:
+    """A reader of one Redis (standalone or Cluster) for asyncio code.
+
+    ``AsyncCache(client, ...)`` wraps an existing ``redis.asyncio`` client
+    (made without ``decode_responses``); ``AsyncCache.from_url`` makes one.
+    Use it as an async context manager, or call ``aclose()``: the cache
+    stops its background subscription (the client is closed only if the
+    cache made it)."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        *,
+        name: str = "default",
+        prefix: str = "ver:",
+        lease: Duration = 5.0,
+        poll: Duration = 0.01,
+        max_poll: Duration = 0.1,
+        wait_timeout: Duration | None = None,
+        loader_timeout: Duration | None = None,
+        beta: float = 1.0,
+        sample_rate: float = 0.0,
+        l1: L1 | TrackingL1 | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        if isinstance(client, RedisCluster):
+            self._cluster = True
+            _clients.refuse_decoding(client.get_connection_kwargs())
+        elif isinstance(client, aredis.Redis):
+            self._cluster = False
+            _clients.refuse_decoding(client.get_connection_kwargs())
+        else:
+            raise InvalidOptionsError(
+                f"client must be a redis.asyncio Redis or RedisCluster, not {type(client).__name__} "
+                "(the threaded cdc_cache.Cache takes redis.Redis)"
+            )
+        self._client = client
+        self._owns_client = False
+        self._s = Settings.build(
+            name=name,
+            prefix=prefix,
+            lease=lease,
+            poll=poll,
+            max_poll=max_poll,
+            wait_timeout=wait_timeout,
+            loader_timeout=loader_timeout,
+            beta=beta,
+            sample_rate=sample_rate,
+            l1=l1,
+        )
+        self._m = CacheMetrics(name, registry)
+        bounded = BoundedL1(l1.max_entries, prefix) if isinstance(l1, L1) else None
+        exact = ExactL1(l1.max_entries, l1.max_bytes) if isinstance(l1, TrackingL1) else None
+        self._ctx = Context(self._s, self._m, Checks(self._m), bounded, exact)
+        self._flights: dict[tuple[object, ...], _Flight] = {}
+        self._read_only = True  # EVALSHA_RO until a server refuses it (before 7.0)
+        self._listener: asyncio.Task[None] | None = None
+        self._live = asyncio.Event()
+        self._tracked: frozenset[tuple[str, int]] = frozenset()
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, *, cluster: bool = False, **options: Any) -> AsyncCache:
+        """A cache on a client of its own (``redis://`` or ``rediss://``),
+        closed with the cache."""
+        client: AsyncClient = RedisCluster.from_url(url) if cluster else aredis.Redis.from_url(url)
+        cache = cls(client, **options)
+        cache._owns_client = True
+        return cache
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self, timeout: float = 5.0) -> bool:
+        """Starts the L1's subscription (the first get does it too) and waits
+        up to ``timeout`` seconds for it; ``True`` once it is live (always
+        ``True`` without a subscribed L1)."""
+        if not self._needs_listener():
+            return True
+        self._ensure_listener()
+        try:
+            await asyncio.wait_for(self._live.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+            self._listener = None
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncCache:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def client(self) -> AsyncClient:
+        return self._client
+
+    # -- the call -----------------------------------------------------------------
+
+    async def get(
+        self,
+        key: str,
+        loader: AsyncLoader,
+        *,
+        ttl: Duration,
+        deps: Sequence[str] | None = None,
+        namespaces: Sequence[str] = (),
+        consistency: str = "strong",
+        max_stale: Duration | None = None,
+    ) -> CacheResult:
+        """The value of ``key`` (spec section 1): from the L1, from Redis, or
+        from ``loader`` (called only by the get that holds the lease)."""
+        req = Request.build(
+            self._s.prefix,
+            key,
+            deps=deps,
+            namespaces=namespaces,
+            ttl=ttl,
+            consistency=consistency,
+            max_stale=max_stale,
+        )
+        started = time.monotonic()
+        if self._needs_listener():
+            self._ensure_listener()
+        held = self._from_l1(req)
+        if held is not None:
+            if self._s.sample_rate > 0:
+                await self._sample(held.value, loader)
+            return held
+        while True:
+            current = self._flights.get(req.flight)
+            if current is None:
+                return await self._lead(req, loader, started)
+            await asyncio.shield(current.done)
+            state = current.state
+            if state.restart:
+                continue
+            return _joined(self._m, state)
+
+    def _from_l1(self, req: Request) -> CacheResult | None:
+        ctx = self._ctx
+        if ctx.exact is not None:
+            found = ctx.exact.lookup(req.layout, time.monotonic())
+            if found is not None:
+                self._m.hits_l1.inc()
+                return CacheResult(found[1], hit=True, data_key=found[0], stale=False)
+        if ctx.bounded is not None and req.eventual:
+            bound = min(self._s.l1_max_stale, req.max_stale_us / 1_000_000)
+            fresh = ctx.bounded.fresh(BoundedL1.entry_id(req.layout), bound)
+            if fresh is not None:
+                self._m.hits_l1.inc()
+                return CacheResult(fresh[0], hit=True, data_key=fresh[1], stale=True)
+        return None
+
+    async def _lead(self, req: Request, loader: AsyncLoader, started: float) -> CacheResult:
+        me = _Flight()
+        self._flights[req.flight] = me
+        try:
+            outcome = await self._run(flight(self._ctx, req, started, me.state), req, loader)
+        except Exception as error:
+            me.state.error = error
+            raise
+        except BaseException:
+            # Cancelled (or interrupted): the joiners start again, one leads.
+            me.state.restart = True
+            raise
+        else:
+            me.state.outcome = outcome
+            return CacheResult(outcome.value, hit=not outcome.loaded, data_key=outcome.data_key, stale=outcome.stale)
+        finally:
+            if self._flights.get(req.flight) is me:
+                del self._flights[req.flight]
+            me.done.set_result(None)
+
+    # -- the driver -------------------------------------------------------------
+
+    async def _run(self, gen: Any, req: Request, loader: AsyncLoader) -> Outcome:
+        held: tuple[str, str] | None = None
+        reply: Any = None
+        error: BaseException | None = None
+        try:
+            while True:
+                try:
+                    effect: Effect = gen.throw(error) if error is not None else gen.send(reply)
+                except StopIteration as done:
+                    result: Outcome = done.value
+                    return result
+                reply, error = None, None
+                try:
+                    reply = await self._execute(effect, req, loader)
+                except CacheError as e:
+                    error = e
+                except RedisPyError as e:
+                    error = RedisError(f"redis: {e}")
+                    error.__cause__ = e
+                if isinstance(effect, TryLease) and reply is not None:
+                    held = (effect.data_key, reply)
+                elif isinstance(effect, Release):
+                    held = None
+        finally:
+            gen.close()
+            if held is not None:
+                # An error or a cancellation while holding the lease: release
+                # it now (rule 6), even while this task is being cancelled.
+                release = asyncio.ensure_future(self._release(*held))
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(release)
+
+    async def _execute(self, effect: Effect, req: Request, loader: AsyncLoader) -> Any:
+        c = self._client
+        if isinstance(effect, Read):
+            return await self._read(req.layout)
+        if isinstance(effect, Get):
+            return await c.get(effect.key)
+        if isinstance(effect, Poll):
+            if self._cluster:
+                value, pttl = await asyncio.gather(c.get(effect.data_key), c.pttl(lease_key(effect.data_key)))
+            else:
+                async with c.pipeline(transaction=False) as p:
+                    p.get(effect.data_key)
+                    p.pttl(lease_key(effect.data_key))
+                    value, pttl = await p.execute()
+            return value, int(pttl)
+        if isinstance(effect, TryLease):
+            token = secrets.token_hex(16)
+            taken = await c.set(lease_key(effect.data_key), token, nx=True, px=self._s.lease_ms)
+            return token if taken else None
+        if isinstance(effect, Release):
+            await self._release(effect.data_key, effect.token)
+            return None
+        if isinstance(effect, Load):
+            return await self._load(loader)
+        if isinstance(effect, Check):
+            try:
+                return as_value(await loader())
+            except Exception:
+                return None
+        if isinstance(effect, Write):
+            await c.set(effect.data_key, effect.raw, px=effect.ttl_ms)
+            return None
+        if isinstance(effect, Sleep):
+            await asyncio.sleep(effect.seconds)
+            return None
+        raise AssertionError(f"unknown effect {effect!r}")
+
+    async def _load(self, loader: AsyncLoader) -> tuple[bytes, float]:
+        began = time.monotonic()
+        timeout = self._s.loader_timeout
+        try:
+            if timeout is None:
+                produced = await loader()
+            else:
+                # wait_for cancels the loader when it runs out of time, so a
+                # late value is never written.
+                produced = await asyncio.wait_for(loader(), timeout)
+        except asyncio.TimeoutError as e:
+            if timeout is not None and time.monotonic() - began >= timeout:
+                raise LoaderTimeoutError(f"loader ran longer than loader_timeout ({timeout} s)") from e
+            raise LoaderError(f"loader: {e!r}") from e
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            raise LoaderError(f"loader: {e}") from e
+        return as_value(produced), time.monotonic() - began
+
+    async def _release(self, data_key: str, token: str) -> None:
+        lease = lease_key(data_key)
+        try:
+            await self._client.evalsha(RELEASE_SHA, 1, lease, token)  # type: ignore[misc]
+        except NoScriptError:
+            await self._client.eval(RELEASE_LUA, 1, lease, token)  # type: ignore[misc]
+
+    async def _read(self, layout: Layout) -> Snapshot:
+        exact = self._ctx.exact
+        pending = exact.begin(layout.records) if exact is not None else None
+        snap: Snapshot | None = None
+        try:
+            snap = await (self._read_cluster(layout) if self._cluster else self._read_standalone(layout))
+            return snap
+        finally:
+            if exact is not None:
+                exact.commit(
+                    pending,
+                    None if snap is None else snap.versions,
+                    self._covered if self._cluster else None,
+                )
+
+    def _covered(self, record: str) -> bool:
+        assert isinstance(self._client, RedisCluster)
+        node = self._client.get_node_from_key(record)
+        return node is not None and (node.host, node.port) in self._tracked
+
+    async def _read_standalone(self, layout: Layout) -> Snapshot:
+        args = (len(layout.records), *layout.records, layout.key, layout.deps)
+        c = self._client
+        for _ in range(3):
+            command = "EVALSHA_RO" if self._read_only else "EVALSHA"
+            try:
+                reply = await c.execute_command(command, READ_SHA, *args)
+                break
+            except NoScriptError:
+                # EVAL caches the script on the server for the next EVALSHA.
+                reply = await c.execute_command("EVAL_RO" if self._read_only else "EVAL", READ_LUA, *args)
+                break
+            except ResponseError as e:
+                if self._read_only and "unknown command" in str(e).lower():
+                    self._read_only = False
+                    continue
+                raise
+        else:  # pragma: no cover - the loop breaks or raises
+            raise ProtocolError("the read script could not run")
+        if not isinstance(reply, list) or len(reply) != 2 + 2 * len(layout.records) + 2:
+            raise ProtocolError(f"the read script replied {reply!r}")
+        now_us = time_us(reply[:2])
+        epoch, fields = parse_fields(layout, reply[2:-3])
+        data_key = layout.data_key(epoch, [f.v for f in fields])
+        script_key, pttl, value = as_bytes(reply[-3]), reply[-2], as_bytes(reply[-1])
+        if script_key != data_key.encode():
+            # Valid versions are canonical, so this never happens; if it
+            # does, trust the key built here.
+            value, pttl = await asyncio.gather(c.get(data_key), c.pttl(data_key))
+        return Snapshot(now_us, epoch, fields, data_key, int(pttl), value)
+
+    async def _read_cluster(self, layout: Layout) -> Snapshot:
+        c = self._client
+        assert isinstance(c, RedisCluster)
+        replies = await asyncio.gather(
+            c.execute_command("TIME"),
+            c.hget(layout.records[0], "e"),  # type: ignore[misc]
+            *(c.hmget(r, ["v", "pv"]) for r in layout.records[1:]),  # type: ignore[misc]
+        )
+        texts: list[Any] = [replies[1]]
+        for pair in replies[2:]:
+            texts.extend(pair)
+        epoch, fields = parse_fields(layout, texts)
+        data_key = layout.data_key(epoch, [f.v for f in fields])
+        value, pttl = await asyncio.gather(c.get(data_key), c.pttl(data_key))
+        return Snapshot(time_us(replies[0]), epoch, fields, data_key, int(pttl), value)
+
+    async def _sample(self, served: bytes, loader: AsyncLoader) -> None:
+        if random.random() >= self._s.sample_rate:
+            return
+        try:
+            truth = as_value(await loader())
+        except Exception:
+            return
+        self._ctx.checks.record(served, truth)
+
+    # -- the L1's subscription ------------------------------------------------
+
+    def _needs_listener(self) -> bool:
+        l1 = self._s.l1
+        return isinstance(l1, TrackingL1) or (isinstance(l1, L1) and l1.channel is not None)
+
+    def _ensure_listener(self) -> None:
+        if self._listener is None and not self._closed:
+            self._listener = asyncio.get_running_loop().create_task(self._follow())
+
+    def _node_specs(self) -> list[tuple[str, int, NodeSpec]]:
+        c = self._client
+        if isinstance(c, RedisCluster):
+            nodes = c.get_primaries() if isinstance(self._s.l1, TrackingL1) else [c.get_default_node()]
+            return [
+                (n.host, n.port, NodeSpec(n.connection_class, {**n.connection_kwargs, "host": n.host, "port": n.port}))
+                for n in nodes
+            ]
+        pool = c.connection_pool
+        kwargs = dict(pool.connection_kwargs)
+        return [(str(kwargs.get("host")), int(kwargs.get("port", 6379)), NodeSpec(pool.connection_class, kwargs))]
+
+    async def _follow(self) -> None:
+        """Keeps the subscription (notices, or tracking on every primary)
+        until the cache closes. Whenever it (re)starts or drops, the whole L1
+        is cleared: messages sent while it was down are lost."""
+        while not self._closed:
+            conns: list[Any] = []
+            try:
+                if self._cluster:
+                    # The primaries of the moment: after a failover the new
+                    # ones are found here.
+                    await self._client.initialize()  # type: ignore[union-attr]
+                nodes = self._node_specs()
+                for _host, _port, spec in nodes:
+                    conn = spec.connection_class(**spec.open_kwargs())
+                    conns.append(conn)
+                    await conn.connect()
+                    await self._subscribe(conn)
+                self._tracked = frozenset((h, p) for h, p, _ in nodes)
+                self._went_live()
+                self._live.set()
+                readers = [asyncio.ensure_future(self._listen(conn)) for conn in conns]
+                try:
+                    finished, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_COMPLETED)
+                    for task in finished:
+                        task.result()
+                finally:
+                    for task in readers:
+                        task.cancel()
+                    await asyncio.gather(*readers, return_exceptions=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("l1 subscription lost, the L1 is cleared until it is back: %s", e)
+            finally:
+                self._live.clear()
+                self._tracked = frozenset()
+                self._went_dark()
+                for conn in conns:
+                    with contextlib.suppress(Exception):
+                        await conn.disconnect()
+            if not self._closed:
+                await asyncio.sleep(self._s.notice_retry)
+
+    async def _subscribe(self, conn: Any) -> None:
+        l1 = self._s.l1
+        if isinstance(l1, TrackingL1):
+            await conn.send_command("CLIENT", "ID")
+            client_id = await conn.read_response()
+            # Broadcasting mode on the version prefix: every change of a
+            # version record on this node is reported, whoever read it; the
+            # reports come to this connection itself, subscribed below.
+            await conn.send_command(
+                "CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", "PREFIX", self._s.prefix
+            )
+            if await conn.read_response() not in (b"OK", "OK"):
+                raise ProtocolError("CLIENT TRACKING was refused")
+            channel = TRACKING_CHANNEL
+        else:
+            assert isinstance(l1, L1) and l1.channel is not None
+            channel = l1.channel.encode()
+        await conn.send_command("SUBSCRIBE", channel)
+        confirmation = await conn.read_response()
+        if not (isinstance(confirmation, list) and confirmation[:1] == [b"subscribe"]):
+            raise ProtocolError(f"SUBSCRIBE replied {confirmation!r}")
+
+    async def _listen(self, conn: Any) -> None:
+        interval = self._health_interval()
+        pinged = False
+        while True:
+            reply = await conn.read_response(timeout=interval)
+            if reply is None:
+                if pinged:
+                    raise ConnectionError("the subscribed connection did not answer a PING")
+                await conn.send_command("PING")
+                pinged = True
+                continue
+            pinged = False
+            self._message(reply)
+
+    def _health_interval(self) -> float:
+        l1 = self._s.l1
+        return float(l1.health_interval) if isinstance(l1, TrackingL1) else 5.0  # type: ignore[arg-type]
+
+    def _message(self, reply: Any) -> None:
+        message = _clients.pubsub_message(reply)
+        if message is None:
+            return
+        channel, payload = message
+        ctx = self._ctx
+        if ctx.exact is not None and channel == TRACKING_CHANNEL:
+            keys = _clients.tracked_keys(payload)
+            dropped = ctx.exact.invalidate(keys)
+            (self._m.l1_reset if keys is None else self._m.l1_tracking).inc(dropped)
+        elif ctx.bounded is not None:
+            notice = _clients.notice_record(payload)
+            if notice is None:
+                return
+            record, commit_us = notice
+            self._m.l1_notice.inc(ctx.bounded.invalidate(record))
+            if commit_us is not None:
+                self._m.propagation.observe(max(0.0, time.time() * 1000 - commit_us / 1000))
+
+    def _went_live(self) -> None:
+        ctx = self._ctx
+        if ctx.exact is not None:
+            self._m.l1_reset.inc(ctx.exact.go_live())
+        elif ctx.bounded is not None:
+            self._m.l1_reset.inc(ctx.bounded.clear())
+
+    def _went_dark(self) -> None:
+        ctx = self._ctx
+        if ctx.exact is not None:
+            self._m.l1_reset.inc(ctx.exact.go_dark())
+        elif ctx.bounded is not None:
+            self._m.l1_reset.inc(ctx.bounded.clear())
+
+
+def _joined(m: CacheMetrics, state: FlightState) -> CacheResult:
+    """A get that joined another's flight: its outcome, never its loader."""
+    if state.missed:
+        m.misses.inc()
+        m.stampede_prevented()
+    else:
+        m.hits_redis.inc()
+    if state.error is not None:
+        raise state.error
+    outcome = state.outcome
+    assert outcome is not None
+    return CacheResult(outcome.value, hit=True, data_key=outcome.data_key, stale=outcome.stale)
