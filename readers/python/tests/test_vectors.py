@@ -89,7 +89,9 @@ def test_values_as_debezium_prints_them_render_like_the_daemon(vector: dict[str,
     assert key("k:{c}", c=value) == f"k:{vector['text']}"
 
 
-@pytest.mark.parametrize("vector", load(READERS / "vectors" / "versions.json"), ids=lambda v: v["name"])
+@pytest.mark.parametrize(
+    "vector", load(READERS / "vectors" / "versions.json"), ids=lambda v: v["name"]
+)
 def test_version_texts_parse_or_are_refused(vector: dict[str, Any]) -> None:
     text = vector["text"]
     if "error" in vector:
@@ -102,10 +104,14 @@ def test_version_texts_parse_or_are_refused(vector: dict[str, Any]) -> None:
     else:
         got = parse_version("ver:k", vector["field"], text)
         assert str(got if got is not None else 0) == vector["value"]
-        assert parse_version("ver:k", vector["field"], None if text is None else text.encode()) == got
+        assert (
+            parse_version("ver:k", vector["field"], None if text is None else text.encode()) == got
+        )
 
 
-@pytest.mark.parametrize("vector", load(READERS / "vectors" / "data_keys.json"), ids=lambda v: v["name"])
+@pytest.mark.parametrize(
+    "vector", load(READERS / "vectors" / "data_keys.json"), ids=lambda v: v["name"]
+)
 def test_data_keys_lease_keys_and_stale_keys_are_named_alike(vector: dict[str, Any]) -> None:
     layout = Layout.build(vector["prefix"], vector["key"], vector["deps"], vector["namespaces"])
     assert list(layout.records) == vector["records"]

@@ -41,8 +41,8 @@ from .result import CacheResult
 from .sync import Cache, Loader
 
 __all__ = [
-    "METRIC_NAMES",
     "L1",
+    "METRIC_NAMES",
     "AsyncCache",
     "AsyncLoader",
     "BadVersionError",

@@ -75,5 +75,10 @@ def tracked_keys(payload: Any) -> list[str] | None:
     if payload is None:
         return None
     if isinstance(payload, list):
-        return [k.decode("utf-8", "surrogateescape") if isinstance(k, bytes) else str(k) for k in payload]
-    return [payload.decode("utf-8", "surrogateescape") if isinstance(payload, bytes) else str(payload)]
+        return [
+            k.decode("utf-8", "surrogateescape") if isinstance(k, bytes) else str(k)
+            for k in payload
+        ]
+    return [
+        payload.decode("utf-8", "surrogateescape") if isinstance(payload, bytes) else str(payload)
+    ]

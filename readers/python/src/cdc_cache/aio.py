@@ -23,7 +23,14 @@ from redis.exceptions import RedisError as RedisPyError
 from . import _clients
 from ._clients import TRACKING_CHANNEL, NodeSpec, log
 from ._scripts import READ_LUA, READ_SHA, RELEASE_LUA, RELEASE_SHA
-from .errors import CacheError, InvalidOptionsError, LoaderError, LoaderTimeoutError, ProtocolError, RedisError
+from .errors import (
+    CacheError,
+    InvalidOptionsError,
+    LoaderError,
+    LoaderTimeoutError,
+    ProtocolError,
+    RedisError,
+)
 from .flow import (
     Check,
     Checks,
@@ -100,8 +107,8 @@ class AsyncCache:
             _clients.refuse_decoding(client.get_connection_kwargs())
         else:
             raise InvalidOptionsError(
-                f"client must be a redis.asyncio Redis or RedisCluster, not {type(client).__name__} "
-                "(the threaded cdc_cache.Cache takes redis.Redis)"
+                "client must be a redis.asyncio Redis or RedisCluster, not "
+                f"{type(client).__name__} (the threaded cdc_cache.Cache takes redis.Redis)"
             )
         self._client = client
         self._owns_client = False
@@ -167,7 +174,10 @@ class AsyncCache:
         return self
 
     async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.aclose()
 
@@ -246,7 +256,12 @@ class AsyncCache:
             raise
         else:
             me.state.outcome = outcome
-            return CacheResult(outcome.value, hit=not outcome.loaded, data_key=outcome.data_key, stale=outcome.stale)
+            return CacheResult(
+                outcome.value,
+                hit=not outcome.loaded,
+                data_key=outcome.data_key,
+                stale=outcome.stale,
+            )
         finally:
             if self._flights.get(req.flight) is me:
                 del self._flights[req.flight]
@@ -294,7 +309,9 @@ class AsyncCache:
             return await c.get(effect.key)
         if isinstance(effect, Poll):
             if self._cluster:
-                value, pttl = await asyncio.gather(c.get(effect.data_key), c.pttl(lease_key(effect.data_key)))
+                value, pttl = await asyncio.gather(
+                    c.get(effect.data_key), c.pttl(lease_key(effect.data_key))
+                )
             else:
                 async with c.pipeline(transaction=False) as p:
                     p.get(effect.data_key)
@@ -335,7 +352,9 @@ class AsyncCache:
                 produced = await asyncio.wait_for(loader(), timeout)
         except asyncio.TimeoutError as e:
             if timeout is not None and time.monotonic() - began >= timeout:
-                raise LoaderTimeoutError(f"loader ran longer than loader_timeout ({timeout} s)") from e
+                raise LoaderTimeoutError(
+                    f"loader ran longer than loader_timeout ({timeout} s)"
+                ) from e
             raise LoaderError(f"loader: {e!r}") from e
         except asyncio.CancelledError:
             raise
@@ -346,16 +365,18 @@ class AsyncCache:
     async def _release(self, data_key: str, token: str) -> None:
         lease = lease_key(data_key)
         try:
-            await self._client.evalsha(RELEASE_SHA, 1, lease, token)  # type: ignore[misc]
+            await self._client.evalsha(RELEASE_SHA, 1, lease, token)
         except NoScriptError:
-            await self._client.eval(RELEASE_LUA, 1, lease, token)  # type: ignore[misc]
+            await self._client.eval(RELEASE_LUA, 1, lease, token)
 
     async def _read(self, layout: Layout) -> Snapshot:
         exact = self._ctx.exact
         pending = exact.begin(layout.records) if exact is not None else None
         snap: Snapshot | None = None
         try:
-            snap = await (self._read_cluster(layout) if self._cluster else self._read_standalone(layout))
+            snap = await (
+                self._read_cluster(layout) if self._cluster else self._read_standalone(layout)
+            )
             return snap
         finally:
             if exact is not None:
@@ -371,7 +392,12 @@ class AsyncCache:
         return node is not None and (node.host, node.port) in self._tracked
 
     async def _read_standalone(self, layout: Layout) -> Snapshot:
-        args = (len(layout.records), *layout.records, layout.key, layout.deps)
+        args: tuple[str | int, ...] = (
+            len(layout.records),
+            *layout.records,
+            layout.key,
+            layout.deps,
+        )
         c = self._client
         for _ in range(3):
             command = "EVALSHA_RO" if self._read_only else "EVALSHA"
@@ -380,7 +406,9 @@ class AsyncCache:
                 break
             except NoScriptError:
                 # EVAL caches the script on the server for the next EVALSHA.
-                reply = await c.execute_command("EVAL_RO" if self._read_only else "EVAL", READ_LUA, *args)
+                reply = await c.execute_command(
+                    "EVAL_RO" if self._read_only else "EVAL", READ_LUA, *args
+                )
                 break
             except ResponseError as e:
                 if self._read_only and "unknown command" in str(e).lower():
@@ -398,7 +426,8 @@ class AsyncCache:
         if script_key != data_key.encode():
             # Valid versions are canonical, so this never happens; if it
             # does, trust the key built here.
-            value, pttl = await asyncio.gather(c.get(data_key), c.pttl(data_key))
+            fetched, pttl = await asyncio.gather(c.get(data_key), c.pttl(data_key))
+            value = as_bytes(fetched)
         return Snapshot(now_us, epoch, fields, data_key, int(pttl), value)
 
     async def _read_cluster(self, layout: Layout) -> Snapshot:
@@ -406,8 +435,8 @@ class AsyncCache:
         assert isinstance(c, RedisCluster)
         replies = await asyncio.gather(
             c.execute_command("TIME"),
-            c.hget(layout.records[0], "e"),  # type: ignore[misc]
-            *(c.hmget(r, ["v", "pv"]) for r in layout.records[1:]),  # type: ignore[misc]
+            c.hget(layout.records[0], "e"),
+            *(c.hmget(r, ["v", "pv"]) for r in layout.records[1:]),
         )
         texts: list[Any] = [replies[1]]
         for pair in replies[2:]:
@@ -415,7 +444,7 @@ class AsyncCache:
         epoch, fields = parse_fields(layout, texts)
         data_key = layout.data_key(epoch, [f.v for f in fields])
         value, pttl = await asyncio.gather(c.get(data_key), c.pttl(data_key))
-        return Snapshot(time_us(replies[0]), epoch, fields, data_key, int(pttl), value)
+        return Snapshot(time_us(replies[0]), epoch, fields, data_key, int(pttl), as_bytes(value))
 
     async def _sample(self, served: bytes, loader: AsyncLoader) -> None:
         if random.random() >= self._s.sample_rate:
@@ -439,14 +468,28 @@ class AsyncCache:
     def _node_specs(self) -> list[tuple[str, int, NodeSpec]]:
         c = self._client
         if isinstance(c, RedisCluster):
-            nodes = c.get_primaries() if isinstance(self._s.l1, TrackingL1) else [c.get_default_node()]
+            nodes = (
+                c.get_primaries() if isinstance(self._s.l1, TrackingL1) else [c.get_default_node()]
+            )
             return [
-                (n.host, n.port, NodeSpec(n.connection_class, {**n.connection_kwargs, "host": n.host, "port": n.port}))
+                (
+                    n.host,
+                    int(n.port),
+                    NodeSpec(
+                        n.connection_class, {**n.connection_kwargs, "host": n.host, "port": n.port}
+                    ),
+                )
                 for n in nodes
             ]
         pool = c.connection_pool
         kwargs = dict(pool.connection_kwargs)
-        return [(str(kwargs.get("host")), int(kwargs.get("port", 6379)), NodeSpec(pool.connection_class, kwargs))]
+        return [
+            (
+                str(kwargs.get("host")),
+                int(kwargs.get("port", 6379)),
+                NodeSpec(pool.connection_class, kwargs),
+            )
+        ]
 
     async def _follow(self) -> None:
         """Keeps the subscription (notices, or tracking on every primary)
@@ -458,7 +501,7 @@ class AsyncCache:
                 if self._cluster:
                     # The primaries of the moment: after a failover the new
                     # ones are found here.
-                    await self._client.initialize()  # type: ignore[union-attr]
+                    await self._client.initialize()
                 nodes = self._node_specs()
                 for _host, _port, spec in nodes:
                     conn = spec.connection_class(**spec.open_kwargs())
@@ -506,7 +549,8 @@ class AsyncCache:
                 raise ProtocolError("CLIENT TRACKING was refused")
             channel = TRACKING_CHANNEL
         else:
-            assert isinstance(l1, L1) and l1.channel is not None
+            assert isinstance(l1, L1)
+            assert l1.channel is not None
             channel = l1.channel.encode()
         await conn.send_command("SUBSCRIBE", channel)
         confirmation = await conn.read_response()
@@ -576,4 +620,6 @@ def _joined(m: CacheMetrics, state: FlightState) -> CacheResult:
         raise state.error
     outcome = state.outcome
     assert outcome is not None
+    if outcome.stale:
+        m.stale_served.inc()
     return CacheResult(outcome.value, hit=True, data_key=outcome.data_key, stale=outcome.stale)

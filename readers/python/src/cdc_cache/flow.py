@@ -247,12 +247,17 @@ def flight(ctx: Context, req: Request, started: float, state: FlightState) -> Fl
     if snap.value is not None:
         m.hits_redis.inc()
         delta_ms, value = decode(snap.value)
-        if delta_ms > 0 and snap.pttl_ms > 0 and s.beta > 0 and xfetch_due(delta_ms, s.beta, snap.pttl_ms):
+        if (
+            delta_ms > 0
+            and snap.pttl_ms > 0
+            and s.beta > 0
+            and xfetch_due(delta_ms, s.beta, snap.pttl_ms)
+        ):
             token = yield TryLease(key)
             if token is not None:
                 m.early_refreshes.inc()
                 return (yield from _load_and_fill(ctx, req, key, token))
-        _remember(ctx, req, key, value, read_at, snap.pttl_ms)
+        _remember(ctx, req, key, value, verified=read_at, ttl_ms=snap.pttl_ms)
         if s.sample_rate > 0 and random.random() < s.sample_rate:
             truth = yield Check()
             if truth is not None:
@@ -335,12 +340,12 @@ def _load_and_fill(ctx: Context, req: Request, key: str, token: str) -> Flow:
     yield Write(key, encode(int(took * 1000), value), req.ttl_ms)
     yield Release(key, token)
     m.fills.inc()
-    _remember(ctx, req, key, value, loaded_at, req.ttl_ms)
+    _remember(ctx, req, key, value, verified=loaded_at, ttl_ms=req.ttl_ms)
     return Outcome(value, key, stale=False, loaded=True)
 
 
 def _remember(
-    ctx: Context, req: Request, key: str, value: bytes, verified: float, ttl_ms: int
+    ctx: Context, req: Request, key: str, value: bytes, *, verified: float, ttl_ms: int
 ) -> None:
     """Puts a value read or loaded under the current versions into the L1."""
     if ctx.bounded is not None and req.eventual:

@@ -75,8 +75,7 @@ def escape(text: str) -> str:
     if not any(c in _RESERVED or ord(c) < 0x20 or ord(c) == 0x7F for c in text):
         return text
     return "".join(
-        f"%{ord(c):02X}" if c in _RESERVED or ord(c) < 0x20 or ord(c) == 0x7F else c
-        for c in text
+        f"%{ord(c):02X}" if c in _RESERVED or ord(c) < 0x20 or ord(c) == 0x7F else c for c in text
     )
 
 
@@ -290,6 +289,8 @@ class Template:
         return f"Template({self.text!r})"
 
 
-def key(template: str, values: Mapping[str, KeyValue] | None = None, /, **kw: KeyValue) -> str | None:
+def key(
+    template: str, values: Mapping[str, KeyValue] | None = None, /, **kw: KeyValue
+) -> str | None:
     """``key("product:{id}", id=42)`` is ``"product:42"``."""
     return Template(template).render(values, **kw)

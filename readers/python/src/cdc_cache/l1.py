@@ -53,9 +53,7 @@ class BoundedL1:
                 return None
             return entry.value, entry.data_key
 
-    def put(
-        self, entry_id: tuple[str, ...], data_key: str, value: bytes, verified: float
-    ) -> None:
+    def put(self, entry_id: tuple[str, ...], data_key: str, value: bytes, verified: float) -> None:
         """Stores or re-verifies an entry. ``verified`` is when the Redis read
         began, so the bound also covers a notice that raced with the read."""
         records = entry_id[1:]
@@ -245,7 +243,7 @@ class ExactL1:
                 or (covered is not None and not all(map(covered, pending.records)))
             ):
                 return False
-            for record, version in zip(pending.records, versions):
+            for record, version in zip(pending.records, versions, strict=True):
                 self._records[record] = version
                 self._records.move_to_end(record)
             while len(self._records) > self._max_entries:

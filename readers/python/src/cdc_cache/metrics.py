@@ -72,7 +72,11 @@ class _Family:
         def histogram(key: str, doc: str) -> Histogram:
             return Histogram(NAMES[key], doc, ("cache",), registry=registry, buckets=_MS_BUCKETS)
 
-        self.hits = counter("hits", "Gets whose first look found the value, by layer (l1, redis)", ("cache", "layer"))
+        self.hits = counter(
+            "hits",
+            "Gets whose first look found the value, by layer (l1, redis)",
+            ("cache", "layer"),
+        )
         self.misses = counter("misses", "Gets whose first read found no value")
         self.fills = counter("fills", "Values loaded and written by this process")
         self.fill_errors = counter(

@@ -79,9 +79,7 @@ class Layout:
             if not isinstance(dep, str) or not dep:
                 raise invalid(f"dependency {dep!r} must be a non-empty string")
             if _reserved(dep):
-                raise invalid(
-                    f"dependency {dep!r} is reserved (the epoch and namespace records)"
-                )
+                raise invalid(f"dependency {dep!r} is reserved (the epoch and namespace records)")
         for namespace in namespaces:
             if not isinstance(namespace, str) or not namespace:
                 raise invalid(f"namespace {namespace!r} must be a non-empty string")
@@ -95,9 +93,7 @@ class Layout:
     def data_key(self, epoch: int, versions: Sequence[int]) -> str:
         """``K@e<e>:v<..>...:n<..>...``; ``versions`` are the records after the epoch."""
         parts = [f"{self.key}@e{epoch}"]
-        parts.extend(
-            f":v{v}" if i < self.deps else f":n{v}" for i, v in enumerate(versions)
-        )
+        parts.extend(f":v{v}" if i < self.deps else f":n{v}" for i, v in enumerate(versions))
         return "".join(parts)
 
     def stale_key(

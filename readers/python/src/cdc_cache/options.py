@@ -133,7 +133,9 @@ class Settings:
         if isinstance(l1, L1):
             l1_max_stale = seconds("l1.max_stale", l1.max_stale, zero=True)
             if l1.max_entries < 1:
-                raise InvalidOptionsError(f"l1.max_entries must be at least 1, not {l1.max_entries}")
+                raise InvalidOptionsError(
+                    f"l1.max_entries must be at least 1, not {l1.max_entries}"
+                )
             if l1.channel is not None and not l1.channel:
                 raise InvalidOptionsError("l1.channel must be a channel name or None, not ''")
         elif isinstance(l1, TrackingL1):

@@ -24,7 +24,14 @@ from redis.exceptions import RedisError as RedisPyError
 from . import _clients
 from ._clients import TRACKING_CHANNEL, NodeSpec, log
 from ._scripts import READ_LUA, READ_SHA, RELEASE_LUA, RELEASE_SHA
-from .errors import CacheError, InvalidOptionsError, LoaderError, LoaderTimeoutError, ProtocolError, RedisError
+from .errors import (
+    CacheError,
+    InvalidOptionsError,
+    LoaderError,
+    LoaderTimeoutError,
+    ProtocolError,
+    RedisError,
+)
 from .flow import (
     Check,
     Checks,
@@ -170,7 +177,10 @@ class Cache:
         return self
 
     def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -248,7 +258,12 @@ class Cache:
             raise
         else:
             me.state.outcome = outcome
-            return CacheResult(outcome.value, hit=not outcome.loaded, data_key=outcome.data_key, stale=outcome.stale)
+            return CacheResult(
+                outcome.value,
+                hit=not outcome.loaded,
+                data_key=outcome.data_key,
+                stale=outcome.stale,
+            )
         finally:
             with self._flights_lock:
                 if self._flights.get(req.flight) is me:
@@ -373,8 +388,13 @@ class Cache:
         return node is not None and (node.host, node.port) in self._tracked
 
     def _read_standalone(self, layout: Layout) -> Snapshot:
-        args = (len(layout.records), *layout.records, layout.key, layout.deps)
-        c = self._client
+        args: tuple[str | int, ...] = (
+            len(layout.records),
+            *layout.records,
+            layout.key,
+            layout.deps,
+        )
+        c: Any = self._client
         for _ in range(3):
             command = "EVALSHA_RO" if self._read_only else "EVALSHA"
             try:
@@ -445,7 +465,9 @@ class Cache:
     def _node_specs(self) -> list[tuple[str, int, NodeSpec]]:
         c = self._client
         if isinstance(c, RedisCluster):
-            nodes = c.get_primaries() if isinstance(self._s.l1, TrackingL1) else [c.get_default_node()]
+            nodes = (
+                c.get_primaries() if isinstance(self._s.l1, TrackingL1) else [c.get_default_node()]
+            )
             out = []
             for n in nodes:
                 pool = n.redis_connection.connection_pool
@@ -454,7 +476,13 @@ class Cache:
             return out
         pool = c.connection_pool
         kwargs = dict(pool.connection_kwargs)
-        return [(str(kwargs.get("host")), int(kwargs.get("port", 6379)), NodeSpec(pool.connection_class, kwargs))]
+        return [
+            (
+                str(kwargs.get("host")),
+                int(kwargs.get("port", 6379)),
+                NodeSpec(pool.connection_class, kwargs),
+            )
+        ]
 
     def _follow(self) -> None:
         """Keeps the subscription (notices, or tracking on every primary)
@@ -504,7 +532,8 @@ class Cache:
                 raise ProtocolError("CLIENT TRACKING was refused")
             channel = TRACKING_CHANNEL
         else:
-            assert isinstance(l1, L1) and l1.channel is not None
+            assert isinstance(l1, L1)
+            assert l1.channel is not None
             channel = l1.channel.encode()
         conn.send_command("SUBSCRIBE", channel)
         confirmation = conn.read_response()
@@ -526,7 +555,12 @@ class Cache:
                 stop.set()
 
         helpers = [
-            threading.Thread(target=follow, args=(conn,), name=f"{threading.current_thread().name}-{i}", daemon=True)
+            threading.Thread(
+                target=follow,
+                args=(conn,),
+                name=f"{threading.current_thread().name}-{i}",
+                daemon=True,
+            )
             for i, conn in enumerate(conns[1:], 1)
         ]
         for helper in helpers:
@@ -604,4 +638,6 @@ def _joined(m: CacheMetrics, state: FlightState) -> CacheResult:
         raise state.error
     outcome = state.outcome
     assert outcome is not None
+    if outcome.stale:
+        m.stale_served.inc()
     return CacheResult(outcome.value, hit=True, data_key=outcome.data_key, stale=outcome.stale)
