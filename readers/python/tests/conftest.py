@@ -6,6 +6,7 @@ and its own metrics registry, so tests never share state."""
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -57,6 +58,10 @@ def client(topology: str) -> Iterator[redis.Redis | RedisCluster]:
 @pytest.fixture
 def pool() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
     with concurrent.futures.ThreadPoolExecutor(max_workers=256) as threads:
+        # Start every thread now: 200 gets then begin within milliseconds of
+        # each other, as the tests that count waiters need.
+        started = threading.Barrier(256)
+        list(threads.map(lambda _: started.wait(), range(256)))
         yield threads
 
 

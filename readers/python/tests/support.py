@@ -57,6 +57,21 @@ def bump(client: redis.Redis | RedisCluster, prefix: str, key: str, position: in
     return int(version)
 
 
+def command_calls(client: redis.Redis | RedisCluster) -> dict[str, int]:
+    """Calls per command so far, summed over the primaries (INFO commandstats)."""
+    nodes = (
+        [n.redis_connection for n in client.get_primaries()]
+        if isinstance(client, RedisCluster)
+        else [client]
+    )
+    calls: dict[str, int] = {}
+    for node in nodes:
+        for name, stats in node.info("commandstats").items():
+            command = name.removeprefix("cmdstat_")
+            calls[command] = calls.get(command, 0) + int(stats["calls"])
+    return calls
+
+
 def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
     """A metric's value summed over the series that carry ``labels``."""
     total = 0.0

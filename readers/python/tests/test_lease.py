@@ -15,7 +15,7 @@ import pytest
 import redis
 from conftest import Readers
 from redis.cluster import RedisCluster
-from support import Loads, bump, gather_timed, metric, unique, until
+from support import Loads, bump, command_calls, gather_timed, metric, unique, until
 
 from cdc_cache import AsyncCache, LeaseTimeoutError, LoaderError, LoaderTimeoutError, lease_key
 
@@ -46,10 +46,21 @@ async def test_one_load_after_a_bump(
 
     v2 = bump(client, prefix, key, 2)
     loads = Loads(b"v2", delay=0.3)
+    before = command_calls(client)
     got = await asyncio.gather(
         *(caches[i % instances].get(key, loads, ttl=TTL) for i in range(200))
     )
+    after = command_calls(client)
     assert loads.calls == 1
+    if instances == 1:
+        # Single flight: one read, one lease attempt, one re-read, one fill.
+        def calls(command: str) -> int:
+            return after.get(command, 0) - before.get(command, 0)
+
+        assert calls("set") == 2, "the lease and the fill"
+        # (INFO commandstats counts the read script's own HMGET too.)
+        reads = calls("hmget") if isinstance(client, RedisCluster) else calls("evalsha_ro")
+        assert reads == 1, "one read of the records"
     assert [g.hit for g in got].count(False) == 1
     assert all(g.value == b"v2" and g.data_key == data_key(key, v2) and not g.stale for g in got)
     assert prevented(readers, *names) == 199
@@ -84,14 +95,16 @@ async def test_hung_holder(
     """A holder whose loader sleeps past the lease: after the lease expires
     exactly one more load starts (a takeover) among three other instances,
     and the waiters end soon after it."""
-    lease = 0.5
+    # A lease long enough that every waiter has read before it expires, even
+    # on a busy machine (a waiter reading after it would simply take it).
+    lease = 1.0
     holder = readers(unique("holder"), lease=lease)
     names = [unique("waiter") for _ in range(3)]
     waiters = [readers(n, lease=lease) for n in names]
     key = f"{unique('product')}:9"
     version = bump(client, prefix, key, 1)
 
-    hung = Loads(b"late", delay=2.0)
+    hung = Loads(b"late", delay=2.5)
     held = asyncio.ensure_future(holder.get(key, hung, ttl=TTL))
     await until("the hung load", lambda: hung.calls)
     taken_at = time.monotonic()

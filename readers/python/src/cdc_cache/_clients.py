@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidOptionsError
@@ -14,25 +13,6 @@ from .errors import InvalidOptionsError
 log = logging.getLogger("cdc_cache")
 
 TRACKING_CHANNEL = b"__redis__:invalidate"
-
-
-@dataclass(frozen=True)
-class NodeSpec:
-    """How to open one dedicated connection: the client's own connection
-    class and settings (TLS, credentials...) for one node."""
-
-    connection_class: Any
-    kwargs: dict[str, Any]
-
-    def open_kwargs(self) -> dict[str, Any]:
-        # RESP2: invalidations then arrive as Pub/Sub messages of the
-        # tracking channel on the subscribed connection itself (a RESP3
-        # connection would get them as push frames redis-py hides).
-        # No socket timeout: the listener bounds its own reads.
-        kwargs = {**self.kwargs, "protocol": 2, "socket_timeout": None}
-        for name in ("cache", "cache_config", "event_dispatcher", "maint_notifications_config"):
-            kwargs.pop(name, None)
-        return kwargs
 
 
 def refuse_decoding(kwargs: dict[str, Any]) -> None:
@@ -57,16 +37,6 @@ def notice_record(payload: Any) -> tuple[str, int | None] | None:
     if isinstance(commit, int) and not isinstance(commit, bool) and commit > 0:
         return record, commit
     return record, None
-
-
-def pubsub_message(reply: Any) -> tuple[bytes, Any] | None:
-    """``(channel, payload)`` of a RESP2 Pub/Sub message; ``None`` for the
-    other replies a subscribed connection sees (confirmations, pongs)."""
-    if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
-        channel = reply[1]
-        if isinstance(channel, bytes):
-            return channel, reply[2]
-    return None
 
 
 def tracked_keys(payload: Any) -> list[str] | None:

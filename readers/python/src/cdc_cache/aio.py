@@ -21,7 +21,8 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import RedisError as RedisPyError
 
 from . import _clients
-from ._clients import TRACKING_CHANNEL, NodeSpec, log
+from ._clients import TRACKING_CHANNEL
+from ._listen import NodeSpec, listener_for
 from ._scripts import READ_LUA, READ_SHA, RELEASE_LUA, RELEASE_SHA
 from .errors import (
     CacheError,
@@ -130,10 +131,14 @@ class AsyncCache:
         self._ctx = Context(self._s, self._m, Checks(self._m), bounded, exact)
         self._flights: dict[tuple[object, ...], _Flight] = {}
         self._read_only = True  # EVALSHA_RO until a server refuses it (before 7.0)
-        self._listener: asyncio.Task[None] | None = None
-        self._live = asyncio.Event()
-        self._tracked: frozenset[tuple[str, int]] = frozenset()
-        self._closed = False
+        self._listener = listener_for(
+            self._s,
+            self._seed(),
+            cluster=self._cluster,
+            on_message=self._message,
+            on_live=self._went_live,
+            on_dark=self._went_dark,
+        )
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool = False, **options: Any) -> AsyncCache:
@@ -147,25 +152,16 @@ class AsyncCache:
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self, timeout: float = 5.0) -> bool:
-        """Starts the L1's subscription (the first get does it too) and waits
-        up to ``timeout`` seconds for it; ``True`` once it is live (always
-        ``True`` without a subscribed L1)."""
-        if not self._needs_listener():
+        """Waits up to ``timeout`` seconds for the L1's subscription (which
+        starts with the cache); ``True`` once it is live (always ``True``
+        without a subscribed L1)."""
+        if self._listener is None:
             return True
-        self._ensure_listener()
-        try:
-            await asyncio.wait_for(self._live.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
+        return await asyncio.to_thread(self._listener.wait_live, timeout)
 
     async def aclose(self) -> None:
-        self._closed = True
         if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._listener
-            self._listener = None
+            await asyncio.to_thread(self._listener.close)
         if self._owns_client:
             await self._client.aclose()
 
@@ -210,8 +206,6 @@ class AsyncCache:
             max_stale=max_stale,
         )
         started = time.monotonic()
-        if self._needs_listener():
-            self._ensure_listener()
         held = self._from_l1(req)
         if held is not None:
             if self._s.sample_rate > 0:
@@ -229,7 +223,9 @@ class AsyncCache:
 
     def _from_l1(self, req: Request) -> CacheResult | None:
         ctx = self._ctx
-        if ctx.exact is not None:
+        # Reports already received are handled first: no value whose change
+        # Redis reported to this process is served.
+        if ctx.exact is not None and self._listener is not None and self._listener.drain():
             found = ctx.exact.lookup(req.layout, time.monotonic())
             if found is not None:
                 self._m.hits_l1.inc()
@@ -387,9 +383,11 @@ class AsyncCache:
                 )
 
     def _covered(self, record: str) -> bool:
+        """The record's node is one a tracking connection follows."""
         assert isinstance(self._client, RedisCluster)
+        assert self._listener is not None
         node = self._client.get_node_from_key(record)
-        return node is not None and (node.host, node.port) in self._tracked
+        return node is not None and (node.host, int(node.port)) in self._listener.addresses
 
     async def _read_standalone(self, layout: Layout) -> Snapshot:
         args: tuple[str | int, ...] = (
@@ -457,129 +455,18 @@ class AsyncCache:
 
     # -- the L1's subscription ------------------------------------------------
 
-    def _needs_listener(self) -> bool:
-        l1 = self._s.l1
-        return isinstance(l1, TrackingL1) or (isinstance(l1, L1) and l1.channel is not None)
-
-    def _ensure_listener(self) -> None:
-        if self._listener is None and not self._closed:
-            self._listener = asyncio.get_running_loop().create_task(self._follow())
-
-    def _node_specs(self) -> list[tuple[str, int, NodeSpec]]:
+    def _seed(self) -> NodeSpec:
         c = self._client
         if isinstance(c, RedisCluster):
-            nodes = (
-                c.get_primaries() if isinstance(self._s.l1, TrackingL1) else [c.get_default_node()]
+            kwargs = dict(c.get_connection_kwargs())
+            node = next(iter(c.nodes_manager.startup_nodes.values()))
+            return NodeSpec.like(kwargs.get("connection_class"), kwargs).at(
+                node.host, int(node.port)
             )
-            return [
-                (
-                    n.host,
-                    int(n.port),
-                    NodeSpec(
-                        n.connection_class, {**n.connection_kwargs, "host": n.host, "port": n.port}
-                    ),
-                )
-                for n in nodes
-            ]
         pool = c.connection_pool
-        kwargs = dict(pool.connection_kwargs)
-        return [
-            (
-                str(kwargs.get("host")),
-                int(kwargs.get("port", 6379)),
-                NodeSpec(pool.connection_class, kwargs),
-            )
-        ]
+        return NodeSpec.like(pool.connection_class, dict(pool.connection_kwargs))
 
-    async def _follow(self) -> None:
-        """Keeps the subscription (notices, or tracking on every primary)
-        until the cache closes. Whenever it (re)starts or drops, the whole L1
-        is cleared: messages sent while it was down are lost."""
-        while not self._closed:
-            conns: list[Any] = []
-            try:
-                if self._cluster:
-                    # The primaries of the moment: after a failover the new
-                    # ones are found here.
-                    await self._client.initialize()
-                nodes = self._node_specs()
-                for _host, _port, spec in nodes:
-                    conn = spec.connection_class(**spec.open_kwargs())
-                    conns.append(conn)
-                    await conn.connect()
-                    await self._subscribe(conn)
-                self._tracked = frozenset((h, p) for h, p, _ in nodes)
-                self._went_live()
-                self._live.set()
-                readers = [asyncio.ensure_future(self._listen(conn)) for conn in conns]
-                try:
-                    finished, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_COMPLETED)
-                    for task in finished:
-                        task.result()
-                finally:
-                    for task in readers:
-                        task.cancel()
-                    await asyncio.gather(*readers, return_exceptions=True)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("l1 subscription lost, the L1 is cleared until it is back: %s", e)
-            finally:
-                self._live.clear()
-                self._tracked = frozenset()
-                self._went_dark()
-                for conn in conns:
-                    with contextlib.suppress(Exception):
-                        await conn.disconnect()
-            if not self._closed:
-                await asyncio.sleep(self._s.notice_retry)
-
-    async def _subscribe(self, conn: Any) -> None:
-        l1 = self._s.l1
-        if isinstance(l1, TrackingL1):
-            await conn.send_command("CLIENT", "ID")
-            client_id = await conn.read_response()
-            # Broadcasting mode on the version prefix: every change of a
-            # version record on this node is reported, whoever read it; the
-            # reports come to this connection itself, subscribed below.
-            await conn.send_command(
-                "CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", "PREFIX", self._s.prefix
-            )
-            if await conn.read_response() not in (b"OK", "OK"):
-                raise ProtocolError("CLIENT TRACKING was refused")
-            channel = TRACKING_CHANNEL
-        else:
-            assert isinstance(l1, L1)
-            assert l1.channel is not None
-            channel = l1.channel.encode()
-        await conn.send_command("SUBSCRIBE", channel)
-        confirmation = await conn.read_response()
-        if not (isinstance(confirmation, list) and confirmation[:1] == [b"subscribe"]):
-            raise ProtocolError(f"SUBSCRIBE replied {confirmation!r}")
-
-    async def _listen(self, conn: Any) -> None:
-        interval = self._health_interval()
-        pinged = False
-        while True:
-            reply = await conn.read_response(timeout=interval)
-            if reply is None:
-                if pinged:
-                    raise ConnectionError("the subscribed connection did not answer a PING")
-                await conn.send_command("PING")
-                pinged = True
-                continue
-            pinged = False
-            self._message(reply)
-
-    def _health_interval(self) -> float:
-        l1 = self._s.l1
-        return float(l1.health_interval) if isinstance(l1, TrackingL1) else 5.0  # type: ignore[arg-type]
-
-    def _message(self, reply: Any) -> None:
-        message = _clients.pubsub_message(reply)
-        if message is None:
-            return
-        channel, payload = message
+    def _message(self, channel: bytes, payload: Any) -> None:
         ctx = self._ctx
         if ctx.exact is not None and channel == TRACKING_CHANNEL:
             keys = _clients.tracked_keys(payload)

@@ -22,7 +22,8 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import RedisError as RedisPyError
 
 from . import _clients
-from ._clients import TRACKING_CHANNEL, NodeSpec, log
+from ._clients import TRACKING_CHANNEL
+from ._listen import NodeSpec, listener_for
 from ._scripts import READ_LUA, READ_SHA, RELEASE_LUA, RELEASE_SHA
 from .errors import (
     CacheError,
@@ -137,15 +138,14 @@ class Cache:
             if self._s.loader_timeout is not None
             else None
         )
-        self._closed = threading.Event()
-        self._live = threading.Event()
-        self._tracked: frozenset[tuple[str, int]] = frozenset()
-        self._listener: threading.Thread | None = None
-        if self._needs_listener():
-            self._listener = threading.Thread(
-                target=self._follow, name=f"cdc-cache-{name}-l1", daemon=True
-            )
-            self._listener.start()
+        self._listener = listener_for(
+            self._s,
+            self._seed(),
+            cluster=self._cluster,
+            on_message=self._message,
+            on_live=self._went_live,
+            on_dark=self._went_dark,
+        )
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool = False, **options: Any) -> Cache:
@@ -161,13 +161,11 @@ class Cache:
     def wait_live(self, timeout: float = 5.0) -> bool:
         """Waits up to ``timeout`` seconds for the L1's subscription; ``True``
         once it is live (always ``True`` without a subscribed L1)."""
-        return not self._needs_listener() or self._live.wait(timeout)
+        return self._listener is None or self._listener.wait_live(timeout)
 
     def close(self) -> None:
-        self._closed.set()
         if self._listener is not None:
-            self._listener.join(timeout=10)
-            self._listener = None
+            self._listener.close()
         if self._loaders is not None:
             self._loaders.shutdown(wait=False, cancel_futures=True)
         if self._owns_client:
@@ -233,7 +231,9 @@ class Cache:
 
     def _from_l1(self, req: Request) -> CacheResult | None:
         ctx = self._ctx
-        if ctx.exact is not None:
+        # Reports already received are handled first: no value whose change
+        # Redis reported to this process is served.
+        if ctx.exact is not None and self._listener is not None and self._listener.drain():
             found = ctx.exact.lookup(req.layout, time.monotonic())
             if found is not None:
                 self._m.hits_l1.inc()
@@ -383,9 +383,11 @@ class Cache:
                 )
 
     def _covered(self, record: str) -> bool:
+        """The record's node is one a tracking connection follows."""
         assert isinstance(self._client, RedisCluster)
+        assert self._listener is not None
         node = self._client.get_node_from_key(record)
-        return node is not None and (node.host, node.port) in self._tracked
+        return node is not None and (node.host, int(node.port)) in self._listener.addresses
 
     def _read_standalone(self, layout: Layout) -> Snapshot:
         args: tuple[str | int, ...] = (
@@ -458,146 +460,17 @@ class Cache:
 
     # -- the L1's subscription ------------------------------------------------
 
-    def _needs_listener(self) -> bool:
-        l1 = self._s.l1
-        return isinstance(l1, TrackingL1) or (isinstance(l1, L1) and l1.channel is not None)
-
-    def _node_specs(self) -> list[tuple[str, int, NodeSpec]]:
+    def _seed(self) -> NodeSpec:
         c = self._client
         if isinstance(c, RedisCluster):
-            nodes = (
-                c.get_primaries() if isinstance(self._s.l1, TrackingL1) else [c.get_default_node()]
-            )
-            out = []
-            for n in nodes:
-                pool = n.redis_connection.connection_pool
-                kwargs = {**pool.connection_kwargs, "host": n.host, "port": n.port}
-                out.append((n.host, n.port, NodeSpec(pool.connection_class, kwargs)))
-            return out
+            node = c.get_default_node()
+            pool = node.redis_connection.connection_pool
+            spec = NodeSpec.like(pool.connection_class, dict(pool.connection_kwargs))
+            return spec.at(node.host, int(node.port))
         pool = c.connection_pool
-        kwargs = dict(pool.connection_kwargs)
-        return [
-            (
-                str(kwargs.get("host")),
-                int(kwargs.get("port", 6379)),
-                NodeSpec(pool.connection_class, kwargs),
-            )
-        ]
+        return NodeSpec.like(pool.connection_class, dict(pool.connection_kwargs))
 
-    def _follow(self) -> None:
-        """Keeps the subscription (notices, or tracking on every primary)
-        until the cache closes. Whenever it (re)starts or drops, the whole L1
-        is cleared: messages sent while it was down are lost."""
-        while not self._closed.is_set():
-            conns: list[Any] = []
-            try:
-                if self._cluster:
-                    # The primaries of the moment: after a failover the new
-                    # ones are found here.
-                    self._client.nodes_manager.initialize()  # type: ignore[union-attr]
-                nodes = self._node_specs()
-                for _host, _port, spec in nodes:
-                    conn = spec.connection_class(**spec.open_kwargs())
-                    conns.append(conn)
-                    conn.connect()
-                    self._subscribe(conn)
-                self._tracked = frozenset((h, p) for h, p, _ in nodes)
-                self._went_live()
-                self._live.set()
-                self._listen(conns)
-            except Exception as e:
-                if not self._closed.is_set():
-                    log.warning("l1 subscription lost, the L1 is cleared until it is back: %s", e)
-            finally:
-                self._live.clear()
-                self._tracked = frozenset()
-                self._went_dark()
-                for conn in conns:
-                    with contextlib.suppress(Exception):
-                        conn.disconnect()
-            self._closed.wait(self._s.notice_retry)
-
-    def _subscribe(self, conn: Any) -> None:
-        l1 = self._s.l1
-        if isinstance(l1, TrackingL1):
-            conn.send_command("CLIENT", "ID")
-            client_id = conn.read_response()
-            # Broadcasting mode on the version prefix: every change of a
-            # version record on this node is reported, whoever read it; the
-            # reports come to this connection itself, subscribed below.
-            conn.send_command(
-                "CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", "PREFIX", self._s.prefix
-            )
-            if conn.read_response() not in (b"OK", "OK"):
-                raise ProtocolError("CLIENT TRACKING was refused")
-            channel = TRACKING_CHANNEL
-        else:
-            assert isinstance(l1, L1)
-            assert l1.channel is not None
-            channel = l1.channel.encode()
-        conn.send_command("SUBSCRIBE", channel)
-        confirmation = conn.read_response()
-        if not (isinstance(confirmation, list) and confirmation[:1] == [b"subscribe"]):
-            raise ProtocolError(f"SUBSCRIBE replied {confirmation!r}")
-
-    def _listen(self, conns: list[Any]) -> None:
-        """Reads every connection, one thread each, until one fails or the
-        cache closes; the first failure ends them all."""
-        stop = threading.Event()
-        failures: list[BaseException] = []
-
-        def follow(conn: Any) -> None:
-            try:
-                self._listen_one(conn, stop)
-            except BaseException as e:
-                failures.append(e)
-            finally:
-                stop.set()
-
-        helpers = [
-            threading.Thread(
-                target=follow,
-                args=(conn,),
-                name=f"{threading.current_thread().name}-{i}",
-                daemon=True,
-            )
-            for i, conn in enumerate(conns[1:], 1)
-        ]
-        for helper in helpers:
-            helper.start()
-        follow(conns[0])
-        for helper in helpers:
-            helper.join()
-        if failures:
-            raise failures[0]
-
-    def _listen_one(self, conn: Any, stop: threading.Event) -> None:
-        """A connection silent for the health interval is pinged; silent for
-        another, it is taken as dead. Reads wake every 100 ms to see ``stop``."""
-        interval = self._health_interval()
-        last_heard = time.monotonic()
-        pinged = False
-        while not stop.is_set() and not self._closed.is_set():
-            if conn.can_read(timeout=0.1):
-                self._message(conn.read_response())
-                last_heard = time.monotonic()
-                pinged = False
-            elif time.monotonic() - last_heard >= interval:
-                if pinged:
-                    raise ConnectionError("a subscribed connection did not answer a PING")
-                conn.send_command("PING")
-                pinged = True
-                last_heard = time.monotonic()
-
-    def _health_interval(self) -> float:
-        l1 = self._s.l1
-        return float(l1.health_interval) if isinstance(l1, TrackingL1) else 5.0  # type: ignore[arg-type]
-
-    def _message(self, reply: Any) -> None:
-        message = _clients.pubsub_message(reply)
-        if message is None:
-            return
-        channel, payload = message
+    def _message(self, channel: bytes, payload: Any) -> None:
         ctx = self._ctx
         if ctx.exact is not None and channel == TRACKING_CHANNEL:
             keys = _clients.tracked_keys(payload)
