@@ -150,6 +150,11 @@ class Reader:
         call = functools.partial(self.cache.get, key, loads.load_sync, **options)
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
+    async def warm(self) -> None:
+        """Connects (a Cluster client also learns the slots): a test's timed
+        gets then measure the cache, not the client's first connection."""
+        await self.get(f"{unique('warm')}:1", Loads(b"warm"), ttl=5)
+
     async def wait_live(self) -> bool:
         if isinstance(self.cache, AsyncCache):
             return await self.cache.start()

@@ -41,11 +41,15 @@ async def test_one_load_after_a_bump(
     caches = [readers(n) for n in names]
     key = f"{unique('product')}:1"
     v1 = bump(client, prefix, key, 1)
+    for cache in caches[1:]:
+        await cache.warm()
     first = await caches[0].get(key, Loads(b"v1"), ttl=TTL)
     assert (first.hit, first.value, first.data_key) == (False, b"v1", data_key(key, v1))
 
     v2 = bump(client, prefix, key, 2)
-    loads = Loads(b"v2", delay=0.3)
+    # A load long enough that all 200 gets begin before its fill, even on a
+    # busy machine (a get that begins after it is a plain hit).
+    loads = Loads(b"v2", delay=1.0)
     before = command_calls(client)
     got = await asyncio.gather(
         *(caches[i % instances].get(key, loads, ttl=TTL) for i in range(200))
@@ -68,7 +72,7 @@ async def test_one_load_after_a_bump(
     # eventual: a flight that did not take the lease serves the previous
     # value at once; the flight that took it returns the new one.
     v3 = bump(client, prefix, key, 3)
-    loads = Loads(b"v3", delay=0.3)
+    loads = Loads(b"v3", delay=1.0)
     got = await asyncio.gather(
         *(
             caches[i % instances].get(key, loads, ttl=TTL, consistency="eventual", max_stale=30)
@@ -103,6 +107,8 @@ async def test_hung_holder(
     waiters = [readers(n, lease=lease) for n in names]
     key = f"{unique('product')}:9"
     version = bump(client, prefix, key, 1)
+    for reader in (holder, *waiters):
+        await reader.warm()
 
     hung = Loads(b"late", delay=2.5)
     held = asyncio.ensure_future(holder.get(key, hung, ttl=TTL))
@@ -143,6 +149,8 @@ async def test_failing_loader(
     caches = [readers(n, lease=0.3, wait_timeout=wait_timeout, max_poll=max_poll) for n in names]
     key = f"{unique('product')}:5"
     bump(client, prefix, key, 1)
+    for cache in caches:
+        await cache.warm()
     loads = Loads(delay=0.05, fail=True)
     until = time.monotonic() + 2.0
     durations: list[float] = []
@@ -162,7 +170,9 @@ async def test_failing_loader(
     await asyncio.gather(*(keep_trying(i) for i in range(40)))
     assert loads.calls >= 3, "loads went on, one at a time"
     assert loads.most_at_once == 1, "never two loads at once"
-    assert max(durations) <= wait_timeout + max_poll + 0.35, f"longest get {max(durations):.3f} s"
+    # The slack: a round trip, and the scheduling of 40 gets on a busy machine.
+    slack = 0.5
+    assert max(durations) <= wait_timeout + max_poll + slack, f"longest get {max(durations):.3f} s"
     assert kinds <= {"loader", "lease_timeout"}, kinds
     errors = sum(metric(readers.registry, "cache_fill_errors_total", cache=n) for n in names)
     assert errors == loads.calls
@@ -178,6 +188,8 @@ async def test_failing_loader_error_kinds(
     caches = [readers(unique("kinds"), lease=0.3, wait_timeout=0.5) for _ in range(2)]
     key = f"{unique('product')}:6"
     bump(client, prefix, key, 1)
+    for cache in caches:
+        await cache.warm()
     loads = Loads(delay=0.1, fail=True)
     outcomes = await gather_timed(
         [functools.partial(caches[i % 2].get, key, loads, ttl=TTL) for i in range(20)]
@@ -236,6 +248,7 @@ async def test_loader_timeout(
     cache = readers(name := unique("timeout"), loader_timeout=0.2)
     key = f"{unique('product')}:8"
     version = bump(client, prefix, key, 1)
+    await cache.warm()
     slow = Loads(b"late", delay=0.8)
     began = time.monotonic()
     with pytest.raises(LoaderTimeoutError) as caught:
