@@ -134,6 +134,17 @@ class _Followed:
         self.conn = conn
         self.address = address
         self.lock = threading.Lock()
+        # When a reply was last read, by the listener or by a drain (a PING's
+        # answer may be read by either).
+        self.heard = time.monotonic()
+        self.pinged = False
+
+    def read_ready(self, handle: Callable[[Any], None]) -> None:
+        """Handles every reply already received (the lock held)."""
+        while self.conn.can_read(timeout=0):
+            handle(self.conn.read_response())
+            self.heard = time.monotonic()
+            self.pinged = False
 
 
 class Listener:
@@ -194,8 +205,7 @@ class Listener:
         try:
             for followed in self._followed:
                 with followed.lock:
-                    while followed.conn.can_read(timeout=0):
-                        self._handle(followed.conn.read_response())
+                    followed.read_ready(self._handle)
         except Exception:
             # The listener thread sees the same failure and starts over.
             return False
@@ -272,24 +282,20 @@ class Listener:
     def _follow(self, f: _Followed, stop: threading.Event) -> None:
         """Reads as messages come. A connection silent for the health
         interval is pinged; silent for another, it is taken as dead. The wait
-        for data is outside the lock, so ``drain`` never waits for it."""
-        last_heard = time.monotonic()
-        pinged = False
+        for data is outside the lock, so ``drain`` never waits for it, and
+        wakes only for data, the health interval, or at most every second
+        (to see ``stop``)."""
+        interval = self._health_interval
         while not stop.is_set() and not self._closed.is_set():
             with f.lock:
-                heard = False
-                while f.conn.can_read(timeout=0):
-                    self._handle(f.conn.read_response())
-                    heard = True
-            if heard:
-                last_heard, pinged = time.monotonic(), False
-            elif time.monotonic() - last_heard >= self._health_interval:
-                if pinged:
-                    raise ConnectionError("a subscribed connection did not answer a PING")
-                with f.lock:
+                f.read_ready(self._handle)
+                silent = time.monotonic() - f.heard
+                if silent >= interval:
+                    if f.pinged:
+                        raise ConnectionError("a subscribed connection did not answer a PING")
                     f.conn.send_command("PING")
-                last_heard, pinged = time.monotonic(), True
-            _wait_readable(f.conn, 0.05)
+                    f.heard, f.pinged, silent = time.monotonic(), True, 0.0
+            _wait_readable(f.conn, min(1.0, max(0.01, interval - silent)))
 
     def _handle(self, reply: Any) -> None:
         if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
