@@ -93,21 +93,26 @@ async def test_one_load_after_a_bump(
         assert stale_served == 100, "one flight served the previous value to its 100 gets"
 
 
+@pytest.mark.parametrize("waiters_in", ["other instances", "the holder's instance"])
 async def test_hung_holder(
-    readers: Readers, client: redis.Redis | RedisCluster, prefix: str
+    readers: Readers, client: redis.Redis | RedisCluster, prefix: str, waiters_in: str
 ) -> None:
     """A holder whose loader sleeps past the lease: after the lease expires
-    exactly one more load starts (a takeover) among three other instances,
-    and the waiters end soon after it."""
+    exactly one more load starts (a takeover), and the waiters end soon
+    after it, whether they are other processes (instances) or gets of the
+    holder's own (which leave its flight after a lease)."""
     # A lease long enough that every waiter has read before it expires, even
     # on a busy machine (a waiter reading after it would simply take it).
     lease = 1.0
-    holder = readers(unique("holder"), lease=lease)
-    names = [unique("waiter") for _ in range(3)]
-    waiters = [readers(n, lease=lease) for n in names]
+    holder = readers(holder_name := unique("holder"), lease=lease)
+    if waiters_in == "other instances":
+        names = [unique("waiter") for _ in range(3)]
+        waiters = [readers(n, lease=lease) for n in names]
+    else:
+        names, waiters = [holder_name], [holder] * 3
     key = f"{unique('product')}:9"
     version = bump(client, prefix, key, 1)
-    for reader in (holder, *waiters):
+    for reader in {id(r): r for r in (holder, *waiters)}.values():
         await reader.warm()
 
     hung = Loads(b"late", delay=2.5)

@@ -211,15 +211,36 @@ class AsyncCache:
             if self._s.sample_rate > 0:
                 await self._sample(held.value, loader)
             return held
+        after_hung = False
         while True:
             current = self._flights.get(req.flight)
             if current is None:
-                return await self._lead(req, loader, started)
-            await asyncio.shield(current.done)
+                return await self._lead(req, loader, started, after_hung=after_hung)
+            if not await self._follow(req, current):
+                # Its leader kept loading past a lease: start over (section
+                # 5, rule 2), so a hung loader delays this process's gets no
+                # longer than other processes'.
+                after_hung = True
+                continue
             state = current.state
             if state.restart:
                 continue
             return _joined(self._m, state)
+
+    async def _follow(self, req: Request, current: _Flight) -> bool:
+        """Waits for the flight's end; ``False`` when its leader is still
+        loading a lease after this get joined (checked every lease), and the
+        flight is then closed to newcomers."""
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(current.done), self._s.lease)
+            except asyncio.TimeoutError:
+                if current.state.loading:
+                    if self._flights.get(req.flight) is current:
+                        del self._flights[req.flight]
+                    return False
+            else:
+                return True
 
     def _from_l1(self, req: Request) -> CacheResult | None:
         ctx = self._ctx
@@ -238,11 +259,14 @@ class AsyncCache:
                 return CacheResult(fresh[0], hit=True, data_key=fresh[1], stale=True)
         return None
 
-    async def _lead(self, req: Request, loader: AsyncLoader, started: float) -> CacheResult:
+    async def _lead(
+        self, req: Request, loader: AsyncLoader, started: float, *, after_hung: bool
+    ) -> CacheResult:
         me = _Flight()
         self._flights[req.flight] = me
         try:
-            outcome = await self._run(flight(self._ctx, req, started, me.state), req, loader)
+            gen = flight(self._ctx, req, started, me.state, after_hung=after_hung)
+            outcome = await self._run(gen, req, loader, me.state)
         except Exception as error:
             me.state.error = error
             raise
@@ -265,7 +289,9 @@ class AsyncCache:
 
     # -- the driver -------------------------------------------------------------
 
-    async def _run(self, gen: Any, req: Request, loader: AsyncLoader) -> Outcome:
+    async def _run(
+        self, gen: Any, req: Request, loader: AsyncLoader, state: FlightState
+    ) -> Outcome:
         held: tuple[str, str] | None = None
         reply: Any = None
         error: BaseException | None = None
@@ -277,6 +303,7 @@ class AsyncCache:
                     result: Outcome = done.value
                     return result
                 reply, error = None, None
+                state.loading = isinstance(effect, Load)
                 try:
                     reply = await self._execute(effect, req, loader)
                 except CacheError as e:
@@ -284,6 +311,7 @@ class AsyncCache:
                 except RedisPyError as e:
                     error = RedisError(f"redis: {e}")
                     error.__cause__ = e
+                state.loading = False
                 if isinstance(effect, TryLease) and reply is not None:
                     held = (effect.data_key, reply)
                 elif isinstance(effect, Release):

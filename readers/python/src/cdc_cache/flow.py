@@ -193,10 +193,12 @@ class Outcome:
 class FlightState:
     """What the gets joining a flight learn besides its outcome."""
 
-    __slots__ = ("done", "error", "missed", "outcome", "restart")
+    __slots__ = ("done", "error", "loading", "missed", "outcome", "restart")
 
     def __init__(self) -> None:
         self.missed = False
+        # The leader holds the lease and its loader runs (set by the driver).
+        self.loading = False
         self.outcome: Outcome | None = None
         self.error: BaseException | None = None
         # The leader was cancelled: joiners start again (section 5, rule 6).
@@ -237,8 +239,12 @@ class Context:
 Flow = Generator[Effect, Any, Outcome]
 
 
-def flight(ctx: Context, req: Request, started: float, state: FlightState) -> Flow:
-    """One flight, led by a get that started at ``started`` (monotonic)."""
+def flight(
+    ctx: Context, req: Request, started: float, state: FlightState, *, after_hung: bool = False
+) -> Flow:
+    """One flight, led by a get that started at ``started`` (monotonic).
+    ``after_hung``: its get left a flight whose leader kept loading past a
+    lease; taking the lease at this read is then a takeover."""
     s, m, layout = ctx.settings, ctx.metrics, req.layout
     read_at = time.monotonic()
     snap: Snapshot = yield Read()
@@ -268,6 +274,8 @@ def flight(ctx: Context, req: Request, started: float, state: FlightState) -> Fl
     state.missed = True
     token = yield TryLease(key)
     if token is not None:
+        if after_hung:
+            m.lease_takeovers.inc()
         return (yield from _hold(ctx, req, key, token))
 
     # Someone else holds the lease (rule 3).

@@ -216,18 +216,36 @@ class Cache:
             if self._s.sample_rate > 0:
                 self._sample(held.value, loader)
             return held
+        after_hung = False
         while True:
             with self._flights_lock:
                 current = self._flights.get(req.flight)
                 if current is None:
                     me = self._flights[req.flight] = _Flight()
             if current is None:
-                return self._lead(me, req, loader, started)
-            current.done.wait()
+                return self._lead(me, req, loader, started, after_hung=after_hung)
+            if not self._follow(req, current):
+                # Its leader kept loading past a lease: start over (section
+                # 5, rule 2), so a hung loader delays this process's gets no
+                # longer than other processes'.
+                after_hung = True
+                continue
             state = current.state
             if state.restart:
                 continue
             return _joined(self._m, state)
+
+    def _follow(self, req: Request, current: _Flight) -> bool:
+        """Waits for the flight's end; ``False`` when its leader is still
+        loading a lease after this get joined (checked every lease), and the
+        flight is then closed to newcomers."""
+        while not current.done.wait(self._s.lease):
+            if current.state.loading:
+                with self._flights_lock:
+                    if self._flights.get(req.flight) is current:
+                        del self._flights[req.flight]
+                return False
+        return True
 
     def _from_l1(self, req: Request) -> CacheResult | None:
         ctx = self._ctx
@@ -246,9 +264,12 @@ class Cache:
                 return CacheResult(fresh[0], hit=True, data_key=fresh[1], stale=True)
         return None
 
-    def _lead(self, me: _Flight, req: Request, loader: Loader, started: float) -> CacheResult:
+    def _lead(
+        self, me: _Flight, req: Request, loader: Loader, started: float, *, after_hung: bool
+    ) -> CacheResult:
         try:
-            outcome = self._run(flight(self._ctx, req, started, me.state), req, loader)
+            gen = flight(self._ctx, req, started, me.state, after_hung=after_hung)
+            outcome = self._run(gen, req, loader, me.state)
         except Exception as error:
             me.state.error = error
             raise
@@ -272,7 +293,7 @@ class Cache:
 
     # -- the driver -------------------------------------------------------------
 
-    def _run(self, gen: Any, req: Request, loader: Loader) -> Outcome:
+    def _run(self, gen: Any, req: Request, loader: Loader, state: FlightState) -> Outcome:
         held: tuple[str, str] | None = None
         reply: Any = None
         error: BaseException | None = None
@@ -284,6 +305,7 @@ class Cache:
                     result: Outcome = done.value
                     return result
                 reply, error = None, None
+                state.loading = isinstance(effect, Load)
                 try:
                     reply = self._execute(effect, req, loader)
                 except CacheError as e:
@@ -291,6 +313,7 @@ class Cache:
                 except RedisPyError as e:
                     error = RedisError(f"redis: {e}")
                     error.__cause__ = e
+                state.loading = False
                 if isinstance(effect, TryLease) and reply is not None:
                     held = (effect.data_key, reply)
                 elif isinstance(effect, Release):
