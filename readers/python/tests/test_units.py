@@ -193,7 +193,7 @@ async def test_refused_get_options_reach_both_caches() -> None:
     with pytest.raises(InvalidOptionsError, match="deps=\\[\\] is refused"):
         sync_cache.get("k", lambda: b"", ttl=60, deps=[])
     with pytest.raises(InvalidOptionsError, match="consistency must be"):
-        await async_cache.get("k", _never, ttl=60, consistency="eventualy")
+        await async_cache.get("k", _never, ttl=60, consistency="eventualy")  # type: ignore[arg-type]
     sync_cache.close()
     await async_cache.aclose()
 

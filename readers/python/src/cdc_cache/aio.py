@@ -56,7 +56,7 @@ from .flow import (
 from .l1 import BoundedL1, ExactL1
 from .metrics import CacheMetrics
 from .naming import Layout, lease_key
-from .options import L1, Duration, Request, Settings, TrackingL1
+from .options import L1, Consistency, Duration, Request, Settings, TrackingL1
 from .result import CacheResult, as_value
 
 __all__ = ["AsyncCache", "AsyncLoader"]
@@ -191,7 +191,7 @@ class AsyncCache:
         ttl: Duration,
         deps: Sequence[str] | None = None,
         namespaces: Sequence[str] = (),
-        consistency: str = "strong",
+        consistency: Consistency = "strong",
         max_stale: Duration | None = None,
     ) -> CacheResult:
         """The value of ``key`` (spec section 1): from the L1, from Redis, or
