@@ -22,8 +22,8 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import RedisError as RedisPyError
 
 from . import _clients
-from ._clients import TRACKING_CHANNEL
-from ._listen import NodeSpec, listener_for
+from ._base import CacheBase, joined
+from ._listen import NodeSpec
 from ._scripts import READ_LUA, READ_SHA, RELEASE_LUA, RELEASE_SHA
 from .errors import (
     CacheError,
@@ -35,8 +35,6 @@ from .errors import (
 )
 from .flow import (
     Check,
-    Checks,
-    Context,
     Effect,
     FlightState,
     Get,
@@ -54,8 +52,6 @@ from .flow import (
     parse_fields,
     time_us,
 )
-from .l1 import BoundedL1, ExactL1
-from .metrics import CacheMetrics
 from .naming import Layout, lease_key
 from .options import L1, Consistency, Duration, Request, Settings, TrackingL1
 from .result import CacheResult, as_value
@@ -76,7 +72,7 @@ class _Flight:
         self.done = threading.Event()
 
 
-class Cache:
+class Cache(CacheBase):
     """A reader of one Redis (standalone or Cluster) for threaded code.
 
     ``Cache(client, ...)`` wraps an existing ``redis.Redis`` or
@@ -113,7 +109,7 @@ class Cache:
         _clients.refuse_decoding(client.get_connection_kwargs())
         self._client = client
         self._owns_client = False
-        self._s = Settings.build(
+        settings = Settings.build(
             name=name,
             prefix=prefix,
             lease=lease,
@@ -125,10 +121,7 @@ class Cache:
             sample_rate=sample_rate,
             l1=l1,
         )
-        self._m = CacheMetrics(name, registry)
-        bounded = BoundedL1(l1.max_entries, prefix) if isinstance(l1, L1) else None
-        exact = ExactL1(l1.max_entries, l1.max_bytes) if isinstance(l1, TrackingL1) else None
-        self._ctx = Context(self._s, self._m, Checks(self._m), bounded, exact)
+        self._setup(settings, registry)
         self._flights: dict[tuple[object, ...], _Flight] = {}
         self._flights_lock = threading.Lock()
         self._read_only = True  # EVALSHA_RO until a server refuses it (before 7.0)
@@ -137,14 +130,6 @@ class Cache:
             concurrent.futures.ThreadPoolExecutor(thread_name_prefix=f"cdc-cache-{name}-loader")
             if self._s.loader_timeout is not None
             else None
-        )
-        self._listener = listener_for(
-            self._s,
-            self._seed(),
-            cluster=self._cluster,
-            on_message=self._message,
-            on_live=self._went_live,
-            on_dark=self._went_dark,
         )
 
     @classmethod
@@ -233,7 +218,7 @@ class Cache:
             state = current.state
             if state.restart:
                 continue
-            return _joined(self._m, state)
+            return joined(self._m, state)
 
     def _follow(self, req: Request, current: _Flight) -> bool:
         """Waits for the flight's end; ``False`` when its leader is still
@@ -246,23 +231,6 @@ class Cache:
                         del self._flights[req.flight]
                 return False
         return True
-
-    def _from_l1(self, req: Request) -> CacheResult | None:
-        ctx = self._ctx
-        # Reports already received are handled first: no value whose change
-        # Redis reported to this process is served.
-        if ctx.exact is not None and self._listener is not None and self._listener.drain():
-            found = ctx.exact.lookup(req.layout, time.monotonic())
-            if found is not None:
-                self._m.hits_l1.inc()
-                return CacheResult(found[1], hit=True, data_key=found[0], stale=False)
-        if ctx.bounded is not None and req.eventual:
-            bound = min(self._s.l1_max_stale, req.max_stale_us / 1_000_000)
-            fresh = ctx.bounded.fresh(BoundedL1.entry_id(req.layout), bound)
-            if fresh is not None:
-                self._m.hits_l1.inc()
-                return CacheResult(fresh[0], hit=True, data_key=fresh[1], stale=True)
-        return None
 
     def _lead(
         self, me: _Flight, req: Request, loader: Loader, started: float, *, after_hung: bool
@@ -408,9 +376,8 @@ class Cache:
     def _covered(self, record: str) -> bool:
         """The record's node is one a tracking connection follows."""
         assert isinstance(self._client, RedisCluster)
-        assert self._listener is not None
         node = self._client.get_node_from_key(record)
-        return node is not None and (node.host, int(node.port)) in self._listener.addresses
+        return node is not None and self._tracked(node.host, int(node.port))
 
     def _read_standalone(self, layout: Layout) -> Snapshot:
         args: tuple[str | int, ...] = (
@@ -492,48 +459,3 @@ class Cache:
             return spec.at(node.host, int(node.port))
         pool = c.connection_pool
         return NodeSpec.like(pool.connection_class, dict(pool.connection_kwargs))
-
-    def _message(self, channel: bytes, payload: Any) -> None:
-        ctx = self._ctx
-        if ctx.exact is not None and channel == TRACKING_CHANNEL:
-            keys = _clients.tracked_keys(payload)
-            dropped = ctx.exact.invalidate(keys)
-            (self._m.l1_reset if keys is None else self._m.l1_tracking).inc(dropped)
-        elif ctx.bounded is not None:
-            notice = _clients.notice_record(payload)
-            if notice is None:
-                return
-            record, commit_us = notice
-            self._m.l1_notice.inc(ctx.bounded.invalidate(record))
-            if commit_us is not None:
-                self._m.propagation.observe(max(0.0, time.time() * 1000 - commit_us / 1000))
-
-    def _went_live(self) -> None:
-        ctx = self._ctx
-        if ctx.exact is not None:
-            self._m.l1_reset.inc(ctx.exact.go_live())
-        elif ctx.bounded is not None:
-            self._m.l1_reset.inc(ctx.bounded.clear())
-
-    def _went_dark(self) -> None:
-        ctx = self._ctx
-        if ctx.exact is not None:
-            self._m.l1_reset.inc(ctx.exact.go_dark())
-        elif ctx.bounded is not None:
-            self._m.l1_reset.inc(ctx.bounded.clear())
-
-
-def _joined(m: CacheMetrics, state: FlightState) -> CacheResult:
-    """A get that joined another's flight: its outcome, never its loader."""
-    if state.missed:
-        m.misses.inc()
-        m.stampede_prevented()
-    else:
-        m.hits_redis.inc()
-    if state.error is not None:
-        raise state.error
-    outcome = state.outcome
-    assert outcome is not None
-    if outcome.stale:
-        m.stale_served.inc()
-    return CacheResult(outcome.value, hit=True, data_key=outcome.data_key, stale=outcome.stale)
