@@ -54,9 +54,11 @@ type Cache struct {
 	// noReadOnlyScripts: the server has no EVALSHA_RO (before Redis 7.0).
 	noReadOnlyScripts atomic.Bool
 
-	l1     *boundedL1
-	exact  *exactL1
-	checks ratioWindow
+	l1 *boundedL1
+	// noticesLive: the bounded L1's notice subscription is subscribed.
+	noticesLive atomic.Bool
+	exact       *exactL1
+	checks      ratioWindow
 
 	mu      sync.Mutex
 	flights map[string]*flight

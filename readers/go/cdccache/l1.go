@@ -170,6 +170,7 @@ func (c *Cache) followNotices(ctx context.Context, channel string) {
 			case *redis.Subscription:
 				if m.Kind == "subscribe" {
 					c.m.l1Reset.Add(float64(c.l1.clear()))
+					c.noticesLive.Store(true)
 				}
 			case *redis.Message:
 				var n notice
@@ -185,6 +186,7 @@ func (c *Cache) followNotices(ctx context.Context, channel string) {
 				}
 			}
 		}
+		c.noticesLive.Store(false)
 		_ = sub.Close()
 		c.m.l1Reset.Add(float64(c.l1.clear()))
 		select {
