@@ -153,6 +153,8 @@ type flight struct {
 	staleServed bool
 	// handedOn: the leader was cancelled; the joiners start again.
 	handedOn bool
+	// loading: the leader holds the lease and its loader runs.
+	loading atomic.Bool
 }
 
 // Get returns the value of key (spec section 1): from an L1, from Redis,
@@ -180,6 +182,7 @@ func (c *Cache) Get(ctx context.Context, key string, loader Loader, opts ...GetO
 		c.sample(ctx, res.Value, loader)
 		return res, nil
 	}
+	leftHungFlight := false
 	for {
 		c.mu.Lock()
 		f := c.flights[req.flight]
@@ -187,20 +190,60 @@ func (c *Cache) Get(ctx context.Context, key string, loader Loader, opts ...GetO
 			f = &flight{done: make(chan struct{})}
 			c.flights[req.flight] = f
 			c.mu.Unlock()
-			return c.lead(ctx, f, req, loader, started)
+			return c.lead(ctx, f, req, loader, started, leftHungFlight)
 		}
 		c.mu.Unlock()
-		select {
-		case <-f.done:
-		case <-ctx.Done():
+		switch outcome := c.follow(ctx, f, req); outcome {
+		case followDone:
+			return c.joined(f)
+		case followCancelled:
 			return Result{}, ctx.Err()
-		}
-		if f.handedOn {
+		case followHandedOn:
 			// Its leader was cancelled: start again; one of the joiners
 			// leads, each still waiting from its own start.
-			continue
+		case followLeft:
+			leftHungFlight = true
 		}
-		return c.joined(f)
+	}
+}
+
+type followOutcome int
+
+const (
+	followDone followOutcome = iota
+	followCancelled
+	followHandedOn
+	followLeft
+)
+
+// follow waits for the flight f. A follower whose leader holds the lease
+// and is still loading one lease after the follower joined (checked again
+// every lease while the leader only waits) leaves the flight, closes it to
+// newcomers and starts over: a hung loader delays the gets of its own
+// process no longer than those of other processes (section 5, rule 2).
+func (c *Cache) follow(ctx context.Context, f *flight, req *request) followOutcome {
+	check := time.NewTimer(c.s.lease)
+	defer check.Stop()
+	for {
+		select {
+		case <-f.done:
+			if f.handedOn {
+				return followHandedOn
+			}
+			return followDone
+		case <-ctx.Done():
+			return followCancelled
+		case <-check.C:
+			if f.loading.Load() {
+				c.mu.Lock()
+				if c.flights[req.flight] == f {
+					delete(c.flights, req.flight)
+				}
+				c.mu.Unlock()
+				return followLeft
+			}
+			check.Reset(c.s.lease)
+		}
 	}
 }
 
@@ -226,7 +269,9 @@ func (c *Cache) joined(f *flight) (Result, error) {
 	return r, nil
 }
 
-func (c *Cache) lead(ctx context.Context, f *flight, req *request, loader Loader, started time.Time) (Result, error) {
+// lead runs a flight. afterLeaving: this get left a flight whose holder
+// hung; taking the lease at its read is then a takeover.
+func (c *Cache) lead(ctx context.Context, f *flight, req *request, loader Loader, started time.Time, afterLeaving bool) (Result, error) {
 	defer func() {
 		p := recover()
 		c.mu.Lock()
@@ -242,7 +287,7 @@ func (c *Cache) lead(ctx context.Context, f *flight, req *request, loader Loader
 			panic(p)
 		}
 	}()
-	res, err := c.fly(ctx, f, req, loader, started)
+	res, err := c.fly(ctx, f, req, loader, started, afterLeaving)
 	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 		f.handedOn = true
 	} else {
@@ -256,7 +301,7 @@ func (c *Cache) lead(ctx context.Context, f *flight, req *request, loader Loader
 }
 
 // fly is a flight's work, done by its leader.
-func (c *Cache) fly(ctx context.Context, f *flight, req *request, loader Loader, started time.Time) (Result, error) {
+func (c *Cache) fly(ctx context.Context, f *flight, req *request, loader Loader, started time.Time, afterLeaving bool) (Result, error) {
 	readAt := time.Now()
 	snap, err := c.readTracked(ctx, req.layout)
 	if err != nil {
@@ -272,7 +317,7 @@ func (c *Cache) fly(ctx context.Context, f *flight, req *request, loader Loader,
 				return Result{}, err
 			}
 			if took {
-				res, err := c.load(ctx, req, loader, snap.dataKey, token, readAt)
+				res, err := c.load(ctx, f, req, loader, snap.dataKey, token, readAt)
 				if err == nil {
 					c.m.earlyRefreshes.Inc()
 				}
@@ -291,7 +336,10 @@ func (c *Cache) fly(ctx context.Context, f *flight, req *request, loader Loader,
 		return Result{}, err
 	}
 	if took {
-		return c.hold(ctx, req, loader, snap.dataKey, token, readAt)
+		if afterLeaving {
+			c.m.leaseTakeovers.Inc()
+		}
+		return c.hold(ctx, f, req, loader, snap.dataKey, token, readAt)
 	}
 	return c.wait(ctx, f, req, loader, snap, started, readAt)
 }
@@ -336,7 +384,7 @@ func (c *Cache) wait(ctx context.Context, f *flight, req *request, loader Loader
 			}
 			if took {
 				c.m.leaseTakeovers.Inc()
-				return c.hold(ctx, req, loader, snap.dataKey, token, readAt)
+				return c.hold(ctx, f, req, loader, snap.dataKey, token, readAt)
 			}
 		}
 		if !time.Now().Before(deadline) {
@@ -368,7 +416,7 @@ func (c *Cache) serveStale(ctx context.Context, f *flight, staleKey string) (Res
 
 // hold is a get that took the lease (rule 5): it reads the data key once
 // more, since a holder may have filled it since this get's read, then loads.
-func (c *Cache) hold(ctx context.Context, req *request, loader Loader, dataKey, token string, readAt time.Time) (Result, error) {
+func (c *Cache) hold(ctx context.Context, f *flight, req *request, loader Loader, dataKey, token string, readAt time.Time) (Result, error) {
 	raw, found, err := c.getValue(ctx, dataKey)
 	if err != nil {
 		c.release(ctx, dataKey, token)
@@ -380,20 +428,22 @@ func (c *Cache) hold(ctx context.Context, req *request, loader Loader, dataKey, 
 		c.rememberBounded(req, dataKey, value, readAt)
 		return Result{Value: value, Hit: true, DataKey: dataKey}, nil
 	}
-	return c.load(ctx, req, loader, dataKey, token, readAt)
+	return c.load(ctx, f, req, loader, dataKey, token, readAt)
 }
 
 // load calls the loader under the lease, fills the data key, then releases
 // the lease; on any failure, a cancellation or a panic it releases the
 // lease at once (rules 5 to 7).
-func (c *Cache) load(ctx context.Context, req *request, loader Loader, dataKey, token string, readAt time.Time) (Result, error) {
+func (c *Cache) load(ctx context.Context, f *flight, req *request, loader Loader, dataKey, token string, readAt time.Time) (Result, error) {
 	released := false
 	defer func() {
 		if !released {
 			c.release(ctx, dataKey, token)
 		}
 	}()
+	f.loading.Store(true)
 	value, elapsed, err := c.runLoader(ctx, loader, dataKey)
+	f.loading.Store(false)
 	if err != nil {
 		if errors.Is(err, ErrLoader) || errors.Is(err, ErrLoaderTimeout) {
 			c.m.fillErrors.Inc()

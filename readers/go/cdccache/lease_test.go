@@ -219,6 +219,49 @@ func TestHungHolder(t *testing.T) {
 	})
 }
 
+// A hung holder in the same process: its flight's followers leave it one
+// lease after they joined, and one of them takes the lease over, so they
+// wait no longer than the gets of other processes do.
+func TestHungHolderInTheSameProcess(t *testing.T) {
+	eachTopology(t, func(t *testing.T, top topology) {
+		f := newFixture(t, top)
+		const lease = 500 * time.Millisecond
+		name := unique("same")
+		cache := f.cache(name, WithLease(lease))
+		ctx := context.Background()
+		key := unique("product") + ":10"
+		f.bump(key, 1)
+		hung := newLoads("late", 3*time.Second)
+		held := make(chan error, 1)
+		go func() {
+			_, err := cache.Get(ctx, key, hung.load, TTL(testTTL))
+			held <- err
+		}()
+		<-hung.started
+		fresh := newLoads("fresh", 100*time.Millisecond)
+		got, errs, took := getAll(20, func(int) (Result, error) {
+			return cache.Get(ctx, key, fresh.load, TTL(testTTL))
+		})
+		if n := fresh.calls.Load(); n != 1 {
+			t.Fatalf("%d loads by the followers, want 1", n)
+		}
+		for i, g := range got {
+			if errs[i] != nil || string(g.Value) != "fresh" {
+				t.Fatalf("follower %d: %+v, %v", i, g, errs[i])
+			}
+			if limit := lease + 100*time.Millisecond + 2*100*time.Millisecond + 400*time.Millisecond; took[i] > limit {
+				t.Fatalf("a follower waited %s (limit %s)", took[i], limit)
+			}
+		}
+		if n := f.count(MetricLeaseTakeovers, name); n != 1 {
+			t.Fatalf("cache_lease_takeovers_total %v, want 1", n)
+		}
+		if err := <-held; err != nil {
+			t.Fatalf("the hung holder: %v", err)
+		}
+	})
+}
+
 func TestFailingLoader(t *testing.T) {
 	eachTopology(t, func(t *testing.T, top topology) {
 		f := newFixture(t, top)
