@@ -46,11 +46,11 @@ type (
 	UUIDBytes [16]byte
 )
 
-// The daemon dead-letters decimals beyond these (docs/key-rendering.md);
-// a reader refuses them instead of naming a key nobody bumps.
+// PostgreSQL numeric's own range, the daemon's bounds too: no column holds
+// more, and a text such as 1E+999999999 must not become a gigabyte of zeros.
 const (
-	maxDecimalDigits = 308
-	maxDecimalScale  = 1000
+	maxDecimalScale         = 16383
+	maxDecimalIntegerDigits = 131072
 )
 
 // RenderValue is one value's canonical text. ok is false for SQL NULL: a
@@ -207,19 +207,20 @@ func plainDecimal(text string) (string, error) {
 	exp := int64(0)
 	if i := strings.IndexAny(s, "eE"); i >= 0 {
 		digits := strings.TrimPrefix(strings.TrimPrefix(exponent, "+"), "-")
-		if digits == "" || !isDigits(digits) || len(digits) > 9 {
+		if digits == "" || !isDigits(digits) {
 			return bad()
 		}
-		n, _ := strconv.ParseInt(digits, 10, 64)
-		if strings.HasPrefix(exponent, "-") {
-			n = -n
+		n, err := strconv.ParseInt(exponent, 10, 64)
+		if err != nil {
+			// Beyond int64 is beyond numeric's range as well.
+			return "", invalidf("Decimal %q is beyond PostgreSQL numeric's range", text)
 		}
 		exp = n
 	}
 	unscaled := strings.TrimLeft(whole+fraction, "0")
 	scale := int64(len(fraction)) - exp
-	if len(unscaled) > maxDecimalDigits || scale > maxDecimalScale || scale < -maxDecimalScale {
-		return "", invalidf("Decimal %q is beyond the daemon's bounds (%d digits, scale within ±%d)", text, maxDecimalDigits, maxDecimalScale)
+	if scale > maxDecimalScale || scale < -maxDecimalScale || int64(len(unscaled))-scale > maxDecimalIntegerDigits {
+		return "", invalidf("Decimal %q is beyond PostgreSQL numeric's range (scale within ±%d, %d integer digits)", text, maxDecimalScale, maxDecimalIntegerDigits)
 	}
 	if unscaled == "" {
 		// Zero has no sign; a negative scale prints as "0" (toPlainString).

@@ -286,7 +286,7 @@ func TestTemplates(t *testing.T) {
 func TestDecimalsRenderAsToPlainString(t *testing.T) {
 	cases := map[string]string{
 		"1E+3": "1000", "1.5E-2": "0.015", "12.50": "12.50", "-0.05": "-0.05",
-		"1e3": "1000", "+5": "5", "007.5": "7.5", ".5": "0.5", "5.": "5",
+		"1e3": "1000", "+5": "5", "1.50E+2": "150", "+007.5": "7.5", "1e0000000001": "10", "007.5": "7.5", ".5": "0.5", "5.": "5",
 		"-0": "0", "-0.00": "0.00", "0E+3": "0", "1.50E+1": "15.0", "-1.5E-5": "-0.000015",
 		"12345678901234567890123456789012345678901234.5": "12345678901234567890123456789012345678901234.5",
 	}
@@ -296,7 +296,7 @@ func TestDecimalsRenderAsToPlainString(t *testing.T) {
 			t.Errorf("Decimal(%q): %q, %v; want %q", in, got, err, want)
 		}
 	}
-	for _, bad := range []string{"", "-", ".", "1e", "1e+", "abc", "1.2.3", "1e5.0", " 1", "0x10", "NaN", "1E+99999"} {
+	for _, bad := range []string{"", "-", ".", "1e", "1e+", "abc", "1.2.3", "1e5.0", " 1", "0x10", "NaN", "1,5", "--1", "1E+99999", "1E+99999999999", "1e99999999999999999999"} {
 		if got, _, err := RenderValue(Decimal(bad)); !errors.Is(err, ErrInvalidOptions) {
 			t.Errorf("Decimal(%q): %q, %v; want invalid_options", bad, got, err)
 		}
