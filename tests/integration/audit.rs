@@ -105,7 +105,9 @@ async fn auditor_flags_exactly_the_topic_the_daemon_does_not_serve() {
         "{log}"
     );
     assert!(
-        summary.contains("20 checks, 0 covered by the epoch or a namespace in time, 10 violations: 0 late, 0 covered, 10 lost"),
+        summary.contains(
+            "20 checks, 0 covered by the epoch or a namespace in time, 10 violations: 0 late, 0 covered, 10 lost"
+        ),
         "{summary}"
     );
     assert_eq!(log.lines().filter(|l| l.contains("lost: ")).count(), 10, "{log}");
@@ -129,6 +131,21 @@ async fn a_change_applied_after_the_slo_is_late_and_a_redis_outage_is_a_gap() {
     let change =
         |id: i64| common::debezium_change(&table, "c", 10 + id as u64, id, json!({"id": id}), common::now_us());
     common::produce(&topic, &[change(0)]).await; // the topic exists before anyone subscribes
+                                                 // An epoch record exists, so the daemon's first contact adopts it rather
+                                                 // than advancing it: an advance would cover the changes (a reader folding
+                                                 // the epoch sees no stale value), and this test is about late ones.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("ver:epoch")
+        .arg("e")
+        .arg(common::now_us())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let audit_cfg = common::write_config(&topic, &redis.url(), "ver:", &entity);
     let log = tempfile::NamedTempFile::new().unwrap();
     let auditor = common::cli()
@@ -159,7 +176,9 @@ async fn a_change_applied_after_the_slo_is_late_and_a_redis_outage_is_a_gap() {
     let log = std::fs::read_to_string(log.path()).unwrap();
     assert_eq!(output.status.code(), Some(1), "{summary}\n{log}");
     assert!(
-        summary.contains("3 checks, 0 covered by the epoch or a namespace in time, 3 violations: 3 late, 0 covered, 0 lost"),
+        summary.contains(
+            "3 checks, 0 covered by the epoch or a namespace in time, 3 violations: 3 late, 0 covered, 0 lost"
+        ),
         "{summary}\n{log}"
     );
     assert!(
@@ -253,7 +272,9 @@ async fn changes_an_epoch_or_namespace_move_covers_are_not_lost() {
     let summary = String::from_utf8_lossy(&output.stdout).to_string();
     let log = std::fs::read_to_string(log.path()).unwrap();
     assert!(
-        summary.contains("4 checks, 0 covered by the epoch or a namespace in time, 4 violations: 0 late, 3 covered, 1 lost"),
+        summary.contains(
+            "4 checks, 0 covered by the epoch or a namespace in time, 4 violations: 0 late, 3 covered, 1 lost"
+        ),
         "{summary}\n{log}"
     );
     let lost: Vec<&str> = log.lines().filter(|l| l.contains("lost: ")).collect();
