@@ -50,13 +50,13 @@ async function main(): Promise<void> {
   const cache = new Cache(redis, { prefix, beta: 0, registry });
   const value = 'x'.repeat(512);
   const filled = await cache.get(key, { ttlMs: 600_000, loader: async () => value });
-  console.log(`${concurrency} concurrent readers, ${seconds} s per case, 512-byte value, data key ${filled.version}`);
+  console.log(`${concurrency} concurrent readers, ${seconds} s per case, 512-byte value, data key ${filled.dataKey}`);
   const miss = async (): Promise<string> => {
     throw new Error('a miss');
   };
 
   await run('plain GET (ioredis)', async () => {
-    if ((await redis.getBuffer(filled.version)) === null) throw new Error('gone');
+    if ((await redis.getBuffer(filled.dataKey)) === null) throw new Error('gone');
   });
   await run('cache.get, Redis hit', async () => {
     if (!(await cache.get(key, { ttlMs: 600_000, loader: miss })).hit) throw new Error('not a hit');

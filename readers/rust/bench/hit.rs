@@ -106,12 +106,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     println!(
         "{concurrency} concurrent readers, {seconds} s per case, 512-byte value, data key {}",
-        filled.version
+        filled.data_key
     );
 
     let client = redis::Client::open(url.as_str())?;
     let conn = client.get_multiplexed_async_connection().await?;
-    let data_key = filled.version.clone();
+    let data_key = filled.data_key.clone();
     run(seconds, concurrency, move || {
         let mut conn = conn.clone();
         let data_key = data_key.clone();
@@ -150,11 +150,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         CacheOptions {
             prefix: prefix.clone(),
             beta: 0.0,
-            l1: Some(L1Options {
-                channel: None,
-                max_stale: Duration::from_secs(1),
-                max_entries: 1000,
-            }),
+            l1: Some(L1Options::bounded(Duration::from_secs(1)).max_entries(1000)),
             ..CacheOptions::default()
         },
     )
