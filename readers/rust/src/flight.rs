@@ -254,7 +254,10 @@ mod tests {
         };
         drop(leader);
         let far = Instant::now() + Duration::from_secs(5);
-        assert!(matches!(follower.wait(far, Duration::from_secs(5)).await, Followed::Abandoned));
+        assert!(matches!(
+            follower.wait(far, Duration::from_secs(5)).await,
+            Followed::Abandoned
+        ));
         assert_eq!(flights.len(), 0);
 
         let _leader = flights.join("k");
@@ -263,7 +266,10 @@ mod tests {
         };
         let started = Instant::now();
         let soon = started + Duration::from_millis(30);
-        assert!(matches!(follower.wait(soon, Duration::from_secs(1)).await, Followed::TimedOut));
+        assert!(matches!(
+            follower.wait(soon, Duration::from_secs(1)).await,
+            Followed::TimedOut
+        ));
         assert!(started.elapsed() >= Duration::from_millis(30));
         assert_eq!(flights.len(), 1, "a timed-out follower leaves the flight running");
     }
@@ -287,6 +293,9 @@ mod tests {
         };
         let left = follower.wait(Instant::now() + Duration::from_secs(5), Duration::from_millis(20));
         assert!(matches!(left.await, Followed::Left));
-        assert!(matches!(flights.join("k"), Joined::Lead(_)), "the hung flight is closed");
+        assert!(
+            matches!(flights.join("k"), Joined::Lead(_)),
+            "the hung flight is closed"
+        );
     }
 }

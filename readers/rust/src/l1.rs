@@ -188,12 +188,7 @@ impl L1 {
     pub fn put(&self, id: &str, data_key: &str, value: &[u8], records: &[String], start: ReadStart) {
         let mut state = self.lock();
         if self.is_tracking() {
-            let changed = |r: &String| {
-                state
-                    .invalidated_at
-                    .get(r.as_bytes())
-                    .is_some_and(|at| *at > start.seq)
-            };
+            let changed = |r: &String| state.invalidated_at.get(r.as_bytes()).is_some_and(|at| *at > start.seq);
             if !state.up || start.seq < state.spoiled_before || records.iter().any(changed) {
                 return;
             }
@@ -391,10 +386,16 @@ mod tests {
         let r = recs(&["ver:epoch", "ver:a"]);
         let start = l1.begin();
         l1.put("a", "a@e0:v1", b"A", &r, start);
-        assert!(l1.lookup("a", None).is_none(), "nothing is cached while tracking is down");
+        assert!(
+            l1.lookup("a", None).is_none(),
+            "nothing is cached while tracking is down"
+        );
         l1.set_up(true);
         l1.put("a", "a@e0:v1", b"A", &r, start);
-        assert!(l1.lookup("a", None).is_none(), "a read from before tracking came up installs nothing");
+        assert!(
+            l1.lookup("a", None).is_none(),
+            "a read from before tracking came up installs nothing"
+        );
 
         let start = l1.begin();
         l1.put("a", "a@e0:v1", b"A", &r, start);

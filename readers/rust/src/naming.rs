@@ -147,11 +147,10 @@ mod tests {
 
     #[test]
     fn empty_deps_and_empty_names_are_refused() {
-        let refused = |deps: Option<&[String]>, namespaces: &[String]| {
-            match Layout::new("ver:", "k", deps, namespaces) {
-                Err(Error::InvalidOptions(why)) => why,
-                other => panic!("accepted: {other:?}"),
-            }
+        let refused = |deps: Option<&[String]>, namespaces: &[String]| match Layout::new("ver:", "k", deps, namespaces)
+        {
+            Err(Error::InvalidOptions(why)) => why,
+            other => panic!("accepted: {other:?}"),
         };
         assert!(refused(Some(&[]), &[]).contains("deps is empty"));
         assert!(refused(Some(&["".to_owned()]), &[]).contains("empty dependency"));

@@ -69,7 +69,8 @@ async fn concurrently(
     let barrier = Arc::new(tokio::sync::Barrier::new(count));
     let tasks: Vec<_> = (0..count)
         .map(|i| {
-            let (cache, barrier, key, options) = (caches[i % caches.len()].clone(), barrier.clone(), key.to_owned(), get());
+            let (cache, barrier, key, options) =
+                (caches[i % caches.len()].clone(), barrier.clone(), key.to_owned(), get());
             tokio::spawn(async move {
                 barrier.wait().await;
                 let started = Instant::now();
@@ -133,21 +134,32 @@ async fn eventual_readers_serve_the_previous_value_while_one_loads() {
     bump(&record).await;
     let loads = Arc::new(Loads::default());
     caches[0]
-        .get(&key, GetOptions::new(TTL, loader(loads.clone(), Duration::ZERO, Some("v1"))))
+        .get(
+            &key,
+            GetOptions::new(TTL, loader(loads.clone(), Duration::ZERO, Some("v1"))),
+        )
         .await
         .unwrap();
     bump(&record).await;
     let l = loads.clone();
     let got = concurrently(&caches, 100, &key, move || {
-        GetOptions::new(TTL, boxed(loader(l.clone(), Duration::from_millis(200), Some("v2")))).eventual(Duration::from_secs(30))
+        GetOptions::new(TTL, boxed(loader(l.clone(), Duration::from_millis(200), Some("v2"))))
+            .eventual(Duration::from_secs(30))
     })
     .await;
     assert_eq!(loads.started(), 2, "one load for v1, one for v2");
-    let stale: Vec<_> = got.iter().filter_map(|(g, _)| g.as_ref().ok()).filter(|g| g.stale).collect();
+    let stale: Vec<_> = got
+        .iter()
+        .filter_map(|(g, _)| g.as_ref().ok())
+        .filter(|g| g.stale)
+        .collect();
     assert_eq!(stale.len(), 99);
     assert!(stale.iter().all(|g| g.value == b"v1" && g.hit));
     // The stale ones did not wait for the 200 ms load.
-    assert!(got.iter().filter(|(g, _)| g.as_ref().unwrap().stale).all(|(_, t)| *t < Duration::from_millis(150)));
+    assert!(got
+        .iter()
+        .filter(|(g, _)| g.as_ref().unwrap().stale)
+        .all(|(_, t)| *t < Duration::from_millis(150)));
     assert_eq!(counter(STALE_SERVED, &name), 99);
     assert_eq!(counter(STAMPEDE_PREVENTED, &name), 99);
 }
@@ -177,11 +189,20 @@ async fn a_hung_holder_is_taken_over_by_exactly_one_waiter() {
         let (cache, key, hung) = (hung_cache.clone(), key.clone(), hung.clone());
         tokio::spawn(async move {
             cache
-                .get(&key, GetOptions::new(TTL, loader(hung, Duration::from_secs(2), Some("late"))))
+                .get(
+                    &key,
+                    GetOptions::new(TTL, loader(hung, Duration::from_secs(2), Some("late"))),
+                )
                 .await
         })
     };
-    assert!(eventually(Duration::from_secs(1), || { let h = hung.clone(); async move { h.started() == 1 } }).await);
+    assert!(
+        eventually(Duration::from_secs(1), || {
+            let h = hung.clone();
+            async move { h.started() == 1 }
+        })
+        .await
+    );
     let waiters = Arc::new(Loads::default());
     let w = waiters.clone();
     let started = Instant::now();
@@ -249,18 +270,28 @@ async fn a_cancelled_holder_releases_its_lease_at_once() {
     let key = unique("product");
     let cache = cache(options(&unique("cancel"), &prefix)).await;
     let loads = Arc::new(Loads::default());
-    let get = cache.get(&key, GetOptions::new(TTL, loader(loads.clone(), Duration::from_secs(10), Some("x"))));
+    let get = cache.get(
+        &key,
+        GetOptions::new(TTL, loader(loads.clone(), Duration::from_secs(10), Some("x"))),
+    );
     assert!(tokio::time::timeout(Duration::from_millis(100), get).await.is_err());
     assert_eq!(loads.started(), 1, "it was the holder, loading");
     let lease = lease_key(&format!("{key}@e0:v0"));
     assert!(
-        eventually(Duration::from_millis(50), || { let l = lease.clone(); async move { !exists(&l).await } }).await,
+        eventually(Duration::from_millis(50), || {
+            let l = lease.clone();
+            async move { !exists(&l).await }
+        })
+        .await,
         "the lease (5 s) is gone right after the cancellation"
     );
     // And the next get loads at once instead of waiting for the lease.
     let started = Instant::now();
     let got = cache
-        .get(&key, GetOptions::new(TTL, loader(loads.clone(), Duration::ZERO, Some("y"))))
+        .get(
+            &key,
+            GetOptions::new(TTL, loader(loads.clone(), Duration::ZERO, Some("y"))),
+        )
         .await
         .unwrap();
     assert_eq!(got.value, b"y");
@@ -277,16 +308,28 @@ async fn a_cancelled_flight_leader_hands_over_to_a_follower() {
         let (cache, key, loads) = (cache.clone(), key.clone(), loads.clone());
         tokio::spawn(async move {
             cache
-                .get(&key, GetOptions::new(TTL, loader(loads, Duration::from_secs(10), Some("never"))))
+                .get(
+                    &key,
+                    GetOptions::new(TTL, loader(loads, Duration::from_secs(10), Some("never"))),
+                )
                 .await
         })
     };
-    assert!(eventually(Duration::from_secs(1), || { let l = loads.clone(); async move { l.started() == 1 } }).await);
+    assert!(
+        eventually(Duration::from_secs(1), || {
+            let l = loads.clone();
+            async move { l.started() == 1 }
+        })
+        .await
+    );
     let follower = {
         let (cache, key, loads) = (cache.clone(), key.clone(), loads.clone());
         tokio::spawn(async move {
             cache
-                .get(&key, GetOptions::new(TTL, loader(loads, Duration::ZERO, Some("second"))))
+                .get(
+                    &key,
+                    GetOptions::new(TTL, loader(loads, Duration::ZERO, Some("second"))),
+                )
                 .await
         })
     };
@@ -314,7 +357,10 @@ async fn a_loader_slower_than_loader_timeout_fails_and_writes_nothing() {
     let loads = Arc::new(Loads::default());
     let started = Instant::now();
     let err = cache
-        .get(&key, GetOptions::new(TTL, loader(loads.clone(), Duration::from_millis(400), Some("late"))))
+        .get(
+            &key,
+            GetOptions::new(TTL, loader(loads.clone(), Duration::from_millis(400), Some("late"))),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), "loader_timeout");
@@ -392,7 +438,10 @@ async fn a_wait_ends_at_wait_timeout() {
     bump(&record).await;
     let loads = Arc::new(Loads::default());
     holder
-        .get(&key, GetOptions::new(TTL, loader(loads.clone(), Duration::ZERO, Some("v1"))))
+        .get(
+            &key,
+            GetOptions::new(TTL, loader(loads.clone(), Duration::ZERO, Some("v1"))),
+        )
         .await
         .unwrap();
     bump(&record).await;
@@ -400,28 +449,44 @@ async fn a_wait_ends_at_wait_timeout() {
         let (holder, key, loads) = (holder.clone(), key.clone(), loads.clone());
         tokio::spawn(async move {
             holder
-                .get(&key, GetOptions::new(TTL, loader(loads, Duration::from_secs(3), Some("v2"))))
+                .get(
+                    &key,
+                    GetOptions::new(TTL, loader(loads, Duration::from_secs(3), Some("v2"))),
+                )
                 .await
         })
     };
-    assert!(eventually(Duration::from_secs(1), || { let l = loads.clone(); async move { l.started() == 2 } }).await);
+    assert!(
+        eventually(Duration::from_secs(1), || {
+            let l = loads.clone();
+            async move { l.started() == 2 }
+        })
+        .await
+    );
     // The previous value is older than this get's bound: not served at once.
     tokio::time::sleep(Duration::from_millis(20)).await;
 
     let started = Instant::now();
     let err = waiter
-        .get(&key, GetOptions::new(TTL, loader(loads.clone(), Duration::ZERO, Some("never"))))
+        .get(
+            &key,
+            GetOptions::new(TTL, loader(loads.clone(), Duration::ZERO, Some("never"))),
+        )
         .await
         .unwrap_err();
     let waited = started.elapsed();
     assert_eq!(err.kind(), "lease_timeout");
-    assert!(waited >= wait_timeout && waited <= wait_timeout + Duration::from_millis(250), "{waited:?}");
+    assert!(
+        waited >= wait_timeout && waited <= wait_timeout + Duration::from_millis(250),
+        "{waited:?}"
+    );
 
     let started = Instant::now();
     let got = waiter
         .get(
             &key,
-            GetOptions::new(TTL, loader(loads.clone(), Duration::ZERO, Some("never"))).eventual(Duration::from_millis(1)),
+            GetOptions::new(TTL, loader(loads.clone(), Duration::ZERO, Some("never")))
+                .eventual(Duration::from_millis(1)),
         )
         .await
         .unwrap();
@@ -452,11 +517,20 @@ async fn followers_of_a_hung_leader_in_this_process_take_over_after_the_lease() 
         let (cache, key, hung) = (cache.clone(), key.clone(), hung.clone());
         tokio::spawn(async move {
             cache
-                .get(&key, GetOptions::new(TTL, loader(hung, Duration::from_secs(2), Some("late"))))
+                .get(
+                    &key,
+                    GetOptions::new(TTL, loader(hung, Duration::from_secs(2), Some("late"))),
+                )
                 .await
         })
     };
-    assert!(eventually(Duration::from_secs(1), || { let h = hung.clone(); async move { h.started() == 1 } }).await);
+    assert!(
+        eventually(Duration::from_secs(1), || {
+            let h = hung.clone();
+            async move { h.started() == 1 }
+        })
+        .await
+    );
     let waiters = Arc::new(Loads::default());
     let w = waiters.clone();
     let started = Instant::now();
@@ -466,7 +540,11 @@ async fn followers_of_a_hung_leader_in_this_process_take_over_after_the_lease() 
     .await;
     assert_eq!(waiters.started(), 1);
     assert!(got.iter().all(|(g, _)| g.as_ref().unwrap().value == b"fresh"));
-    assert!(started.elapsed() < lease + Duration::from_millis(500), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < lease + Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(counter(LEASE_TAKEOVERS, &name), 1);
     holder.abort();
 }

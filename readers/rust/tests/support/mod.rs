@@ -54,7 +54,11 @@ pub async fn bump(record: &str) -> String {
 }
 
 pub async fn exists(key: &str) -> bool {
-    let n: i64 = redis::cmd("EXISTS").arg(key).query_async(&mut conn().await).await.unwrap();
+    let n: i64 = redis::cmd("EXISTS")
+        .arg(key)
+        .query_async(&mut conn().await)
+        .await
+        .unwrap();
     n == 1
 }
 
