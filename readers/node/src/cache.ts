@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Cluster, Redis } from 'ioredis';
 import type { Registry } from 'prom-client';
 
-import { Flights, type Flight, type Look, type Shared } from './flight';
+import { Flights, type Flight, type Shared } from './flight';
 import { L1, type L1Options, type ReadStart } from './l1';
 import { metricsFor, type Metrics } from './metrics';
 import { InvalidOptionsError, Layout, leaseKey, parseVersion, type Fields } from './naming';
@@ -242,6 +242,7 @@ export class Cache {
         }
         this.tracking = new Tracking(
           redis,
+          this.name,
           this.l1,
           (n) => this.m.l1Invalidations.inc({ ...cache, reason: 'reset' }, n),
           (n) => this.m.l1Invalidations.inc({ ...cache, reason: 'tracking' }, n),
@@ -339,8 +340,7 @@ export class Cache {
       lease: null,
       leading: null,
     };
-    const flightKey = `${id}\n${eventual ? `e${maxStaleMs}` : 's'}`;
-    const run = this.run(ctx, flightKey, loader);
+    const run = this.run(ctx, loader);
     if (!signal) return run;
 
     run.catch(() => undefined); // after an abort its outcome is nobody's
@@ -369,8 +369,22 @@ export class Cache {
     });
   }
 
-  /** Leads a flight of this get's key, or follows one (spec section 5, rule 2). */
-  private async run(ctx: Ctx, flightKey: string, loader: Loader): Promise<Got<Buffer>> {
+  /** The read, then on a miss single flight (spec section 5, rule 2). */
+  private async run(ctx: Ctx, loader: Loader): Promise<Got<Buffer>> {
+    const cache = { cache: this.name };
+    // Every get makes its own read: a get started after a bump must see it,
+    // so no get takes the reply of a read sent before it started.
+    const start = this.l1 ? this.l1.begin() : { at: performance.now(), seq: 0 };
+    const snap = await this.read(ctx.layout, this.tracking?.connection() ?? null);
+    if (snap.value) {
+      this.m.hits.inc({ ...cache, layer: 'redis' });
+      return this.hit(ctx, snap, snap.value, loader, start);
+    }
+    this.m.misses.inc(cache);
+
+    // From the miss on, the gets of this process that found the same data
+    // key missing share one lease attempt and one wait.
+    const flightKey = `${snap.dataKey}\n${ctx.eventual ? `e${ctx.maxStaleMs}` : 's'}`;
     // Set once this get left a flight whose leader outlived its lease.
     let afterHungLeader = false;
     for (;;) {
@@ -378,16 +392,15 @@ export class Cache {
       if ('lead' in joined) {
         const flight = joined.lead;
         ctx.leading = flight;
-        const look: { look: Look } = { look: null };
         let result: Shared['result'];
         try {
-          result = { ok: true, got: await this.lead(ctx, flight, loader, look, afterHungLeader) };
+          result = { ok: true, got: await this.lead(ctx, snap, flight, loader, start, afterHungLeader) };
         } catch (error) {
           result = { ok: false, error };
         }
         ctx.leading = null;
         // Its followers did not load: for them it is a hit.
-        flight.finish({ result: result.ok ? { ok: true, got: { ...result.got, hit: true } } : result, look: look.look });
+        flight.finish({ result: result.ok ? { ok: true, got: { ...result.got, hit: true } } : result });
         if (result.ok) return result.got;
         throw result.error;
       }
@@ -397,14 +410,15 @@ export class Cache {
         afterHungLeader = true;
         continue;
       }
+      this.m.stampedePrevented.inc(cache);
       if (outcome === 'timeout') {
-        this.m.misses.inc({ cache: this.name });
-        this.m.stampedePrevented.inc({ cache: this.name });
-        const snap = await this.read(ctx.layout, null);
-        if (snap.value) return { value: decode(snap.value).value, hit: true, dataKey: snap.dataKey, stale: false };
-        return this.giveUp(ctx, snap);
+        const again = await this.read(ctx.layout, null);
+        if (again.value) return { value: decode(again.value).value, hit: true, dataKey: again.dataKey, stale: false };
+        return this.giveUp(ctx, again);
       }
-      return this.follow(outcome, loader, ctx);
+      if (!outcome.result.ok) throw outcome.result.error;
+      if (outcome.result.got.stale) this.m.staleServed.inc(cache);
+      return outcome.result.got;
     }
   }
 
@@ -437,46 +451,23 @@ export class Cache {
     }
   }
 
-  /** A follower takes its leader's outcome and counts it as its own. */
-  private async follow(shared: Shared, loader: Loader, ctx: Ctx): Promise<Got<Buffer>> {
-    const cache = { cache: this.name };
-    if (shared.look === 'hit') this.m.hits.inc({ ...cache, layer: 'redis' });
-    if (shared.look === 'miss') {
-      this.m.misses.inc(cache);
-      this.m.stampedePrevented.inc(cache);
+  /** The value was there: XFetch may refresh it early (spec section 7). */
+  private async hit(ctx: Ctx, snap: Snapshot, raw: Buffer, loader: Loader, start: ReadStart): Promise<Got<Buffer>> {
+    const { deltaMs, value } = decode(raw);
+    if (deltaMs > 0 && snap.pttlMs > 0 && xfetchDue(deltaMs, this.beta, snap.pttlMs)) {
+      if (await this.acquire(ctx, snap.dataKey)) {
+        this.m.earlyRefreshes.inc({ cache: this.name });
+        return this.loadAndFill(ctx, snap.dataKey, loader, start);
+      }
     }
-    if (!shared.result.ok) throw shared.result.error;
-    const got = shared.result.got;
-    if (got.stale) this.m.staleServed.inc(cache);
-    else if (shared.look === 'hit') await this.sample(got.value, loader, ctx);
-    return got;
+    this.l1Put(ctx, snap.dataKey, value, start);
+    await this.sample(value, loader, ctx);
+    return { value, hit: true, dataKey: snap.dataKey, stale: false };
   }
 
-  /** The flight leader's read path (spec section 5). */
-  private async lead(ctx: Ctx, flight: Flight, loader: Loader, look: { look: Look }, afterHungLeader: boolean): Promise<Got<Buffer>> {
+  /** The flight leader after a miss (spec section 5). */
+  private async lead(ctx: Ctx, snap: Snapshot, flight: Flight, loader: Loader, start: ReadStart, afterHungLeader: boolean): Promise<Got<Buffer>> {
     const cache = { cache: this.name };
-    const start = this.l1 ? this.l1.begin() : { at: performance.now(), seq: 0 };
-    const snap = await this.read(ctx.layout, this.tracking?.connection() ?? null);
-
-    if (snap.value) {
-      look.look = 'hit';
-      this.m.hits.inc({ ...cache, layer: 'redis' });
-      const { deltaMs, value } = decode(snap.value);
-      const cached: Got<Buffer> = { value, hit: true, dataKey: snap.dataKey, stale: false };
-      flight.finish({ result: { ok: true, got: cached }, look: 'hit' });
-      if (deltaMs > 0 && snap.pttlMs > 0 && xfetchDue(deltaMs, this.beta, snap.pttlMs)) {
-        if (await this.acquire(ctx, snap.dataKey)) {
-          this.m.earlyRefreshes.inc(cache);
-          return this.loadAndFill(ctx, snap.dataKey, loader, start);
-        }
-      }
-      this.l1Put(ctx, snap.dataKey, value, start);
-      await this.sample(value, loader, ctx);
-      return cached;
-    }
-
-    look.look = 'miss';
-    this.m.misses.inc(cache);
     if (await this.acquire(ctx, snap.dataKey)) {
       // The lease of this process's own hung leader was free.
       if (afterHungLeader) this.m.leaseTakeovers.inc(cache);
@@ -484,11 +475,10 @@ export class Cache {
         // The followers serve the previous value, as another process's
         // waiters would; this get loads.
         const stale = await this.staleValue(ctx, snap, true);
-        if (stale) flight.finish({ result: { ok: true, got: stale }, look: 'miss' });
+        if (stale) flight.finish({ result: { ok: true, got: stale } });
       }
       return this.hold(ctx, snap.dataKey, loader, start);
     }
-
     if (ctx.eventual) {
       const stale = await this.staleValue(ctx, snap, true);
       if (stale) {

@@ -1,7 +1,7 @@
-// Single flight (readers/spec.md section 5, rule 2): concurrent gets of the
-// same key, records and consistency in one Cache share one Redis read, one
-// lease attempt and one wait. The first get leads; the others follow and
-// take the outcome the leader publishes. A leader that is aborted abandons
+// Single flight (readers/spec.md section 5, rule 2): concurrent gets in one
+// Cache that found the same data key missing (with the same consistency)
+// share one lease attempt and one wait. The first get leads; the others
+// follow and take the outcome the leader publishes. A leader that is aborted abandons
 // the flight: its followers start again, one of them leading. A follower
 // whose leader holds the lease and is still loading one lease after the
 // follower joined leaves that flight and starts over, so a hung leader
@@ -9,12 +9,8 @@
 
 import type { Got } from './cache';
 
-/** What the flight's own read found: each get counts one hit or one miss. */
-export type Look = 'hit' | 'miss' | null;
-
 export interface Shared {
   result: { ok: true; got: Got<Buffer> } | { ok: false; error: unknown };
-  look: Look;
 }
 
 export type Outcome = { kind: 'done'; shared: Shared } | { kind: 'abandoned' };

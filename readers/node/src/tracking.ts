@@ -1,5 +1,5 @@
-// The exact L1's connections (readers/spec.md section 8, tracking). ioredis
-// does not surface RESP3 `invalidate` pushes, so this uses the RESP2 form of
+// The exact L1's connections (readers/spec.md section 8.1). ioredis drops
+// RESP3 `invalidate` pushes, so this uses the RESP2 form of
 // Redis client-side caching: a subscriber connection subscribed to
 // `__redis__:invalidate`, and a tracker connection with
 // `CLIENT TRACKING ON REDIRECT <subscriber's id>` on which every read whose
@@ -35,6 +35,7 @@ export class Tracking {
 
   constructor(
     redis: Redis,
+    cacheName: string,
     private readonly l1: L1,
     /** Entries flushed because tracking went up or down. */
     private readonly onReset: (dropped: number) => void,
@@ -43,8 +44,13 @@ export class Tracking {
   ) {
     // A subscribed connection serves nothing else; both come back by themselves
     // after a drop, and are set up again (the subscriber's id changes).
-    this.tracker = redis.duplicate({ autoResubscribe: false, lazyConnect: false });
-    this.subscriber = redis.duplicate({ autoResubscribe: false, lazyConnect: false });
+    // Named, so an operator can tell them apart in CLIENT LIST (no spaces allowed).
+    const name = cacheName.replace(/[^\x21-\x7e]/g, '_');
+    // RESP2 on both: ioredis (which speaks RESP3 by default) drops RESP3
+    // `invalidate` pushes, while RESP2 delivers them as Pub/Sub messages.
+    const common = { autoResubscribe: false, lazyConnect: false, protocol: 2 } as const;
+    this.tracker = redis.duplicate({ ...common, connectionName: `cdc-cache-tracking:${name}` });
+    this.subscriber = redis.duplicate({ ...common, connectionName: `cdc-cache-invalidations:${name}` });
     for (const conn of [this.tracker, this.subscriber]) {
       conn.on('error', () => undefined); // reconnects by itself; 'close' flushes the L1
       conn.on('close', () => {

@@ -12,7 +12,7 @@ use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, Value};
 
-use crate::flight::{Followed, Joined, Leader, Look, Shared};
+use crate::flight::{Followed, Joined, Leader, Shared};
 use crate::l1::{L1Mode, L1Options, ReadStart, L1};
 use crate::metrics::Handles;
 use crate::naming::{lease_key, parse_version, Fields, Layout};
@@ -84,10 +84,7 @@ impl CacheOptions {
             ));
         }
         if self.max_poll < self.poll {
-            return invalid(format!(
-                "max_poll {:?} is below poll {:?}",
-                self.max_poll, self.poll
-            ));
+            return invalid(format!("max_poll {:?} is below poll {:?}", self.max_poll, self.poll));
         }
         if self.wait_timeout.is_some_and(|t| t.is_zero()) || self.loader_timeout.is_some_and(|t| t.is_zero()) {
             return invalid("wait_timeout and loader_timeout must be above zero when set".into());
@@ -344,7 +341,7 @@ impl Cache {
                             "the tracking L1 needs a standalone Redis (on a cluster use the bounded L1)".into(),
                         ));
                     }
-                    let t = Tracking::new(&needs_client()?, l1.clone(), m.clone())?;
+                    let t = Tracking::new(&needs_client()?, &options.name, l1.clone(), m.clone())?;
                     tasks.push(tokio::spawn(t.clone().run()));
                     tracking = Some(t);
                 }
@@ -444,28 +441,47 @@ impl Cache {
             started,
             deadline: started + inner.options.wait_timeout(),
         };
+        // Every get makes its own read: a get started after a bump must see
+        // it, so no get takes the reply of a read sent before it started.
+        let start = self.begin_read();
+        let tracked = inner.tracking.as_ref().and_then(|t| t.connection());
+        let snap = self.read(&layout, tracked.as_ref()).await?;
+        if let Some(raw) = &snap.value {
+            inner.m.hits_redis.increment(1);
+            return self.hit(&ctx, &snap, raw, &mut loader, start).await;
+        }
+        inner.m.misses.increment(1);
+
+        // Single flight from the miss on: the gets of this process that
+        // found the same data key missing share one lease attempt and one
+        // wait (rule 2).
         let flight = match options.consistency {
-            Consistency::Strong => format!("{id}\ns"),
-            Consistency::Eventual { max_stale } => format!("{id}\ne{}", max_stale.as_nanos()),
+            Consistency::Strong => format!("{}\ns", snap.data_key),
+            Consistency::Eventual { max_stale } => format!("{}\ne{}", snap.data_key, max_stale.as_nanos()),
         };
         // Set once this get left a flight whose leader outlived its lease.
         let mut after_hung_leader = false;
         loop {
             match inner.flights.join(&flight) {
                 Joined::Lead(mut leader) => {
-                    let mut look = None;
                     let result = self
-                        .lead(&ctx, &mut leader, &mut loader, &mut look, after_hung_leader)
+                        .lead(&ctx, &snap, &mut leader, &mut loader, start, after_hung_leader)
                         .await;
                     if !leader.is_finished() {
                         // Its followers did not load: for them it is a hit.
                         let shared = result.clone().map(|got| Got { hit: true, ..got });
-                        leader.finish(Shared { result: shared, look });
+                        leader.finish(Shared { result: shared });
                     }
                     return result;
                 }
                 Joined::Follow(follower) => match follower.wait(ctx.deadline, inner.options.lease).await {
-                    Followed::Done(shared) => return self.follow(shared, &mut loader).await,
+                    Followed::Done(shared) => {
+                        inner.m.prevented.increment(1);
+                        if shared.result.as_ref().is_ok_and(|got| got.stale) {
+                            inner.m.stale_served.increment(1);
+                        }
+                        return shared.result;
+                    }
                     // Its leader was cancelled: lead or follow anew.
                     Followed::Abandoned => continue,
                     Followed::Left => {
@@ -473,7 +489,6 @@ impl Cache {
                         continue;
                     }
                     Followed::TimedOut => {
-                        inner.m.misses.increment(1);
                         inner.m.prevented.increment(1);
                         let snap = self.read(&layout, None).await?;
                         if let Some(raw) = snap.value {
@@ -491,38 +506,48 @@ impl Cache {
         }
     }
 
-    /// A follower takes its leader's outcome and counts it as its own.
-    async fn follow<L, Fut, E>(&self, shared: Shared, loader: &mut Option<L>) -> Result<Got, Error>
+    /// The value was there: XFetch may refresh it early (spec section 7).
+    async fn hit<L, Fut, E>(
+        &self,
+        ctx: &Ctx<'_>,
+        snap: &Snapshot,
+        raw: &[u8],
+        loader: &mut Option<L>,
+        start: ReadStart,
+    ) -> Result<Got, Error>
     where
         L: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<u8>, E>>,
+        E: Into<BoxError>,
     {
-        let m = &self.inner.m;
-        match shared.look {
-            Some(Look::Hit) => m.hits_redis.increment(1),
-            Some(Look::Miss) => {
-                m.misses.increment(1);
-                m.prevented.increment(1);
-            }
-            None => {}
-        }
-        if let Ok(got) = &shared.result {
-            if got.stale {
-                m.stale_served.increment(1);
-            } else if shared.look == Some(Look::Hit) {
-                self.sample(&got.value, loader).await;
+        let inner = &*self.inner;
+        let (delta_ms, payload) = decode(raw);
+        if delta_ms > 0 && snap.pttl_ms > 0 && xfetch_due(delta_ms, inner.options.beta, snap.pttl_ms) {
+            if let Some(token) = self.try_lease(&snap.data_key).await? {
+                inner.m.early.increment(1);
+                let guard = self.lease_guard(&snap.data_key, token);
+                return self.load_and_fill(ctx, guard, loader, start).await;
             }
         }
-        shared.result
+        let value = payload.to_vec();
+        self.l1_put(ctx, &snap.data_key, &value, start);
+        self.sample(&value, loader).await;
+        Ok(Got {
+            value,
+            hit: true,
+            data_key: snap.data_key.clone(),
+            stale: false,
+        })
     }
 
-    /// The flight leader's read path (spec section 5).
+    /// The flight leader after a miss (spec section 5).
     async fn lead<L, Fut, E>(
         &self,
         ctx: &Ctx<'_>,
+        snap: &Snapshot,
         leader: &mut Leader<'_>,
         loader: &mut Option<L>,
-        look: &mut Option<Look>,
+        start: ReadStart,
         after_hung_leader: bool,
     ) -> Result<Got, Error>
     where
@@ -531,38 +556,6 @@ impl Cache {
         E: Into<BoxError>,
     {
         let inner = &*self.inner;
-        let start = self.begin_read();
-        let tracked = inner.tracking.as_ref().and_then(|t| t.connection());
-        let snap = self.read(ctx.layout, tracked.as_ref()).await?;
-
-        if let Some(raw) = snap.value {
-            *look = Some(Look::Hit);
-            inner.m.hits_redis.increment(1);
-            let (delta_ms, payload) = decode(&raw);
-            let cached = Got {
-                value: payload.to_vec(),
-                hit: true,
-                data_key: snap.data_key.clone(),
-                stale: false,
-            };
-            leader.finish(Shared {
-                result: Ok(cached.clone()),
-                look: Some(Look::Hit),
-            });
-            if delta_ms > 0 && snap.pttl_ms > 0 && xfetch_due(delta_ms, inner.options.beta, snap.pttl_ms) {
-                if let Some(token) = self.try_lease(&snap.data_key).await? {
-                    inner.m.early.increment(1);
-                    let guard = self.lease_guard(&snap.data_key, token);
-                    return self.load_and_fill(ctx, guard, loader, start).await;
-                }
-            }
-            self.l1_put(ctx, &snap.data_key, &cached.value, start);
-            self.sample(&cached.value, loader).await;
-            return Ok(cached);
-        }
-
-        *look = Some(Look::Miss);
-        inner.m.misses.increment(1);
         if let Some(token) = self.try_lease(&snap.data_key).await? {
             leader.holding().store(true, Ordering::SeqCst);
             if after_hung_leader {
@@ -573,24 +566,21 @@ impl Cache {
             if let Consistency::Eventual { .. } = ctx.consistency {
                 // The followers serve the previous value, as another
                 // process's waiters would; this get loads.
-                if let Some(stale) = self.stale_value(ctx, &snap, true).await? {
-                    leader.finish(Shared {
-                        result: Ok(stale),
-                        look: Some(Look::Miss),
-                    });
+                if let Some(stale) = self.stale_value(ctx, snap, true).await? {
+                    leader.finish(Shared { result: Ok(stale) });
                 }
             }
             return self.hold(ctx, guard, loader, start).await;
         }
 
         if let Consistency::Eventual { .. } = ctx.consistency {
-            if let Some(stale) = self.stale_value(ctx, &snap, true).await? {
+            if let Some(stale) = self.stale_value(ctx, snap, true).await? {
                 inner.m.prevented.increment(1);
                 inner.m.stale_served.increment(1);
                 return Ok(stale);
             }
         }
-        self.wait(ctx, &snap, loader, start, leader.holding()).await
+        self.wait(ctx, snap, loader, start, leader.holding()).await
     }
 
     /// Rule 3: waits for another reader's fill, re-reading with a backoff
@@ -695,7 +685,13 @@ impl Cache {
 
     /// Rule 5: this get holds the lease. It reads the data key once more
     /// (someone may have filled it since this get's read), then loads.
-    async fn hold<L, Fut, E>(&self, ctx: &Ctx<'_>, guard: LeaseGuard, loader: &mut Option<L>, start: ReadStart) -> Result<Got, Error>
+    async fn hold<L, Fut, E>(
+        &self,
+        ctx: &Ctx<'_>,
+        guard: LeaseGuard,
+        loader: &mut Option<L>,
+        start: ReadStart,
+    ) -> Result<Got, Error>
     where
         L: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<u8>, E>>,

@@ -1,6 +1,6 @@
-//! Single flight (spec section 5, rule 2): concurrent gets of the same key,
-//! records and consistency in one `Cache` share one Redis read, one lease
-//! attempt and one wait. The first get leads; the others follow and take the
+//! Single flight (spec section 5, rule 2): concurrent gets in one `Cache`
+//! that found the same data key missing (with the same consistency) share
+//! one lease attempt and one wait. The first get leads; the others follow and take the
 //! outcome the leader publishes. A leader that is cancelled (its future
 //! dropped) abandons the flight: its followers start again, one of them
 //! leading. A follower whose leader holds the lease and is still loading one
@@ -18,19 +18,10 @@ use tokio::sync::watch;
 use crate::cache::Got;
 use crate::Error;
 
-/// What the flight's own read found: each get counts one hit or one miss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Look {
-    Hit,
-    Miss,
-}
-
 /// The outcome a leader hands to its followers.
 #[derive(Debug, Clone)]
 pub(crate) struct Shared {
     pub result: Result<Got, Error>,
-    /// `None` when the flight failed before its read answered.
-    pub look: Option<Look>,
 }
 
 #[derive(Debug, Clone)]
@@ -221,7 +212,6 @@ mod tests {
                 data_key: "k@e0:v1".into(),
                 stale: false,
             }),
-            look: Some(Look::Miss),
         }
     }
 

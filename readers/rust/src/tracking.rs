@@ -30,6 +30,9 @@ const RECONNECT_DELAY: Duration = Duration::from_millis(250);
 
 pub(crate) struct Tracking {
     client: redis::Client,
+    /// `CLIENT SETNAME` of the tracking connection, so an operator (or a
+    /// test) can tell it apart in `CLIENT LIST`.
+    connection_name: String,
     l1: Arc<L1>,
     m: Arc<Handles>,
     conn: RwLock<Option<MultiplexedConnection>>,
@@ -41,12 +44,26 @@ pub(crate) struct Tracking {
 impl Tracking {
     /// `client`: the application's; the tracking connection speaks RESP3
     /// whatever protocol the client was configured with.
-    pub fn new(client: &redis::Client, l1: Arc<L1>, m: Arc<Handles>) -> Result<Arc<Tracking>, redis::RedisError> {
+    pub fn new(
+        client: &redis::Client,
+        cache_name: &str,
+        l1: Arc<L1>,
+        m: Arc<Handles>,
+    ) -> Result<Arc<Tracking>, redis::RedisError> {
         let info = client.get_connection_info().clone();
-        let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
         let client = redis::Client::open(info.set_redis_settings(settings))?;
+        // Client names allow no spaces or newlines.
+        let safe: String = cache_name
+            .chars()
+            .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+            .collect();
         Ok(Arc::new(Tracking {
             client,
+            connection_name: format!("cdc-cache-tracking:{safe}"),
             l1,
             m,
             conn: RwLock::new(None),
@@ -113,7 +130,15 @@ impl Tracking {
                 Ok::<(), std::convert::Infallible>(())
             })
             .set_response_timeout(Some(HEALTH_TIMEOUT));
-        let mut conn = self.client.get_multiplexed_async_connection_with_config(&config).await?;
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let () = redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(&self.connection_name)
+            .query_async(&mut conn)
+            .await?;
         let () = redis::cmd("CLIENT")
             .arg("TRACKING")
             .arg("ON")
@@ -145,11 +170,8 @@ impl Tracking {
                     if self.generation.load(Ordering::SeqCst) != generation {
                         break;
                     }
-                    let ping = tokio::time::timeout(
-                        HEALTH_TIMEOUT,
-                        redis::cmd("PING").query_async::<String>(&mut conn),
-                    )
-                    .await;
+                    let ping =
+                        tokio::time::timeout(HEALTH_TIMEOUT, redis::cmd("PING").query_async::<String>(&mut conn)).await;
                     if !matches!(ping, Ok(Ok(_))) {
                         self.lose(generation);
                         break;
