@@ -56,6 +56,9 @@ where
                     let t = Instant::now();
                     read().await;
                     latencies.push(t.elapsed().as_micros() as u64);
+                    // An L1 hit never waits: without this, readers would
+                    // keep the connection's own task from running.
+                    tokio::task::yield_now().await;
                 }
                 latencies
             })
