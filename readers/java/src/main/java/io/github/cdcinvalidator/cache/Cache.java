@@ -18,6 +18,7 @@ import io.lettuce.core.codec.ByteArrayCodec;
 import io.lettuce.core.codec.StringCodec;
 import io.lettuce.core.pubsub.RedisPubSubAdapter;
 import io.lettuce.core.pubsub.StatefulRedisPubSubConnection;
+import io.netty.util.concurrent.FastThreadLocalThread;
 import java.io.IOException;
 import java.io.InputStream;
 import java.net.SocketAddress;
@@ -45,6 +46,7 @@ import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicReference;
 
@@ -284,13 +286,16 @@ public final class Cache implements AutoCloseable {
     final long maxStaleMicros;
     final long boundNanos;
     final String l1Id; // null: not an L1 get
-    final String flightKey;
+    final String mode; // the consistency and bound: part of a flight's identity
     final AsyncLoader loader;
     final AtomicBoolean loaderCalled = new AtomicBoolean();
     final long ttlMillis;
     final long startedNanos = System.nanoTime();
     final CompletableFuture<Got> result = new CompletableFuture<>();
     volatile Flight flight;
+    volatile Snapshot snap; // this get's own read
+    long ticket; // exact L1: this get's read's ticket
+    long readStartedNanos;
 
     Call(String key, GetOptions options, Layout layout, AsyncLoader loader) {
       this.key = key;
@@ -302,7 +307,7 @@ public final class Cache implements AutoCloseable {
       this.ttlMillis = Math.max(1, options.ttl().toMillis());
       String id = key + "\n" + String.join("\n", layout.records());
       this.l1Id = l1 != null && eventual ? id : null;
-      this.flightKey = id + "\n" + options.consistency() + ":" + (eventual ? options.maxStale().toNanos() : 0);
+      this.mode = options.consistency() + ":" + (eventual ? options.maxStale().toNanos() : 0);
     }
   }
 
@@ -317,7 +322,18 @@ public final class Cache implements AutoCloseable {
       if (call.result.isCancelled()) {
         Flight f = call.flight;
         if (f != null && f.leader == call) {
-          f.cancel();
+          CompletableFuture<Void> released = f.cancel();
+          // The canceller sees the lease gone when cancel returns (rule 6), except on
+          // an I/O thread, which must never block: there the release is on its way.
+          if (!(Thread.currentThread() instanceof FastThreadLocalThread)) {
+            try {
+              released.get(1, TimeUnit.SECONDS);
+            } catch (InterruptedException e) {
+              Thread.currentThread().interrupt();
+            } catch (ExecutionException | TimeoutException e) {
+              // best effort: the lease expires anyway
+            }
+          }
         }
       }
     });
@@ -333,18 +349,77 @@ public final class Cache implements AutoCloseable {
         sample(call, entry.value()).whenComplete((x, e) -> call.result.complete(got));
         return;
       }
+      if (exactL1) {
+        call.ticket = l1.begin(call.l1Id, call.layout.records());
+      }
     }
-    join(call);
+    // Every get reads the versions itself: a read shared with a get that started
+    // earlier could predate a bump that landed before this one started.
+    call.readStartedNanos = System.nanoTime();
+    read(call.layout).whenComplete((snap, e) -> {
+      if (call.result.isDone()) {
+        return; // cancelled meanwhile
+      }
+      if (e != null) {
+        call.result.completeExceptionally(redisError(e));
+        return;
+      }
+      call.snap = snap;
+      try {
+        if (snap.value != null) {
+          metrics.hitsRedis.increment();
+          onHit(call, snap);
+        } else {
+          metrics.misses.increment();
+          joinMiss(call);
+        }
+      } catch (RuntimeException t) {
+        call.result.completeExceptionally(redisError(t));
+      }
+    });
   }
 
-  /** Leads a new flight or joins the running one of the same key and options (section 5, rule 2). */
-  private void join(Call call) {
+  private void onHit(Call call, Snapshot snap) {
+    Envelope.Decoded d = Envelope.decode(snap.value);
+    if (d.deltaMillis() > 0 && snap.pttlMillis > 0 && beta > 0
+        && Envelope.xfetchDue(d.deltaMillis(), beta, snap.pttlMillis)) {
+      // XFetch (section 7): a flight of its own, outside the map, under the same lease.
+      Flight f = new Flight(call, null);
+      call.flight = f;
+      tryLease(snap.dataKey).whenComplete((token, e) -> {
+        if (e != null || token == null) {
+          serveHit(call, snap.dataKey, d.value()); // someone else refreshes: the cached value serves
+        } else if (f.hold(snap.dataKey, token)) {
+          metrics.earlyRefreshes.increment();
+          load(f, snap.dataKey);
+        } else {
+          release(snap.dataKey, token);
+        }
+      });
+      return;
+    }
+    serveHit(call, snap.dataKey, d.value());
+  }
+
+  private void serveHit(Call call, String dataKey, byte[] value) {
+    putL1(call, dataKey, value);
+    Got got = new Got(value, true, dataKey, false);
+    sample(call, value).whenComplete((x, e) -> call.result.complete(got));
+  }
+
+  /**
+   * Section 5, rule 2: the gets of this cache whose own read missed the same data key
+   * (with the same consistency and bound) form one flight: one lease attempt, one
+   * wait, at most one load; the first leads, the others take its outcome.
+   */
+  private void joinMiss(Call call) {
+    String flightKey = call.snap.dataKey + "\n" + call.mode;
     while (!call.result.isDone()) {
-      Flight created = new Flight(call);
-      Flight flight = flights.putIfAbsent(call.flightKey, created);
+      Flight created = new Flight(call, flightKey);
+      Flight flight = flights.putIfAbsent(flightKey, created);
       if (flight == null) {
         call.flight = created;
-        lead(created);
+        leadMiss(created);
         return;
       }
       if (flight.tryJoin()) {
@@ -352,46 +427,59 @@ public final class Cache implements AutoCloseable {
         flight.done.whenComplete((o, e) -> settle(call, o, false));
         return;
       }
-      flights.remove(call.flightKey, flight); // ended, not yet unmapped
+      flights.remove(flightKey, flight); // ended, not yet unmapped
     }
+  }
+
+  private void leadMiss(Flight f) {
+    Snapshot snap = f.leader.snap;
+    tryLease(snap.dataKey).whenComplete((token, e) -> {
+      if (e != null) {
+        f.end(Outcome.error(redisError(e), false));
+      } else if (token == null) {
+        waitForFill(f, snap);
+      } else if (f.hold(snap.dataKey, token)) {
+        holder(f, snap.dataKey);
+      } else {
+        release(snap.dataKey, token);
+      }
+    });
   }
 
   // ------------------------------------------------------------------ flights
 
-  enum Read { HIT, MISS, NONE }
-
   /**
-   * A flight's end. {@code read}: what its first read found; {@code leaseTaken}: its
-   * leader took the lease; {@code loaded}: the value came from the leader's loader;
-   * {@code restart}: the leader was cancelled, joiners start again.
+   * A flight's end. {@code leaseTaken}: its leader took the lease; {@code loaded}: the
+   * value came from the leader's loader; {@code restart}: the leader was cancelled and
+   * the others start again.
    */
-  record Outcome(byte[] value, String dataKey, Read read, boolean leaseTaken, boolean loaded, boolean stale,
+  record Outcome(byte[] value, String dataKey, boolean leaseTaken, boolean loaded, boolean stale,
       CacheException error, boolean restart) {
-    static Outcome value(byte[] value, String dataKey, Read read, boolean leaseTaken, boolean loaded, boolean stale) {
-      return new Outcome(value, dataKey, read, leaseTaken, loaded, stale, null, false);
+    static Outcome value(byte[] value, String dataKey, boolean leaseTaken, boolean loaded, boolean stale) {
+      return new Outcome(value, dataKey, leaseTaken, loaded, stale, null, false);
     }
 
-    static Outcome error(CacheException error, Read read, boolean leaseTaken) {
-      return new Outcome(null, null, read, leaseTaken, false, false, error, false);
+    static Outcome error(CacheException error, boolean leaseTaken) {
+      return new Outcome(null, null, leaseTaken, false, false, error, false);
     }
 
-    static final Outcome RESTART = new Outcome(null, null, Read.NONE, false, false, false, null, true);
+    static final Outcome RESTART = new Outcome(null, null, false, false, false, null, true);
   }
 
-  /** Concurrent gets of one key and options in this cache: one read, one lease attempt, one wait. */
+  /** The gets of one missed data key in this cache: one lease attempt, one wait, one load. */
   private final class Flight {
     final Call leader;
+    final String key; // null: not in the map (an XFetch refresh)
     final CompletableFuture<Outcome> done = new CompletableFuture<>();
-    long ticket; // exact L1: the read's ticket
-    long readStartedNanos;
     private boolean ended;
     private boolean cancelled;
     private String leaseDataKey;
     private String token;
     private CompletableFuture<byte[]> loading;
 
-    Flight(Call leader) {
+    Flight(Call leader, String key) {
       this.leader = leader;
+      this.key = key;
     }
 
     synchronized boolean tryJoin() {
@@ -421,7 +509,7 @@ public final class Cache implements AutoCloseable {
     }
 
     /** Releases the lease if this flight still holds it (compare-and-delete), best effort. */
-    void releaseLease() {
+    CompletableFuture<Void> releaseLease() {
       String dataKey;
       String held;
       synchronized (this) {
@@ -429,26 +517,25 @@ public final class Cache implements AutoCloseable {
         held = token;
         token = null;
       }
-      if (held != null) {
-        release(dataKey, held);
-      }
+      return held == null ? CompletableFuture.completedFuture(null) : release(dataKey, held);
     }
 
     /** The leader was cancelled (rule 6): release at once, stop the loader, hand the flight on. */
-    void cancel() {
+    CompletableFuture<Void> cancel() {
       CompletableFuture<byte[]> running;
       synchronized (this) {
         if (ended) {
-          return;
+          return CompletableFuture.completedFuture(null);
         }
         cancelled = true;
         running = loading;
       }
-      releaseLease();
+      CompletableFuture<Void> released = releaseLease();
       if (running != null) {
         running.cancel(true);
       }
       end(Outcome.RESTART);
+      return released;
     }
 
     void end(Outcome outcome) {
@@ -458,7 +545,9 @@ public final class Cache implements AutoCloseable {
         }
         ended = true;
       }
-      flights.remove(leader.flightKey, this);
+      if (key != null) {
+        flights.remove(key, this);
+      }
       settle(leader, outcome, true);
       done.complete(outcome);
     }
@@ -468,17 +557,12 @@ public final class Cache implements AutoCloseable {
   private void settle(Call call, Outcome o, boolean leader) {
     if (o.restart()) {
       if (!leader) {
-        join(call); // the leader was cancelled: start again (the wait still counts from this get's start)
+        joinMiss(call); // the leader was cancelled: one of the others leads now
       }
       return;
     }
-    if (o.read() == Read.HIT) {
-      metrics.hitsRedis.increment();
-    } else if (o.read() == Read.MISS) {
-      metrics.misses.increment();
-      if (!(leader && o.leaseTaken())) {
-        metrics.stampedePrevented.increment();
-      }
+    if (!(leader && o.leaseTaken())) {
+      metrics.stampedePrevented.increment(); // missed, did not take the lease, did not load
     }
     if (o.error() != null) {
       call.result.completeExceptionally(o.error());
@@ -486,76 +570,10 @@ public final class Cache implements AutoCloseable {
     }
     if (o.stale()) {
       metrics.staleServed.increment();
-    }
-    Got got = new Got(o.value(), !(leader && o.loaded()), o.dataKey(), o.stale());
-    if (o.read() == Read.HIT && !o.loaded()) {
-      sample(call, o.value()).whenComplete((x, e) -> call.result.complete(got));
     } else {
-      call.result.complete(got);
+      putL1(call, o.dataKey(), o.value());
     }
-  }
-
-  private void lead(Flight f) {
-    Call c = f.leader;
-    if (exactL1 && c.l1Id != null) {
-      f.ticket = l1.begin(c.l1Id, c.layout.records());
-    }
-    f.readStartedNanos = System.nanoTime();
-    read(c.layout).whenComplete((snap, e) -> {
-      if (e != null) {
-        f.end(Outcome.error(redisError(e), Read.NONE, false));
-        return;
-      }
-      try {
-        afterRead(f, snap);
-      } catch (RuntimeException t) {
-        f.releaseLease();
-        f.end(Outcome.error(redisError(t), Read.NONE, false));
-      }
-    });
-  }
-
-  private void afterRead(Flight f, Snapshot snap) {
-    if (f.cancelled()) {
-      return;
-    }
-    if (snap.value != null) {
-      Envelope.Decoded d = Envelope.decode(snap.value);
-      if (d.deltaMillis() > 0 && snap.pttlMillis > 0 && beta > 0
-          && Envelope.xfetchDue(d.deltaMillis(), beta, snap.pttlMillis)) {
-        tryLease(snap.dataKey).whenComplete((token, e) -> {
-          if (e != null || token == null) {
-            hit(f, snap.dataKey, d.value()); // someone else refreshes: the cached value serves
-            return;
-          }
-          if (!f.hold(snap.dataKey, token)) {
-            release(snap.dataKey, token);
-            return;
-          }
-          metrics.earlyRefreshes.increment();
-          load(f, snap.dataKey, Read.HIT);
-        });
-        return;
-      }
-      hit(f, snap.dataKey, d.value());
-      return;
-    }
-    tryLease(snap.dataKey).whenComplete((token, e) -> {
-      if (e != null) {
-        f.end(Outcome.error(redisError(e), Read.MISS, false));
-      } else if (token == null) {
-        waitForFill(f, snap);
-      } else if (f.hold(snap.dataKey, token)) {
-        holder(f, snap.dataKey);
-      } else {
-        release(snap.dataKey, token);
-      }
-    });
-  }
-
-  private void hit(Flight f, String dataKey, byte[] value) {
-    putL1(f, dataKey, value);
-    f.end(Outcome.value(value, dataKey, Read.HIT, false, false, false));
+    call.result.complete(new Got(o.value(), !(leader && o.loaded()), o.dataKey(), o.stale()));
   }
 
   /** Rule 5: a holder reads the data key once more before loading. */
@@ -563,20 +581,18 @@ public final class Cache implements AutoCloseable {
     redis.get(bytes(dataKey)).whenComplete((raw, e) -> {
       if (e != null) {
         f.releaseLease();
-        f.end(Outcome.error(redisError(e), Read.MISS, true));
+        f.end(Outcome.error(redisError(e), true));
       } else if (raw != null) {
         f.releaseLease();
-        byte[] value = Envelope.decode(raw).value();
-        putL1(f, dataKey, value);
-        f.end(Outcome.value(value, dataKey, Read.MISS, true, false, false));
+        f.end(Outcome.value(Envelope.decode(raw).value(), dataKey, true, false, false));
       } else {
-        load(f, dataKey, Read.MISS);
+        load(f, dataKey);
       }
     });
   }
 
   /** Calls the leader's loader under the lease, fills, releases (rules 5 and 7). */
-  private void load(Flight f, String dataKey, Read read) {
+  private void load(Flight f, String dataKey) {
     Call c = f.leader;
     long started = System.nanoTime();
     CompletableFuture<byte[]> loading = callLoader(c);
@@ -595,13 +611,13 @@ public final class Cache implements AutoCloseable {
       }
       if (e != null) {
         metrics.fillErrors.increment();
-        f.releaseLease();
         Throwable cause = unwrap(e);
         CacheException error = cause instanceof CacheException ce && ce.kind() == CacheException.Kind.LOADER_TIMEOUT
             ? ce
             : new CacheException(CacheException.Kind.LOADER,
                 "key " + Layout.quote(c.key) + ": the loader failed: " + cause, cause);
-        f.end(Outcome.error(error, read, true));
+        // Ends once the lease is gone: the caller may retry at once and take it.
+        f.releaseLease().whenComplete((x, y) -> f.end(Outcome.error(error, true)));
         return;
       }
       byte[] stored = Envelope.encode((long) tookMillis, value);
@@ -609,12 +625,11 @@ public final class Cache implements AutoCloseable {
       redis.set(bytes(dataKey), stored, SetArgs.Builder.px(c.ttlMillis)).whenComplete((ok, e2) -> {
         f.releaseLease();
         if (e2 != null) {
-          f.end(Outcome.error(redisError(e2), read, true));
+          f.end(Outcome.error(redisError(e2), true));
           return;
         }
         metrics.fills.increment();
-        putL1(f, dataKey, value);
-        f.end(Outcome.value(value, dataKey, read, true, true, false));
+        f.end(Outcome.value(value, dataKey, true, true, false));
       });
     });
   }
@@ -629,9 +644,9 @@ public final class Cache implements AutoCloseable {
       String staleKey = stale.get().key();
       redis.get(bytes(staleKey)).whenComplete((raw, e) -> {
         if (e != null) {
-          f.end(Outcome.error(redisError(e), Read.MISS, false));
+          f.end(Outcome.error(redisError(e), false));
         } else if (raw != null) {
-          f.end(Outcome.value(Envelope.decode(raw).value(), staleKey, Read.MISS, false, false, true));
+          f.end(Outcome.value(Envelope.decode(raw).value(), staleKey, false, false, true));
         } else {
           pollLater(f, snap.dataKey, stale, deadline, pollNanos);
         }
@@ -649,7 +664,7 @@ public final class Cache implements AutoCloseable {
     try {
       timer.schedule(() -> reread(f, dataKey, stale, deadline, interval), delay, TimeUnit.NANOSECONDS);
     } catch (RejectedExecutionException e) {
-      f.end(Outcome.error(new CacheException(CacheException.Kind.REDIS, "the cache is closed"), Read.MISS, false));
+      f.end(Outcome.error(new CacheException(CacheException.Kind.REDIS, "the cache is closed"), false));
     }
   }
 
@@ -661,21 +676,19 @@ public final class Cache implements AutoCloseable {
     CompletableFuture<Long> left = redis.pttl(bytes(Layout.leaseKey(dataKey))).toCompletableFuture();
     CompletableFuture.allOf(get, left).whenComplete((x, e) -> {
       if (e != null) {
-        f.end(Outcome.error(redisError(e), Read.MISS, false));
+        f.end(Outcome.error(redisError(e), false));
         return;
       }
       byte[] raw = get.join();
       if (raw != null) {
-        byte[] value = Envelope.decode(raw).value();
-        putL1(f, dataKey, value);
-        f.end(Outcome.value(value, dataKey, Read.MISS, false, false, false));
+        f.end(Outcome.value(Envelope.decode(raw).value(), dataKey, false, false, false));
         return;
       }
       if (left.join() == -2) {
         // The lease is gone without a value: one SET NX decides who loads next.
         tryLease(dataKey).whenComplete((token, e2) -> {
           if (e2 != null) {
-            f.end(Outcome.error(redisError(e2), Read.MISS, false));
+            f.end(Outcome.error(redisError(e2), false));
           } else if (token == null) {
             waitMore(f, dataKey, stale, deadline, interval);
           } else if (f.hold(dataKey, token)) {
@@ -701,29 +714,28 @@ public final class Cache implements AutoCloseable {
         "key " + Layout.quote(c.key) + ": waited " + waitTimeoutNanos / 1_000_000 + " ms for another get's load of "
             + Layout.quote(dataKey));
     if (stale.isEmpty()) {
-      f.end(Outcome.error(timeout, Read.MISS, false));
+      f.end(Outcome.error(timeout, false));
       return;
     }
     // Eventual: the previous value, whatever its age, rather than nothing (rule 4).
     String staleKey = stale.get().key();
     redis.get(bytes(staleKey)).whenComplete((raw, e) -> {
       if (e == null && raw != null) {
-        f.end(Outcome.value(Envelope.decode(raw).value(), staleKey, Read.MISS, false, false, true));
+        f.end(Outcome.value(Envelope.decode(raw).value(), staleKey, false, false, true));
       } else {
-        f.end(Outcome.error(e != null ? redisError(e) : timeout, Read.MISS, false));
+        f.end(Outcome.error(e != null ? redisError(e) : timeout, false));
       }
     });
   }
 
-  private void putL1(Flight f, String dataKey, byte[] value) {
-    Call c = f.leader;
+  private void putL1(Call c, String dataKey, byte[] value) {
     if (c.l1Id == null) {
       return;
     }
     if (exactL1) {
-      l1.putExact(c.l1Id, f.ticket, dataKey, value, c.layout.records(), System.nanoTime());
+      l1.putExact(c.l1Id, c.ticket, dataKey, value, c.layout.records(), System.nanoTime());
     } else {
-      l1.put(c.l1Id, dataKey, value, c.layout.records(), f.readStartedNanos);
+      l1.put(c.l1Id, dataKey, value, c.layout.records(), c.readStartedNanos);
     }
   }
 
@@ -854,7 +866,10 @@ public final class Cache implements AutoCloseable {
       }
     }
 
-    /** Runs the loader here; true when the caller's thread was interrupted by someone else meanwhile. */
+    /**
+     * Runs the loader here; true when someone else interrupted the caller's thread
+     * meanwhile (the caller then cancels the get, which releases the lease).
+     */
     boolean runHere() {
       Pending p = pending;
       synchronized (this) {
@@ -864,20 +879,32 @@ public final class Cache implements AutoCloseable {
         runner = Thread.currentThread();
         running = true;
       }
+      byte[] value = null;
+      Throwable failure = null;
       try {
-        p.complete(loader.load());
+        value = loader.load();
       } catch (Throwable t) {
-        p.completeExceptionally(t);
-      } finally {
-        synchronized (this) {
-          running = false;
-          if (interruptedByUs) {
-            Thread.interrupted(); // our own interrupt (a timeout) must not leak to the caller
-            interruptedByUs = false;
-          }
+        failure = t;
+      }
+      boolean ours;
+      synchronized (this) {
+        running = false;
+        ours = interruptedByUs;
+        if (ours) {
+          Thread.interrupted(); // our own interrupt (a timeout) must not leak to the caller
+          interruptedByUs = false;
         }
       }
-      return Thread.currentThread().isInterrupted();
+      if (!ours && (Thread.currentThread().isInterrupted() || failure instanceof InterruptedException)) {
+        Thread.currentThread().interrupt();
+        return true;
+      }
+      if (failure != null) {
+        p.completeExceptionally(failure);
+      } else {
+        p.complete(value);
+      }
+      return false;
     }
   }
 
@@ -1022,15 +1049,16 @@ public final class Cache implements AutoCloseable {
    * The compare-and-delete of the lease (lua/release.lua), best effort: an error is
    * ignored, as the lease expires anyway.
    */
-  private void release(String dataKey, String token) {
+  private CompletableFuture<Void> release(String dataKey, String token) {
     byte[][] keys = {bytes(Layout.leaseKey(dataKey))};
     byte[] arg = bytes(token);
-    redis.<Long>evalsha(RELEASE_SHA, ScriptOutputType.INTEGER, keys, arg).whenComplete((n, e) -> {
-      if (e != null) {
-        // EVAL loads the script on that node for the next time.
-        redis.<Long>eval(RELEASE_LUA, ScriptOutputType.INTEGER, keys, arg);
-      }
-    });
+    return redis.<Long>evalsha(RELEASE_SHA, ScriptOutputType.INTEGER, keys, arg).toCompletableFuture()
+        .handle((n, e) -> e == null
+            ? CompletableFuture.completedFuture(n)
+            // EVAL loads the script on that node for the next time.
+            : redis.<Long>eval(RELEASE_LUA, ScriptOutputType.INTEGER, keys, arg).toCompletableFuture())
+        .thenCompose(f -> f)
+        .handle((n, e) -> null);
   }
 
   // ------------------------------------------------------------------ L1 feeds
