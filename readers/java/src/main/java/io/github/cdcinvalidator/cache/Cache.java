@@ -296,6 +296,8 @@ public final class Cache implements AutoCloseable {
     volatile Snapshot snap; // this get's own read
     long ticket; // exact L1: this get's read's ticket
     long readStartedNanos;
+    volatile boolean counted; // its hit or miss is counted once, at its first read
+    volatile boolean leftHungLeader; // a lease taken at its next read is a takeover
 
     Call(String key, GetOptions options, Layout layout, AsyncLoader loader) {
       this.key = key;
@@ -326,12 +328,19 @@ public final class Cache implements AutoCloseable {
           // The canceller sees the lease gone when cancel returns (rule 6), except on
           // an I/O thread, which must never block: there the release is on its way.
           if (!(Thread.currentThread() instanceof FastThreadLocalThread)) {
+            // An interrupted caller (the usual way to cancel a blocking get) still waits
+            // for the release; its interrupt flag is kept.
+            boolean interrupted = Thread.interrupted();
             try {
               released.get(1, TimeUnit.SECONDS);
             } catch (InterruptedException e) {
-              Thread.currentThread().interrupt();
+              interrupted = true;
             } catch (ExecutionException | TimeoutException e) {
               // best effort: the lease expires anyway
+            } finally {
+              if (interrupted) {
+                Thread.currentThread().interrupt();
+              }
             }
           }
         }
@@ -365,12 +374,18 @@ public final class Cache implements AutoCloseable {
         return;
       }
       call.snap = snap;
+      boolean first = !call.counted;
+      call.counted = true;
       try {
         if (snap.value != null) {
-          metrics.hitsRedis.increment();
+          if (first) {
+            metrics.hitsRedis.increment();
+          }
           onHit(call, snap);
         } else {
-          metrics.misses.increment();
+          if (first) {
+            metrics.misses.increment();
+          }
           joinMiss(call);
         }
       } catch (RuntimeException t) {
@@ -424,10 +439,42 @@ public final class Cache implements AutoCloseable {
       }
       if (flight.tryJoin()) {
         call.flight = flight;
-        flight.done.whenComplete((o, e) -> settle(call, o, false));
+        AtomicBoolean settled = new AtomicBoolean();
+        flight.done.whenComplete((o, e) -> {
+          if (settled.compareAndSet(false, true)) {
+            settle(call, o, false);
+          }
+        });
+        checkLeader(call, flight, settled);
         return;
       }
       flights.remove(flightKey, flight); // ended, not yet unmapped
+    }
+  }
+
+  /**
+   * A follower whose leader still holds the lease and loads one lease after the
+   * follower joined leaves the flight, closes it to newcomers and starts over: a hung
+   * loader delays the gets of its own process no longer than those of others.
+   */
+  private void checkLeader(Call call, Flight flight, AtomicBoolean settled) {
+    try {
+      timer.schedule(() -> {
+        if (settled.get() || call.result.isDone() || flight.ended()) {
+          return;
+        }
+        if (!flight.loadingNow()) {
+          checkLeader(call, flight, settled); // the leader only waits: check again a lease later
+          return;
+        }
+        if (settled.compareAndSet(false, true)) {
+          flight.closeToNewcomers();
+          call.leftHungLeader = true;
+          start(call);
+        }
+      }, leaseMillis, TimeUnit.MILLISECONDS);
+    } catch (RejectedExecutionException e) {
+      // the cache is closing: the follower waits for its leader
     }
   }
 
@@ -439,6 +486,9 @@ public final class Cache implements AutoCloseable {
       } else if (token == null) {
         waitForFill(f, snap);
       } else if (f.hold(snap.dataKey, token)) {
+        if (f.leader.leftHungLeader) {
+          metrics.leaseTakeovers.increment();
+        }
         holder(f, snap.dataKey);
       } else {
         release(snap.dataKey, token);
@@ -472,6 +522,7 @@ public final class Cache implements AutoCloseable {
     final String key; // null: not in the map (an XFetch refresh)
     final CompletableFuture<Outcome> done = new CompletableFuture<>();
     private boolean ended;
+    private boolean closed;
     private boolean cancelled;
     private String leaseDataKey;
     private String token;
@@ -483,7 +534,25 @@ public final class Cache implements AutoCloseable {
     }
 
     synchronized boolean tryJoin() {
-      return !ended;
+      return !ended && !closed;
+    }
+
+    synchronized boolean ended() {
+      return ended;
+    }
+
+    /** The leader holds the lease and its loader runs. */
+    synchronized boolean loadingNow() {
+      return token != null && loading != null && !loading.isDone();
+    }
+
+    void closeToNewcomers() {
+      synchronized (this) {
+        closed = true;
+      }
+      if (key != null) {
+        flights.remove(key, this);
+      }
     }
 
     synchronized boolean cancelled() {

@@ -255,6 +255,34 @@ class RedisTest {
     }
   }
 
+  @ParameterizedTest
+  @EnumSource(Topology.class)
+  void aHungHolderDelaysGetsOfItsOwnProcessNoLongerThanOthers(Topology topology) throws Exception {
+    try (Redis redis = new Redis(topology)) {
+      String prefix = unique("ver") + ":";
+      String key = unique("product") + ":1";
+      MeterRegistry registry = new SimpleMeterRegistry();
+      Cache cache = redis.cache(options(prefix, "own", registry).lease(Duration.ofMillis(500))
+          .maxPoll(Duration.ofMillis(50)).waitTimeout(Duration.ofSeconds(3)));
+      long started = System.nanoTime();
+      CompletableFuture<Got> holder = cache.getAsync(key, TTL, new Loads().async(2500, "late", false));
+      eventually("the hung holder's lease", 2000, () -> redis.sync.exists(key + "@e0:v0:lease") == 1);
+      Loads loads = new Loads();
+      List<CompletableFuture<Got>> followers = new ArrayList<>();
+      for (int i = 0; i < 30; i++) {
+        followers.add(cache.getAsync(key, TTL, loads.async(50, "fresh", false)));
+      }
+      for (CompletableFuture<Got> g : followers) {
+        assertEquals("fresh", g.join().text());
+      }
+      long tookMillis = (System.nanoTime() - started) / 1_000_000;
+      assertEquals(1, loads.started.get(), "one follower loads after leaving the hung leader");
+      assertEquals(1, counter(registry, CacheMetrics.LEASE_TAKEOVERS, "own"));
+      assertTrue(tookMillis < 2000, "followers done after " + tookMillis + " ms, before the hung loader's 2.5 s");
+      assertEquals("late", holder.join().text());
+    }
+  }
+
   // ---------------------------------------------------------------- failing loader
 
   @ParameterizedTest
