@@ -390,6 +390,35 @@ class RedisTest {
     }
   }
 
+  @ParameterizedTest
+  @EnumSource(Topology.class)
+  void aCancelledLeaderHandsItsFlightOn(Topology topology) throws Exception {
+    try (Redis redis = new Redis(topology)) {
+      String prefix = unique("ver") + ":";
+      String key = unique("product") + ":4";
+      MeterRegistry registry = new SimpleMeterRegistry();
+      Cache cache = redis.cache(options(prefix, "handover", registry));
+      AtomicBoolean loading = new AtomicBoolean();
+      CompletableFuture<Got> leader = cache.getAsync(key, TTL, () -> {
+        loading.set(true);
+        return new CompletableFuture<>(); // never completes
+      });
+      eventually("the leader's loader", 2000, loading::get);
+      Loads loads = new Loads();
+      List<CompletableFuture<Got>> followers = new ArrayList<>();
+      for (int i = 0; i < 10; i++) {
+        followers.add(cache.getAsync(key, TTL, loads.async(20, "next", false)));
+      }
+      eventually("the followers' reads", 2000, () -> counter(registry, CacheMetrics.MISSES, "handover") == 11);
+      leader.cancel(true);
+      for (CompletableFuture<Got> g : followers) {
+        assertEquals("next", g.join().text());
+      }
+      assertEquals(1, loads.started.get(), "one of the followers leads and loads");
+      assertTrue(leader.isCancelled());
+    }
+  }
+
   // ---------------------------------------------------------------- loader timeout
 
   @ParameterizedTest
