@@ -88,6 +88,9 @@ public final class Cache implements AutoCloseable {
   private final ScheduledExecutorService timer;
   private final ConcurrentHashMap<String, Flight> flights = new ConcurrentHashMap<>();
   private volatile boolean readOnlyScripts = true; // EVALSHA_RO exists (Redis 7.0+)
+  // The exact L1's tracking connection: the first read of every get while tracking is up.
+  private volatile RedisClusterAsyncCommands<byte[], byte[]> tracker;
+  private final AtomicBoolean enablingTracking = new AtomicBoolean();
 
   private Cache(RedisClusterAsyncCommands<byte[], byte[]> redis, boolean cluster, CacheOptions options) {
     this.redis = redis;
@@ -103,7 +106,7 @@ public final class Cache implements AutoCloseable {
     this.metrics = new CacheMetrics(options.meterRegistry, options.name);
     this.loaderExecutor = options.loaderExecutor;
     if (options.l1 != null) {
-      this.l1 = new L1(options.l1.maxEntriesValue(), prefix + "epoch");
+      this.l1 = new L1(options.l1.maxEntriesValue(), options.l1.maxBytesValue(), prefix + "epoch");
       this.exactL1 = options.l1.isTracking();
       this.l1MaxStaleNanos = exactL1 ? Long.MAX_VALUE : options.l1.maxStale().toNanos();
     } else {
@@ -134,7 +137,7 @@ public final class Cache implements AutoCloseable {
     cache.owned.add(connection);
     try {
       if (options.l1 != null && options.l1.isTracking()) {
-        cache.track(connection);
+        cache.track(client, options.name);
       }
       if (options.l1 != null && options.l1.channel() != null) {
         cache.followNotices(client.connectPubSub(), options.l1.channel());
@@ -308,7 +311,7 @@ public final class Cache implements AutoCloseable {
       this.boundNanos = eventual ? Math.min(saturatedNanos(options.maxStale()), l1MaxStaleNanos) : 0;
       this.ttlMillis = Math.max(1, options.ttl().toMillis());
       String id = key + "\n" + String.join("\n", layout.records());
-      this.l1Id = l1 != null && eventual ? id : null;
+      this.l1Id = l1 != null && (eventual || exactL1) ? id : null;
       this.mode = options.consistency() + ":" + (eventual ? options.maxStale().toNanos() : 0);
     }
   }
@@ -354,6 +357,7 @@ public final class Cache implements AutoCloseable {
       L1.Entry entry = l1.fresh(call.l1Id, call.boundNanos, exactL1, System.nanoTime());
       if (entry != null) {
         metrics.hitsL1.increment();
+        // Bounded: nothing proves the entry current, only verified within the bound.
         Got got = new Got(entry.value(), true, entry.dataKey(), !exactL1);
         sample(call, entry.value()).whenComplete((x, e) -> call.result.complete(got));
         return;
@@ -365,7 +369,8 @@ public final class Cache implements AutoCloseable {
     // Every get reads the versions itself: a read shared with a get that started
     // earlier could predate a bump that landed before this one started.
     call.readStartedNanos = System.nanoTime();
-    read(call.layout).whenComplete((snap, e) -> {
+    RedisClusterAsyncCommands<byte[], byte[]> on = exactL1 && l1.trackingUp() && tracker != null ? tracker : redis;
+    read(call.layout, on).whenComplete((snap, e) -> {
       if (call.result.isDone()) {
         return; // cancelled meanwhile
       }
@@ -990,7 +995,7 @@ public final class Cache implements AutoCloseable {
   }
 
   /** One script on a standalone server, two pipelined round trips on a cluster. */
-  private CompletableFuture<Snapshot> read(Layout layout) {
+  private CompletableFuture<Snapshot> read(Layout layout, RedisClusterAsyncCommands<byte[], byte[]> on) {
     List<String> records = layout.records();
     byte[][] keys = new byte[records.size()][];
     for (int i = 0; i < keys.length; i++) {
@@ -998,7 +1003,7 @@ public final class Cache implements AutoCloseable {
     }
     if (!cluster) {
       byte[][] args = {bytes(layout.key()), bytes(Integer.toString(layout.deps()))};
-      return readScript(keys, args, 0).thenCompose(reply -> fromScript(layout, reply));
+      return readScript(on, keys, args, 0).thenCompose(reply -> fromScript(layout, reply));
     }
     CompletableFuture<List<byte[]>> time = redis.time().toCompletableFuture();
     CompletableFuture<byte[]> epoch = redis.hget(keys[0], bytes("e")).toCompletableFuture();
@@ -1023,10 +1028,11 @@ public final class Cache implements AutoCloseable {
     });
   }
 
-  private CompletableFuture<List<Object>> readScript(byte[][] keys, byte[][] args, int attempt) {
+  private CompletableFuture<List<Object>> readScript(
+      RedisClusterAsyncCommands<byte[], byte[]> on, byte[][] keys, byte[][] args, int attempt) {
     CompletionStage<List<Object>> sent = readOnlyScripts
-        ? redis.<List<Object>>evalshaReadOnly(READ_SHA, ScriptOutputType.MULTI, keys, args)
-        : redis.<List<Object>>evalsha(READ_SHA, ScriptOutputType.MULTI, keys, args);
+        ? on.<List<Object>>evalshaReadOnly(READ_SHA, ScriptOutputType.MULTI, keys, args)
+        : on.<List<Object>>evalsha(READ_SHA, ScriptOutputType.MULTI, keys, args);
     return sent.toCompletableFuture().handle((reply, e) -> {
       if (e == null) {
         return CompletableFuture.completedFuture(reply);
@@ -1034,12 +1040,12 @@ public final class Cache implements AutoCloseable {
       Throwable cause = unwrap(e);
       String message = String.valueOf(cause.getMessage());
       if (attempt < 3 && (cause instanceof RedisNoScriptException || message.startsWith("NOSCRIPT"))) {
-        return redis.scriptLoad(READ_LUA).toCompletableFuture().thenCompose(sha -> readScript(keys, args, attempt + 1));
+        return on.scriptLoad(READ_LUA).toCompletableFuture().thenCompose(sha -> readScript(on, keys, args, attempt + 1));
       }
       if (attempt < 3 && readOnlyScripts && cause instanceof RedisCommandExecutionException
           && message.toLowerCase(java.util.Locale.ROOT).contains("unknown command")) {
         readOnlyScripts = false; // a server before 7.0
-        return readScript(keys, args, attempt + 1);
+        return readScript(on, keys, args, attempt + 1);
       }
       return CompletableFuture.<List<Object>>failedFuture(cause);
     }).thenCompose(f -> f);
@@ -1182,37 +1188,77 @@ public final class Cache implements AutoCloseable {
   }
 
   /**
-   * The exact L1: Redis client tracking on this cache's own connection (RESP3 push
-   * messages; NOLOOP, so this cache's own fills do not invalidate what it just read).
+   * The exact L1 (spec section 8.1): a connection of its own, named {@code
+   * cdc-cache-tracking:<name>}, with {@code CLIENT TRACKING ON} (RESP3: invalidations
+   * arrive as push messages on it). While tracking is up, the first read of every get
+   * goes through it, so Redis reports every version record read that changes.
    */
-  private void track(StatefulRedisConnection<byte[], byte[]> connection) {
+  private void track(RedisClient client, String name) {
+    StatefulRedisConnection<byte[], byte[]> connection = client.connect(ByteArrayCodec.INSTANCE);
+    owned.add(connection);
     String info = connection.sync().clientInfo();
     if (info != null && info.contains(" resp=") && !info.contains(" resp=3")) {
       throw CacheException.invalid("the exact (tracking) L1 needs RESP3 (Redis 6 or later, a client not set to RESP2)");
     }
+    connection.sync().clientSetname(bytes("cdc-cache-tracking:" + name.replace(' ', '_')));
     connection.addListener((PushListener) this::onPush);
     connection.addListener(new RedisConnectionStateListener() {
       @Override
       public void onRedisDisconnected(io.lettuce.core.RedisChannelHandler<?, ?> c) {
-        metrics.l1Reset.increment(l1.tracking(false));
+        trackingDown();
       }
 
       @Override
       public void onRedisConnected(io.lettuce.core.RedisChannelHandler<?, ?> c, SocketAddress address) {
         // A new connection tracks nothing: nothing read before tracking is on again may be cached.
-        metrics.l1Reset.increment(l1.tracking(false));
-        connection.async().clientTracking(TrackingArgs.Builder.enabled().noloop()).whenComplete((ok, e) -> {
-          if (e == null && "OK".equals(ok)) {
-            l1.tracking(true);
-          }
-        });
+        trackingDown();
+        enableTracking(connection);
       }
     });
-    String ok = connection.sync().clientTracking(TrackingArgs.Builder.enabled().noloop());
+    tracker = connection.async();
+    String ok = connection.sync().clientTracking(TrackingArgs.Builder.enabled());
     if (!"OK".equals(ok)) {
       throw CacheException.invalid("CLIENT TRACKING answered " + ok);
     }
-    l1.tracking(true);
+    metrics.l1Reset.increment(l1.tracking(true));
+    // Health: a connection that died silently stops the L1 within about two seconds.
+    timer.scheduleWithFixedDelay(() -> checkTracking(connection), 1, 1, TimeUnit.SECONDS);
+  }
+
+  private void trackingDown() {
+    metrics.l1Reset.increment(l1.tracking(false));
+  }
+
+  private void enableTracking(StatefulRedisConnection<byte[], byte[]> connection) {
+    if (!enablingTracking.compareAndSet(false, true)) {
+      return;
+    }
+    connection.async().clientTracking(TrackingArgs.Builder.enabled()).toCompletableFuture()
+        .orTimeout(1, TimeUnit.SECONDS)
+        .whenComplete((ok, e) -> {
+          enablingTracking.set(false);
+          if (e == null && "OK".equals(ok)) {
+            metrics.l1Reset.increment(l1.tracking(true)); // flushed once more as it comes up
+          }
+        });
+  }
+
+  private void checkTracking(StatefulRedisConnection<byte[], byte[]> connection) {
+    if (!connection.isOpen()) {
+      if (l1.trackingUp()) {
+        trackingDown();
+      }
+      return;
+    }
+    connection.async().ping().toCompletableFuture().orTimeout(1, TimeUnit.SECONDS).whenComplete((pong, e) -> {
+      if (e != null) {
+        if (l1.trackingUp()) {
+          trackingDown();
+        }
+      } else if (!l1.trackingUp()) {
+        enableTracking(connection); // back after a failed check (or a reconnect whose enable failed)
+      }
+    });
   }
 
   private void onPush(PushMessage message) {
@@ -1222,8 +1268,8 @@ public final class Cache implements AutoCloseable {
     List<Object> content = message.getContent(StringCodec.UTF8::decodeKey);
     Object keys = content.size() > 1 ? content.get(1) : null;
     if (!(keys instanceof List<?> list)) {
-      // A null key list: the whole keyspace was flushed.
-      metrics.l1Notice.increment(l1.clear());
+      // A null key list: FLUSHALL or FLUSHDB, every entry goes.
+      metrics.l1Tracking.increment(l1.clear());
       return;
     }
     int dropped = 0;
@@ -1234,7 +1280,7 @@ public final class Cache implements AutoCloseable {
         dropped += l1.invalidate(StringCodec.UTF8.decodeKey(b));
       }
     }
-    metrics.l1Notice.increment(dropped);
+    metrics.l1Tracking.increment(dropped);
   }
 
   // ------------------------------------------------------------------ helpers

@@ -46,6 +46,7 @@ public final class CacheMetrics {
   final Counter freshnessMismatches;
   final Counter l1Notice;
   final Counter l1Reset;
+  final Counter l1Tracking;
   final DistributionSummary propagation;
   private final ArrayDeque<Boolean> checks = new ArrayDeque<>();
   private volatile double staleRatio;
@@ -66,6 +67,7 @@ public final class CacheMetrics {
     freshnessMismatches = counter(registry, FRESHNESS_MISMATCHES, "Sampled hits that differed from the loader", cache);
     l1Notice = counter(registry, L1_INVALIDATIONS, "L1 entries dropped, by reason", cache, "reason", "notice");
     l1Reset = counter(registry, L1_INVALIDATIONS, "L1 entries dropped, by reason", cache, "reason", "reset");
+    l1Tracking = counter(registry, L1_INVALIDATIONS, "L1 entries dropped, by reason", cache, "reason", "tracking");
     propagation = summary(registry, PROPAGATION,
         "Source commit to the invalidation received by this process, in milliseconds", cache);
     Gauge.builder(STALE_RATIO, this, m -> m.staleRatio)

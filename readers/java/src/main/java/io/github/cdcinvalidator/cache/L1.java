@@ -25,9 +25,11 @@ import java.util.Set;
  * All methods are synchronized: entries are few and each operation is short.
  */
 final class L1 {
-  record Entry(String dataKey, byte[] value, List<String> keys, long verifiedNanos) {}
+  record Entry(String dataKey, byte[] value, List<String> keys, long verifiedNanos, long bytes) {}
 
   private final int maxEntries;
+  private final long maxBytes;
+  private long bytes;
   private final String epochRecord;
   // Insertion order: the first entry is the oldest.
   private final LinkedHashMap<String, Entry> entries = new LinkedHashMap<>();
@@ -39,8 +41,9 @@ final class L1 {
   private long nextTicket = 1;
   private boolean tracking;
 
-  L1(int maxEntries, String epochRecord) {
+  L1(int maxEntries, long maxBytes, String epochRecord) {
     this.maxEntries = maxEntries;
+    this.maxBytes = maxBytes;
     this.epochRecord = epochRecord;
   }
 
@@ -56,7 +59,16 @@ final class L1 {
   }
 
   synchronized void put(String id, String dataKey, byte[] value, List<String> records, long verifiedNanos) {
-    insert(id, new Entry(dataKey, value, records, verifiedNanos));
+    insert(id, new Entry(dataKey, value, records, verifiedNanos, size(id, dataKey, value, records)));
+  }
+
+  /** What an entry counts against maxBytes: its value, data key, id and record names. */
+  private static long size(String id, String dataKey, byte[] value, List<String> records) {
+    long n = (long) value.length + dataKey.length() + id.length();
+    for (String r : records) {
+      n += r.length();
+    }
+    return n;
   }
 
   /**
@@ -88,24 +100,29 @@ final class L1 {
       return;
     }
     dropPending(id);
-    List<String> keys = new ArrayList<>(records.size() + 1);
-    keys.addAll(records);
-    keys.add(dataKey);
-    insert(id, new Entry(dataKey, value, keys, nowNanos));
+    // Records only: a data key's own invalidation (another process refilling it, its
+    // expiry) says nothing about the versions, so it drops nothing.
+    insert(id, new Entry(dataKey, value, records, nowNanos, size(id, dataKey, value, records)));
   }
 
   private void insert(String id, Entry entry) {
     Entry old = entries.remove(id);
     if (old != null) {
       unindex(id, old.keys());
+      bytes -= old.bytes();
     }
-    while (entries.size() >= maxEntries) {
+    if (entry.bytes() > maxBytes) {
+      return; // larger than the whole L1: not kept
+    }
+    while (!entries.isEmpty() && (entries.size() >= maxEntries || bytes + entry.bytes() > maxBytes)) {
       Iterator<Map.Entry<String, Entry>> oldest = entries.entrySet().iterator();
       Map.Entry<String, Entry> first = oldest.next();
       oldest.remove();
       unindex(first.getKey(), first.getValue().keys());
+      bytes -= first.getValue().bytes();
     }
     entries.put(id, entry);
+    bytes += entry.bytes();
     for (String k : entry.keys()) {
       byKey.computeIfAbsent(k, x -> new HashSet<>()).add(id);
     }
@@ -125,6 +142,7 @@ final class L1 {
       Entry entry = entries.remove(id);
       if (entry != null) {
         unindex(id, entry.keys());
+        bytes -= entry.bytes();
         dropped++;
       }
       if (pending.containsKey(id)) {
@@ -137,20 +155,32 @@ final class L1 {
   synchronized int clear() {
     int n = entries.size();
     entries.clear();
+    bytes = 0;
     byKey.clear();
     pending.clear();
     pendingKeys.clear();
     return n;
   }
 
-  /** Exact L1: tracking went off (clears everything) or on again. */
-  synchronized int tracking(boolean on) {
-    tracking = on;
-    return on ? 0 : clear();
+  /**
+   * Exact L1: tracking went down or came up again; either way everything goes
+   * (nothing read while it was down may be cached). Returns how many entries.
+   */
+  synchronized int tracking(boolean up) {
+    tracking = up;
+    return clear();
   }
 
   synchronized int size() {
     return entries.size();
+  }
+
+  synchronized long bytes() {
+    return bytes;
+  }
+
+  synchronized boolean trackingUp() {
+    return tracking;
   }
 
   private void dropPending(String id) {

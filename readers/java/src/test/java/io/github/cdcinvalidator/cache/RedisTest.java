@@ -653,46 +653,70 @@ class RedisTest {
   // ---------------------------------------------------------------- the exact L1
 
   @Test
-  void theTrackingL1DropsEntriesWhenRedisReportsAChange() throws Exception {
+  void theTrackingL1ServesWithoutRedisUntilRedisReportsAChange() throws Exception {
     try (Redis redis = new Redis(Topology.STANDALONE)) {
       String prefix = unique("ver") + ":";
-      String key = unique("product") + ":1";
+      String key = unique("page") + ":1";
+      String dep = unique("category") + ":3";
+      String namespace = unique("product");
       MeterRegistry registry = new SimpleMeterRegistry();
       Cache cache = redis.cache(options(prefix, "exact", registry).l1(L1Options.tracking()));
-      GetOptions eventual = TTL.eventual(Duration.ofMillis(1));
-      assertEquals("a", cache.get(key, eventual, () -> b("a")).text());
-      Thread.sleep(20); // beyond the get's bound: an exact entry serves anyway
-      Got hit = cache.get(key, eventual, () -> b("never"));
-      assertEquals("a", hit.text());
-      assertFalse(hit.stale(), "an exact L1's hit is current");
-      assertEquals(1, counter(registry, CacheMetrics.HITS, "exact", "layer", "l1"));
+      GetOptions strong = TTL.deps(key, dep).namespaces(namespace);
+      GetOptions eventual = strong.eventual(Duration.ofMillis(1));
+      AtomicInteger loads = new AtomicInteger();
+      Loader loader = () -> b("v" + loads.incrementAndGet());
+      assertEquals("v1", cache.get(key, strong, loader).text());
 
-      redis.bump(prefix, key, 1);
-      eventually("Redis's invalidation", 3000,
-          () -> counter(registry, CacheMetrics.L1_INVALIDATIONS, "exact", "reason", "notice") >= 1);
-      assertEquals("b", cache.get(key, eventual, () -> b("b")).text());
-      assertEquals("b", cache.get(key, eventual, () -> b("never")).text());
-      assertEquals(2, counter(registry, CacheMetrics.HITS, "exact", "layer", "l1"));
+      // 1000 gets, strong ones included, are L1 hits that reach no Redis.
+      for (int i = 0; i < 1000; i++) {
+        Got hit = cache.get(key, i % 2 == 0 ? strong : eventual, loader);
+        assertEquals("v1", hit.text());
+        assertFalse(hit.stale(), "a tracking L1's hit is current");
+      }
+      assertEquals(1000, counter(registry, CacheMetrics.HITS, "exact", "layer", "l1"));
+      assertEquals(0, counter(registry, CacheMetrics.HITS, "exact", "layer", "redis"));
+      assertEquals(1, counter(registry, CacheMetrics.MISSES, "exact"));
 
-      // The tracking connection drops: the whole L1 goes, and tracking comes back.
+      // A bump of any record it depends on: the gets return the new data key within 200 ms.
+      List<Runnable> bumps = List.of(
+          () -> redis.bump(prefix, dep, 1),
+          () -> redis.bump(prefix, "ns:" + namespace, 1),
+          () -> redis.bumpEpoch(prefix),
+          () -> redis.bump(prefix, key, 1));
+      for (Runnable bump : bumps) {
+        String before = cache.get(key, strong, loader).dataKey();
+        bump.run();
+        long started = System.nanoTime();
+        while (cache.get(key, strong, loader).dataKey().equals(before)) {
+          assertTrue(System.nanoTime() - started < 200_000_000L, "the new data key within 200 ms");
+        }
+      }
+      assertTrue(counter(registry, CacheMetrics.L1_INVALIDATIONS, "exact", "reason", "tracking") >= 4);
+
+      // Killing the tracking connection (found by its name) flushes the L1 at once.
+      cache.get(key, strong, loader);
+      double hits = counter(registry, CacheMetrics.HITS, "exact", "layer", "l1");
       String tracked = null;
       for (String line : redis.sync.clientList().split("\n")) {
-        if (line.matches(".* flags=[^ ]*t.*")) {
+        if (line.contains(" name=cdc-cache-tracking:exact ")) {
           tracked = line.replaceAll("^id=([0-9]+) .*", "$1").trim();
         }
       }
-      assertTrue(tracked != null, "a tracking client in CLIENT LIST");
+      assertTrue(tracked != null, "the tracking connection in CLIENT LIST");
+      double resets = counter(registry, CacheMetrics.L1_INVALIDATIONS, "exact", "reason", "reset");
       redis.sync.clientKill(io.lettuce.core.KillArgs.Builder.id(Long.parseLong(tracked)));
-      eventually("the reset", 3000, () -> counter(registry, CacheMetrics.L1_INVALIDATIONS, "exact", "reason", "reset") >= 1);
-      Thread.sleep(300); // the reconnect turns tracking on again
-      assertEquals("b", cache.get(key, eventual, () -> b("never")).text());
-      assertEquals("b", cache.get(key, eventual, () -> b("never")).text());
-      assertEquals(3, counter(registry, CacheMetrics.HITS, "exact", "layer", "l1"));
-      double before = counter(registry, CacheMetrics.L1_INVALIDATIONS, "exact", "reason", "notice");
+      eventually("the flush", 1000,
+          () -> counter(registry, CacheMetrics.L1_INVALIDATIONS, "exact", "reason", "reset") > resets);
+      cache.get(key, strong, loader);
+      assertEquals(hits, counter(registry, CacheMetrics.HITS, "exact", "layer", "l1"), "the next get is not an L1 hit");
+      // It serves again once it reconnects.
+      eventually("the L1 serving again", 5000, () -> {
+        cache.get(key, strong, loader);
+        return counter(registry, CacheMetrics.HITS, "exact", "layer", "l1") > hits;
+      });
+      String before = cache.get(key, strong, loader).dataKey();
       redis.bump(prefix, key, 2);
-      eventually("an invalidation after the reconnect", 3000,
-          () -> counter(registry, CacheMetrics.L1_INVALIDATIONS, "exact", "reason", "notice") > before);
-      assertEquals("c", cache.get(key, eventual, () -> b("c")).text());
+      eventually("an invalidation after the reconnect", 1000, () -> !cache.get(key, strong, loader).dataKey().equals(before));
     }
   }
 
