@@ -61,11 +61,11 @@ public final class HitBench {
         () -> CompletableFuture.completedFuture(value)));
     run("cdc-cache bounded L1 hit", seconds, concurrency, () -> bounded.getAsync(key, eventual,
         () -> CompletableFuture.completedFuture(value)));
-    run("cdc-cache exact L1 hit", seconds, concurrency, () -> exact.getAsync(key, eventual,
+    run("cdc-cache tracking L1 hit", seconds, concurrency, () -> exact.getAsync(key, strong,
         () -> CompletableFuture.completedFuture(value)));
     runSync("cdc-cache strong, sync, 1 thread", seconds, () -> redisOnly.get(key, strong, () -> value));
     runSync("cdc-cache bounded L1, sync, 1 thread", seconds, () -> bounded.get(key, eventual, () -> value));
-    runSync("cdc-cache exact L1, sync, 1 thread", seconds, () -> exact.get(key, eventual, () -> value));
+    runSync("cdc-cache tracking L1, sync, 1 thread", seconds, () -> exact.get(key, strong, () -> value));
     runSync("plain GET, sync, 1 thread", seconds, () -> plain.sync().get(dataKeyBytes));
 
     redisOnly.close();
