@@ -213,7 +213,11 @@ class RedisTest {
         assertTrue(g.join().hit());
       }
       assertEquals(20, counter(registry, CacheMetrics.STAMPEDE_PREVENTED, "holder"), "the holder is not counted");
-      assertEquals(20, counter(registry, CacheMetrics.STAMPEDE_PREVENTED, "others"));
+      // On a Cluster a waiter's GET and PTTL go to different nodes: the fill can land
+      // between them, the waiter then takes the lease over and finds the value on its
+      // re-read; as the get that took the lease it is not counted.
+      assertEquals(20, counter(registry, CacheMetrics.STAMPEDE_PREVENTED, "others")
+          + counter(registry, CacheMetrics.LEASE_TAKEOVERS, "others"));
     }
   }
 
