@@ -451,6 +451,7 @@ public final class Cache implements AutoCloseable {
           }
         });
         checkLeader(call, flight, settled);
+        followerDeadline(call, flight, settled);
         return;
       }
       flights.remove(flightKey, flight); // ended, not yet unmapped
@@ -481,6 +482,58 @@ public final class Cache implements AutoCloseable {
     } catch (RejectedExecutionException e) {
       // the cache is closing: the follower waits for its leader
     }
+  }
+
+  /**
+   * Rule 4: a follower whose flight still runs at its own wait timeout reads once more
+   * (the value may be there by now) and otherwise gives up as a waiter does.
+   */
+  private void followerDeadline(Call call, Flight flight, AtomicBoolean settled) {
+    long delay = call.startedNanos + waitTimeoutNanos - System.nanoTime();
+    try {
+      timer.schedule(() -> {
+        if (settled.get() || call.result.isDone() || flight.ended() || !settled.compareAndSet(false, true)) {
+          return;
+        }
+        metrics.stampedePrevented.increment(); // missed, did not take the lease, did not load
+        read(call.layout, redis).whenComplete((snap, e) -> {
+          if (e != null) {
+            call.result.completeExceptionally(redisError(e));
+          } else if (snap.value != null) {
+            byte[] value = Envelope.decode(snap.value).value();
+            putL1(call, snap.dataKey, value);
+            call.result.complete(new Got(value, true, snap.dataKey, false));
+          } else {
+            giveUp(call);
+          }
+        });
+      }, Math.max(0, delay), TimeUnit.NANOSECONDS);
+    } catch (RejectedExecutionException e) {
+      // the cache is closing: the follower waits for its leader
+    }
+  }
+
+  /** A waiter out of time: the previous value with eventual, whatever its age, or lease_timeout. */
+  private void giveUp(Call call) {
+    Snapshot snap = call.snap;
+    CacheException timeout = new CacheException(CacheException.Kind.LEASE_TIMEOUT,
+        "key " + Layout.quote(call.key) + ": waited " + waitTimeoutNanos / 1_000_000 + " ms for another get's load of "
+            + Layout.quote(snap.dataKey));
+    Optional<Layout.StaleKey> stale =
+        call.eventual ? call.layout.staleKey(snap.epoch, snap.fields, snap.nowMicros) : Optional.empty();
+    if (stale.isEmpty()) {
+      call.result.completeExceptionally(timeout);
+      return;
+    }
+    String staleKey = stale.get().key();
+    redis.get(bytes(staleKey)).whenComplete((raw, e) -> {
+      if (e == null && raw != null) {
+        metrics.staleServed.increment();
+        call.result.complete(new Got(Envelope.decode(raw).value(), true, staleKey, true));
+      } else {
+        call.result.completeExceptionally(e != null ? redisError(e) : timeout);
+      }
+    });
   }
 
   private void leadMiss(Flight f) {

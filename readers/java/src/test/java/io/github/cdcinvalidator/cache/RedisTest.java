@@ -423,6 +423,41 @@ class RedisTest {
     }
   }
 
+  @ParameterizedTest
+  @EnumSource(Topology.class)
+  void aFollowerAtItsWaitTimeoutReadsOnceMoreThenGivesUp(Topology topology) throws Exception {
+    try (Redis redis = new Redis(topology)) {
+      String prefix = unique("ver") + ":";
+      String key = unique("product") + ":6";
+      MeterRegistry registry = new SimpleMeterRegistry();
+      long waitMillis = 300;
+      Cache cache = redis.cache(options(prefix, "deadline", registry).waitTimeout(Duration.ofMillis(waitMillis)));
+      AtomicBoolean loading = new AtomicBoolean();
+      CompletableFuture<Got> leader = cache.getAsync(key, TTL, () -> {
+        loading.set(true);
+        return new CompletableFuture<>(); // a holder still loading at the followers' deadlines
+      });
+      eventually("the leader's loader", 2000, loading::get);
+
+      long started = System.nanoTime();
+      CacheException e = failure(cache.getAsync(key, TTL, () -> CompletableFuture.completedFuture(b("never"))));
+      long waited = (System.nanoTime() - started) / 1_000_000;
+      assertEquals(CacheException.Kind.LEASE_TIMEOUT, e.kind());
+      assertTrue(waited >= waitMillis - 20 && waited < waitMillis + 1000, "gave up after " + waited + " ms");
+
+      // Filled meanwhile by another process: the read at the deadline finds it.
+      CompletableFuture<Got> follower = cache.getAsync(key, TTL, () -> CompletableFuture.completedFuture(b("never")));
+      Thread.sleep(50);
+      redis.sync.set(key + "@e0:v0", "c1:3:filled elsewhere");
+      Got got = follower.join();
+      assertEquals("filled elsewhere", got.text());
+      assertTrue(got.hit());
+      assertFalse(leader.isDone());
+      leader.cancel(true);
+      assertEquals(0, redis.sync.exists(key + "@e0:v0:lease"));
+    }
+  }
+
   // ---------------------------------------------------------------- loader timeout
 
   @ParameterizedTest
