@@ -32,7 +32,7 @@ use crate::config::Settings;
 use crate::dead_letter::DeadLetterStore;
 use crate::decode::{AvroSchemas, SchemaError};
 use crate::event::KafkaRecord;
-use crate::graph::{Consistency, EscalationReason, LookupError, LookupRequest, Lookups, Target};
+use crate::graph::{Consistency, EscalationReason, LookupError, LookupRequest, Lookups, StallReason, Target};
 use crate::metrics::{self, Outcome};
 use crate::sink::notice::Notices;
 use crate::sink::RedisSink;
@@ -336,7 +336,7 @@ impl ConsumerStage {
                     self.stall_at(
                         &refusal.partition,
                         refusal.offset,
-                        "dead_letter_refused",
+                        StallReason::DeadLetterRefused,
                         refusal.detail,
                     );
                 }
@@ -436,10 +436,10 @@ impl ConsumerStage {
                 match escalation {
                     Some(reason) => {
                         metrics::event(op, outcome(Outcome::Escalated));
-                        metrics::escalation(reason.label());
+                        metrics::escalation(reason);
                         if reason != EscalationReason::Lag {
                             tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset,
-                                reason = reason.label(), "escalated to the namespace: exact keys could not be derived");
+                                %reason, "escalated to the namespace: exact keys could not be derived");
                         }
                     }
                     None => metrics::event(op, outcome(Outcome::Applied)),
@@ -449,7 +449,9 @@ impl ConsumerStage {
                     Consistency::Eventual => self.settings.plan.eventual_linger,
                 };
                 batch.due_by(Instant::now() + linger);
-                fanout.err()
+                fanout
+                    .err()
+                    .map(|(reason, detail)| (StallReason::NoNamespace(reason), detail))
             }
             Routed::Stall { reason, detail } => Some((reason, detail)),
         };
@@ -467,11 +469,11 @@ impl ConsumerStage {
 
     /// Stops a partition at `offset`: nothing at or past it is committed
     /// until an operator acts (never silent: README, "Delivery").
-    fn stall_at(&mut self, partition: &PartitionId, offset: i64, reason: &'static str, detail: String) {
+    fn stall_at(&mut self, partition: &PartitionId, offset: i64, reason: StallReason, detail: String) {
         let state = self.partitions.entry(partition.clone()).or_default();
         state.stalled_at = Some(state.stalled_at.map_or(offset, |at| at.min(offset)));
         state.next_offset = Some(offset);
-        tracing::error!(topic = %partition.0, partition = partition.1, offset, reason, %detail,
+        tracing::error!(topic = %partition.0, partition = partition.1, offset, %reason, %detail,
             "partition stalled: this invalidation cannot be applied, escalated or dead-lettered; nothing past it will be committed");
         self.pause(std::slice::from_ref(partition));
         self.status.stall(
@@ -617,7 +619,7 @@ impl ConsumerStage {
         requests: &[LookupRequest],
         escalating: bool,
         targets: &mut Vec<Target>,
-    ) -> Result<Option<EscalationReason>, (&'static str, String)> {
+    ) -> Result<Option<EscalationReason>, (EscalationReason, String)> {
         let mut escalation = None;
         for request in requests {
             let Some(fanout) = self
@@ -669,13 +671,13 @@ impl ConsumerStage {
             if let Some((reason, detail)) = problem {
                 match &fanout.namespace {
                     Some(ns) => {
-                        tracing::warn!(reason = reason.label(), %detail, namespace = %ns, "fan-out escalated to its namespace");
+                        tracing::warn!(%reason, %detail, namespace = %ns, "fan-out escalated to its namespace");
                         targets.push(Target::Namespace(ns.clone()));
                         escalation.get_or_insert(reason);
                     }
                     None => {
                         return Err((
-                            reason.label(),
+                            reason,
                             format!("{detail}; the fan-out declares no namespace to escalate to"),
                         ))
                     }

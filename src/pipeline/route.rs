@@ -5,7 +5,9 @@ use crate::config::PlanSettings;
 use crate::dead_letter::{Failure, Stage};
 use crate::decode::{decode, table_from_topic, AvroSchemas, DecodeError, DecodeErrorKind};
 use crate::event::{Decoded, KafkaRecord, Position};
-use crate::graph::{escalate, Consistency, Derivation, EscalationReason, Graph, LookupRequest, Target, Why};
+use crate::graph::{
+    escalate, Consistency, Derivation, EscalationReason, Graph, LookupRequest, StallReason, Target, Why,
+};
 use crate::plan::is_moot;
 
 /// What one record asks of the pipeline.
@@ -27,7 +29,7 @@ pub enum Routed {
         lookups: Vec<LookupRequest>,
     },
     /// Cannot be applied or escalated: stop the partition here.
-    Stall { reason: &'static str, detail: String },
+    Stall { reason: StallReason, detail: String },
 }
 
 /// The routing of one record: the op label for metrics, the action, and
@@ -130,7 +132,7 @@ pub fn route_with(
             op,
             dead_letter: render_failure(reason, &detail),
             action: Routed::Stall {
-                reason: reason.label(),
+                reason: StallReason::NoNamespace(reason),
                 detail,
             },
         },
@@ -184,7 +186,7 @@ fn route_undecodable(graph: &Graph, record: &KafkaRecord, error: DecodeError, de
                 lookups: Vec::new(),
             },
             Derivation::Stall { reason, detail } => Routed::Stall {
-                reason: reason.label(),
+                reason: StallReason::NoNamespace(reason),
                 detail,
             },
             Derivation::Skip(_) => unreachable!("escalate never skips"),
@@ -192,7 +194,7 @@ fn route_undecodable(graph: &Graph, record: &KafkaRecord, error: DecodeError, de
         // Kept as a dead letter, nothing is lost by moving on.
         None if dead_letters => Routed::Skip,
         None => Routed::Stall {
-            reason: error.kind.label(),
+            reason: StallReason::NoDeadLetterStore(error.kind),
             detail,
         },
     };
@@ -293,7 +295,7 @@ keys = ["plain:{id}"]
             matches!(
                 r.action,
                 Routed::Stall {
-                    reason: "undecodable",
+                    reason: StallReason::NoNamespace(EscalationReason::Undecodable),
                     ..
                 }
             ),
@@ -313,7 +315,7 @@ keys = ["plain:{id}"]
             matches!(
                 without.action,
                 Routed::Stall {
-                    reason: "malformed",
+                    reason: StallReason::NoDeadLetterStore(DecodeErrorKind::Malformed),
                     ..
                 }
             ),
