@@ -172,16 +172,14 @@ impl Pipeline {
             max_drain: MAX_DRAIN,
         };
         Ok(Pipeline {
-            applier: Applier {
-                settings: settings.clone(),
+            applier: Applier::new(
+                settings.clone(),
                 sink,
-                dead_letters: services.dead_letters.clone(),
-                notices: services.notices,
-                status: status.clone(),
-                reports: to_stage,
-                namespaces: all_namespaces(&settings),
-                in_outage: false,
-            },
+                services.dead_letters.clone(),
+                services.notices,
+                status.clone(),
+                to_stage,
+            ),
             stage: ConsumerStage {
                 settings,
                 consumer: Arc::new(consumer),
