@@ -100,7 +100,7 @@ impl Applier {
         reports: mpsc::UnboundedSender<Report>,
     ) -> Applier {
         Applier {
-            namespaces: super::all_namespaces(&settings),
+            namespaces: all_namespaces(&settings),
             settings,
             sink,
             dead_letters,
@@ -191,15 +191,15 @@ impl Applier {
                 },
             )
             .await;
-        drop(sink);
         match recovered {
             Ok(epoch) => {
                 self.health.status.redis_ok();
                 tracing::info!(%epoch, namespaces = self.namespaces.len(), "epoch advanced: data keys cached before the loss are unreachable");
             }
             // Every failure is retried: only the shutdown ends the retries.
-            Err(_) => {
-                tracing::error!("shutdown before the epoch could be advanced after a redis data loss; the next run's check finds it again only if the record is still behind");
+            Err(failed) => {
+                tracing::error!(attempts = failed.attempts(), last_error = %failed.error(),
+                    "shutdown before the epoch could be advanced after a redis data loss; the next run's check finds it again only if the record is still behind");
                 return Err(Abandoned);
             }
         }
@@ -290,10 +290,9 @@ impl Applier {
                     });
                 }
                 // Unreachable errors are retried until the shutdown gives up.
-                Err(_) => {
-                    tracing::warn!(
-                        "shutdown while the dead-letter store is unreachable: nothing committed past the record"
-                    );
+                Err(failed) => {
+                    tracing::warn!(attempts = failed.attempts(), last_error = %failed.error(),
+                        "shutdown while the dead-letter store is unreachable: nothing committed past the record");
                     return Err(Abandoned);
                 }
             }
@@ -332,7 +331,6 @@ impl Applier {
                 },
             )
             .await;
-        drop(sink);
         match applied {
             Ok((results, took)) => {
                 metrics::redis_apply(took.as_secs_f64(), bumps.len());
@@ -342,8 +340,9 @@ impl Applier {
                 Ok(())
             }
             // Every failure is retried: only the shutdown ends the retries.
-            Err(_) => {
-                tracing::warn!(targets = bumps.len(), "shutdown during a redis outage: the unapplied batch is left to the next run (nothing committed past it)");
+            Err(failed) => {
+                tracing::warn!(targets = bumps.len(), attempts = failed.attempts(), last_error = %failed.error(),
+                    "shutdown during a redis outage: the unapplied batch is left to the next run (nothing committed past it)");
                 Err(Abandoned)
             }
         }
@@ -394,6 +393,29 @@ impl Health {
             let _ = self.reports.send(Report::Healthy);
         }
     }
+}
+
+/// How many namespaces a loss recovery bumps.
+pub(crate) fn namespace_count(settings: &Settings) -> usize {
+    all_namespaces(settings).len()
+}
+
+/// Every namespace an entity or a fan-out declares, once each.
+fn all_namespaces(settings: &Settings) -> Vec<String> {
+    let mut namespaces: Vec<String> = settings
+        .graph
+        .entities()
+        .iter()
+        .flat_map(|e| {
+            e.namespace
+                .iter()
+                .chain(e.fanouts.iter().filter_map(|f| f.namespace.as_ref()))
+        })
+        .cloned()
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
+    namespaces
 }
 
 fn record_results(bumps: &[Bump], results: &[BumpResult]) {

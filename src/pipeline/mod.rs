@@ -21,6 +21,7 @@ mod intake;
 mod partitions;
 mod route;
 
+pub(crate) use apply::namespace_count;
 pub use route::{now_us, route, route_with, Route, Routed};
 
 use std::sync::Arc;
@@ -588,26 +589,3 @@ async fn refresh_gauges(consumer: Arc<Consumer>, status: Arc<Status>, stop: Canc
 
 // A broker that does not answer within this is asked again at the next refresh.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How many namespaces a loss recovery bumps.
-pub(crate) fn namespace_count(settings: &Settings) -> usize {
-    all_namespaces(settings).len()
-}
-
-/// Every namespace an entity or a fan-out declares, once each.
-fn all_namespaces(settings: &Settings) -> Vec<String> {
-    let mut namespaces: Vec<String> = settings
-        .graph
-        .entities()
-        .iter()
-        .flat_map(|e| {
-            e.namespace
-                .iter()
-                .chain(e.fanouts.iter().filter_map(|f| f.namespace.as_ref()))
-        })
-        .cloned()
-        .collect();
-    namespaces.sort();
-    namespaces.dedup();
-    namespaces
-}

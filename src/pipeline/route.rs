@@ -4,9 +4,9 @@
 use crate::config::PlanSettings;
 use crate::dead_letter::{Failure, Stage};
 use crate::decode::{decode, table_from_topic, AvroSchemas, DecodeError, DecodeErrorKind};
-use crate::event::{Decoded, KafkaRecord, Position};
+use crate::event::{ChangeEvent, Decoded, KafkaRecord, Position};
 use crate::graph::{
-    escalate, Consistency, Derivation, EscalationReason, Graph, LookupRequest, StallReason, Target, Why,
+    escalate, Consistency, Derivation, Entity, EscalationReason, Graph, LookupRequest, StallReason, Target, Why,
 };
 use crate::plan::is_moot;
 
@@ -115,6 +115,12 @@ pub fn route_with(
             dead_letter: None,
         };
     }
+    route_change(graph.derive(&event), entity, event, op)
+}
+
+/// A change event of a configured table, through the graph: the bump, the
+/// stall, and the dead letter of a value the daemon cannot render.
+fn route_change(derivation: Derivation, entity: &Entity, event: ChangeEvent, op: &'static str) -> Route {
     let render_failure = |reason: EscalationReason, detail: &str| {
         (reason == EscalationReason::Unrenderable).then(|| Failure {
             stage: Stage::Render,
@@ -122,7 +128,7 @@ pub fn route_with(
             detail: detail.to_owned(),
         })
     };
-    match graph.derive(&event) {
+    match derivation {
         Derivation::Skip(_) => Route {
             op,
             action: Routed::Skip,
