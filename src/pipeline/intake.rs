@@ -111,10 +111,7 @@ impl Intake {
         let mut for_consumer = Vec::new();
         while let Some(action) = queue.pop_front() {
             let next = match action {
-                Action::Take(record) => {
-                    let lag = lag(&(record.topic.clone(), record.partition));
-                    self.take(partitions, record, batch, lag).await
-                }
+                Action::Take(record) => self.take(partitions, record, batch, lag).await,
                 Action::Stall { partition, stall } => {
                     self.report_stall(&partition, stall);
                     Vec::new()
@@ -202,7 +199,7 @@ impl Intake {
         partitions: &mut Partitions,
         record: KafkaRecord,
         batch: &mut Batch,
-        lag: Option<i64>,
+        lag: Lag<'_>,
     ) -> Vec<Action> {
         let partition: PartitionId = (record.topic.clone(), record.partition);
         if let Err((ids, error)) = self.load_schemas(&record).await {
@@ -211,7 +208,7 @@ impl Intake {
             self.status.registry_failed(error);
             return partitions.schema_missing(&partition, record.offset, ids, Instant::now());
         }
-        let escalating = partitions.escalating(&partition, lag);
+        let escalating = partitions.escalating(&partition, lag(&partition));
         let (taken, lookups) = self.route(record, escalating);
         if lookups.is_empty() {
             return self.admit(partitions, taken, Ok((Vec::new(), None)), batch);

@@ -17,6 +17,7 @@
 mod apply;
 mod batch;
 mod fanout;
+mod gauges;
 mod intake;
 mod partitions;
 mod route;
@@ -183,7 +184,7 @@ impl Pipeline {
     pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), FatalKafkaError> {
         let Pipeline { mut stage, applier } = self;
         let refresher_stop = CancellationToken::new();
-        let refresher = tokio::spawn(refresh_gauges(
+        let refresher = tokio::spawn(gauges::refresh(
             stage.consumer.clone(),
             stage.status.clone(),
             refresher_stop.clone(),
@@ -249,8 +250,9 @@ impl ConsumerStage {
             // A full batch takes nothing more, except during an outage, when
             // records still fetched are dropped (and fetched again after the
             // seek on resume) so the consumer keeps being polled.
-            let may_take = next != Next::WaitForApplier || self.partitions.in_outage();
-            let may_take_held = next != Next::WaitForApplier && self.partitions.has_ready();
+            let has_room = next != Next::WaitForApplier;
+            let may_take = has_room || self.partitions.in_outage();
+            let may_take_held = has_room && self.partitions.has_ready();
             let waits_for_room = matches!(next, Next::GrowUntilRoom | Next::WaitForApplier);
             took_record = false;
             tokio::select! {
@@ -267,7 +269,7 @@ impl ConsumerStage {
                     Ok(permit) => self.hand_over(&mut batch, permit),
                     Err(_) => break,
                 },
-                Some(resolved) = self.intake.next_resolved() => {
+                Some(resolved) = self.intake.next_resolved(), if has_room => {
                     let actions = self.intake.resolved(&mut self.partitions, resolved, &mut batch);
                     self.act(actions, &mut batch).await;
                 }
@@ -279,15 +281,7 @@ impl ConsumerStage {
                     self.act(actions, &mut batch).await;
                 }
                 received = tokio::time::timeout_at(wake, self.consumer.recv()), if may_take => {
-                    let record = match received {
-                        Ok(Ok(message)) => Some(source::to_record(&message)),
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "kafka consumer error");
-                            None
-                        }
-                        Err(_elapsed) => None,
-                    };
-                    took_record = self.received(record, &mut batch).await;
+                    took_record = self.received(polled(received), &mut batch).await;
                 }
             }
             if Instant::now() >= next_tick {
@@ -313,12 +307,14 @@ impl ConsumerStage {
     /// Carries out the unit's actions: the intake takes its own, the
     /// consumer's are done here; a failed seek goes back to the unit.
     async fn act(&mut self, mut actions: Vec<Action>, batch: &mut Batch) {
+        let mut paused_or_resumed = false;
         while !actions.is_empty() {
             let consumer = &self.consumer;
             let lag = |partition: &PartitionId| consumer.context().lag(partition);
             let for_consumer = self.intake.run(&mut self.partitions, actions, batch, &lag).await;
             actions = Vec::new();
             for action in for_consumer {
+                paused_or_resumed |= !matches!(action, ConsumerAction::Store(_));
                 match action {
                     ConsumerAction::Pause {
                         partition,
@@ -333,7 +329,9 @@ impl ConsumerStage {
                 }
             }
         }
-        metrics::paused_partitions(self.partitions.paused());
+        if paused_or_resumed {
+            metrics::paused_partitions(self.partitions.paused());
+        }
     }
 
     /// Seals the open batch and gives it to the applier.
@@ -546,6 +544,21 @@ async fn commit_and_close(consumer: Arc<Consumer>) {
     }
 }
 
+/// The owned record a poll returned, if any (a consumer error is logged;
+/// librdkafka retries it).
+fn polled(
+    received: Result<rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'_>>, tokio::time::error::Elapsed>,
+) -> Option<KafkaRecord> {
+    match received {
+        Ok(Ok(message)) => Some(source::to_record(&message)),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "kafka consumer error");
+            None
+        }
+        Err(_elapsed) => None,
+    }
+}
+
 fn seal(batch: Batch) -> Sealed {
     Sealed {
         plan: batch.plan,
@@ -555,37 +568,3 @@ fn seal(batch: Batch) -> Sealed {
         records: batch.records,
     }
 }
-
-/// Re-sets every gauge on a timer of its own, so that they stay true (and
-/// present) while the apply loop waits on an outage or a hung call, and
-/// measures the lag of paused partitions against the broker's high
-/// watermark, which the statistics of a paused partition no longer follow.
-async fn refresh_gauges(consumer: Arc<Consumer>, status: Arc<Status>, stop: CancellationToken) {
-    let mut interval = tokio::time::interval(metrics::GAUGE_REFRESH);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = interval.tick() => {}
-        }
-        for (partition, unapplied_from) in consumer.context().paused_partitions() {
-            let Some(unapplied_from) = unapplied_from else { continue };
-            let asking = consumer.clone();
-            let (topic, id) = partition.clone();
-            // fetch_watermarks blocks on a broker round trip.
-            let answer =
-                tokio::task::spawn_blocking(move || asking.fetch_watermarks(&topic, id, WATERMARK_TIMEOUT)).await;
-            match answer {
-                Ok(Ok((_low, high))) => consumer.context().set_paused_lag(&partition, high - unapplied_from),
-                Ok(Err(e)) => tracing::debug!(topic = %partition.0, partition = partition.1, error = %e,
-                    "high watermark of a paused partition not available"),
-                Err(e) => tracing::debug!(error = %e, "watermark query task failed"),
-            }
-        }
-        status.readiness();
-        metrics::refresh_gauges();
-    }
-}
-
-// A broker that does not answer within this is asked again at the next refresh.
-const WATERMARK_TIMEOUT: Duration = Duration::from_secs(2);
