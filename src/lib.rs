@@ -16,7 +16,8 @@
 //! - [`plan`]      coalescing per (target, source) and the moot-event rule
 //! - [`sink`]      guarded version bumps in Redis through `bump.lua`
 //! - [`dead_letter`] records that could not be decoded or rendered, in PostgreSQL (sqlx)
-//! - [`pipeline`]  the consumer stage and the applier, joined by a bounded channel; offsets stored after Redis acknowledged
+//! - [`pipeline`]  the consumer stage (a thin rdkafka driver around a pure partition unit, fan-out
+//!   lookups as tasks) and the applier, joined by a bounded channel; offsets stored after Redis acknowledged
 //! - [`metrics`]   every metric name and recording helper
 //! - [`backoff`]   the one capped exponential retry delay
 //! - [`admin`]     HTTP `/metrics`, `/healthz`, `/readyz`, and the shared status
