@@ -81,17 +81,15 @@ pub(crate) enum Failed<E> {
 impl<E> Failed<E> {
     pub(crate) fn error(&self) -> &E {
         match self {
-            Failed::Permanent { error, .. } | Failed::Exhausted { error, .. } | Failed::Cancelled { error, .. } => {
-                error
-            }
+            Failed::Permanent { error, .. } | Failed::Exhausted { error, .. } | Failed::Cancelled { error, .. } => error,
         }
     }
 
     pub(crate) fn attempts(&self) -> u32 {
         match self {
-            Failed::Permanent { attempts, .. }
-            | Failed::Exhausted { attempts, .. }
-            | Failed::Cancelled { attempts, .. } => *attempts,
+            Failed::Permanent { attempts, .. } | Failed::Exhausted { attempts, .. } | Failed::Cancelled { attempts, .. } => {
+                *attempts
+            }
         }
     }
 }
@@ -131,11 +129,7 @@ impl Retry {
     /// attempts run out or the token is cancelled during a wait. The
     /// classifier sees every failure once, before any wait, so it is where
     /// a failure is reported.
-    pub(crate) async fn run<T, E, Op, Fut, Classify>(
-        mut self,
-        mut operation: Op,
-        mut classify: Classify,
-    ) -> Result<T, Failed<E>>
+    pub(crate) async fn run<T, E, Op, Fut, Classify>(mut self, mut operation: Op, mut classify: Classify) -> Result<T, Failed<E>>
     where
         Op: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
@@ -203,13 +197,7 @@ mod tests {
                 || {
                     calls.set(calls.get() + 1);
                     let n = calls.get();
-                    async move {
-                        if n < 4 {
-                            Err("down")
-                        } else {
-                            Ok(n)
-                        }
-                    }
+                    async move { if n < 4 { Err("down") } else { Ok(n) } }
                 },
                 |_, attempt| {
                     seen.push(attempt.number);
@@ -284,9 +272,6 @@ mod tests {
             .cancelled_by(&token)
             .run(|| async { Err("down") }, |_, _| Next::Retry)
             .await;
-        assert!(
-            matches!(result, Err(Failed::Cancelled { attempts: 2, .. })),
-            "{result:?}"
-        );
+        assert!(matches!(result, Err(Failed::Cancelled { attempts: 2, .. })), "{result:?}");
     }
 }
