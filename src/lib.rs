@@ -23,7 +23,8 @@
 //! - [`sink`]      guarded version bumps in Redis through `bump.lua`: pure request building and
 //!   reply decoding, the connection, the I/O, and the epoch record's data-loss detection
 //! - [`dead_letter`] records that could not be decoded or rendered, in PostgreSQL (sqlx)
-//! - [`pipeline`]  the consumer stage and the applier, joined by a bounded channel; offsets stored after Redis acknowledged
+//! - [`pipeline`]  the consumer stage (a thin rdkafka driver around a pure partition unit, fan-out
+//!   lookups as tasks) and the applier, joined by a bounded channel; offsets stored after Redis acknowledged
 //! - [`metrics`]   every metric name and recording helper
 //! - [`backoff`]   the one capped exponential retry delay and the retry driver every loop runs through
 //! - [`admin`]     HTTP `/metrics`, `/healthz`, `/readyz`, and the shared status

@@ -24,7 +24,7 @@ pub struct DecodeError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DecodeErrorKind {
+pub enum DecodeErrorKind {
     /// The bytes are not JSON.
     Malformed,
     /// JSON, but not a shape Debezium produces (wrong types, missing fields).
