@@ -282,13 +282,14 @@ impl<'de> Deserialize<'de> for Source<'de> {
                 f.write_str("a source object of scalars")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut values = std::array::from_fn(|_| None);
+                let mut values: [Option<Scalar<'de>>; SOURCE_FIELDS.len()] = std::array::from_fn(|_| None);
                 while let Some(Key(key)) = map.next_key()? {
                     // Stepped over, not built; every member's text is still checked.
                     let raw: &'de RawValue = map.next_value()?;
                     let value = scalar(raw.get()).ok_or_else(|| A::Error::custom("not a scalar"))?;
-                    if let Some(slot) = SOURCE_FIELDS.iter().position(|name| *name == key) {
-                        values[slot] = Some(value);
+                    let slot = SOURCE_FIELDS.iter().position(|name| *name == key);
+                    if let Some(kept) = slot.and_then(|slot| values.get_mut(slot)) {
+                        *kept = Some(value);
                     }
                 }
                 Ok(Source { values })
