@@ -280,7 +280,7 @@ impl Applier {
                 }
             }
         }
-        tokio::spawn(async move { notices.publish_kafka(&list).await });
+        notices.publish_kafka_in_background(list);
     }
 
     fn outage(&mut self, dependency: Dependency, kind: &'static str, error: &str) {
