@@ -97,7 +97,9 @@ impl Notices {
                         ))
                     }
                 };
-                let producer: FutureProducer = crate::kafka_client::producer(source).create()?;
+                let producer: FutureProducer = crate::kafka_client::producer(source)
+                    .create()
+                    .map_err(crate::kafka_client::without_setting_value)?;
                 Some((producer, topic.clone(), id))
             }
             None => None,

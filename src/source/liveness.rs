@@ -55,7 +55,10 @@ pub(crate) async fn watch(settings: SourceSettings, status: Arc<Status>, shutdow
     // Never subscribes or joins: the group id only satisfies the client.
     let config = crate::kafka_client::observer(&settings, "liveness");
     let consumer: Arc<BaseConsumer<super::SourceContext>> =
-        match config.create_with_context(super::SourceContext::default()) {
+        match config
+            .create_with_context(super::SourceContext::default())
+            .map_err(crate::kafka_client::without_setting_value)
+        {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 tracing::warn!(error = %e, "source liveness watcher not started");

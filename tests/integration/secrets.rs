@@ -179,6 +179,9 @@ impl Field {
     }
 }
 
+/// Secrets a plaintext client accepts and never sends.
+const PLAINTEXT_IGNORED: &[&str] = &["sasl.password", "ssl.key.password"];
+
 /// One configuration under test: the file and the environment.
 struct Case {
     label: String,
@@ -260,8 +263,7 @@ keys = ["product:{{id}}"]
 /// SASL, the registry contacted at start, and one that works.
 fn cases(dir: &Path, secrets: &mut Secrets) -> Vec<Case> {
     let mut cases = Vec::new();
-    let librdkafka = |origin: &str, secrets: &mut Secrets, protocol: &str| {
-        let names = ["sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret"];
+    let librdkafka = |origin: &str, secrets: &mut Secrets, protocol: &str, names: &[&str]| {
         let mut text = format!("\"security.protocol\" = \"{protocol}\"\n\"sasl.username\" = \"appuser\"\n");
         for name in names {
             let secret = format!("ZqKafka{}{origin}Pw", name.replace('.', ""));
@@ -280,7 +282,7 @@ fn cases(dir: &Path, secrets: &mut Secrets) -> Vec<Case> {
     // (plaintext ignores the SASL and TLS passwords).
     let origin = "Ready";
     let parts = Parts {
-        librdkafka: librdkafka(origin, secrets, "plaintext"),
+        librdkafka: librdkafka(origin, secrets, "plaintext", PLAINTEXT_IGNORED),
         lookup: Some(Field::Lookup.url(Form::Scheme, origin, secrets)),
         registry: Some(Field::Registry.url(Form::Scheme, origin, secrets)),
         avro_extra: avro_password(origin, secrets),
@@ -313,12 +315,27 @@ fn cases(dir: &Path, secrets: &mut Secrets) -> Vec<Case> {
     // SASL against a plaintext broker: the broker refuses the handshake.
     let origin = "Sasl";
     let parts = Parts {
-        librdkafka: librdkafka(origin, secrets, "SASL_PLAINTEXT") + "\"sasl.mechanism\" = \"PLAIN\"\n",
+        librdkafka: librdkafka(origin, secrets, "SASL_PLAINTEXT", PLAINTEXT_IGNORED)
+            + "\"sasl.mechanism\" = \"PLAIN\"\n",
         ..Parts::default()
     };
     cases.push(Case {
         label: "kafka_sasl_refused".into(),
         config: write_config(dir, "kafka_sasl_refused", &parts),
+        env: vec![],
+        expect_ready: false,
+    });
+    // This build of librdkafka has no OAuth/OIDC: the client secret fails
+    // every client's creation, and the error names the setting.
+    let origin = "Oauth";
+    let parts = Parts {
+        librdkafka: librdkafka(origin, secrets, "SASL_PLAINTEXT", &["sasl.oauthbearer.client.secret"])
+            + "\"sasl.mechanism\" = \"OAUTHBEARER\"\n\"sasl.oauthbearer.method\" = \"oidc\"\n",
+        ..Parts::default()
+    };
+    cases.push(Case {
+        label: "kafka_oauth_refused".into(),
+        config: write_config(dir, "kafka_oauth_refused", &parts),
         env: vec![],
         expect_ready: false,
     });
