@@ -228,6 +228,9 @@ mod tests {
             .expect_err("an invalid security.protocol is refused");
         let printed = format!("{error} {error:?}");
         assert!(!printed.contains("S3cret"), "{printed}");
-        assert!(printed.contains("security.protocol") || printed.contains("sasl.oauthbearer"), "{printed}");
+        assert!(
+            printed.contains("security.protocol") || printed.contains("sasl.oauthbearer"),
+            "{printed}"
+        );
     }
 }

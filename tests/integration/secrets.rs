@@ -62,7 +62,9 @@ impl Secrets {
                 if let Some(at) = text.find(needle.as_str()) {
                     let start = text[..at].char_indices().rev().nth(120).map_or(0, |(i, _)| i);
                     let end = (at + needle.len() + 120).min(text.len());
-                    let end = (end..=text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
+                    let end = (end..=text.len())
+                        .find(|&i| text.is_char_boundary(i))
+                        .unwrap_or(text.len());
                     leaks.push(format!("{label}: {secret}\n    ...{}...", &text[start..end]));
                 }
             }
@@ -204,6 +206,12 @@ struct Parts {
     extra: String,
 }
 
+/// The topic every case subscribes to, created by the test.
+fn topic() -> &'static str {
+    static TOPIC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOPIC.get_or_init(|| unique("secrets_topic"))
+}
+
 fn good_redis_url() -> String {
     format!("redis://default:{REDIS_GOOD_PASSWORD}@127.0.0.1:{}/0", redis_port())
 }
@@ -231,7 +239,7 @@ keys = ["product:{{id}}"]
 "#,
         brokers = kafka_brokers(),
         group = unique("secrets_group"),
-        topic = unique("secrets_topic"),
+        topic = topic(),
         librdkafka = parts.librdkafka,
         prefix = unique("secrets"),
     );
@@ -250,7 +258,8 @@ keys = ["product:{{id}}"]
         text += "\n";
     }
     if let Some(url) = &parts.connect {
-        text += &format!("[connect]\nurl = \"{url}\"\nconnectors = [\"secrets-connector\"]\npoll_interval = \"500ms\"\n");
+        text +=
+            &format!("[connect]\nurl = \"{url}\"\nconnectors = [\"secrets-connector\"]\npoll_interval = \"500ms\"\n");
     }
     text += &parts.extra;
     let path = dir.join(format!("{label}.toml"));
@@ -385,7 +394,12 @@ fn cases(dir: &Path, secrets: &mut Secrets) -> Vec<Case> {
             };
             let mut env: Vec<(String, String)> = fields
                 .iter()
-                .map(|field| (field.env().to_owned(), field.url(form, &format!("{origin}{names}"), secrets)))
+                .map(|field| {
+                    (
+                        field.env().to_owned(),
+                        field.url(form, &format!("{origin}{names}"), secrets),
+                    )
+                })
                 .collect();
             let password = format!("ZqRegistryEnvPassword{form:?}{names}Pw");
             secrets.add(&password, &password);
@@ -409,9 +423,10 @@ fn cases(dir: &Path, secrets: &mut Secrets) -> Vec<Case> {
         ..Parts::default()
     };
     let path = write_config(dir, "admin_listen_file", &parts);
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"appuser:{secret}@127.0.0.1:0\""));
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"appuser:{secret}@127.0.0.1:0\""),
+    );
     std::fs::write(&path, text).unwrap();
     cases.push(Case {
         label: "admin_listen_file".into(),
@@ -446,7 +461,11 @@ impl OwnRedis {
             .expect("redis-server on the PATH");
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", redis_port())).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start on {}", redis_port());
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {}",
+                redis_port()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         OwnRedis(child)
@@ -596,6 +615,8 @@ async fn daemon_outputs(case: &Case, format: &str, dir: &Path) -> Vec<(String, S
 async fn no_secret_reaches_any_output() {
     let dir = tempfile::tempdir().unwrap();
     let _redis = OwnRedis::start(dir.path());
+    // The subscribed topic exists, so the working case becomes ready.
+    crate::common::produce_id_change(topic(), "public.fx_products", "c", 1, 1).await;
     let mut secrets = Secrets::default();
     let cases = cases(dir.path(), &mut secrets);
     let record = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/debezium/insert.json");
