@@ -105,9 +105,7 @@ async fn auditor_flags_exactly_the_topic_the_daemon_does_not_serve() {
         "{log}"
     );
     assert!(
-        summary.contains(
-            "20 checks, 0 covered by the epoch or a namespace in time, 10 violations: 0 late, 0 covered, 10 lost"
-        ),
+        summary.contains("20 checks, 0 covered by the epoch or a namespace in time, 10 violations: 0 late, 0 covered, 10 lost"),
         "{summary}"
     );
     assert_eq!(log.lines().filter(|l| l.contains("lost: ")).count(), 10, "{log}");
@@ -161,9 +159,7 @@ async fn a_change_applied_after_the_slo_is_late_and_a_redis_outage_is_a_gap() {
     let log = std::fs::read_to_string(log.path()).unwrap();
     assert_eq!(output.status.code(), Some(1), "{summary}\n{log}");
     assert!(
-        summary.contains(
-            "3 checks, 0 covered by the epoch or a namespace in time, 3 violations: 3 late, 0 covered, 0 lost"
-        ),
+        summary.contains("3 checks, 0 covered by the epoch or a namespace in time, 3 violations: 3 late, 0 covered, 0 lost"),
         "{summary}\n{log}"
     );
     assert!(
@@ -257,9 +253,7 @@ async fn changes_an_epoch_or_namespace_move_covers_are_not_lost() {
     let summary = String::from_utf8_lossy(&output.stdout).to_string();
     let log = std::fs::read_to_string(log.path()).unwrap();
     assert!(
-        summary.contains(
-            "4 checks, 0 covered by the epoch or a namespace in time, 4 violations: 0 late, 3 covered, 1 lost"
-        ),
+        summary.contains("4 checks, 0 covered by the epoch or a namespace in time, 4 violations: 0 late, 3 covered, 1 lost"),
         "{summary}\n{log}"
     );
     let lost: Vec<&str> = log.lines().filter(|l| l.contains("lost: ")).collect();

@@ -528,9 +528,21 @@ fn wait_for_exit(child: &mut Child, bound: Duration, label: &str) -> ExitStatus 
         }
         if Instant::now() > deadline {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("{label}: still running after {bound:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A process killed (if still running) and reaped when dropped, so a
+/// failing assertion leaves no daemon behind.
+struct KilledOnDrop(Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -551,14 +563,17 @@ async fn daemon_outputs(case: &Case, format: &str, dir: &Path) -> Vec<(String, S
     let label = format!("{} {format} run", case.label);
     let out = dir.join(unique("out"));
     let err = dir.join(unique("err"));
-    let mut child = command(case, format)
-        .args(["run", "--config"])
-        .arg(&case.config)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .unwrap();
+    let mut daemon = KilledOnDrop(
+        command(case, format)
+            .args(["run", "--config"])
+            .arg(&case.config)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut daemon.0;
     let mut outputs = Vec::new();
     let wait = if case.expect_ready {
         Duration::from_secs(60)
@@ -592,19 +607,19 @@ async fn daemon_outputs(case: &Case, format: &str, dir: &Path) -> Vec<(String, S
         }
     }
     let log = || std::fs::read_to_string(&err).unwrap_or_default();
-    if case.expect_ready {
-        assert!(ready, "{label}: not ready within {wait:?}\n{}", log());
-    }
     if exited.is_none() {
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
             .unwrap();
-        let status = wait_for_exit(&mut child, Duration::from_secs(40), &label);
+        let status = wait_for_exit(child, Duration::from_secs(40), &label);
         assert!(status.success(), "{label}: {status} after SIGTERM\n{}", log());
         // Every tracked task ended within the bound: none left behind.
         assert!(log().contains("background tasks stopped"), "{label}\n{}", log());
         assert!(!log().contains("did not stop in time"), "{label}\n{}", log());
+    }
+    if case.expect_ready {
+        assert!(ready, "{label}: not ready within {wait:?}\n{}", log());
     }
     outputs.push((format!("{label}: stdout"), std::fs::read_to_string(&out).unwrap()));
     outputs.push((format!("{label}: stderr"), log()));
