@@ -29,6 +29,7 @@
 //! - [`backoff`]   the one capped exponential retry delay and the retry driver every loop runs through
 //! - [`admin`]     HTTP `/metrics`, `/healthz`, `/readyz`, and the shared status
 //! - [`audit`]     the consistency auditor: sampled changes checked against Redis after an SLO
+//! - [`tasks`]     the background tasks, tracked by name so `run` waits for them at shutdown
 //! - [`cli`]       one file per command: `run`, `check`, `explain`, `migrate`, `dead-letters`, `audit`
 //!
 //! Errors say each cause once: an error type that wraps another puts the
@@ -64,6 +65,7 @@ pub mod plan;
 pub mod registry;
 pub mod sink;
 pub mod source;
+pub(crate) mod tasks;
 pub mod topic_pattern;
 
 #[cfg(test)]

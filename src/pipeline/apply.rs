@@ -365,7 +365,7 @@ impl Applier {
                 }
             }
         }
-        tokio::spawn(async move { notices.publish_kafka(&list).await });
+        notices.publish_kafka_in_background(list);
     }
 }
 
