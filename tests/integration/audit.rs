@@ -175,10 +175,13 @@ async fn a_change_applied_after_the_slo_is_late_and_a_redis_outage_is_a_gap() {
     let summary = String::from_utf8_lossy(&output.stdout).to_string();
     let log = std::fs::read_to_string(log.path()).unwrap();
     assert_eq!(output.status.code(), Some(1), "{summary}\n{log}");
+    // The first change's check met the frozen Redis (a gap, retried): it is
+    // a third violation if the retry came before the daemon applied it, a
+    // pass if after. Either way nothing is covered or lost.
+    let prefix = "3 checks, 0 covered by the epoch or a namespace in time, ";
     assert!(
-        summary.contains(
-            "3 checks, 0 covered by the epoch or a namespace in time, 3 violations: 3 late, 0 covered, 0 lost"
-        ),
+        summary.contains(&format!("{prefix}3 violations: 3 late, 0 covered, 0 lost"))
+            || summary.contains(&format!("{prefix}2 violations: 2 late, 0 covered, 0 lost")),
         "{summary}\n{log}"
     );
     assert!(

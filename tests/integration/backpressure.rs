@@ -130,7 +130,17 @@ async fn lag_above_threshold_escalates_then_per_key_bumps_return() {
         escalated >= 1000.0,
         "the backlog above the threshold escalates: {escalated}\n{metrics}"
     );
-    let per_key = common::count_keys(&redis.url(), "ver:item:*").await as f64;
+    // Events are counted when routed, before their batch reaches Redis: the
+    // last batch may still be on its way, so wait for the records.
+    let url = redis.url();
+    let per_key = eventually("the last batch's per-key records", Duration::from_secs(30), || {
+        let url = url.clone();
+        async move {
+            let n = common::count_keys(&url, "ver:item:*").await as f64;
+            (n >= applied).then_some(n)
+        }
+    })
+    .await;
     assert_eq!(
         per_key, applied,
         "only events applied before the escalation created per-key records"
