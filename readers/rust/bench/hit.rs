@@ -10,6 +10,10 @@
 //! Redis: CDC_REDIS_URL (default redis://127.0.0.1:6379). Each case runs
 //! `concurrency` tasks on one multiplexed connection for `seconds`.
 
+// A benchmark, run by hand: a panic on a broken setup is the run failing
+// loudly, which is what it should do. The cast lints still hold (Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -11,6 +11,10 @@
 //! PostgreSQL and reads the page until the new price shows, printing how long
 //! that took. Addresses: CDC_REDIS_URL, CDC_PG_URL (scripts/stack env).
 
+// An example against the demo stack: a panic on a broken setup is the
+// example failing loudly. The cast lints still hold (Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::time::{Duration, Instant};
 
 use cdc_cache::{key, Cache, CacheOptions, GetOptions};
