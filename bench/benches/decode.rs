@@ -42,7 +42,7 @@ fn fixture() -> KafkaRecord {
     let f: Value = serde_json::from_str(&text).expect("fixture JSON");
     KafkaRecord {
         topic: f["topic"].as_str().unwrap().to_owned(),
-        partition: f["partition"].as_i64().unwrap() as i32,
+        partition: i32::try_from(f["partition"].as_i64().unwrap()).unwrap(),
         offset: f["offset"].as_i64().unwrap(),
         // Compact, as JsonConverter writes it.
         key: Some(serde_json::to_vec(&f["key"]).unwrap()),

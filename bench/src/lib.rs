@@ -32,7 +32,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)) // saturates in the year 294247
         .unwrap_or(0)
 }
 

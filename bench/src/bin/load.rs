@@ -154,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
     let ends = kafka::end_offsets(&args.brokers, &topic)?;
     let total: i64 = ends.iter().sum();
     anyhow::ensure!(
-        total as u64 >= args.events,
+        u64::try_from(total).is_ok_and(|total| total >= args.events),
         "only {total} of {} records reached the topic",
         args.events
     );

@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
         .create()
         .context("consumer")?;
     let mut tpl = TopicPartitionList::new();
-    for p in 0..ends.len() as i32 {
+    for p in 0..i32::try_from(ends.len())? {
         tpl.add_partition_offset(&args.topic, p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
@@ -118,7 +118,7 @@ impl Tally {
         self.first.get_or_insert_with(Instant::now);
         self.events += 1;
         self.bytes += bytes as u64;
-        let p = partition as usize;
+        let p = usize::try_from(partition).expect("a partition number from the broker");
         self.next[p] = self.next[p].max(offset + 1);
     }
 

@@ -48,7 +48,7 @@ async fn page(cache: &Cache, pool: &PgPool, id: i32, verbose: bool) -> Result<St
         )
         .await?;
     let row: serde_json::Value = serde_json::from_slice(&product.value)?;
-    let category_id = row["category_id"].as_i64().ok_or("product without category")? as i32;
+    let category_id = i32::try_from(row["category_id"].as_i64().ok_or("product without category")?)?;
     let category_key = key("category:{id}", &[("id", category_id.into())])?.ok_or("null id")?;
     let list_key = key(
         "category:{category_id}:products",
