@@ -53,9 +53,6 @@ pub(crate) enum Next {
     Retry,
     /// Retrying may not fix it soon (an operator must act), but giving up
     /// would lose work: wait the longest delay and try again.
-    // No classifier answers it today (only the tests do); Retry::run keeps
-    // handling it for the loops that will, so it is allowed, not removed.
-    #[allow(dead_code)]
     RetryAtCap,
     /// Permanent: stop and return the error.
     Stop,
