@@ -143,7 +143,7 @@ mod tests {
     #[test]
     fn a_standalone_batch_is_one_pipeline_of_calls_of_at_most_bumps_per_call() {
         let bumps: Vec<Bump> = (0..BUMPS_PER_CALL * 2 + 5)
-            .map(|i| key(&format!("k:{i}"), i as i64))
+            .map(|i| key(&format!("k:{i}"), i64::try_from(i).unwrap()))
             .collect();
         let requests = bump_requests(&bumps, "ver:", 600_000, Layout::Standalone);
         assert_eq!(requests.len(), 1);

@@ -34,7 +34,7 @@ async fn burst_of_200k_while_redis_is_frozen_is_bounded_and_fully_applied() {
             common::debezium_change(
                 &table,
                 "c",
-                10 + id as u64,
+                10 + u64::try_from(id).unwrap(),
                 id,
                 json!({"id": id, "name": "burst row"}),
                 now,
@@ -42,7 +42,7 @@ async fn burst_of_200k_while_redis_is_frozen_is_bounded_and_fully_applied() {
         }),
     )
     .await;
-    assert_eq!(produced as i64, BURST);
+    assert_eq!(i64::try_from(produced).unwrap(), BURST);
     // Let the daemon run into the outage with the whole backlog waiting.
     eventually("consumption to pause for the outage", Duration::from_secs(60), || {
         let admin = daemon.admin.clone();
@@ -59,7 +59,7 @@ async fn burst_of_200k_while_redis_is_frozen_is_bounded_and_fully_applied() {
     let recovered = Instant::now();
     eventually("every row of the burst to be applied", Duration::from_secs(300), || {
         let url = redis.url();
-        async move { (common::count_keys(&url, "ver:item:*").await as i64 == BURST + 1).then_some(()) }
+        async move { (i64::try_from(common::count_keys(&url, "ver:item:*").await).unwrap() == BURST + 1).then_some(()) }
     })
     .await;
     let recovery = recovered.elapsed();
@@ -103,7 +103,8 @@ async fn lag_above_threshold_escalates_then_per_key_bumps_return() {
     let now = common::now_us();
     common::produce_many(
         &topic,
-        (1..=BACKLOG).map(|id| common::debezium_change(&table, "c", id as u64, id, json!({"id": id}), now)),
+        (1..=BACKLOG)
+            .map(|id| common::debezium_change(&table, "c", u64::try_from(id).unwrap(), id, json!({"id": id}), now)),
     )
     .await;
 
