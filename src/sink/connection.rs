@@ -13,7 +13,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 
-use super::request::ScriptCall;
+use super::request::{Layout, ScriptCall};
 use super::SinkError;
 use crate::config::{redact_url, RedisSettings, REDIS_RESPONSE_TIMEOUT};
 
@@ -27,16 +27,6 @@ pub(crate) const EPOCH_SCRIPT: &str = include_str!("epoch.lua");
 pub(crate) enum Connection {
     Standalone(ConnectionManager),
     Cluster(ClusterConnection),
-}
-
-/// How one batch's bumps must be split into pipelines (`request`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Layout {
-    /// One pipeline for the whole batch.
-    Standalone,
-    /// One pipeline per hash slot: a cluster pipeline, and one script
-    /// call's keys, must not cross slots.
-    Cluster,
 }
 
 impl Connection {

@@ -8,8 +8,18 @@ use std::collections::HashMap;
 
 use redis::cluster_routing::Slot;
 
-use super::connection::Layout;
 use crate::plan::Bump;
+
+/// How one batch's bumps must be split into pipelines (the connection
+/// says which it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// One pipeline for the whole batch.
+    Standalone,
+    /// One pipeline per hash slot: a cluster pipeline, and one script
+    /// call's keys, must not cross slots.
+    Cluster,
+}
 
 /// Guarded bumps per script call. A call costs far more than the commands
 /// inside it, so keys per second grow with the chunk until the call's own

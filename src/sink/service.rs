@@ -5,8 +5,10 @@
 //! repeat), waits for replicas when `redis.wait_replicas` asks, and hands
 //! every reply to `reply`. Loss detection rides along (`epoch`).
 
-use super::connection::{is_noscript, Connection, Layout, Link, Script};
-use super::epoch::{self, EpochStatus, LossReason, LossWatch, ServerView};
+use super::connection::{is_noscript, Connection, Link, Script};
+use super::epoch::{self, LossReason, LossWatch, ServerView};
+use super::reply::EpochStatus;
+use super::request::Layout;
 use super::request::{self, Extras};
 use super::{durability, notice, reply, BumpResult, SinkError};
 use crate::config::RedisSettings;
