@@ -20,7 +20,8 @@
 //!   fan-out resolution `run`, `explain` and `dead-letters replay` share, the catalog
 //!   queries `check` reads
 //! - [`plan`]      coalescing per (target, source) and the moot-event rule
-//! - [`sink`]      guarded version bumps in Redis through `bump.lua`
+//! - [`sink`]      guarded version bumps in Redis through `bump.lua`: pure request building and
+//!   reply decoding, the connection, the I/O, and the epoch record's data-loss detection
 //! - [`dead_letter`] records that could not be decoded or rendered, in PostgreSQL (sqlx)
 //! - [`pipeline`]  the consumer stage and the applier, joined by a bounded channel; offsets stored after Redis acknowledged
 //! - [`metrics`]   every metric name and recording helper

@@ -43,6 +43,7 @@ pub(crate) const AUDIT_STALE_RATIO: &str = "cdc_invalidator_audit_stale_ratio";
 pub(crate) const AUDIT_BUILD_INFO: &str = "cdc_invalidator_audit_build_info";
 pub(crate) const AUDIT_LATE: &str = "cdc_invalidator_audit_late_total";
 pub(crate) const AUDIT_LOST: &str = "cdc_invalidator_audit_lost_total";
+pub(crate) const AUDIT_COVERED: &str = "cdc_invalidator_audit_covered_total";
 
 /// Outcome label of the events metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,7 +264,11 @@ fn describe() {
     );
     describe_counter!(
         AUDIT_LOST,
-        "Violations whose version records had still not advanced at the recheck (lost)."
+        "Violations whose version records had still not advanced at the recheck, with no epoch or namespace move after the change to cover them (lost)."
+    );
+    describe_counter!(
+        AUDIT_COVERED,
+        "Violations whose version records had not advanced at the recheck, but whose epoch or namespace had moved after the change (covered for readers that fold them)."
     );
     describe_counter!(
         AUDIT_VIOLATIONS,
@@ -401,6 +406,52 @@ pub(crate) fn audit_late() {
 
 pub(crate) fn audit_lost() {
     counter!(AUDIT_LOST).increment(1);
+}
+
+pub(crate) fn audit_covered() {
+    counter!(AUDIT_COVERED).increment(1);
+}
+
+/// Every auditor series from the start, at 0: a counter born at its first
+/// increment loses that increment to rate() and leaves panels empty.
+pub(crate) fn audit_at_zero() {
+    for name in [AUDIT_CHECKS, AUDIT_VIOLATIONS, AUDIT_LATE, AUDIT_COVERED, AUDIT_LOST] {
+        counter!(name).increment(0);
+    }
+    set_gauge(AUDIT_STALE_RATIO, Vec::new(), 0.0);
+}
+
+/// Every value of the daemon's small fixed label sets, from the modules
+/// that own them (this module imports none).
+pub(crate) struct FixedLabels {
+    pub(crate) target_kinds: Vec<&'static str>,
+    pub(crate) escalation_reasons: Vec<&'static str>,
+    pub(crate) redis_error_kinds: Vec<&'static str>,
+    pub(crate) loss_reasons: Vec<&'static str>,
+}
+
+/// The daemon's counters the dashboard and the alerts draw, at 0 from the
+/// start for every value of their fixed label sets: a counter born at its
+/// first increment loses that increment to rate(), and a panel of it stays
+/// empty until then. Counters whose labels are a large cross product
+/// (events by op and outcome, dead letters by stage and kind) are born at
+/// their first increment; the dashboard's dead-letter panel allows for that.
+pub(crate) fn daemon_at_zero(labels: &FixedLabels) {
+    counter!(TARGETS_COALESCED).increment(0);
+    counter!(MOOT_EVENTS).increment(0);
+    for &kind in &labels.target_kinds {
+        counter!(TARGETS_BUMPED, "kind" => kind).increment(0);
+        counter!(GUARD_NOOPS, "kind" => kind).increment(0);
+    }
+    for &reason in &labels.escalation_reasons {
+        counter!(ESCALATIONS, "reason" => reason).increment(0);
+    }
+    for &kind in &labels.redis_error_kinds {
+        counter!(REDIS_ERRORS, "kind" => kind).increment(0);
+    }
+    for &reason in &labels.loss_reasons {
+        counter!(REDIS_DATA_LOSS, "reason" => reason).increment(0);
+    }
 }
 
 pub(crate) fn audit_stale_ratio(ratio: f64) {

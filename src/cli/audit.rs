@@ -17,6 +17,7 @@ pub(super) async fn audit(config: &Path, options: AuditOptions, listen: std::net
     spawn_signal_handler(shutdown.clone());
     let listener = admin::bind(listen).await?;
     crate::metrics::audit_build_info();
+    crate::metrics::audit_at_zero();
     let server = tokio::spawn(admin::serve_metrics_only(listener, metrics, shutdown.clone()));
     let refresher = tokio::spawn({
         let stop = shutdown.clone();

@@ -53,10 +53,10 @@ pub(super) async fn check(path: &Path) -> anyhow::Result<i32> {
                 );
                 // Warnings, not failures: a cache may accept these risks.
                 let facts = sink.server_facts(pipeline::namespace_count(&settings)).await;
-                for finding in crate::sink::epoch::assess(&facts) {
+                for finding in crate::sink::durability::assess(&facts) {
                     match finding {
-                        crate::sink::epoch::Finding::Ok(text) => println!("ok    redis: {text}"),
-                        crate::sink::epoch::Finding::Warn(text) => println!("warn  redis: {text}"),
+                        crate::sink::durability::Finding::Ok(text) => println!("ok    redis: {text}"),
+                        crate::sink::durability::Finding::Warn(text) => println!("warn  redis: {text}"),
                     }
                 }
             }

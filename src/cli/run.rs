@@ -54,6 +54,7 @@ pub(super) async fn run(path: &Path, migrate: bool) -> anyhow::Result<i32> {
         }
     };
     let metrics = crate::metrics::install();
+    crate::metrics::daemon_at_zero(&fixed_labels());
     let status = Arc::new(Status::default());
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
@@ -150,4 +151,35 @@ async fn connect_redis_until_ready(
     // Unlimited attempts, every failure retried: only a shutdown ends the
     // wait without a connection.
     connected.ok()
+}
+
+/// The label values of the daemon's counters registered at zero.
+fn fixed_labels() -> crate::metrics::FixedLabels {
+    use crate::graph::{EscalationReason, Target};
+    use crate::sink::epoch::LossReason;
+    use EscalationReason::*;
+    let reasons = [
+        MissingBefore,
+        Toast,
+        Unrenderable,
+        Undecodable,
+        Lag,
+        FanoutLimit,
+        LookupFailed,
+    ];
+    for reason in reasons {
+        // No wildcard: a new reason stops the build here until it is listed.
+        match reason {
+            MissingBefore | Toast | Unrenderable | Undecodable | Lag | FanoutLimit | LookupFailed => {}
+        }
+    }
+    crate::metrics::FixedLabels {
+        target_kinds: [Target::Key(String::new()), Target::Namespace(String::new())]
+            .iter()
+            .map(Target::kind_label)
+            .collect(),
+        escalation_reasons: reasons.map(EscalationReason::label).to_vec(),
+        redis_error_kinds: crate::sink::SinkError::KIND_LABELS.to_vec(),
+        loss_reasons: LossReason::ALL.map(LossReason::label).to_vec(),
+    }
 }

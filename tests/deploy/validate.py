@@ -24,6 +24,7 @@ from pathlib import Path
 COUNTERS = {
     "cdc_invalidator_audit_late_total",
     "cdc_invalidator_audit_lost_total",
+    "cdc_invalidator_audit_covered_total",
     "cdc_invalidator_redis_data_loss_total",
     "cdc_invalidator_events_total",
     "cdc_invalidator_targets_bumped_total",

@@ -88,10 +88,10 @@ async fn page(cache: &Cache, pool: &PgPool, id: i32, verbose: bool) -> Result<St
         )
         .await?;
     if verbose {
-        println!("{product_key}: hit={} version={}", product.hit, product.version);
+        println!("{product_key}: hit={} data_key={}", product.hit, product.data_key);
         println!(
-            "page:{product_key}: hit={} stale={} version={}",
-            built.hit, built.stale, built.version
+            "page:{product_key}: hit={} stale={} data_key={}",
+            built.hit, built.stale, built.data_key
         );
     }
     Ok(String::from_utf8(built.value)?)
