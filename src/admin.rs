@@ -14,12 +14,20 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::graph::StallReason;
+
 /// Why a partition stopped: the daemon will not commit past this record.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub(crate) struct Stall {
     pub(crate) offset: i64,
-    pub(crate) reason: &'static str,
+    #[serde(serialize_with = "reason_label")]
+    pub(crate) reason: StallReason,
     pub(crate) detail: String,
+}
+
+/// The reason's label in `/readyz`, the same word the logs use.
+fn reason_label<S: serde::Serializer>(reason: &StallReason, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(reason.label())
 }
 
 #[derive(Debug, Default)]
@@ -398,16 +406,19 @@ mod tests {
             "shop.public.products/1".into(),
             Stall {
                 offset: 17,
-                reason: "missing_before",
+                reason: StallReason::NoNamespace(crate::graph::EscalationReason::MissingBefore),
                 detail: "no namespace".into(),
             },
         );
         let r = status.readiness();
         assert!(!r.ready);
-        assert!(
-            r.reasons[0].contains("shop.public.products/1 stalled at offset 17"),
-            "{:?}",
-            r.reasons
+        assert_eq!(
+            r.reasons[0],
+            "partition shop.public.products/1 stalled at offset 17: missing_before (no namespace)"
+        );
+        assert_eq!(
+            serde_json::to_value(&r.stalled_partitions).unwrap()["shop.public.products/1"]["reason"],
+            "missing_before"
         );
         status.unstall("shop.public.products/1");
         assert!(status.readiness().ready);

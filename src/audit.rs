@@ -160,7 +160,9 @@ pub(crate) async fn run(
 ) -> anyhow::Result<AuditReport> {
     // Its own group, starting at the newest records: the auditor watches
     // live traffic and never moves the daemon's offsets.
-    let consumer: StreamConsumer = crate::kafka_client::auditor(&settings.source).create()?;
+    let consumer: StreamConsumer = crate::kafka_client::auditor(&settings.source)
+        .create()
+        .map_err(crate::kafka_client::without_setting_value)?;
     let patterns = settings.source.subscription.patterns();
     consumer.subscribe(&patterns.iter().map(String::as_str).collect::<Vec<_>>())?;
     let mut redis = AuditRedis::new(&settings.redis);

@@ -23,11 +23,13 @@
 //! - [`sink`]      guarded version bumps in Redis through `bump.lua`: pure request building and
 //!   reply decoding, the connection, the I/O, and the epoch record's data-loss detection
 //! - [`dead_letter`] records that could not be decoded or rendered, in PostgreSQL (sqlx)
-//! - [`pipeline`]  the consumer stage and the applier, joined by a bounded channel; offsets stored after Redis acknowledged
+//! - [`pipeline`]  the consumer stage (a thin rdkafka driver around a pure partition unit, fan-out
+//!   lookups as tasks) and the applier, joined by a bounded channel; offsets stored after Redis acknowledged
 //! - [`metrics`]   every metric name and recording helper
 //! - [`backoff`]   the one capped exponential retry delay and the retry driver every loop runs through
 //! - [`admin`]     HTTP `/metrics`, `/healthz`, `/readyz`, and the shared status
 //! - [`audit`]     the consistency auditor: sampled changes checked against Redis after an SLO
+//! - [`tasks`]     the background tasks, tracked by name so `run` waits for them at shutdown
 //! - [`cli`]       one file per command: `run`, `check`, `explain`, `migrate`, `dead-letters`, `audit`
 //!
 //! Errors say each cause once: an error type that wraps another puts the
@@ -63,6 +65,7 @@ pub mod plan;
 pub mod registry;
 pub mod sink;
 pub mod source;
+pub(crate) mod tasks;
 pub mod topic_pattern;
 
 #[cfg(test)]

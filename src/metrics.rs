@@ -9,6 +9,8 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 
+use crate::graph::EscalationReason;
+
 pub(crate) const EVENTS: &str = "cdc_invalidator_events_total";
 pub(crate) const TARGETS_BUMPED: &str = "cdc_invalidator_targets_bumped_total";
 pub(crate) const GUARD_NOOPS: &str = "cdc_invalidator_guard_noops_total";
@@ -292,8 +294,8 @@ pub(crate) fn event(op: &'static str, outcome: Outcome) {
     counter!(EVENTS, "op" => op, "outcome" => outcome.label()).increment(1);
 }
 
-pub(crate) fn escalation(reason: &'static str) {
-    counter!(ESCALATIONS, "reason" => reason).increment(1);
+pub(crate) fn escalation(reason: EscalationReason) {
+    counter!(ESCALATIONS, "reason" => reason.label()).increment(1);
 }
 
 pub(crate) fn targets(kind: &'static str, applied: bool, count: u64) {

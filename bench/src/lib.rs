@@ -15,6 +15,7 @@
 
 pub mod avro;
 pub mod daemon_config;
+pub mod decode_inputs;
 pub mod gen;
 pub mod kafka;
 pub mod prom;

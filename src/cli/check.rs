@@ -279,6 +279,7 @@ async fn check_database(settings: &Settings) -> usize {
 fn kafka_topics(settings: &Settings) -> anyhow::Result<Vec<String>> {
     let consumer: rdkafka::consumer::BaseConsumer = crate::kafka_client::observer(&settings.source, "check")
         .create()
+        .map_err(crate::kafka_client::without_setting_value)
         .context("creating a kafka client")?;
     let metadata = consumer
         .fetch_metadata(None, Duration::from_secs(10))

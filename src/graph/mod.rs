@@ -13,6 +13,7 @@ use std::time::Duration;
 
 pub use template::{canonical_number, escape, RenderError, Template, TemplateError};
 
+use crate::decode::DecodeErrorKind;
 use crate::event::{ChangeEvent, Op, Row, UNAVAILABLE_VALUE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -141,6 +142,43 @@ impl EscalationReason {
             EscalationReason::FanoutLimit => "fanout_limit",
             EscalationReason::LookupFailed => "lookup_failed",
         }
+    }
+}
+
+impl fmt::Display for EscalationReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// Why a partition stops at a record: nothing at or past it is committed
+/// (docs/architecture.md, "Never silent"). Kept typed from where it arises
+/// to the readiness text; [`StallReason::label`] is its one spelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StallReason {
+    /// Exact keys cannot be derived for this reason, and no namespace is
+    /// declared to bump instead.
+    NoNamespace(EscalationReason),
+    /// An undecodable record whose topic names no configured table, and no
+    /// dead-letter store to keep it.
+    NoDeadLetterStore(DecodeErrorKind),
+    /// The dead-letter store refused to keep the record.
+    DeadLetterRefused,
+}
+
+impl StallReason {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            StallReason::NoNamespace(reason) => reason.label(),
+            StallReason::NoDeadLetterStore(kind) => kind.label(),
+            StallReason::DeadLetterRefused => "dead_letter_refused",
+        }
+    }
+}
+
+impl fmt::Display for StallReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
     }
 }
 

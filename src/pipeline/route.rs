@@ -7,7 +7,8 @@ use crate::dead_letter::{Failure, Stage};
 use crate::decode::{decode, table_from_topic, AvroSchemas, DecodeError, DecodeErrorKind};
 use crate::event::{ChangeEvent, Decoded, KafkaRecord, Position};
 use crate::graph::{
-    escalate, Consistency, Derivation, Entity, EscalationReason, Graph, LookupRequest, SkipReason, Target, Why,
+    escalate, Consistency, Derivation, Entity, EscalationReason, Graph, LookupRequest, SkipReason, StallReason, Target,
+    Why,
 };
 use crate::plan::is_moot;
 
@@ -30,7 +31,7 @@ pub enum Routed {
         lookups: Vec<LookupRequest>,
     },
     /// Cannot be applied or escalated: stop the partition here.
-    Stall { reason: &'static str, detail: String },
+    Stall { reason: StallReason, detail: String },
 }
 
 /// The routing of one record: the op label for metrics, the action, and
@@ -228,7 +229,7 @@ fn route_judged(op: &'static str, judged: Judged<'_>, position: Position, commit
             op,
             dead_letter: render_failure(reason, &detail),
             action: Routed::Stall {
-                reason: reason.label(),
+                reason: StallReason::NoNamespace(reason),
                 detail,
             },
         },
@@ -282,7 +283,7 @@ fn route_undecodable(graph: &Graph, record: &KafkaRecord, error: DecodeError, de
                 lookups: Vec::new(),
             },
             Derivation::Stall { reason, detail } => Routed::Stall {
-                reason: reason.label(),
+                reason: StallReason::NoNamespace(reason),
                 detail,
             },
             Derivation::Skip(_) => unreachable!("escalate never skips"),
@@ -290,7 +291,7 @@ fn route_undecodable(graph: &Graph, record: &KafkaRecord, error: DecodeError, de
         // Kept as a dead letter, nothing is lost by moving on.
         None if dead_letters => Routed::Skip,
         None => Routed::Stall {
-            reason: error.kind.label(),
+            reason: StallReason::NoDeadLetterStore(error.kind),
             detail,
         },
     };
@@ -391,7 +392,7 @@ keys = ["plain:{id}"]
             matches!(
                 r.action,
                 Routed::Stall {
-                    reason: "undecodable",
+                    reason: StallReason::NoNamespace(EscalationReason::Undecodable),
                     ..
                 }
             ),
@@ -411,7 +412,7 @@ keys = ["plain:{id}"]
             matches!(
                 without.action,
                 Routed::Stall {
-                    reason: "malformed",
+                    reason: StallReason::NoDeadLetterStore(DecodeErrorKind::Malformed),
                     ..
                 }
             ),

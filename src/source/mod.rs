@@ -183,6 +183,7 @@ pub fn consumer(settings: &SourceSettings, plan: &PlanSettings) -> Result<Consum
     config
         .set_log_level(RDKafkaLogLevel::Warning)
         .create_with_context(SourceContext::default())
+        .map_err(crate::kafka_client::without_setting_value)
 }
 
 /// Copies a borrowed message out at the edge.

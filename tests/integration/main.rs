@@ -31,4 +31,5 @@ mod readiness;
 mod redis_cluster;
 mod redis_loss;
 mod scale_out;
+mod secrets;
 mod stack_chain;

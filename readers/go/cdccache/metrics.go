@@ -37,7 +37,7 @@ type metrics struct {
 	hitsL1, hitsRedis, misses, fills, fillErrors         prometheus.Counter
 	stampedePrevented, staleServed, leaseTakeovers       prometheus.Counter
 	earlyRefreshes, freshnessChecks, freshnessMismatches prometheus.Counter
-	l1Notice, l1Reset                                    prometheus.Counter
+	l1Notice, l1Tracking, l1Reset                        prometheus.Counter
 	fillLatency, propagation                             prometheus.Observer
 	staleRatio                                           prometheus.Gauge
 }
@@ -98,6 +98,7 @@ func newMetrics(r prometheus.Registerer, cache string) (*metrics, error) {
 		freshnessMismatches: counter(MetricFreshnessMismatches, "Sampled hits that differed from the loader's value.").WithLabelValues(cache),
 		staleRatio:          ratio.WithLabelValues(cache),
 		l1Notice:            l1.WithLabelValues(cache, "notice"),
+		l1Tracking:          l1.WithLabelValues(cache, "tracking"),
 		l1Reset:             l1.WithLabelValues(cache, "reset"),
 		propagation:         histogram(MetricPropagation, "Milliseconds from the source commit to the notice received (L1).").WithLabelValues(cache),
 	}

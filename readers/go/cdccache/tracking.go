@@ -497,7 +497,7 @@ func (c *Cache) trackNode(ctx context.Context, addr string, node *redis.Options)
 				if keys == nil && m.Payload != "" {
 					keys = []string{m.Payload}
 				}
-				c.m.l1Notice.Add(float64(c.exact.invalidate(keys)))
+				c.m.l1Tracking.Add(float64(c.exact.invalidate(keys)))
 			}
 		}
 		_ = sub.Close()
