@@ -1105,15 +1105,21 @@ def recovery(samples, t0, t1, pred_bad):
 # ------------------------------------------------------------------ main
 
 
-def daemon_config(args, out_dir):
+def daemon_config(args, out_dir, stack):
     """The example config, or a copy whose [redis] section carries the
-    run's settings (wait_replicas)."""
-    if not args.wait_replicas:
+    run's settings: wait_replicas, and behind Sentinel a [redis.sentinel]
+    section instead of the URL."""
+    if not args.wait_replicas and not stack.sentinels:
         return CONFIG
     with open(CONFIG) as f:
         text = f.read()
-    extra = f"wait_replicas = {args.wait_replicas}\n"
+    extra = f"wait_replicas = {args.wait_replicas}\n" if args.wait_replicas else ""
     text = re.sub(r"^\[redis\]\n", lambda m: m.group(0) + extra, text, count=1, flags=re.M)
+    if stack.sentinels:
+        text = re.sub(r"^url = \"redis://[^\"]*\"\n", "", text, count=1, flags=re.M)
+        addresses = ", ".join(f'"{h}:{p}"' for h, p in stack.sentinels)
+        text += (f"\n[redis.sentinel]\nmaster_name = \"{stack.sentinel_master}\"\n"
+                 f"addresses = [{addresses}]\n")
     path = os.path.join(out_dir, "config.toml")
     with open(path, "w") as f:
         f.write(text)
@@ -1198,7 +1204,7 @@ def main():
         log("starting the stack (scripts/stack up)")
         stack.up("initial")
     model = Model(CONFIG, stack.prefix)
-    config = daemon_config(args, out_dir)
+    config = daemon_config(args, out_dir, stack)
     setup_database(stack)
     env = dict(stack.env, CDC_LOOKUP_URL=stack.pg_url, CDC_DEAD_LETTERS_URL=stack.pg_url)
     subprocess.run([BINARY, "migrate", "--config", CONFIG], env=env, check=True, capture_output=True, timeout=60)
