@@ -1226,7 +1226,8 @@ def main():
         if net:
             net.start()
             replicas.addresses = net.daemon_addresses()
-            log(f"network faults: the daemons reach Redis and PostgreSQL through Toxiproxy (API port "
+            proxied = "PostgreSQL" if stack.sentinels else "Redis and PostgreSQL"
+            log(f"network faults: the daemons reach {proxied} through Toxiproxy (API port "
                 f"{net.toxiproxy.api_port}) and Kafka through the brokers' fault-suite listener: {replicas.addresses}")
         # A taken admin port would make a replica exit at once (status 2),
         # again and again: the run would silently have one replica fewer.

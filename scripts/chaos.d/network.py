@@ -219,8 +219,8 @@ class NetworkFaults:
             raise RuntimeError("sentinel-failover-lagging needs scripts/stack up --redis sentinel")
         self.require_net("sentinel-failover-lagging")
         primary = self.stack.redis_primary_port()
-        replicas = self.sentinel_client().execute_command("SENTINEL", "REPLICAS", self.stack.sentinel_master)
-        ports = [int(dict(zip(r[::2], r[1::2], strict=True))["port"]) for r in replicas]
+        replicas = self.sentinel_client().sentinel_slaves(self.stack.sentinel_master)
+        ports = [int(r["port"]) for r in replicas]
         if not ports:
             raise RuntimeError("the Sentinels know no replica")
         replica = redis.Redis(host="127.0.0.1", port=ports[0], socket_timeout=5, decode_responses=True)
@@ -291,7 +291,7 @@ def network_figures(faults, samples, replica_samples, lagged, t_end, recovery):
         f["redis_errors_counted"] = counter_delta(window, at, healed + 5, "redis_errors")
         f["escalations"] = counter_delta(window, at, healed + 5, "escalations")
         f["applying_after_heal_s"] = applying_after(window, healed)
-        stalls = stalls_in(window, min(t1, t_end))
+        stalls = [st for st in stalls_in(window, min(t1, t_end)) if waited(st, lagged)]
         f["longest_stall_s"] = max((s["seconds"] for s in stalls), default=0.0)
         f["silent_stalls"] = [s for s in stalls if s["silent"]]
         rss = [o["rss_kb"] for _, seen in window for o in seen.values() if o.get("rss_kb")]
@@ -342,7 +342,8 @@ def applying_after(window, healed):
 def stalls_in(window, t_stop):
     """Stretches of STALL_S or more in which a replica applied nothing while
     the writer ran; silent when its /readyz stayed 200 and it counted no
-    error all along."""
+    error all along. network_figures keeps those during which records
+    waited (`waited`)."""
     out = []
     state = {}  # replica -> (since, applied, errors, always ready)
     for t, seen in window:
@@ -363,6 +364,14 @@ def stalls_in(window, t_stop):
         if window and min(window[-1][0], t_stop) - since[0] >= STALL_S:
             out.append(stall(n, since, min(window[-1][0], t_stop)))
     return out
+
+
+def waited(stall_, lagged):
+    """Whether records waited during the stall (the group's committed lag
+    reached 100): a stall with nothing to apply (Debezium stopped producing,
+    as while a partition leader is elected) is not the daemon's."""
+    t0, t1 = stall_["from"], stall_["from"] + stall_["seconds"]
+    return any(lag is not None and lag >= 100 for t, lag, _ in lagged if t0 <= t <= t1)
 
 
 def stall(n, since, t):

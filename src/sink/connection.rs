@@ -94,6 +94,10 @@ impl Connection {
             establishing: tokio::sync::Mutex::new(()),
         }));
         switchable.current().await?;
+        if let Some(sentinel) = &settings.sentinel {
+            let tcp = tcp_settings(settings.response_timeout);
+            tokio::spawn(watch_switches(Arc::downgrade(&switchable.0), sentinel.clone(), tcp));
+        }
         Ok(Connection::Standalone(switchable))
     }
 
@@ -328,6 +332,61 @@ impl Switchable {
             crate::metrics::redis_reconnect(if error.is_timeout() { "silent" } else { "moved" });
             *current = None;
         }
+    }
+}
+
+/// Sentinel names a new primary before it demotes the old one, and a
+/// manually failed-over primary kept taking writes for about 10 s (seen in
+/// the fault suite), writes its resync then lost. So the connection is not
+/// left to find out by itself: this task listens to the Sentinels'
+/// `+switch-master` announcements (on one Sentinel at a time, the next
+/// after a failure) and drops the connection at once, so the next call asks
+/// the Sentinels again. It ends when the connection is gone.
+async fn watch_switches(shared: std::sync::Weak<Shared>, settings: SentinelSettings, tcp: TcpSettings) {
+    use futures::StreamExt as _;
+    let prefix = format!("{} ", settings.master_name);
+    for (host, port) in settings.addresses.iter().cycle() {
+        if shared.strong_count() == 0 {
+            return;
+        }
+        let subscribed = async {
+            let info = super::sentinel::sentinel_info(&settings, host, *port)?.set_tcp_settings(tcp.clone());
+            let mut pubsub = redis::Client::open(info)?.get_async_pubsub().await?;
+            pubsub.subscribe("+switch-master").await?;
+            Ok::<_, redis::RedisError>(pubsub.into_on_message())
+        };
+        let mut messages = match tokio::time::timeout(CONNECT_TIMEOUT, subscribed).await {
+            Ok(Ok(messages)) => messages,
+            Ok(Err(e)) => {
+                tracing::debug!(sentinel = %format!("{host}:{port}"), error = %e, "redis sentinel: cannot subscribe to +switch-master");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(_) => {
+                tracing::debug!(sentinel = %format!("{host}:{port}"), "redis sentinel: subscribing to +switch-master timed out");
+                continue;
+            }
+        };
+        // A message every time any master switches. The socket's keepalive
+        // ends a subscription to a Sentinel that went away (then the next
+        // one is asked); the timeout only looks whether the sink is gone.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
+                Ok(Some(message)) => {
+                    let payload: String = message.get_payload().unwrap_or_default();
+                    let Some(shared) = shared.upgrade() else { return };
+                    if payload.starts_with(&prefix) {
+                        tracing::warn!(switch = %payload, "redis sentinel: the primary switched; connecting to the new one");
+                        crate::metrics::redis_reconnect("moved");
+                        *lock(&shared.current) = None;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) if shared.strong_count() == 0 => return,
+                Err(_) => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

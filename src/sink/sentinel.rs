@@ -130,7 +130,12 @@ fn replica_state(sentinel_says: &HashMap<String, String>, offsets: Option<&Repli
     }
 }
 
-fn sentinel_info(settings: &SentinelSettings, host: &str, port: u16) -> redis::RedisResult<redis::ConnectionInfo> {
+/// How to reach one Sentinel: its address, the Sentinels' credentials and TLS.
+pub(crate) fn sentinel_info(
+    settings: &SentinelSettings,
+    host: &str,
+    port: u16,
+) -> redis::RedisResult<redis::ConnectionInfo> {
     let mut redis = redis::RedisConnectionInfo::default();
     if let Some(user) = &settings.sentinel_username {
         redis = redis.set_username(user);
