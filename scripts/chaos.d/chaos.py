@@ -1153,6 +1153,7 @@ def main():
                     help="Redis and Kafka partitions and a silent Redis, 30 s each (about 5 minutes)")
     ap.add_argument("--hold", type=float, help="seconds every network fault lasts (default: per kind, 30-60)")
     ap.add_argument("--wait-replicas", type=int, default=0, help="the daemons' redis.wait_replicas (default 0)")
+    ap.add_argument("--packet-loss", type=float, help="share of packets redis-loss drops (default: 0.10-0.30, uniform)")
     ap.add_argument("--duration", type=int, help="seconds of writing (default 600, 120 with --short)")
     ap.add_argument("--rate", type=float, default=60, help="row changes per second (default 60)")
     ap.add_argument("--faults", help="comma-separated fault kinds, in order (default: all kinds, kill9 three times)")

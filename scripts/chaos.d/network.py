@@ -138,7 +138,7 @@ class NetworkFaults:
         if self.stack.sentinels:
             raise RuntimeError("redis-loss filters the Redis proxy, which a Sentinel deployment bypasses")
         hold = self.hold("redis-loss")
-        loss = random.uniform(0.10, 0.30)
+        loss = self.args.packet_loss if self.args.packet_loss else random.uniform(0.10, 0.30)
         t = time.time()
         prefs = self.net.filter.drop([self.net.redis_proxy_port], probability=loss, what="Redis proxy")
         try:
