@@ -166,8 +166,8 @@ async fn a_sentinel_failover_is_followed_without_a_new_sink() {
     })
     .await;
 
-    // The same sink: its connection to the old primary answers READONLY,
-    // is replaced, and the next attempt asks the Sentinel again.
+    // The same sink: it left the old primary at the Sentinel's
+    // +switch-master (or, had it missed that, at the old primary's READONLY).
     let started = Instant::now();
     let mut failures = 0;
     loop {
@@ -183,7 +183,6 @@ async fn a_sentinel_failover_is_followed_without_a_new_sink() {
             }
         }
     }
-    assert!(failures >= 1, "the demoted primary refused the first attempt");
     assert!(
         version_on(replica.port, "after").await.is_some(),
         "the bump is on the promoted replica ({failures} attempts failed first)"
