@@ -69,6 +69,10 @@ impl AuditReport {
 
     /// Whole nines of the fraction of changes that arrived within the SLO.
     /// With no violation the sample only supports log10(checks) nines.
+    // The cast takes a whole number in 0..=19: ratio is at least 1/checks
+    // (checks a u64 above 0), so -log10(ratio) is at most log10(u64::MAX) < 20,
+    // and max(0.0) keeps it from being negative.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     pub(crate) fn nines(&self) -> u32 {
         if self.checks == 0 {
             return 0;

@@ -12,6 +12,10 @@
 //!
 //!   cargo bench -p cdc-bench --bench decode
 
+// A benchmark, run by hand: a panic on a broken setup is the run failing
+// loudly, which is what it should do. The cast lints still hold (Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::hint::black_box;
 
 use cdc_bench::daemon_config::DaemonConfig;

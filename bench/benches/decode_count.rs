@@ -3,14 +3,21 @@
 //! machine, where wall-clock timings are not):
 //!
 //!   cargo bench -p cdc-bench --bench decode_count --no-run
-//!   valgrind --tool=callgrind <the built binary> <input name> <records>
+//!   valgrind --tool=callgrind <the built binary> <input name> <records> [tree]
+//!
+//! With `tree` it runs the decode that builds a whole `serde_json::Value`
+//! (`decode::decode_tree`), for the two side by side.
 //!
 //! Run it with two record counts and divide the difference in instructions
 //! by the difference in records: the set-up cost cancels out.
 
+// A benchmark, run by hand: a panic on a broken setup is the run failing
+// loudly, which is what it should do. The cast lints still hold (Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::hint::black_box;
 
-use cdc_invalidator::decode::decode;
+use cdc_invalidator::decode::{decode, decode_tree};
 use cdc_invalidator::event::Decoded;
 
 fn main() {
@@ -20,6 +27,7 @@ fn main() {
         std::process::exit(2);
     };
     let records: u64 = records.parse().expect("a record count");
+    let tree = args.next().as_deref() == Some("tree");
     // A fixed commit time: the inputs must be the same in every run.
     let inputs = cdc_bench::decode_inputs::all(1_795_697_046_074_000);
     let Some((_, record)) = inputs.iter().find(|(n, _)| *n == name) else {
@@ -28,7 +36,12 @@ fn main() {
     };
     let mut changes = 0u64;
     for _ in 0..records {
-        if let Ok(Decoded::Change(_)) = decode(black_box(record), None) {
+        let decoded = if tree {
+            decode_tree(black_box(record), None)
+        } else {
+            decode(black_box(record), None)
+        };
+        if let Ok(Decoded::Change(_)) = decoded {
             changes += 1;
         }
     }

@@ -57,7 +57,7 @@ pub fn fixture() -> KafkaRecord {
     let f: Value = serde_json::from_str(&text).expect("fixture JSON");
     KafkaRecord {
         topic: f["topic"].as_str().unwrap().to_owned(),
-        partition: f["partition"].as_i64().unwrap() as i32,
+        partition: i32::try_from(f["partition"].as_i64().unwrap()).unwrap(),
         offset: f["offset"].as_i64().unwrap(),
         key: Some(serde_json::to_vec(&f["key"]).unwrap()),
         value: Some(serde_json::to_vec(&f["value"]).unwrap()),

@@ -152,7 +152,8 @@ fn explain_record(text: &str, topic: Option<&str>) -> anyhow::Result<KafkaRecord
             topic: topic
                 .map(str::to_owned)
                 .unwrap_or_else(|| json.get("topic").and_then(|t| t.as_str()).unwrap_or("").to_owned()),
-            partition: json.get("partition").and_then(|p| p.as_i64()).unwrap_or(0) as i32,
+            partition: i32::try_from(json.get("partition").and_then(|p| p.as_i64()).unwrap_or(0))
+                .context("the record's partition is not a Kafka partition number (i32)")?,
             offset: json.get("offset").and_then(|p| p.as_i64()).unwrap_or(0),
             key: bytes(json.get("key")),
             value: bytes(json.get("value")),

@@ -141,8 +141,8 @@ mod tests {
 
     fn batch_with(records: usize) -> Batch {
         let mut batch = Batch::default();
-        for offset in 0..records {
-            batch.count(p(0), offset as i64, 10);
+        for offset in (0_i64..).take(records) {
+            batch.count(p(0), offset, 10);
         }
         batch
     }

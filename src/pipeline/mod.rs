@@ -470,7 +470,7 @@ impl ConsumerStage {
         // A failing write may be retried for half the budget, then nothing
         // past it is committed.
         let give_up_soon = give_up.clone();
-        tokio::spawn(async move {
+        let give_up_timer = tokio::spawn(async move {
             tokio::time::sleep(SHUTDOWN_DRAIN_TIMEOUT / 2).await;
             give_up_soon.cancel();
         });
@@ -500,6 +500,9 @@ impl ConsumerStage {
             }
         }
         give_up.cancel();
+        // The timer has nothing left to do: joined here, not left behind.
+        give_up_timer.abort();
+        let _ = give_up_timer.await;
         if self.unacknowledged > 0 {
             drained = false;
         }

@@ -305,7 +305,7 @@ fn route_undecodable(graph: &Graph, record: &KafkaRecord, error: DecodeError, de
 pub fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)) // saturates in the year 294247
         .unwrap_or(0)
 }
 

@@ -22,7 +22,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::{socket2, TcpSettings};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 
-use super::request::ScriptCall;
+use super::request::{Layout, ScriptCall};
 use super::SinkError;
 use crate::config::{RedisSettings, SentinelSettings};
 
@@ -37,16 +37,6 @@ pub(crate) enum Connection {
     /// One server: named by the URL, or the primary the Sentinels name.
     Standalone(Switchable),
     Cluster(ClusterConnection),
-}
-
-/// How one batch's bumps must be split into pipelines (`request`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Layout {
-    /// One pipeline for the whole batch.
-    Standalone,
-    /// One pipeline per hash slot: a cluster pipeline, and one script
-    /// call's keys, must not cross slots.
-    Cluster,
 }
 
 impl Connection {

@@ -14,9 +14,11 @@
 //! so one loss empties the caches once. Each still bumps every namespace
 //! (the guard makes the repeats no-ops).
 
-use super::connection::{Connection, Layout, Link, Script};
+use super::connection::{Connection, Link, Script};
 use super::eviction::{EvictionVerdict, EvictionWatch};
 use super::reply::{self, ReplyError};
+use super::reply::{EpochReply, EpochStatus};
+use super::request::Layout;
 use super::request::ScriptCall;
 use super::SinkError;
 use crate::event::Position;
@@ -53,45 +55,6 @@ impl LossReason {
             LossReason::Evicted => "evicted",
         }
     }
-}
-
-/// The first element of an `epoch.lua` reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum EpochStatus {
-    /// Check: the watermarks moved forward.
-    Ok,
-    /// Check: no epoch record.
-    Missing,
-    /// Check: a watermark went backwards.
-    RolledBack,
-    /// Advance: this call advanced the epoch.
-    Advanced,
-    /// Advance: another process had already advanced it past what this one
-    /// saw; the reply carries that epoch.
-    Adopted,
-}
-
-impl EpochStatus {
-    pub(crate) fn parse(text: &str) -> Option<EpochStatus> {
-        Some(match text {
-            "ok" => EpochStatus::Ok,
-            "missing" => EpochStatus::Missing,
-            "rolled_back" => EpochStatus::RolledBack,
-            "advanced" => EpochStatus::Advanced,
-            "adopted" => EpochStatus::Adopted,
-            _ => return None,
-        })
-    }
-}
-
-/// One reply of `epoch.lua`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct EpochReply {
-    pub(crate) status: EpochStatus,
-    /// Canonical decimal text (`reply::version_number`), `0` when missing.
-    pub(crate) epoch: String,
-    pub(crate) own: i64,
-    pub(crate) shared: i64,
 }
 
 /// What one process remembers of the epoch record between calls.

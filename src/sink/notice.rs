@@ -148,7 +148,11 @@ impl Notices {
             ),
             ("target".into(), Avro::String(notice.target.clone())),
             ("record_key".into(), Avro::String(notice.record_key.clone())),
-            ("version".into(), Avro::Long(notice.version as i64)),
+            // Never saturates: reply::version_number refuses versions from 2^63 up.
+            (
+                "version".into(),
+                Avro::Long(i64::try_from(notice.version).unwrap_or(i64::MAX)),
+            ),
             ("source".into(), Avro::String(notice.source.clone())),
             ("position".into(), Avro::String(notice.position.clone())),
             (

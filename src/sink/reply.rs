@@ -7,9 +7,47 @@
 
 use redis::Value;
 
-use super::epoch::{EpochReply, EpochStatus};
 use super::request::{BumpRequest, Extras};
 use super::BumpResult;
+
+/// The first element of an `epoch.lua` reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EpochStatus {
+    /// Check: the watermarks moved forward.
+    Ok,
+    /// Check: no epoch record.
+    Missing,
+    /// Check: a watermark went backwards.
+    RolledBack,
+    /// Advance: this call advanced the epoch.
+    Advanced,
+    /// Advance: another process had already advanced it past what this one
+    /// saw; the reply carries that epoch.
+    Adopted,
+}
+
+impl EpochStatus {
+    pub(crate) fn parse(text: &str) -> Option<EpochStatus> {
+        Some(match text {
+            "ok" => EpochStatus::Ok,
+            "missing" => EpochStatus::Missing,
+            "rolled_back" => EpochStatus::RolledBack,
+            "advanced" => EpochStatus::Advanced,
+            "adopted" => EpochStatus::Adopted,
+            _ => return None,
+        })
+    }
+}
+
+/// One reply of `epoch.lua`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EpochReply {
+    pub(crate) status: EpochStatus,
+    /// Canonical decimal text (`reply::version_number`), `0` when missing.
+    pub(crate) epoch: String,
+    pub(crate) own: i64,
+    pub(crate) shared: i64,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplyError {

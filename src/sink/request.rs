@@ -8,8 +8,18 @@ use std::collections::HashMap;
 
 use redis::cluster_routing::Slot;
 
-use super::connection::Layout;
 use crate::plan::Bump;
+
+/// How one batch's bumps must be split into pipelines (the connection
+/// says which it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// One pipeline for the whole batch.
+    Standalone,
+    /// One pipeline per hash slot: a cluster pipeline, and one script
+    /// call's keys, must not cross slots.
+    Cluster,
+}
 
 /// Guarded bumps per script call. A call costs far more than the commands
 /// inside it, so keys per second grow with the chunk until the call's own
@@ -143,7 +153,7 @@ mod tests {
     #[test]
     fn a_standalone_batch_is_one_pipeline_of_calls_of_at_most_bumps_per_call() {
         let bumps: Vec<Bump> = (0..BUMPS_PER_CALL * 2 + 5)
-            .map(|i| key(&format!("k:{i}"), i as i64))
+            .map(|i| key(&format!("k:{i}"), i64::try_from(i).unwrap()))
             .collect();
         let requests = bump_requests(&bumps, "ver:", 600_000, Layout::Standalone);
         assert_eq!(requests.len(), 1);

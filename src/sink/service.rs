@@ -5,8 +5,10 @@
 //! repeat), waits for replicas when `redis.wait_replicas` asks, and hands
 //! every reply to `reply`. Loss detection rides along (`epoch`).
 
-use super::connection::{is_noscript, Connection, Layout, Link, Script};
-use super::epoch::{self, EpochStatus, LossReason, LossWatch, ServerView};
+use super::connection::{is_noscript, Connection, Link, Script};
+use super::epoch::{self, LossReason, LossWatch, ServerView};
+use super::reply::EpochStatus;
+use super::request::Layout;
 use super::request::{self, Extras};
 use super::{durability, notice, reply, BumpResult, SinkError};
 use crate::config::RedisSettings;
@@ -31,9 +33,10 @@ impl RedisSink {
         Ok(RedisSink {
             link: Link::new(connection).await?,
             prefix: settings.version_prefix.clone(),
-            ttl_ms: settings.version_ttl.as_millis() as u64,
+            // Saturating: a TTL beyond u64 milliseconds is refused by Redis, not truncated to a shorter one.
+            ttl_ms: u64::try_from(settings.version_ttl.as_millis()).unwrap_or(u64::MAX),
             wait_replicas: settings.wait_replicas,
-            wait_timeout_ms: settings.wait_timeout.as_millis() as u64,
+            wait_timeout_ms: u64::try_from(settings.wait_timeout.as_millis()).unwrap_or(u64::MAX), // below redis.response_timeout
             loss: None,
         })
     }

@@ -180,7 +180,8 @@ impl ClientContext for SourceContext {
             .map(|b| b.rxidle)
             .min();
         if let Some(us) = idle {
-            let heard = std::time::Instant::now().checked_sub(std::time::Duration::from_micros(us as u64));
+            let heard =
+                std::time::Instant::now().checked_sub(std::time::Duration::from_micros(u64::try_from(us).unwrap_or(0)));
             *lock(&self.last_heard) = heard.or(Some(std::time::Instant::now()));
         }
         let paused = lock(&self.paused).clone();

@@ -70,7 +70,7 @@ async fn auditor_flags_exactly_the_topic_the_daemon_does_not_serve() {
                 std::iter::once(common::debezium_change(
                     t,
                     "u",
-                    10 + round as u64,
+                    10 + u64::try_from(round).unwrap(),
                     round,
                     json!({"id": round}),
                     now,
@@ -128,8 +128,16 @@ async fn a_change_applied_after_the_slo_is_late_and_a_redis_outage_is_a_gap() {
     let redis = PrivateRedis::start_ready().await;
     let entity =
         format!("[[entity]]\ntable = \"public.{table}\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\"]\n");
-    let change =
-        |id: i64| common::debezium_change(&table, "c", 10 + id as u64, id, json!({"id": id}), common::now_us());
+    let change = |id: i64| {
+        common::debezium_change(
+            &table,
+            "c",
+            10 + u64::try_from(id).unwrap(),
+            id,
+            json!({"id": id}),
+            common::now_us(),
+        )
+    };
     common::produce(&topic, &[change(0)]).await; // the topic exists before anyone subscribes
                                                  // An epoch record exists, so the daemon's first contact adopts it rather
                                                  // than advancing it: an advance would cover the changes (a reader folding
@@ -175,10 +183,13 @@ async fn a_change_applied_after_the_slo_is_late_and_a_redis_outage_is_a_gap() {
     let summary = String::from_utf8_lossy(&output.stdout).to_string();
     let log = std::fs::read_to_string(log.path()).unwrap();
     assert_eq!(output.status.code(), Some(1), "{summary}\n{log}");
+    // The first change's check met the frozen Redis (a gap, retried): it is
+    // a third violation if the retry came before the daemon applied it, a
+    // pass if after. Either way nothing is covered or lost.
+    let prefix = "3 checks, 0 covered by the epoch or a namespace in time, ";
     assert!(
-        summary.contains(
-            "3 checks, 0 covered by the epoch or a namespace in time, 3 violations: 3 late, 0 covered, 0 lost"
-        ),
+        summary.contains(&format!("{prefix}3 violations: 3 late, 0 covered, 0 lost"))
+            || summary.contains(&format!("{prefix}2 violations: 2 late, 0 covered, 0 lost")),
         "{summary}\n{log}"
     );
     assert!(
@@ -200,8 +211,16 @@ async fn changes_an_epoch_or_namespace_move_covers_are_not_lost() {
         "[[entity]]\ntable = \"public.{covered}\"\nnamespace = \"a\"\nconsistency = \"strong\"\nkeys = [\"a:{{id}}\"]\n\
          [[entity]]\ntable = \"public.{other}\"\nnamespace = \"b\"\nconsistency = \"strong\"\nkeys = [\"b:{{id}}\"]\n"
     );
-    let change =
-        |t: &str, id: i64| common::debezium_change(t, "u", 10 + id as u64, id, json!({"id": id}), common::now_us());
+    let change = |t: &str, id: i64| {
+        common::debezium_change(
+            t,
+            "u",
+            10 + u64::try_from(id).unwrap(),
+            id,
+            json!({"id": id}),
+            common::now_us(),
+        )
+    };
     for t in [&covered, &other] {
         common::produce(&topic(t), &[change(t, 0)]).await; // the topics exist before anyone subscribes
     }

@@ -257,7 +257,7 @@ async fn crashed_loader(redis: &Redis) {
                 .arg(cdc_cache::naming::lease_key(&data_key))
                 .arg("the-crashed-holder")
                 .arg("PX")
-                .arg(lease.as_millis() as u64),
+                .arg(u64::try_from(lease.as_millis()).unwrap()),
         )
         .await;
     let crashed_at = Instant::now();
@@ -448,7 +448,7 @@ keys = ["{table}:{{id}}"]
         let (stop, reads, pool, key, table) = (stop.clone(), reads.clone(), pool.clone(), key.clone(), table.clone());
         readers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let started_us = common::now_us() as u64;
+                let started_us = u64::try_from(common::now_us()).unwrap();
                 let pool = pool.clone();
                 let query = format!("SELECT price FROM {table} WHERE id = 1");
                 let loader = move || async move {
@@ -467,7 +467,11 @@ keys = ["{table}:{{id}}"]
                 reads.lock().unwrap().push(Read {
                     started_us,
                     value,
-                    bound_us: if eventual { bound.as_micros() as u64 } else { 0 },
+                    bound_us: if eventual {
+                        u64::try_from(bound.as_micros()).unwrap()
+                    } else {
+                        0
+                    },
                 });
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -484,7 +488,7 @@ keys = ["{table}:{{id}}"]
         .await;
         bumps.push((n, moved));
         last = moved;
-        tokio::time::sleep(Duration::from_millis(50 + (n as u64 * 37) % 150)).await;
+        tokio::time::sleep(Duration::from_millis(50 + (u64::try_from(n).unwrap() * 37) % 150)).await;
     }
     tokio::time::sleep(bound * 2).await;
     stop.store(true, Ordering::Relaxed);
@@ -500,7 +504,9 @@ keys = ["{table}:{{id}}"]
         reads.len(),
         &bad[..bad.len().min(5)]
     );
-    let newest = reads.iter().filter(|r| r.started_us > last + bound.as_micros() as u64);
+    let newest = reads
+        .iter()
+        .filter(|r| r.started_us > last + u64::try_from(bound.as_micros()).unwrap());
     assert!(newest.clone().count() > 0 && newest.clone().all(|r| r.value == 12));
     assert!(reads.len() > 200, "only {} reads", reads.len());
     // The L1 heard the daemon's notices (one per bump at least).

@@ -301,7 +301,7 @@ async fn epoch_check_cost() {
                 let bumps: Vec<Bump> = (0..batch_size)
                     .map(|k| Bump {
                         target: Target::Key(format!("bench:{batch_size}:{detect}:{k}")),
-                        position: Position::kafka("t", 0, (n * batch_size + k) as i64),
+                        position: Position::kafka("t", 0, i64::try_from(n * batch_size + k).unwrap()),
                         commit_time_us: None,
                     })
                     .collect();

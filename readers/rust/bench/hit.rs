@@ -10,6 +10,10 @@
 //! Redis: CDC_REDIS_URL (default redis://127.0.0.1:6379). Each case runs
 //! `concurrency` tasks on one multiplexed connection for `seconds`.
 
+// A benchmark, run by hand: a panic on a broken setup is the run failing
+// loudly, which is what it should do. The cast lints still hold (Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +28,8 @@ struct Figures {
 impl Figures {
     fn print(&mut self, name: &str) {
         self.latencies_us.sort_unstable();
+        // q in 0..=1 (the figures below): a whole index in 0..len.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let at = |q: f64| self.latencies_us[((self.latencies_us.len() as f64 - 1.0) * q) as usize];
         println!(
             "{name:<28} {:>9.0} reads/s   p50 {:>6} µs   p99 {:>6} µs   p99.9 {:>6} µs",
@@ -55,7 +61,7 @@ where
                 while Instant::now() < deadline {
                     let t = Instant::now();
                     read().await;
-                    latencies.push(t.elapsed().as_micros() as u64);
+                    latencies.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
                     // An L1 hit never waits: without this, readers would
                     // keep the connection's own task from running.
                     tokio::task::yield_now().await;
@@ -86,8 +92,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or(default)
     };
     let seconds = arg("--seconds", 3);
-    let bumps = arg("--bumps", 200) as usize;
-    let concurrency = arg("--concurrency", 32) as usize;
+    let bumps = usize::try_from(arg("--bumps", 200)).expect("--bumps fits usize");
+    let concurrency = usize::try_from(arg("--concurrency", 32)).expect("--concurrency fits usize");
     let url = std::env::var("CDC_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let prefix = format!("bench{}:", std::process::id());
     let key = format!("{prefix}product:1");
@@ -234,8 +240,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 )
                 .await?;
             if got.data_key != before {
-                from_sent.push(started.duration_since(sent).as_micros() as u64);
-                from_acked.push(started.saturating_duration_since(acked).as_micros() as u64);
+                from_sent.push(u64::try_from(started.duration_since(sent).as_micros()).unwrap_or(u64::MAX));
+                from_acked
+                    .push(u64::try_from(started.saturating_duration_since(acked).as_micros()).unwrap_or(u64::MAX));
                 break;
             }
             assert!(sent.elapsed() < Duration::from_secs(5), "bump {n} never reached the L1");
@@ -243,6 +250,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // q in 0..=1 (the calls below): a whole index in 0..len.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let percentile = |v: &mut Vec<u64>, q: f64| {
         v.sort_unstable();
         v[((v.len() as f64 - 1.0) * q) as usize]

@@ -800,13 +800,17 @@ impl Cache {
     /// tracking connection when given), two pipelined round trips on a cluster.
     async fn read(&self, layout: &Layout, tracked: Option<&MultiplexedConnection>) -> Result<Snapshot, Error> {
         let inner = &self.inner;
+        // Layout::new puts the epoch record first; a Layout built by hand without it is refused.
+        let Some((epoch_record, field_records)) = layout.records.split_first() else {
+            return Err(Error::InvalidOptions(format!("key {:?}: no epoch record", layout.key)));
+        };
         let (now_us, texts, script_key, pttl_ms, value) = match &inner.conn {
             Connection::Standalone(_) => {
                 let reply = self.run_read_script(layout, tracked).await?;
                 let Value::Array(mut items) = reply else {
                     return Err(Error::Protocol(format!("{reply:?}")));
                 };
-                let expected = 3 + 2 * (layout.records.len() - 1) + 3;
+                let expected = 3 + 2 * field_records.len() + 3;
                 if items.len() != expected {
                     return Err(Error::Protocol(format!("{} items, {expected} expected", items.len())));
                 }
@@ -819,14 +823,18 @@ impl Cache {
                     other => return Err(Error::Protocol(format!("PTTL {other:?}"))),
                 };
                 let key = items.pop().map(|v| bytes(&v)).unwrap_or_default();
-                let now_us = time_us(&items[0], &items[1])?;
-                let texts: Vec<Option<Vec<u8>>> = items[2..].iter().map(opt_bytes).collect();
+                // The length was checked above: TIME's two items, then the texts.
+                let [seconds, micros, texts @ ..] = items.as_slice() else {
+                    return Err(Error::Protocol(format!("{} items, {expected} expected", items.len())));
+                };
+                let now_us = time_us(seconds, micros)?;
+                let texts: Vec<Option<Vec<u8>>> = texts.iter().map(opt_bytes).collect();
                 (now_us, texts, Some(key), pttl, value)
             }
             Connection::Cluster(_) => {
                 let mut epoch = redis::cmd("HGET");
-                epoch.arg(&layout.records[0]).arg("e");
-                let fields = layout.records[1..].iter().map(|r| {
+                epoch.arg(epoch_record).arg("e");
+                let fields = field_records.iter().map(|r| {
                     let mut c = redis::cmd("HMGET");
                     c.arg(r).arg("v").arg("pv");
                     c
@@ -853,11 +861,26 @@ impl Cache {
                 (now_us, texts, None, 0, None)
             }
         };
-        let epoch = parse_version(&layout.records[0], "e", texts[0].as_deref())?.unwrap_or(0);
-        let mut fields = Vec::with_capacity(layout.records.len() - 1);
-        for (i, record) in layout.records[1..].iter().enumerate() {
-            let v = parse_version(record, "v", texts[1 + 2 * i].as_deref())?.unwrap_or(0);
-            let pv = parse_version(record, "pv", texts[2 + 2 * i].as_deref())?;
+        // The epoch's text, then `v` and `pv` of each other record (both paths build exactly that).
+        let (epoch_text, field_texts) = match texts.split_first() {
+            Some((epoch_text, field_texts)) if field_texts.len() == 2 * field_records.len() => {
+                (epoch_text, field_texts)
+            }
+            _ => {
+                return Err(Error::Protocol(format!(
+                    "{} version texts, {} expected",
+                    texts.len(),
+                    1 + 2 * field_records.len()
+                )))
+            }
+        };
+        let epoch = parse_version(epoch_record, "e", epoch_text.as_deref())?.unwrap_or(0);
+        let mut fields = Vec::with_capacity(field_records.len());
+        let v_texts = field_texts.iter().step_by(2);
+        let pv_texts = field_texts.iter().skip(1).step_by(2);
+        for ((record, v_text), pv_text) in field_records.iter().zip(v_texts).zip(pv_texts) {
+            let v = parse_version(record, "v", v_text.as_deref())?.unwrap_or(0);
+            let pv = parse_version(record, "pv", pv_text.as_deref())?;
             fields.push(Fields { v, pv });
         }
         let data_key = layout.data_key(epoch, fields.iter().map(|f| f.v));
@@ -981,12 +1004,12 @@ pub(crate) fn encode(delta_ms: u64, value: &[u8]) -> Vec<u8> {
 pub(crate) fn decode(raw: &[u8]) -> (u64, &[u8]) {
     let parsed = raw.strip_prefix(b"c1:").and_then(|rest| {
         let colon = rest.iter().position(|b| *b == b':')?;
-        let digits = &rest[..colon];
+        let (digits, colon_and_value) = rest.split_at_checked(colon)?;
         if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
             return None;
         }
         let delta = std::str::from_utf8(digits).ok()?.parse().ok()?;
-        Some((delta, &rest[colon + 1..]))
+        Some((delta, colon_and_value.get(1..)?))
     });
     parsed.unwrap_or((0, raw))
 }

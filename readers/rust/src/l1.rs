@@ -327,9 +327,13 @@ pub(crate) async fn follow_notices(client: redis::Client, channel: String, l1: A
                         continue;
                     };
                     m.l1_notice.increment(l1.invalidate(&notice.record_key) as u64);
-                    if let Some(commit) = notice.commit_time_us.filter(|t| *t > 0) {
+                    if let Some(commit) = notice
+                        .commit_time_us
+                        .and_then(|t| u64::try_from(t).ok())
+                        .filter(|t| *t > 0)
+                    {
                         let now = crate::cache::unix_micros();
-                        m.propagation.record(now.saturating_sub(commit as u64) as f64 / 1000.0);
+                        m.propagation.record(now.saturating_sub(commit) as f64 / 1000.0);
                     }
                 }
             }

@@ -19,7 +19,7 @@ pub fn parse_version(record: &str, field: &str, text: Option<&[u8]>) -> Result<O
     let canonical = !text.is_empty()
         && text.len() <= 19
         && text.iter().all(u8::is_ascii_digit)
-        && (text == b"0" || text[0] != b'0');
+        && (text == b"0" || text.first() != Some(&b'0'));
     if !canonical {
         return Err(bad());
     }

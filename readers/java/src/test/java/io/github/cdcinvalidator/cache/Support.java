@@ -96,9 +96,14 @@ final class Support {
     }
 
     /** Advances the epoch through the daemon's epoch script; returns it. */
+    /** Advances the epoch as the daemon does after a loss: from the epoch it saw. */
     String bumpEpoch(String prefix) {
+      String seen = sync.hget(prefix + "epoch", "e");
       List<Object> reply = sync.eval(script("src/sink/epoch.lua"), ScriptOutputType.MULTI,
-          new String[] {prefix + "epoch"}, "bump", "w:test", "", "");
+          new String[] {prefix + "epoch"}, "advance", "w:test", seen == null ? "" : seen);
+      if (!"advanced".equals(String.valueOf(reply.get(0)))) {
+        throw new IllegalStateException("epoch.lua did not advance the epoch: " + reply);
+      }
       return String.valueOf(reply.get(1));
     }
 
