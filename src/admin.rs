@@ -46,7 +46,17 @@ struct StatusInner {
     connectors_down: BTreeMap<String, String>,
     assigned: usize,
     stalls: BTreeMap<String, Stall>,
+    /// Seconds no Kafka broker has answered anything, once past KAFKA_QUIET.
+    kafka_quiet_s: Option<u64>,
 }
+
+/// No answer from any broker for this long is a partition from Kafka (or
+/// every broker down): a healthy member hears a fetch response or a
+/// heartbeat answer every few seconds. librdkafka retries by itself and
+/// nothing is committed meanwhile, but the daemon is not keeping up and
+/// says so, long before the group's session timeout would take its
+/// partitions away.
+pub(crate) const KAFKA_QUIET: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Shared health of the pipeline, written by it and read by `/readyz`.
 #[derive(Debug, Default)]
@@ -117,6 +127,11 @@ impl Status {
         self.with(|s| s.connectors_down = down);
     }
 
+    /// How long no Kafka broker has answered (None: not known yet).
+    pub(crate) fn kafka_quiet(&self, quiet: Option<std::time::Duration>) {
+        self.with(|s| s.kafka_quiet_s = quiet.filter(|q| *q >= KAFKA_QUIET).map(|q| q.as_secs()));
+    }
+
     pub(crate) fn set_assigned(&self, count: usize) {
         self.with(|s| s.assigned = count);
     }
@@ -164,6 +179,11 @@ impl Status {
             }
             if let Some(e) = &s.registry_error {
                 reasons.push(format!("schema registry unreachable (consumption paused): {e}"));
+            }
+            if let Some(seconds) = s.kafka_quiet_s {
+                reasons.push(format!(
+                    "kafka: no broker has answered for {seconds}s (a network partition, or every broker down; the client keeps retrying)"
+                ));
             }
             if s.assigned == 0 {
                 reasons.push("no partitions assigned".to_owned());
@@ -421,6 +441,20 @@ mod tests {
             "missing_before"
         );
         status.unstall("shop.public.products/1");
+        assert!(status.readiness().ready);
+
+        // A broker heard from a few seconds ago is no reason; past KAFKA_QUIET it is.
+        status.kafka_quiet(Some(KAFKA_QUIET - std::time::Duration::from_secs(1)));
+        assert!(status.readiness().ready);
+        status.kafka_quiet(Some(KAFKA_QUIET + std::time::Duration::from_secs(2)));
+        let r = status.readiness();
+        assert!(!r.ready);
+        assert!(
+            r.reasons[0].starts_with("kafka: no broker has answered for 12s"),
+            "{:?}",
+            r.reasons
+        );
+        status.kafka_quiet(None);
         assert!(status.readiness().ready);
     }
 }

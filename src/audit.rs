@@ -401,7 +401,7 @@ impl AuditRedis {
         cmd.arg(key).arg(field);
         let answer = tokio::time::timeout(REDIS_READ_TIMEOUT, async {
             if self.connection.is_none() {
-                self.connection = Some(Connection::open(&self.settings).await?.0);
+                self.connection = Some(Connection::open(&self.settings).await?);
             }
             match self.connection.as_mut() {
                 Some(c) => Ok(c.command(&cmd).await?),

@@ -58,6 +58,15 @@ pub(crate) fn consumer(source: &SourceSettings, plan: &PlanSettings) -> ClientCo
         // and took the drain's peak RSS from about 70 to 37 MiB
         // (BENCHMARKS.md, "Memory: the prefetch").
         ("queued.max.messages.kbytes", prefetch_kbytes(plan).to_string()),
+        // Every request (fetch, commit, heartbeat, metadata) waits at most
+        // this long before the connection counts as failed and is made
+        // again: librdkafka's 60 s default kept a connection silenced by a
+        // network partition in place for a minute after it healed. A broker
+        // on the same network answers in milliseconds (fetches wait at most
+        // fetch.wait.max.ms, 500 ms).
+        ("socket.timeout.ms", "10000".to_owned()),
+        // Keepalive probes notice a dead peer on an idle connection.
+        ("socket.keepalive.enable", "true".to_owned()),
     ];
     // What delivery depends on, each with its reason in `kafka_forced`.
     let mut forced: Vec<(&str, String)> = CONSUMER_FORCED.iter().map(|(n, v)| (*n, (*v).to_owned())).collect();

@@ -29,6 +29,8 @@ pub(crate) const IN_FLIGHT: &str = "cdc_invalidator_in_flight_records";
 pub(crate) const PAUSED_PARTITIONS: &str = "cdc_invalidator_paused_partitions";
 pub(crate) const STALLED_PARTITIONS: &str = "cdc_invalidator_stalled_partitions";
 pub(crate) const REDIS_ERRORS: &str = "cdc_invalidator_redis_errors_total";
+pub(crate) const REDIS_RECONNECTS: &str = "cdc_invalidator_redis_reconnects_total";
+pub(crate) const KAFKA_ERRORS: &str = "cdc_invalidator_kafka_errors_total";
 pub(crate) const REDIS_DATA_LOSS: &str = "cdc_invalidator_redis_data_loss_total";
 pub(crate) const SOURCE_IDLE: &str = "cdc_invalidator_source_idle_seconds";
 pub(crate) const SOURCE_IDLE_TOPICS: &str = "cdc_invalidator_source_idle_topics";
@@ -233,6 +235,14 @@ fn describe() {
     );
     describe_counter!(REDIS_ERRORS, "Failed Redis apply attempts, by error kind.");
     describe_counter!(
+        KAFKA_ERRORS,
+        "Errors the Kafka client reported, by kind (transport, all_brokers_down, timed_out, other); it retries them itself, nothing is committed meanwhile."
+    );
+    describe_counter!(
+        REDIS_RECONNECTS,
+        "Redis connections dropped to be replaced, by reason (silent: no answer within redis.response_timeout; moved: the server is no longer the primary, or behind Sentinel unreachable)."
+    );
+    describe_counter!(
         REDIS_DATA_LOSS,
         "Times Redis was found to have lost acknowledged writes (reason: missing, rolled_back, evicted); each bumped the epoch and every namespace."
     );
@@ -326,6 +336,20 @@ pub(crate) fn redis_apply(seconds: f64, targets: usize) {
 
 pub(crate) fn redis_error(kind: &'static str) {
     counter!(REDIS_ERRORS, "kind" => kind).increment(1);
+}
+
+/// Every `redis_reconnect` reason, for the counter registered at zero.
+pub(crate) const RECONNECT_REASONS: [&str; 2] = ["silent", "moved"];
+
+pub(crate) fn redis_reconnect(reason: &'static str) {
+    counter!(REDIS_RECONNECTS, "reason" => reason).increment(1);
+}
+
+/// Every `kafka_error` kind, for the counter registered at zero.
+pub(crate) const KAFKA_ERROR_KINDS: [&str; 4] = ["transport", "all_brokers_down", "timed_out", "other"];
+
+pub(crate) fn kafka_error(kind: &'static str) {
+    counter!(KAFKA_ERRORS, "kind" => kind).increment(1);
 }
 
 pub(crate) fn source_idle(topic: &str, seconds: u64) {
@@ -450,6 +474,12 @@ pub(crate) fn daemon_at_zero(labels: &FixedLabels) {
     }
     for &kind in &labels.redis_error_kinds {
         counter!(REDIS_ERRORS, "kind" => kind).increment(0);
+    }
+    for reason in RECONNECT_REASONS {
+        counter!(REDIS_RECONNECTS, "reason" => reason).increment(0);
+    }
+    for kind in KAFKA_ERROR_KINDS {
+        counter!(KAFKA_ERRORS, "kind" => kind).increment(0);
     }
     for &reason in &labels.loss_reasons {
         counter!(REDIS_DATA_LOSS, "reason" => reason).increment(0);

@@ -13,7 +13,7 @@ use anyhow::Context;
 use rdkafka::consumer::Consumer as _;
 
 use super::{dead_letter_store, load};
-use crate::config::{redact_url, Settings, Subscription};
+use crate::config::{Settings, Subscription};
 use crate::decode::table_from_topic;
 use crate::lookup::{Catalog, Lookups};
 use crate::pipeline;
@@ -49,7 +49,7 @@ pub(super) async fn check(path: &Path) -> anyhow::Result<i32> {
             Ok(()) => {
                 println!(
                     "ok    redis {}: reachable, bump script loaded",
-                    redact_url(&settings.redis.url)
+                    settings.redis.describe()
                 );
                 // Warnings, not failures: a cache may accept these risks.
                 let facts = sink.server_facts(pipeline::namespace_count(&settings)).await;
@@ -61,14 +61,18 @@ pub(super) async fn check(path: &Path) -> anyhow::Result<i32> {
                 }
             }
             Err(e) => {
-                println!("FAIL  redis {}: {e}", redact_url(&settings.redis.url));
+                println!("FAIL  redis {}: {e}", settings.redis.describe());
                 problems += 1;
             }
         },
         Err(e) => {
-            println!("FAIL  redis {}: {e}", redact_url(&settings.redis.url));
+            println!("FAIL  redis {}: {e}", settings.redis.describe());
             problems += 1;
         }
+    }
+
+    if let Some(sentinel) = &settings.redis.sentinel {
+        problems += report_sentinels(sentinel).await;
     }
 
     match kafka_topics(&settings) {
@@ -285,4 +289,65 @@ fn kafka_topics(settings: &Settings) -> anyhow::Result<Vec<String>> {
         .fetch_metadata(None, Duration::from_secs(10))
         .context("fetching cluster metadata (are the brokers reachable?)")?;
     Ok(metadata.topics().iter().map(|t| t.name().to_owned()).collect())
+}
+
+/// The Sentinels' view: who answers, the primary they agree on, each
+/// replica and how far behind it is. A failure when none answers or they
+/// disagree; a warning for an unreachable Sentinel or a replica that is
+/// down or behind (a failover to it would lose writes: docs/redis-loss.md).
+async fn report_sentinels(settings: &crate::config::SentinelSettings) -> usize {
+    let view = crate::sink::sentinel::view(settings, Duration::from_secs(5)).await;
+    let mut problems = 0;
+    for answer in &view.answers {
+        if let Err(e) = &answer.primary {
+            println!("warn  redis sentinel {}: {e}", answer.sentinel);
+        }
+    }
+    match view.agreed_primary() {
+        Some(primary) => println!(
+            "ok    redis sentinel: master {:?} is {primary} ({}), {} of {} Sentinels answer, quorum {}",
+            settings.master_name,
+            view.primary_flags.as_deref().unwrap_or("?"),
+            view.answering(),
+            view.answers.len(),
+            view.quorum.as_deref().unwrap_or("?"),
+        ),
+        None if view.answering() == 0 => {
+            println!(
+                "FAIL  redis sentinel: no Sentinel names a primary for {:?}",
+                settings.master_name
+            );
+            problems += 1;
+        }
+        None => {
+            let named: Vec<String> = view
+                .answers
+                .iter()
+                .filter_map(|a| Some(format!("{} says {}", a.sentinel, a.primary.as_ref().ok()?)))
+                .collect();
+            println!(
+                "FAIL  redis sentinel: the Sentinels disagree on the primary ({})",
+                named.join(", ")
+            );
+            problems += 1;
+        }
+    }
+    if view.replicas.is_empty() && view.answering() > 0 {
+        println!("warn  redis sentinel: no replica: a failover has nothing to promote");
+    }
+    for replica in &view.replicas {
+        let behind = match (replica.behind_bytes, replica.lag_s) {
+            (Some(bytes), Some(lag)) => format!("{bytes} bytes behind, last acknowledged {lag}s ago"),
+            _ => "not listed by the primary".to_owned(),
+        };
+        let healthy = replica.flags == "slave" && replica.link == "ok" && replica.behind_bytes.is_some();
+        println!(
+            "{}  redis replica {}: {}, link {}, {behind}",
+            if healthy { "ok  " } else { "warn" },
+            replica.address,
+            replica.flags,
+            replica.link,
+        );
+    }
+    problems
 }

@@ -46,7 +46,7 @@ in Redis (HGET ver:<key> v). Offsets are committed only after Redis acknowledged
 the epoch (HGET ver:epoch e) into data keys: the daemon advances it, and bumps every namespace, when it \
 finds that Redis lost acknowledged writes (docs/redis-loss.md).\n\n\
 Environment overrides (addresses and secrets): CDC_KAFKA_BROKERS, CDC_KAFKA_GROUP, CDC_REDIS_URL, \
-CDC_ADMIN_LISTEN, CDC_LOOKUP_URL, CDC_DEAD_LETTERS_URL, CDC_SCHEMA_REGISTRY_URL, CDC_SCHEMA_REGISTRY_USER, \
+CDC_REDIS_SENTINELS, CDC_REDIS_SENTINEL_MASTER, CDC_REDIS_PASSWORD, CDC_REDIS_SENTINEL_PASSWORD, CDC_ADMIN_LISTEN, CDC_LOOKUP_URL, CDC_DEAD_LETTERS_URL, CDC_SCHEMA_REGISTRY_URL, CDC_SCHEMA_REGISTRY_USER, \
 CDC_SCHEMA_REGISTRY_PASSWORD, CDC_INSTANCE_ID (static group membership)."
 )]
 pub struct Cli {

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::{avro_schemas, dead_letter_store, load, lookups, spawn_signal_handler, wait_for_tasks};
 use crate::admin::{self, Status};
 use crate::backoff::{Next, Retry};
-use crate::config::{redact_url, Settings};
+use crate::config::Settings;
 use crate::pipeline::{self, Pipeline};
 use crate::sink::notice::Notices;
 use crate::sink::RedisSink;
@@ -101,7 +101,7 @@ async fn serve(
     };
     tracing::info!(
         brokers = %settings.source.brokers, group = %settings.source.group_id,
-        subscription = ?settings.source.subscription.patterns(), redis = %redact_url(&settings.redis.url),
+        subscription = ?settings.source.subscription.patterns(), redis = %settings.redis.describe(),
         entities = settings.graph.entities().len(), "starting"
     );
     let lookups = lookups(settings)?;

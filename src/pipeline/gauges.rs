@@ -37,6 +37,7 @@ pub(super) async fn refresh(consumer: Arc<Consumer>, status: Arc<Status>, stop: 
                 Err(e) => tracing::debug!(error = %e, "watermark query task failed"),
             }
         }
+        status.kafka_quiet(consumer.context().kafka_quiet_for());
         status.readiness();
         metrics::refresh_gauges();
     }

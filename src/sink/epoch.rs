@@ -197,12 +197,13 @@ pub(crate) struct LossWatch {
 }
 
 impl LossWatch {
-    /// `client`: a standalone server's client, for the eviction
-    /// notifications' own connection (none on a cluster).
+    /// `client`: a standalone server's client (none on a cluster): the
+    /// eviction notifications get a connection of their own, to whichever
+    /// server the sink talks to at each check.
     pub(crate) fn new(prefix: &str, client: Option<&redis::Client>) -> LossWatch {
         let evictions = client.map(|client| {
             let db = client.get_connection_info().redis_settings().db();
-            EvictionWatch::new(client.clone(), prefix.to_owned(), db)
+            EvictionWatch::new(prefix.to_owned(), db)
         });
         LossWatch {
             state: EpochState::new(prefix, &process_token()),
@@ -236,8 +237,8 @@ impl LossWatch {
         }
         // Subscribed before INFO is read: evictions INFO counts from here on
         // are notified before the barrier below.
-        if let Some(watch) = self.evictions.as_mut() {
-            watch.ensure_subscribed().await;
+        if let (Some(watch), Some(client)) = (self.evictions.as_mut(), link.connection.current_client()) {
+            watch.ensure_subscribed(&client).await;
         }
         let info: String = link.connection.command(&redis::cmd("INFO")).await?;
         let Some(view) = ServerView::parse(&info) else {

@@ -6,13 +6,17 @@
 //! - `reply`      pure: replies decoded; a malformed or short one is a
 //!   [`ReplyError`], never a default value
 //! - `connection` the one place that opens connections (standalone, TLS,
-//!   cluster) and keeps the scripts loaded (reloaded on NOSCRIPT)
+//!   Sentinel, cluster), bounds every call, replaces a silent connection or
+//!   one to a former primary, and keeps the scripts loaded (reloaded on
+//!   NOSCRIPT)
 //! - `service`    [`RedisSink`]: the I/O around them (pipelining, NOSCRIPT,
 //!   WAIT, Pub/Sub notices, what `check` reads)
 //! - `epoch`      data-loss detection and recovery: watermarks, INFO, the
 //!   epoch advance every replica agrees on
 //! - `eviction`   which evicted keys were version records
 //! - `durability` `check`'s verdict on persistence and eviction
+//! - `sentinel`   `check`'s view of a Sentinel deployment: the primary, the
+//!   replicas and how far behind each is
 //! - `notice`     invalidation notices
 //!
 //! Retriable or permanent is decided in one place, [`SinkError::is_retriable`].
@@ -24,6 +28,7 @@ pub mod eviction;
 pub mod notice;
 pub(crate) mod reply;
 pub(crate) mod request;
+pub(crate) mod sentinel;
 mod service;
 
 pub use connection::BUMP_SCRIPT;

@@ -21,8 +21,6 @@ pub struct RedisSink {
     /// `WAIT` for this many replicas after each batch (0: none).
     wait_replicas: u32,
     wait_timeout_ms: u64,
-    /// Standalone only: for connections of its own (eviction notifications).
-    client: Option<redis::Client>,
     /// Loss detection, enabled by `run` only (other commands never touch
     /// the epoch record).
     loss: Option<LossWatch>,
@@ -31,15 +29,14 @@ pub struct RedisSink {
 impl RedisSink {
     /// Connects and loads the scripts. Fails fast; the caller decides about retries.
     pub async fn connect(settings: &RedisSettings) -> Result<RedisSink, SinkError> {
-        let (connection, client) = Connection::open(settings).await?;
+        let connection = Connection::open(settings).await?;
         Ok(RedisSink {
             link: Link::new(connection).await?,
             prefix: settings.version_prefix.clone(),
             // Saturating: a TTL beyond u64 milliseconds is refused by Redis, not truncated to a shorter one.
             ttl_ms: u64::try_from(settings.version_ttl.as_millis()).unwrap_or(u64::MAX),
             wait_replicas: settings.wait_replicas,
-            wait_timeout_ms: u64::try_from(settings.wait_timeout.as_millis()).unwrap_or(u64::MAX), // below REDIS_RESPONSE_TIMEOUT
-            client,
+            wait_timeout_ms: u64::try_from(settings.wait_timeout.as_millis()).unwrap_or(u64::MAX), // below redis.response_timeout
             loss: None,
         })
     }
@@ -47,7 +44,10 @@ impl RedisSink {
     /// Turns on loss detection: every apply also advances this process's
     /// watermark in the epoch record, in the same round trip.
     pub fn enable_loss_detection(&mut self) {
-        self.loss = Some(LossWatch::new(&self.prefix, self.client.as_ref()));
+        self.loss = Some(LossWatch::new(
+            &self.prefix,
+            self.link.connection.current_client().as_ref(),
+        ));
     }
 
     /// The loss the last apply revealed (its bumps were applied; nothing

@@ -34,6 +34,7 @@ mod readers;
 mod readiness;
 mod redis_cluster;
 mod redis_loss;
+mod redis_sentinel;
 mod scale_out;
 mod secrets;
 mod stack_chain;
