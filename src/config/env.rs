@@ -4,6 +4,10 @@
 
 pub(crate) const ENV_KAFKA_BROKERS: &str = "CDC_KAFKA_BROKERS";
 pub(crate) const ENV_KAFKA_GROUP: &str = "CDC_KAFKA_GROUP";
+/// librdkafka's `sasl.username` and `sasl.password` for every Kafka client,
+/// over `[source.librdkafka]`'s: the mechanism and the protocol stay in the file.
+pub(crate) const ENV_KAFKA_SASL_USERNAME: &str = "CDC_KAFKA_SASL_USERNAME";
+pub(crate) const ENV_KAFKA_SASL_PASSWORD: &str = "CDC_KAFKA_SASL_PASSWORD";
 pub(crate) const ENV_REDIS_URL: &str = "CDC_REDIS_URL";
 /// With `[redis.sentinel]`: the Sentinels (comma-separated host:port), the
 /// master name, the data nodes' password and the Sentinels' own.

@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Duration;
 
-use super::env::{Env, ENV_GROUP_PROTOCOL, ENV_INSTANCE_ID, ENV_KAFKA_BROKERS, ENV_KAFKA_GROUP};
+use super::env::{
+    Env, ENV_GROUP_PROTOCOL, ENV_INSTANCE_ID, ENV_KAFKA_BROKERS, ENV_KAFKA_GROUP, ENV_KAFKA_SASL_PASSWORD,
+    ENV_KAFKA_SASL_USERNAME,
+};
 use super::error::ConfigError;
 use super::raw::RawSource;
 use super::validator::Validator;
@@ -83,6 +86,21 @@ pub(super) fn default_liveness_interval() -> Duration {
     Duration::from_secs(5)
 }
 
+/// The environment's SASL credentials replace the file's, so that the
+/// password can come from a Secret while the rest of the passthrough is
+/// checked in. An empty variable counts as unset.
+fn with_sasl_credentials(mut librdkafka: BTreeMap<String, String>, env: Env<'_>) -> BTreeMap<String, String> {
+    for (variable, setting) in [
+        (ENV_KAFKA_SASL_USERNAME, "sasl.username"),
+        (ENV_KAFKA_SASL_PASSWORD, "sasl.password"),
+    ] {
+        if let Some(value) = env(variable).filter(|value| !value.is_empty()) {
+            librdkafka.insert(setting.to_owned(), value);
+        }
+    }
+    librdkafka
+}
+
 /// "auto": `<hostname>-<admin port>`: stable across restarts of a replica,
 /// distinct between replicas on one host (they cannot share a port).
 pub(super) fn auto_instance_id(admin: SocketAddr) -> String {
@@ -140,11 +158,13 @@ impl RawSource {
             brokers: env(ENV_KAFKA_BROKERS).unwrap_or_else(|| self.brokers.get_ref().clone()),
             group_id: env(ENV_KAFKA_GROUP).unwrap_or_else(|| self.group_id.get_ref().clone()),
             subscription,
-            librdkafka: self
-                .librdkafka
-                .into_iter()
-                .map(|(k, val)| (k, val.into_inner()))
-                .collect(),
+            librdkafka: with_sasl_credentials(
+                self.librdkafka
+                    .into_iter()
+                    .map(|(k, val)| (k, val.into_inner()))
+                    .collect(),
+                env,
+            ),
             instance_id: None,
             group_protocol,
             liveness: LivenessSettings {

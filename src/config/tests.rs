@@ -206,6 +206,43 @@ fn environment_overrides_addresses() {
 }
 
 #[test]
+fn the_environment_gives_the_sasl_credentials_over_the_file() {
+    let text = BASE.replace(
+        "topics = [\"shop.public.products\"]",
+        "topics = [\"shop.public.products\"]\nlibrdkafka = { \"security.protocol\" = \"SASL_SSL\", \"sasl.mechanism\" = \"SCRAM-SHA-512\", \"sasl.username\" = \"from-file\", \"sasl.password\" = \"FileSecret\" }",
+    );
+    let env = |name: &str| match name {
+        "CDC_KAFKA_SASL_USERNAME" => Some("from-env".to_owned()),
+        "CDC_KAFKA_SASL_PASSWORD" => Some("EnvSecret".to_owned()),
+        _ => None,
+    };
+    let s = parse("shop.toml", &text, &env).unwrap();
+    let setting = |name: &str| s.source.librdkafka.get(name).map(String::as_str);
+    assert_eq!(setting("sasl.username"), Some("from-env"));
+    assert_eq!(setting("sasl.password"), Some("EnvSecret"));
+    assert_eq!(
+        setting("sasl.mechanism"),
+        Some("SCRAM-SHA-512"),
+        "the rest of the file's passthrough stays"
+    );
+
+    // An empty variable is unset: the file's value stays.
+    let empty = |name: &str| (name == "CDC_KAFKA_SASL_PASSWORD").then(String::new);
+    let s = parse("shop.toml", &text, &empty).unwrap();
+    assert_eq!(
+        s.source.librdkafka.get("sasl.password").map(String::as_str),
+        Some("FileSecret")
+    );
+
+    // Without a passthrough section, the variables alone add the settings.
+    let s = parse("shop.toml", BASE, &env).unwrap();
+    assert_eq!(
+        s.source.librdkafka.get("sasl.password").map(String::as_str),
+        Some("EnvSecret")
+    );
+}
+
+#[test]
 fn regex_subscription_is_anchored() {
     let text = BASE.replace(
         "topics = [\"shop.public.products\"]",

@@ -114,7 +114,7 @@ set them (a second definition would silently win or lose).
 
 {{/* Variables that can carry credentials: only from a Secret (secretEnv). */}}
 {{- define "cdc-invalidator.credentialEnv" -}}
-{{- list "CDC_REDIS_URL" "CDC_LOOKUP_URL" "CDC_DEAD_LETTERS_URL" "CDC_SCHEMA_REGISTRY_URL" "CDC_SCHEMA_REGISTRY_USER" "CDC_SCHEMA_REGISTRY_PASSWORD" "CDC_CONNECT_URL" | toJson }}
+{{- list "CDC_REDIS_URL" "CDC_REDIS_PASSWORD" "CDC_REDIS_SENTINEL_PASSWORD" "CDC_KAFKA_SASL_USERNAME" "CDC_KAFKA_SASL_PASSWORD" "CDC_LOOKUP_URL" "CDC_DEAD_LETTERS_URL" "CDC_SCHEMA_REGISTRY_URL" "CDC_SCHEMA_REGISTRY_USER" "CDC_SCHEMA_REGISTRY_PASSWORD" "CDC_CONNECT_URL" | toJson }}
 {{- end }}
 
 {{/*
@@ -199,7 +199,10 @@ quote): an example such as "redis://user:password@host" is no credential.
 {{- fail "config.toml holds a URL with a password: move that URL to a Secret and pass it with secretEnv (e.g. CDC_REDIS_URL)" }}
 {{- end }}
 {{- if regexMatch `(?m)^\s*password\s*=` . }}
-{{- fail "config.toml holds a password: pass it with secretEnv (CDC_SCHEMA_REGISTRY_PASSWORD)" }}
+{{- fail "config.toml holds a password: pass it with secretEnv (CDC_SCHEMA_REGISTRY_PASSWORD, CDC_REDIS_PASSWORD)" }}
+{{- end }}
+{{- if regexMatch `(?m)^\s*"?sasl\.password"?\s*=` . }}
+{{- fail "config.toml holds sasl.password: pass it with secretEnv (CDC_KAFKA_SASL_PASSWORD)" }}
 {{- end }}
 {{- if regexMatch `(?m)^\s*"?[A-Za-z0-9_.]*(password|secret|ssl\.key\.pem)[A-Za-z0-9_.]*"?\s*=` . }}
 {{- fail "config.toml holds a librdkafka credential (a password, secret or private key): keep the whole file in a Secret with config.existingSecret, or mount the key file from a Secret (extraVolumes)" }}
