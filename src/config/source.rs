@@ -271,11 +271,7 @@ impl RawSource {
         group_protocol: GroupProtocol,
         static_member: bool,
     ) -> Result<bool, ConfigError> {
-        let span = self
-            .leave_group_on_stop
-            .as_ref()
-            .map(|l| l.span())
-            .unwrap_or(0..0);
+        let span = self.leave_group_on_stop.as_ref().map(|l| l.span()).unwrap_or(0..0);
         let field = "source.leave_group_on_stop";
         let leave = match env(ENV_LEAVE_GROUP_ON_STOP) {
             Some(text) => match text.as_str() {
