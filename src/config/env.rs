@@ -24,6 +24,8 @@ pub(crate) const ENV_SCHEMA_REGISTRY_PASSWORD: &str = "CDC_SCHEMA_REGISTRY_PASSW
 pub(crate) const ENV_INSTANCE_ID: &str = "CDC_INSTANCE_ID";
 pub(crate) const ENV_CONNECT_URL: &str = "CDC_CONNECT_URL";
 pub(crate) const ENV_GROUP_PROTOCOL: &str = "CDC_GROUP_PROTOCOL";
+/// `true` or `false`: overrides `[source] leave_group_on_stop`.
+pub(crate) const ENV_LEAVE_GROUP_ON_STOP: &str = "CDC_LEAVE_GROUP_ON_STOP";
 
 /// Where overrides come from: `std::env::var` in the binary, a closure in
 /// tests. None means "not set".

@@ -80,7 +80,8 @@ app.kubernetes.io/component: auditor
 {{/*
 The daemon's shutdown budget in seconds: on SIGTERM it applies what it took
 (at most SHUTDOWN_DRAIN_TIMEOUT, 20 s) and commits (at most
-SHUTDOWN_COMMIT_TIMEOUT, 5 s), both in src/pipeline/mod.rs.
+SHUTDOWN_COMMIT_TIMEOUT, 5 s), both in src/pipeline/mod.rs; leaving the
+group (CDC_LEAVE_GROUP_ON_STOP) takes what those two left, never more.
 scripts/check-chart fails when these numbers and the daemon's differ.
 */}}
 {{- define "cdc-invalidator.shutdownDrainSeconds" -}}20{{- end }}
@@ -109,7 +110,7 @@ Environment variables the chart sets itself: extraEnv and secretEnv may not
 set them (a second definition would silently win or lose).
 */}}
 {{- define "cdc-invalidator.chartOwnedEnv" -}}
-{{- list "CDC_ADMIN_LISTEN" "CDC_INSTANCE_ID" "CDC_KAFKA_BROKERS" "CDC_KAFKA_GROUP" "CDC_GROUP_PROTOCOL" "CDC_LOG" "POD_NAME" | toJson }}
+{{- list "CDC_ADMIN_LISTEN" "CDC_INSTANCE_ID" "CDC_LEAVE_GROUP_ON_STOP" "CDC_KAFKA_BROKERS" "CDC_KAFKA_GROUP" "CDC_GROUP_PROTOCOL" "CDC_LOG" "POD_NAME" | toJson }}
 {{- end }}
 
 {{/* Variables that can carry credentials: only from a Secret (secretEnv). */}}
@@ -231,6 +232,10 @@ Environment shared by the daemon and the auditor. Argument: dict with
 # StatefulSet pod's restarts.
 - name: CDC_INSTANCE_ID
   value: {{ printf "%s$(POD_NAME)" $values.staticMembership.instanceIdPrefix | quote }}
+# Leave the group after the final commit on SIGTERM, so a scale-in hands the
+# pod's partitions over at once (inside the shutdown budget below).
+- name: CDC_LEAVE_GROUP_ON_STOP
+  value: {{ ternary "true" "false" (eq $values.staticMembership.leaveGroupOnStop true) | quote }}
 {{- else }}
 # Not a static member: an empty id turns static membership off whatever the
 # config file says.
