@@ -29,6 +29,7 @@ import redis.connection
 from ._clients import TRACKING_CHANNEL, log
 from .errors import ProtocolError
 from .options import L1, Settings, TrackingL1, seconds
+from .sentinel import SentinelSettings
 
 __all__ = ["Listener", "NodeSpec"]
 
@@ -56,6 +57,9 @@ class NodeSpec:
 
     connection_class: Any
     kwargs: dict[str, Any]
+    # Where the node is now, asked at every (re)connection (the primary
+    # Sentinel names); None: the host and port of ``kwargs``.
+    locate: Callable[[], tuple[str, int]] | None = None
 
     @classmethod
     def like(cls, connection_class: Any, kwargs: dict[str, Any]) -> NodeSpec:
@@ -76,6 +80,8 @@ class NodeSpec:
 
     @property
     def address(self) -> tuple[str, int]:
+        if self.locate is not None:
+            return self.locate()
         return str(self.kwargs.get("host")), int(self.kwargs.get("port", 6379))
 
     def open(self) -> Any:
@@ -312,6 +318,16 @@ def _wait_readable(conn: Any, timeout: float) -> None:
         return
     with contextlib.suppress(OSError, ValueError):
         select.select([sock], [], [], timeout)
+
+
+def sentinel_seed(settings: SentinelSettings) -> NodeSpec:
+    """The L1's connections behind Sentinel: to the primary named at each
+    (re)connection, so they follow a failover too."""
+    kwargs = {k: v for k, v in settings.node_kwargs().items() if k in _KEPT}
+    connection_class = (
+        redis.connection.SSLConnection if settings.tls else redis.connection.Connection
+    )
+    return NodeSpec(connection_class, kwargs, locate=settings.primary)
 
 
 def listener_for(
