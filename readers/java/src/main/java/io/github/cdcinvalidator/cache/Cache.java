@@ -1,10 +1,12 @@
 package io.github.cdcinvalidator.cache;
 
 import io.lettuce.core.KeyValue;
+import io.lettuce.core.ReadFrom;
 import io.lettuce.core.RedisClient;
 import io.lettuce.core.RedisCommandExecutionException;
 import io.lettuce.core.RedisConnectionStateListener;
 import io.lettuce.core.RedisNoScriptException;
+import io.lettuce.core.RedisURI;
 import io.lettuce.core.ScriptOutputType;
 import io.lettuce.core.SetArgs;
 import io.lettuce.core.TrackingArgs;
@@ -16,6 +18,8 @@ import io.lettuce.core.cluster.api.StatefulRedisClusterConnection;
 import io.lettuce.core.cluster.api.async.RedisClusterAsyncCommands;
 import io.lettuce.core.codec.ByteArrayCodec;
 import io.lettuce.core.codec.StringCodec;
+import io.lettuce.core.masterreplica.MasterReplica;
+import io.lettuce.core.masterreplica.StatefulRedisMasterReplicaConnection;
 import io.lettuce.core.pubsub.RedisPubSubAdapter;
 import io.lettuce.core.pubsub.StatefulRedisPubSubConnection;
 import io.netty.util.concurrent.FastThreadLocalThread;
@@ -146,6 +150,45 @@ public final class Cache implements AutoCloseable {
       cache.close();
       throw e;
     }
+    return cache;
+  }
+
+  /**
+   * A cache on the primary Redis Sentinel names (readers/spec.md section 14), with a
+   * client and connections of its own, all closed by {@link #close}. Reads and writes
+   * go to the primary only (a replica lags, and a get's version check must see the
+   * newest version): Lettuce's Master/Replica connection listens to the Sentinels'
+   * {@code +switch-master} and moves to the new primary; the L1's own connections ask
+   * the Sentinels at every reconnection.
+   */
+  public static Cache create(SentinelSettings sentinel, CacheOptions options) {
+    options.validate();
+    RedisURI uri = sentinel.redisUri();
+    RedisClient client = RedisClient.create(uri);
+    StatefulRedisMasterReplicaConnection<byte[], byte[]> connection;
+    try {
+      connection = MasterReplica.connect(client, ByteArrayCodec.INSTANCE, uri);
+    } catch (RuntimeException e) {
+      client.shutdown();
+      throw e;
+    }
+    connection.setReadFrom(ReadFrom.UPSTREAM);
+    Cache cache = new Cache(connection.async(), false, options);
+    cache.owned.add(connection);
+    try {
+      if (options.l1 != null && options.l1.isTracking()) {
+        cache.track(client, options.name);
+      }
+      if (options.l1 != null && options.l1.channel() != null) {
+        cache.followNotices(client.connectPubSub(), options.l1.channel());
+      }
+    } catch (RuntimeException e) {
+      cache.close();
+      client.shutdown();
+      throw e;
+    }
+    // Last: the connections above close before their client shuts down.
+    cache.owned.add(client::shutdown);
     return cache;
   }
 
