@@ -326,21 +326,13 @@ impl Cache {
     /// `+switch-master`, and when a call meets `READONLY`, a dropped or
     /// refused connection or a timeout (that call fails; the next one asks
     /// the Sentinels). Never a replica: replicas lag, and a get's version
-    /// check must see the newest version. The bounded L1's notices are
-    /// followed on the primary found at connect (after a failover it is a
-    /// replica, which relays them); the tracking L1 is refused.
+    /// check must see the newest version. The tracking L1's connection is
+    /// made to the primary in use and replaced when it moves; the bounded
+    /// L1's notices are followed on the primary found at connect (after a
+    /// failover it is a replica, which relays what the new one publishes).
     pub async fn connect_sentinel(settings: SentinelSettings, options: CacheOptions) -> Result<Cache, Error> {
-        if options
-            .l1
-            .as_ref()
-            .is_some_and(|l1| matches!(l1.mode, L1Mode::Tracking))
-        {
-            return Err(Error::InvalidOptions(
-                "the tracking L1 behind Sentinel is not supported yet: use the bounded L1".into(),
-            ));
-        }
         let primary = crate::sentinel::Primary::connect(settings).await?;
-        let client = primary.client().await?;
+        let (_, client) = primary.client().await?;
         Cache::build(Link::Sentinel(primary), Some(client), options).await
     }
 
@@ -388,7 +380,11 @@ impl Cache {
                             "the tracking L1 needs a standalone Redis (on a cluster use the bounded L1)".into(),
                         ));
                     }
-                    let t = Tracking::new(&needs_client()?, &options.name, l1.clone(), m.clone())?;
+                    let primary = match &conn {
+                        Link::Sentinel(p) => Some(p.clone()),
+                        Link::Given(_) => None,
+                    };
+                    let t = Tracking::new(&needs_client()?, primary, &options.name, l1.clone(), m.clone())?;
                     tasks.push(tokio::spawn(t.clone().run()));
                     tracking = Some(t);
                 }

@@ -190,9 +190,17 @@ impl Primary {
         Ok(primary)
     }
 
-    /// The client of the primary in use, for the L1's own connections.
-    pub(crate) async fn client(&self) -> redis::RedisResult<redis::Client> {
-        Ok(self.current().await?.client)
+    /// The client of the primary in use, for the L1's own connections,
+    /// with the generation of the connection it belongs to.
+    pub(crate) async fn client(&self) -> redis::RedisResult<(u64, redis::Client)> {
+        let current = self.current().await?;
+        Ok((current.generation, current.client))
+    }
+
+    /// The generation of the connection in use; None after it was dropped
+    /// (the primary may have moved).
+    pub(crate) fn generation(&self) -> Option<u64> {
+        lock(&self.current).as_ref().map(|c| c.generation)
     }
 
     async fn current(&self) -> redis::RedisResult<Current> {

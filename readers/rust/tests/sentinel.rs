@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cdc_cache::{Cache, CacheOptions, Error, GetOptions, Got, SentinelSettings};
+use cdc_cache::{Cache, CacheOptions, Error, GetOptions, Got, L1Options, SentinelSettings};
 
 const TTL: Duration = Duration::from_secs(60);
 /// A failover is followed within this long after the Sentinels name the new
@@ -135,9 +135,17 @@ async fn a_read_and_a_fill_succeed_on_the_new_primary_after_a_failover() {
         prefix: prefix.clone(),
         ..CacheOptions::default()
     };
-    let cache = Cache::connect_sentinel(SentinelSettings::new("cdc-readers", &addresses).unwrap(), options)
+    let settings = SentinelSettings::new("cdc-readers", &addresses).unwrap();
+    let cache = Cache::connect_sentinel(settings.clone(), options.clone())
         .await
         .unwrap();
+    // With the tracking L1, whose connection must follow the primary too.
+    let tracked = CacheOptions {
+        name: "sentinel-tracked".into(),
+        l1: Some(L1Options::tracking()),
+        ..options
+    };
+    let tracked = Cache::connect_sentinel(settings, tracked).await.unwrap();
     let (mut old, mut new) = (on_port(topology.base).await, on_port(topology.base + 1).await);
 
     // A version the replica acknowledged (WAIT 1, same connection) before the failover.
@@ -147,6 +155,13 @@ async fn a_read_and_a_fill_succeed_on_the_new_primary_after_a_failover() {
     let before = cache.get(&key, GetOptions::new(TTL, loading("before"))).await.unwrap();
     assert!(!before.hit);
     assert!(before.data_key.ends_with(&format!(":v{v1}")), "{}", before.data_key);
+    for _ in 0..2 {
+        let got = tracked
+            .get(&key, GetOptions::new(TTL, loading("unused")))
+            .await
+            .unwrap();
+        assert_eq!(got.data_key, before.data_key);
+    }
     let replicated = Instant::now() + Duration::from_secs(5);
     while !value_on(&mut new, &before.data_key).await.ends_with(":before") {
         assert!(Instant::now() < replicated, "the replica never received the fill");
@@ -187,6 +202,16 @@ async fn a_read_and_a_fill_succeed_on_the_new_primary_after_a_failover() {
         value_on(&mut new, &filled.data_key).await.ends_with(":after"),
         "filled on the new primary"
     );
+    // The tracking L1 let go of the old primary's entry.
+    let (seen, tries) = until(
+        || tracked.get(&key, GetOptions::new(TTL, loading("unused"))),
+        |got| got.data_key.ends_with(&suffix),
+    )
+    .await;
+    let seen = seen.unwrap();
+    eprintln!("tracking L1 after the failover: {tries} attempts before");
+    assert_eq!(seen.data_key, filled.data_key);
+    assert_eq!(seen.value, b"after");
     let lease: i64 = redis::cmd("EXISTS")
         .arg(format!("{}:lease", filled.data_key))
         .query_async(&mut new)
