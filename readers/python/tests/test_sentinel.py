@@ -18,7 +18,14 @@ import redis
 from prometheus_client import CollectorRegistry
 from support import BUMP_LUA, ROOT, bump, unique
 
-from cdc_cache import AsyncCache, Cache, CacheResult, InvalidOptionsError, SentinelSettings
+from cdc_cache import (
+    AsyncCache,
+    Cache,
+    CacheResult,
+    InvalidOptionsError,
+    SentinelSettings,
+    TrackingL1,
+)
 
 SCRIPT = ROOT / "readers" / "testing" / "sentinel-topology.sh"
 BASE = int(os.environ.get("CDC_CACHE_SENTINEL_PORT", "26520"))
@@ -118,6 +125,11 @@ async def test_both_caches_follow_a_failover(sentinels: list[str]) -> None:
     async_cache = AsyncCache.from_sentinel(
         settings, name="async", prefix=prefix, registry=CollectorRegistry()
     )
+    # With the tracking L1, whose subscription must follow the primary too.
+    tracked = Cache.from_sentinel(
+        settings, name="tracked", prefix=prefix, registry=CollectorRegistry(), l1=TrackingL1()
+    )
+    assert tracked.wait_live(5.0), "the tracking L1's subscription"
     old, new = (redis.Redis(port=p) for p in (BASE, BASE + 1))
     try:
         # A version the replica acknowledged (WAIT 1, same connection) before the failover.
@@ -131,6 +143,8 @@ async def test_both_caches_follow_a_failover(sentinels: list[str]) -> None:
         assert not first.hit
         assert first.data_key.endswith(f":v{v1}")
         assert (await async_cache.get(key, aconst("unused"), ttl=TTL)).hit
+        for _ in range(2):
+            assert tracked.get(key, const("unused"), ttl=TTL).data_key == first.data_key
         deadline = time.monotonic() + 5
         while not value_on(new, first.data_key).endswith(b":before"):
             assert time.monotonic() < deadline, "the replica never received the fill"
@@ -162,10 +176,17 @@ async def test_both_caches_follow_a_failover(sentinels: list[str]) -> None:
         )
         assert (agot.hit, agot.value) == (False, b"async")
         assert agot.data_key.endswith(f":v{v3}")
+        # The tracking L1 let go of the old primary's entries.
+        seen = until(
+            lambda: tracked.get(key, const("unused"), ttl=TTL),
+            lambda r: r.data_key.endswith(f":v{v3}"),
+        )
+        assert (seen.data_key, seen.value) == (agot.data_key, b"async")
         for filled, text in ((got, b"sync"), (agot, b"async")):
             assert value_on(new, filled.data_key).endswith(text), "filled on the new primary"
             assert not new.exists(f"{filled.data_key}:lease"), "no lease left behind"
     finally:
+        tracked.close()
         sync_cache.close()
         await async_cache.aclose()
         old.close()

@@ -180,6 +180,7 @@ class Listener:
         self._health_interval = health_interval
         self._retry = retry
         self._closed = threading.Event()
+        self._moved = threading.Event()
         self._live = threading.Event()
         self._followed: list[_Followed] = []
         self._thread = threading.Thread(target=self._run, name=f"cdc-cache-{name}-l1", daemon=True)
@@ -203,6 +204,11 @@ class Listener:
         self._closed.set()
         self._thread.join(timeout=5)
 
+    def moved(self) -> None:
+        """The node moved (a Sentinel failover): the subscription starts
+        over within a second, at the address the seed names then."""
+        self._moved.set()
+
     def drain(self) -> bool:
         """Handles every message already received, without waiting; ``False``
         when the subscription is not live (or just failed)."""
@@ -222,6 +228,7 @@ class Listener:
     def _run(self) -> None:
         while not self._closed.is_set():
             followed: list[_Followed] = []
+            self._moved.clear()
             try:
                 seeds = [self._seed.address]
                 if self._cluster:
@@ -293,6 +300,8 @@ class Listener:
         (to see ``stop``)."""
         interval = self._health_interval
         while not stop.is_set() and not self._closed.is_set():
+            if self._moved.is_set():
+                raise ConnectionError("the primary moved")
             with f.lock:
                 f.read_ready(self._handle)
                 silent = time.monotonic() - f.heard

@@ -127,7 +127,12 @@ class AsyncCache(CacheBase):
         self._setup(settings, registry)
         self._flights: dict[tuple[object, ...], _Flight] = {}
         self._read_only = True  # EVALSHA_RO until a server refuses it (before 7.0)
-        self._switch_watch = SwitchWatch(sentinel) if sentinel is not None else None
+        listener = self._listener
+        self._switch_watch = (
+            SwitchWatch(sentinel, listener.moved if listener is not None else None)
+            if sentinel is not None
+            else None
+        )
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool = False, **options: Any) -> AsyncCache:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,10 +134,14 @@ class SentinelSettings:
 class SwitchWatch:
     """A daemon thread subscribed to one Sentinel's ``+switch-master`` at a
     time (the next one when it fails); ``switched()`` is true once after an
-    announcement for the master name."""
+    announcement for the master name, and ``on_switch`` (the L1's
+    subscription moving) runs on this thread at the announcement."""
 
-    def __init__(self, settings: SentinelSettings) -> None:
+    def __init__(
+        self, settings: SentinelSettings, on_switch: Callable[[], None] | None = None
+    ) -> None:
         self._settings = settings
+        self._on_switch = on_switch
         self._stop = threading.Event()
         self._flag = threading.Event()
         self._thread = threading.Thread(
@@ -188,6 +192,8 @@ class SwitchWatch:
                 if isinstance(data, bytes) and data.split(b" ", 1)[0] == name:
                     log.info("sentinel: %s switched primary: %s", host, data.decode())
                     self._flag.set()
+                    if self._on_switch is not None:
+                        self._on_switch()
         finally:
             pubsub.close()
             conn.close()

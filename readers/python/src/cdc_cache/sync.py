@@ -128,7 +128,12 @@ class Cache(CacheBase):
         self._flights: dict[tuple[object, ...], _Flight] = {}
         self._flights_lock = threading.Lock()
         self._read_only = True  # EVALSHA_RO until a server refuses it (before 7.0)
-        self._switch_watch = SwitchWatch(sentinel) if sentinel is not None else None
+        listener = self._listener
+        self._switch_watch = (
+            SwitchWatch(sentinel, listener.moved if listener is not None else None)
+            if sentinel is not None
+            else None
+        )
         # Loaders under loader_timeout run here, so the get can stop waiting.
         self._loaders = (
             concurrent.futures.ThreadPoolExecutor(thread_name_prefix=f"cdc-cache-{name}-loader")
