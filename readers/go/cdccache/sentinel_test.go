@@ -91,6 +91,8 @@ func TestSentinelFailover(t *testing.T) {
 	t.Cleanup(func() { _ = client.Close() })
 	f := newFixture(t, topology{name: "sentinel", client: client})
 	cache := f.cache(unique("sentinel"))
+	// With the tracking L1, whose connection must follow the primary too.
+	tracked := f.cache(unique("tracked"), WithTrackingL1(TrackingL1{}))
 	key := unique("product") + ":1"
 
 	// A version the replica has acknowledged (WAIT 1) before the failover.
@@ -108,6 +110,11 @@ func TestSentinelFailover(t *testing.T) {
 	before, err := cache.Get(ctx, key, newLoads("before", 0).load, TTL(testTTL))
 	if err != nil || before.Hit || string(before.Value) != "before" || !strings.HasSuffix(before.DataKey, ":v"+v1) {
 		t.Fatalf("before the failover: %+v, %v", before, err)
+	}
+	for range 2 {
+		if got, err := tracked.Get(ctx, key, newLoads("unused", 0).load, TTL(testTTL)); err != nil || got.DataKey != before.DataKey {
+			t.Fatalf("tracked before the failover: %+v, %v", got, err)
+		}
 	}
 	replica := onPort(t, base+1)
 	deadline := time.Now().Add(5 * time.Second)
@@ -155,6 +162,15 @@ func TestSentinelFailover(t *testing.T) {
 	if n := primary.Exists(ctx, filled.DataKey+":lease").Val(); n != 0 {
 		t.Fatal("the lease was left behind")
 	}
+
+	// The tracking L1 let go of the old primary's entry.
+	seen, tries, err := getUntil(func() (Result, error) {
+		return tracked.Get(ctx, key, newLoads("unused", 0).load, TTL(testTTL))
+	}, func(r Result) bool { return r.DataKey == filled.DataKey })
+	if err != nil || seen.DataKey != filled.DataKey || string(seen.Value) != "after" {
+		t.Fatalf("tracking L1 after the failover (%d attempts before): %+v, %v", tries, seen, err)
+	}
+	t.Logf("tracking L1 after the failover: %d attempts before", tries)
 }
 
 func TestSentinelSettingsHidePasswords(t *testing.T) {

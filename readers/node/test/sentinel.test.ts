@@ -77,6 +77,9 @@ test('through Sentinel: a read and a fill succeed on the new primary after a fai
   });
   const prefix = `${unique('ver')}:`;
   const cache = new Cache(redis, { name: 'sentinel', prefix, registry: new Registry() });
+  // With the tracking L1, whose connections must follow the primary too.
+  const tracked = new Cache(redis, { name: 'sentinel-tracked', prefix, registry: new Registry(), l1: { mode: 'tracking' } });
+  after(() => tracked.close());
   const key = `${unique('product')}:1`;
   const ttlMs = 60_000;
 
@@ -86,6 +89,9 @@ test('through Sentinel: a read and a fill succeed on the new primary after a fai
   const before = await cache.get(key, { ttlMs, loader: async () => 'before' });
   assert.equal(before.hit, false);
   assert.ok(before.dataKey.endsWith(`:v${v1}`), before.dataKey);
+  for (let i = 0; i < 2; i++) {
+    assert.equal((await tracked.get(key, { ttlMs, loader: async () => 'unused' })).dataKey, before.dataKey);
+  }
   const replicated = Date.now() + 5000;
   while (!((await replica.get(before.dataKey)) ?? '').endsWith(':before')) {
     assert.ok(Date.now() < replicated, 'the replica never received the fill');
@@ -118,5 +124,13 @@ test('through Sentinel: a read and a fill succeed on the new primary after a fai
   assert.ok(fill.got.dataKey.endsWith(`:v${v2}`), fill.got.dataKey);
   assert.ok(((await primary.get(fill.got.dataKey)) ?? '').endsWith(':after'), 'the new primary holds the fill');
   assert.equal(await primary.exists(`${fill.got.dataKey}:lease`), 0, 'no lease left behind');
+  // The tracking L1 let go of the old primary's entry.
+  const seen = await until(
+    () => tracked.get(key, { ttlMs, loader: async () => 'unused' }),
+    (got) => got.dataKey === fill.got.dataKey,
+  );
+  t.diagnostic(`tracking L1 after the failover: ${seen.tries} attempts before`);
+  assert.equal(seen.got.dataKey, fill.got.dataKey);
+  assert.equal(seen.got.value, 'after');
   await cache.close();
 });

@@ -119,6 +119,18 @@ public final class SentinelSettings {
    */
   public RedisURI redisUri() {
     RedisURI.Builder b = RedisURI.builder().withSentinelMasterId(masterName).withDatabase(db).withSsl(tls);
+    for (RedisURI sentinel : sentinelUris()) {
+      b = b.withSentinel(sentinel);
+    }
+    if (password != null) {
+      b = username != null ? b.withAuthentication(username, password) : b.withPassword(password.toCharArray());
+    }
+    return b.build();
+  }
+
+  /** Each Sentinel's own URI, with the Sentinels' credentials. */
+  List<RedisURI> sentinelUris() {
+    List<RedisURI> out = new ArrayList<>();
     for (String address : addresses) {
       String[] hp = hostAndPort(address);
       RedisURI.Builder sentinel = RedisURI.builder().withHost(hp[0]).withPort(Integer.parseInt(hp[1])).withSsl(tls);
@@ -127,12 +139,9 @@ public final class SentinelSettings {
             ? sentinel.withAuthentication(sentinelUsername, sentinelPassword)
             : sentinel.withPassword(sentinelPassword.toCharArray());
       }
-      b = b.withSentinel(sentinel.build());
+      out.add(sentinel.build());
     }
-    if (password != null) {
-      b = username != null ? b.withAuthentication(username, password) : b.withPassword(password.toCharArray());
-    }
-    return b.build();
+    return out;
   }
 
   private static String[] hostAndPort(String address) {

@@ -111,7 +111,10 @@ class SentinelTest {
     SentinelSettings settings = SentinelSettings.of("cdc-readers", sentinels);
     CacheOptions options = CacheOptions.defaults().name("sentinel").prefix(prefix).meterRegistry(new SimpleMeterRegistry());
     RedisClient plain = RedisClient.create();
+    // With the exact L1, whose tracking connection must follow the primary too.
+    CacheOptions trackedOptions = options.name("sentinel-tracked").l1(L1Options.tracking());
     try (Cache cache = Cache.create(settings, options);
+        Cache tracked = Cache.create(settings, trackedOptions);
         StatefulRedisConnection<String, String> old = plain.connect(RedisURI.create("127.0.0.1", BASE));
         StatefulRedisConnection<String, String> promoted = plain.connect(RedisURI.create("127.0.0.1", BASE + 1))) {
       RedisCommands<String, String> neu = promoted.sync();
@@ -121,6 +124,9 @@ class SentinelTest {
       Got before = cache.get(key, TTL, loading("before"));
       assertFalse(before.hit());
       assertTrue(before.dataKey().endsWith(":v" + v1), before.dataKey());
+      for (int i = 0; i < 2; i++) {
+        assertEquals(before.dataKey(), tracked.get(key, TTL, loading("unused")).dataKey());
+      }
       long replicated = System.nanoTime() + TimeUnit.SECONDS.toNanos(5);
       while (!String.valueOf(neu.get(before.dataKey())).endsWith(":before")) {
         assertTrue(System.nanoTime() < replicated, "the replica never received the fill");
@@ -147,6 +153,10 @@ class SentinelTest {
       assertTrue(filled.dataKey().endsWith(":v" + v2), filled.dataKey());
       assertTrue(String.valueOf(neu.get(filled.dataKey())).endsWith(":after"), "filled on the new primary");
       assertEquals(0L, neu.exists(filled.dataKey() + ":lease"), "no lease left behind");
+      // The exact L1 let go of the old primary's entry.
+      Got seen = until(() -> tracked.get(key, TTL, loading("unused")), got -> got.dataKey().endsWith(":v" + v2));
+      assertEquals(filled.dataKey(), seen.dataKey());
+      assertEquals("after", seen.text());
     } finally {
       plain.shutdown();
     }
