@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::sentinel::SentinelClient;
 use redis::FromRedisValue;
 
 use crate::Error;
@@ -27,133 +27,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pause before asking the next Sentinel after one failed.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
-/// The daemon's `[redis.sentinel]`, same names and meaning
-/// (docs/operations.md). `Debug` never shows a password.
-#[derive(Clone)]
-pub struct SentinelSettings {
-    /// The name the Sentinels monitor (`sentinel monitor <name> ...`).
-    pub master_name: String,
-    /// `(host, port)` of each Sentinel; three or more in production.
-    pub addresses: Vec<(String, u16)>,
-    /// The primary's and replicas' ACL user and password.
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// The Sentinels' own.
-    pub sentinel_username: Option<String>,
-    pub sentinel_password: Option<String>,
-    /// TLS to the Sentinels and to the data nodes (certificates verified).
-    pub tls: bool,
-    /// The database the version records live in.
-    pub db: i64,
-}
+/// The daemon's `[redis.sentinel]`, the same type (crates/cdc-sentinel):
+/// same names and meaning. `Debug` never shows a password.
+pub use cdc_sentinel::SentinelSettings;
 
-// By hand: the passwords must never reach a log line or an error.
-impl std::fmt::Debug for SentinelSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SentinelSettings")
-            .field("master_name", &self.master_name)
-            .field("addresses", &self.addresses)
-            .field("username", &self.username)
-            .field("sentinel_username", &self.sentinel_username)
-            .field("tls", &self.tls)
-            .field("db", &self.db)
-            .finish_non_exhaustive()
+impl From<cdc_sentinel::Invalid> for Error {
+    fn from(e: cdc_sentinel::Invalid) -> Error {
+        Error::InvalidOptions(e.0)
     }
 }
 
-impl SentinelSettings {
-    /// The master name and the Sentinels as `"host:port"` (the daemon's
-    /// `CDC_REDIS_SENTINELS` entries); no credentials, no TLS, database 0.
-    pub fn new<S: AsRef<str>>(
-        master_name: impl Into<String>,
-        addresses: impl IntoIterator<Item = S>,
-    ) -> Result<Self, Error> {
-        let addresses = addresses
-            .into_iter()
-            .map(|a| {
-                let a = a.as_ref();
-                a.rsplit_once(':')
-                    .and_then(|(host, port)| Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?)))
-                    .filter(|(host, port): &(String, u16)| !host.is_empty() && *port > 0)
-                    .ok_or_else(|| Error::InvalidOptions(format!("sentinel: address {a:?} is not \"host:port\"")))
-            })
-            .collect::<Result<_, _>>()?;
-        let settings = SentinelSettings {
-            master_name: master_name.into(),
-            addresses,
-            username: None,
-            password: None,
-            sentinel_username: None,
-            sentinel_password: None,
-            tls: false,
-            db: 0,
-        };
-        settings.validate()?;
-        Ok(settings)
-    }
-
-    pub(crate) fn validate(&self) -> Result<(), Error> {
-        if self.master_name.is_empty() {
-            return Err(Error::InvalidOptions("sentinel: master_name is empty".into()));
-        }
-        if self.addresses.is_empty() {
-            return Err(Error::InvalidOptions("sentinel: addresses is empty".into()));
-        }
-        if self.db < 0 {
-            return Err(Error::InvalidOptions(format!("sentinel: db {} is negative", self.db)));
-        }
-        Ok(())
-    }
-
-    fn address(&self, host: &str, port: u16) -> redis::ConnectionAddr {
-        match self.tls {
-            true => redis::ConnectionAddr::TcpTls {
-                host: host.to_owned(),
-                port,
-                insecure: false,
-                tls_params: None,
-            },
-            false => redis::ConnectionAddr::Tcp(host.to_owned(), port),
-        }
-    }
-
-    /// redis-rs's Sentinel client, asked for the primary only (a replica
-    /// lags: a get's version check must see the newest version).
-    fn client(&self) -> redis::RedisResult<SentinelClient> {
-        let addresses = self.addresses.iter().map(|(host, port)| self.address(host, *port));
-        let mut builder = SentinelClientBuilder::new(addresses, &self.master_name, SentinelServerType::Master)?
-            .set_client_to_redis_db(self.db);
-        if self.tls {
-            builder = builder
-                .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
-                .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
-        }
-        if let Some(user) = &self.username {
-            builder = builder.set_client_to_redis_username(user);
-        }
-        if let Some(password) = &self.password {
-            builder = builder.set_client_to_redis_password(password);
-        }
-        if let Some(user) = &self.sentinel_username {
-            builder = builder.set_client_to_sentinel_username(user);
-        }
-        if let Some(password) = &self.sentinel_password {
-            builder = builder.set_client_to_sentinel_password(password);
-        }
-        builder.build()
-    }
-
-    /// One Sentinel, with the Sentinels' credentials.
-    fn sentinel_connection_info(&self, host: &str, port: u16) -> redis::RedisResult<redis::ConnectionInfo> {
-        let mut settings = redis::RedisConnectionInfo::default();
-        if let Some(user) = &self.sentinel_username {
-            settings = settings.set_username(user);
-        }
-        if let Some(password) = &self.sentinel_password {
-            settings = settings.set_password(password);
-        }
-        Ok(redis::IntoConnectionInfo::into_connection_info(self.address(host, port))?.set_redis_settings(settings))
-    }
+fn sentinel_client(settings: &SentinelSettings) -> redis::RedisResult<SentinelClient> {
+    settings.client_builder()?.build()
 }
 
 /// The connection to the primary, replaced whole when it moves. Clones of
@@ -179,7 +64,7 @@ impl Primary {
     pub(crate) async fn connect(settings: SentinelSettings) -> Result<Arc<Primary>, Error> {
         settings.validate()?;
         let primary = Arc::new(Primary {
-            sentinels: tokio::sync::Mutex::new(settings.client()?),
+            sentinels: tokio::sync::Mutex::new(sentinel_client(&settings)?),
             settings,
             current: Mutex::new(None),
             generations: AtomicU64::new(0),
@@ -218,7 +103,7 @@ impl Primary {
                 failed => {
                     // A fresh client next time: no connection to a Sentinel
                     // that stopped answering is kept.
-                    *sentinels = self.settings.client()?;
+                    *sentinels = sentinel_client(&self.settings)?;
                     return Err(match failed {
                         Ok(Err(e)) => e,
                         _ => timed_out("asking the sentinels for the primary"),
@@ -324,31 +209,4 @@ async fn watch_switches(primary: Weak<Primary>) {
 /// is one assignment, always consistent.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn debug_hides_passwords_and_addresses_are_checked() {
-        let mut s = SentinelSettings::new("m", ["h:1", "[::1]:2"]).unwrap();
-        assert_eq!(s.addresses, vec![("h".to_owned(), 1), ("::1".to_owned(), 2)]);
-        s.password = Some("data-secret".into());
-        s.sentinel_password = Some("sentinel-secret".into());
-        let printed = format!("{s:?} {s:#?}");
-        assert!(!printed.contains("secret"), "{printed}");
-        assert!(matches!(
-            SentinelSettings::new("m", ["h"]),
-            Err(Error::InvalidOptions(_))
-        ));
-        assert!(matches!(
-            SentinelSettings::new("", ["h:1"]),
-            Err(Error::InvalidOptions(_))
-        ));
-        assert!(matches!(
-            SentinelSettings::new("m", Vec::<String>::new()),
-            Err(Error::InvalidOptions(_))
-        ));
-    }
 }
