@@ -33,35 +33,10 @@ pub struct RedisSettings {
     pub wait_timeout: Duration,
 }
 
-/// `[redis.sentinel]`, validated.
-#[derive(Clone)]
-pub struct SentinelSettings {
-    pub master_name: String,
-    /// `(host, port)` of each Sentinel.
-    pub addresses: Vec<(String, u16)>,
-    /// The data nodes' ACL user and password.
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// The Sentinels' own.
-    pub sentinel_username: Option<String>,
-    pub sentinel_password: Option<String>,
-    pub tls: bool,
-    pub db: i64,
-}
-
-// By hand: the passwords must never reach a log line or an error.
-impl std::fmt::Debug for SentinelSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SentinelSettings")
-            .field("master_name", &self.master_name)
-            .field("addresses", &self.addresses)
-            .field("username", &self.username)
-            .field("sentinel_username", &self.sentinel_username)
-            .field("tls", &self.tls)
-            .field("db", &self.db)
-            .finish_non_exhaustive()
-    }
-}
+/// `[redis.sentinel]`, validated: the type the Rust reader takes too
+/// (crates/cdc-sentinel), so both read the settings alike. Its `Debug`
+/// never shows a password.
+pub use cdc_sentinel::SentinelSettings;
 
 impl RedisSettings {
     /// Where the version records live, for logs and `check`: the URL with its

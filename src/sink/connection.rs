@@ -20,7 +20,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::{socket2, TcpSettings};
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::sentinel::SentinelClient;
 
 use super::request::{Layout, ScriptCall};
 use super::SinkError;
@@ -176,37 +176,11 @@ async fn bounded<T>(
 }
 
 fn sentinel_client(settings: &SentinelSettings, tcp: &TcpSettings) -> redis::RedisResult<SentinelClient> {
-    let addresses = settings.addresses.iter().map(|(host, port)| match settings.tls {
-        true => redis::ConnectionAddr::TcpTls {
-            host: host.clone(),
-            port: *port,
-            insecure: false,
-            tls_params: None,
-        },
-        false => redis::ConnectionAddr::Tcp(host.clone(), *port),
-    });
-    let mut builder = SentinelClientBuilder::new(addresses, &settings.master_name, SentinelServerType::Master)?
-        .set_client_to_redis_db(settings.db)
+    settings
+        .client_builder()?
         .set_client_to_redis_tcp_settings(tcp.clone())
-        .set_client_to_sentinel_tcp_settings(tcp.clone());
-    if settings.tls {
-        builder = builder
-            .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
-            .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
-    }
-    if let Some(user) = &settings.username {
-        builder = builder.set_client_to_redis_username(user);
-    }
-    if let Some(password) = &settings.password {
-        builder = builder.set_client_to_redis_password(password);
-    }
-    if let Some(user) = &settings.sentinel_username {
-        builder = builder.set_client_to_sentinel_username(user);
-    }
-    if let Some(password) = &settings.sentinel_password {
-        builder = builder.set_client_to_sentinel_password(password);
-    }
-    builder.build()
+        .set_client_to_sentinel_tcp_settings(tcp.clone())
+        .build()
 }
 
 /// Where a single server's connection comes from.
@@ -340,7 +314,9 @@ async fn watch_switches(shared: std::sync::Weak<Shared>, settings: SentinelSetti
             return;
         }
         let subscribed = async {
-            let info = super::sentinel::sentinel_info(&settings, host, *port)?.set_tcp_settings(tcp.clone());
+            let info = settings
+                .sentinel_connection_info(host, *port)?
+                .set_tcp_settings(tcp.clone());
             let mut pubsub = redis::Client::open(info)?.get_async_pubsub().await?;
             pubsub.subscribe("+switch-master").await?;
             Ok::<_, redis::RedisError>(pubsub.into_on_message())

@@ -64,7 +64,7 @@ pub(crate) async fn view(settings: &SentinelSettings, timeout: Duration) -> Sent
     for (host, port) in &settings.addresses {
         let sentinel = format!("{host}:{port}");
         let asked = async {
-            let client = redis::Client::open(sentinel_info(settings, host, *port)?)?;
+            let client = redis::Client::open(settings.sentinel_connection_info(host, *port)?)?;
             let mut connection = client.get_multiplexed_async_connection().await?;
             let address: Option<(String, u16)> = redis::cmd("SENTINEL")
                 .arg("GET-MASTER-ADDR-BY-NAME")
@@ -130,35 +130,6 @@ fn replica_state(sentinel_says: &HashMap<String, String>, offsets: Option<&Repli
     }
 }
 
-/// How to reach one Sentinel: its address, the Sentinels' credentials and TLS.
-pub(crate) fn sentinel_info(
-    settings: &SentinelSettings,
-    host: &str,
-    port: u16,
-) -> redis::RedisResult<redis::ConnectionInfo> {
-    let mut redis = redis::RedisConnectionInfo::default();
-    if let Some(user) = &settings.sentinel_username {
-        redis = redis.set_username(user);
-    }
-    if let Some(password) = &settings.sentinel_password {
-        redis = redis.set_password(password);
-    }
-    Ok(address_info(settings.tls, host, port)?.set_redis_settings(redis))
-}
-
-fn address_info(tls: bool, host: &str, port: u16) -> redis::RedisResult<redis::ConnectionInfo> {
-    let addr = match tls {
-        true => redis::ConnectionAddr::TcpTls {
-            host: host.to_owned(),
-            port,
-            insecure: false,
-            tls_params: None,
-        },
-        false => redis::ConnectionAddr::Tcp(host.to_owned(), port),
-    };
-    redis::IntoConnectionInfo::into_connection_info(addr)
-}
-
 /// The replication offsets in a primary's `INFO replication`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct ReplicationInfo {
@@ -211,7 +182,8 @@ async fn primary_offsets(settings: &SentinelSettings, primary: &str, timeout: Du
     }
     let port = port.parse().ok()?;
     let asked = async {
-        let client = redis::Client::open(address_info(settings.tls, host, port)?.set_redis_settings(redis))?;
+        let address = redis::IntoConnectionInfo::into_connection_info(settings.address(host, port))?;
+        let client = redis::Client::open(address.set_redis_settings(redis))?;
         let mut connection = client.get_multiplexed_async_connection().await?;
         redis::cmd("INFO")
             .arg("replication")

@@ -21,8 +21,10 @@ import (
 	"container/list"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -435,6 +437,18 @@ func (c *Cache) primaries(ctx context.Context) (map[string]*redis.Options, error
 	out := map[string]*redis.Options{}
 	if c.cluster == nil {
 		opt := c.standalone.Options()
+		if opt.Addr == failoverClientAddr {
+			// go-redis's failover client (NewSentinelClient): track the
+			// primary it reaches now. When a failover moves it, the address
+			// changes and the next look replaces the tracking connection.
+			addr, err := servedBy(ctx, c.standalone)
+			if err != nil {
+				return nil, err
+			}
+			direct := *opt
+			direct.Addr, direct.Dialer = addr, nil
+			opt = &direct
+		}
 		out[opt.Addr] = opt
 		return out, nil
 	}
@@ -447,6 +461,24 @@ func (c *Cache) primaries(ctx context.Context) (map[string]*redis.Options, error
 		return nil
 	})
 	return out, err
+}
+
+// failoverClientAddr is the Addr go-redis gives a failover client's options.
+const failoverClientAddr = "FailoverClient"
+
+// servedBy is the address of the server client's connections reach
+// (CLIENT INFO's laddr: the server's end of the connection).
+func servedBy(ctx context.Context, client *redis.Client) (string, error) {
+	info, err := client.Do(ctx, "CLIENT", "INFO").Text()
+	if err != nil {
+		return "", fmt.Errorf("cdccache: CLIENT INFO on the failover client: %w", err)
+	}
+	for _, field := range strings.Fields(info) {
+		if addr, ok := strings.CutPrefix(field, "laddr="); ok {
+			return addr, nil
+		}
+	}
+	return "", fmt.Errorf("cdccache: CLIENT INFO has no laddr: %q", info)
 }
 
 // covered says whether a record's primary is tracked (Cluster only).

@@ -6,4 +6,5 @@ export { Cache, LeaseTimeoutError, LoaderError, LoaderTimeoutError, ProtocolErro
 export { key, Template, KeyError, escape, renderValue, plainDecimal, float32, float64, decimal, integer, type KeyValue } from './key';
 export { L1, type L1Options } from './l1';
 export { NAMES as METRIC_NAMES, metricsFor } from './metrics';
+export { SentinelSettings, sentinelRedis, type SentinelSettingsInit } from './sentinel';
 export { BadVersionError, InvalidOptionsError, Layout, leaseKey, parseVersion, type Fields } from './naming';

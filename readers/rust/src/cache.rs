@@ -16,6 +16,7 @@ use crate::flight::{Followed, Joined, Leader, Shared};
 use crate::l1::{L1Mode, L1Options, ReadStart, L1};
 use crate::metrics::Handles;
 use crate::naming::{lease_key, parse_version, Fields, Layout};
+use crate::sentinel::SentinelSettings;
 use crate::tracking::Tracking;
 use crate::{millis, BoxError, Error};
 
@@ -195,8 +196,31 @@ fn cmd<A: redis::ToRedisArgs>(name: &str, args: A) -> redis::Cmd {
     c
 }
 
+/// Where the cache's own calls go: the application's connection, or the
+/// primary Sentinel names (followed across failovers).
+enum Link {
+    Given(Connection),
+    Sentinel(Arc<crate::sentinel::Primary>),
+}
+
+impl Link {
+    async fn query<T: FromRedisValue>(&self, cmd: redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Link::Given(c) => c.query(cmd).await,
+            Link::Sentinel(p) => p.query(&cmd).await,
+        }
+    }
+
+    fn cluster(&self) -> Option<&ClusterConnection> {
+        match self {
+            Link::Given(Connection::Cluster(c)) => Some(c),
+            _ => None,
+        }
+    }
+}
+
 struct Inner {
-    conn: Connection,
+    conn: Link,
     options: CacheOptions,
     read_sha: String,
     release_sha: String,
@@ -294,7 +318,22 @@ impl Cache {
     /// and protocol settings); the cache opens its own connections.
     pub async fn from_client(client: redis::Client, options: CacheOptions) -> Result<Cache, Error> {
         let conn = ConnectionManager::new(client.clone()).await?;
-        Cache::build(Connection::Standalone(conn), Some(client), options).await
+        Cache::build(Link::Given(Connection::Standalone(conn)), Some(client), options).await
+    }
+
+    /// The primary Redis Sentinel names (spec section 14), followed across
+    /// failovers: the connection is replaced when the Sentinels announce
+    /// `+switch-master`, and when a call meets `READONLY`, a dropped or
+    /// refused connection or a timeout (that call fails; the next one asks
+    /// the Sentinels). Never a replica: replicas lag, and a get's version
+    /// check must see the newest version. The tracking L1's connection is
+    /// made to the primary in use and replaced when it moves; the bounded
+    /// L1's notices are followed on the primary found at connect (after a
+    /// failover it is a replica, which relays what the new one publishes).
+    pub async fn connect_sentinel(settings: SentinelSettings, options: CacheOptions) -> Result<Cache, Error> {
+        let primary = crate::sentinel::Primary::connect(settings).await?;
+        let (_, client) = primary.client().await?;
+        Cache::build(Link::Sentinel(primary), Some(client), options).await
     }
 
     /// A Redis Cluster, from one or more seed nodes.
@@ -303,7 +342,7 @@ impl Cache {
             .first()
             .ok_or_else(|| Error::InvalidOptions("connect_cluster: no seed node".into()))?;
         let cluster = redis::cluster::ClusterClient::new(urls.to_vec())?;
-        let conn = Connection::Cluster(cluster.get_async_connection().await?);
+        let conn = Link::Given(Connection::Cluster(cluster.get_async_connection().await?));
         // Any node relays a cluster's Pub/Sub messages: one seed suffices.
         Cache::build(conn, Some(redis::Client::open(*first)?), options).await
     }
@@ -317,10 +356,10 @@ impl Cache {
         client: Option<redis::Client>,
         options: CacheOptions,
     ) -> Result<Cache, Error> {
-        Cache::build(conn.into(), client, options).await
+        Cache::build(Link::Given(conn.into()), client, options).await
     }
 
-    async fn build(conn: Connection, client: Option<redis::Client>, options: CacheOptions) -> Result<Cache, Error> {
+    async fn build(conn: Link, client: Option<redis::Client>, options: CacheOptions) -> Result<Cache, Error> {
         options.validate()?;
         let m = Arc::new(Handles::new(&options.name));
         let l1 = options.l1.clone().map(|o| Arc::new(L1::new(o, &options.prefix)));
@@ -336,12 +375,16 @@ impl Cache {
             };
             match &l1.options.mode {
                 L1Mode::Tracking => {
-                    if matches!(conn, Connection::Cluster(_)) {
+                    if conn.cluster().is_some() {
                         return Err(Error::InvalidOptions(
                             "the tracking L1 needs a standalone Redis (on a cluster use the bounded L1)".into(),
                         ));
                     }
-                    let t = Tracking::new(&needs_client()?, &options.name, l1.clone(), m.clone())?;
+                    let primary = match &conn {
+                        Link::Sentinel(p) => Some(p.clone()),
+                        Link::Given(_) => None,
+                    };
+                    let t = Tracking::new(&needs_client()?, primary, &options.name, l1.clone(), m.clone())?;
                     tasks.push(tokio::spawn(t.clone().run()));
                     tracking = Some(t);
                 }
@@ -379,12 +422,12 @@ impl Cache {
         for text in [READ_LUA, RELEASE_LUA] {
             let mut cmd = redis::cmd("SCRIPT");
             cmd.arg("LOAD").arg(text);
-            match &self.inner.conn {
-                Connection::Standalone(_) => {
+            match self.inner.conn.cluster() {
+                None => {
                     let _: String = self.inner.conn.query(cmd.clone()).await?;
                 }
                 // Every primary needs the scripts; only release.lua runs there.
-                Connection::Cluster(c) => {
+                Some(c) => {
                     let routing = redis::cluster_routing::RoutingInfo::MultiNode((
                         redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters,
                         None,
@@ -804,8 +847,8 @@ impl Cache {
         let Some((epoch_record, field_records)) = layout.records.split_first() else {
             return Err(Error::InvalidOptions(format!("key {:?}: no epoch record", layout.key)));
         };
-        let (now_us, texts, script_key, pttl_ms, value) = match &inner.conn {
-            Connection::Standalone(_) => {
+        let (now_us, texts, script_key, pttl_ms, value) = match inner.conn.cluster() {
+            None => {
                 let reply = self.run_read_script(layout, tracked).await?;
                 let Value::Array(mut items) = reply else {
                     return Err(Error::Protocol(format!("{reply:?}")));
@@ -831,7 +874,7 @@ impl Cache {
                 let texts: Vec<Option<Vec<u8>>> = texts.iter().map(opt_bytes).collect();
                 (now_us, texts, Some(key), pttl, value)
             }
-            Connection::Cluster(_) => {
+            Some(_) => {
                 let mut epoch = redis::cmd("HGET");
                 epoch.arg(epoch_record).arg("e");
                 let fields = field_records.iter().map(|r| {

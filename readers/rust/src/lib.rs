@@ -10,6 +10,8 @@
 //!   lease attempt and one wait
 //! - `l1`      the optional in-process cache, and the daemon's notices
 //! - `tracking` the exact L1's Redis connection (client-side caching)
+//! - `sentinel` the daemon's `[redis.sentinel]` settings, and the primary
+//!   they name, followed across failovers (`Cache::connect_sentinel`)
 //! - `metrics` every metric name, described once
 //!
 //! ```no_run
@@ -36,6 +38,7 @@ pub mod key;
 mod l1;
 pub mod metrics;
 pub mod naming;
+mod sentinel;
 mod tracking;
 
 use std::sync::Arc;
@@ -44,6 +47,7 @@ use std::time::Duration;
 pub use cache::{Cache, CacheOptions, Connection, Consistency, GetOptions, Got};
 pub use key::{key, KeyValue, Template};
 pub use l1::{L1Mode, L1Options};
+pub use sentinel::SentinelSettings;
 
 /// The loader's error, as the loader returns it.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -20,6 +20,17 @@ use tokio::sync::Notify;
 
 use crate::l1::L1;
 use crate::metrics::Handles;
+use crate::sentinel::Primary;
+
+/// The same client speaking RESP3, whatever protocol it was configured with.
+fn resp3(client: &redis::Client) -> Result<redis::Client, redis::RedisError> {
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    redis::Client::open(info.set_redis_settings(settings))
+}
 
 /// How often the tracking connection is checked, and how long its answer may
 /// take: a silently dead connection is noticed within their sum.
@@ -30,6 +41,11 @@ const RECONNECT_DELAY: Duration = Duration::from_millis(250);
 
 pub(crate) struct Tracking {
     client: redis::Client,
+    /// Behind Sentinel: the primary to connect to, asked at every
+    /// connection, and the connection it had then (a connection made before
+    /// the primary moved is not used and is replaced).
+    primary: Option<Arc<Primary>>,
+    primary_generation: AtomicU64,
     /// `CLIENT SETNAME` of the tracking connection, so an operator (or a
     /// test) can tell it apart in `CLIENT LIST`.
     connection_name: String,
@@ -46,16 +62,12 @@ impl Tracking {
     /// whatever protocol the client was configured with.
     pub fn new(
         client: &redis::Client,
+        primary: Option<Arc<Primary>>,
         cache_name: &str,
         l1: Arc<L1>,
         m: Arc<Handles>,
     ) -> Result<Arc<Tracking>, redis::RedisError> {
-        let info = client.get_connection_info().clone();
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let client = resp3(client)?;
         // Client names allow no spaces or newlines.
         let safe: String = cache_name
             .chars()
@@ -63,6 +75,8 @@ impl Tracking {
             .collect();
         Ok(Arc::new(Tracking {
             client,
+            primary,
+            primary_generation: AtomicU64::new(0),
             connection_name: format!("cdc-cache-tracking:{safe}"),
             l1,
             m,
@@ -72,9 +86,20 @@ impl Tracking {
         }))
     }
 
-    /// The tracking connection, when up.
+    /// The tracking connection, when up (and, behind Sentinel, still to
+    /// the primary: after a switch the reads go to the main connection
+    /// until the health check has replaced it).
     pub fn connection(&self) -> Option<MultiplexedConnection> {
+        if !self.on_primary() {
+            return None;
+        }
         self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn on_primary(&self) -> bool {
+        self.primary
+            .as_ref()
+            .is_none_or(|p| p.generation() == Some(self.primary_generation.load(Ordering::SeqCst)))
     }
 
     /// Marks connection `generation` lost: the L1 is flushed and stops
@@ -130,10 +155,15 @@ impl Tracking {
                 Ok::<(), std::convert::Infallible>(())
             })
             .set_response_timeout(Some(HEALTH_TIMEOUT));
-        let mut conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let client = match &self.primary {
+            Some(primary) => {
+                let (primary_generation, client) = primary.client().await?;
+                self.primary_generation.store(primary_generation, Ordering::SeqCst);
+                resp3(&client)?
+            }
+            None => self.client.clone(),
+        };
+        let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
         let () = redis::cmd("CLIENT")
             .arg("SETNAME")
             .arg(&self.connection_name)
@@ -172,7 +202,7 @@ impl Tracking {
                     }
                     let ping =
                         tokio::time::timeout(HEALTH_TIMEOUT, redis::cmd("PING").query_async::<String>(&mut conn)).await;
-                    if !matches!(ping, Ok(Ok(_))) {
+                    if !matches!(ping, Ok(Ok(_))) || !self.on_primary() {
                         self.lose(generation);
                         break;
                     }

@@ -8,6 +8,8 @@ numbers in this package refer to it.
 - ``key``/``Template``: cache keys rendered exactly as the daemon renders them
 - ``L1`` (bounded, spec section 8) and ``TrackingL1`` (exact, Redis client
   tracking): the in-process caches
+- ``SentinelSettings``: the daemon's ``[redis.sentinel]``; ``Cache.from_sentinel``
+  and ``AsyncCache.from_sentinel`` follow the primary across failovers
 - ``errors``: one class per error kind of spec section 11
 - ``metrics``: every metric name (prometheus_client)
 
@@ -38,6 +40,7 @@ from .metrics import NAMES as METRIC_NAMES
 from .naming import Fields, Layout, lease_key, parse_version
 from .options import L1, Consistency, Duration, TrackingL1
 from .result import CacheResult
+from .sentinel import SentinelSettings
 from .sync import Cache, Loader
 
 __all__ = [
@@ -63,6 +66,7 @@ __all__ = [
     "LoaderTimeoutError",
     "ProtocolError",
     "RedisError",
+    "SentinelSettings",
     "Template",
     "TrackingL1",
     "escape",

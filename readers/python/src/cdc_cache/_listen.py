@@ -29,6 +29,7 @@ import redis.connection
 from ._clients import TRACKING_CHANNEL, log
 from .errors import ProtocolError
 from .options import L1, Settings, TrackingL1, seconds
+from .sentinel import SentinelSettings
 
 __all__ = ["Listener", "NodeSpec"]
 
@@ -56,6 +57,9 @@ class NodeSpec:
 
     connection_class: Any
     kwargs: dict[str, Any]
+    # Where the node is now, asked at every (re)connection (the primary
+    # Sentinel names); None: the host and port of ``kwargs``.
+    locate: Callable[[], tuple[str, int]] | None = None
 
     @classmethod
     def like(cls, connection_class: Any, kwargs: dict[str, Any]) -> NodeSpec:
@@ -76,6 +80,8 @@ class NodeSpec:
 
     @property
     def address(self) -> tuple[str, int]:
+        if self.locate is not None:
+            return self.locate()
         return str(self.kwargs.get("host")), int(self.kwargs.get("port", 6379))
 
     def open(self) -> Any:
@@ -174,6 +180,7 @@ class Listener:
         self._health_interval = health_interval
         self._retry = retry
         self._closed = threading.Event()
+        self._moved = threading.Event()
         self._live = threading.Event()
         self._followed: list[_Followed] = []
         self._thread = threading.Thread(target=self._run, name=f"cdc-cache-{name}-l1", daemon=True)
@@ -197,6 +204,11 @@ class Listener:
         self._closed.set()
         self._thread.join(timeout=5)
 
+    def moved(self) -> None:
+        """The node moved (a Sentinel failover): the subscription starts
+        over within a second, at the address the seed names then."""
+        self._moved.set()
+
     def drain(self) -> bool:
         """Handles every message already received, without waiting; ``False``
         when the subscription is not live (or just failed)."""
@@ -216,6 +228,7 @@ class Listener:
     def _run(self) -> None:
         while not self._closed.is_set():
             followed: list[_Followed] = []
+            self._moved.clear()
             try:
                 seeds = [self._seed.address]
                 if self._cluster:
@@ -287,6 +300,8 @@ class Listener:
         (to see ``stop``)."""
         interval = self._health_interval
         while not stop.is_set() and not self._closed.is_set():
+            if self._moved.is_set():
+                raise ConnectionError("the primary moved")
             with f.lock:
                 f.read_ready(self._handle)
                 silent = time.monotonic() - f.heard
@@ -312,6 +327,16 @@ def _wait_readable(conn: Any, timeout: float) -> None:
         return
     with contextlib.suppress(OSError, ValueError):
         select.select([sock], [], [], timeout)
+
+
+def sentinel_seed(settings: SentinelSettings) -> NodeSpec:
+    """The L1's connections behind Sentinel: to the primary named at each
+    (re)connection, so they follow a failover too."""
+    kwargs = {k: v for k, v in settings.node_kwargs().items() if k in _KEPT}
+    connection_class = (
+        redis.connection.SSLConnection if settings.tls else redis.connection.Connection
+    )
+    return NodeSpec(connection_class, kwargs, locate=settings.primary)
 
 
 def listener_for(

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError as RedisPyError
 
 from . import _clients
 from ._base import CacheBase, joined
-from ._listen import NodeSpec
+from ._listen import NodeSpec, sentinel_seed
 from ._scripts import READ_LUA, READ_SHA, RELEASE_LUA, RELEASE_SHA
 from .errors import (
     CacheError,
@@ -54,6 +54,7 @@ from .flow import (
 from .naming import Layout, lease_key
 from .options import L1, Consistency, Duration, Request, Settings, TrackingL1
 from .result import CacheResult, as_value
+from .sentinel import SentinelSettings, SwitchWatch
 
 __all__ = ["AsyncCache", "AsyncLoader"]
 
@@ -95,6 +96,7 @@ class AsyncCache(CacheBase):
         sample_rate: float = 0.0,
         l1: L1 | TrackingL1 | None = None,
         registry: CollectorRegistry | None = None,
+        sentinel: SentinelSettings | None = None,
     ) -> None:
         if isinstance(client, RedisCluster):
             self._cluster = True
@@ -108,6 +110,7 @@ class AsyncCache(CacheBase):
                 f"{type(client).__name__} (the threaded cdc_cache.Cache takes redis.Redis)"
             )
         self._client = client
+        self._sentinel = sentinel
         self._owns_client = False
         settings = Settings.build(
             name=name,
@@ -124,6 +127,12 @@ class AsyncCache(CacheBase):
         self._setup(settings, registry)
         self._flights: dict[tuple[object, ...], _Flight] = {}
         self._read_only = True  # EVALSHA_RO until a server refuses it (before 7.0)
+        listener = self._listener
+        self._switch_watch = (
+            SwitchWatch(sentinel, listener.moved if listener is not None else None)
+            if sentinel is not None
+            else None
+        )
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool = False, **options: Any) -> AsyncCache:
@@ -131,6 +140,14 @@ class AsyncCache(CacheBase):
         closed with the cache."""
         client: AsyncClient = RedisCluster.from_url(url) if cluster else aredis.Redis.from_url(url)
         cache = cls(client, **options)
+        cache._owns_client = True
+        return cache
+
+    @classmethod
+    def from_sentinel(cls, settings: SentinelSettings, **options: Any) -> AsyncCache:
+        """A cache on the primary the Sentinels name (``settings.async_client()``),
+        following failovers (spec section 14); the client is closed with the cache."""
+        cache = cls(settings.async_client(), sentinel=settings, **options)
         cache._owns_client = True
         return cache
 
@@ -145,6 +162,8 @@ class AsyncCache(CacheBase):
         return await asyncio.to_thread(self._listener.wait_live, timeout)
 
     async def aclose(self) -> None:
+        if self._switch_watch is not None:
+            await asyncio.to_thread(self._switch_watch.close)
         if self._listener is not None:
             await asyncio.to_thread(self._listener.close)
         if self._owns_client:
@@ -190,6 +209,14 @@ class AsyncCache(CacheBase):
             consistency=consistency,
             max_stale=max_stale,
         )
+        if (
+            self._switch_watch is not None
+            and self._switch_watch.switched()
+            and isinstance(self._client, aredis.Redis)
+        ):
+            # A failover was announced: connections to the old primary go,
+            # the next ones ask the Sentinels (spec section 14).
+            await self._client.connection_pool.disconnect()
         started = time.monotonic()
         held = self._from_l1(req)
         if held is not None:
@@ -451,6 +478,8 @@ class AsyncCache(CacheBase):
     # -- the L1's subscription ------------------------------------------------
 
     def _seed(self) -> NodeSpec:
+        if self._sentinel is not None:
+            return sentinel_seed(self._sentinel)
         c = self._client
         if isinstance(c, RedisCluster):
             kwargs = dict(c.get_connection_kwargs())

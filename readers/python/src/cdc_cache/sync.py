@@ -23,7 +23,7 @@ from redis.exceptions import RedisError as RedisPyError
 
 from . import _clients
 from ._base import CacheBase, joined
-from ._listen import NodeSpec
+from ._listen import NodeSpec, sentinel_seed
 from ._scripts import READ_LUA, READ_SHA, RELEASE_LUA, RELEASE_SHA
 from .errors import (
     CacheError,
@@ -55,6 +55,7 @@ from .flow import (
 from .naming import Layout, lease_key
 from .options import L1, Consistency, Duration, Request, Settings, TrackingL1
 from .result import CacheResult, as_value
+from .sentinel import SentinelSettings, SwitchWatch
 
 __all__ = ["Cache", "Loader"]
 
@@ -96,6 +97,7 @@ class Cache(CacheBase):
         sample_rate: float = 0.0,
         l1: L1 | TrackingL1 | None = None,
         registry: CollectorRegistry | None = None,
+        sentinel: SentinelSettings | None = None,
     ) -> None:
         if isinstance(client, RedisCluster):
             self._cluster = True
@@ -108,6 +110,7 @@ class Cache(CacheBase):
             )
         _clients.refuse_decoding(client.get_connection_kwargs())
         self._client = client
+        self._sentinel = sentinel
         self._owns_client = False
         settings = Settings.build(
             name=name,
@@ -125,6 +128,12 @@ class Cache(CacheBase):
         self._flights: dict[tuple[object, ...], _Flight] = {}
         self._flights_lock = threading.Lock()
         self._read_only = True  # EVALSHA_RO until a server refuses it (before 7.0)
+        listener = self._listener
+        self._switch_watch = (
+            SwitchWatch(sentinel, listener.moved if listener is not None else None)
+            if sentinel is not None
+            else None
+        )
         # Loaders under loader_timeout run here, so the get can stop waiting.
         self._loaders = (
             concurrent.futures.ThreadPoolExecutor(thread_name_prefix=f"cdc-cache-{name}-loader")
@@ -141,6 +150,14 @@ class Cache(CacheBase):
         cache._owns_client = True
         return cache
 
+    @classmethod
+    def from_sentinel(cls, settings: SentinelSettings, **options: Any) -> Cache:
+        """A cache on the primary the Sentinels name (``settings.client()``),
+        following failovers (spec section 14); the client is closed with the cache."""
+        cache = cls(settings.client(), sentinel=settings, **options)
+        cache._owns_client = True
+        return cache
+
     # -- lifecycle -------------------------------------------------------------
 
     def wait_live(self, timeout: float = 5.0) -> bool:
@@ -149,6 +166,8 @@ class Cache(CacheBase):
         return self._listener is None or self._listener.wait_live(timeout)
 
     def close(self) -> None:
+        if self._switch_watch is not None:
+            self._switch_watch.close()
         if self._listener is not None:
             self._listener.close()
         if self._loaders is not None:
@@ -195,6 +214,14 @@ class Cache(CacheBase):
             consistency=consistency,
             max_stale=max_stale,
         )
+        if (
+            self._switch_watch is not None
+            and self._switch_watch.switched()
+            and isinstance(self._client, redis.Redis)
+        ):
+            # A failover was announced: connections to the old primary go,
+            # the next ones ask the Sentinels (spec section 14).
+            self._client.connection_pool.disconnect()
         started = time.monotonic()
         held = self._from_l1(req)
         if held is not None:
@@ -451,6 +478,8 @@ class Cache(CacheBase):
     # -- the L1's subscription ------------------------------------------------
 
     def _seed(self) -> NodeSpec:
+        if self._sentinel is not None:
+            return sentinel_seed(self._sentinel)
         c = self._client
         if isinstance(c, RedisCluster):
             node = c.get_default_node()

@@ -1,10 +1,12 @@
 package io.github.cdcinvalidator.cache;
 
 import io.lettuce.core.KeyValue;
+import io.lettuce.core.ReadFrom;
 import io.lettuce.core.RedisClient;
 import io.lettuce.core.RedisCommandExecutionException;
 import io.lettuce.core.RedisConnectionStateListener;
 import io.lettuce.core.RedisNoScriptException;
+import io.lettuce.core.RedisURI;
 import io.lettuce.core.ScriptOutputType;
 import io.lettuce.core.SetArgs;
 import io.lettuce.core.TrackingArgs;
@@ -16,6 +18,8 @@ import io.lettuce.core.cluster.api.StatefulRedisClusterConnection;
 import io.lettuce.core.cluster.api.async.RedisClusterAsyncCommands;
 import io.lettuce.core.codec.ByteArrayCodec;
 import io.lettuce.core.codec.StringCodec;
+import io.lettuce.core.masterreplica.MasterReplica;
+import io.lettuce.core.masterreplica.StatefulRedisMasterReplicaConnection;
 import io.lettuce.core.pubsub.RedisPubSubAdapter;
 import io.lettuce.core.pubsub.StatefulRedisPubSubConnection;
 import io.netty.util.concurrent.FastThreadLocalThread;
@@ -43,6 +47,7 @@ import java.util.concurrent.ExecutionException;
 import java.util.concurrent.Executor;
 import java.util.concurrent.RejectedExecutionException;
 import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.ScheduledFuture;
 import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.TimeUnit;
@@ -90,6 +95,10 @@ public final class Cache implements AutoCloseable {
   private volatile boolean readOnlyScripts = true; // EVALSHA_RO exists (Redis 7.0+)
   // The exact L1's tracking connection: the first read of every get while tracking is up.
   private volatile RedisClusterAsyncCommands<byte[], byte[]> tracker;
+  // The exact L1's connection and its health check, replaced whole when the primary
+  // moves (behind Sentinel); guarded by the timer thread after the cache is built.
+  private volatile StatefulRedisConnection<byte[], byte[]> trackingConnection;
+  private volatile ScheduledFuture<?> trackingHealth;
   private final AtomicBoolean enablingTracking = new AtomicBoolean();
 
   private Cache(RedisClusterAsyncCommands<byte[], byte[]> redis, boolean cluster, CacheOptions options) {
@@ -149,6 +158,46 @@ public final class Cache implements AutoCloseable {
     return cache;
   }
 
+  /**
+   * A cache on the primary Redis Sentinel names (readers/spec.md section 14), with a
+   * client and connections of its own, all closed by {@link #close}. Reads and writes
+   * go to the primary only (a replica lags, and a get's version check must see the
+   * newest version): Lettuce's Master/Replica connection listens to the Sentinels'
+   * {@code +switch-master} and moves to the new primary; the L1's own connections ask
+   * the Sentinels at every reconnection.
+   */
+  public static Cache create(SentinelSettings sentinel, CacheOptions options) {
+    options.validate();
+    RedisURI uri = sentinel.redisUri();
+    RedisClient client = RedisClient.create(uri);
+    StatefulRedisMasterReplicaConnection<byte[], byte[]> connection;
+    try {
+      connection = MasterReplica.connect(client, ByteArrayCodec.INSTANCE, uri);
+    } catch (RuntimeException e) {
+      client.shutdown();
+      throw e;
+    }
+    connection.setReadFrom(ReadFrom.UPSTREAM);
+    Cache cache = new Cache(connection.async(), false, options);
+    cache.owned.add(connection);
+    try {
+      if (options.l1 != null && options.l1.isTracking()) {
+        cache.track(client, options.name);
+        cache.followSwitches(client, sentinel, options.name);
+      }
+      if (options.l1 != null && options.l1.channel() != null) {
+        cache.followNotices(client.connectPubSub(), options.l1.channel());
+      }
+    } catch (RuntimeException e) {
+      cache.close();
+      client.shutdown();
+      throw e;
+    }
+    // Last: the connections above close before their client shuts down.
+    cache.owned.add(client::shutdown);
+    return cache;
+  }
+
   /** A cache on a Redis Cluster, with a connection of its own from {@code client}. */
   public static Cache create(RedisClusterClient client, CacheOptions options) {
     options.validate();
@@ -202,6 +251,10 @@ public final class Cache implements AutoCloseable {
   @Override
   public void close() {
     timer.shutdownNow();
+    StatefulRedisConnection<byte[], byte[]> tracking = trackingConnection;
+    if (tracking != null) {
+      tracking.close();
+    }
     for (AutoCloseable c : owned) {
       try {
         c.close();
@@ -1248,7 +1301,7 @@ public final class Cache implements AutoCloseable {
    */
   private void track(RedisClient client, String name) {
     StatefulRedisConnection<byte[], byte[]> connection = client.connect(ByteArrayCodec.INSTANCE);
-    owned.add(connection);
+    trackingConnection = connection;
     String info = connection.sync().clientInfo();
     if (info != null && info.contains(" resp=") && !info.contains(" resp=3")) {
       throw CacheException.invalid("the exact (tracking) L1 needs RESP3 (Redis 6 or later, a client not set to RESP2)");
@@ -1275,7 +1328,62 @@ public final class Cache implements AutoCloseable {
     }
     metrics.l1Reset.increment(l1.tracking(true));
     // Health: a connection that died silently stops the L1 within about two seconds.
-    timer.scheduleWithFixedDelay(() -> checkTracking(connection), 1, 1, TimeUnit.SECONDS);
+    trackingHealth = timer.scheduleWithFixedDelay(() -> checkTracking(connection), 1, 1, TimeUnit.SECONDS);
+  }
+
+  /**
+   * Behind Sentinel: at every {@code +switch-master} for the master name (each
+   * Sentinel's announcement; Lettuce resubscribes after a reconnect) the tracking
+   * connection is replaced by one to the primary the Sentinels name then. The L1 is
+   * flushed at once and reads go to the main connection meanwhile.
+   */
+  private void followSwitches(RedisClient client, SentinelSettings sentinel, String name) {
+    String announcement = sentinel.masterName() + " ";
+    for (RedisURI uri : sentinel.sentinelUris()) {
+      StatefulRedisPubSubConnection<String, String> sub;
+      try {
+        sub = client.connectPubSub(StringCodec.UTF8, uri);
+      } catch (RuntimeException e) {
+        continue; // the others announce it too; without any, the demotion moves it
+      }
+      owned.add(sub);
+      sub.addListener(new RedisPubSubAdapter<String, String>() {
+        @Override
+        public void message(String channel, String message) {
+          if (message != null && message.startsWith(announcement)) {
+            moveTracking(client, name);
+          }
+        }
+      });
+      sub.async().subscribe("+switch-master");
+    }
+  }
+
+  private void moveTracking(RedisClient client, String name) {
+    tracker = null;
+    trackingDown();
+    Runnable move = () -> {
+      ScheduledFuture<?> health = trackingHealth;
+      if (health != null) {
+        health.cancel(false);
+      }
+      StatefulRedisConnection<byte[], byte[]> old = trackingConnection;
+      if (old != null) {
+        old.close();
+      }
+      try {
+        track(client, name);
+      } catch (RuntimeException e) {
+        // Not up: the L1 serves nothing and reads go to the main connection; the
+        // next announcement, or none, leaves it so until the cache is closed.
+        trackingConnection = null;
+      }
+    };
+    try {
+      timer.execute(move);
+    } catch (RejectedExecutionException e) {
+      // the cache is closing
+    }
   }
 
   private void trackingDown() {
