@@ -39,22 +39,25 @@ ENV CARGO_TERM_COLOR=never \
 # the real build below does all the work.
 COPY Cargo.toml Cargo.lock ./
 # The warm-up builds a workspace of the daemon alone, with stubs for it and
-# the crates it names by path (the key-rendering crate; the Rust reader, a
-# dev-dependency): as members, the reader and bench/ would need the benches
+# the crates it names by path (key rendering, Sentinel settings; the Rust
+# reader, a dev-dependency; scripts/check-deploy checks the list): as members, the reader and bench/ would need the benches
 # and examples their manifests list. Cargo keeps the versions Cargo.lock pins;
 # the real manifest and lockfile are put back before the real, --locked build.
 COPY crates/cdc-keys/Cargo.toml crates/cdc-keys/Cargo.toml
+COPY crates/cdc-sentinel/Cargo.toml crates/cdc-sentinel/Cargo.toml
 COPY readers/rust/Cargo.toml readers/rust/Cargo.toml
 RUN cp Cargo.toml Cargo.lock /tmp/ \
  && sed -i 's|^members = .*|members = ["."]|' Cargo.toml \
- && for stub in . crates/cdc-keys readers/rust; do mkdir -p "$stub/src" && : > "$stub/src/lib.rs"; done \
+ && for stub in . crates/cdc-keys crates/cdc-sentinel readers/rust; do mkdir -p "$stub/src" && : > "$stub/src/lib.rs"; done \
  && echo 'fn main() {}' > src/main.rs \
  && (cargo build --release --bin cdc-invalidator || echo "dependency warm-up failed; the full build will compile everything") \
  && mv /tmp/Cargo.toml /tmp/Cargo.lock . \
  && rm -rf src crates readers target/release/cdc-invalidator* \
       target/release/.fingerprint/cdc-invalidator-* target/release/.fingerprint/cdc-keys-* \
       target/release/deps/cdc_invalidator-* target/release/deps/libcdc_invalidator-* \
-      target/release/deps/cdc_keys-* target/release/deps/libcdc_keys-*
+      target/release/deps/cdc_keys-* target/release/deps/libcdc_keys-* \
+      target/release/.fingerprint/cdc-sentinel-* \
+      target/release/deps/cdc_sentinel-* target/release/deps/libcdc_sentinel-*
 
 COPY . .
 RUN cargo build --release --locked --bin cdc-invalidator \

@@ -7,6 +7,7 @@
     validate.py images Dockerfile < <(docker-compose -f docker-compose.yml config)
     validate.py connector deploy/compose/debezium-postgres.json scripts/stack.d/debezium-postgres.json
     validate.py metrics src/metrics.rs
+    validate.py warmup Dockerfile Cargo.toml
     validate.py selftest
 
 Each command prints the problems it finds, one a line, and exits 1 if there
@@ -361,6 +362,45 @@ def check_connector(compose_json, stack_json):
 # ---------------------------------------------------------------- selftest
 
 
+def path_dependencies(manifest):
+    """Every crate the manifest names by path, and the ones those name, as
+    paths relative to the manifest's directory."""
+    import tomllib
+
+    root = manifest.parent.resolve()
+    found, todo = set(), [manifest.resolve()]
+    while todo:
+        current = todo.pop()
+        data = tomllib.loads(current.read_text())
+        for table in ("dependencies", "dev-dependencies", "build-dependencies"):
+            for spec in data.get(table, {}).values():
+                if isinstance(spec, dict) and "path" in spec:
+                    crate = (current.parent / spec["path"]).resolve()
+                    relative = crate.relative_to(root).as_posix()
+                    if relative not in found:
+                        found.add(relative)
+                        todo.append(crate / "Cargo.toml")
+    return sorted(found)
+
+
+def check_warmup(dockerfile, manifest):
+    """The image's dependency warm-up builds the daemon alone, so it needs
+    the manifest and a stub of every crate the daemon names by path: one
+    missing makes the warm-up fail and every build compile everything."""
+    text = Path(dockerfile).read_text()
+    stubs = re.search(r"for stub in ([^;]*);", text)
+    listed = stubs.group(1).split() if stubs else []
+    problems = []
+    if not stubs:
+        problems.append(f"{dockerfile}: no `for stub in ...;` loop in the dependency warm-up")
+    for crate in path_dependencies(Path(manifest)):
+        if f"COPY {crate}/Cargo.toml {crate}/Cargo.toml" not in text:
+            problems.append(f"{dockerfile}: the warm-up does not COPY {crate}/Cargo.toml")
+        if stubs and crate not in listed:
+            problems.append(f"{dockerfile}: the warm-up's stub loop does not list {crate}")
+    return problems
+
+
 def selftest():
     """The checker must be able to fail: known-bad input gives problems."""
     problems = []
@@ -411,6 +451,8 @@ def main(argv):
         problems = check_connector(args[0], args[1])
     elif cmd == "metrics":
         problems = check_metrics_source(args[0])
+    elif cmd == "warmup":
+        problems = check_warmup(args[0], args[1])
     elif cmd == "selftest":
         problems = selftest()
     else:
