@@ -8,8 +8,8 @@ use anyhow::Context;
 
 use super::{avro_schemas, load, load_schemas};
 use crate::decode::decode;
-use crate::event::{Decoded, KafkaRecord};
-use crate::graph::{Derivation, Lookups, Why};
+use crate::event::{Decoded, KafkaRecord, Position};
+use crate::graph::{Derivation, Lookups, MessageVerdict, Why};
 use crate::pipeline;
 
 pub(super) async fn explain(path: &Path, source: &str, topic: Option<&str>) -> anyhow::Result<i32> {
@@ -42,6 +42,22 @@ pub(super) async fn explain(path: &Path, source: &str, topic: Option<&str>) -> a
     let routed = route.action;
     let event = match decode(&record, avro.as_deref()) {
         Ok(Decoded::Change(event)) => event,
+        Ok(Decoded::Message(message)) => {
+            println!(
+                "message prefix {:?}, {}, at {} ({} bytes of content)",
+                message.prefix,
+                if message.transactional {
+                    "transactional"
+                } else {
+                    "NOT transactional"
+                },
+                message.position,
+                message.content.len()
+            );
+            let verdict = settings.graph.route_message(&record.topic, &message);
+            print_named(&settings, verdict, &message.position, &routed);
+            return Ok(0);
+        }
         Ok(other) => {
             println!("kind    {other:?}: not a row change, nothing to invalidate");
             return Ok(0);
@@ -58,6 +74,14 @@ pub(super) async fn explain(path: &Path, source: &str, topic: Option<&str>) -> a
         event.table,
         event.position
     );
+    if let Some(verdict) = settings.graph.route_outbox(&event) {
+        println!(
+            "outbox  a row of outbox table {}: its content names what to invalidate",
+            event.table
+        );
+        print_named(&settings, verdict, &event.position, &routed);
+        return Ok(0);
+    }
     if let pipeline::Routed::Moot = routed {
         println!("result  moot: older than the entity's max_cache_ttl plus the skew margin; dropped");
         return Ok(0);
@@ -131,6 +155,48 @@ pub(super) async fn explain(path: &Path, source: &str, topic: Option<&str>) -> a
         }
     }
     Ok(0)
+}
+
+/// What a message or an outbox row names: each target and why, or why it is
+/// skipped, ignored or refused.
+fn print_named(
+    settings: &crate::config::Settings,
+    verdict: MessageVerdict,
+    position: &Position,
+    routed: &pipeline::Routed,
+) {
+    match verdict {
+        MessageVerdict::Skip(reason) => println!("result  skipped: {reason}"),
+        MessageVerdict::Ignore(reason) => println!("result  ignored: {reason}"),
+        MessageVerdict::Refuse(error) => {
+            println!("result  refused ({}): {}", error.kind(), error.detail);
+            match routed {
+                pipeline::Routed::Stall { .. } => {
+                    println!("        no dead-letter store: the partition would stop here and readiness turn false")
+                }
+                _ => println!("        kept as a dead letter; nothing is bumped"),
+            }
+        }
+        MessageVerdict::Bump { targets, lookups } => {
+            let prefix = &settings.redis.version_prefix;
+            for t in &targets {
+                println!("bump    {:<40} {}  <- {}", t.target.record_key(prefix), t.target, t.why);
+            }
+            for request in &lookups {
+                if let Some(fanout) = settings
+                    .graph
+                    .entity(&request.table)
+                    .and_then(|e| e.fanouts.get(request.fanout))
+                {
+                    println!(
+                        "lookup  {:?} with {:?} (max_rows {}): run as for a change of the row",
+                        fanout.query, request.binds, fanout.max_rows
+                    );
+                }
+            }
+            println!("guard   field p:{} = {}", position.source, position.ordinal);
+        }
+    }
 }
 
 /// Accepts a captured fixture (`{"topic", "key", "value", ...}`) or a bare value.

@@ -29,6 +29,9 @@ pub(super) fn decode_parsed(record: &KafkaRecord, key: Option<Value>, value: Val
     if let Some(kind) = marked_kind(record, schema_name.as_deref(), &payload) {
         return Ok(kind);
     }
+    if payload.get("op").and_then(Value::as_str) == Some("m") {
+        return super::message::logical_message(record, payload).map(Decoded::Message);
+    }
     if payload.contains_key("op") {
         return envelope(record, payload, key).map(Decoded::Change);
     }
@@ -280,7 +283,7 @@ fn source_table(source: &Map<String, Value>) -> Option<String> {
 /// fractional or overflowing values, a `sequence` that is not such a pair,
 /// and a `sequence` whose LSN disagrees with `lsn`. (The last commit LSN may
 /// be above the event's LSN: concurrent transactions interleave in the WAL.)
-fn source_position(record: &KafkaRecord, source: &Map<String, Value>) -> Result<Position, DecodeError> {
+pub(super) fn source_position(record: &KafkaRecord, source: &Map<String, Value>) -> Result<Position, DecodeError> {
     let server = source.get("name").and_then(Value::as_str).unwrap_or("");
     let connector = source.get("connector").and_then(Value::as_str).unwrap_or("");
     match connector {
@@ -499,7 +502,7 @@ fn flattened(record: &KafkaRecord, mut row: Map<String, Value>, key: Option<Row>
 
 /// A time in microseconds: the `us` field, else the `ms` field times 1000
 /// (None where that overflows).
-fn micros(map: &Map<String, Value>, us: &str, ms: &str) -> Option<i64> {
+pub(super) fn micros(map: &Map<String, Value>, us: &str, ms: &str) -> Option<i64> {
     int_field(map, us).or_else(|| int_field(map, ms).and_then(|ms| ms.checked_mul(1000)))
 }
 
@@ -512,7 +515,7 @@ fn int_field(map: &Map<String, Value>, name: &str) -> Option<i64> {
     }
 }
 
-fn kind_of(value: &Value) -> &'static str {
+pub(super) fn kind_of(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "boolean",

@@ -7,6 +7,7 @@
 mod introspect;
 mod lookup;
 pub(crate) mod lookup_mysql;
+pub mod message;
 mod template;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use lookup::{Fanout, LookupError, LookupRequest, Lookups};
+pub use message::{MessageError, MessageErrorKind, MessageRules, MessageVerdict};
 pub use template::{canonical_number, escape, RenderError, Template, TemplateError};
 
 use crate::event::{ChangeEvent, Op, Row, UNAVAILABLE_VALUE};
@@ -128,9 +130,17 @@ impl EscalationReason {
 /// Why a target is bumped, for `explain` and logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Why {
-    Template { template: String, image: Image },
+    Template {
+        template: String,
+        image: Image,
+    },
     Truncate,
-    Escalation { reason: EscalationReason, detail: String },
+    Escalation {
+        reason: EscalationReason,
+        detail: String,
+    },
+    /// Named by a logical-decoding message or an outbox row (`message`).
+    Named(String),
 }
 
 impl fmt::Display for Why {
@@ -143,6 +153,7 @@ impl fmt::Display for Why {
             Why::Escalation { reason, detail } => {
                 write!(f, "escalation ({}): {detail}", reason.label())
             }
+            Why::Named(what) => f.write_str(what),
         }
     }
 }
@@ -184,12 +195,30 @@ pub enum SkipReason {
 pub struct Graph {
     entities: Vec<Entity>,
     by_table: HashMap<String, usize>,
+    /// `[messages]`: invalidations the application names (`message`).
+    messages: Option<MessageRules>,
 }
 
 impl Graph {
     pub(crate) fn new(entities: Vec<Entity>) -> Graph {
         let by_table = entities.iter().enumerate().map(|(i, e)| (e.table.clone(), i)).collect();
-        Graph { entities, by_table }
+        Graph {
+            entities,
+            by_table,
+            messages: None,
+        }
+    }
+
+    /// The graph that also reads logical-decoding messages and outbox rows.
+    pub(crate) fn with_messages(self, rules: MessageRules) -> Graph {
+        Graph {
+            messages: Some(rules),
+            ..self
+        }
+    }
+
+    pub(crate) fn messages(&self) -> Option<&MessageRules> {
+        self.messages.as_ref()
     }
 
     pub(crate) fn entities(&self) -> &[Entity] {

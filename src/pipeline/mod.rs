@@ -379,6 +379,7 @@ impl ConsumerStage {
             op,
             action,
             dead_letter,
+            message,
         } = route_with(
             &self.settings.graph,
             &self.settings.plan,
@@ -387,6 +388,9 @@ impl ConsumerStage {
             self.dead_letters,
             self.avro.as_deref(),
         );
+        if let Some(outcome) = message {
+            metrics::message(outcome);
+        }
         let mut dead_lettered = false;
         if let Some(failure) = dead_letter {
             tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset,

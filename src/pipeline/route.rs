@@ -5,7 +5,10 @@ use crate::config::PlanSettings;
 use crate::dead_letter::{Failure, Stage};
 use crate::decode::{decode, table_from_topic, AvroSchemas, DecodeError, DecodeErrorKind};
 use crate::event::{Decoded, KafkaRecord, Position};
-use crate::graph::{escalate, Consistency, Derivation, EscalationReason, Graph, LookupRequest, Target, Why};
+use crate::graph::{
+    escalate, Consistency, Derivation, EscalationReason, Graph, LookupRequest, MessageVerdict, Target, Why,
+};
+use crate::metrics::MessageOutcome;
 use crate::plan::is_moot;
 
 /// What one record asks of the pipeline.
@@ -37,6 +40,9 @@ pub struct Route {
     pub op: &'static str,
     pub action: Routed,
     pub dead_letter: Option<Failure>,
+    /// Set for logical-decoding messages and outbox records: what became of
+    /// them (`cdc_invalidator_messages_total{outcome}`).
+    pub message: Option<MessageOutcome>,
 }
 
 /// Decode and graph for one record; pure, so `explain`, replays and tests
@@ -72,9 +78,9 @@ pub fn route_with(
         // of a configured table, skipping could lose a change (a row whose
         // columns merely look like one of them), so it is handled as an
         // undecodable record of that table instead.
-        Ok(other @ (Decoded::Heartbeat | Decoded::TransactionMetadata | Decoded::SchemaChange))
-            if table_from_topic(&record.topic).is_some_and(|t| graph.entity(&t).is_some()) =>
-        {
+        Ok(
+            other @ (Decoded::Heartbeat | Decoded::TransactionMetadata | Decoded::SchemaChange | Decoded::Message(_)),
+        ) if table_from_topic(&record.topic).is_some_and(|t| graph.entity(&t).is_some()) => {
             let error = DecodeError {
                 kind: DecodeErrorKind::UnexpectedShape,
                 detail: format!(
@@ -84,21 +90,40 @@ pub fn route_with(
             };
             return route_undecodable(graph, record, error, dead_letters);
         }
+        Ok(Decoded::Message(message)) => {
+            let verdict = graph.route_message(&record.topic, &message);
+            let named = Named {
+                op: crate::event::Op::Message.code(),
+                position: message.position,
+                commit_time_us: message.commit_time_us,
+            };
+            return route_named(verdict, named, dead_letters);
+        }
         Ok(other) => {
             return Route {
                 op: other.op_label(),
                 action: Routed::Skip,
                 dead_letter: None,
+                message: None,
             }
         }
         Err(error) => return route_undecodable(graph, record, error, dead_letters),
     };
     let op = event.op.code();
+    if let Some(verdict) = graph.route_outbox(&event) {
+        let named = Named {
+            op,
+            position: event.position,
+            commit_time_us: event.commit_time_us,
+        };
+        return route_named(verdict, named, dead_letters);
+    }
     let Some(entity) = graph.entity(&event.table) else {
         return Route {
             op,
             action: Routed::Skip,
             dead_letter: None,
+            message: None,
         };
     };
     if is_moot(
@@ -111,6 +136,7 @@ pub fn route_with(
             op,
             action: Routed::Moot,
             dead_letter: None,
+            message: None,
         };
     }
     let render_failure = |reason: EscalationReason, detail: &str| {
@@ -125,6 +151,7 @@ pub fn route_with(
             op,
             action: Routed::Skip,
             dead_letter: None,
+            message: None,
         },
         Derivation::Stall { reason, detail } => Route {
             op,
@@ -133,6 +160,7 @@ pub fn route_with(
                 reason: reason.label(),
                 detail,
             },
+            message: None,
         },
         Derivation::Targets {
             targets,
@@ -155,6 +183,82 @@ pub fn route_with(
                     namespace: entity.namespace.clone(),
                     lookups,
                 },
+                message: None,
+            }
+        }
+    }
+}
+
+/// Where a message or an outbox record sits: its op label, and the
+/// position and commit time of its transaction.
+struct Named {
+    op: &'static str,
+    position: Position,
+    commit_time_us: Option<i64>,
+}
+
+/// A message's or an outbox record's verdict as the pipeline's action. Its
+/// targets carry the record's own position under its transaction's guard
+/// source, so they are ordered with that transaction's rows; they are
+/// strong (applied at once), never moot and never escalated. A refused
+/// content is kept as a dead letter and skipped, or, without a dead-letter
+/// store, stalls its partition (nothing may be lost silently).
+fn route_named(verdict: MessageVerdict, named: Named, dead_letters: bool) -> Route {
+    let Named {
+        op,
+        position,
+        commit_time_us,
+    } = named;
+    match verdict {
+        MessageVerdict::Bump { targets, lookups } => Route {
+            op,
+            action: Routed::Bump {
+                targets: targets.into_iter().map(|t| t.target).collect(),
+                position,
+                commit_time_us,
+                consistency: Consistency::Strong,
+                escalation: None,
+                namespace: None,
+                lookups,
+            },
+            dead_letter: None,
+            message: Some(MessageOutcome::Applied),
+        },
+        MessageVerdict::Skip(_) => Route {
+            op,
+            action: Routed::Skip,
+            dead_letter: None,
+            message: Some(MessageOutcome::Skipped),
+        },
+        MessageVerdict::Ignore(_) => Route {
+            op,
+            action: Routed::Skip,
+            dead_letter: None,
+            message: Some(MessageOutcome::Ignored),
+        },
+        MessageVerdict::Refuse(error) => {
+            let kind = error.kind().label();
+            let failure = Failure {
+                stage: Stage::Message,
+                kind,
+                detail: error.detail.clone(),
+            };
+            let (action, outcome) = if dead_letters {
+                (Routed::Skip, MessageOutcome::DeadLetter)
+            } else {
+                (
+                    Routed::Stall {
+                        reason: kind,
+                        detail: format!("refused message ({error}) and no [dead_letters] store to keep it"),
+                    },
+                    MessageOutcome::Stalled,
+                )
+            };
+            Route {
+                op,
+                action,
+                dead_letter: Some(failure),
+                message: Some(outcome),
             }
         }
     }
@@ -200,6 +304,7 @@ fn route_undecodable(graph: &Graph, record: &KafkaRecord, error: DecodeError, de
         op: "other",
         action,
         dead_letter: Some(failure),
+        message: None,
     }
 }
 
@@ -364,6 +469,140 @@ keys = ["plain:{id}"]
             ),
             "{r:?}"
         );
+    }
+
+    fn message_record(prefix: &str, tx_id: Option<i64>, content: &str) -> KafkaRecord {
+        use base64::Engine as _;
+        let value = json!({"op": "m", "ts_ms": 1, "source": {"connector": "postgresql", "name": "shop",
+            "schema": "", "table": "", "txId": tx_id, "lsn": 200, "sequence": "[\"150\",\"200\"]",
+            "ts_us": 1_700_000_000_000_000i64},
+            "message": {"prefix": prefix, "content": base64::engine::general_purpose::STANDARD.encode(content)}});
+        record("shop.message", &serde_json::to_vec(&value).unwrap())
+    }
+
+    fn with_messages() -> Settings {
+        let text = r#"
+[source]
+brokers = "127.0.0.1:9092"
+group_id = "g"
+topics = ["shop.public.products", "shop.message"]
+[redis]
+url = "redis://127.0.0.1:6379"
+version_ttl = "1h"
+[messages]
+prefix = "app"
+[[entity]]
+table = "public.products"
+namespace = "product"
+max_cache_ttl = "10m"
+keys = ["product:{id}"]
+"#;
+        config::parse("t.toml", text, &|_| None).unwrap()
+    }
+
+    #[test]
+    fn a_message_bumps_at_its_transactions_position_strong_and_never_moot() {
+        let s = with_messages();
+        // Committed long ago: still applied (messages have no cache TTL).
+        let r = route(
+            &s.graph,
+            &s.plan,
+            &message_record("app", Some(7), r#"{"v":1,"keys":["a:1"],"namespaces":["product"]}"#),
+            now_us(),
+            true,
+        );
+        assert_eq!(
+            (r.op, r.message, r.dead_letter),
+            ("m", Some(MessageOutcome::Applied), None)
+        );
+        assert_eq!(
+            r.action,
+            Routed::Bump {
+                targets: vec![Target::Key("a:1".into()), Target::Namespace("product".into())],
+                position: Position::postgres("shop", 150, 200),
+                commit_time_us: Some(1_700_000_000_000_000),
+                consistency: Consistency::Strong,
+                escalation: None,
+                namespace: None,
+                lookups: Vec::new(),
+            }
+        );
+    }
+
+    #[test]
+    fn refused_messages_are_dead_letters_or_stall_and_other_prefixes_skip() {
+        let s = with_messages();
+        let hostile = message_record("app", Some(7), r#"{"v":1,"keys":["epoch"]}"#);
+        let r = route(&s.graph, &s.plan, &hostile, now_us(), true);
+        assert_eq!(r.action, Routed::Skip);
+        assert_eq!(r.message, Some(MessageOutcome::DeadLetter));
+        assert_eq!(
+            r.dead_letter.as_ref().map(|f| (f.stage, f.kind)),
+            Some((Stage::Message, "reserved_key"))
+        );
+        let r = route(&s.graph, &s.plan, &hostile, now_us(), false);
+        assert!(
+            matches!(
+                r.action,
+                Routed::Stall {
+                    reason: "reserved_key",
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        assert_eq!(r.message, Some(MessageOutcome::Stalled));
+
+        let untransacted = route(
+            &s.graph,
+            &s.plan,
+            &message_record("app", None, r#"{"v":1,"keys":["a"]}"#),
+            now_us(),
+            true,
+        );
+        assert_eq!(untransacted.dead_letter.map(|f| f.kind), Some("not_transactional"));
+
+        let other = route(
+            &s.graph,
+            &s.plan,
+            &message_record("other", None, "not even json"),
+            now_us(),
+            false,
+        );
+        assert_eq!(
+            (other.action, other.message, other.dead_letter),
+            (Routed::Skip, Some(MessageOutcome::Skipped), None)
+        );
+
+        // Without [messages], a message is skipped and counted too.
+        let plain = settings();
+        let r = route(
+            &plain.graph,
+            &plain.plan,
+            &message_record("app", Some(7), r#"{"v":1,"keys":["a"]}"#),
+            now_us(),
+            true,
+        );
+        assert_eq!((r.action, r.message), (Routed::Skip, Some(MessageOutcome::Skipped)));
+    }
+
+    #[test]
+    fn a_message_on_a_configured_tables_topic_is_not_trusted() {
+        let s = with_messages();
+        let mut r = message_record("app", Some(7), r#"{"v":1,"keys":["a"]}"#);
+        r.topic = "shop.public.products".into();
+        let routed = route(&s.graph, &s.plan, &r, now_us(), true);
+        assert_eq!(
+            routed.dead_letter.map(|f| (f.stage, f.kind)),
+            Some((Stage::Decode, "unexpected_shape"))
+        );
+        assert!(matches!(
+            routed.action,
+            Routed::Bump {
+                escalation: Some(EscalationReason::Undecodable),
+                ..
+            }
+        ));
     }
 
     #[test]
