@@ -32,3 +32,4 @@ mod redis_cluster;
 mod redis_loss;
 mod scale_out;
 mod stack_chain;
+mod txn_messages;
