@@ -764,6 +764,53 @@ impl Bench {
     }
 }
 
+/// The reader crate's helper (readers/rust, `emit`): what it names commits
+/// with the transaction's rows, and nothing of a rolled-back one.
+#[tokio::test]
+async fn pg_reader_helper_names_invalidations_in_the_transaction() {
+    use cdc_cache::emit::{emit, Invalidation};
+    let bench = Bench::pg("", "", &[]).await;
+    let Db::Pg(pool) = bench.db.clone() else {
+        unreachable!("a PostgreSQL bench")
+    };
+    let named = Invalidation::new().keys(["helper:1"]).namespaces(["item"]);
+    let transaction = |end: &'static str| {
+        let pool = pool.clone();
+        let named = named.clone();
+        let (table, prefix) = (bench.table.clone(), bench.msg_prefix.clone());
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO {table} VALUES (60, 61)")))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            emit(&mut tx, &prefix, &named).await.unwrap();
+            match end {
+                "commit" => tx.commit().await.unwrap(),
+                _ => tx.rollback().await.unwrap(),
+            }
+        }
+    };
+    expect_bumps_after(
+        &bench.prefix,
+        "a rolled-back transaction through the helper, then a fence",
+        async {
+            transaction("rollback").await;
+            bench.commit(&[bench.emit(&keys(&["fence:helper"]))]).await;
+        },
+        set(&["fence:helper"]),
+    )
+    .await;
+    expect_bumps_after(
+        &bench.prefix,
+        "a committed transaction through the helper",
+        transaction("commit"),
+        set(&["helper:1", "ns:item", "item:60", "group:61"]),
+    )
+    .await;
+    bench.drop_tables().await;
+}
+
 // ---------------------------------------------------------------- MariaDB outbox
 
 #[tokio::test]
@@ -793,6 +840,38 @@ async fn mariadb_outbox_commit_rollback_savepoint_order_and_ignored_changes() {
     )
     .await;
     assert!(ignored(&bench.daemon().metrics().await) - before >= 2.0);
+    bench.drop_tables().await;
+}
+
+/// The reader crate's outbox helper against MariaDB.
+#[tokio::test]
+async fn mariadb_reader_helper_inserts_the_outbox_row_in_the_transaction() {
+    use cdc_cache::emit::{insert_outbox_mysql, Invalidation};
+    let Some(url) = mariadb_url() else { return };
+    let bench = Bench::mariadb(&url, "", "", &[]).await;
+    let Db::Maria(pool) = bench.db.clone() else {
+        unreachable!("a MariaDB bench")
+    };
+    let outbox = bench.outbox.clone().unwrap();
+    expect_bumps_after(
+        &bench.prefix,
+        "a committed transaction through the outbox helper",
+        async {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {} VALUES (60, 61)",
+                bench.table
+            )))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            let named = Invalidation::new().keys(["helper:1"]).namespaces(["item"]);
+            insert_outbox_mysql(&mut tx, &outbox, &named).await.unwrap();
+            tx.commit().await.unwrap();
+        },
+        set(&["helper:1", "ns:item", "item:60", "group:61"]),
+    )
+    .await;
     bench.drop_tables().await;
 }
 

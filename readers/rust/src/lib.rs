@@ -8,6 +8,9 @@
 //!   XFetch, the freshness check
 //! - `l1`      the optional in-process cache and its notice subscriber
 //! - `metrics` every metric name, described once
+//! - `emit`    naming invalidations in the application's own transaction
+//!   (a logical-decoding message or an outbox row; the database calls need
+//!   the `sqlx` feature)
 //!
 //! ```no_run
 //! # async fn page() -> Result<(), cdc_cache::Error> {
@@ -24,6 +27,7 @@
 //! ```
 
 mod cache;
+pub mod emit;
 pub mod key;
 mod l1;
 pub mod metrics;
