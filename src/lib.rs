@@ -12,10 +12,11 @@
 //!   what `check` verifies on a MySQL-family source database
 //! - [`event`]     owned domain types: `KafkaRecord`, `ChangeEvent`, `Position`
 //! - [`registry`]  the schema registry client (schemas by id, registering the notice schema)
-//! - [`decode`]    Debezium envelopes (JSON, wrapped or not, flattened) to `ChangeEvent`
+//! - [`decode`]    Debezium envelopes (JSON, wrapped or not, flattened) to `ChangeEvent`, and
+//!   logical-decoding message records to `LogicalMessage`
 //! - [`graph`]     key templates and entity rules: event to targets, escalation, stalls;
 //!   fan-out lookups (PostgreSQL, and MySQL/MariaDB through sqlx's MySQL driver) and the
-//!   catalog queries `check` uses
+//!   catalog queries `check` uses; invalidations named by messages and outbox rows
 //! - [`plan`]      coalescing per (target, source) and the moot-event rule
 //! - [`sink`]      guarded version bumps in Redis through `bump.lua`
 //! - [`dead_letter`] records that could not be decoded or rendered, in PostgreSQL (sqlx)
