@@ -232,7 +232,7 @@ impl Graph {
                 &mut targets,
                 DerivedTarget {
                     target: Target::Key(key.clone()),
-                    why: Why::Named("a key the message names".into()),
+                    why: Why::Named("a key its content names".into()),
                 },
             );
         }
@@ -247,7 +247,7 @@ impl Graph {
                 &mut targets,
                 DerivedTarget {
                     target: Target::Namespace(namespace.clone()),
-                    why: Why::Named("a namespace the message names".into()),
+                    why: Why::Named("a namespace its content names".into()),
                 },
             );
         }
@@ -299,7 +299,7 @@ impl Graph {
                         return Err(unrenderable("renders no key (a templated column is null)".into()));
                     }
                     for t in derived {
-                        let why = Why::Named(format!("row {index} of the message ({table}): {}", t.why));
+                        let why = Why::Named(format!("row {index} of its content ({table}): {}", t.why));
                         push(&mut targets, DerivedTarget { target: t.target, why });
                     }
                     for request in row_lookups {
