@@ -946,8 +946,11 @@ keys = ["product:{id}", "category:{category_id}:products"]
     cdc_invalidator::config::parse("fixtures.toml", text, &|_| None).unwrap()
 }
 
-/// (op label, targets or None, the dead letter's kind) of one fixture record.
-fn routed_fixture(record: &Value) -> (&'static str, Option<(Vec<String>, Position)>, Option<&'static str>) {
+/// What one targets-bumping record bumped and at which position.
+type Bumped = Option<(Vec<String>, Position)>;
+
+/// (op label, what it bumped, the dead letter's kind) of one fixture record.
+fn routed_fixture(record: &Value) -> (&'static str, Bumped, Option<&'static str>) {
     let s = fixture_settings();
     let r = route(&s.graph, &s.plan, &to_record(record), 0, true);
     let bumped = match r.action {

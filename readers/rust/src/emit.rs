@@ -150,6 +150,7 @@ fn check_key(key: &str) -> Result<(), String> {
 }
 
 /// A table name spliced into the outbox insert: plain identifiers only.
+#[cfg(any(feature = "sqlx", test))]
 fn check_table(table: &str) -> Result<(), EmitError> {
     let plain = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     let parts: Vec<&str> = table.split('.').collect();
