@@ -214,7 +214,10 @@ mod tests {
         schemas.ensure(9).await.unwrap();
         let decoded = |tx_id: Avro| {
             let mut value = vec![0, 0, 0, 0, 9];
-            value.extend(apache_avro::to_avro_datum(&schema, datum(tx_id)).unwrap());
+            let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+                .build()
+                .unwrap();
+            value.extend(writer.write_value_to_vec(datum(tx_id)).unwrap());
             let mut r = record(json!(null));
             r.key = None;
             r.value = Some(value);

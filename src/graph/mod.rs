@@ -4,6 +4,7 @@
 //! instead, and without a namespace the event stalls (docs/architecture.md,
 //! "Never silent").
 
+mod content;
 mod introspect;
 mod lookup;
 pub(crate) mod lookup_mysql;
@@ -14,8 +15,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
+pub use content::{check_key, parse_content, Content, MessageError, MessageErrorKind, CONTENT_VERSION};
 pub use lookup::{Fanout, LookupError, LookupRequest, Lookups};
-pub use message::{MessageError, MessageErrorKind, MessageRules, MessageVerdict};
+pub use message::{MessageRules, MessageVerdict};
 pub use template::{canonical_number, escape, RenderError, Template, TemplateError};
 
 use crate::event::{ChangeEvent, Op, Row, UNAVAILABLE_VALUE};
