@@ -14,12 +14,20 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::graph::StallReason;
+
 /// Why a partition stopped: the daemon will not commit past this record.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub(crate) struct Stall {
     pub(crate) offset: i64,
-    pub(crate) reason: &'static str,
+    #[serde(serialize_with = "reason_label")]
+    pub(crate) reason: StallReason,
     pub(crate) detail: String,
+}
+
+/// The reason's label in `/readyz`, the same word the logs use.
+fn reason_label<S: serde::Serializer>(reason: &StallReason, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(reason.label())
 }
 
 #[derive(Debug, Default)]
@@ -38,7 +46,17 @@ struct StatusInner {
     connectors_down: BTreeMap<String, String>,
     assigned: usize,
     stalls: BTreeMap<String, Stall>,
+    /// Seconds no Kafka broker has answered anything, once past KAFKA_QUIET.
+    kafka_quiet_s: Option<u64>,
 }
+
+/// No answer from any broker for this long is a partition from Kafka (or
+/// every broker down): a healthy member hears a fetch response or a
+/// heartbeat answer every few seconds. librdkafka retries by itself and
+/// nothing is committed meanwhile, but the daemon is not keeping up and
+/// says so, long before the group's session timeout would take its
+/// partitions away.
+pub(crate) const KAFKA_QUIET: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Shared health of the pipeline, written by it and read by `/readyz`.
 #[derive(Debug, Default)]
@@ -109,6 +127,11 @@ impl Status {
         self.with(|s| s.connectors_down = down);
     }
 
+    /// How long no Kafka broker has answered (None: not known yet).
+    pub(crate) fn kafka_quiet(&self, quiet: Option<std::time::Duration>) {
+        self.with(|s| s.kafka_quiet_s = quiet.filter(|q| *q >= KAFKA_QUIET).map(|q| q.as_secs()));
+    }
+
     pub(crate) fn set_assigned(&self, count: usize) {
         self.with(|s| s.assigned = count);
     }
@@ -156,6 +179,11 @@ impl Status {
             }
             if let Some(e) = &s.registry_error {
                 reasons.push(format!("schema registry unreachable (consumption paused): {e}"));
+            }
+            if let Some(seconds) = s.kafka_quiet_s {
+                reasons.push(format!(
+                    "kafka: no broker has answered for {seconds}s (a network partition, or every broker down; the client keeps retrying)"
+                ));
             }
             if s.assigned == 0 {
                 reasons.push("no partitions assigned".to_owned());
@@ -398,18 +426,35 @@ mod tests {
             "shop.public.products/1".into(),
             Stall {
                 offset: 17,
-                reason: "missing_before",
+                reason: StallReason::NoNamespace(crate::graph::EscalationReason::MissingBefore),
                 detail: "no namespace".into(),
             },
         );
         let r = status.readiness();
         assert!(!r.ready);
+        assert_eq!(
+            r.reasons[0],
+            "partition shop.public.products/1 stalled at offset 17: missing_before (no namespace)"
+        );
+        assert_eq!(
+            serde_json::to_value(&r.stalled_partitions).unwrap()["shop.public.products/1"]["reason"],
+            "missing_before"
+        );
+        status.unstall("shop.public.products/1");
+        assert!(status.readiness().ready);
+
+        // A broker heard from a few seconds ago is no reason; past KAFKA_QUIET it is.
+        status.kafka_quiet(Some(KAFKA_QUIET - std::time::Duration::from_secs(1)));
+        assert!(status.readiness().ready);
+        status.kafka_quiet(Some(KAFKA_QUIET + std::time::Duration::from_secs(2)));
+        let r = status.readiness();
+        assert!(!r.ready);
         assert!(
-            r.reasons[0].contains("shop.public.products/1 stalled at offset 17"),
+            r.reasons[0].starts_with("kafka: no broker has answered for 12s"),
             "{:?}",
             r.reasons
         );
-        status.unstall("shop.public.products/1");
+        status.kafka_quiet(None);
         assert!(status.readiness().ready);
     }
 }

@@ -65,6 +65,9 @@ pub(crate) struct Attempt {
     pub(crate) number: u32,
     /// Whether another attempt may follow (false on the last one allowed).
     pub(crate) will_retry: bool,
+    /// The wait before the next attempt if the classifier answers
+    /// [`Next::Retry`] ([`Next::RetryAtCap`] waits the cap), for its report.
+    pub(crate) retry_in: Duration,
 }
 
 /// Why [`Retry::run`] returned without a value.
@@ -149,7 +152,12 @@ impl Retry {
                 Err(error) => error,
             };
             let will_retry = self.max_attempts.is_none_or(|max| number < max);
-            let delay = match classify(&error, Attempt { number, will_retry }) {
+            let attempt = Attempt {
+                number,
+                will_retry,
+                retry_in: self.backoff.next,
+            };
+            let delay = match classify(&error, attempt) {
                 Next::Stop => {
                     return Err(Failed::Permanent {
                         error,
@@ -212,13 +220,14 @@ mod tests {
                     }
                 },
                 |_, attempt| {
-                    seen.push(attempt.number);
+                    seen.push((attempt.number, attempt.retry_in.as_millis()));
                     Next::Retry
                 },
             )
             .await;
         assert_eq!(result, Ok(4));
-        assert_eq!(seen, [1, 2, 3]);
+        // Each failure is told the wait that follows it.
+        assert_eq!(seen, [(1, 100), (2, 200), (3, 300)]);
         // 100 + 200 + 300 (capped)
         assert_eq!(started.elapsed(), Duration::from_millis(600));
     }

@@ -21,6 +21,23 @@ pub(crate) enum DeadLetterError {
     Database(sqlx::Error),
     #[error("dead-letter migrations: {0}")]
     Migrate(sqlx::migrate::MigrateError),
+    /// No answer within [`STATEMENT_TIMEOUT`]: an outage like any other.
+    #[error("dead-letter store: no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// How long one statement of the pipeline's (a dead-letter write, the
+/// readiness probe's query) may wait, the connection's acquisition
+/// included. A store on the same network answers in milliseconds; without
+/// a bound, a connection silenced by a partition would hang the applier
+/// until TCP gives up, minutes later.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn bounded<T>(query: impl std::future::Future<Output = Result<T, sqlx::Error>>) -> Result<T, DeadLetterError> {
+    match tokio::time::timeout(STATEMENT_TIMEOUT, query).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(DeadLetterError::Timeout(STATEMENT_TIMEOUT)),
+    }
 }
 
 impl DeadLetterError {
@@ -124,7 +141,7 @@ impl DeadLetterStore {
         let options: PgConnectOptions = settings.url.parse()?;
         let pool = PgPoolOptions::new()
             .max_connections(2)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(STATEMENT_TIMEOUT)
             .connect_lazy_with(options.options([("search_path", settings.schema.as_str())]));
         Ok(DeadLetterStore {
             pool,
@@ -154,11 +171,12 @@ impl DeadLetterStore {
     /// At start: is the table there? `Ok(false)` when it is missing (not
     /// migrated); an error when the database cannot be asked.
     pub(crate) async fn table_exists(&self) -> Result<bool, DeadLetterError> {
-        let found: Option<String> =
+        let found: Option<String> = bounded(
             sqlx::query_scalar("SELECT to_regclass(format('%I.cdc_dead_letters', $1::text))::text")
                 .bind(&self.schema)
-                .fetch_one(&self.pool)
-                .await?;
+                .fetch_one(&self.pool),
+        )
+        .await?;
         Ok(found.is_some())
     }
 
@@ -197,7 +215,7 @@ impl DeadLetterStore {
     /// values included), text columns get [`printable`] text.
     pub(crate) async fn write(&self, record: &KafkaRecord, failure: &Failure) -> Result<(), DeadLetterError> {
         let encoded = Encoded::of(record, failure);
-        sqlx::query(
+        let insert = sqlx::query(
             r#"INSERT INTO cdc_dead_letters (topic, "partition", "offset", key, value, headers, header_names, header_values,
                                              error_kind, error_detail, stage)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
@@ -216,8 +234,8 @@ impl DeadLetterStore {
         .bind(failure.kind)
         .bind(&encoded.detail)
         .bind(failure.stage.label())
-        .execute(&self.pool)
-        .await?;
+        .execute(&self.pool);
+        bounded(insert).await?;
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 //! the settings its role forces, which therefore always win.
 
 use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
 
 use crate::config::{GroupProtocol, PlanSettings, SourceSettings};
 // The forced lists are shared with config validation, which refuses them
@@ -57,6 +58,15 @@ pub(crate) fn consumer(source: &SourceSettings, plan: &PlanSettings) -> ClientCo
         // and took the drain's peak RSS from about 70 to 37 MiB
         // (BENCHMARKS.md, "Memory: the prefetch").
         ("queued.max.messages.kbytes", prefetch_kbytes(plan).to_string()),
+        // Every request (fetch, commit, heartbeat, metadata) waits at most
+        // this long before the connection counts as failed and is made
+        // again: librdkafka's 60 s default kept a connection silenced by a
+        // network partition in place for a minute after it healed. A broker
+        // on the same network answers in milliseconds (fetches wait at most
+        // fetch.wait.max.ms, 500 ms).
+        ("socket.timeout.ms", "10000".to_owned()),
+        // Keepalive probes notice a dead peer on an idle connection.
+        ("socket.keepalive.enable", "true".to_owned()),
     ];
     // What delivery depends on, each with its reason in `kafka_forced`.
     let mut forced: Vec<(&str, String)> = CONSUMER_FORCED.iter().map(|(n, v)| (*n, (*v).to_owned())).collect();
@@ -119,6 +129,20 @@ pub(crate) fn producer(source: &SourceSettings) -> ClientConfig {
         ],
         &[("enable.idempotence", "true".to_owned())],
     )
+}
+
+/// A client creation error without the values of the settings: librdkafka
+/// quotes the value of the setting it refused (in the description, and
+/// rdkafka prints it after the name), and the passthrough holds
+/// `sasl.password`, `ssl.key.password` and the like. The error keeps the
+/// setting's name, which is what an operator needs to find it.
+pub(crate) fn without_setting_value(error: KafkaError) -> KafkaError {
+    match error {
+        KafkaError::ClientConfig(code, description, name, value) if !value.is_empty() => {
+            KafkaError::ClientConfig(code, description.replace(&value, "***"), name, "***".to_owned())
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -199,5 +223,23 @@ mod tests {
                 .unwrap_or_default();
             assert!(error.contains(name), "{name}: {error}");
         }
+    }
+
+    #[test]
+    fn a_refused_setting_is_named_without_its_value() {
+        let mut config = ClientConfig::new();
+        config.set("sasl.oauthbearer.client.secret", "S3cretValue");
+        config.set("security.protocol", "S3cretValue");
+        let error = config
+            .create::<rdkafka::consumer::BaseConsumer>()
+            .map(|_| ())
+            .map_err(without_setting_value)
+            .expect_err("an invalid security.protocol is refused");
+        let printed = format!("{error} {error:?}");
+        assert!(!printed.contains("S3cret"), "{printed}");
+        assert!(
+            printed.contains("security.protocol") || printed.contains("sasl.oauthbearer"),
+            "{printed}"
+        );
     }
 }

@@ -9,6 +9,8 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 
+use crate::graph::EscalationReason;
+
 pub(crate) const EVENTS: &str = "cdc_invalidator_events_total";
 pub(crate) const TARGETS_BUMPED: &str = "cdc_invalidator_targets_bumped_total";
 pub(crate) const GUARD_NOOPS: &str = "cdc_invalidator_guard_noops_total";
@@ -27,6 +29,8 @@ pub(crate) const IN_FLIGHT: &str = "cdc_invalidator_in_flight_records";
 pub(crate) const PAUSED_PARTITIONS: &str = "cdc_invalidator_paused_partitions";
 pub(crate) const STALLED_PARTITIONS: &str = "cdc_invalidator_stalled_partitions";
 pub(crate) const REDIS_ERRORS: &str = "cdc_invalidator_redis_errors_total";
+pub(crate) const REDIS_RECONNECTS: &str = "cdc_invalidator_redis_reconnects_total";
+pub(crate) const KAFKA_ERRORS: &str = "cdc_invalidator_kafka_errors_total";
 pub(crate) const REDIS_DATA_LOSS: &str = "cdc_invalidator_redis_data_loss_total";
 pub(crate) const SOURCE_IDLE: &str = "cdc_invalidator_source_idle_seconds";
 pub(crate) const SOURCE_IDLE_TOPICS: &str = "cdc_invalidator_source_idle_topics";
@@ -43,6 +47,7 @@ pub(crate) const AUDIT_STALE_RATIO: &str = "cdc_invalidator_audit_stale_ratio";
 pub(crate) const AUDIT_BUILD_INFO: &str = "cdc_invalidator_audit_build_info";
 pub(crate) const AUDIT_LATE: &str = "cdc_invalidator_audit_late_total";
 pub(crate) const AUDIT_LOST: &str = "cdc_invalidator_audit_lost_total";
+pub(crate) const AUDIT_COVERED: &str = "cdc_invalidator_audit_covered_total";
 pub(crate) const MESSAGES: &str = "cdc_invalidator_messages_total";
 
 /// Outcome label of the events metric.
@@ -268,6 +273,14 @@ fn describe() {
     );
     describe_counter!(REDIS_ERRORS, "Failed Redis apply attempts, by error kind.");
     describe_counter!(
+        KAFKA_ERRORS,
+        "Errors the Kafka client reported, by kind (transport, all_brokers_down, timed_out, other); it retries them itself, nothing is committed meanwhile."
+    );
+    describe_counter!(
+        REDIS_RECONNECTS,
+        "Redis connections dropped to be replaced, by reason (silent: no answer within redis.response_timeout; moved: the server is no longer the primary, or behind Sentinel unreachable)."
+    );
+    describe_counter!(
         REDIS_DATA_LOSS,
         "Times Redis was found to have lost acknowledged writes (reason: missing, rolled_back, evicted); each bumped the epoch and every namespace."
     );
@@ -301,7 +314,11 @@ fn describe() {
     );
     describe_counter!(
         AUDIT_LOST,
-        "Violations whose version records had still not advanced at the recheck (lost)."
+        "Violations whose version records had still not advanced at the recheck, with no epoch or namespace move after the change to cover them (lost)."
+    );
+    describe_counter!(
+        AUDIT_COVERED,
+        "Violations whose version records had not advanced at the recheck, but whose epoch or namespace had moved after the change (covered for readers that fold them)."
     );
     describe_counter!(
         AUDIT_VIOLATIONS,
@@ -329,8 +346,8 @@ pub(crate) fn event(op: &'static str, outcome: Outcome) {
     counter!(EVENTS, "op" => op, "outcome" => outcome.label()).increment(1);
 }
 
-pub(crate) fn escalation(reason: &'static str) {
-    counter!(ESCALATIONS, "reason" => reason).increment(1);
+pub(crate) fn escalation(reason: EscalationReason) {
+    counter!(ESCALATIONS, "reason" => reason.label()).increment(1);
 }
 
 pub(crate) fn targets(kind: &'static str, applied: bool, count: u64) {
@@ -373,6 +390,20 @@ pub(crate) fn redis_apply(seconds: f64, targets: usize) {
 
 pub(crate) fn redis_error(kind: &'static str) {
     counter!(REDIS_ERRORS, "kind" => kind).increment(1);
+}
+
+/// Every `redis_reconnect` reason, for the counter registered at zero.
+pub(crate) const RECONNECT_REASONS: [&str; 2] = ["silent", "moved"];
+
+pub(crate) fn redis_reconnect(reason: &'static str) {
+    counter!(REDIS_RECONNECTS, "reason" => reason).increment(1);
+}
+
+/// Every `kafka_error` kind, for the counter registered at zero.
+pub(crate) const KAFKA_ERROR_KINDS: [&str; 4] = ["transport", "all_brokers_down", "timed_out", "other"];
+
+pub(crate) fn kafka_error(kind: &'static str) {
+    counter!(KAFKA_ERRORS, "kind" => kind).increment(1);
 }
 
 pub(crate) fn source_idle(topic: &str, seconds: u64) {
@@ -455,6 +486,58 @@ pub(crate) fn audit_late() {
 
 pub(crate) fn audit_lost() {
     counter!(AUDIT_LOST).increment(1);
+}
+
+pub(crate) fn audit_covered() {
+    counter!(AUDIT_COVERED).increment(1);
+}
+
+/// Every auditor series from the start, at 0: a counter born at its first
+/// increment loses that increment to rate() and leaves panels empty.
+pub(crate) fn audit_at_zero() {
+    for name in [AUDIT_CHECKS, AUDIT_VIOLATIONS, AUDIT_LATE, AUDIT_COVERED, AUDIT_LOST] {
+        counter!(name).increment(0);
+    }
+    set_gauge(AUDIT_STALE_RATIO, Vec::new(), 0.0);
+}
+
+/// Every value of the daemon's small fixed label sets, from the modules
+/// that own them (this module imports none).
+pub(crate) struct FixedLabels {
+    pub(crate) target_kinds: Vec<&'static str>,
+    pub(crate) escalation_reasons: Vec<&'static str>,
+    pub(crate) redis_error_kinds: Vec<&'static str>,
+    pub(crate) loss_reasons: Vec<&'static str>,
+}
+
+/// The daemon's counters the dashboard and the alerts draw, at 0 from the
+/// start for every value of their fixed label sets: a counter born at its
+/// first increment loses that increment to rate(), and a panel of it stays
+/// empty until then. Counters whose labels are a large cross product
+/// (events by op and outcome, dead letters by stage and kind) are born at
+/// their first increment; the dashboard's dead-letter panel allows for that.
+pub(crate) fn daemon_at_zero(labels: &FixedLabels) {
+    counter!(TARGETS_COALESCED).increment(0);
+    counter!(MOOT_EVENTS).increment(0);
+    for &kind in &labels.target_kinds {
+        counter!(TARGETS_BUMPED, "kind" => kind).increment(0);
+        counter!(GUARD_NOOPS, "kind" => kind).increment(0);
+    }
+    for &reason in &labels.escalation_reasons {
+        counter!(ESCALATIONS, "reason" => reason).increment(0);
+    }
+    for &kind in &labels.redis_error_kinds {
+        counter!(REDIS_ERRORS, "kind" => kind).increment(0);
+    }
+    for reason in RECONNECT_REASONS {
+        counter!(REDIS_RECONNECTS, "reason" => reason).increment(0);
+    }
+    for kind in KAFKA_ERROR_KINDS {
+        counter!(KAFKA_ERRORS, "kind" => kind).increment(0);
+    }
+    for &reason in &labels.loss_reasons {
+        counter!(REDIS_DATA_LOSS, "reason" => reason).increment(0);
+    }
 }
 
 pub(crate) fn audit_stale_ratio(ratio: f64) {

@@ -76,7 +76,8 @@ pub(crate) fn is_moot(
     match (commit_time_us, max_cache_ttl) {
         (Some(commit), Some(ttl)) => {
             let age_us = now_us.saturating_sub(commit);
-            age_us > (ttl + skew_margin).as_micros() as i64
+            // Saturating: a TTL beyond i64 microseconds (292,000 years) makes nothing moot.
+            age_us > i64::try_from(ttl.saturating_add(skew_margin).as_micros()).unwrap_or(i64::MAX)
         }
         // Without a commit time or a declared TTL nothing is provably moot.
         _ => false,

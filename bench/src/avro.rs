@@ -101,11 +101,13 @@ fn to_avro(v: &Value, schema: &Schema, names: &HashMap<Name, Schema>) -> anyhow:
                 variants.iter().position(|s| !matches!(s, Schema::Null))
             }
             .ok_or_else(|| anyhow!("no union branch for {v}"))?;
-            Avro::Union(index as u32, Box::new(to_avro(v, &variants[index], names)?))
+            Avro::Union(u32::try_from(index)?, Box::new(to_avro(v, &variants[index], names)?))
         }
         (Schema::Null, Value::Null) => Avro::Null,
         (Schema::Boolean, Value::Bool(b)) => Avro::Boolean(*b),
-        (Schema::Int, Value::Number(n)) => Avro::Int(n.as_i64().context("int")? as i32),
+        (Schema::Int, Value::Number(n)) => {
+            Avro::Int(i32::try_from(n.as_i64().context("int")?).context("int out of range")?)
+        }
         (Schema::Long, Value::Number(n)) => Avro::Long(n.as_i64().context("long")?),
         (Schema::String, Value::String(s)) => Avro::String(s.clone()),
         (Schema::Record(r), Value::Object(map)) => Avro::Record(

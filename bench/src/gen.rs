@@ -175,7 +175,8 @@ impl Generator {
     }
 
     pub fn partition_of(&self, row_id: u64) -> i32 {
-        (row_id % self.partitions as u64) as i32
+        let partitions = u64::try_from(self.partitions).expect("a positive partition count");
+        i32::try_from(row_id % partitions).expect("below the partition count, an i32")
     }
 
     /// The next record of the stream, at commit time `now_us`.
@@ -200,13 +201,14 @@ impl Generator {
         } else {
             'u'
         };
-        let old_category = self.category_of[index as usize];
+        let index = usize::try_from(index).expect("a row index");
+        let old_category = self.category_of[index];
         let new_category = if op == 'u' && self.rng.random_range(0..100) < self.mix.move_pct {
             self.rng.random_range(1..=self.categories)
         } else {
             old_category
         };
-        self.category_of[index as usize] = new_category;
+        self.category_of[index] = new_category;
         let stock = self.rng.random_range(0..1000);
         let before = (op != 'c').then(|| self.row(id, old_category, stock + 1, now_us - 5_000_000));
         let after = (op != 'd').then(|| self.row(id, new_category, stock, now_us));

@@ -32,11 +32,9 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow
     let consumer = plain_consumer(brokers)?;
     for _ in 0..100 {
         if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
-            if md
-                .topics()
-                .first()
-                .is_some_and(|t| t.error().is_none() && t.partitions().len() == partitions as usize)
-            {
+            if md.topics().first().is_some_and(|t| {
+                t.error().is_none() && usize::try_from(partitions).is_ok_and(|n| n == t.partitions().len())
+            }) {
                 return Ok(());
             }
         }

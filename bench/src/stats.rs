@@ -7,6 +7,8 @@ pub fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }
+    // q in 0..=1, so the rank is a whole number in 0..=len (and clamped below).
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let rank = (q * sorted.len() as f64).ceil() as usize;
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }

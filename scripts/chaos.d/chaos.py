@@ -28,17 +28,24 @@ from typing import ClassVar
 
 import psycopg
 import redis
+import redis.sentinel
 from confluent_kafka import Consumer, TopicPartition
+from network import NEEDS_NETWORK, NetworkFaults, NetworkSetup, network_figures, planned_duration, report_network
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROJECT = os.path.dirname(os.path.dirname(HERE))
 STACK = os.path.join(PROJECT, "scripts", "stack")
 CONFIG = os.path.join(PROJECT, "examples", "shop", "config.toml")
 SCHEMA = os.path.join(PROJECT, "examples", "shop", "schema.sql")
-BINARY = os.path.join(PROJECT, "target", "release", "cdc-invalidator")
+# scripts/chaos builds it and names it (CHAOS_PROFILE picks release or debug).
+BINARY = os.environ.get("CHAOS_BINARY") or os.path.join(PROJECT, "target", "release", "cdc-invalidator")
 
 ALL_FAULTS = ["kill9", "term", "redis-snapshot", "kafka", "kill9", "connect", "postgres", "redis-failover", "kill9"]
 SHORT_FAULTS = ["kill9", "redis-snapshot", "term"]
+# Every network fault kind, in the order --network runs them (docs/reliability.md, "Network faults").
+NETWORK_FAULTS = ["redis-partition", "kafka-partition", "postgres-partition", "redis-latency", "redis-loss",
+                  "redis-silent"]
+NETWORK_SHORT_FAULTS = ["redis-partition", "kafka-partition", "redis-silent"]
 LAG_OK = 100
 N_CATEGORIES = 20
 N_SEED_PRODUCTS = 300
@@ -92,6 +99,13 @@ class Stack:
         self.redis_port = int(self.env["CDC_REDIS_URL"].rsplit(":", 1)[1])
         self.pg_url = self.env["CDC_PG_URL"]
         self.brokers = self.env["CDC_KAFKA_BROKERS"]
+        self.broker_count = len(self.brokers.split(","))
+        # The brokers' fault-suite listener (scripts/stack): only the suite's daemons use it.
+        self.faults_brokers = self.env.get("CDC_KAFKA_FAULTS_BROKERS")
+        # With `scripts/stack up --redis sentinel`: the primary moves on a failover.
+        self.sentinels = [tuple(a.rsplit(":", 1)) for a in self.env.get("CDC_REDIS_SENTINELS", "").split(",") if a]
+        self.sentinels = [(h, int(p)) for h, p in self.sentinels]
+        self.sentinel_master = self.env.get("CDC_REDIS_SENTINEL_MASTER")
         self.connect_url = self.env["CDC_CONNECT_URL"]
         self.prefix = self.env["CDC_TOPIC_PREFIX"]
         self.out_dir = out_dir
@@ -148,10 +162,29 @@ class Stack:
             time.sleep(1)
 
     def redis_client(self, port=None):
+        """A client of the stack's Redis, or of the server on `port`. Behind
+        Sentinel, the primary the Sentinels name at each connection, so the
+        suite's writer, reader and oracle follow a failover."""
+        if port is None and self.sentinels:
+            sentinel = redis.sentinel.Sentinel(self.sentinels, socket_timeout=2, socket_connect_timeout=2)
+            return sentinel.master_for(self.sentinel_master, socket_timeout=2, socket_connect_timeout=2,
+                                       decode_responses=True)
         return redis.Redis(
             host="127.0.0.1", port=port or self.redis_port, socket_timeout=2, socket_connect_timeout=2,
             decode_responses=True,
         )
+
+    def redis_primary_port(self):
+        """The port of the primary now (the Sentinels' answer, or the one server)."""
+        if not self.sentinels:
+            return self.redis_port
+        for host, port in self.sentinels:
+            with contextlib.suppress(redis.RedisError):
+                addr = redis.Redis(host=host, port=port, socket_timeout=2).sentinel_get_master_addr_by_name(
+                    self.sentinel_master)
+                if addr:
+                    return int(addr[1])
+        raise RuntimeError("no Sentinel names the primary")
 
     def pg_home(self):
         for home in (self.dir, None):
@@ -250,11 +283,15 @@ def render(template, row):
 
 
 class Replicas:
-    def __init__(self, stack, out_dir, group, args):
+    def __init__(self, stack, out_dir, group, args, config=CONFIG, addresses=None):
         self.stack = stack
         self.out_dir = out_dir
         self.group = group
         self.args = args
+        self.config = config
+        # The daemons' own addresses when they differ from the stack's
+        # (network faults: the proxies and the brokers' fault listener).
+        self.addresses = addresses or {}
         self.procs = {}
         self.expected_exit = set()
         self.unexpected = []
@@ -275,13 +312,14 @@ class Replicas:
             CDC_KAFKA_GROUP=self.group,
             CDC_GROUP_PROTOCOL=self.args.protocol,
         )
+        env.update(self.addresses)
         # Static membership with an id per replica (the example config's
         # "auto" would do the same here), or off with --dynamic.
         env["CDC_INSTANCE_ID"] = "" if self.args.dynamic else f"{self.group}-r{n}"
         # The replica's stdout and stderr for its whole life, not one block.
         logf = open(os.path.join(self.out_dir, f"daemon-{n}.log"), "a")  # noqa: SIM115
         proc = subprocess.Popen(
-            [BINARY, "--log-format", "json", "run", "--config", CONFIG], env=env, stdout=logf, stderr=logf,
+            [BINARY, "--log-format", "json", "run", "--config", self.config], env=env, stdout=logf, stderr=logf,
             stdin=subprocess.DEVNULL,
         )
         logf.close()
@@ -330,6 +368,25 @@ class Replicas:
         except Exception:
             return False
 
+    def observe(self):
+        """Per live replica: readiness, the counters of METRIC_SUMS (each
+        summed over its labels; None when /metrics did not answer) and RSS."""
+        with self.lock:
+            alive = {n: p for n, p in self.procs.items() if p.poll() is None}
+        out = {}
+        for n, proc in alive.items():
+            sums = None
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port(n)}/metrics", timeout=1) as r:
+                    sums = metric_sums(r.read().decode())
+            except Exception:
+                pass
+            rss_kb = None
+            with contextlib.suppress(OSError, ValueError, StopIteration), open(f"/proc/{proc.pid}/status") as f:
+                rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+            out[n] = {"ready": self.ready(n), "metrics": sums, "rss_kb": rss_kb}
+        return out
+
     def all_ready(self):
         with self.lock:
             alive = [n for n, p in self.procs.items() if p.poll() is None]
@@ -350,6 +407,35 @@ class Replicas:
 
 # ------------------------------------------------------------------ lag and readiness sampling
 
+# Counters each replica's /metrics is sampled for (every label summed):
+# "applied" moves whenever a bump reaches Redis, "errors" whenever a
+# dependency fails (any *_errors_total), so a stall with neither is silent.
+METRIC_SUMS = {
+    "applied": ("cdc_invalidator_targets_bumped_total", "cdc_invalidator_guard_noops_total"),
+    "redis_errors": ("cdc_invalidator_redis_errors_total",),
+    "escalations": ("cdc_invalidator_escalations_total",),
+    "dead_letters": ("cdc_invalidator_dead_letters_total",),
+}
+
+
+def metric_sums(text):
+    sums = {k: 0.0 for k in METRIC_SUMS}
+    sums["errors"] = 0.0
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        try:
+            value = float(line.rsplit(" ", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        for key, names in METRIC_SUMS.items():
+            if name in names:
+                sums[key] += value
+        if name.endswith("_errors_total"):
+            sums["errors"] += value
+    return sums
+
 
 class Monitor(threading.Thread):
     def __init__(self, stack, model, group, replicas):
@@ -359,6 +445,7 @@ class Monitor(threading.Thread):
         self.group = group
         self.replicas = replicas
         self.samples = []  # (time, total lag or None, all ready)
+        self.replica_samples = []  # (time, {replica: Replicas.observe()'s entry})
         self.stop = threading.Event()
         self.partitions = None
 
@@ -394,9 +481,11 @@ class Monitor(threading.Thread):
                 lag = self.lag(c)
             except Exception:
                 lag = None
-            ready = self.replicas.all_ready()
+            seen = self.replicas.observe()
+            ready = len(seen) == self.replicas.args.replicas and all(o["ready"] for o in seen.values())
             self.replicas.watch()
             self.samples.append((t, lag, ready))
+            self.replica_samples.append((t, seen))
             self.stop.wait(max(0.0, 0.5 - (time.time() - t)))
         c.close()
 
@@ -680,17 +769,20 @@ class Reader(Workers):
 # ------------------------------------------------------------------ faults
 
 
-class Faults:
-    def __init__(self, stack, replicas, args, out_dir):
+class Faults(NetworkFaults):
+    def __init__(self, stack, replicas, args, out_dir, net=None):
         self.stack = stack
         self.replicas = replicas
         self.args = args
         self.out_dir = out_dir
+        self.net = net  # NetworkSetup, for the network faults
         self.replica_redis = None  # (port, pidfile, dir)
 
     def run(self, kind):
-        """Injects one fault; returns (injection time, detail)."""
-        return getattr(self, "f_" + kind.replace("-", "_"))()
+        """Injects one fault; returns (injection time, detail, extra figures:
+        the network faults' heal time and mechanism)."""
+        got = getattr(self, "f_" + kind.replace("-", "_"))()
+        return got if len(got) == 3 else (*got, {})
 
     def f_kill9(self):
         n = random.randint(1, self.args.replicas)
@@ -982,8 +1074,9 @@ def smoothed_lag(samples, span=1.0):
     return out
 
 
-def fault_figures(samples, faults, t_end):
-    """Recovery per fault: to the end of the last bad stretch before the next fault."""
+def fault_figures(samples, faults, t_end, replica_samples=()):
+    """Recovery per fault: to the end of the last bad stretch before the next
+    fault; for faults that heal (network, topology), figures from the heal."""
     lagged = smoothed_lag(samples)
     for i, f in enumerate(faults):
         t1 = faults[i + 1]["at"] if i + 1 < len(faults) else t_end
@@ -991,6 +1084,7 @@ def fault_figures(samples, faults, t_end):
         f["ready_recovery_s"] = recovery(samples, f["at"], t1, lambda s: not s[2])
         lags = [s[1] for s in samples if f["at"] <= s[0] < t1 and s[1] is not None]
         f["peak_lag"] = max(lags) if lags else None
+    network_figures(faults, samples, list(replica_samples), lagged, t_end, recovery)
 
 
 def recovery(samples, t0, t1, pred_bad):
@@ -1009,6 +1103,27 @@ def recovery(samples, t0, t1, pred_bad):
 
 
 # ------------------------------------------------------------------ main
+
+
+def daemon_config(args, out_dir, stack):
+    """The example config, or a copy whose [redis] section carries the
+    run's settings: wait_replicas, and behind Sentinel a [redis.sentinel]
+    section instead of the URL."""
+    if not args.wait_replicas and not stack.sentinels:
+        return CONFIG
+    with open(CONFIG) as f:
+        text = f.read()
+    extra = f"wait_replicas = {args.wait_replicas}\n" if args.wait_replicas else ""
+    text = re.sub(r"^\[redis\]\n", lambda m: m.group(0) + extra, text, count=1, flags=re.M)
+    if stack.sentinels:
+        text = re.sub(r"^url = \"redis://[^\"]*\"\n", "", text, count=1, flags=re.M)
+        addresses = ", ".join(f'"{h}:{p}"' for h, p in stack.sentinels)
+        text += (f"\n[redis.sentinel]\nmaster_name = \"{stack.sentinel_master}\"\n"
+                 f"addresses = [{addresses}]\n")
+    path = os.path.join(out_dir, "config.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
 
 
 def setup_database(stack):
@@ -1033,6 +1148,12 @@ def setup_database(stack):
 def main():
     ap = argparse.ArgumentParser(prog="scripts/chaos", description="bounded fault soak against the local stack")
     ap.add_argument("--short", action="store_true", help="CI mode: 120 s, faults kill9, redis-snapshot, term")
+    ap.add_argument("--network", action="store_true", help="every network fault kind, each held 30-60 s")
+    ap.add_argument("--network-short", action="store_true",
+                    help="Redis and Kafka partitions and a silent Redis, 30 s each (about 5 minutes)")
+    ap.add_argument("--hold", type=float, help="seconds every network fault lasts (default: per kind, 30-60)")
+    ap.add_argument("--wait-replicas", type=int, default=0, help="the daemons' redis.wait_replicas (default 0)")
+    ap.add_argument("--packet-loss", type=float, help="share of packets redis-loss drops (default: 0.10-0.30, uniform)")
     ap.add_argument("--duration", type=int, help="seconds of writing (default 600, 120 with --short)")
     ap.add_argument("--rate", type=float, default=60, help="row changes per second (default 60)")
     ap.add_argument("--faults", help="comma-separated fault kinds, in order (default: all kinds, kill9 three times)")
@@ -1049,11 +1170,24 @@ def main():
     args = ap.parse_args()
     if args.report:
         return reprint(args.report)
-    duration = args.duration or (120 if args.short else 600)
-    faults = args.faults.split(",") if args.faults else (SHORT_FAULTS if args.short else ALL_FAULTS)
+    if args.network_short and not args.hold:
+        args.hold = 30
+    if args.faults:
+        faults = args.faults.split(",")
+    elif args.network or args.network_short:
+        faults = NETWORK_SHORT_FAULTS if args.network_short else NETWORK_FAULTS
+    else:
+        faults = SHORT_FAULTS if args.short else ALL_FAULTS
+    kinds = sorted(k[2:].replace("_", "-") for k in dir(Faults) if k.startswith("f_"))
     for f in faults:
-        if not hasattr(Faults, "f_" + f.replace("-", "_")):
-            ap.error(f"unknown fault {f!r} (kinds: {', '.join(sorted(set(ALL_FAULTS)))})")
+        if f not in kinds:
+            ap.error(f"unknown fault {f!r} (kinds: {', '.join(kinds)})")
+    if args.duration:
+        duration = args.duration
+    elif any(f in NEEDS_NETWORK or f.startswith(("sentinel", "kill9-leader")) for f in faults):
+        duration = planned_duration(faults, args)
+    else:
+        duration = 120 if args.short else 600
     random.seed(args.seed)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -1071,19 +1205,31 @@ def main():
         log("starting the stack (scripts/stack up)")
         stack.up("initial")
     model = Model(CONFIG, stack.prefix)
+    config = daemon_config(args, out_dir, stack)
     setup_database(stack)
     env = dict(stack.env, CDC_LOOKUP_URL=stack.pg_url, CDC_DEAD_LETTERS_URL=stack.pg_url)
     subprocess.run([BINARY, "migrate", "--config", CONFIG], env=env, check=True, capture_output=True, timeout=60)
 
-    replicas = Replicas(stack, out_dir, group, args)
+    net = None
+    if any(f in NEEDS_NETWORK for f in faults):
+        cache = os.environ.get("CDC_STACK_CACHE") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cdc-invalidator")
+        net = NetworkSetup(stack, args, out_dir, cache, log)
+    replicas = Replicas(stack, out_dir, group, args, config=config)
     monitor = Monitor(stack, model, group, replicas)
-    faulter = Faults(stack, replicas, args, out_dir)
+    faulter = Faults(stack, replicas, args, out_dir, net)
     writer = reader = None
     exit_code = 1
     result = {"run": run_id, "args": vars(args), "duration": duration, "faults": []}
     try:
         wait_for("the shop topics", lambda: all(
             t in monitor.consumer().list_topics(timeout=3).topics for t in model.topics), 60)
+        if net:
+            net.start()
+            replicas.addresses = net.daemon_addresses()
+            proxied = "PostgreSQL" if stack.sentinels else "Redis and PostgreSQL"
+            log(f"network faults: the daemons reach {proxied} through Toxiproxy (API port "
+                f"{net.toxiproxy.api_port}) and Kafka through the brokers' fault-suite listener: {replicas.addresses}")
         # A taken admin port would make a replica exit at once (status 2),
         # again and again: the run would silently have one replica fewer.
         for n in range(1, args.replicas + 1):
@@ -1124,9 +1270,9 @@ def main():
             while time.time() < at:
                 time.sleep(0.2)
             log(f"fault {i + 1}/{len(faults)}: {kind}")
-            t_inj, detail = faulter.run(kind)
+            t_inj, detail, extra = faulter.run(kind)
             log(f"  {detail}")
-            result["faults"].append({"kind": kind, "at": t_inj, "detail": detail})
+            result["faults"].append({"kind": kind, "at": t_inj, "detail": detail, **extra})
         while time.time() < t0 + duration:
             time.sleep(0.2)
         writer.finish()
@@ -1141,8 +1287,9 @@ def main():
         monitor.join(timeout=10)
         result["t0"], result["t_end"] = t0, t_end
         result["samples"] = [(round(t - t0, 2), lag, ready) for t, lag, ready in monitor.samples]
+        result["replica_samples"] = [(round(t - t0, 2), seen) for t, seen in monitor.replica_samples]
 
-        fault_figures(monitor.samples, result["faults"], t_end)
+        fault_figures(monitor.samples, result["faults"], t_end, monitor.replica_samples)
 
         log("oracle: reading the topics")
         records = read_changes(stack, model, start, timeout=180)
@@ -1171,6 +1318,8 @@ def main():
         monitor.stop.set()
         replicas.stop_all()
         faulter.cleanup()
+        if net:
+            net.cleanup()
         try:
             if not stack.status_ok():
                 log("a stack part is down after the run: scripts/stack up")
@@ -1206,6 +1355,7 @@ def report(res):
         if known:
             print(f"   {kind:<15} lag recovery median {statistics.median(known):.1f}s max {max(known):.1f}s"
                   f" over {len(vals)} ({len(vals) - len(known)} not recovered in its window)")
+    report_network(res["faults"], fmt)
     print(f"peak RSS per replica (MB): {res['peak_rss_mb']}")
     print(f"daemon exits not caused by the suite: {len(res['unexpected_exits'])}")
     for ex in res["unexpected_exits"]:
@@ -1218,7 +1368,8 @@ def reprint(path):
     # Runs before t0 was stored: the first fault fires 0-0.3 s after t0 + its offset.
     t0 = res.get("t0") or res["faults"][0]["at"] - min(20.0, res["duration"] * 0.15)
     samples = [(t0 + t, lag, ready) for t, lag, ready in res["samples"]]
-    fault_figures(samples, res["faults"], res.get("t_end") or t0 + res["duration"])
+    replica_samples = [(t0 + t, {int(n): o for n, o in seen.items()}) for t, seen in res.get("replica_samples", [])]
+    fault_figures(samples, res["faults"], res.get("t_end") or t0 + res["duration"], replica_samples)
     report(res)
     return verdict(res)
 

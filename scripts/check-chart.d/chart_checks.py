@@ -79,8 +79,8 @@ def check_rules(rendered, alerts, out):
     expected = yaml.safe_load(Path(alerts).read_text())
     groups = rules[0]["spec"]["groups"]
     if groups != expected["groups"]:
-        for want, got in zip(expected["groups"], groups):
-            for w, g in zip(want.get("rules", []), got.get("rules", [])):
+        for want, got in zip(expected["groups"], groups, strict=False):
+            for w, g in zip(want.get("rules", []), got.get("rules", []), strict=False):
                 if w != g:
                     fail(f"rule {w.get('alert') or w.get('record')} differs:\nalerts.yml: {w}\nchart:      {g}")
         fail("the PrometheusRule's groups differ from alerts.yml (group names or counts)")

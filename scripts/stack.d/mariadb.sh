@@ -3,7 +3,8 @@
 # shellcheck disable=SC2154
 # The MariaDB part of scripts/stack (sourced by it; uses its helpers: step,
 # fail, wait_until, pid_alive, ensure_port_free, apt_install, mvn_copy,
-# connect_url, connector_status_of). Started only when asked for
+# connect_url, connector_status_of, bootstrap_servers,
+# replication_factor, min_insync). Started only when asked for
 # (`scripts/stack up --with mariadb` or CDC_WITH_MARIADB=1), so the default
 # stack stays as fast as before.
 #
@@ -130,7 +131,8 @@ register_mariadb_connector() {
     bash -c "curl -sf '$(connect_url)/connector-plugins' | grep -q MariaDbConnector"
   config=$(sed -e "s|@MARIADB_PORT@|$MARIADB_PORT|g" -e "s|@MARIADB_DB@|$MARIADB_DB|g" \
     -e "s|@MARIADB_USER@|$MARIADB_USER|g" -e "s|@MARIADB_PASSWORD@|$MARIADB_PASSWORD|g" \
-    -e "s|@CLIENT_SERVER_ID@|$MARIADB_CLIENT_SERVER_ID|g" -e "s|@KAFKA_PORT@|$KAFKA_PORT|g" \
+    -e "s|@CLIENT_SERVER_ID@|$MARIADB_CLIENT_SERVER_ID|g" -e "s|@BOOTSTRAP@|$(bootstrap_servers)|g" \
+    -e "s|@REPLICATION_FACTOR@|$(replication_factor)|g" -e "s|@MIN_INSYNC@|$(min_insync)|g" \
     -e "s|@TOPIC_PREFIX@|$MARIADB_TOPIC_PREFIX|g" "$resources/debezium-mariadb.json")
   answer=$(curl -s -o /dev/stderr -w '%{http_code}' -X PUT -H 'Content-Type: application/json' \
     --data "$config" "$(connect_url)/connectors/$MARIADB_CONNECTOR/config" 2>"$STACK_DIR/connector-answer.json") || true

@@ -6,19 +6,25 @@ use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{load, spawn_signal_handler};
+use super::{load, spawn_signal_handler, wait_for_tasks};
 use crate::admin;
 use crate::audit::AuditOptions;
+use crate::tasks::Tasks;
 
 pub(super) async fn audit(config: &Path, options: AuditOptions, listen: std::net::SocketAddr) -> anyhow::Result<i32> {
     let settings = load(config)?;
     let metrics = crate::metrics::install();
     let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone());
+    let tasks = Tasks::new();
+    spawn_signal_handler(&tasks, shutdown.clone());
     let listener = admin::bind(listen).await?;
     crate::metrics::audit_build_info();
-    let server = tokio::spawn(admin::serve_metrics_only(listener, metrics, shutdown.clone()));
-    let refresher = tokio::spawn({
+    crate::metrics::audit_at_zero();
+    let server = tasks.spawn(
+        "audit http",
+        admin::serve_metrics_only(listener, metrics, shutdown.clone()),
+    );
+    let refresher = tasks.spawn("gauge refresher", {
         let stop = shutdown.clone();
         async move {
             let mut interval = tokio::time::interval(crate::metrics::GAUGE_REFRESH);
@@ -33,5 +39,6 @@ pub(super) async fn audit(config: &Path, options: AuditOptions, listen: std::net
     println!("{}", report.summary(slo));
     shutdown.cancel();
     let _ = tokio::join!(server, refresher);
+    wait_for_tasks(&tasks).await;
     Ok(if report.violations == 0 { 0 } else { 1 })
 }

@@ -3,7 +3,8 @@
 //! records), Kafka (the subscription's topics and their entities), Kafka
 //! Connect's connectors, the dead-letter table, and through the lookup
 //! database the tables, templated columns, replica identity and fan-out
-//! queries (`graph::introspect`). Exit 0 only when nothing failed.
+//! queries (the catalog queries of `lookup`). Exit 0 only when nothing
+//! failed.
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,9 +13,9 @@ use anyhow::Context;
 use rdkafka::consumer::Consumer as _;
 
 use super::{dead_letter_store, load};
-use crate::config::{redact_url, Settings, Subscription};
+use crate::config::{Settings, Subscription};
 use crate::decode::table_from_topic;
-use crate::graph::Lookups;
+use crate::lookup::{Catalog, Lookups};
 use crate::pipeline;
 use crate::sink::RedisSink;
 
@@ -48,26 +49,30 @@ pub(super) async fn check(path: &Path) -> anyhow::Result<i32> {
             Ok(()) => {
                 println!(
                     "ok    redis {}: reachable, bump script loaded",
-                    redact_url(&settings.redis.url)
+                    settings.redis.describe()
                 );
                 // Warnings, not failures: a cache may accept these risks.
                 let facts = sink.server_facts(pipeline::namespace_count(&settings)).await;
-                for finding in crate::sink::epoch::assess(&facts) {
+                for finding in crate::sink::durability::assess(&facts) {
                     match finding {
-                        crate::sink::epoch::Finding::Ok(text) => println!("ok    redis: {text}"),
-                        crate::sink::epoch::Finding::Warn(text) => println!("warn  redis: {text}"),
+                        crate::sink::durability::Finding::Ok(text) => println!("ok    redis: {text}"),
+                        crate::sink::durability::Finding::Warn(text) => println!("warn  redis: {text}"),
                     }
                 }
             }
             Err(e) => {
-                println!("FAIL  redis {}: {e}", redact_url(&settings.redis.url));
+                println!("FAIL  redis {}: {e}", settings.redis.describe());
                 problems += 1;
             }
         },
         Err(e) => {
-            println!("FAIL  redis {}: {e}", redact_url(&settings.redis.url));
+            println!("FAIL  redis {}: {e}", settings.redis.describe());
             problems += 1;
         }
+    }
+
+    if let Some(sentinel) = &settings.redis.sentinel {
+        problems += report_sentinels(sentinel).await;
     }
 
     match kafka_topics(&settings) {
@@ -222,16 +227,19 @@ async fn check_database(settings: &Settings) -> usize {
             return 1;
         }
     };
-    if lookups.postgres_pool().is_none() {
-        return crate::source::mysql_check::check_database(settings.graph.entities(), &lookups).await;
-    }
+    let db = match lookups.catalog() {
+        Catalog::Postgres(db) => db,
+        Catalog::MySql(_) => {
+            return crate::source::mysql_check::check_database(settings.graph.entities(), &lookups).await
+        }
+    };
     let mut problems = 0;
     for entity in settings.graph.entities() {
         // Config validation refuses a table that is not schema.table.
         let Some((schema, table)) = entity.table.split_once('.') else {
             continue;
         };
-        let columns = match lookups.columns(schema, table).await {
+        let columns = match db.columns(schema, table).await {
             Ok(columns) => columns,
             Err(e) => {
                 println!("FAIL  lookup database: {e}");
@@ -256,8 +264,8 @@ async fn check_database(settings: &Settings) -> usize {
             );
             problems += 1;
         }
-        let full = lookups.replica_identity_full(schema, table).await;
-        let primary_key = lookups.primary_key(schema, table).await;
+        let full = db.replica_identity_full(schema, table).await;
+        let primary_key = db.primary_key(schema, table).await;
         let needs_old: Vec<&str> = entity
             .keys
             .iter()
@@ -292,9 +300,71 @@ async fn check_database(settings: &Settings) -> usize {
 fn kafka_topics(settings: &Settings) -> anyhow::Result<Vec<String>> {
     let consumer: rdkafka::consumer::BaseConsumer = crate::kafka_client::observer(&settings.source, "check")
         .create()
+        .map_err(crate::kafka_client::without_setting_value)
         .context("creating a kafka client")?;
     let metadata = consumer
         .fetch_metadata(None, Duration::from_secs(10))
         .context("fetching cluster metadata (are the brokers reachable?)")?;
     Ok(metadata.topics().iter().map(|t| t.name().to_owned()).collect())
+}
+
+/// The Sentinels' view: who answers, the primary they agree on, each
+/// replica and how far behind it is. A failure when none answers or they
+/// disagree; a warning for an unreachable Sentinel or a replica that is
+/// down or behind (a failover to it would lose writes: docs/redis-loss.md).
+async fn report_sentinels(settings: &crate::config::SentinelSettings) -> usize {
+    let view = crate::sink::sentinel::view(settings, Duration::from_secs(5)).await;
+    let mut problems = 0;
+    for answer in &view.answers {
+        if let Err(e) = &answer.primary {
+            println!("warn  redis sentinel {}: {e}", answer.sentinel);
+        }
+    }
+    match view.agreed_primary() {
+        Some(primary) => println!(
+            "ok    redis sentinel: master {:?} is {primary} ({}), {} of {} Sentinels answer, quorum {}",
+            settings.master_name,
+            view.primary_flags.as_deref().unwrap_or("?"),
+            view.answering(),
+            view.answers.len(),
+            view.quorum.as_deref().unwrap_or("?"),
+        ),
+        None if view.answering() == 0 => {
+            println!(
+                "FAIL  redis sentinel: no Sentinel names a primary for {:?}",
+                settings.master_name
+            );
+            problems += 1;
+        }
+        None => {
+            let named: Vec<String> = view
+                .answers
+                .iter()
+                .filter_map(|a| Some(format!("{} says {}", a.sentinel, a.primary.as_ref().ok()?)))
+                .collect();
+            println!(
+                "FAIL  redis sentinel: the Sentinels disagree on the primary ({})",
+                named.join(", ")
+            );
+            problems += 1;
+        }
+    }
+    if view.replicas.is_empty() && view.answering() > 0 {
+        println!("warn  redis sentinel: no replica: a failover has nothing to promote");
+    }
+    for replica in &view.replicas {
+        let behind = match (replica.behind_bytes, replica.lag_s) {
+            (Some(bytes), Some(lag)) => format!("{bytes} bytes behind, last acknowledged {lag}s ago"),
+            _ => "not listed by the primary".to_owned(),
+        };
+        let healthy = replica.flags == "slave" && replica.link == "ok" && replica.behind_bytes.is_some();
+        println!(
+            "{}  redis replica {}: {}, link {}, {behind}",
+            if healthy { "ok  " } else { "warn" },
+            replica.address,
+            replica.flags,
+            replica.link,
+        );
+    }
+    problems
 }

@@ -1,16 +1,18 @@
 //! `explain`: the targets one Debezium record would bump, and why (which
-//! rule, which image, which lookup), through the same `route` as `run`.
+//! rule, which image, which lookup, which message or outbox row), through
+//! the same routing and fan-out as `run`: the record is decoded and derived
+//! once, and every line printed comes from that one derivation.
 
 use std::io::Read;
 use std::path::Path;
 
 use anyhow::Context;
 
-use super::{avro_schemas, load, load_schemas};
-use crate::decode::decode;
+use super::{avro_schemas, load, load_schemas, lookups};
+use crate::config::Settings;
 use crate::event::{Decoded, KafkaRecord, Position};
-use crate::graph::{Derivation, Lookups, MessageVerdict, Why};
-use crate::pipeline;
+use crate::graph::{Derivation, DerivedTarget, LookupRequest, MessageVerdict, Why};
+use crate::{lookup, pipeline};
 
 pub(super) async fn explain(path: &Path, source: &str, topic: Option<&str>) -> anyhow::Result<i32> {
     let settings = load(path)?;
@@ -30,7 +32,18 @@ pub(super) async fn explain(path: &Path, source: &str, topic: Option<&str>) -> a
     );
 
     let avro = avro_schemas(&settings)?;
-    let route = route_now(&settings, avro.as_deref(), &record, settings.dead_letters.is_some()).await;
+    load_schemas(avro.as_deref(), &record).await;
+    // One decode and one derivation, as `run` routes the record; everything
+    // below prints from them.
+    let trace = pipeline::trace_with(
+        &settings.graph,
+        &settings.plan,
+        &record,
+        pipeline::now_us(),
+        settings.dead_letters.is_some(),
+        avro.as_deref(),
+    );
+    let route = trace.route;
     if let Some(failure) = &route.dead_letter {
         println!(
             "dead    would be kept as a dead letter: {} {}: {}",
@@ -40,9 +53,9 @@ pub(super) async fn explain(path: &Path, source: &str, topic: Option<&str>) -> a
         );
     }
     let routed = route.action;
-    let event = match decode(&record, avro.as_deref()) {
+    let event = match trace.decoded {
         Ok(Decoded::Change(event)) => event,
-        Ok(Decoded::Message(message)) => {
+        Ok(Decoded::Message(message)) if trace.named.is_some() => {
             println!(
                 "message prefix {:?}, {}, at {} ({} bytes of content)",
                 message.prefix,
@@ -54,12 +67,18 @@ pub(super) async fn explain(path: &Path, source: &str, topic: Option<&str>) -> a
                 message.position,
                 message.content.len()
             );
-            let verdict = settings.graph.route_message(&record.topic, &message);
-            print_named(&settings, verdict, &message.position, &routed);
+            if let Some(verdict) = trace.named {
+                print_named(&settings, verdict, &message.position, &routed).await?;
+            }
+            return Ok(0);
+        }
+        Ok(other) if routed == pipeline::Routed::Skip => {
+            println!("kind    {other:?}: not a row change, nothing to invalidate");
             return Ok(0);
         }
         Ok(other) => {
-            println!("kind    {other:?}: not a row change, nothing to invalidate");
+            println!("kind    {other:?}: not a row change, on the topic of a configured table");
+            println!("result  {routed:?}");
             return Ok(0);
         }
         Err(e) => {
@@ -74,97 +93,58 @@ pub(super) async fn explain(path: &Path, source: &str, topic: Option<&str>) -> a
         event.table,
         event.position
     );
-    if let Some(verdict) = settings.graph.route_outbox(&event) {
+    if let Some(verdict) = trace.named {
         println!(
             "outbox  a row of outbox table {}: its content names what to invalidate",
             event.table
         );
-        print_named(&settings, verdict, &event.position, &routed);
+        print_named(&settings, verdict, &event.position, &routed).await?;
         return Ok(0);
     }
-    if let pipeline::Routed::Moot = routed {
+    let Some(derivation) = trace.derivation else {
         println!("result  moot: older than the entity's max_cache_ttl plus the skew margin; dropped");
         return Ok(0);
-    }
-    match settings.graph.derive(&event) {
+    };
+    match derivation {
         Derivation::Skip(reason) => println!("result  skipped ({reason:?}): nothing to invalidate"),
-        Derivation::Stall { reason, detail } => {
-            println!("result  STALL ({}): {detail}", reason.label());
-            println!("        the partition would stop here and readiness turn false");
-        }
+        Derivation::Stall { reason, detail } => print_stall(reason.label(), &detail),
         Derivation::Targets {
             targets,
             escalation,
-            lookups,
+            lookups: requests,
         } => {
             let prefix = &settings.redis.version_prefix;
-            for t in &targets {
+            let print_bump = |t: &DerivedTarget| {
                 let why = match &t.why {
                     Why::Template { .. } => format!("entity {}, {}", event.table, t.why),
                     other => other.to_string(),
                 };
                 println!("bump    {:<40} {}  <- {}", t.target.record_key(prefix), t.target, why);
-            }
+            };
+            targets.iter().for_each(print_bump);
             if let Some(reason) = escalation {
                 println!(
                     "note    escalated ({}): readers that fold the namespace version are covered",
                     reason.label()
                 );
             }
-            for request in &lookups {
-                let Some(fanout) = settings
-                    .graph
-                    .entity(&request.table)
-                    .and_then(|e| e.fanouts.get(request.fanout))
-                else {
-                    continue;
-                };
-                println!(
-                    "lookup  {:?} with {:?} (max_rows {})",
-                    fanout.query, request.binds, fanout.max_rows
-                );
-                let Some(l) = &settings.lookup else { continue };
-                let lookups = Lookups::connect_lazy(&l.url, l.timeout, l.attempts)?;
-                match lookups.run(fanout, &request.binds).await {
-                    Ok(rows) => {
-                        for row in &rows {
-                            for template in &fanout.keys {
-                                if let Ok(Some(key)) = template.render(row) {
-                                    let target = crate::graph::Target::Key(key);
-                                    println!(
-                                        "bump    {:<40} {}  <- fan-out row, template {:?}",
-                                        target.record_key(prefix),
-                                        target,
-                                        template.text()
-                                    );
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => println!(
-                        "lookup  {e}: would escalate to {}",
-                        fanout
-                            .namespace
-                            .as_deref()
-                            .map(|n| format!("namespace {n}"))
-                            .unwrap_or_else(|| "nothing: STALL".into())
-                    ),
-                }
+            if print_fan_out(&settings, &requests, print_bump).await? {
+                print_guard(&event.position);
             }
-            println!("guard   field p:{} = {}", event.position.source, event.position.ordinal);
         }
     }
     Ok(0)
 }
 
-/// What a message or an outbox row names: each target and why, or why it is
-/// skipped, ignored or refused.
-fn print_named(
-    settings: &crate::config::Settings,
+/// What a message or an outbox row names: each target and why (its rows'
+/// fan-outs run as for a change of the row), or why it is skipped, ignored
+/// or refused.
+async fn print_named(
+    settings: &Settings,
     verdict: MessageVerdict,
     position: &Position,
     routed: &pipeline::Routed,
-) {
+) -> anyhow::Result<()> {
     match verdict {
         MessageVerdict::Skip(reason) => println!("result  skipped: {reason}"),
         MessageVerdict::Ignore(reason) => println!("result  ignored: {reason}"),
@@ -179,24 +159,61 @@ fn print_named(
         }
         MessageVerdict::Bump { targets, lookups } => {
             let prefix = &settings.redis.version_prefix;
-            for t in &targets {
-                println!("bump    {:<40} {}  <- {}", t.target.record_key(prefix), t.target, t.why);
+            let print_bump =
+                |t: &DerivedTarget| println!("bump    {:<40} {}  <- {}", t.target.record_key(prefix), t.target, t.why);
+            targets.iter().for_each(print_bump);
+            if print_fan_out(settings, &lookups, print_bump).await? {
+                print_guard(position);
             }
-            for request in &lookups {
-                if let Some(fanout) = settings
-                    .graph
-                    .entity(&request.table)
-                    .and_then(|e| e.fanouts.get(request.fanout))
-                {
-                    println!(
-                        "lookup  {:?} with {:?} (max_rows {}): run as for a change of the row",
-                        fanout.query, request.binds, fanout.max_rows
-                    );
-                }
-            }
-            println!("guard   field p:{} = {}", position.source, position.ordinal);
         }
     }
+    Ok(())
+}
+
+/// Prints the fan-out queries and runs them as `run` does, printing the
+/// children they add; false when the partition would stall on them (it
+/// stops before the record's offset: no guard is written for it).
+async fn print_fan_out(
+    settings: &Settings,
+    requests: &[LookupRequest],
+    print_bump: impl Fn(&DerivedTarget),
+) -> anyhow::Result<bool> {
+    for request in requests {
+        if let Some(fanout) = settings
+            .graph
+            .entity(&request.table)
+            .and_then(|e| e.fanouts.get(request.fanout))
+        {
+            println!(
+                "lookup  {:?} with {:?} (max_rows {})",
+                fanout.query, request.binds, fanout.max_rows
+            );
+        }
+    }
+    if requests.is_empty() {
+        return Ok(true);
+    }
+    // Opened only when a fan-out needs it, the way `run` opens it.
+    let lookup_db = lookups(settings)?;
+    match lookup::fan_out(&settings.graph, lookup_db.as_ref(), requests, false).await {
+        Ok(found) => {
+            found.targets.iter().for_each(print_bump);
+            Ok(true)
+        }
+        Err(stall) => {
+            print_stall(stall.reason.label(), &stall.detail);
+            Ok(false)
+        }
+    }
+}
+
+fn print_guard(position: &Position) {
+    println!("guard   field p:{} = {}", position.source, position.ordinal);
+}
+
+fn print_stall(reason: &str, detail: &str) {
+    println!("result  STALL ({reason}): {detail}");
+    println!("        the partition would stop here and readiness turn false");
 }
 
 /// Accepts a captured fixture (`{"topic", "key", "value", ...}`) or a bare value.
@@ -213,7 +230,8 @@ fn explain_record(text: &str, topic: Option<&str>) -> anyhow::Result<KafkaRecord
             topic: topic
                 .map(str::to_owned)
                 .unwrap_or_else(|| json.get("topic").and_then(|t| t.as_str()).unwrap_or("").to_owned()),
-            partition: json.get("partition").and_then(|p| p.as_i64()).unwrap_or(0) as i32,
+            partition: i32::try_from(json.get("partition").and_then(|p| p.as_i64()).unwrap_or(0))
+                .context("the record's partition is not a Kafka partition number (i32)")?,
             offset: json.get("offset").and_then(|p| p.as_i64()).unwrap_or(0),
             key: bytes(json.get("key")),
             value: bytes(json.get("value")),
@@ -231,24 +249,4 @@ fn explain_record(text: &str, topic: Option<&str>) -> anyhow::Result<KafkaRecord
             headers: Vec::new(),
         }
     })
-}
-
-/// Loads the record's Avro schemas (when it is Avro) and routes it as the
-/// daemon would now; `dead_letters`: whether a failure would be kept.
-/// `dead-letters replay` routes its records the same way.
-pub(super) async fn route_now(
-    settings: &crate::config::Settings,
-    avro: Option<&crate::decode::AvroSchemas>,
-    record: &KafkaRecord,
-    dead_letters: bool,
-) -> pipeline::Route {
-    load_schemas(avro, record).await;
-    pipeline::route_with(
-        &settings.graph,
-        &settings.plan,
-        record,
-        pipeline::now_us(),
-        dead_letters,
-        avro,
-    )
 }

@@ -11,7 +11,7 @@
 //!
 //! This file holds the argument types, logging, dispatch and the helpers
 //! several commands share (loading the config, the schema sources, the
-//! dead-letter store, the signal handler).
+//! lookup database, the dead-letter store, the signal handler).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +25,8 @@ use crate::config::{self, Settings};
 use crate::dead_letter::DeadLetterStore;
 use crate::decode::AvroSchemas;
 use crate::event::KafkaRecord;
+use crate::lookup::Lookups;
+use crate::tasks::Tasks;
 
 mod audit;
 mod check;
@@ -44,7 +46,7 @@ in Redis (HGET ver:<key> v). Offsets are committed only after Redis acknowledged
 the epoch (HGET ver:epoch e) into data keys: the daemon advances it, and bumps every namespace, when it \
 finds that Redis lost acknowledged writes (docs/redis-loss.md).\n\n\
 Environment overrides (addresses and secrets): CDC_KAFKA_BROKERS, CDC_KAFKA_GROUP, CDC_REDIS_URL, \
-CDC_ADMIN_LISTEN, CDC_LOOKUP_URL, CDC_DEAD_LETTERS_URL, CDC_SCHEMA_REGISTRY_URL, CDC_SCHEMA_REGISTRY_USER, \
+CDC_REDIS_SENTINELS, CDC_REDIS_SENTINEL_MASTER, CDC_REDIS_PASSWORD, CDC_REDIS_SENTINEL_PASSWORD, CDC_ADMIN_LISTEN, CDC_LOOKUP_URL, CDC_DEAD_LETTERS_URL, CDC_SCHEMA_REGISTRY_URL, CDC_SCHEMA_REGISTRY_USER, \
 CDC_SCHEMA_REGISTRY_PASSWORD, CDC_INSTANCE_ID (static group membership)."
 )]
 pub struct Cli {
@@ -226,6 +228,17 @@ async fn load_schemas(avro: Option<&AvroSchemas>, record: &KafkaRecord) {
     }
 }
 
+/// The lookup database when `[lookup]` is configured. `run`, `explain` and
+/// `dead-letters replay` open it here, the same way: a lazy pool, so nothing
+/// connects until a fan-out queries it.
+fn lookups(settings: &Settings) -> anyhow::Result<Option<Lookups>> {
+    settings
+        .lookup
+        .as_ref()
+        .map(|l| Lookups::connect_lazy(&l.url, l.timeout, l.attempts).context("lookup database URL"))
+        .transpose()
+}
+
 fn dead_letter_store(settings: &Settings) -> anyhow::Result<DeadLetterStore> {
     let dead_letters = settings.dead_letters.as_ref().context(
         "no dead-letter store configured: add [dead_letters] url = \"postgres://...\" or set CDC_DEAD_LETTERS_URL",
@@ -233,19 +246,46 @@ fn dead_letter_store(settings: &Settings) -> anyhow::Result<DeadLetterStore> {
     Ok(DeadLetterStore::connect_lazy(dead_letters)?)
 }
 
-fn spawn_signal_handler(shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "no SIGTERM handler; stopping on SIGINT only");
-                let _ = tokio::signal::ctrl_c().await;
-                tracing::info!("SIGINT: stopping");
+/// Cancels `shutdown` on SIGTERM or SIGINT; the task ends when `shutdown`
+/// is cancelled otherwise (the pipeline stopped on its own), so that
+/// waiting for `tasks` does not wait for a signal that never comes.
+fn spawn_signal_handler(tasks: &Tasks, shutdown: CancellationToken) {
+    tasks.spawn("signal handler", async move {
+        let signalled = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => tokio::select! {
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+                    _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "no SIGTERM handler; stopping on SIGINT only");
+                    let _ = tokio::signal::ctrl_c().await;
+                    tracing::info!("SIGINT: stopping");
+                }
             }
+        };
+        if shutdown.run_until_cancelled(signalled).await.is_some() {
+            shutdown.cancel();
         }
-        shutdown.cancel();
     });
+}
+
+/// How long a command waits at its end for its background tasks. Each
+/// ends at the shutdown token within one step of its work: a probe or a
+/// connector poll is bounded by its own timeout (1 s and 5 s by default),
+/// a Kafka notice delivery by the producer's. Five seconds covers those
+/// while keeping the stop well within a supervisor's grace period
+/// (Kubernetes gives 30 s) after the pipeline's own drain.
+const TASKS_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Closes `tasks` and waits for them up to [`TASKS_STOP_TIMEOUT`], logging
+/// those that did not stop in time.
+async fn wait_for_tasks(tasks: &Tasks) {
+    match tasks.close_and_wait(TASKS_STOP_TIMEOUT).await {
+        Ok(()) => tracing::info!("background tasks stopped"),
+        Err(running) => tracing::warn!(
+            tasks = ?running, bound = ?TASKS_STOP_TIMEOUT,
+            "background tasks did not stop in time; leaving them to the exit"
+        ),
+    }
 }

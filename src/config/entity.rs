@@ -150,7 +150,7 @@ fn validate_fanout(
         );
     }
     let placeholders = if at.mysql_lookup {
-        crate::graph::lookup_mysql::placeholders(fanout.query.get_ref())
+        crate::lookup::mysql::placeholders(fanout.query.get_ref())
     } else {
         (1..=fanout.bind.get_ref().len() + 1)
             .take_while(|n| fanout.query.get_ref().contains(&format!("${n}")))

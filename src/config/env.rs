@@ -5,6 +5,12 @@
 pub(crate) const ENV_KAFKA_BROKERS: &str = "CDC_KAFKA_BROKERS";
 pub(crate) const ENV_KAFKA_GROUP: &str = "CDC_KAFKA_GROUP";
 pub(crate) const ENV_REDIS_URL: &str = "CDC_REDIS_URL";
+/// With `[redis.sentinel]`: the Sentinels (comma-separated host:port), the
+/// master name, the data nodes' password and the Sentinels' own.
+pub(crate) const ENV_REDIS_SENTINELS: &str = "CDC_REDIS_SENTINELS";
+pub(crate) const ENV_REDIS_SENTINEL_MASTER: &str = "CDC_REDIS_SENTINEL_MASTER";
+pub(crate) const ENV_REDIS_PASSWORD: &str = "CDC_REDIS_PASSWORD";
+pub(crate) const ENV_REDIS_SENTINEL_PASSWORD: &str = "CDC_REDIS_SENTINEL_PASSWORD";
 pub(crate) const ENV_ADMIN_LISTEN: &str = "CDC_ADMIN_LISTEN";
 pub(crate) const ENV_DEAD_LETTERS_URL: &str = "CDC_DEAD_LETTERS_URL";
 pub(crate) const ENV_LOOKUP_URL: &str = "CDC_LOOKUP_URL";

@@ -46,8 +46,7 @@ pub use self::error::ConfigError;
 pub use self::notices::NoticeSettings;
 pub use self::plan::PlanSettings;
 pub(crate) use self::redact::redact_url;
-pub(crate) use self::redis::REDIS_RESPONSE_TIMEOUT;
-pub use self::redis::{default_loss_check_interval, RedisSettings};
+pub use self::redis::{default_loss_check_interval, RedisSettings, SentinelSettings};
 pub use self::source::SourceSettings;
 pub(crate) use self::source::{GroupProtocol, Subscription};
 
@@ -114,7 +113,7 @@ impl RawConfig {
         let instance_id_span = self.source.get_ref().instance_id.as_ref().map(|i| i.span());
         let (mut source, instance_id) = self.source.into_inner().validate(v, env)?;
         let redis_span = self.redis.span();
-        let redis = self.redis.into_inner().validate(v, env)?;
+        let redis = self.redis.into_inner().validate(redis_span.clone(), v, env)?;
         let (admin_listen, probe) = validate_admin(self.admin.map(Spanned::into_inner), v, env)?;
         source.instance_id = source::resolve_instance_id(instance_id, instance_id_span, admin_listen, v)?;
         let plan = validate_plan(self.plan.map(Spanned::into_inner), v)?;
@@ -143,7 +142,7 @@ impl RawConfig {
                 has_lookup: lookup.is_some(),
                 mysql_lookup: lookup
                     .as_ref()
-                    .is_some_and(|l| crate::graph::lookup_mysql::is_mysql_url(&l.url)),
+                    .is_some_and(|l| crate::lookup::mysql::is_mysql_url(&l.url)),
             };
             entities.push(spanned.into_inner().validate(&context, &mut tables, v)?);
         }

@@ -71,7 +71,16 @@ pub(super) struct RawSource {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRedis {
     /// redis://, rediss:// (TLS); user and password in the URL for ACL users.
-    pub(super) url: Spanned<String>,
+    /// Absent when `[redis.sentinel]` names the deployment instead.
+    #[serde(default)]
+    pub(super) url: Option<Spanned<String>>,
+    /// A primary found through Redis Sentinel, followed across failovers.
+    #[serde(default)]
+    pub(super) sentinel: Option<Spanned<RawSentinel>>,
+    /// How long any Redis call may wait for its reply; a connection silent
+    /// this long is replaced.
+    #[serde(default)]
+    pub(super) response_timeout: Option<Spanned<String>>,
     /// `ver:` when unset (`redis::default_version_prefix`).
     #[serde(default)]
     pub(super) version_prefix: Option<Spanned<String>>,
@@ -92,6 +101,45 @@ pub(super) struct RawRedis {
     /// How long one `WAIT` may block before the batch is retried.
     #[serde(default)]
     pub(super) wait_timeout: Option<Spanned<String>>,
+}
+
+/// `[redis.sentinel]`: the Sentinels to ask and the master name they watch.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSentinel {
+    pub(super) master_name: Spanned<String>,
+    /// `host:port` of each Sentinel.
+    pub(super) addresses: Spanned<Vec<String>>,
+    /// The primary's and replicas' ACL user and password.
+    #[serde(default)]
+    pub(super) username: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) password: Option<Spanned<String>>,
+    /// The Sentinels' own (their `requirepass`, or an ACL user of theirs).
+    #[serde(default)]
+    pub(super) sentinel_username: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) sentinel_password: Option<Spanned<String>>,
+    /// TLS to the Sentinels and to the data nodes.
+    #[serde(default)]
+    pub(super) tls: bool,
+    /// The database the version records live in.
+    #[serde(default)]
+    pub(super) db: Option<Spanned<i64>>,
+}
+
+// By hand: the passwords must never reach a log line or an error.
+impl std::fmt::Debug for RawSentinel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawSentinel")
+            .field("master_name", &self.master_name)
+            .field("addresses", &self.addresses)
+            .field("username", &self.username)
+            .field("sentinel_username", &self.sentinel_username)
+            .field("tls", &self.tls)
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -552,3 +552,121 @@ fn no_config_error_repeats_a_password_from_the_environment() {
         assert!(!msg.contains(PASSWORD), "{name}: {msg}");
     }
 }
+
+const SENTINEL: &str = "[redis.sentinel]\nmaster_name = \"cdc\"\naddresses = [\"10.0.0.1:26379\", \"[::1]:26380\"]\n\
+                        password = \"DataS3cret\"\nsentinel_password = \"SentS3cret\"\n";
+
+fn with_sentinel(extra: &str) -> String {
+    BASE.replace("url = \"redis://127.0.0.1:6379\"\n", "")
+        .replace("[[entity]]", &format!("{SENTINEL}{extra}\n[[entity]]"))
+}
+
+#[test]
+fn a_sentinel_deployment_replaces_the_url() {
+    let s = parse("shop.toml", &with_sentinel(""), &no_env).unwrap();
+    let sentinel = s.redis.sentinel.as_ref().expect("sentinel settings");
+    assert_eq!(sentinel.master_name, "cdc");
+    assert_eq!(
+        sentinel.addresses,
+        vec![("10.0.0.1".to_owned(), 26379), ("::1".to_owned(), 26380)]
+    );
+    assert_eq!(sentinel.password.as_deref(), Some("DataS3cret"));
+    assert_eq!(sentinel.db, 0);
+    assert!(s.redis.url.is_empty());
+    assert_eq!(s.redis.response_timeout, super::redis::DEFAULT_RESPONSE_TIMEOUT);
+    // Nothing that is shown of the settings carries a password.
+    for shown in [s.redis.describe(), format!("{:?}", s.redis)] {
+        assert!(!shown.contains("S3cret"), "{shown}");
+    }
+    assert_eq!(
+        s.redis.describe(),
+        "sentinel master \"cdc\" via 10.0.0.1:26379,::1:26380"
+    );
+}
+
+#[test]
+fn the_environment_overrides_the_sentinels_and_their_secrets() {
+    let env = |name: &str| match name {
+        "CDC_REDIS_SENTINELS" => Some("127.0.0.1:36411, 127.0.0.1:36412".to_owned()),
+        "CDC_REDIS_SENTINEL_MASTER" => Some("cdc-redis".to_owned()),
+        "CDC_REDIS_SENTINEL_PASSWORD" => Some("FromEnv".to_owned()),
+        // A URL for tools that cannot ask Sentinel: not used by the daemon here.
+        "CDC_REDIS_URL" => Some("redis://127.0.0.1:36379".to_owned()),
+        _ => None,
+    };
+    let s = parse("shop.toml", &with_sentinel(""), &env).unwrap();
+    let sentinel = s.redis.sentinel.expect("sentinel settings");
+    assert_eq!(sentinel.master_name, "cdc-redis");
+    assert_eq!(
+        sentinel.addresses,
+        vec![("127.0.0.1".to_owned(), 36411), ("127.0.0.1".to_owned(), 36412)]
+    );
+    assert_eq!(sentinel.sentinel_password.as_deref(), Some("FromEnv"));
+    assert!(s.redis.url.is_empty());
+}
+
+#[test]
+fn sentinel_refusals_name_file_line_and_field_without_a_password() {
+    let cases = [
+        (
+            BASE.replace("[[entity]]", &format!("{SENTINEL}\n[[entity]]")),
+            "shop.toml:11: field `redis.sentinel`: expected either `url` or [redis.sentinel], not both",
+        ),
+        (
+            BASE.replace("url = \"redis://127.0.0.1:6379\"\n", ""),
+            "shop.toml:7: field `redis.url`: expected `url`",
+        ),
+        (
+            with_sentinel("").replace("\"[::1]:26380\"", "\"sentinel-b\""),
+            "shop.toml:12: field `redis.sentinel.addresses`: expected host:port, got \"sentinel-b\"",
+        ),
+        (
+            with_sentinel("").replace("[\"10.0.0.1:26379\", \"[::1]:26380\"]", "[]"),
+            "shop.toml:12: field `redis.sentinel.addresses`: expected at least one Sentinel",
+        ),
+        (
+            with_sentinel("").replace("[redis.sentinel]", "cluster = true\n[redis.sentinel]"),
+            "shop.toml:11: field `redis.sentinel`: not with cluster = true",
+        ),
+        (
+            with_sentinel("db = -1"),
+            "shop.toml:15: field `redis.sentinel.db`: expected a database number",
+        ),
+        (with_sentinel("passwd = \"x\""), "shop.toml:15:"),
+    ];
+    for (text, expected) in &cases {
+        let msg = error_of(text);
+        assert!(msg.starts_with(expected), "{msg}\nexpected: {expected}");
+        assert!(!msg.contains("S3cret"), "{msg}");
+    }
+}
+
+#[test]
+fn response_timeout_bounds_wait_timeout() {
+    let s = parse(
+        "shop.toml",
+        &BASE.replace(
+            "version_ttl = \"1h\"",
+            "version_ttl = \"1h\"\nresponse_timeout = \"2s\"",
+        ),
+        &no_env,
+    )
+    .unwrap();
+    assert_eq!(s.redis.response_timeout, std::time::Duration::from_secs(2));
+    let msg = error_of(&BASE.replace(
+        "version_ttl = \"1h\"",
+        "version_ttl = \"1h\"\nresponse_timeout = \"2s\"\nwait_replicas = 1\nwait_timeout = \"3s\"",
+    ));
+    assert!(
+        msg.starts_with("shop.toml:12: field `redis.wait_timeout`: expected less than 2s"),
+        "{msg}"
+    );
+    let msg = error_of(&BASE.replace(
+        "version_ttl = \"1h\"",
+        "version_ttl = \"1h\"\nresponse_timeout = \"500ms\"\nwait_replicas = 1",
+    ));
+    assert!(
+        msg.starts_with("shop.toml:10: field `redis.response_timeout`: expected more than"),
+        "{msg}"
+    );
+}

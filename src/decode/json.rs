@@ -1,5 +1,9 @@
 //! Debezium JSON (JsonConverter with or without schemas).
 
+use std::borrow::Cow;
+
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, Error as _, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{table_from_topic, DecodeError, DecodeErrorKind};
@@ -25,17 +29,338 @@ pub(super) fn decode_parsed(record: &KafkaRecord, key: Option<Value>, value: Val
             ))
         }
     };
+    let mut payload = payload;
     let key = decode_key(key)?;
-    if let Some(kind) = marked_kind(record, schema_name.as_deref(), &payload) {
+    if let Some(kind) = marked_kind(record, schema_name.as_deref(), |name| payload.contains_key(name)) {
         return Ok(kind);
     }
     if payload.get("op").and_then(Value::as_str) == Some("m") {
         return super::message::logical_message(record, payload).map(Decoded::Message);
     }
     if payload.contains_key("op") {
-        return envelope(record, payload, key).map(Decoded::Change);
+        let source = match payload.remove("source") {
+            Some(Value::Object(source)) => Some(source),
+            _ => None,
+        };
+        let before = payload.remove("before");
+        let after = payload.remove("after");
+        let parts = EnvelopeParts {
+            op: payload.get("op"),
+            source: source.as_ref(),
+            before,
+            after,
+            times: &payload,
+        };
+        return envelope(record, parts, key).map(Decoded::Change);
     }
     flattened(record, payload, key).map(Decoded::Change)
+}
+
+/// A row change in JSON decoded straight from the bytes: the envelope's
+/// `source` read as borrowed scalars (never built), the schema block only
+/// scanned for its name, and only the row images, `op` and the payload's
+/// other members built as values. `None` for every other shape and on any
+/// error: the general path (`decode_tree`) then decides, so both paths
+/// agree on every record.
+pub(super) fn decode_direct(
+    record: &KafkaRecord,
+    bytes: &[u8],
+    avro: Option<&super::AvroSchemas>,
+) -> Option<Result<Decoded, DecodeError>> {
+    if bytes.first() != Some(&b'{') {
+        return None;
+    }
+    let TopMembers(mut top) = serde_json::from_slice(bytes).ok()?;
+    let (schema_name, payload) = match (top.schema_name.take(), top.payload.take()) {
+        // Exactly the JsonConverter wrapper `{schema, payload}`.
+        (Some(name), Some(payload)) if top.count == 2 => (name, *payload),
+        (None, None) => (None, top),
+        // A `schema` or `payload` member of another shape of object.
+        _ => return None,
+    };
+    // Without `op` every member is a column of a flattened row (or a marked
+    // record), and a `source` member is then wanted whole.
+    if payload.op.is_none() && payload.source.is_some() {
+        return None;
+    }
+    // A logical-decoding message needs `source.txId` and its `message`
+    // block, which this path does not keep.
+    if payload.op.as_ref().and_then(Value::as_str) == Some("m") {
+        return None;
+    }
+    Some(decode_members(record, avro, schema_name, payload))
+}
+
+/// `decode_parsed` over a payload read by `decode_direct`.
+fn decode_members(
+    record: &KafkaRecord,
+    avro: Option<&super::AvroSchemas>,
+    schema_name: Option<String>,
+    payload: Members<'_>,
+) -> Result<Decoded, DecodeError> {
+    let key = match record.key.as_deref() {
+        Some(bytes) => Some(super::parse(bytes, avro, "key", DecodeErrorKind::BadKey)?),
+        None => None,
+    };
+    let key = decode_key(key)?;
+    if let Some(kind) = marked_kind(record, schema_name.as_deref(), |name| payload.has(name)) {
+        return Ok(kind);
+    }
+    if payload.op.is_some() {
+        let parts = EnvelopeParts {
+            op: payload.op.as_ref(),
+            source: payload.source.as_ref(),
+            before: payload.before,
+            after: payload.after,
+            times: &payload.others,
+        };
+        return envelope(record, parts, key).map(Decoded::Change);
+    }
+    let mut row = payload.others;
+    if let Some(before) = payload.before {
+        row.insert("before".to_owned(), before);
+    }
+    if let Some(after) = payload.after {
+        row.insert("after".to_owned(), after);
+    }
+    flattened(record, row, key).map(Decoded::Change)
+}
+
+/// A payload's members as `decode_direct` reads them; at the top level also
+/// the wrapper's schema name and payload.
+#[derive(Default)]
+struct Members<'de> {
+    /// Every member, duplicates included (the wrapper has exactly two).
+    count: usize,
+    /// Top level only: `Some` when there is a `schema` member.
+    schema_name: Option<Option<String>>,
+    /// Top level only: the `payload` member.
+    payload: Option<Box<Members<'de>>>,
+    op: Option<Value>,
+    before: Option<Value>,
+    after: Option<Value>,
+    source: Option<Source<'de>>,
+    /// Every other member, built.
+    others: Map<String, Value>,
+}
+
+impl Members<'_> {
+    fn has(&self, name: &str) -> bool {
+        match name {
+            "op" => self.op.is_some(),
+            "before" => self.before.is_some(),
+            "after" => self.after.is_some(),
+            "source" => self.source.is_some(),
+            _ => self.others.contains_key(name),
+        }
+    }
+}
+
+/// The record's top-level object.
+struct TopMembers<'de>(Members<'de>);
+
+impl<'de> Deserialize<'de> for TopMembers<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_map(MembersVisitor { top: true })
+            .map(TopMembers)
+    }
+}
+
+/// Reads an object's members. Each is read at the nesting depth the
+/// general path reads it at, so serde_json's recursion limit refuses the
+/// same records on both paths. Later duplicates replace earlier ones, as in
+/// a `Map`.
+struct MembersVisitor {
+    top: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for MembersVisitor {
+    type Value = Members<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        // Not an object: an error, and the general path decides.
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MembersVisitor {
+    type Value = Members<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut members = Members::default();
+        while let Some(Key(key)) = map.next_key()? {
+            members.count += 1;
+            match &*key {
+                "schema" if self.top => members.schema_name = Some(map.next_value_seed(super::SchemaName)?),
+                "payload" if self.top => {
+                    members.payload = Some(Box::new(map.next_value_seed(MembersVisitor { top: false })?))
+                }
+                "op" => members.op = Some(map.next_value()?),
+                "before" => members.before = Some(map.next_value()?),
+                "after" => members.after = Some(map.next_value()?),
+                "source" => members.source = Some(map.next_value()?),
+                _ => {
+                    members.others.insert(key.into_owned(), map.next_value()?);
+                }
+            }
+        }
+        Ok(members)
+    }
+}
+
+/// A member name, borrowed from the record unless it holds escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, name: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(name)))
+            }
+            fn visit_str<E>(self, name: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(name.to_owned())))
+            }
+            fn visit_string<E>(self, name: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(name)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// The `source` fields the Debezium logic reads (`source_table`,
+/// `source_position`, `micros`); `Source` keeps only these.
+const SOURCE_FIELDS: [&str; 13] = [
+    "name",
+    "connector",
+    "table",
+    "schema",
+    "db",
+    "lsn",
+    "sequence",
+    "file",
+    "pos",
+    "row",
+    "gtid",
+    "ts_us",
+    "ts_ms",
+];
+
+/// An envelope's `source` block, its fields borrowed from the record. Only
+/// scalars: a block holding an array or an object (Debezium writes none) is
+/// left to the general path.
+struct Source<'de> {
+    values: [Option<Scalar<'de>>; SOURCE_FIELDS.len()],
+}
+
+enum Scalar<'de> {
+    Null,
+    Bool,
+    /// The number's text, as an arbitrary-precision `Number` keeps it.
+    Number(&'de str),
+    Str(Cow<'de, str>),
+}
+
+/// One JSON scalar from its text; `None` for an array, an object, or a
+/// string a `String` would not take (a lone surrogate escape).
+fn scalar(text: &str) -> Option<Scalar<'_>> {
+    Some(match text.as_bytes().first()? {
+        b'"' if !text.contains('\\') => Scalar::Str(Cow::Borrowed(text.get(1..text.len() - 1)?)),
+        b'"' => Scalar::Str(Cow::Owned(serde_json::from_str::<String>(text).ok()?)),
+        b'n' => Scalar::Null,
+        b't' | b'f' => Scalar::Bool,
+        b'[' | b'{' => return None,
+        _ => Scalar::Number(text),
+    })
+}
+
+impl<'de> Deserialize<'de> for Source<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SourceVisitor;
+        impl<'de> Visitor<'de> for SourceVisitor {
+            type Value = Source<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a source object of scalars")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut values: [Option<Scalar<'de>>; SOURCE_FIELDS.len()] = std::array::from_fn(|_| None);
+                while let Some(Key(key)) = map.next_key()? {
+                    // Stepped over, not built; every member's text is still checked.
+                    let raw: &'de RawValue = map.next_value()?;
+                    let value = scalar(raw.get()).ok_or_else(|| A::Error::custom("not a scalar"))?;
+                    let slot = SOURCE_FIELDS.iter().position(|name| *name == key);
+                    if let Some(kept) = slot.and_then(|slot| values.get_mut(slot)) {
+                        *kept = Some(value);
+                    }
+                }
+                Ok(Source { values })
+            }
+        }
+        deserializer.deserialize_map(SourceVisitor)
+    }
+}
+
+impl Fields for Source<'_> {
+    fn field(&self, name: &str) -> Option<Field<'_>> {
+        debug_assert!(SOURCE_FIELDS.contains(&name), "source field {name:?} is not kept");
+        let slot = SOURCE_FIELDS.iter().position(|kept| *kept == name)?;
+        Some(match self.values.get(slot)?.as_ref()? {
+            Scalar::Null => Field::Null,
+            Scalar::Bool => Field::Bool,
+            Scalar::Number(text) => Field::Number(text),
+            Scalar::Str(text) => Field::Str(text),
+        })
+    }
+}
+
+/// A field as the Debezium logic reads it: scalars by their text,
+/// containers by kind only.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Field<'a> {
+    Null,
+    Bool,
+    /// The number's text (serde_json's `arbitrary_precision` keeps it).
+    Number(&'a str),
+    Str(&'a str),
+    Array,
+    Object,
+}
+
+/// Named fields: a `source` block or the payload's own members, built or
+/// borrowed.
+pub(super) trait Fields {
+    fn field(&self, name: &str) -> Option<Field<'_>>;
+}
+
+impl Fields for Map<String, Value> {
+    fn field(&self, name: &str) -> Option<Field<'_>> {
+        self.get(name).map(field_of)
+    }
+}
+
+fn field_of(value: &Value) -> Field<'_> {
+    match value {
+        Value::Null => Field::Null,
+        Value::Bool(_) => Field::Bool,
+        Value::Number(n) => Field::Number(n.as_str()),
+        Value::String(s) => Field::Str(s),
+        Value::Array(_) => Field::Array,
+        Value::Object(_) => Field::Object,
+    }
+}
+
+fn str_field<'a>(fields: &'a impl Fields, name: &str) -> Option<&'a str> {
+    match fields.field(name)? {
+        Field::Str(text) => Some(text),
+        _ => None,
+    }
 }
 
 /// Records that are not row changes, by what Debezium marks them with: the
@@ -46,7 +371,7 @@ pub(super) fn decode_parsed(record: &KafkaRecord, key: Option<Value>, value: Val
 /// from the bare `<prefix>` topic (neither is named like a table topic,
 /// `<prefix>.<schema>.<table>`); the pipeline also refuses to skip one of
 /// these on the topic of a configured table.
-fn marked_kind(record: &KafkaRecord, schema_name: Option<&str>, payload: &Map<String, Value>) -> Option<Decoded> {
+fn marked_kind(record: &KafkaRecord, schema_name: Option<&str>, has: impl Fn(&str) -> bool) -> Option<Decoded> {
     let topic = record.topic.as_str();
     match schema_name {
         Some("io.debezium.connector.common.Heartbeat") => return Some(Decoded::Heartbeat),
@@ -59,13 +384,13 @@ fn marked_kind(record: &KafkaRecord, schema_name: Option<&str>, payload: &Map<St
     if topic.starts_with("__debezium-heartbeat") {
         return Some(Decoded::Heartbeat);
     }
-    if schema_name.is_some() || table_from_topic(topic).is_some() || payload.contains_key("op") {
+    if schema_name.is_some() || table_from_topic(topic).is_some() || has("op") {
         return None;
     }
-    if topic.ends_with(".transaction") && payload.contains_key("status") && payload.contains_key("id") {
+    if topic.ends_with(".transaction") && has("status") && has("id") {
         return Some(Decoded::TransactionMetadata);
     }
-    if payload.contains_key("ddl") && (payload.contains_key("databaseName") || payload.contains_key("tableChanges")) {
+    if has("ddl") && (has("databaseName") || has("tableChanges")) {
         return Some(Decoded::SchemaChange);
     }
     None
@@ -119,13 +444,23 @@ fn decode_key(key: Option<Value>) -> Result<Option<Row>, DecodeError> {
     }
 }
 
-fn envelope(
+/// An envelope's members: `source` when it is an object, and the payload's
+/// members that carry its times.
+struct EnvelopeParts<'p, S, T> {
+    op: Option<&'p Value>,
+    source: Option<&'p S>,
+    before: Option<Value>,
+    after: Option<Value>,
+    times: &'p T,
+}
+
+fn envelope<S: Fields, T: Fields>(
     record: &KafkaRecord,
-    mut payload: Map<String, Value>,
+    parts: EnvelopeParts<'_, S, T>,
     key: Option<Row>,
 ) -> Result<ChangeEvent, DecodeError> {
-    let op_code = match payload.get("op") {
-        Some(Value::String(code)) => code.clone(),
+    let op_code = match parts.op {
+        Some(Value::String(code)) => code,
         _ => {
             return Err(DecodeError::new(
                 DecodeErrorKind::UnexpectedShape,
@@ -136,19 +471,19 @@ fn envelope(
     let op_code = op_code.as_str();
     let op = Op::parse(op_code)
         .ok_or_else(|| DecodeError::new(DecodeErrorKind::UnknownOp, format!("unknown op {op_code:?}")))?;
-    let source = match payload.remove("source") {
-        Some(Value::Object(source)) => source,
+    let source = match parts.source {
+        Some(source) => source,
         // Logical decoding messages still carry `source`; anything without one
         // is not Debezium's envelope.
-        _ => {
+        None => {
             return Err(DecodeError::new(
                 DecodeErrorKind::UnexpectedShape,
                 "field `source` is missing or not an object",
             ))
         }
     };
-    let before = image(&mut payload, "before")?;
-    let after = image(&mut payload, "after")?;
+    let before = image("before", parts.before)?;
+    let after = image("after", parts.after)?;
     match op {
         Op::Create | Op::Read if after.is_none() => {
             return Err(DecodeError::new(
@@ -164,7 +499,7 @@ fn envelope(
         }
         _ => {}
     }
-    let table = source_table(&source)
+    let table = source_table(source)
         .or_else(|| table_from_topic(&record.topic))
         .ok_or_else(|| {
             DecodeError::new(
@@ -175,8 +510,8 @@ fn envelope(
     check_table(record, &table)?;
     // A commit time only decides whether an event is moot; one that
     // overflows in microseconds is treated as unknown (never moot).
-    let commit_time_us = micros(&source, "ts_us", "ts_ms").or_else(|| micros(&payload, "ts_us", "ts_ms"));
-    let position = source_position(record, &source)?;
+    let commit_time_us = micros(source, "ts_us", "ts_ms").or_else(|| micros(parts.times, "ts_us", "ts_ms"));
+    let position = source_position(record, source)?;
     let event = ChangeEvent {
         table,
         op,
@@ -249,8 +584,8 @@ fn check_key(event: &ChangeEvent) -> Result<(), DecodeError> {
     }
 }
 
-fn image(payload: &mut Map<String, Value>, name: &str) -> Result<Option<Row>, DecodeError> {
-    match payload.remove(name) {
+fn image(name: &str, value: Option<Value>) -> Result<Option<Row>, DecodeError> {
+    match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(row)) => Ok(Some(row)),
         Some(other) => Err(DecodeError::new(
@@ -263,13 +598,10 @@ fn image(payload: &mut Map<String, Value>, name: &str) -> Result<Option<Row>, De
     }
 }
 
-fn source_table(source: &Map<String, Value>) -> Option<String> {
-    let table = source.get("table")?.as_str()?;
+fn source_table(source: &impl Fields) -> Option<String> {
+    let table = str_field(source, "table")?;
     // PostgreSQL and SQL Server name the schema; MySQL only the database.
-    let schema = source
-        .get("schema")
-        .and_then(Value::as_str)
-        .or_else(|| source.get("db").and_then(Value::as_str))?;
+    let schema = str_field(source, "schema").or_else(|| str_field(source, "db"))?;
     Some(format!("{schema}.{table}"))
 }
 
@@ -283,9 +615,9 @@ fn source_table(source: &Map<String, Value>) -> Option<String> {
 /// fractional or overflowing values, a `sequence` that is not such a pair,
 /// and a `sequence` whose LSN disagrees with `lsn`. (The last commit LSN may
 /// be above the event's LSN: concurrent transactions interleave in the WAL.)
-pub(super) fn source_position(record: &KafkaRecord, source: &Map<String, Value>) -> Result<Position, DecodeError> {
-    let server = source.get("name").and_then(Value::as_str).unwrap_or("");
-    let connector = source.get("connector").and_then(Value::as_str).unwrap_or("");
+pub(super) fn source_position(record: &KafkaRecord, source: &impl Fields) -> Result<Position, DecodeError> {
+    let server = str_field(source, "name").unwrap_or("");
+    let connector = str_field(source, "connector").unwrap_or("");
     match connector {
         "postgresql" => {
             let lsn = log_number(source, "lsn")?;
@@ -302,16 +634,16 @@ pub(super) fn source_position(record: &KafkaRecord, source: &Map<String, Value>)
             }
         }
         "mysql" | "mariadb" => {
-            let file_number = match source.get("file") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(file)) => {
+            let file_number = match source.field("file") {
+                None | Some(Field::Null) => None,
+                Some(Field::Str(file)) => {
                     let number = file.rsplit('.').next().unwrap_or("");
                     match digits(number).filter(|n| *n < MYSQL_FILE_LIMIT) {
                         Some(n) => Some(n),
                         None => return Err(bad_position(format!("binlog file name {file:?} has no file number"))),
                     }
                 }
-                Some(other) => return Err(bad_position(format!("`source.file` is JSON {}", kind_of(other)))),
+                Some(other) => return Err(bad_position(format!("`source.file` is JSON {}", field_kind(other)))),
             };
             let pos = log_number(source, "pos")?;
             let row = log_number(source, "row")?.unwrap_or(0);
@@ -339,11 +671,11 @@ pub(super) fn source_position(record: &KafkaRecord, source: &Map<String, Value>)
 /// the domain and the sequence number. Absent or null: `None` (the binlog
 /// coordinates alone then order the change). Any other shape is a bad
 /// position: the connector writes none.
-fn mariadb_gtid(source: &Map<String, Value>) -> Result<Option<(u64, u64)>, DecodeError> {
-    let text = match source.get("gtid") {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(text)) => text,
-        Some(other) => return Err(bad_position(format!("`source.gtid` is JSON {}", kind_of(other)))),
+fn mariadb_gtid(source: &impl Fields) -> Result<Option<(u64, u64)>, DecodeError> {
+    let text = match source.field("gtid") {
+        None | Some(Field::Null) => return Ok(None),
+        Some(Field::Str(text)) => text,
+        Some(other) => return Err(bad_position(format!("`source.gtid` is JSON {}", field_kind(other)))),
     };
     let mut parts = text.split('-');
     let (Some(domain), Some(server_id), Some(seq), None) = (parts.next(), parts.next(), parts.next(), parts.next())
@@ -379,33 +711,34 @@ fn digits(text: &str) -> Option<u64> {
 
 /// A log position field: absent or null is `None`; anything but a
 /// non-negative integer within a Java `long` is a bad position.
-fn log_number(map: &Map<String, Value>, name: &str) -> Result<Option<u64>, DecodeError> {
-    log_value(map.get(name)).map_err(|shown| bad_position(format!("`{name}` is {shown}, not a log position")))
+fn log_number(map: &impl Fields, name: &str) -> Result<Option<u64>, DecodeError> {
+    log_value(map.field(name)).map_err(|shown| bad_position(format!("`{name}` is {shown}, not a log position")))
 }
 
-fn log_value(value: Option<&Value>) -> Result<Option<u64>, String> {
+fn log_value(value: Option<Field<'_>>) -> Result<Option<u64>, String> {
     match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(v) if v <= i64::MAX as u64 => Ok(Some(v)),
-            _ => Err(n.to_string()),
+        None | Some(Field::Null) => Ok(None),
+        // What `Number::as_u64` does with an arbitrary-precision number.
+        Some(Field::Number(n)) => match n.parse::<u64>() {
+            Ok(v) if v <= i64::MAX as u64 => Ok(Some(v)),
+            _ => Err(n.to_owned()),
         },
-        Some(Value::String(s)) => digits(s).map(Some).ok_or_else(|| format!("{s:?}")),
-        Some(other) => Err(format!("JSON {}", kind_of(other))),
+        Some(Field::Str(s)) => digits(s).map(Some).ok_or_else(|| format!("{s:?}")),
+        Some(other) => Err(format!("JSON {}", field_kind(other))),
     }
 }
 
 /// `source.sequence` is a JSON array encoded as a string: `["lastCommitLsn","lsn"]`,
 /// either element possibly null. Absent or null: `None`.
 #[allow(clippy::type_complexity)]
-fn sequence(source: &Map<String, Value>) -> Result<Option<(Option<u64>, Option<u64>)>, DecodeError> {
-    let text = match source.get("sequence") {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(text)) => text,
+fn sequence(source: &impl Fields) -> Result<Option<(Option<u64>, Option<u64>)>, DecodeError> {
+    let text = match source.field("sequence") {
+        None | Some(Field::Null) => return Ok(None),
+        Some(Field::Str(text)) => text,
         Some(other) => {
             return Err(bad_position(format!(
                 "`source.sequence` is JSON {}, not a string",
-                kind_of(other)
+                field_kind(other)
             )))
         }
     };
@@ -418,7 +751,7 @@ fn sequence(source: &Map<String, Value>) -> Result<Option<(Option<u64>, Option<u
         )));
     };
     let element = |v: &Value| {
-        log_value(Some(v)).map_err(|shown| bad_position(format!("`source.sequence` {text:?} holds {shown}")))
+        log_value(Some(field_of(v))).map_err(|shown| bad_position(format!("`source.sequence` {text:?} holds {shown}")))
     };
     Ok(Some((element(last_commit)?, element(lsn)?)))
 }
@@ -502,27 +835,32 @@ fn flattened(record: &KafkaRecord, mut row: Map<String, Value>, key: Option<Row>
 
 /// A time in microseconds: the `us` field, else the `ms` field times 1000
 /// (None where that overflows).
-pub(super) fn micros(map: &Map<String, Value>, us: &str, ms: &str) -> Option<i64> {
+pub(super) fn micros(map: &impl Fields, us: &str, ms: &str) -> Option<i64> {
     int_field(map, us).or_else(|| int_field(map, ms).and_then(|ms| ms.checked_mul(1000)))
 }
 
 /// Integers Debezium may print as numbers or, in some converters, as strings.
-fn int_field(map: &Map<String, Value>, name: &str) -> Option<i64> {
-    match map.get(name)? {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.parse().ok(),
+fn int_field(map: &impl Fields, name: &str) -> Option<i64> {
+    match map.field(name)? {
+        // What `Number::as_i64` does with an arbitrary-precision number.
+        Field::Number(n) => n.parse().ok(),
+        Field::Str(s) => s.parse().ok(),
         _ => None,
     }
 }
 
 pub(super) fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
+    field_kind(field_of(value))
+}
+
+fn field_kind(field: Field<'_>) -> &'static str {
+    match field {
+        Field::Null => "null",
+        Field::Bool => "boolean",
+        Field::Number(_) => "number",
+        Field::Str(_) => "string",
+        Field::Array => "array",
+        Field::Object => "object",
     }
 }
 
@@ -898,6 +1236,104 @@ mod tests {
         let value = json!({"op": "u", "after": {"id": 1}, "source": source});
         let error = decode_json(&record("shop.public.products", Some(json!({"id": 1})), Some(value))).unwrap_err();
         assert_eq!(error.kind, DecodeErrorKind::TableMismatch);
+    }
+
+    /// Both paths on one record: `decode` (direct when it can) and the
+    /// general `decode_tree` must agree, and `direct` says whether the
+    /// direct path must have taken it.
+    fn same_on_both_paths(record: &KafkaRecord, direct: bool) {
+        let bytes = record.value.as_deref().unwrap();
+        assert_eq!(
+            decode_direct(record, bytes, None).is_some(),
+            direct,
+            "{}",
+            String::from_utf8_lossy(bytes)
+        );
+        assert_eq!(
+            super::super::decode(record, None),
+            super::super::decode_tree(record, None),
+            "{}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+
+    fn raw(topic: &str, key: Option<&str>, value: &str) -> KafkaRecord {
+        KafkaRecord {
+            key: key.map(|k| k.as_bytes().to_vec()),
+            value: Some(value.as_bytes().to_vec()),
+            ..record(topic, None, None)
+        }
+    }
+
+    #[test]
+    fn the_direct_path_decodes_as_the_general_path() {
+        let topic = "shop.public.products";
+        let source = pg_source(200, "[\"150\",\"200\"]").to_string();
+        let key = r#"{"id":1}"#;
+        let wrapped_key = r#"{"schema":{"type":"struct","name":"k"},"payload":{"id":1}}"#;
+        let direct = [
+            // With and without the wrapper, keys with and without it.
+            format!(r#"{{"before":null,"after":{{"id":1,"c":3}},"source":{source},"op":"c","ts_ms":1}}"#),
+            format!(
+                r#"{{"schema":{{"type":"struct","name":"shop.Envelope"}},"payload":{{"before":{{"id":1}},"after":{{"id":1,"c":2.50}},"source":{source},"op":"u","ts_us":5}}}}"#
+            ),
+            format!(r#"{{"payload":{{"op":"d","before":{{"id":1}},"source":{source}}},"schema":{{}}}}"#),
+            // Unknown and duplicate members; escapes in names and values.
+            format!(
+                r#"{{"op":"c","after":{{"id":1}},"source":{{"x":1}},"source":{source},"op":"u","transaction":{{"id":"7"}}}}"#
+            ),
+            r#"{"op":"c","after":{"id":1},"source":{"connector":"postgr\u0065sql","n\u0061me":"s\"q","db":"d","schema":"public","table":"products","lsn":"12","ts_ms":"9"}}"#.to_owned(),
+            // Positions Debezium cannot write, bad ops and images.
+            r#"{"op":"c","after":{"id":1},"source":{"connector":"postgresql","name":"s","schema":"public","table":"products","lsn":-1}}"#.to_owned(),
+            r#"{"op":"c","after":{"id":1},"source":{"connector":"postgresql","name":"s","schema":"public","table":"products","lsn":1.5}}"#.to_owned(),
+            r#"{"op":"c","after":{"id":1},"source":{"connector":"postgresql","name":"s","schema":"public","table":"products","lsn":9223372036854775808}}"#.to_owned(),
+            r#"{"op":"c","after":{"id":1},"source":{"connector":"postgresql","name":"s","schema":"public","table":"products","lsn":true,"sequence":7}}"#.to_owned(),
+            r#"{"op":"c","after":{"id":1},"source":{"connector":"mysql","name":"s","db":"public","table":"products","file":5,"pos":3}}"#.to_owned(),
+            r#"{"op":"c","after":{"id":1},"source":{"connector":"mariadb","name":"s","db":"public","table":"products","file":"b.000001","pos":3,"gtid":"0-1-x"}}"#.to_owned(),
+            r#"{"op":"x","after":{"id":1},"source":{}}"#.to_owned(),
+            r#"{"op":7,"after":{"id":1},"source":{}}"#.to_owned(),
+            r#"{"op":"c","after":[1],"source":{"table":"products","schema":"public"}}"#.to_owned(),
+            r#"{"op":"c","after":{"id":2},"source":{"table":"orders","schema":"public"}}"#.to_owned(),
+            // Flattened rows, with columns named like envelope members.
+            r#"{"id":1,"c":2,"__op":"u","__table":"products","__lsn":7,"__source_ts_ms":5}"#.to_owned(),
+            r#"{"id":1,"before":null,"after":{"x":1},"__deleted":"true"}"#.to_owned(),
+            r#"{"schema":{"name":"x"},"payload":{"id":1,"schema":"s","payload":2}}"#.to_owned(),
+            // Marked records.
+            r#"{"schema":{"name":"io.debezium.connector.common.TransactionMetadataValue"},"payload":{"status":"BEGIN","id":"1"}}"#.to_owned(),
+        ];
+        for value in &direct {
+            same_on_both_paths(&raw(topic, Some(key), value), true);
+            same_on_both_paths(&raw(topic, Some(wrapped_key), value), true);
+            same_on_both_paths(&raw(topic, None, value), true);
+            same_on_both_paths(&raw(topic, Some("[1]"), value), true);
+            same_on_both_paths(&raw(topic, Some("{bad"), value), true);
+        }
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        let general = [
+            // Shapes the direct path leaves to the general one.
+            "null".to_owned(),
+            " {\"op\":\"c\"}".to_owned(),
+            r#"{"schema":{},"payload":null}"#.to_owned(),
+            r#"{"schema":{},"payload":[1]}"#.to_owned(),
+            r#"{"schema":{},"payload":{"op":"c"},"extra":1}"#.to_owned(),
+            r#"{"payload":{"op":"c"},"id":1}"#.to_owned(),
+            r#"{"op":"c","after":{"id":1},"source":"text"}"#.to_owned(),
+            r#"{"op":"c","after":{"id":1},"source":{"table":{"nested":1}}}"#.to_owned(),
+            format!(r#"{{"op":"c","after":{{"id":1}},"source":{{"x":{deep}}}}}"#),
+            r#"{"op":"c","after":{"id":1},"source":{"name":"\ud800"}}"#.to_owned(),
+            r#"{"source":{"connector":"mysql"},"databaseName":"inventory","ddl":"ALTER TABLE x"}"#.to_owned(),
+            r#"{"id":1,"source":{"a":1}}"#.to_owned(),
+            // A logical-decoding message, transactional or not.
+            format!(r#"{{"op":"m","source":{source},"message":{{"prefix":"app","content":"e30="}}}}"#),
+            r#"{"op":"m","source":{"connector":"postgresql","name":"s","txId":null,"lsn":5},"message":{"prefix":"app","content":"e30="}}"#.to_owned(),
+            // Not JSON, or too deep for serde_json.
+            r#"{"op":"c","after":{"id":1},"source":{}"#.to_owned(),
+            r#"{"op":"c"} trailing"#.to_owned(),
+            format!(r#"{{"op":"c","after":{{"id":{deep}}},"source":{{}}}}"#),
+        ];
+        for value in &general {
+            same_on_both_paths(&raw(topic, Some(key), value), false);
+        }
     }
 
     #[test]

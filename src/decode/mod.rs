@@ -25,7 +25,7 @@ pub struct DecodeError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DecodeErrorKind {
+pub enum DecodeErrorKind {
     /// The bytes are not JSON.
     Malformed,
     /// JSON, but not a shape Debezium produces (wrong types, missing fields).
@@ -101,6 +101,22 @@ impl DecodeError {
 /// Decodes one record: JSON, or Avro in the Confluent framing when schemas
 /// are configured (their ids must have been loaded with `AvroSchemas::ensure`).
 pub fn decode(record: &KafkaRecord, avro: Option<&AvroSchemas>) -> Result<Decoded, DecodeError> {
+    let Some(bytes) = record.value.as_deref() else {
+        return Ok(Decoded::Tombstone);
+    };
+    // Row changes in JSON, the common case, without a tree of the payload;
+    // any other shape, and every error, takes the general path below.
+    if let Some(decoded) = json::decode_direct(record, bytes, avro) {
+        return decoded;
+    }
+    decode_tree(record, avro)
+}
+
+/// The general path: key and value parsed to `serde_json::Value`, then the
+/// Debezium logic. Public for the decode benchmarks, which compare it with
+/// [`decode`].
+#[doc(hidden)]
+pub fn decode_tree(record: &KafkaRecord, avro: Option<&AvroSchemas>) -> Result<Decoded, DecodeError> {
     let Some(bytes) = record.value.as_deref() else {
         return Ok(Decoded::Tombstone);
     };

@@ -2,12 +2,10 @@
 //! Templates render from the old and the new image; when the targets of an
 //! event cannot be derived exactly, the entity's namespace is escalated
 //! instead, and without a namespace the event stalls (docs/architecture.md,
-//! "Never silent").
+//! "Never silent"). Pure: the fan-out queries an entity declares are
+//! returned as [`LookupRequest`]s, run by `lookup`, never from here.
 
 mod content;
-mod introspect;
-mod lookup;
-pub(crate) mod lookup_mysql;
 pub mod message;
 mod template;
 
@@ -16,10 +14,10 @@ use std::fmt;
 use std::time::Duration;
 
 pub use content::{check_key, parse_content, Content, MessageError, MessageErrorKind, CONTENT_VERSION};
-pub use lookup::{Fanout, LookupError, LookupRequest, Lookups};
 pub use message::{MessageRules, MessageVerdict};
 pub use template::{canonical_number, escape, RenderError, Template, TemplateError};
 
+use crate::decode::DecodeErrorKind;
 use crate::event::{ChangeEvent, Op, Row, UNAVAILABLE_VALUE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,6 +42,28 @@ pub struct Entity {
     /// type defaults (`""`, `0`) that must never become keys.
     pub(crate) full_before_image: bool,
     pub(crate) fanouts: Vec<Fanout>,
+}
+
+/// One `[[entity.fanout]]` rule: a parent row's change invalidates the
+/// children its query lists (run by `lookup`).
+#[derive(Debug, Clone)]
+pub struct Fanout {
+    pub query: String,
+    /// Columns of the changed row bound to `$1`, `$2`, ... (`?` on MySQL).
+    pub bind: Vec<String>,
+    /// Templates rendered from each result row.
+    pub keys: Vec<Template>,
+    pub max_rows: usize,
+    /// Bumped instead when the children cannot be listed exactly.
+    pub namespace: Option<String>,
+}
+
+/// A lookup the graph asks for: which rule, with which values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LookupRequest {
+    pub(crate) table: String,
+    pub(crate) fanout: usize,
+    pub(crate) binds: Vec<serde_json::Value>,
 }
 
 /// What gets bumped: one version record per target.
@@ -129,6 +149,47 @@ impl EscalationReason {
     }
 }
 
+impl fmt::Display for EscalationReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// Why a partition stops at a record: nothing at or past it is committed
+/// (docs/architecture.md, "Never silent"). Kept typed from where it arises
+/// to the readiness text; [`StallReason::label`] is its one spelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StallReason {
+    /// Exact keys cannot be derived for this reason, and no namespace is
+    /// declared to bump instead.
+    NoNamespace(EscalationReason),
+    /// An undecodable record whose topic names no configured table, and no
+    /// dead-letter store to keep it.
+    NoDeadLetterStore(DecodeErrorKind),
+    /// The dead-letter store refused to keep the record.
+    DeadLetterRefused,
+    /// A message or an outbox row whose content is refused, and no
+    /// dead-letter store to keep it.
+    MessageRefused(MessageErrorKind),
+}
+
+impl StallReason {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            StallReason::NoNamespace(reason) => reason.label(),
+            StallReason::NoDeadLetterStore(kind) => kind.label(),
+            StallReason::DeadLetterRefused => "dead_letter_refused",
+            StallReason::MessageRefused(kind) => kind.label(),
+        }
+    }
+}
+
+impl fmt::Display for StallReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
 /// Why a target is bumped, for `explain` and logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Why {
@@ -140,6 +201,10 @@ pub(crate) enum Why {
     Escalation {
         reason: EscalationReason,
         detail: String,
+    },
+    /// A row of a fan-out query, rendered through one of its templates.
+    FanoutRow {
+        template: String,
     },
     /// Named by a logical-decoding message or an outbox row (`message`).
     Named(String),
@@ -155,6 +220,7 @@ impl fmt::Display for Why {
             Why::Escalation { reason, detail } => {
                 write!(f, "escalation ({}): {detail}", reason.label())
             }
+            Why::FanoutRow { template } => write!(f, "fan-out row, template {template:?}"),
             Why::Named(what) => f.write_str(what),
         }
     }

@@ -1,5 +1,7 @@
 //! Key templates: `product:{id}`, `category:{category_id}:products`.
-//! `{{` and `}}` stand for literal braces.
+//! `{{` and `}}` stand for literal braces. Parsing and the canonical text of
+//! values live in the cdc-keys crate (crates/cdc-keys), which the Rust
+//! reader uses too; this module renders a template from a row image.
 
 use std::fmt;
 
@@ -7,27 +9,12 @@ use serde_json::Value;
 
 use crate::event::{Row, UNAVAILABLE_VALUE};
 
+/// A key template as the daemon uses it: the parsing is cdc-keys's, shared
+/// with the Rust reader; this adds rendering from a row image.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Literal(String),
-    Column(String),
-}
+pub struct Template(cdc_keys::Template);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template {
-    text: String,
-    parts: Vec<Part>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TemplateError {
-    #[error("unclosed `{{` at byte {0}")]
-    Unclosed(usize),
-    #[error("empty `{{}}` at byte {0}")]
-    Empty(usize),
-    #[error("unmatched `}}` at byte {0} (write `}}}}` for a literal brace)")]
-    Unmatched(usize),
-}
+pub use cdc_keys::{canonical_number, escape, TemplateError};
 
 /// Why one value could not become part of a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,162 +46,44 @@ impl fmt::Display for RenderError {
 
 impl Template {
     pub fn parse(text: &str) -> Result<Template, TemplateError> {
-        let mut parts = Vec::new();
-        let mut literal = String::new();
-        let bytes = text.as_bytes();
-        let mut i = 0;
-        while let Some(&byte) = bytes.get(i) {
-            match byte {
-                b'{' if bytes.get(i + 1) == Some(&b'{') => {
-                    literal.push('{');
-                    i += 2;
-                }
-                b'}' if bytes.get(i + 1) == Some(&b'}') => {
-                    literal.push('}');
-                    i += 2;
-                }
-                b'{' => {
-                    // `i` is at an ASCII `{`, a character boundary, and so
-                    // are `close` (an ASCII `}`) and `i + 1`.
-                    let rest = text.get(i..).unwrap_or_default();
-                    let close = rest.find('}').ok_or(TemplateError::Unclosed(i))? + i;
-                    let column = text.get(i + 1..close).unwrap_or_default().trim();
-                    if column.is_empty() {
-                        return Err(TemplateError::Empty(i));
-                    }
-                    if column.contains('{') {
-                        return Err(TemplateError::Unclosed(i));
-                    }
-                    if !literal.is_empty() {
-                        parts.push(Part::Literal(std::mem::take(&mut literal)));
-                    }
-                    parts.push(Part::Column(column.to_owned()));
-                    i = close + 1;
-                }
-                b'}' => return Err(TemplateError::Unmatched(i)),
-                _ => {
-                    // Copy one UTF-8 character (`i` only ever moves by whole characters).
-                    let Some(ch) = text.get(i..).and_then(|rest| rest.chars().next()) else {
-                        break;
-                    };
-                    literal.push(ch);
-                    i += ch.len_utf8();
-                }
-            }
-        }
-        if !literal.is_empty() {
-            parts.push(Part::Literal(literal));
-        }
-        Ok(Template {
-            text: text.to_owned(),
-            parts,
-        })
+        cdc_keys::Template::parse(text).map(Template)
     }
 
     pub(crate) fn text(&self) -> &str {
-        &self.text
+        self.0.text()
     }
 
     pub(crate) fn columns(&self) -> impl Iterator<Item = &str> {
-        self.parts.iter().filter_map(|p| match p {
-            Part::Column(c) => Some(c.as_str()),
-            Part::Literal(_) => None,
-        })
+        self.0.columns()
     }
 
     /// Renders from one row image. `Ok(None)`: a column is SQL NULL, so this
     /// image names no key (a product without a category is in no category list).
     pub fn render(&self, row: &Row) -> Result<Option<String>, RenderError> {
-        let mut out = String::with_capacity(self.text.len() + 16);
-        for part in &self.parts {
-            match part {
-                Part::Literal(s) => out.push_str(s),
-                Part::Column(column) => {
-                    let value = row
-                        .get(column)
-                        .ok_or_else(|| RenderError::MissingColumn { column: column.clone() })?;
-                    match render_value(column, value)? {
-                        Some(text) => out.push_str(&text),
-                        None => return Ok(None),
-                    }
-                }
-            }
-        }
-        Ok(Some(out))
+        self.0.render(|column| {
+            let value = row.get(column).ok_or_else(|| RenderError::MissingColumn {
+                column: column.to_owned(),
+            })?;
+            render_value(column, value)
+        })
     }
 }
 
 /// The canonical text of one value (docs/key-rendering.md; vectors in
 /// tests/vectors/keys.json). Every path (Debezium JSON, Debezium Avro, a
 /// fan-out lookup row) hands over the JSON value Debezium's JsonConverter
-/// would print, and this one function turns it into key text.
+/// would print; Debezium's TOAST placeholder is the daemon's to refuse, the
+/// rest is cdc-keys's `render_json`.
 fn render_value(column: &str, value: &Value) -> Result<Option<String>, RenderError> {
-    match value {
-        Value::Null => Ok(None),
-        Value::String(s) if s == UNAVAILABLE_VALUE => Err(RenderError::Unavailable {
+    if value.as_str() == Some(UNAVAILABLE_VALUE) {
+        return Err(RenderError::Unavailable {
             column: column.to_owned(),
-        }),
-        Value::String(s) => Ok(Some(escape(s))),
-        Value::Bool(b) => Ok(Some(b.to_string())),
-        Value::Number(n) => canonical_number(&n.to_string())
-            .map(Some)
-            .ok_or_else(|| RenderError::Unrenderable {
-                column: column.to_owned(),
-                kind: "number out of range",
-            }),
-        Value::Array(_) => Err(RenderError::Unrenderable {
-            column: column.to_owned(),
-            kind: "array",
-        }),
-        Value::Object(_) => Err(RenderError::Unrenderable {
-            column: column.to_owned(),
-            kind: "structure",
-        }),
-    }
-}
-
-/// A JSON number's canonical text. An integer literal is exact at any size
-/// (`-0` is `0`). Anything else is a binary64 float printed as its shortest
-/// round-trip digits in plain notation, integral values without a fraction
-/// (`1024.0` is `1024`, `-0.0` is `0`, `1.0E10` is `10000000000`). `None`
-/// for a value no float can hold (`1e400`).
-pub fn canonical_number(text: &str) -> Option<String> {
-    let unsigned = text.strip_prefix('-').unwrap_or(text);
-    if !unsigned.is_empty() && unsigned.bytes().all(|b| b.is_ascii_digit()) {
-        let digits = unsigned.trim_start_matches('0');
-        return Some(match (digits.is_empty(), text.starts_with('-')) {
-            (true, _) => "0".to_owned(),
-            (false, true) => format!("-{digits}"),
-            (false, false) => digits.to_owned(),
         });
     }
-    let f: f64 = text.parse().ok()?;
-    if !f.is_finite() {
-        return None;
-    }
-    Some(if f == 0.0 { "0".to_owned() } else { format!("{f}") })
-}
-
-/// Text values are percent-escaped where they could be mistaken for key
-/// structure: `%` (the escape itself), `:` (the separator templates use),
-/// `{` and `}` (template syntax), and control characters (U+0000..U+001F,
-/// U+007F), each as `%XX` (uppercase hex of the byte). So `("1", "2:3")`
-/// and `("1:2", "3")` render `1:2%3A3` and `1%3A2:3`. Everything else,
-/// non-ASCII included, is kept as it is.
-pub fn escape(text: &str) -> String {
-    let reserved = |c: char| matches!(c, '%' | ':' | '{' | '}') || c.is_ascii_control();
-    if !text.chars().any(reserved) {
-        return text.to_owned();
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if reserved(c) {
-            out.push_str(&format!("%{:02X}", u32::from(c)));
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    cdc_keys::render_json(value).map_err(|why| RenderError::Unrenderable {
+        column: column.to_owned(),
+        kind: why.kind,
+    })
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::now_us;
 use crate::admin::Status;
-use crate::backoff::Backoff;
+use crate::backoff::{Failed, Next, Retry};
 use crate::config::Settings;
 use crate::dead_letter::{DeadLetterStore, Failure};
 use crate::event::KafkaRecord;
@@ -23,7 +23,7 @@ use crate::metrics;
 use crate::plan::{Bump, Plan};
 use crate::sink::epoch::LossReason;
 use crate::sink::notice::Notices;
-use crate::sink::{BumpResult, RedisSink};
+use crate::sink::{BumpResult, RedisSink, SinkError};
 use crate::source::PartitionId;
 
 /// A batch handed from the consumer stage to the applier.
@@ -71,19 +71,48 @@ enum Dependency {
 pub(super) struct Abandoned;
 
 pub(super) struct Applier {
-    pub(crate) settings: Arc<Settings>,
-    pub(crate) sink: RedisSink,
-    pub(crate) dead_letters: Option<DeadLetterStore>,
-    pub(crate) notices: Option<Arc<Notices>>,
-    pub(crate) status: Arc<Status>,
-    pub(crate) reports: mpsc::UnboundedSender<Report>,
+    settings: Arc<Settings>,
+    sink: RedisSink,
+    dead_letters: Option<DeadLetterStore>,
+    notices: Option<Arc<Notices>>,
     /// Every namespace of the graph: all are bumped when Redis lost writes.
-    pub(crate) namespaces: Vec<String>,
+    namespaces: Vec<String>,
+    health: Health,
+}
+
+/// What the applier tells the readiness probe and the consumer stage about
+/// its dependencies: kept apart from the sink so that a retry's classifier
+/// can report while the operation holds the sink.
+struct Health {
+    status: Arc<Status>,
+    reports: mpsc::UnboundedSender<Report>,
     /// Between the first failed write and the next success.
-    pub(crate) in_outage: bool,
+    in_outage: bool,
 }
 
 impl Applier {
+    pub(super) fn new(
+        settings: Arc<Settings>,
+        sink: RedisSink,
+        dead_letters: Option<DeadLetterStore>,
+        notices: Option<Arc<Notices>>,
+        status: Arc<Status>,
+        reports: mpsc::UnboundedSender<Report>,
+    ) -> Applier {
+        Applier {
+            namespaces: all_namespaces(&settings),
+            settings,
+            sink,
+            dead_letters,
+            notices,
+            health: Health {
+                status,
+                reports,
+                in_outage: false,
+            },
+        }
+    }
+
     /// Applies batches until the channel closes (the consumer stage stopped
     /// and everything sealed was applied) or `give_up` is cancelled while a
     /// write is failing; between batches it checks Redis for lost writes.
@@ -144,24 +173,37 @@ impl Applier {
                 "redis lost acknowledged writes; bumping the epoch and every namespace before applying anything else"
             );
         }
-        let mut backoff = Backoff::new(self.settings.redis.max_retry_backoff);
-        loop {
-            match self.sink.recover(&self.namespaces).await {
-                Ok(epoch) => {
-                    self.status.redis_ok();
-                    tracing::info!(%epoch, namespaces = self.namespaces.len(), "epoch advanced: data keys cached before the loss are unreachable");
-                    break;
-                }
-                Err(error) => {
-                    self.outage(Dependency::Redis, error.kind_label(), &error.to_string());
-                    if wait(backoff.next_delay(), give_up).await.is_err() {
-                        tracing::error!("shutdown before the epoch could be advanced after a redis data loss; the next run's check finds it again only if the record is still behind");
-                        return Err(Abandoned);
-                    }
-                }
+        // Retry::run calls the operation again for each attempt, one at a
+        // time: the lock only lends the sink to the attempt running now.
+        let sink = tokio::sync::Mutex::new(&mut self.sink);
+        let namespaces = &self.namespaces;
+        let health = &mut self.health;
+        let recovered = Retry::new(self.settings.redis.max_retry_backoff)
+            .cancelled_by(give_up)
+            .run(
+                || {
+                    let sink = &sink;
+                    async move { sink.lock().await.recover(namespaces).await }
+                },
+                |error, _| {
+                    health.outage(Dependency::Redis, error.kind_label(), &error.to_string());
+                    Next::Retry
+                },
+            )
+            .await;
+        match recovered {
+            Ok(epoch) => {
+                self.health.status.redis_ok();
+                tracing::info!(%epoch, namespaces = self.namespaces.len(), "epoch advanced: data keys cached before the loss are unreachable");
+            }
+            // Every failure is retried: only the shutdown ends the retries.
+            Err(failed) => {
+                tracing::error!(attempts = failed.attempts(), last_error = %failed.error(),
+                    "shutdown before the epoch could be advanced after a redis data loss; the next run's check finds it again only if the record is still behind");
+                return Err(Abandoned);
             }
         }
-        self.healthy();
+        self.health.healthy();
         Ok(())
     }
 
@@ -176,78 +218,8 @@ impl Applier {
             records,
         } = sealed;
         metrics::coalesced(plan.coalesced());
-        let mut refused = Vec::new();
-        if let Some(store) = self.dead_letters.clone() {
-            for (record, failure) in &dead_letters {
-                let mut backoff = Backoff::new(self.settings.redis.max_retry_backoff);
-                loop {
-                    match store.write(record, failure).await {
-                        Ok(()) => {
-                            metrics::dead_letter(failure.stage.label(), failure.kind);
-                            self.status.dead_letters_ok();
-                            break;
-                        }
-                        Err(error) if error.is_data_error() => {
-                            // The store is up and refused this row: retrying
-                            // cannot help and is no outage. Only this record's
-                            // partition stops, just before it.
-                            self.status.dead_letters_ok();
-                            let partition = (record.topic.clone(), record.partition);
-                            match record.offset.checked_sub(1) {
-                                Some(before) if before >= 0 => {
-                                    let last = done.entry(partition.clone()).or_insert(before);
-                                    *last = (*last).min(before);
-                                }
-                                _ => {
-                                    done.remove(&partition);
-                                }
-                            }
-                            refused.push(Refused {
-                                partition,
-                                offset: record.offset,
-                                detail: format!("the dead-letter store refused the record ({error})"),
-                            });
-                            break;
-                        }
-                        Err(error) => {
-                            self.outage(Dependency::DeadLetters, "unreachable", &error.to_string());
-                            if wait(backoff.next_delay(), give_up).await.is_err() {
-                                tracing::warn!("shutdown while the dead-letter store is unreachable: nothing committed past the record");
-                                return Err(Abandoned);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let bumps = plan.into_bumps();
-        let mut backoff = Backoff::new(self.settings.redis.max_retry_backoff);
-        while !bumps.is_empty() {
-            let started = Instant::now();
-            match self.sink.apply(&bumps).await {
-                Ok(results) => {
-                    metrics::redis_apply(started.elapsed().as_secs_f64(), bumps.len());
-                    record_results(&bumps, &results);
-                    self.status.redis_ok();
-                    self.announce(&bumps, &results).await;
-                    break;
-                }
-                Err(error) => {
-                    self.outage(Dependency::Redis, error.kind_label(), &error.to_string());
-                    let delay = if error.is_retriable() {
-                        backoff.next_delay()
-                    } else {
-                        tracing::error!(%error, targets = bumps.len(),
-                            "redis refused the batch: retrying cannot fix this (a version record that is not a hash? an ACL without a command README lists?); retrying at the longest backoff until an operator fixes it, nothing committed meanwhile");
-                        self.settings.redis.max_retry_backoff
-                    };
-                    if wait(delay, give_up).await.is_err() {
-                        tracing::warn!(targets = bumps.len(), "shutdown during a redis outage: the unapplied batch is left to the next run (nothing committed past it)");
-                        return Err(Abandoned);
-                    }
-                }
-            }
-        }
+        let refused = self.write_dead_letters(&dead_letters, &mut done, give_up).await?;
+        self.apply_bumps(&plan.into_bumps(), give_up).await?;
         let acknowledged_ms = now_us() / 1000;
         for timestamp_ms in &record_times_ms {
             metrics::apply_latency((acknowledged_ms - timestamp_ms).max(0) as f64 / 1e3);
@@ -257,10 +229,123 @@ impl Applier {
             // is covered by the epoch before the next batch is applied.
             self.recover_from_loss(reason, give_up).await?;
         }
-        self.healthy();
+        self.health.healthy();
         // The receiver is gone only when the consumer stage stopped waiting.
-        let _ = self.reports.send(Report::Applied { done, records, refused });
+        let _ = self.health.reports.send(Report::Applied { done, records, refused });
         Ok(())
+    }
+
+    /// Writes each dead letter, retrying while the store is unreachable. A
+    /// row the store refuses stops only its record's partition, just before
+    /// the record: `done` is lowered so that nothing at or past it is stored.
+    async fn write_dead_letters(
+        &mut self,
+        dead_letters: &[(KafkaRecord, Failure)],
+        done: &mut HashMap<PartitionId, i64>,
+        give_up: &CancellationToken,
+    ) -> Result<Vec<Refused>, Abandoned> {
+        let Some(store) = self.dead_letters.clone() else {
+            return Ok(Vec::new());
+        };
+        let mut refused = Vec::new();
+        for (record, failure) in dead_letters {
+            let health = &mut self.health;
+            let written = Retry::new(self.settings.redis.max_retry_backoff)
+                .cancelled_by(give_up)
+                .run(
+                    || store.write(record, failure),
+                    |error, _| {
+                        if error.is_data_error() {
+                            // The store is up and refused this row: retrying
+                            // cannot help and is no outage.
+                            health.status.dead_letters_ok();
+                            Next::Stop
+                        } else {
+                            health.outage(Dependency::DeadLetters, "unreachable", &error.to_string());
+                            Next::Retry
+                        }
+                    },
+                )
+                .await;
+            match written {
+                Ok(()) => {
+                    metrics::dead_letter(failure.stage.label(), failure.kind);
+                    self.health.status.dead_letters_ok();
+                }
+                Err(Failed::Permanent { error, .. }) => {
+                    let partition = (record.topic.clone(), record.partition);
+                    match record.offset.checked_sub(1) {
+                        Some(before) if before >= 0 => {
+                            let last = done.entry(partition.clone()).or_insert(before);
+                            *last = (*last).min(before);
+                        }
+                        _ => {
+                            done.remove(&partition);
+                        }
+                    }
+                    refused.push(Refused {
+                        partition,
+                        offset: record.offset,
+                        detail: format!("the dead-letter store refused the record ({error})"),
+                    });
+                }
+                // Unreachable errors are retried until the shutdown gives up.
+                Err(failed) => {
+                    tracing::warn!(attempts = failed.attempts(), last_error = %failed.error(),
+                        "shutdown while the dead-letter store is unreachable: nothing committed past the record");
+                    return Err(Abandoned);
+                }
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Sends the bumps until Redis acknowledges them, then the notices.
+    async fn apply_bumps(&mut self, bumps: &[Bump], give_up: &CancellationToken) -> Result<(), Abandoned> {
+        if bumps.is_empty() {
+            return Ok(());
+        }
+        let cap = self.settings.redis.max_retry_backoff;
+        // One attempt at a time holds the sink (see recover_from_loss).
+        let sink = tokio::sync::Mutex::new(&mut self.sink);
+        let health = &mut self.health;
+        let applied = Retry::new(cap)
+            .cancelled_by(give_up)
+            .run(
+                || {
+                    let sink = &sink;
+                    async move {
+                        let started = Instant::now();
+                        let results = sink.lock().await.apply(bumps).await?;
+                        Ok::<_, SinkError>((results, started.elapsed()))
+                    }
+                },
+                |error, _| {
+                    health.outage(Dependency::Redis, error.kind_label(), &error.to_string());
+                    if error.is_retriable() {
+                        return Next::Retry;
+                    }
+                    tracing::error!(%error, targets = bumps.len(),
+                        "redis refused the batch: retrying cannot fix this (a version record that is not a hash? an ACL without a command README lists?); retrying at the longest backoff until an operator fixes it, nothing committed meanwhile");
+                    Next::RetryAtCap
+                },
+            )
+            .await;
+        match applied {
+            Ok((results, took)) => {
+                metrics::redis_apply(took.as_secs_f64(), bumps.len());
+                record_results(bumps, &results);
+                self.health.status.redis_ok();
+                self.announce(bumps, &results).await;
+                Ok(())
+            }
+            // Every failure is retried: only the shutdown ends the retries.
+            Err(failed) => {
+                tracing::warn!(targets = bumps.len(), attempts = failed.attempts(), last_error = %failed.error(),
+                    "shutdown during a redis outage: the unapplied batch is left to the next run (nothing committed past it)");
+                Err(Abandoned)
+            }
+        }
     }
 
     /// Notices of the applied bumps: Pub/Sub inline (one round trip), Kafka
@@ -280,9 +365,11 @@ impl Applier {
                 }
             }
         }
-        tokio::spawn(async move { notices.publish_kafka(&list).await });
+        notices.publish_kafka_in_background(list);
     }
+}
 
+impl Health {
     fn outage(&mut self, dependency: Dependency, kind: &'static str, error: &str) {
         match dependency {
             Dependency::Redis => {
@@ -308,13 +395,27 @@ impl Applier {
     }
 }
 
-/// Sleeps `delay` unless told to give up first.
-async fn wait(delay: Duration, give_up: &CancellationToken) -> Result<(), Abandoned> {
-    tokio::select! {
-        biased;
-        _ = give_up.cancelled() => Err(Abandoned),
-        _ = tokio::time::sleep(delay) => Ok(()),
-    }
+/// How many namespaces a loss recovery bumps.
+pub(crate) fn namespace_count(settings: &Settings) -> usize {
+    all_namespaces(settings).len()
+}
+
+/// Every namespace an entity or a fan-out declares, once each.
+fn all_namespaces(settings: &Settings) -> Vec<String> {
+    let mut namespaces: Vec<String> = settings
+        .graph
+        .entities()
+        .iter()
+        .flat_map(|e| {
+            e.namespace
+                .iter()
+                .chain(e.fanouts.iter().filter_map(|f| f.namespace.as_ref()))
+        })
+        .cloned()
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
+    namespaces
 }
 
 fn record_results(bumps: &[Bump], results: &[BumpResult]) {

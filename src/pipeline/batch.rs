@@ -1,7 +1,8 @@
 //! The batching state of the consumer stage, with no I/O: what a batch
 //! holds, when it is due, when it is full, when it is handed to the
-//! applier, and which offsets an applied batch may store. Kept pure so the
-//! riskiest decisions are tested under paused tokio time, without a daemon.
+//! applier. Kept pure so the riskiest decisions are tested under paused
+//! tokio time, without a daemon (the offsets a batch may store are the
+//! partition unit's rule, in `partitions`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -124,28 +125,6 @@ impl Batching {
     }
 }
 
-/// The offsets an applied batch may store: only partitions still ours, and
-/// never at or past a stalled record (a batch handed over before the stall
-/// was known may hold later records of its partition).
-pub(super) fn storable(
-    done: &HashMap<PartitionId, i64>,
-    owned: impl Fn(&PartitionId) -> Option<Option<i64>>,
-) -> Vec<(PartitionId, i64)> {
-    let mut out: Vec<(PartitionId, i64)> = done
-        .iter()
-        .filter_map(|(partition, &offset)| {
-            let stalled_at = owned(partition)?;
-            let next = match stalled_at {
-                Some(stall) => (offset + 1).min(stall),
-                None => offset + 1,
-            };
-            (next > 0).then(|| (partition.clone(), next))
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,8 +141,8 @@ mod tests {
 
     fn batch_with(records: usize) -> Batch {
         let mut batch = Batch::default();
-        for offset in 0..records {
-            batch.count(p(0), offset as i64, 10);
+        for offset in (0_i64..).take(records) {
+            batch.count(p(0), offset, 10);
         }
         batch
     }
@@ -257,29 +236,11 @@ mod tests {
     }
 
     #[test]
-    fn forgotten_partition_stores_nothing() {
+    fn forgotten_partition_keeps_its_work_but_not_its_offsets() {
         let mut batch = batch_with(2);
         batch.count(p(1), 7, 1);
         batch.forget(&p(0));
-        let stored = storable(&batch.done, |_| Some(None));
-        assert_eq!(stored, vec![(p(1), 8)]);
-    }
-
-    #[test]
-    fn storable_skips_partitions_no_longer_owned() {
-        let done = HashMap::from([(p(0), 4), (p(1), 9)]);
-        let stored = storable(&done, |id| (id == &p(1)).then_some(None));
-        assert_eq!(stored, vec![(p(1), 10)]);
-    }
-
-    #[test]
-    fn storable_never_passes_a_stalled_record() {
-        // Stalled at 5: a batch handed over earlier holds offsets 3..=8.
-        let done = HashMap::from([(p(0), 8), (p(1), 2)]);
-        let stored = storable(&done, |id| Some((id == &p(0)).then_some(5)));
-        assert_eq!(stored, vec![(p(0), 5), (p(1), 3)]);
-        // Stalled at the partition's first record: nothing to store.
-        let stored = storable(&HashMap::from([(p(0), 3)]), |_| Some(Some(0)));
-        assert!(stored.is_empty());
+        assert_eq!(batch.done, HashMap::from([(p(1), 7)]));
+        assert_eq!(batch.records, 3);
     }
 }

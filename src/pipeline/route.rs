@@ -1,12 +1,14 @@
 //! Routing: what one record asks of the pipeline (decode, graph, moot
-//! check). Pure, so `run`, `explain`, `audit` and the tests share it.
+//! check). Pure, so `run`, `explain`, `audit` and the tests share it;
+//! `explain` also keeps what routing saw on the way ([`trace_with`]).
 
 use crate::config::PlanSettings;
 use crate::dead_letter::{Failure, Stage};
 use crate::decode::{decode, table_from_topic, AvroSchemas, DecodeError, DecodeErrorKind};
-use crate::event::{Decoded, KafkaRecord, Position};
+use crate::event::{ChangeEvent, Decoded, KafkaRecord, Position};
 use crate::graph::{
-    escalate, Consistency, Derivation, EscalationReason, Graph, LookupRequest, MessageVerdict, Target, Why,
+    escalate, Consistency, Derivation, Entity, EscalationReason, Graph, LookupRequest, MessageVerdict, SkipReason,
+    StallReason, Target, Why,
 };
 use crate::metrics::MessageOutcome;
 use crate::plan::is_moot;
@@ -30,7 +32,7 @@ pub enum Routed {
         lookups: Vec<LookupRequest>,
     },
     /// Cannot be applied or escalated: stop the partition here.
-    Stall { reason: &'static str, detail: String },
+    Stall { reason: StallReason, detail: String },
 }
 
 /// The routing of one record: the op label for metrics, the action, and
@@ -63,24 +65,122 @@ pub fn route_with(
     dead_letters: bool,
     avro: Option<&AvroSchemas>,
 ) -> Route {
-    let size = record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len);
-    let decoded = if size > plan.max_record_bytes {
-        Err(DecodeError {
-            kind: DecodeErrorKind::TooLarge,
-            detail: format!("{size} bytes, above plan.max_record_bytes ({})", plan.max_record_bytes),
-        })
-    } else {
-        decode(record, avro)
+    let event = match decode_within_limit(plan, record, avro) {
+        Ok(Decoded::Change(event)) => event,
+        Ok(other) => return route_other(graph, record, &other, dead_letters).0,
+        Err(error) => return route_undecodable(graph, record, error, dead_letters),
     };
+    if let Some(verdict) = graph.route_outbox(&event) {
+        return route_named(verdict, Named::of_change(&event), dead_letters);
+    }
+    let judged = judge(graph, plan, &event, now_us);
+    route_judged(event.op.code(), judged, event.position, event.commit_time_us)
+}
+
+/// [`route_with`], keeping what routing saw on the way, for `explain`: how
+/// the record decoded and the graph's derivation, from the one decode and the
+/// one derivation behind the route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trace {
+    pub route: Route,
+    /// The decoded record, or why there is none (a record over
+    /// `plan.max_record_bytes` is not parsed: `TooLarge`).
+    pub decoded: Result<Decoded, DecodeError>,
+    /// The graph's derivation for a change event that is not moot (an
+    /// unknown table derives `Skip(UnknownTable)`); None otherwise.
+    pub derivation: Option<Derivation>,
+    /// What a logical-decoding message or a row of an outbox table names,
+    /// or why it is skipped, ignored or refused; None for other records.
+    pub named: Option<MessageVerdict>,
+}
+
+/// Routes one record as [`route_with`] does and keeps the [`Trace`].
+pub fn trace_with(
+    graph: &Graph,
+    plan: &PlanSettings,
+    record: &KafkaRecord,
+    now_us: i64,
+    dead_letters: bool,
+    avro: Option<&AvroSchemas>,
+) -> Trace {
+    let decoded = decode_within_limit(plan, record, avro);
     let event = match decoded {
         Ok(Decoded::Change(event)) => event,
+        Ok(ref other) => {
+            let (route, named) = route_other(graph, record, other, dead_letters);
+            return Trace {
+                route,
+                decoded,
+                derivation: None,
+                named,
+            };
+        }
+        Err(ref error) => {
+            let route = route_undecodable(graph, record, error.clone(), dead_letters);
+            return Trace {
+                route,
+                decoded,
+                derivation: None,
+                named: None,
+            };
+        }
+    };
+    if let Some(verdict) = graph.route_outbox(&event) {
+        let route = route_named(verdict.clone(), Named::of_change(&event), dead_letters);
+        return Trace {
+            route,
+            decoded: Ok(Decoded::Change(event)),
+            derivation: None,
+            named: Some(verdict),
+        };
+    }
+    let judged = judge(graph, plan, &event, now_us);
+    let derivation = match &judged {
+        Judged::UnknownTable => Some(Derivation::Skip(SkipReason::UnknownTable)),
+        Judged::Moot => None,
+        Judged::Derived(_, derivation) => Some(derivation.clone()),
+    };
+    let route = route_judged(event.op.code(), judged, event.position.clone(), event.commit_time_us);
+    Trace {
+        route,
+        decoded: Ok(Decoded::Change(event)),
+        derivation,
+        named: None,
+    }
+}
+
+/// Decodes the record unless it is over `plan.max_record_bytes`.
+fn decode_within_limit(
+    plan: &PlanSettings,
+    record: &KafkaRecord,
+    avro: Option<&AvroSchemas>,
+) -> Result<Decoded, DecodeError> {
+    let size = record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len);
+    if size > plan.max_record_bytes {
+        return Err(DecodeError {
+            kind: DecodeErrorKind::TooLarge,
+            detail: format!("{size} bytes, above plan.max_record_bytes ({})", plan.max_record_bytes),
+        });
+    }
+    decode(record, avro)
+}
+
+/// The route of a record that decoded to something other than a row
+/// change, and for a logical-decoding message what its content names.
+fn route_other(
+    graph: &Graph,
+    record: &KafkaRecord,
+    other: &Decoded,
+    dead_letters: bool,
+) -> (Route, Option<MessageVerdict>) {
+    match other {
         // Debezium never writes these to a table's own topic: on the topic
         // of a configured table, skipping could lose a change (a row whose
         // columns merely look like one of them), so it is handled as an
         // undecodable record of that table instead.
-        Ok(
-            other @ (Decoded::Heartbeat | Decoded::TransactionMetadata | Decoded::SchemaChange | Decoded::Message(_)),
-        ) if table_from_topic(&record.topic).is_some_and(|t| graph.entity(&t).is_some()) => {
+        Decoded::Heartbeat | Decoded::TransactionMetadata | Decoded::SchemaChange | Decoded::Message(_)
+            if table_from_topic(&record.topic).is_some_and(|t| graph.entity(&t).is_some()) =>
+        {
             let error = DecodeError {
                 kind: DecodeErrorKind::UnexpectedShape,
                 detail: format!(
@@ -88,104 +188,26 @@ pub fn route_with(
                     other.op_label_long()
                 ),
             };
-            return route_undecodable(graph, record, error, dead_letters);
+            (route_undecodable(graph, record, error, dead_letters), None)
         }
-        Ok(Decoded::Message(message)) => {
-            let verdict = graph.route_message(&record.topic, &message);
+        Decoded::Message(message) => {
+            let verdict = graph.route_message(&record.topic, message);
             let named = Named {
                 op: crate::event::Op::Message.code(),
-                position: message.position,
+                position: message.position.clone(),
                 commit_time_us: message.commit_time_us,
             };
-            return route_named(verdict, named, dead_letters);
+            (route_named(verdict.clone(), named, dead_letters), Some(verdict))
         }
-        Ok(other) => {
-            return Route {
+        _ => (
+            Route {
                 op: other.op_label(),
                 action: Routed::Skip,
                 dead_letter: None,
                 message: None,
-            }
-        }
-        Err(error) => return route_undecodable(graph, record, error, dead_letters),
-    };
-    let op = event.op.code();
-    if let Some(verdict) = graph.route_outbox(&event) {
-        let named = Named {
-            op,
-            position: event.position,
-            commit_time_us: event.commit_time_us,
-        };
-        return route_named(verdict, named, dead_letters);
-    }
-    let Some(entity) = graph.entity(&event.table) else {
-        return Route {
-            op,
-            action: Routed::Skip,
-            dead_letter: None,
-            message: None,
-        };
-    };
-    if is_moot(
-        event.commit_time_us,
-        now_us,
-        entity.max_cache_ttl,
-        plan.clock_skew_margin,
-    ) {
-        return Route {
-            op,
-            action: Routed::Moot,
-            dead_letter: None,
-            message: None,
-        };
-    }
-    let render_failure = |reason: EscalationReason, detail: &str| {
-        (reason == EscalationReason::Unrenderable).then(|| Failure {
-            stage: Stage::Render,
-            kind: "unrenderable",
-            detail: detail.to_owned(),
-        })
-    };
-    match graph.derive(&event) {
-        Derivation::Skip(_) => Route {
-            op,
-            action: Routed::Skip,
-            dead_letter: None,
-            message: None,
-        },
-        Derivation::Stall { reason, detail } => Route {
-            op,
-            dead_letter: render_failure(reason, &detail),
-            action: Routed::Stall {
-                reason: reason.label(),
-                detail,
             },
-            message: None,
-        },
-        Derivation::Targets {
-            targets,
-            escalation,
-            lookups,
-        } => {
-            let dead_letter = targets.iter().find_map(|t| match (&t.why, escalation) {
-                (Why::Escalation { detail, .. }, Some(reason)) => render_failure(reason, detail),
-                _ => None,
-            });
-            Route {
-                op,
-                dead_letter,
-                action: Routed::Bump {
-                    targets: targets.into_iter().map(|t| t.target).collect(),
-                    position: event.position,
-                    commit_time_us: event.commit_time_us,
-                    consistency: entity.consistency,
-                    escalation,
-                    namespace: entity.namespace.clone(),
-                    lookups,
-                },
-                message: None,
-            }
-        }
+            None,
+        ),
     }
 }
 
@@ -195,6 +217,16 @@ struct Named {
     op: &'static str,
     position: Position,
     commit_time_us: Option<i64>,
+}
+
+impl Named {
+    fn of_change(event: &ChangeEvent) -> Named {
+        Named {
+            op: event.op.code(),
+            position: event.position.clone(),
+            commit_time_us: event.commit_time_us,
+        }
+    }
 }
 
 /// A message's or an outbox record's verdict as the pipeline's action. Its
@@ -237,10 +269,10 @@ fn route_named(verdict: MessageVerdict, named: Named, dead_letters: bool) -> Rou
             message: Some(MessageOutcome::Ignored),
         },
         MessageVerdict::Refuse(error) => {
-            let kind = error.kind().label();
+            let kind = error.kind();
             let failure = Failure {
                 stage: Stage::Message,
-                kind,
+                kind: kind.label(),
                 detail: error.detail.clone(),
             };
             let (action, outcome) = if dead_letters {
@@ -248,7 +280,7 @@ fn route_named(verdict: MessageVerdict, named: Named, dead_letters: bool) -> Rou
             } else {
                 (
                     Routed::Stall {
-                        reason: kind,
+                        reason: StallReason::MessageRefused(kind),
                         detail: format!("refused message ({error}) and no [dead_letters] store to keep it"),
                     },
                     MessageOutcome::Stalled,
@@ -259,6 +291,100 @@ fn route_named(verdict: MessageVerdict, named: Named, dead_letters: bool) -> Rou
                 action,
                 dead_letter: Some(failure),
                 message: Some(outcome),
+            }
+        }
+    }
+}
+
+/// The second half: the change event through its entity's rule.
+enum Judged<'g> {
+    UnknownTable,
+    Moot,
+    Derived(&'g Entity, Derivation),
+}
+
+fn judge<'g>(graph: &'g Graph, plan: &PlanSettings, event: &ChangeEvent, now_us: i64) -> Judged<'g> {
+    let Some(entity) = graph.entity(&event.table) else {
+        return Judged::UnknownTable;
+    };
+    if is_moot(
+        event.commit_time_us,
+        now_us,
+        entity.max_cache_ttl,
+        plan.clock_skew_margin,
+    ) {
+        return Judged::Moot;
+    }
+    Judged::Derived(entity, graph.derive(event))
+}
+
+/// The route of a judged change event: `op` is its op code, `position` and
+/// `commit_time_us` its own.
+fn route_judged(op: &'static str, judged: Judged<'_>, position: Position, commit_time_us: Option<i64>) -> Route {
+    let (entity, derivation) = match judged {
+        Judged::UnknownTable => {
+            return Route {
+                op,
+                action: Routed::Skip,
+                dead_letter: None,
+                message: None,
+            }
+        }
+        Judged::Moot => {
+            return Route {
+                op,
+                action: Routed::Moot,
+                dead_letter: None,
+                message: None,
+            }
+        }
+        Judged::Derived(entity, derivation) => (entity, derivation),
+    };
+    let render_failure = |reason: EscalationReason, detail: &str| {
+        (reason == EscalationReason::Unrenderable).then(|| Failure {
+            stage: Stage::Render,
+            kind: "unrenderable",
+            detail: detail.to_owned(),
+        })
+    };
+    match derivation {
+        Derivation::Skip(_) => Route {
+            op,
+            action: Routed::Skip,
+            dead_letter: None,
+            message: None,
+        },
+        Derivation::Stall { reason, detail } => Route {
+            op,
+            dead_letter: render_failure(reason, &detail),
+            action: Routed::Stall {
+                reason: StallReason::NoNamespace(reason),
+                detail,
+            },
+            message: None,
+        },
+        Derivation::Targets {
+            targets,
+            escalation,
+            lookups,
+        } => {
+            let dead_letter = targets.iter().find_map(|t| match (&t.why, escalation) {
+                (Why::Escalation { detail, .. }, Some(reason)) => render_failure(reason, detail),
+                _ => None,
+            });
+            Route {
+                op,
+                dead_letter,
+                action: Routed::Bump {
+                    targets: targets.into_iter().map(|t| t.target).collect(),
+                    position,
+                    commit_time_us,
+                    consistency: entity.consistency,
+                    escalation,
+                    namespace: entity.namespace.clone(),
+                    lookups,
+                },
+                message: None,
             }
         }
     }
@@ -288,7 +414,7 @@ fn route_undecodable(graph: &Graph, record: &KafkaRecord, error: DecodeError, de
                 lookups: Vec::new(),
             },
             Derivation::Stall { reason, detail } => Routed::Stall {
-                reason: reason.label(),
+                reason: StallReason::NoNamespace(reason),
                 detail,
             },
             Derivation::Skip(_) => unreachable!("escalate never skips"),
@@ -296,7 +422,7 @@ fn route_undecodable(graph: &Graph, record: &KafkaRecord, error: DecodeError, de
         // Kept as a dead letter, nothing is lost by moving on.
         None if dead_letters => Routed::Skip,
         None => Routed::Stall {
-            reason: error.kind.label(),
+            reason: StallReason::NoDeadLetterStore(error.kind),
             detail,
         },
     };
@@ -311,7 +437,7 @@ fn route_undecodable(graph: &Graph, record: &KafkaRecord, error: DecodeError, de
 pub fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)) // saturates in the year 294247
         .unwrap_or(0)
 }
 
@@ -319,6 +445,7 @@ pub fn now_us() -> i64 {
 mod tests {
     use super::*;
     use crate::config::{self, Settings};
+    use crate::graph::MessageErrorKind;
     use serde_json::json;
 
     fn settings() -> Settings {
@@ -398,7 +525,7 @@ keys = ["plain:{id}"]
             matches!(
                 r.action,
                 Routed::Stall {
-                    reason: "undecodable",
+                    reason: StallReason::NoNamespace(EscalationReason::Undecodable),
                     ..
                 }
             ),
@@ -418,7 +545,7 @@ keys = ["plain:{id}"]
             matches!(
                 without.action,
                 Routed::Stall {
-                    reason: "malformed",
+                    reason: StallReason::NoDeadLetterStore(DecodeErrorKind::Malformed),
                     ..
                 }
             ),
@@ -545,7 +672,7 @@ keys = ["product:{id}"]
             matches!(
                 r.action,
                 Routed::Stall {
-                    reason: "reserved_key",
+                    reason: StallReason::MessageRefused(MessageErrorKind::ReservedKey),
                     ..
                 }
             ),
@@ -606,6 +733,45 @@ keys = ["product:{id}"]
     }
 
     #[test]
+    fn a_trace_keeps_what_a_message_or_an_outbox_row_names() {
+        let s = with_messages();
+        let message = message_record("app", Some(7), r#"{"v":1,"keys":["a:1"]}"#);
+        let trace = trace_with(&s.graph, &s.plan, &message, now_us(), true, None);
+        assert_eq!(trace.route, route(&s.graph, &s.plan, &message, now_us(), true));
+        assert_eq!(trace.derivation, None);
+        assert!(
+            matches!(&trace.named, Some(MessageVerdict::Bump { targets, .. }) if targets.len() == 1),
+            "{trace:?}"
+        );
+
+        let refused = message_record("app", None, r#"{"v":1,"keys":["a:1"]}"#);
+        let trace = trace_with(&s.graph, &s.plan, &refused, now_us(), false, None);
+        assert_eq!(trace.route, route(&s.graph, &s.plan, &refused, now_us(), false));
+        assert!(
+            matches!(&trace.named, Some(MessageVerdict::Refuse(e)) if e.kind() == MessageErrorKind::NotTransactional),
+            "{trace:?}"
+        );
+
+        // A change of a configured table names nothing of its own.
+        let now = now_us();
+        let change = serde_json::to_vec(
+            &json!({"op": "u", "after": {"id": 1}, "source": {"connector": "postgresql", "name": "shop",
+            "schema": "public", "table": "products", "lsn": 5, "ts_us": now}}),
+        )
+        .unwrap();
+        let trace = trace_with(
+            &s.graph,
+            &s.plan,
+            &record("shop.public.products", &change),
+            now,
+            true,
+            None,
+        );
+        assert_eq!(trace.named, None);
+        assert!(trace.derivation.is_some(), "{trace:?}");
+    }
+
+    #[test]
     fn old_events_are_moot_recent_ones_bump() {
         let s = settings();
         let value = |ts_us: i64| {
@@ -632,5 +798,38 @@ keys = ["product:{id}"]
             false,
         );
         assert!(matches!(r.action, Routed::Bump { .. }), "{r:?}");
+    }
+
+    #[test]
+    fn a_trace_keeps_the_one_decoding_and_derivation_behind_its_route() {
+        let s = settings();
+        let now = now_us();
+        let value = serde_json::to_vec(
+            &json!({"op": "u", "after": {"id": 1}, "source": {"connector": "postgresql", "name": "shop",
+            "schema": "public", "table": "products", "lsn": 5, "ts_us": now}}),
+        )
+        .unwrap();
+        let change = record("shop.public.products", &value);
+        let trace = trace_with(&s.graph, &s.plan, &change, now, true, None);
+        assert_eq!(trace.route, route(&s.graph, &s.plan, &change, now, true));
+        let Ok(Decoded::Change(event)) = &trace.decoded else {
+            panic!("{trace:?}")
+        };
+        assert_eq!(trace.derivation, Some(s.graph.derive(event)));
+
+        // Moot: routed without a derivation.
+        let old = trace_with(&s.graph, &s.plan, &change, now + 11 * 60 * 1_000_000, true, None);
+        assert_eq!((old.route.action, old.derivation), (Routed::Moot, None));
+
+        // Not parsed at all: the decoding says why, and nothing was derived.
+        let mut small = settings();
+        small.plan.max_record_bytes = 10;
+        let large = trace_with(&small.graph, &small.plan, &change, now, true, None);
+        assert!(
+            matches!(&large.decoded, Err(e) if e.kind == DecodeErrorKind::TooLarge),
+            "{large:?}"
+        );
+        assert_eq!(large.derivation, None);
+        assert_eq!(large.route, route(&small.graph, &small.plan, &change, now, true));
     }
 }

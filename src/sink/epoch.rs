@@ -1,13 +1,34 @@
-//! Redis data-loss detection through the epoch record (`{prefix}epoch`,
-//! `epoch.lua` beside this file). Every applied batch and every periodic
-//! check advance two counters in the record: one only this process writes,
-//! one all processes share. A counter that went backwards, or a record that
-//! is gone, means Redis lost writes it had acknowledged; so do evictions
-//! under an evicting `maxmemory-policy` (INFO `evicted_keys`). The recovery
-//! advances the epoch (which readers fold into every data key) and every
-//! namespace, before anything else is applied.
+//! Redis data-loss detection and recovery through the epoch record
+//! (`{prefix}epoch`, `epoch.lua` beside this file; docs/redis-loss.md).
+//! Every applied batch and every periodic check advance two counters in the
+//! record: one only this process writes, one all processes share. A counter
+//! that went backwards, or a record that is gone, means Redis lost writes it
+//! had acknowledged; so do evictions under an evicting `maxmemory-policy`
+//! (INFO `evicted_keys`). The recovery advances the epoch (which readers
+//! fold into every data key) and every namespace, before anything else is
+//! applied.
+//!
+//! Every replica of the daemon detects the same loss. The epoch advance is
+//! a compare-and-set on the epoch the replica saw before it: the first one
+//! advances it, the others find it already past what they saw and adopt it,
+//! so one loss empties the caches once. Each still bumps every namespace
+//! (the guard makes the repeats no-ops).
 
-use std::collections::HashMap;
+use super::connection::{Connection, Link, Script};
+use super::eviction::{EvictionVerdict, EvictionWatch};
+use super::reply::{self, ReplyError};
+use super::reply::{EpochReply, EpochStatus};
+use super::request::Layout;
+use super::request::ScriptCall;
+use super::SinkError;
+use crate::event::Position;
+use crate::graph::Target;
+use crate::plan::Bump;
+
+/// The guard source of namespace bumps made by a loss recovery; its
+/// positions are the new epoch, so each recovery passes the guard once,
+/// whichever replica bumps first.
+pub(crate) const LOSS_SOURCE: &str = "loss";
 
 /// Why the daemon concluded that Redis lost acknowledged writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +45,9 @@ pub enum LossReason {
 }
 
 impl LossReason {
+    /// Every reason, for metrics registered at zero.
+    pub(crate) const ALL: [LossReason; 3] = [LossReason::Missing, LossReason::RolledBack, LossReason::Evicted];
+
     pub fn label(self) -> &'static str {
         match self {
             LossReason::Missing => "missing",
@@ -44,13 +68,86 @@ pub(crate) struct EpochState {
     pub(crate) own: Option<i64>,
     /// The highest shared watermark seen.
     pub(crate) shared: Option<i64>,
-    /// The epoch as of the last check.
+    /// The epoch as of the last check or recovery.
     pub(crate) epoch: Option<String>,
     /// Whether this process has seen the record at least once (a missing
     /// record at first contact may just be a new Redis).
     pub(crate) seen_record: bool,
+    /// Set when a recovery advanced or adopted the epoch, cleared when it
+    /// bumped every namespace: the epoch it compared against. A retry
+    /// compares against the same one, so it adopts the epoch the first
+    /// attempt advanced instead of advancing it again.
+    pub(crate) unfinished_recovery: Option<Option<String>>,
     /// INFO's run_id and evicted_keys at the last check.
     pub(crate) server: Option<ServerView>,
+}
+
+impl EpochState {
+    pub(crate) fn new(prefix: &str, process: &str) -> EpochState {
+        EpochState {
+            record: epoch_record(prefix),
+            own_field: format!("w:{process}"),
+            own: None,
+            shared: None,
+            epoch: None,
+            seen_record: false,
+            unfinished_recovery: None,
+            server: None,
+        }
+    }
+
+    /// The watermark check: KEYS[1] the record, then what this process saw.
+    pub(crate) fn check_call(&self) -> ScriptCall {
+        ScriptCall {
+            keys: vec![self.record.clone()],
+            args: vec![
+                "check".into(),
+                self.own_field.clone(),
+                self.own.map(|n| n.to_string()).unwrap_or_default(),
+                self.shared.map(|n| n.to_string()).unwrap_or_default(),
+            ],
+        }
+    }
+
+    /// The epoch advance, a compare-and-set on the epoch this process saw
+    /// before the loss (`''` when it never saw one). Remembers that epoch
+    /// until the recovery is finished.
+    pub(crate) fn advance_call(&mut self) -> ScriptCall {
+        let seen = self
+            .unfinished_recovery
+            .get_or_insert_with(|| self.epoch.clone())
+            .clone()
+            .unwrap_or_default();
+        ScriptCall {
+            keys: vec![self.record.clone()],
+            args: vec!["advance".into(), self.own_field.clone(), seen],
+        }
+    }
+
+    /// Takes a check reply in; returns the loss it reveals, if any.
+    pub(crate) fn observe(&mut self, reply: &EpochReply) -> Option<LossReason> {
+        match reply.status {
+            EpochStatus::Ok => {
+                self.seen_record = true;
+                self.own = Some(reply.own);
+                self.shared = Some(self.shared.map_or(reply.shared, |s| s.max(reply.shared)));
+                self.epoch = Some(reply.epoch.clone());
+                None
+            }
+            EpochStatus::Missing => Some(LossReason::Missing),
+            // An advance's status in a check reply cannot happen; taking it
+            // for a loss costs a recovery, taking it for none could cost one.
+            EpochStatus::RolledBack | EpochStatus::Advanced | EpochStatus::Adopted => Some(LossReason::RolledBack),
+        }
+    }
+
+    /// After the epoch was advanced or adopted: the new baseline.
+    pub(crate) fn recovered(&mut self, reply: &EpochReply) {
+        self.seen_record = true;
+        self.own = Some(reply.own);
+        self.shared = Some(reply.shared);
+        self.epoch = Some(reply.epoch.clone());
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,60 +186,156 @@ impl ServerView {
     }
 }
 
-/// One reply of `epoch.lua`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct EpochReply {
-    pub(crate) status: String,
-    pub(crate) epoch: String,
-    pub(crate) own: i64,
-    pub(crate) shared: i64,
+/// Loss detection for one sink: the epoch state, the eviction watch
+/// (standalone only) and a loss a batch revealed.
+pub(crate) struct LossWatch {
+    pub(crate) state: EpochState,
+    /// Which evictions were of version records.
+    evictions: Option<EvictionWatch>,
+    /// A loss the last apply revealed, for the caller to recover from.
+    pending: Option<LossReason>,
 }
 
-impl EpochState {
-    pub(crate) fn new(prefix: &str, process: &str) -> EpochState {
-        EpochState {
-            record: epoch_record(prefix),
-            own_field: format!("w:{process}"),
-            own: None,
-            shared: None,
-            epoch: None,
-            seen_record: false,
-            server: None,
+impl LossWatch {
+    /// `client`: a standalone server's client (none on a cluster): the
+    /// eviction notifications get a connection of their own, to whichever
+    /// server the sink talks to at each check.
+    pub(crate) fn new(prefix: &str, client: Option<&redis::Client>) -> LossWatch {
+        let evictions = client.map(|client| {
+            let db = client.get_connection_info().redis_settings().db();
+            EvictionWatch::new(prefix.to_owned(), db)
+        });
+        LossWatch {
+            state: EpochState::new(prefix, &process_token()),
+            evictions,
+            pending: None,
         }
     }
 
-    /// The arguments of a check call after KEYS[1].
-    pub(crate) fn check_args(&self) -> [String; 4] {
-        [
-            "check".into(),
-            self.own_field.clone(),
-            self.own.map(|n| n.to_string()).unwrap_or_default(),
-            self.shared.map(|n| n.to_string()).unwrap_or_default(),
-        ]
+    /// The check reply that rode in a batch's pipeline.
+    pub(crate) fn observe_batch(&mut self, reply: &EpochReply) {
+        if let Some(loss) = self.state.observe(reply) {
+            self.pending = Some(loss);
+        }
     }
 
-    /// Takes a check reply in; returns the loss it reveals, if any.
-    pub(crate) fn observe(&mut self, reply: &EpochReply) -> Option<LossReason> {
-        match reply.status.as_str() {
-            "ok" => {
-                self.seen_record = true;
-                self.own = Some(reply.own);
-                self.shared = Some(self.shared.map_or(reply.shared, |s| s.max(reply.shared)));
-                self.epoch = Some(reply.epoch.clone());
-                None
+    pub(crate) fn take_loss(&mut self) -> Option<LossReason> {
+        self.pending.take()
+    }
+
+    /// The periodic check: the watermarks, then (standalone) INFO for a
+    /// restart, a failover and evictions. Returns the loss it finds.
+    pub(crate) async fn check(&mut self, link: &mut Link) -> Result<Option<LossReason>, SinkError> {
+        let reply = reply::epoch(link.run(Script::Epoch, &self.state.check_call()).await?)?;
+        if let Some(loss) = self.state.observe(&reply) {
+            return Ok(Some(loss));
+        }
+        if link.connection.layout() == Layout::Cluster {
+            // INFO answers for one node only; evictions in a cluster are not
+            // watched yet (docs/redis-loss.md).
+            return Ok(None);
+        }
+        // Subscribed before INFO is read: evictions INFO counts from here on
+        // are notified before the barrier below.
+        if let (Some(watch), Some(client)) = (self.evictions.as_mut(), link.connection.current_client()) {
+            watch.ensure_subscribed(&client).await;
+        }
+        let info: String = link.connection.command(&redis::cmd("INFO")).await?;
+        let Some(view) = ServerView::parse(&info) else {
+            return Ok(None);
+        };
+        let previous = self.state.server.replace(view.clone());
+        let counted = match &previous {
+            Some(before) => {
+                if before.run_id != view.run_id {
+                    tracing::info!(run_id = %view.run_id, "redis restarted or failed over (new run_id); watermarks intact, no loss");
+                }
+                view.evicted_since(before)
             }
-            "missing" => Some(LossReason::Missing),
-            _ => Some(LossReason::RolledBack),
+            None => 0,
+        };
+        let verdict = match &mut self.evictions {
+            Some(watch) => {
+                let seen = watch.barrier().await;
+                watch
+                    .ledger
+                    .judge(counted, seen.notified, seen.version_records, seen.gap)
+            }
+            None if counted > 0 => EvictionVerdict::Unaccounted(counted),
+            None => EvictionVerdict::Harmless,
+        };
+        match verdict {
+            EvictionVerdict::Harmless => {
+                if counted > 0 {
+                    tracing::debug!(counted, policy = %view.policy, "redis evicted keys; none was a version record");
+                }
+                Ok(None)
+            }
+            EvictionVerdict::VersionRecords(n) => {
+                tracing::debug!(version_records = n, policy = %view.policy, "redis evicted version records");
+                Ok(Some(LossReason::Evicted))
+            }
+            EvictionVerdict::Unaccounted(n) => {
+                tracing::debug!(evictions = n, policy = %view.policy, "redis evicted keys no notification named (notify-keyspace-events without Ee?); treating them as version records");
+                Ok(Some(LossReason::Evicted))
+            }
         }
     }
 
-    /// After the recovery bumped the epoch: the new baseline.
-    pub(crate) fn recovered(&mut self, reply: &EpochReply) {
-        self.seen_record = true;
-        self.own = Some(reply.own);
-        self.shared = Some(reply.shared);
-        self.epoch = Some(reply.epoch.clone());
+    /// Advances the epoch, or adopts the one another process advanced for
+    /// the same loss. The caller bumps every namespace next, then calls
+    /// [`LossWatch::recovery_done`].
+    pub(crate) async fn advance(&mut self, link: &mut Link) -> Result<EpochReply, SinkError> {
+        let call = self.state.advance_call();
+        let reply = reply::epoch(link.run(Script::Epoch, &call).await?)?;
+        if !matches!(reply.status, EpochStatus::Advanced | EpochStatus::Adopted) {
+            return Err(SinkError::Reply(ReplyError::Malformed {
+                what: "epoch advance",
+                problem: format!("status {:?}, expected advanced or adopted", reply.status),
+            }));
+        }
+        self.state.recovered(&reply);
+        Ok(reply)
     }
+
+    /// Every namespace was bumped under the new epoch: the recovery is over.
+    /// `view`: the server as of now, so evictions before it are not counted
+    /// again.
+    pub(crate) fn recovery_done(&mut self, view: Option<ServerView>) {
+        self.state.unfinished_recovery = None;
+        if view.is_some() {
+            self.state.server = view;
+        }
+    }
+
+    /// Removes this process's watermark field on a clean stop.
+    pub(crate) async fn forget_watermark(&self, connection: &mut Connection) {
+        let cmd = redis::cmd("HDEL")
+            .arg(&self.state.record)
+            .arg(&self.state.own_field)
+            .clone();
+        if let Err(e) = connection.command::<i64>(&cmd).await {
+            tracing::debug!(error = %e, "watermark field not removed");
+        }
+    }
+}
+
+/// The namespace bumps of a recovery to `epoch`: source `loss`, position the
+/// epoch, so every replica recovering from the same loss makes the same
+/// bumps and the guard applies each once.
+pub(crate) fn namespace_bumps(namespaces: &[String], epoch: &str) -> Vec<Bump> {
+    let ordinal = format!("{epoch:0>20}");
+    namespaces
+        .iter()
+        .map(|ns| Bump {
+            target: Target::Namespace(ns.clone()),
+            position: Position {
+                source: LOSS_SOURCE.to_owned(),
+                ordinal: ordinal.clone(),
+            },
+            commit_time_us: None,
+        })
+        .collect()
 }
 
 /// The key of the epoch record readers fold into their data keys.
@@ -165,263 +358,69 @@ pub(crate) fn process_token() -> String {
     format!("{:016x}", hasher.finish())
 }
 
-/// One line of `check`'s verdict on how Redis keeps version records.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Finding {
-    Ok(String),
-    Warn(String),
-}
-
-/// What `check` learned from the server; each part may have been refused.
-pub(crate) struct ServerFacts {
-    /// CONFIG GET of save, appendonly, appendfsync, maxmemory,
-    /// maxmemory-policy; Err when refused (ACLs) or unsupported.
-    pub(crate) config: Result<HashMap<String, String>, String>,
-    /// INFO (all default sections); Err when refused.
-    pub(crate) info: Result<String, String>,
-    pub(crate) cluster: bool,
-    /// Namespaces the config declares (bumped on a loss).
-    pub(crate) namespaces: usize,
-    /// `redis.wait_replicas`.
-    pub(crate) wait_replicas: u32,
-}
-
-/// `check`'s verdict: persistence, eviction, and whether loss is detectable.
-pub(crate) fn assess(facts: &ServerFacts) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let info_field = |name: &str| {
-        facts.info.as_ref().ok().and_then(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(|v| v.trim().to_owned()))
-        })
-    };
-    if let Err(e) = &facts.config {
-        out.push(Finding::Warn(format!(
-            "CONFIG GET refused ({e}); persistence and eviction are read from INFO instead"
-        )));
-    }
-    let config = facts.config.as_ref().ok();
-    let get = |name: &str| config.and_then(|c| c.get(name).cloned());
-    // Persistence.
-    let aof = get("appendonly")
-        .map(|v| v == "yes")
-        .or_else(|| info_field("aof_enabled").map(|v| v == "1"));
-    let save = get("save");
-    match (aof, save.as_deref()) {
-        (Some(false), Some("")) => out.push(Finding::Warn(
-            "persistence is off (save \"\", appendonly no): a restart loses every version record; the daemon detects it and bumps the epoch and every namespace, so readers must fold one of them".into(),
-        )),
-        (Some(false), Some(schedule)) => out.push(Finding::Warn(format!(
-            "only RDB snapshots (save {schedule:?}, appendonly no): a restart or failover loses the writes since the last snapshot; the daemon detects it and bumps the epoch and every namespace"
-        ))),
-        (Some(false), None) => out.push(Finding::Warn(
-            "no append-only file (aof_enabled:0) and the snapshot schedule is unknown: a restart loses writes since the last snapshot, if any; the daemon detects it and bumps the epoch".into(),
-        )),
-        (Some(true), _) => match get("appendfsync").as_deref() {
-            Some("always") => out.push(Finding::Ok("persistence: append-only file, fsync always".into())),
-            Some(other) => out.push(Finding::Warn(format!(
-                "append-only file with appendfsync {other}: a crash loses up to about a second of writes; the daemon detects it and bumps the epoch"
-            ))),
-            None => out.push(Finding::Ok("persistence: append-only file (fsync policy unknown)".into())),
-        },
-        (None, _) => out.push(Finding::Warn(
-            "persistence unknown (CONFIG and INFO refused)".into(),
-        )),
-    }
-    // Eviction.
-    let policy = get("maxmemory-policy").or_else(|| info_field("maxmemory_policy"));
-    let maxmemory = get("maxmemory").or_else(|| info_field("maxmemory"));
-    match (policy.as_deref(), maxmemory.as_deref()) {
-        (Some("noeviction"), _) => out.push(Finding::Ok(
-            "maxmemory-policy noeviction: version records are never evicted (a full Redis refuses writes and the daemon retries)".into(),
-        )),
-        (Some(p), m) if p.starts_with("allkeys-") || p.starts_with("volatile-") => {
-            let note = if m == Some("0") { " (maxmemory 0: no limit yet)" } else { "" };
-            out.push(Finding::Warn(format!(
-                "maxmemory-policy {p}{note} can evict version records (they carry a TTL), and each such eviction bumps the epoch (every cache starts cold): use noeviction for the Redis holding version records"
-            )));
-            match get("notify-keyspace-events") {
-                Some(flags) if super::eviction::notifies_evictions(&flags) => out.push(Finding::Ok(format!(
-                    "notify-keyspace-events {flags:?} names evicted keys: evictions of other keys are not taken for a loss"
-                ))),
-                Some(flags) => out.push(Finding::Warn(format!(
-                    "notify-keyspace-events {flags:?} does not name evicted keys, so every eviction (of data keys too) counts as a loss of version records and bumps the epoch: add E and e (CONFIG SET notify-keyspace-events Ee{flags})"
-                ))),
-                None => out.push(Finding::Warn(
-                    "notify-keyspace-events unknown (CONFIG refused): unless it contains E and e, every eviction counts as a loss".into(),
-                )),
-            }
-        }
-        (Some(p), _) => out.push(Finding::Warn(format!("maxmemory-policy {p}: not known to this check"))),
-        (None, _) => out.push(Finding::Warn("maxmemory-policy unknown (CONFIG and INFO refused)".into())),
-    }
-    // Detection.
-    if let Err(e) = &facts.info {
-        out.push(Finding::Warn(format!(
-            "INFO refused ({e}): evictions and restarts cannot be watched, only lost or rolled-back epoch records; grant +info"
-        )));
-    } else if facts.cluster {
-        out.push(Finding::Warn(
-            "cluster: the epoch record detects restarts and rollbacks of its own node only, and evictions are not watched".into(),
-        ));
-    } else {
-        out.push(Finding::Ok(
-            "loss detection: epoch record watermarks, run_id and evicted_keys are watched".into(),
-        ));
-    }
-    // Replicas.
-    let replicas: Option<u32> = info_field("connected_slaves").and_then(|v| v.parse().ok());
-    match (facts.wait_replicas, replicas) {
-        (0, Some(n)) if n > 0 => out.push(Finding::Ok(format!(
-            "{n} replica(s) connected; a failover may lose the last writes (detected and recovered by the epoch); redis.wait_replicas makes each batch wait for them"
-        ))),
-        (0, _) => {}
-        (wanted, Some(n)) if n >= wanted => out.push(Finding::Ok(format!(
-            "redis.wait_replicas = {wanted}: {n} replica(s) connected"
-        ))),
-        (wanted, Some(n)) => out.push(Finding::Warn(format!(
-            "redis.wait_replicas = {wanted} but only {n} replica(s) are connected: every batch is retried (consumption paused, readiness 503) until enough replicas acknowledge"
-        ))),
-        (wanted, None) => out.push(Finding::Warn(format!(
-            "redis.wait_replicas = {wanted}: the number of connected replicas is unknown (INFO refused)"
-        ))),
-    }
-    if facts.namespaces == 0 {
-        out.push(Finding::Warn(
-            "no entity declares a namespace: after a loss only readers that fold the epoch record are protected".into(),
-        ));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn reply(status: &str, own: i64, shared: i64) -> EpochReply {
+    fn reply(status: EpochStatus, own: i64, shared: i64) -> EpochReply {
         EpochReply {
-            status: status.into(),
+            status,
             epoch: "1700000000000000".into(),
             own,
             shared,
         }
     }
 
-    fn warnings(facts: &ServerFacts) -> Vec<String> {
-        assess(facts)
-            .into_iter()
-            .filter_map(|f| match f {
-                Finding::Warn(w) => Some(w),
-                Finding::Ok(_) => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn check_warns_about_persistence_eviction_and_refused_config() {
-        let config = |pairs: &[(&str, &str)]| -> Result<HashMap<String, String>, String> {
-            Ok(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
-        };
-        let safe = ServerFacts {
-            config: config(&[
-                ("save", ""),
-                ("appendonly", "yes"),
-                ("appendfsync", "always"),
-                ("maxmemory", "0"),
-                ("maxmemory-policy", "noeviction"),
-            ]),
-            info: Ok("run_id:x\r\n".into()),
-            cluster: false,
-            namespaces: 2,
-            wait_replicas: 0,
-        };
-        assert_eq!(warnings(&safe), Vec::<String>::new());
-
-        let off = ServerFacts {
-            config: config(&[("save", ""), ("appendonly", "no"), ("maxmemory-policy", "allkeys-lru")]),
-            ..safe
-        };
-        let w = warnings(&off);
-        assert!(w[0].starts_with("persistence is off"), "{w:?}");
-        assert!(w[1].starts_with("maxmemory-policy allkeys-lru"), "{w:?}");
-
-        let refused = ServerFacts {
-            config: Err("NOPERM".into()),
-            info: Ok("aof_enabled:0\r\nmaxmemory_policy:volatile-lru\r\n".into()),
-            cluster: false,
-            namespaces: 0,
-            wait_replicas: 0,
-        };
-        let w = warnings(&refused);
-        assert!(w[0].contains("CONFIG GET refused (NOPERM)"), "{w:?}");
-        assert!(w[1].contains("aof_enabled:0"), "{w:?}");
-        assert!(w[2].starts_with("maxmemory-policy volatile-lru"), "{w:?}");
-        assert!(w[3].starts_with("notify-keyspace-events unknown"), "{w:?}");
-        assert!(w[4].starts_with("no entity declares a namespace"), "{w:?}");
-
-        let blind = ServerFacts {
-            config: Err("NOPERM".into()),
-            info: Err("NOPERM".into()),
-            cluster: false,
-            namespaces: 1,
-            wait_replicas: 0,
-        };
-        let w = warnings(&blind);
-        assert!(w.iter().any(|l| l.starts_with("INFO refused (NOPERM)")), "{w:?}");
-    }
-
-    #[test]
-    fn check_tells_whether_evictions_of_data_keys_count_as_loss() {
-        let facts = |flags: &str| ServerFacts {
-            config: Ok([("maxmemory-policy", "allkeys-lru"), ("notify-keyspace-events", flags)]
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()),
-            info: Ok("run_id:x\r\n".into()),
-            cluster: false,
-            namespaces: 1,
-            wait_replicas: 0,
-        };
-        let w = warnings(&facts(""));
-        assert!(w.iter().any(|l| l.contains("does not name evicted keys")), "{w:?}");
-        let w = warnings(&facts("Ee"));
-        assert!(!w.iter().any(|l| l.contains("notify-keyspace-events")), "{w:?}");
-    }
-
-    #[test]
-    fn check_compares_wait_replicas_with_connected_replicas() {
-        let facts = |wanted: u32, connected: u32| ServerFacts {
-            config: Ok([
-                ("maxmemory-policy", "noeviction"),
-                ("appendonly", "yes"),
-                ("appendfsync", "always"),
-            ]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()),
-            info: Ok(format!("run_id:x\r\nconnected_slaves:{connected}\r\n")),
-            cluster: false,
-            namespaces: 1,
-            wait_replicas: wanted,
-        };
-        assert_eq!(warnings(&facts(1, 1)), Vec::<String>::new());
-        assert_eq!(warnings(&facts(0, 2)), Vec::<String>::new());
-        let w = warnings(&facts(2, 1));
-        assert!(w.iter().any(|l| l.contains("wait_replicas = 2 but only 1")), "{w:?}");
-    }
-
     #[test]
     fn check_arguments_carry_what_was_seen() {
         let mut state = EpochState::new("ver:", "abc");
         assert_eq!(state.record, "ver:epoch");
-        assert_eq!(state.check_args(), ["check", "w:abc", "", ""]);
-        assert_eq!(state.observe(&reply("ok", 1, 7)), None);
-        assert_eq!(state.check_args(), ["check", "w:abc", "1", "7"]);
+        assert_eq!(state.check_call().keys, ["ver:epoch"]);
+        assert_eq!(state.check_call().args, ["check", "w:abc", "", ""]);
+        assert_eq!(state.observe(&reply(EpochStatus::Ok, 1, 7)), None);
+        assert_eq!(state.check_call().args, ["check", "w:abc", "1", "7"]);
         // Another process advanced the shared counter further: the highest stays.
-        assert_eq!(state.observe(&reply("ok", 2, 5)), None);
+        assert_eq!(state.observe(&reply(EpochStatus::Ok, 2, 5)), None);
         assert_eq!(state.shared, Some(7));
-        assert_eq!(state.observe(&reply("rolled_back", 1, 3)), Some(LossReason::RolledBack));
-        assert_eq!(state.observe(&reply("missing", 0, 0)), Some(LossReason::Missing));
+        assert_eq!(
+            state.observe(&reply(EpochStatus::RolledBack, 1, 3)),
+            Some(LossReason::RolledBack)
+        );
+        assert_eq!(
+            state.observe(&reply(EpochStatus::Missing, 0, 0)),
+            Some(LossReason::Missing)
+        );
+    }
+
+    #[test]
+    fn a_retried_advance_compares_against_the_epoch_seen_before_the_loss() {
+        let mut state = EpochState::new("ver:", "abc");
+        // At first contact nothing was seen: the advance compares with ''.
+        assert_eq!(state.advance_call().args, ["advance", "w:abc", ""]);
+        state.unfinished_recovery = None;
+        assert_eq!(state.observe(&reply(EpochStatus::Ok, 1, 7)), None);
+        let first = state.advance_call();
+        assert_eq!(first.keys, ["ver:epoch"]);
+        assert_eq!(first.args, ["advance", "w:abc", "1700000000000000"]);
+        // The advance succeeded but the namespace bumps failed: the retry
+        // compares with the same epoch, not with the one it advanced to.
+        state.recovered(&EpochReply {
+            status: EpochStatus::Advanced,
+            epoch: "1700000000000999".into(),
+            own: 0,
+            shared: 8,
+        });
+        assert_eq!(state.advance_call(), first);
+        assert_eq!(state.epoch.as_deref(), Some("1700000000000999"));
+    }
+
+    #[test]
+    fn recovery_bumps_are_the_same_for_every_replica() {
+        let bumps = namespace_bumps(&["product".into(), "category".into()], "1754312345678901");
+        assert_eq!(bumps.len(), 2);
+        assert_eq!(bumps[0].target, Target::Namespace("product".into()));
+        assert_eq!(bumps[1].position.source, "loss");
+        assert_eq!(bumps[1].position.ordinal, "00001754312345678901");
     }
 
     #[test]

@@ -74,7 +74,8 @@ impl EvictionLedger {
 
 /// The subscription to eviction notifications, driven by the loss check.
 pub(crate) struct EvictionWatch {
-    client: redis::Client,
+    /// The server subscribed to (behind Sentinel the primary moves).
+    server: Option<String>,
     prefix: String,
     /// The database the version records live in.
     db: i64,
@@ -92,9 +93,9 @@ pub(crate) struct Notified {
 }
 
 impl EvictionWatch {
-    pub(crate) fn new(client: redis::Client, prefix: String, db: i64) -> EvictionWatch {
+    pub(crate) fn new(prefix: String, db: i64) -> EvictionWatch {
         EvictionWatch {
-            client,
+            server: None,
             prefix,
             db,
             subscription: None,
@@ -103,14 +104,17 @@ impl EvictionWatch {
         }
     }
 
-    /// Subscribes if not subscribed; call before reading INFO, so that
-    /// evictions INFO counts after this are notified.
-    pub(crate) async fn ensure_subscribed(&mut self) {
-        if self.subscription.is_some() {
+    /// Subscribes on `client`'s server if not subscribed there; call before
+    /// reading INFO, so that evictions INFO counts after this are notified.
+    pub(crate) async fn ensure_subscribed(&mut self, client: &redis::Client) {
+        let server = client.get_connection_info().addr().to_string();
+        if self.subscription.is_some() && self.server.as_deref() == Some(server.as_str()) {
             return;
         }
+        self.subscription = None;
+        self.server = Some(server);
         let subscribed = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
+            let mut pubsub = client.get_async_pubsub().await?;
             pubsub.psubscribe("__keyevent@*__:evicted").await?;
             Ok::<_, redis::RedisError>(pubsub.split())
         };

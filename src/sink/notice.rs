@@ -4,6 +4,7 @@
 //! Best effort by design: the version records stay the source of truth, a
 //! lost notice only delays an L1 eviction until its next version read.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use apache_avro::types::Value as Avro;
@@ -15,6 +16,7 @@ use std::sync::OnceLock;
 use crate::graph::Target;
 use crate::plan::Bump;
 use crate::sink::BumpResult;
+use crate::tasks::Tasks;
 
 pub(crate) const NOTICE_SCHEMA: &str = include_str!("../../schemas/invalidation-notice.avsc");
 
@@ -42,6 +44,8 @@ pub(crate) struct Notices {
     kafka: Option<(FutureProducer, String, u32)>,
     /// Resolved once; the schema lives for the whole process.
     writer: GenericDatumWriter<'static>,
+    /// The Kafka publishes run here, so that `run` waits for them at shutdown.
+    tasks: Tasks,
 }
 
 fn notice_schema() -> Result<&'static Schema, NoticeError> {
@@ -76,6 +80,7 @@ impl Notices {
         settings: &NoticeSettings,
         source: &crate::config::SourceSettings,
         registry: Option<&crate::registry::Registry>,
+        tasks: Tasks,
     ) -> Result<Notices, NoticeError> {
         let writer = notice_writer()?;
         let kafka = match &settings.kafka_topic {
@@ -92,7 +97,9 @@ impl Notices {
                         ))
                     }
                 };
-                let producer: FutureProducer = crate::kafka_client::producer(source).create()?;
+                let producer: FutureProducer = crate::kafka_client::producer(source)
+                    .create()
+                    .map_err(crate::kafka_client::without_setting_value)?;
                 Some((producer, topic.clone(), id))
             }
             None => None,
@@ -101,6 +108,7 @@ impl Notices {
             redis_channel: settings.redis_channel.clone(),
             kafka,
             writer,
+            tasks,
         })
     }
 
@@ -140,7 +148,11 @@ impl Notices {
             ),
             ("target".into(), Avro::String(notice.target.clone())),
             ("record_key".into(), Avro::String(notice.record_key.clone())),
-            ("version".into(), Avro::Long(notice.version as i64)),
+            // Never saturates: reply::version_number refuses versions from 2^63 up.
+            (
+                "version".into(),
+                Avro::Long(i64::try_from(notice.version).unwrap_or(i64::MAX)),
+            ),
             ("source".into(), Avro::String(notice.source.clone())),
             ("position".into(), Avro::String(notice.position.clone())),
             (
@@ -158,6 +170,17 @@ impl Notices {
             .write_value(&mut out, value)
             .map_err(|e| NoticeError::Schema(e.to_string()))?;
         Ok(out)
+    }
+
+    /// Sends the Kafka notices in the background, as a tracked task: each
+    /// delivery is bounded (10 s), so the task ends on its own.
+    pub(crate) fn publish_kafka_in_background(self: &Arc<Notices>, notices: Vec<Notice>) {
+        if self.kafka.is_none() {
+            return;
+        }
+        let publisher = self.clone();
+        self.tasks
+            .spawn("kafka notices", async move { publisher.publish_kafka(&notices).await });
     }
 
     /// Sends the Kafka notices; failures are counted and logged, never retried.
@@ -230,6 +253,7 @@ mod tests {
             redis_channel: None,
             kafka: None,
             writer: notice_writer().unwrap(),
+            tasks: Tasks::new(),
         };
         let bytes = n.encode_avro(&notices[0], 9).unwrap();
         assert_eq!(&bytes[..5], &[0, 0, 0, 0, 9]);

@@ -100,16 +100,19 @@ async fn poll(http: &reqwest::Client, base: &str, name: &str) -> Verdict {
         problem: Some(problem),
     };
     let url = format!("{base}/connectors/{name}/status");
+    // The base URL may carry a password: messages name it redacted, and
+    // reqwest's errors without the URL they would quote whole.
+    let shown = crate::config::redact_url(base);
     let response = match http.get(&url).send().await {
         Ok(r) => r,
-        Err(e) => return down(format!("Kafka Connect at {base} unreachable: {e}")),
+        Err(e) => return down(format!("Kafka Connect at {shown} unreachable: {}", e.without_url())),
     };
     match response.status() {
-        reqwest::StatusCode::NOT_FOUND => down(format!("no such connector on Kafka Connect at {base}")),
-        code if !code.is_success() => down(format!("Kafka Connect at {base} answered {code}")),
+        reqwest::StatusCode::NOT_FOUND => down(format!("no such connector on Kafka Connect at {shown}")),
+        code if !code.is_success() => down(format!("Kafka Connect at {shown} answered {code}")),
         _ => match response.text().await {
             Ok(body) => judge(&body),
-            Err(e) => down(format!("Kafka Connect at {base}: {e}")),
+            Err(e) => down(format!("Kafka Connect at {shown}: {}", e.without_url())),
         },
     }
 }

@@ -54,14 +54,16 @@ impl Ages {
 pub(crate) async fn watch(settings: SourceSettings, status: Arc<Status>, shutdown: CancellationToken) {
     // Never subscribes or joins: the group id only satisfies the client.
     let config = crate::kafka_client::observer(&settings, "liveness");
-    let consumer: Arc<BaseConsumer<super::SourceContext>> =
-        match config.create_with_context(super::SourceContext::default()) {
-            Ok(c) => Arc::new(c),
-            Err(e) => {
-                tracing::warn!(error = %e, "source liveness watcher not started");
-                return;
-            }
-        };
+    let consumer: Arc<BaseConsumer<super::SourceContext>> = match config
+        .create_with_context(super::SourceContext::default())
+        .map_err(crate::kafka_client::without_setting_value)
+    {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "source liveness watcher not started");
+            return;
+        }
+    };
     let liveness = settings.liveness.clone();
     let interval = match liveness.max_idle {
         // A third of the bound: an idle topic is reported within 4/3 of it.

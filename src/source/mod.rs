@@ -38,6 +38,9 @@ pub struct SourceContext {
     /// applied: librdkafka stops fetching them, so their statistics keep a
     /// stale high watermark and the lag is taken from the broker instead.
     paused: Mutex<HashMap<PartitionId, Option<i64>>>,
+    /// When some broker last sent anything, as of the last statistics
+    /// that had a broker connected (None before the first).
+    last_heard: Mutex<Option<std::time::Instant>>,
 }
 
 impl SourceContext {
@@ -63,6 +66,15 @@ impl SourceContext {
     pub(crate) fn paused_partitions(&self) -> Vec<(PartitionId, Option<i64>)> {
         let paused = lock(&self.paused);
         paused.iter().map(|(p, o)| (p.clone(), *o)).collect()
+    }
+
+    /// How long no broker has answered anything, as of now: fetch responses
+    /// (every `fetch.wait.max.ms` per broker fetched from), heartbeats (every
+    /// few seconds to the group coordinator) and metadata all count, so a
+    /// healthy member hears from some broker every few seconds even with
+    /// every partition paused. None before the first statistics.
+    pub(crate) fn kafka_quiet_for(&self) -> Option<std::time::Duration> {
+        lock(&self.last_heard).map(|at| at.elapsed())
     }
 
     /// Lag measured from the broker's high watermark for a paused partition.
@@ -116,16 +128,62 @@ pub(crate) fn log_client_error(error: &rdkafka::error::KafkaError, reason: &str)
     }
 }
 
+/// The label of a client error for `cdc_invalidator_kafka_errors_total`.
+/// librdkafka reports a broker connection that failed (`transport`) and a
+/// request that timed out (`timed_out`) in its log (facilities FAIL and
+/// REQTMOUT), only some of them through the error callback: they are
+/// counted from the log, and the callback counts the rest (no broker
+/// reachable: `all_brokers_down`; anything else: `other`).
+pub(crate) fn kafka_error_kind(error: &rdkafka::error::KafkaError) -> Option<&'static str> {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    match error.rdkafka_error_code() {
+        // Counted from the FAIL log line every broker failure writes.
+        Some(Code::BrokerTransportFailure) => None,
+        Some(Code::AllBrokersDown) => Some("all_brokers_down"),
+        _ => Some("other"),
+    }
+}
+
+/// The error kind a librdkafka log line stands for, by its facility.
+pub(crate) fn logged_error_kind(facility: &str) -> Option<&'static str> {
+    match facility {
+        "FAIL" => Some("transport"),
+        "REQTMOUT" => Some("timed_out"),
+        _ => None,
+    }
+}
+
 impl ClientContext for SourceContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        let severe = (level as i32) <= (RDKafkaLogLevel::Warning as i32);
+        if let (true, Some(kind)) = (severe, logged_error_kind(fac)) {
+            crate::metrics::kafka_error(kind);
+        }
         log_librdkafka(level, fac, log_message);
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if let Some(kind) = kafka_error_kind(&error) {
+            crate::metrics::kafka_error(kind);
+        }
         log_client_error(&error, reason);
     }
 
     fn stats(&self, statistics: Statistics) {
+        // rxidle: microseconds since the broker's last receive; -1 while it
+        // is not connected (librdkafka forgets the time at a disconnect), so
+        // with no broker connected the last time heard stays as it was.
+        let idle = statistics
+            .brokers
+            .values()
+            .filter(|b| b.rxidle >= 0)
+            .map(|b| b.rxidle)
+            .min();
+        if let Some(us) = idle {
+            let heard =
+                std::time::Instant::now().checked_sub(std::time::Duration::from_micros(u64::try_from(us).unwrap_or(0)));
+            *lock(&self.last_heard) = heard.or(Some(std::time::Instant::now()));
+        }
         let paused = lock(&self.paused).clone();
         for (topic, t) in &statistics.topics {
             for (id, p) in &t.partitions {
@@ -183,6 +241,7 @@ pub fn consumer(settings: &SourceSettings, plan: &PlanSettings) -> Result<Consum
     config
         .set_log_level(RDKafkaLogLevel::Warning)
         .create_with_context(SourceContext::default())
+        .map_err(crate::kafka_client::without_setting_value)
 }
 
 /// Copies a borrowed message out at the edge.
@@ -275,5 +334,57 @@ keys = ["product:{id}"]
                 panic!("{protocol:?}: {e}");
             }
         }
+    }
+
+    #[test]
+    fn client_errors_are_counted_once_by_kind() {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        // Broker failures and request timeouts come through the log.
+        assert_eq!(logged_error_kind("FAIL"), Some("transport"));
+        assert_eq!(logged_error_kind("REQTMOUT"), Some("timed_out"));
+        assert_eq!(logged_error_kind("CGRPOP"), None);
+        // The callback's transport error repeats a FAIL line: not counted twice.
+        assert_eq!(
+            kafka_error_kind(&KafkaError::Global(Code::BrokerTransportFailure)),
+            None
+        );
+        assert_eq!(
+            kafka_error_kind(&KafkaError::Global(Code::AllBrokersDown)),
+            Some("all_brokers_down")
+        );
+        assert_eq!(kafka_error_kind(&KafkaError::Global(Code::UnknownTopic)), Some("other"));
+    }
+
+    #[test]
+    fn kafka_is_quiet_from_the_last_receive_and_stays_so_while_no_broker_is_connected() {
+        let context = SourceContext::default();
+        assert_eq!(context.kafka_quiet_for(), None, "unknown before the first statistics");
+        let stats = |rxidle: i64| -> Statistics {
+            let broker = format!(
+                r#"{{"name": "b/1", "nodeid": 1, "nodename": "b", "source": "configured", "state": "UP",
+                    "stateage": 0, "outbuf_cnt": 0, "outbuf_msg_cnt": 0, "waitresp_cnt": 0,
+                    "waitresp_msg_cnt": 0, "tx": 0, "txbytes": 0, "txerrs": 0, "txretries": 0,
+                    "txidle": 0, "req_timeouts": 0, "rx": 0, "rxbytes": 0, "rxerrs": 0,
+                    "rxcorriderrs": 0, "rxpartial": 0, "rxidle": {rxidle}, "zbuf_grow": 0,
+                    "buf_grow": 0, "req": {{}}, "toppars": {{}}}}"#
+            );
+            let text = format!(
+                r#"{{"name": "c", "client_id": "c", "type": "consumer", "ts": 0, "time": 0, "age": 0,
+                    "replyq": 0, "msg_cnt": 0, "msg_size": 0, "msg_max": 0, "msg_size_max": 0,
+                    "simple_cnt": 0, "metadata_cache_cnt": 0, "tx": 0, "tx_bytes": 0, "rx": 0,
+                    "rx_bytes": 0, "txmsgs": 0, "txmsg_bytes": 0, "rxmsgs": 0, "rxmsg_bytes": 0,
+                    "brokers": {{"b/1": {broker}}}, "topics": {{}}}}"#
+            );
+            serde_json::from_str(&text).expect("statistics JSON")
+        };
+        context.stats(stats(7_000_000));
+        let quiet = context.kafka_quiet_for().expect("known");
+        assert!(quiet >= std::time::Duration::from_secs(7), "{quiet:?}");
+        // Disconnected (-1): the last time heard is kept, not reset.
+        context.stats(stats(-1));
+        assert!(context.kafka_quiet_for().expect("known") >= std::time::Duration::from_secs(7));
+        context.stats(stats(0));
+        assert!(context.kafka_quiet_for().expect("known") < std::time::Duration::from_secs(1));
     }
 }

@@ -7,33 +7,30 @@
 //! FULL; MariaDB GTIDs are strict (the guard orders by their sequence
 //! numbers); and fan-out queries prepare. Prints one line per finding and
 //! returns the number of failures.
+//!
+//! The catalog queries themselves are in lookup::mysql, beside every other
+//! query of the MySQL dialect and the pool they run on: this file holds no
+//! SQL, only what the answers mean for the daemon (the verdicts and the
+//! advice), which is `check`'s concern and not the lookup database's.
 
 use std::collections::BTreeSet;
 
-use sqlx::{MySqlPool, Row as _};
-
-use crate::graph::{Entity, Lookups};
-
-/// Global server settings the checks read. Sessions can override
-/// binlog_format and binlog_row_image for themselves; the global value is
-/// what every session gets unless it does.
-async fn variable(pool: &MySqlPool, name: &str) -> Result<Option<String>, sqlx::Error> {
-    let row = sqlx::query("SELECT variable_value FROM information_schema.global_variables WHERE variable_name = ?")
-        .bind(name)
-        .fetch_optional(pool)
-        .await?;
-    Ok(row.map(|r| r.get::<String, _>(0)))
-}
+use crate::graph::Entity;
+use crate::lookup::mysql::MySqlLookups;
+use crate::lookup::{Catalog, Lookups};
 
 pub(crate) async fn check_database(entities: &[Entity], lookups: &Lookups) -> usize {
-    let Some(pool) = lookups.mysql_pool() else {
+    let Catalog::MySql(db) = lookups.catalog() else {
         return 0;
     };
     let mut problems = 0;
+    // Global values: sessions can override binlog_format and
+    // binlog_row_image for themselves, the global value is what every
+    // session gets unless it does.
     let (format, image, strict) = match (
-        variable(pool, "BINLOG_FORMAT").await,
-        variable(pool, "BINLOG_ROW_IMAGE").await,
-        variable(pool, "GTID_STRICT_MODE").await,
+        db.global_variable("BINLOG_FORMAT").await,
+        db.global_variable("BINLOG_ROW_IMAGE").await,
+        db.global_variable("GTID_STRICT_MODE").await,
     ) {
         (Ok(f), Ok(i), Ok(s)) => (f, i, s),
         (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => {
@@ -61,7 +58,7 @@ pub(crate) async fn check_database(entities: &[Entity], lookups: &Lookups) -> us
         None => {}
     }
     for entity in entities {
-        problems += check_entity(pool, entity, full_image, image.as_deref()).await;
+        problems += check_entity(db, entity, full_image, image.as_deref()).await;
         problems += check_fanouts(entity, lookups).await;
     }
     problems
@@ -84,20 +81,13 @@ pub(crate) async fn check_fanouts(entity: &Entity, lookups: &Lookups) -> usize {
     problems
 }
 
-async fn check_entity(pool: &MySqlPool, entity: &Entity, full_image: bool, image: Option<&str>) -> usize {
+async fn check_entity(db: &MySqlLookups, entity: &Entity, full_image: bool, image: Option<&str>) -> usize {
     // Config validation refuses a table that is not database.table.
     let Some((database, table)) = entity.table.split_once('.') else {
         return 0;
     };
-    let columns = sqlx::query(
-        "SELECT column_name, column_key FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
-    )
-    .bind(database)
-    .bind(table)
-    .fetch_all(pool)
-    .await;
-    let columns: Vec<(String, String)> = match columns {
-        Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+    let columns = match db.columns_with_keys(database, table).await {
+        Ok(columns) => columns,
         Err(e) => {
             println!("FAIL  lookup database: {e}");
             return 1;

@@ -24,6 +24,7 @@ from pathlib import Path
 COUNTERS = {
     "cdc_invalidator_audit_late_total",
     "cdc_invalidator_audit_lost_total",
+    "cdc_invalidator_audit_covered_total",
     "cdc_invalidator_redis_data_loss_total",
     "cdc_invalidator_events_total",
     "cdc_invalidator_targets_bumped_total",
@@ -34,6 +35,8 @@ COUNTERS = {
     "cdc_invalidator_dead_letters_total",
     "cdc_invalidator_messages_total",
     "cdc_invalidator_redis_errors_total",
+    "cdc_invalidator_redis_reconnects_total",
+    "cdc_invalidator_kafka_errors_total",
     "cdc_invalidator_audit_checks_total",
     "cdc_invalidator_notices_total",
     "cdc_invalidator_audit_violations_total",
@@ -332,6 +335,8 @@ CONNECTOR_LOCAL_KEYS = {
     "database.hostname", "database.port", "database.user", "database.password",
     "database.dbname", "topic.prefix", "publication.name", "slot.name",
     "schema.include.list",
+    # The stack's replication follows its broker count (scripts/stack up --brokers).
+    "topic.creation.default.replication.factor", "topic.creation.default.min.insync.replicas",
 }
 
 

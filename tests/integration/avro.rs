@@ -309,8 +309,16 @@ async fn daemon_reads_avro_through_the_registry_and_survives_its_outage() {
          [[entity]]\ntable = \"public.{json_table}\"\nconsistency = \"strong\"\nkeys = [\"j:{{id}}\"]\n",
         registry.url()
     );
-    let json_change =
-        |id: i64| common::debezium_change(&json_table, "c", id as u64, id, json!({"id": id}), common::now_us());
+    let json_change = |id: i64| {
+        common::debezium_change(
+            &json_table,
+            "c",
+            u64::try_from(id).unwrap(),
+            id,
+            json!({"id": id}),
+            common::now_us(),
+        )
+    };
     common::produce(&json_topic, &[json_change(1)]).await;
     let cfg = common::write_config(&topic, &common::redis_url(), &prefix, &extra);
     let text = std::fs::read_to_string(cfg.path()).unwrap().replace(

@@ -34,7 +34,7 @@ async fn burst_of_200k_while_redis_is_frozen_is_bounded_and_fully_applied() {
             common::debezium_change(
                 &table,
                 "c",
-                10 + id as u64,
+                10 + u64::try_from(id).unwrap(),
                 id,
                 json!({"id": id, "name": "burst row"}),
                 now,
@@ -42,7 +42,7 @@ async fn burst_of_200k_while_redis_is_frozen_is_bounded_and_fully_applied() {
         }),
     )
     .await;
-    assert_eq!(produced as i64, BURST);
+    assert_eq!(i64::try_from(produced).unwrap(), BURST);
     // Let the daemon run into the outage with the whole backlog waiting.
     eventually("consumption to pause for the outage", Duration::from_secs(60), || {
         let admin = daemon.admin.clone();
@@ -59,7 +59,7 @@ async fn burst_of_200k_while_redis_is_frozen_is_bounded_and_fully_applied() {
     let recovered = Instant::now();
     eventually("every row of the burst to be applied", Duration::from_secs(300), || {
         let url = redis.url();
-        async move { (common::count_keys(&url, "ver:item:*").await as i64 == BURST + 1).then_some(()) }
+        async move { (i64::try_from(common::count_keys(&url, "ver:item:*").await).unwrap() == BURST + 1).then_some(()) }
     })
     .await;
     let recovery = recovered.elapsed();
@@ -103,7 +103,8 @@ async fn lag_above_threshold_escalates_then_per_key_bumps_return() {
     let now = common::now_us();
     common::produce_many(
         &topic,
-        (1..=BACKLOG).map(|id| common::debezium_change(&table, "c", id as u64, id, json!({"id": id}), now)),
+        (1..=BACKLOG)
+            .map(|id| common::debezium_change(&table, "c", u64::try_from(id).unwrap(), id, json!({"id": id}), now)),
     )
     .await;
 
@@ -130,7 +131,17 @@ async fn lag_above_threshold_escalates_then_per_key_bumps_return() {
         escalated >= 1000.0,
         "the backlog above the threshold escalates: {escalated}\n{metrics}"
     );
-    let per_key = common::count_keys(&redis.url(), "ver:item:*").await as f64;
+    // Events are counted when routed, before their batch reaches Redis: the
+    // last batch may still be on its way, so wait for the records.
+    let url = redis.url();
+    let per_key = eventually("the last batch's per-key records", Duration::from_secs(30), || {
+        let url = url.clone();
+        async move {
+            let n = common::count_keys(&url, "ver:item:*").await as f64;
+            (n >= applied).then_some(n)
+        }
+    })
+    .await;
     assert_eq!(
         per_key, applied,
         "only events applied before the escalation created per-key records"

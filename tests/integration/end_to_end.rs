@@ -162,6 +162,9 @@ async fn kill_9_mid_stream_then_restart_loses_nothing_and_replay_changes_nothing
                     ),
                 )
                 .await;
+                // Spread over about 3 s, so the kill lands mid-stream even
+                // when the machine is slow to notice the first 200 keys.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         })
     };

@@ -149,3 +149,119 @@ keys = ["category:{{id}}", "category-name:{{name}}"]
     drop(daemon);
     common::sql(&pool, &format!("DROP TABLE {products}; DROP TABLE {categories};")).await;
 }
+
+/// Whether a fan-out query of `children` is running in PostgreSQL now.
+async fn lookup_running(pool: &sqlx::PgPool, children: &str) -> bool {
+    let running: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep%' AND query LIKE $1",
+    )
+    .bind(format!("%{children}%"))
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    running > 0
+}
+
+#[tokio::test]
+async fn a_slow_lookup_holds_up_only_its_own_partition() {
+    let parents = common::unique("sparent");
+    let children = common::unique("schild");
+    let plain = common::unique("splain");
+    let pool = common::pg().await;
+    // The lookup sleeps only for a parent named 'slow': the first changes
+    // resolve at once, so the daemon is known to be caught up before it.
+    common::sql(
+        &pool,
+        &format!(
+            "CREATE TABLE {parents} (id integer PRIMARY KEY, name text NOT NULL);
+             ALTER TABLE {parents} REPLICA IDENTITY FULL;
+             CREATE TABLE {children} (id integer PRIMARY KEY, parent_id integer NOT NULL);
+             CREATE TABLE {plain} (id integer PRIMARY KEY, name text NOT NULL);
+             INSERT INTO {children} VALUES (11, 1);
+             INSERT INTO {parents} VALUES (1, 'quick');
+             INSERT INTO {plain} VALUES (1, 'x');"
+        ),
+    )
+    .await;
+    let topics = [
+        format!("{}.public.{parents}", common::topic_prefix()),
+        format!("{}.public.{plain}", common::topic_prefix()),
+    ];
+    common::chain::wait_for_topics(&topics).await;
+    let prefix = format!("{}:", common::unique("ver"));
+    let extra = format!(
+        r#"
+[lookup]
+url = "{pg}"
+timeout = "60s"
+attempts = 1
+[[entity]]
+table = "public.{parents}"
+replica_identity = "full"
+consistency = "strong"
+keys = ["parent:{{id}}"]
+  [[entity.fanout]]
+  query = "SELECT id FROM {children} WHERE parent_id = $1 AND (SELECT true FROM pg_sleep(CASE WHEN $2 = 'slow' THEN 20 ELSE 0 END))"
+  bind = ["id", "name"]
+  keys = ["child:{{id}}"]
+  max_rows = 10
+[[entity]]
+table = "public.{plain}"
+consistency = "strong"
+keys = ["plain:{{id}}"]
+"#,
+        pg = common::pg_url()
+    );
+    let cfg = common::write_config_for(&topics, &common::redis_url(), &prefix, &common::unique("group"), &extra);
+    let daemon = Daemon::start(cfg.path());
+    daemon.wait_ready().await;
+    let mut conn = common::redis_conn().await;
+    for key in ["parent:1", "child:11", "plain:1"] {
+        let key = format!("{prefix}{key}");
+        eventually(&format!("{key} to be bumped"), Duration::from_secs(60), || {
+            let (mut conn, key) = (conn.clone(), key.clone());
+            async move { (version(&mut conn, &key).await > 0).then_some(()) }
+        })
+        .await;
+    }
+    let child_before = version(&mut conn, &format!("{prefix}child:11")).await;
+    let plain_before = version(&mut conn, &format!("{prefix}plain:1")).await;
+
+    common::sql(&pool, &format!("UPDATE {parents} SET name = 'slow' WHERE id = 1")).await;
+    eventually("the slow lookup to run", Duration::from_secs(60), || {
+        let (pool, children) = (pool.clone(), children.clone());
+        async move { lookup_running(&pool, &children).await.then_some(()) }
+    })
+    .await;
+    // The daemon took the parent's change and waits on its lookup: a change
+    // of another table is applied meanwhile.
+    common::sql(&pool, &format!("UPDATE {plain} SET name = 'y' WHERE id = 1")).await;
+    eventually("plain:1 to move during the lookup", Duration::from_secs(15), || {
+        let mut conn = conn.clone();
+        let key = format!("{prefix}plain:1");
+        async move { (version(&mut conn, &key).await > plain_before).then_some(()) }
+    })
+    .await;
+    assert!(
+        lookup_running(&pool, &children).await,
+        "plain:1 must move while the lookup still runs"
+    );
+    assert_eq!(
+        version(&mut conn, &format!("{prefix}child:11")).await,
+        child_before,
+        "the parent's children wait for their lookup"
+    );
+    // Then the lookup ends and its children are bumped.
+    eventually("child:11 to move after the lookup", Duration::from_secs(60), || {
+        let mut conn = conn.clone();
+        let key = format!("{prefix}child:11");
+        async move { (version(&mut conn, &key).await > child_before).then_some(()) }
+    })
+    .await;
+    drop(daemon);
+    common::sql(
+        &pool,
+        &format!("DROP TABLE {parents}; DROP TABLE {children}; DROP TABLE {plain};"),
+    )
+    .await;
+}

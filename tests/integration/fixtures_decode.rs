@@ -36,7 +36,7 @@ fn fixture(name: &str) -> KafkaRecord {
     let bytes = |v: &Value| (!v.is_null()).then(|| serde_json::to_vec(v).unwrap());
     KafkaRecord {
         topic: json["topic"].as_str().unwrap().to_owned(),
-        partition: json["partition"].as_i64().unwrap() as i32,
+        partition: i32::try_from(json["partition"].as_i64().unwrap()).unwrap(),
         offset: json["offset"].as_i64().unwrap(),
         key: bytes(&json["key"]),
         value: bytes(&json["value"]),

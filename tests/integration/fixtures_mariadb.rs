@@ -35,7 +35,7 @@ fn records(stream: &Value) -> Vec<Captured> {
             let bytes = |v: &Value| (!v.is_null()).then(|| serde_json::to_vec(v).unwrap());
             let record = KafkaRecord {
                 topic: r["topic"].as_str().unwrap().to_owned(),
-                partition: r["partition"].as_i64().unwrap() as i32,
+                partition: i32::try_from(r["partition"].as_i64().unwrap()).unwrap(),
                 offset: r["offset"].as_i64().unwrap(),
                 key: bytes(&r["key"]),
                 value: bytes(&r["value"]),

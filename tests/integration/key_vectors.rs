@@ -12,7 +12,8 @@ use apache_avro::types::Value as Avro;
 use cdc_invalidator::config::{self, Settings};
 use cdc_invalidator::decode::{AvroSchemas, SchemaSources};
 use cdc_invalidator::event::KafkaRecord;
-use cdc_invalidator::graph::{Fanout, Lookups, Target, Template};
+use cdc_invalidator::graph::{Fanout, Target, Template};
+use cdc_invalidator::lookup::Lookups;
 use cdc_invalidator::pipeline::{route_with, Routed};
 use serde_json::{json, Value};
 
@@ -93,20 +94,26 @@ fn avro_field(spec: &Value) -> (Value, Avro) {
     let value = &spec["value"];
     match spec["type"].as_str().unwrap() {
         "long" => (json!("long"), Avro::Long(value.as_i64().unwrap())),
-        "int" => (json!("int"), Avro::Int(value.as_i64().unwrap() as i32)),
+        "int" => (json!("int"), Avro::Int(i32::try_from(value.as_i64().unwrap()).unwrap())),
         "double" => (json!("double"), Avro::Double(value.as_f64().unwrap())),
+        // A float vector's value is a float32 printed as JSON: narrowing the
+        // parsed f64 rounds back to exactly that float32, which is the point.
+        #[allow(clippy::cast_possible_truncation)]
         "float" => (json!("float"), Avro::Float(value.as_f64().unwrap() as f32)),
         "boolean" => (json!("boolean"), Avro::Boolean(value.as_bool().unwrap())),
         "string" => (json!("string"), Avro::String(value.as_str().unwrap().into())),
         "date" => (
             json!({"type": "int", "logicalType": "date"}),
-            Avro::Date(value.as_i64().unwrap() as i32),
+            Avro::Date(i32::try_from(value.as_i64().unwrap()).unwrap()),
         ),
         "VariableScaleDecimal" => (
             json!({"type": "record", "name": "VariableScaleDecimal", "namespace": "io.debezium.data",
                    "fields": [{"name": "scale", "type": "int"}, {"name": "value", "type": "bytes"}]}),
             Avro::Record(vec![
-                ("scale".into(), Avro::Int(spec["scale"].as_i64().unwrap() as i32)),
+                (
+                    "scale".into(),
+                    Avro::Int(i32::try_from(spec["scale"].as_i64().unwrap()).unwrap()),
+                ),
                 ("value".into(), Avro::Bytes(hex(spec["unscaled"].as_str().unwrap()))),
             ]),
         ),

@@ -36,10 +36,10 @@ async fn redelivery_and_older_positions_are_noops() {
     let mut sink = sink(&prefix, Duration::from_secs(600)).await;
     let first = apply_one(&mut sink, "product:1", Position::postgres("shop", 10, 20)).await;
     assert!(first.applied);
-    let now_us = std::time::SystemTime::now()
+    let since_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as u64;
+        .unwrap();
+    let now_us = u64::try_from(since_epoch.as_micros()).unwrap();
     assert!(
         first.version > now_us - 60_000_000,
         "version {} is server microseconds",

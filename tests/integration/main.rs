@@ -6,6 +6,10 @@
 //! `cargo test --test integration <module>::` runs one area, e.g.
 //! `cargo test --test integration poison::`.
 
+// Tests may unwrap, expect and index: a panic there is the test failing,
+// which is what it should do. The cast lints still hold (Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 mod audit;
@@ -30,6 +34,8 @@ mod readers;
 mod readiness;
 mod redis_cluster;
 mod redis_loss;
+mod redis_sentinel;
 mod scale_out;
+mod secrets;
 mod stack_chain;
 mod txn_messages;

@@ -12,7 +12,8 @@ use crate::common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use cdc_invalidator::graph::{Fanout, LookupError, Lookups, Template};
+use cdc_invalidator::graph::{Fanout, Template};
+use cdc_invalidator::lookup::{LookupError, Lookups};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
@@ -340,7 +341,7 @@ async fn mariadb_kill_9_with_rotations_and_concurrent_writers_loses_nothing_and_
                 .map(|p| {
                     consumer
                         .fetch_watermarks(&topics[0], p, Duration::from_secs(5))
-                        .map(|(_, hi)| hi as usize)
+                        .map(|(_, hi)| usize::try_from(hi).unwrap())
                         .unwrap_or(0)
                 })
                 .sum()

@@ -28,8 +28,16 @@ async fn gauges_lag_and_progress_stay_true_through_a_redis_freeze() {
         "ver:",
         &format!("[[entity]]\ntable = \"public.{table}\"\nconsistency = \"strong\"\nkeys = [\"item:{{id}}\"]\n"),
     );
-    let change =
-        |id: i64| common::debezium_change(&table, "c", 100 + id as u64, id, json!({"id": id}), common::now_us());
+    let change = |id: i64| {
+        common::debezium_change(
+            &table,
+            "c",
+            100 + u64::try_from(id).unwrap(),
+            id,
+            json!({"id": id}),
+            common::now_us(),
+        )
+    };
     common::produce(&topic, &[change(1)]).await;
     let daemon = Daemon::start(cfg.path());
     daemon.wait_ready().await;

@@ -267,10 +267,16 @@ async fn produce_with_raw_headers(topic: &str, value: &[u8], headers: &[(&[u8], 
         let list = rd::rd_kafka_headers_new(headers.len());
         for (name, value) in headers {
             let (value_ptr, value_len) = match value {
-                Some(v) => (v.as_ptr().cast(), v.len() as isize),
+                Some(v) => (v.as_ptr().cast(), isize::try_from(v.len()).unwrap()),
                 None => (std::ptr::null(), 0),
             };
-            rd::rd_kafka_header_add(list, name.as_ptr().cast(), name.len() as isize, value_ptr, value_len);
+            rd::rd_kafka_header_add(
+                list,
+                name.as_ptr().cast(),
+                isize::try_from(name.len()).unwrap(),
+                value_ptr,
+                value_len,
+            );
         }
         assert_eq!(
             std::mem::size_of::<OwnedHeaders>(),

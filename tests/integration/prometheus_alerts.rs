@@ -275,7 +275,7 @@ fn traffic(topic: String, table: String, rate: Arc<AtomicU64>) -> tokio::task::J
                 continue;
             }
             n += 1;
-            let id = (n % 50) as i64;
+            let id = i64::try_from(n % 50).unwrap();
             let (key, value) = common::debezium_change(&table, "u", n, id, json!({"id": id}), common::now_us());
             let (key, value) = (key.unwrap(), value.unwrap());
             let record = FutureRecord::to(&topic).partition(0).key(&key).payload(&value);

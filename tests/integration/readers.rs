@@ -209,10 +209,10 @@ async fn stampede(redis: &Redis) {
             let stale: Vec<_> = got.iter().filter(|g| g.stale).collect();
             assert_eq!(stale.len(), 199);
             assert!(stale.iter().all(|g| g.value == previous_value.as_bytes() && g.hit));
-            assert!(stale.iter().all(|g| g.version != loaded[0].version));
+            assert!(stale.iter().all(|g| g.data_key != loaded[0].data_key));
         } else {
             assert!(got.iter().all(|g| g.value == value.as_bytes() && !g.stale));
-            assert!(got.iter().all(|g| g.version == loaded[0].version));
+            assert!(got.iter().all(|g| g.data_key == loaded[0].data_key));
         }
     }
     assert_eq!(counter(cdc_cache::metrics::FILLS, &name), 3);
@@ -245,22 +245,21 @@ async fn crashed_loader(redis: &Redis) {
         .await;
     let mut sink = redis.sink(&prefix).await;
     let key: &'static str = format!("{}:9", common::unique("product")).leak();
-    bump(&mut sink, key, 1).await;
+    let version = bump(&mut sink, key, 1).await;
 
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let doomed = {
-        let cache = cache.clone();
-        tokio::spawn(async move {
-            let loader = move || async move {
-                let _ = started_tx.send(());
-                std::future::pending::<LoadResult>().await
-            };
-            cache.get(key, GetOptions::new(Duration::from_secs(60), loader)).await
-        })
-    };
-    started_rx.await.unwrap();
-    // The process "crashes": the task is gone, its lease stays in Redis.
-    doomed.abort();
+    // A process that took the lease and crashed leaves it behind until it
+    // expires. (Within this process a cancelled get releases its lease at
+    // once, so the crash is the lease key itself.)
+    let data_key = format!("{key}@e0:v{version}");
+    let _: () = redis
+        .query(
+            redis::cmd("SET")
+                .arg(cdc_cache::naming::lease_key(&data_key))
+                .arg("the-crashed-holder")
+                .arg("PX")
+                .arg(u64::try_from(lease.as_millis()).unwrap()),
+        )
+        .await;
     let crashed_at = Instant::now();
 
     let got = cache
@@ -270,15 +269,16 @@ async fn crashed_loader(redis: &Redis) {
     let waited = crashed_at.elapsed();
     assert_eq!(got.value, b"fresh");
     assert!(!got.hit);
+    assert_eq!(got.data_key, data_key);
     // It waited for the lease (a reader ignoring leases would be immediate),
-    // and not much longer than the lease: one poll and the fill.
+    // and not much longer than the lease: one poll (at most max_poll) and the fill.
     assert!(waited >= lease - Duration::from_millis(300), "waited {waited:?}");
     assert!(
         waited <= lease + Duration::from_millis(250),
         "waited {waited:?} for a {lease:?} lease"
     );
     assert_eq!(counter(cdc_cache::metrics::LEASE_TAKEOVERS, &name), 1);
-    let lease_key = cdc_cache::naming::lease_key(&got.version);
+    let lease_key = cdc_cache::naming::lease_key(&got.data_key);
     let left: i64 = redis.query(redis::cmd("EXISTS").arg(&lease_key)).await;
     assert_eq!(left, 0, "the taker released its lease after the fill");
 }
@@ -430,11 +430,7 @@ keys = ["{table}:{{id}}"]
     let eventual_name = common::unique("eventual");
     let eventual_cache = redis
         .cache(CacheOptions {
-            l1: Some(L1Options {
-                channel: Some(channel.clone()),
-                max_stale: bound,
-                max_entries: 100,
-            }),
+            l1: Some(L1Options::bounded_with_notices(bound, channel.clone()).max_entries(100)),
             ..options(&eventual_name, &prefix)
         })
         .await;
@@ -452,7 +448,7 @@ keys = ["{table}:{{id}}"]
         let (stop, reads, pool, key, table) = (stop.clone(), reads.clone(), pool.clone(), key.clone(), table.clone());
         readers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let started_us = common::now_us() as u64;
+                let started_us = u64::try_from(common::now_us()).unwrap();
                 let pool = pool.clone();
                 let query = format!("SELECT price FROM {table} WHERE id = 1");
                 let loader = move || async move {
@@ -471,7 +467,11 @@ keys = ["{table}:{{id}}"]
                 reads.lock().unwrap().push(Read {
                     started_us,
                     value,
-                    bound_us: if eventual { bound.as_micros() as u64 } else { 0 },
+                    bound_us: if eventual {
+                        u64::try_from(bound.as_micros()).unwrap()
+                    } else {
+                        0
+                    },
                 });
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -488,7 +488,7 @@ keys = ["{table}:{{id}}"]
         .await;
         bumps.push((n, moved));
         last = moved;
-        tokio::time::sleep(Duration::from_millis(50 + (n as u64 * 37) % 150)).await;
+        tokio::time::sleep(Duration::from_millis(50 + (u64::try_from(n).unwrap() * 37) % 150)).await;
     }
     tokio::time::sleep(bound * 2).await;
     stop.store(true, Ordering::Relaxed);
@@ -504,7 +504,9 @@ keys = ["{table}:{{id}}"]
         reads.len(),
         &bad[..bad.len().min(5)]
     );
-    let newest = reads.iter().filter(|r| r.started_us > last + bound.as_micros() as u64);
+    let newest = reads
+        .iter()
+        .filter(|r| r.started_us > last + u64::try_from(bound.as_micros()).unwrap());
     assert!(newest.clone().count() > 0 && newest.clone().all(|r| r.value == 12));
     assert!(reads.len() > 200, "only {} reads", reads.len());
     // The L1 heard the daemon's notices (one per bump at least).
@@ -598,11 +600,7 @@ async fn read_path(redis: &Redis) {
     let channel = common::unique("notices");
     let cache = redis
         .cache(CacheOptions {
-            l1: Some(L1Options {
-                channel: Some(channel.clone()),
-                max_stale: Duration::from_secs(60),
-                max_entries: 100,
-            }),
+            l1: Some(L1Options::bounded_with_notices(Duration::from_secs(60), channel.clone()).max_entries(100)),
             ..options(&name, &prefix)
         })
         .await;

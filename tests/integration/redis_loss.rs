@@ -244,8 +244,18 @@ async fn a_restart_that_lost_nothing_is_not_a_loss() {
     // The first use counts once as "missing"; nothing may be added after it.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let total = |text: String| common::metric_sum(&text, "cdc_invalidator_redis_data_loss_total", &[]);
-    let before = total(daemon.metrics().await);
+    let metrics = daemon.metrics().await;
+    let before = total(metrics.clone());
     assert_eq!(before, 1.0, "first use counts once");
+    // The other reasons, and counters nothing incremented yet, are exported at 0.
+    for series in [
+        "cdc_invalidator_redis_data_loss_total{reason=\"evicted\"} 0",
+        "cdc_invalidator_redis_errors_total{kind=\"replicas\"} 0",
+        "cdc_invalidator_escalations_total{reason=\"lookup_failed\"} 0",
+        "cdc_invalidator_moot_events_total 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == series), "{series} missing:\n{metrics}");
+    }
 
     redis.crash_and_restart().await;
     let v2 = change(&s, &redis, 1, 20, v1).await;
@@ -291,7 +301,7 @@ async fn epoch_check_cost() {
                 let bumps: Vec<Bump> = (0..batch_size)
                     .map(|k| Bump {
                         target: Target::Key(format!("bench:{batch_size}:{detect}:{k}")),
-                        position: Position::kafka("t", 0, (n * batch_size + k) as i64),
+                        position: Position::kafka("t", 0, i64::try_from(n * batch_size + k).unwrap()),
                         commit_time_us: None,
                     })
                     .collect();
@@ -449,4 +459,109 @@ async fn offsets_wait_for_the_replica_when_wait_replicas_is_set() {
     )
     .await;
     assert_eq!(hget(&replica.url(), "ver:item:1", "v").await, Some(v2));
+}
+
+/// Every version record of `namespaces` under `prefix`: (v, p:loss).
+async fn namespace_records(url: &str, prefix: &str, namespaces: &[String]) -> Vec<(Option<u64>, Option<u64>)> {
+    let mut out = Vec::new();
+    for ns in namespaces {
+        let record = format!("{prefix}ns:{ns}");
+        out.push((hget(url, &record, "v").await, hget(url, &record, "p:loss").await));
+    }
+    out
+}
+
+/// Three replicas' sinks on one Redis (the stack's, or CDC_REDIS_URL; a
+/// prefix of their own). Each detects the same loss; recovering
+/// concurrently, they advance the epoch once between them, and every
+/// namespace carries that epoch. A later loss advances it once more, also
+/// when the replicas notice it one after another.
+#[tokio::test]
+async fn replicas_detecting_the_same_loss_advance_the_epoch_once() {
+    use cdc_invalidator::sink::epoch::LossReason;
+    use cdc_invalidator::sink::RedisSink;
+    let url = common::redis_url();
+    let prefix = format!("{}:", common::unique("ver"));
+    let record = format!("{prefix}epoch");
+    let namespaces: Vec<String> = vec!["product".into(), "category".into()];
+    let settings = common::sink_settings(&url, &prefix, Duration::from_secs(600));
+    let mut sinks = Vec::new();
+    for _ in 0..3 {
+        let mut sink = RedisSink::connect(&settings).await.unwrap();
+        sink.enable_loss_detection();
+        sinks.push(sink);
+    }
+    // All recover at once: each has detected the loss before any recovers.
+    async fn recover_all(sinks: &mut [RedisSink], namespaces: &[String]) -> Vec<String> {
+        futures::future::join_all(sinks.iter_mut().map(|sink| sink.recover(namespaces)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect()
+    }
+    async fn detect_all(sinks: &mut [RedisSink]) -> Vec<Option<LossReason>> {
+        let mut found = Vec::new();
+        for sink in sinks.iter_mut() {
+            found.push(sink.check_loss().await.unwrap());
+        }
+        found
+    }
+
+    // First contact with a prefix nobody used: the record is missing for all three.
+    assert_eq!(detect_all(&mut sinks).await, vec![Some(LossReason::Missing); 3]);
+    let first = recover_all(&mut sinks, &namespaces).await;
+    // Epochs are max(e + 1, TIME): a second advance could not return the
+    // same value, so three equal answers are one advance.
+    assert!(first.iter().all(|e| *e == first[0]), "{first:?}");
+    let e1: u64 = first[0].parse().unwrap();
+    assert_eq!(hget(&url, &record, "e").await, Some(e1));
+    let after_first = namespace_records(&url, &prefix, &namespaces).await;
+    assert!(
+        after_first.iter().all(|(v, p)| v.is_some() && *p == Some(e1)),
+        "{after_first:?}"
+    );
+    assert_eq!(detect_all(&mut sinks).await, vec![None; 3]);
+
+    // A rollback: the record goes back to a copy taken before the latest checks.
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let snapshot: Vec<u8> = redis::cmd("DUMP").arg(&record).query_async(&mut conn).await.unwrap();
+    assert_eq!(detect_all(&mut sinks).await, vec![None; 3]);
+    let _: () = redis::cmd("RESTORE")
+        .arg(&record)
+        .arg(0)
+        .arg(snapshot)
+        .arg("REPLACE")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(detect_all(&mut sinks).await, vec![Some(LossReason::RolledBack); 3]);
+    let second = recover_all(&mut sinks, &namespaces).await;
+    assert!(second.iter().all(|e| *e == second[0]), "{second:?}");
+    let e2: u64 = second[0].parse().unwrap();
+    assert!(e2 > e1, "a later loss advances the epoch again: {e1} -> {e2}");
+    let after_second = namespace_records(&url, &prefix, &namespaces).await;
+    for ((v1, _), (v2, p2)) in after_first.iter().zip(&after_second) {
+        assert!(v2 > v1 && *p2 == Some(e2), "{after_first:?} -> {after_second:?}");
+    }
+    assert_eq!(detect_all(&mut sinks).await, vec![None; 3]);
+
+    // A third loss, noticed one replica after another: the first advances,
+    // the later ones adopt its epoch and their namespace bumps are no-ops.
+    let _: () = redis::cmd("DEL").arg(&record).query_async(&mut conn).await.unwrap();
+    assert_eq!(sinks[0].check_loss().await.unwrap(), Some(LossReason::Missing));
+    let e3 = sinks[0].recover(&namespaces).await.unwrap();
+    let after_third = namespace_records(&url, &prefix, &namespaces).await;
+    for sink in &mut sinks[1..] {
+        // Its own watermark is gone with the record: a loss for it too.
+        assert_eq!(sink.check_loss().await.unwrap(), Some(LossReason::RolledBack));
+        assert_eq!(sink.recover(&namespaces).await.unwrap(), e3);
+    }
+    assert!(e3.parse::<u64>().unwrap() > e2);
+    assert_eq!(hget(&url, &record, "e").await, e3.parse().ok());
+    assert_eq!(namespace_records(&url, &prefix, &namespaces).await, after_third);
+    assert_eq!(detect_all(&mut sinks).await, vec![None; 3]);
 }

@@ -21,8 +21,14 @@ async fn replicas_share_partitions_and_take_over_without_loss() {
     let produce = |from: i64, to: i64| {
         let table = table.clone();
         (from..to).map(move |id| {
-            let (key, value) =
-                common::debezium_change(&table, "c", id as u64 + 1, id, json!({"id": id}), common::now_us());
+            let (key, value) = common::debezium_change(
+                &table,
+                "c",
+                u64::try_from(id).unwrap() + 1,
+                id,
+                json!({"id": id}),
+                common::now_us(),
+            );
             (key, value)
         })
     };
@@ -49,7 +55,9 @@ async fn replicas_share_partitions_and_take_over_without_loss() {
     eventually("the first wave to be applied", Duration::from_secs(60), || {
         let prefix = prefix.clone();
         async move {
-            (common::count_keys(&common::redis_url(), &format!("{prefix}item:*")).await as i64 == FIRST).then_some(())
+            (i64::try_from(common::count_keys(&common::redis_url(), &format!("{prefix}item:*")).await).unwrap()
+                == FIRST)
+                .then_some(())
         }
     })
     .await;
@@ -68,7 +76,8 @@ async fn replicas_share_partitions_and_take_over_without_loss() {
         || {
             let prefix = prefix.clone();
             async move {
-                (common::count_keys(&common::redis_url(), &format!("{prefix}item:*")).await as i64 == FIRST + SECOND)
+                (i64::try_from(common::count_keys(&common::redis_url(), &format!("{prefix}item:*")).await).unwrap()
+                    == FIRST + SECOND)
                     .then_some(())
             }
         },

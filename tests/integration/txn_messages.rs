@@ -569,7 +569,7 @@ async fn kill_9_and_replay_change_nothing_applied(mut bench: Bench) {
     kill_9_mid_stream(&mut daemon, &bench.prefix).await;
     let at_kill = guard_positions(&bench.prefix, bench.source).await;
     writer.await.unwrap();
-    let total = (2 * TRANSACTIONS * ROWS) as usize;
+    let total = usize::try_from(2 * TRANSACTIONS * ROWS).unwrap();
     assert!(
         at_kill.len() < total,
         "killed too late to prove anything ({} keys applied)",
@@ -935,7 +935,7 @@ fn to_record(v: &Value) -> KafkaRecord {
     let bytes = |v: &Value| (!v.is_null()).then(|| serde_json::to_vec(v).unwrap());
     KafkaRecord {
         topic: v["topic"].as_str().unwrap().to_owned(),
-        partition: v["partition"].as_i64().unwrap() as i32,
+        partition: i32::try_from(v["partition"].as_i64().unwrap()).unwrap(),
         offset: v["offset"].as_i64().unwrap(),
         key: bytes(&v["key"]),
         value: bytes(&v["value"]),

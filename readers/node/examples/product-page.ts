@@ -64,8 +64,8 @@ async function page(id: number, verbose: boolean): Promise<string> {
     },
   });
   if (verbose) {
-    console.log(`${productKey}: hit=${product.hit} version=${product.version}`);
-    console.log(`page:${productKey}: hit=${built.hit} stale=${built.stale} version=${built.version}`);
+    console.log(`${productKey}: hit=${product.hit} dataKey=${product.dataKey}`);
+    console.log(`page:${productKey}: hit=${built.hit} stale=${built.stale} dataKey=${built.dataKey}`);
   }
   return built.value;
 }

@@ -8,7 +8,12 @@ export interface Float32 {
   readonly kind: 'float32';
   readonly value: number;
 }
-/** `numeric`: the text as Java's BigDecimal.toPlainString prints it, scale kept (`12.50`). */
+/** `double precision` given explicitly: any float64, integral ones above 2^53 too. */
+export interface Float64 {
+  readonly kind: 'float64';
+  readonly value: number;
+}
+/** `numeric`: decimal text in any notation (`12.50`, `1.5E+3`), rendered as Java's BigDecimal.toPlainString does. */
 export interface Decimal {
   readonly kind: 'decimal';
   readonly text: string;
@@ -20,13 +25,18 @@ export interface IntegerText {
 }
 
 /**
- * A column value: a number (integer or float64), a bigint, a boolean, text
- * (also uuid, lowercase), a Date (`timestamptz`), one of the wrappers above,
- * or null/undefined (SQL NULL: the template names no key).
+ * A column value: a number (an integer within 2^53, or a float64), a
+ * bigint, a boolean, text (also uuid, lowercase), a Date (`timestamptz`),
+ * one of the wrappers above, or null/undefined (SQL NULL: the template
+ * names no key). A plain number that is an integer beyond 2^53-1 is
+ * refused: JavaScript has already rounded it (an id 2^53+1 arrives as
+ * 2^53), so pass a bigint or `integer('...')` for an integer column and
+ * `float64(x)` for a double column.
  */
-export type KeyValue = string | number | bigint | boolean | Date | Float32 | Decimal | IntegerText | null | undefined;
+export type KeyValue = string | number | bigint | boolean | Date | Float32 | Float64 | Decimal | IntegerText | null | undefined;
 
 export const float32 = (value: number): Float32 => ({ kind: 'float32', value });
+export const float64 = (value: number): Float64 => ({ kind: 'float64', value });
 export const decimal = (text: string): Decimal => ({ kind: 'decimal', text });
 export const integer = (text: string | bigint): IntegerText => ({ kind: 'integer', text: String(text) });
 
@@ -75,6 +85,33 @@ function float32Text(x: number): string {
   return plain(f);
 }
 
+// PostgreSQL numeric's own range: no column holds more, and a text such as
+// `1E+999999999` must not become a gigabyte of zeros.
+const MAX_DECIMAL_SCALE = 16383;
+const MAX_DECIMAL_DIGITS = 131072;
+
+/**
+ * Decimal text in any notation as Java's BigDecimal.toPlainString prints it
+ * (Debezium's string mode, so the daemon's key): plain notation, the scale
+ * kept (`12.50`), `1E+3` as `1000`, `1.5E-2` as `0.015`, no sign on zero.
+ */
+export function plainDecimal(text: string): string {
+  const m = /^([+-]?)([0-9]*)(?:\.([0-9]*))?(?:[eE]([+-]?[0-9]+))?$/.exec(text);
+  if (!m || (m[2] === '' && (m[3] ?? '') === '')) throw new KeyError(`${JSON.stringify(text)} is not a decimal`);
+  const fraction = m[3] ?? '';
+  const exponent = m[4] === undefined ? 0 : Number(m[4]);
+  const scale = fraction.length - exponent;
+  const digits = (m[2] + fraction).replace(/^0+/, '');
+  if (!Number.isSafeInteger(exponent) || Math.abs(scale) > MAX_DECIMAL_SCALE || digits.length - scale > MAX_DECIMAL_DIGITS) {
+    throw new KeyError(`decimal ${JSON.stringify(text)} is beyond PostgreSQL numeric's range`);
+  }
+  const sign = m[1] === '-' && digits !== '' ? '-' : '';
+  const unscaled = digits === '' ? '0' : digits;
+  if (scale <= 0) return digits === '' ? '0' : sign + unscaled + '0'.repeat(-scale);
+  const padded = unscaled.padStart(scale + 1, '0');
+  return `${sign}${padded.slice(0, padded.length - scale)}.${padded.slice(padded.length - scale)}`;
+}
+
 function integerText(text: string): string {
   const m = /^(-?)([0-9]+)$/.exec(text);
   if (!m) throw new KeyError(`${JSON.stringify(text)} is not an integer`);
@@ -90,6 +127,12 @@ export function renderValue(value: KeyValue): string | null {
     case 'string':
       return escape(value);
     case 'number':
+      if (Number.isInteger(value) && !Number.isSafeInteger(value)) {
+        throw new KeyError(
+          `${value} is an integer beyond 2^53-1, which a JavaScript number cannot hold exactly: ` +
+            'pass a bigint (or integer("...")) for an integer column, or float64(x) for a double column',
+        );
+      }
       return plain(value);
     case 'bigint':
       return value.toString();
@@ -103,8 +146,10 @@ export function renderValue(value: KeyValue): string | null {
   switch (value.kind) {
     case 'float32':
       return float32Text(value.value);
+    case 'float64':
+      return plain(value.value);
     case 'decimal':
-      return value.text;
+      return plainDecimal(value.text);
     case 'integer':
       return integerText(value.text);
   }

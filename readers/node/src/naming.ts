@@ -53,8 +53,18 @@ export class Layout {
     deps: string[] | undefined | null,
     namespaces: string[],
   ) {
-    if (key === '') throw new InvalidOptionsError('empty cache key');
+    if (typeof key !== 'string' || key === '') throw new InvalidOptionsError('empty cache key');
     const own = deps ?? [key];
+    const named = (what: string) => `key ${JSON.stringify(key)}: ${what}`;
+    if (!Array.isArray(own) || own.length === 0) {
+      throw new InvalidOptionsError(
+        named('deps is empty: a value that depends on no version record is never invalidated (leave deps out to mean the key itself)'),
+      );
+    }
+    if (own.some((d) => typeof d !== 'string' || d === '')) throw new InvalidOptionsError(named('an empty dependency name'));
+    if (!Array.isArray(namespaces) || namespaces.some((n) => typeof n !== 'string' || n === '')) {
+      throw new InvalidOptionsError(named('an empty namespace name'));
+    }
     for (const dep of own) {
       if (dep === 'epoch' || dep.startsWith('ns:')) {
         throw new InvalidOptionsError(`key ${JSON.stringify(key)}: dependency ${JSON.stringify(dep)} is reserved (the epoch and namespace records)`);

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { test } from 'node:test';
 
-import { BadVersionError, Layout, decimal, float32, integer, key, leaseKey, parseVersion, type Fields, type KeyValue } from '../src';
+import { BadVersionError, KeyError, Layout, decimal, float32, float64, integer, key, leaseKey, parseVersion, plainDecimal, type Fields, type KeyValue } from '../src';
 
 // Tests run from dist/test/.
 const ROOT = resolve(__dirname, '..', '..', '..', '..');
@@ -32,7 +32,7 @@ test('key rendering matches the daemon vectors', () => {
         value = integer(String(j));
         break;
       case 'float64':
-        value = Number(j);
+        value = float64(Number(j));
         break;
       case 'float32':
         value = float32(Number(j));
@@ -62,13 +62,40 @@ test('JavaScript values render like the daemon', () => {
   assert.equal(key('größe:{ id }', { id: 1 }), 'größe:1');
   assert.equal(key('n:{x}', { x: 18446744073709551617n }), 'n:18446744073709551617');
   assert.equal(key('n:{x}', { x: 1e-7 }), 'n:0.0000001');
-  assert.equal(key('n:{x}', { x: -1.5e22 }), 'n:-15000000000000000000000');
+  assert.equal(key('n:{x}', { x: float64(-1.5e22) }), 'n:-15000000000000000000000');
   assert.equal(key('n:{x}', { x: -Infinity }), 'n:-Infinity');
   assert.equal(key('t:{x}', { x: new Date(Date.UTC(2024, 1, 18, 16, 0, 0, 120)) }), 't:2024-02-18T16%3A00%3A00.120000Z');
   assert.throws(() => key('p:{id', {}), /unclosed `\{` at byte 2/);
   assert.throws(() => key('p:{}', {}), /empty `\{\}` at byte 2/);
   assert.throws(() => key('p:}', {}), /unmatched `\}` at byte 2/);
   assert.throws(() => key('p:{id}', {}), /"p:\{id\}": no value for column "id"/);
+});
+
+test('decimals render as BigDecimal.toPlainString, whatever notation they come in', () => {
+  const cases: [string, string][] = [
+    ['12.50', '12.50'],
+    ['1E+3', '1000'],
+    ['1e3', '1000'],
+    ['1.50E+2', '150'],
+    ['1.5E-2', '0.015'],
+    ['-0.05', '-0.05'],
+    ['-0.00', '0.00'],
+    ['0E+3', '0'],
+    ['+007.5', '7.5'],
+    ['.5', '0.5'],
+    ['5.', '5'],
+  ];
+  for (const [text, plain] of cases) assert.equal(plainDecimal(text), plain, text);
+  assert.equal(key('p:{price}', { price: decimal('1E+3') }), 'p:1000');
+  for (const bad of ['', '.', '1e', '1,5', 'NaN', '1E+99999999999']) assert.throws(() => plainDecimal(bad), KeyError, bad);
+});
+
+test('an integer a number cannot hold exactly is refused, pointing to bigint', () => {
+  assert.throws(() => key('o:{id}', { id: 2 ** 53 + 2 }), /beyond 2\^53-1.*bigint/);
+  assert.equal(key('o:{id}', { id: 2n ** 53n + 1n }), 'o:9007199254740993');
+  assert.equal(key('o:{id}', { id: Number.MAX_SAFE_INTEGER }), 'o:9007199254740991');
+  assert.equal(key('d:{x}', { x: float64(1e21) }), 'd:1000000000000000000000');
+  assert.equal(key('d:{x}', { x: 1.5 }), 'd:1.5');
 });
 
 test('version texts parse or are refused', () => {

@@ -11,6 +11,10 @@
 //! PostgreSQL and reads the page until the new price shows, printing how long
 //! that took. Addresses: CDC_REDIS_URL, CDC_PG_URL (scripts/stack env).
 
+// An example against the demo stack: a panic on a broken setup is the
+// example failing loudly. The cast lints still hold (Cargo.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::time::{Duration, Instant};
 
 use cdc_cache::{key, Cache, CacheOptions, GetOptions};
@@ -44,7 +48,7 @@ async fn page(cache: &Cache, pool: &PgPool, id: i32, verbose: bool) -> Result<St
         )
         .await?;
     let row: serde_json::Value = serde_json::from_slice(&product.value)?;
-    let category_id = row["category_id"].as_i64().ok_or("product without category")? as i32;
+    let category_id = i32::try_from(row["category_id"].as_i64().ok_or("product without category")?)?;
     let category_key = key("category:{id}", &[("id", category_id.into())])?.ok_or("null id")?;
     let list_key = key(
         "category:{category_id}:products",
@@ -88,10 +92,10 @@ async fn page(cache: &Cache, pool: &PgPool, id: i32, verbose: bool) -> Result<St
         )
         .await?;
     if verbose {
-        println!("{product_key}: hit={} version={}", product.hit, product.version);
+        println!("{product_key}: hit={} data_key={}", product.hit, product.data_key);
         println!(
-            "page:{product_key}: hit={} stale={} version={}",
-            built.hit, built.stale, built.version
+            "page:{product_key}: hit={} stale={} data_key={}",
+            built.hit, built.stale, built.data_key
         );
     }
     Ok(String::from_utf8(built.value)?)

@@ -1,9 +1,12 @@
 //! Cache keys rendered exactly as the daemon renders its templates
-//! (docs/key-rendering.md; the daemon's code is src/graph/template.rs, the
-//! vectors tests/vectors/keys.json). A reader that renders `product:{id}`
-//! differently from the daemon reads a version record nobody bumps.
+//! (docs/key-rendering.md, vectors tests/vectors/keys.json): the template
+//! syntax and the text of each value are the cdc-keys crate's, the code the
+//! daemon itself runs. A reader that renders `product:{id}` differently
+//! from the daemon reads a version record nobody bumps.
 
 use std::fmt;
+
+pub use cdc_keys::escape;
 
 /// One typed column value, as the application holds it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -18,8 +21,9 @@ pub enum KeyValue<'a> {
     F64(f64),
     /// `real`: its shortest float32 digits (`0.1`, not `0.10000000149011612`).
     F32(f32),
-    /// `numeric`/`decimal` in Java's `BigDecimal.toPlainString` form, scale
-    /// kept (`12.50`): the application passes the text it has.
+    /// `numeric`/`decimal` as text in any notation (`12.50`, `1.5E+3`, as
+    /// `BigDecimal::to_string` or Java's `toString` print it): rendered as
+    /// Java's `BigDecimal.toPlainString`, scale kept (`12.50`, `1500`).
     Decimal(&'a str),
     Bool(bool),
     /// Text, `uuid` (lowercase) and `timestamptz` (`YYYY-MM-DDTHH:MM:SS.ffffffZ`,
@@ -57,182 +61,88 @@ impl<'a> From<&'a str> for KeyValue<'a> {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
-    #[error("template {template:?}: unclosed `{{` at byte {at}")]
-    Unclosed { template: String, at: usize },
-    #[error("template {template:?}: empty `{{}}` at byte {at}")]
-    Empty { template: String, at: usize },
-    #[error("template {template:?}: unmatched `}}` at byte {at} (write `}}}}` for a literal brace)")]
-    Unmatched { template: String, at: usize },
+    #[error("template {template:?}: {error}")]
+    Template {
+        template: String,
+        error: cdc_keys::TemplateError,
+    },
     #[error("template {template:?}: no value for column {column:?}")]
     MissingColumn { template: String, column: String },
     #[error("column {column:?}: {text:?} is not an integer")]
     NotAnInteger { column: String, text: String },
+    #[error("column {column:?}: {text:?} is not a decimal (or lies beyond PostgreSQL numeric's range)")]
+    NotADecimal { column: String, text: String },
+}
+
+/// Why one value has no text: the column is named by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueError {
+    NotAnInteger(String),
+    NotADecimal(String),
 }
 
 /// The canonical text of one value; `None` for NULL.
-pub fn render_value(value: &KeyValue<'_>) -> Result<Option<String>, String> {
+pub fn render_value(value: &KeyValue<'_>) -> Result<Option<String>, ValueError> {
     Ok(Some(match *value {
         KeyValue::Null => return Ok(None),
         KeyValue::Int(i) => i.to_string(),
-        KeyValue::IntText(text) => canonical_integer(text).ok_or_else(|| text.to_owned())?,
-        KeyValue::F64(f) => float_text(f, f.to_string()),
-        KeyValue::F32(f) => float_text(f64::from(f), f.to_string()),
-        KeyValue::Decimal(text) => text.to_owned(),
+        KeyValue::IntText(text) => {
+            cdc_keys::canonical_integer(text).ok_or_else(|| ValueError::NotAnInteger(text.to_owned()))?
+        }
+        KeyValue::F64(f) => cdc_keys::float64_text(f),
+        KeyValue::F32(f) => cdc_keys::float32_text(f),
+        KeyValue::Decimal(text) => {
+            cdc_keys::plain_decimal(text).ok_or_else(|| ValueError::NotADecimal(text.to_owned()))?
+        }
         KeyValue::Bool(b) => b.to_string(),
         KeyValue::Text(text) => escape(text),
     }))
 }
 
-fn canonical_integer(text: &str) -> Option<String> {
-    let (negative, digits) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let digits = digits.trim_start_matches('0');
-    Some(match (digits.is_empty(), negative) {
-        (true, _) => "0".to_owned(),
-        (false, true) => format!("-{digits}"),
-        (false, false) => digits.to_owned(),
-    })
-}
-
-/// Rust's `Display` of a float is already the shortest round-trip digits in
-/// plain notation (the type's own width: f32 for `real`); only the special
-/// values differ from Java's spelling, which Debezium (and so the daemon) uses.
-fn float_text(f: f64, display: String) -> String {
-    if f.is_nan() {
-        "NaN".to_owned()
-    } else if f.is_infinite() {
-        if f > 0.0 { "Infinity" } else { "-Infinity" }.to_owned()
-    } else if f == 0.0 {
-        "0".to_owned()
-    } else {
-        display
-    }
-}
-
-/// `%`, `:`, `{`, `}` and control characters as `%XX`: text can never be
-/// mistaken for key structure.
-pub fn escape(text: &str) -> String {
-    let reserved = |c: char| matches!(c, '%' | ':' | '{' | '}') || c.is_ascii_control();
-    if !text.chars().any(reserved) {
-        return text.to_owned();
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if reserved(c) {
-            out.push_str(&format!("%{:02X}", u32::from(c)));
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Literal(String),
-    Column(String),
-}
-
 /// A key template such as `category:{category_id}:products`; `{{` and `}}`
 /// are literal braces.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template {
-    text: String,
-    parts: Vec<Part>,
-}
+pub struct Template(cdc_keys::Template);
 
 impl fmt::Display for Template {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
+        self.0.fmt(f)
     }
 }
 
 impl Template {
     pub fn parse(text: &str) -> Result<Template, KeyError> {
-        let err_at = |at: usize, kind: fn(String, usize) -> KeyError| kind(text.to_owned(), at);
-        let mut parts = Vec::new();
-        let mut literal = String::new();
-        let mut chars = text.char_indices().peekable();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '{' if chars.peek().map(|&(_, n)| n) == Some('{') => {
-                    chars.next();
-                    literal.push('{');
-                }
-                '}' if chars.peek().map(|&(_, n)| n) == Some('}') => {
-                    chars.next();
-                    literal.push('}');
-                }
-                '{' => {
-                    let mut column = String::new();
-                    let mut closed = false;
-                    for (_, n) in chars.by_ref() {
-                        match n {
-                            '}' => {
-                                closed = true;
-                                break;
-                            }
-                            '{' => return Err(err_at(i, |template, at| KeyError::Unclosed { template, at })),
-                            _ => column.push(n),
-                        }
-                    }
-                    if !closed {
-                        return Err(err_at(i, |template, at| KeyError::Unclosed { template, at }));
-                    }
-                    let column = column.trim();
-                    if column.is_empty() {
-                        return Err(err_at(i, |template, at| KeyError::Empty { template, at }));
-                    }
-                    if !literal.is_empty() {
-                        parts.push(Part::Literal(std::mem::take(&mut literal)));
-                    }
-                    parts.push(Part::Column(column.to_owned()));
-                }
-                '}' => return Err(err_at(i, |template, at| KeyError::Unmatched { template, at })),
-                _ => literal.push(c),
-            }
-        }
-        if !literal.is_empty() {
-            parts.push(Part::Literal(literal));
-        }
-        Ok(Template {
-            text: text.to_owned(),
-            parts,
-        })
+        cdc_keys::Template::parse(text)
+            .map(Template)
+            .map_err(|error| KeyError::Template {
+                template: text.to_owned(),
+                error,
+            })
     }
 
     /// Renders with the named values. `Ok(None)`: a value is NULL, the
     /// template names no key (as in the daemon).
     pub fn render(&self, values: &[(&str, KeyValue<'_>)]) -> Result<Option<String>, KeyError> {
-        let mut out = String::with_capacity(self.text.len() + 16);
-        for part in &self.parts {
-            match part {
-                Part::Literal(s) => out.push_str(s),
-                Part::Column(column) => {
-                    let value = values
-                        .iter()
-                        .find(|(name, _)| name == column)
-                        .map(|(_, v)| v)
-                        .ok_or_else(|| KeyError::MissingColumn {
-                            template: self.text.clone(),
-                            column: column.clone(),
-                        })?;
-                    match render_value(value).map_err(|text| KeyError::NotAnInteger {
-                        column: column.clone(),
-                        text,
-                    })? {
-                        Some(text) => out.push_str(&text),
-                        None => return Ok(None),
-                    }
-                }
-            }
-        }
-        Ok(Some(out))
+        self.0.render(|column| {
+            let value = values
+                .iter()
+                .find(|(name, _)| *name == column)
+                .map(|(_, v)| v)
+                .ok_or_else(|| KeyError::MissingColumn {
+                    template: self.0.text().to_owned(),
+                    column: column.to_owned(),
+                })?;
+            render_value(value).map_err(|e| match e {
+                ValueError::NotAnInteger(text) => KeyError::NotAnInteger {
+                    column: column.to_owned(),
+                    text,
+                },
+                ValueError::NotADecimal(text) => KeyError::NotADecimal {
+                    column: column.to_owned(),
+                    text,
+                },
+            })
+        })
     }
 }
 
@@ -268,12 +178,22 @@ mod tests {
 
     #[test]
     fn template_errors_name_the_template() {
+        let unclosed = Template::parse("p:{id").unwrap_err();
         assert!(matches!(
-            Template::parse("p:{id"),
-            Err(KeyError::Unclosed { at: 2, .. })
+            unclosed,
+            KeyError::Template {
+                error: cdc_keys::TemplateError::Unclosed(2),
+                ..
+            }
         ));
-        assert!(matches!(Template::parse("p:{}"), Err(KeyError::Empty { at: 2, .. })));
-        assert!(matches!(Template::parse("p:}"), Err(KeyError::Unmatched { at: 2, .. })));
+        assert_eq!(unclosed.to_string(), "template \"p:{id\": unclosed `{` at byte 2");
+        assert!(matches!(
+            Template::parse("p:{}"),
+            Err(KeyError::Template {
+                error: cdc_keys::TemplateError::Empty(2),
+                ..
+            })
+        ));
         let missing = key("p:{id}", &[]).unwrap_err().to_string();
         assert!(
             missing.contains("\"p:{id}\"") && missing.contains("\"id\""),
@@ -283,5 +203,21 @@ mod tests {
             key("p:{id}", &[("id", KeyValue::IntText("1e3"))]),
             Err(KeyError::NotAnInteger { .. })
         ));
+        assert!(matches!(
+            key("p:{price}", &[("price", KeyValue::Decimal("12,50"))]),
+            Err(KeyError::NotADecimal { .. })
+        ));
+    }
+
+    #[test]
+    fn a_decimal_in_exponent_form_renders_as_the_daemon_does() {
+        let k = |text: &str| {
+            key("p:{price}", &[("price", KeyValue::Decimal(text))])
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(k("1E+3"), "p:1000");
+        assert_eq!(k("1.5E-2"), "p:0.015");
+        assert_eq!(k("12.50"), "p:12.50");
     }
 }

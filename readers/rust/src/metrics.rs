@@ -25,11 +25,14 @@ fn describe() {
     describe_counter!(HITS, "Gets whose first read found the value, by layer (l1, redis)");
     describe_counter!(MISSES, "Gets whose first read found no value");
     describe_counter!(FILLS, "Values loaded and written by this process");
-    describe_counter!(FILL_ERRORS, "Loader failures (the lease is released, nothing cached)");
+    describe_counter!(
+        FILL_ERRORS,
+        "Loader failures and timeouts (the lease is released, nothing cached)"
+    );
     describe_histogram!(FILL_LATENCY, Unit::Milliseconds, "The loader's duration");
     describe_counter!(
         STAMPEDE_PREVENTED,
-        "Gets that found the lease taken and ended without calling their loader"
+        "Gets that missed, did not take the lease and ended without calling their loader"
     );
     describe_counter!(
         STALE_SERVED,
@@ -40,7 +43,10 @@ fn describe() {
     describe_counter!(FRESHNESS_CHECKS, "Sampled hits compared with the loader");
     describe_counter!(FRESHNESS_MISMATCHES, "Sampled hits that differed from the loader");
     describe_gauge!(STALE_RATIO, "Share of mismatches among the last 100 freshness checks");
-    describe_counter!(L1_INVALIDATIONS, "L1 entries dropped, by reason (notice, reset)");
+    describe_counter!(
+        L1_INVALIDATIONS,
+        "L1 entries dropped, by reason (notice, tracking, reset)"
+    );
     describe_histogram!(
         PROPAGATION,
         Unit::Milliseconds,
@@ -64,6 +70,7 @@ pub(crate) struct Handles {
     pub stale_ratio: Gauge,
     pub l1_notice: Counter,
     pub l1_reset: Counter,
+    pub l1_tracking: Counter,
     pub propagation: Histogram,
 }
 
@@ -87,6 +94,7 @@ impl Handles {
             stale_ratio: metrics::gauge!(STALE_RATIO, "cache" => c.clone()),
             l1_notice: metrics::counter!(L1_INVALIDATIONS, "cache" => c.clone(), "reason" => "notice"),
             l1_reset: metrics::counter!(L1_INVALIDATIONS, "cache" => c.clone(), "reason" => "reset"),
+            l1_tracking: metrics::counter!(L1_INVALIDATIONS, "cache" => c.clone(), "reason" => "tracking"),
             propagation: metrics::histogram!(PROPAGATION, "cache" => c),
         }
     }

@@ -19,7 +19,7 @@ pub fn parse_version(record: &str, field: &str, text: Option<&[u8]>) -> Result<O
     let canonical = !text.is_empty()
         && text.len() <= 19
         && text.iter().all(u8::is_ascii_digit)
-        && (text == b"0" || text[0] != b'0');
+        && (text == b"0" || text.first() != Some(&b'0'));
     if !canonical {
         return Err(bad());
     }
@@ -60,6 +60,17 @@ impl Layout {
         }
         let own = [key.to_owned()];
         let deps = deps.unwrap_or(&own);
+        if deps.is_empty() {
+            return Err(invalid(
+                "deps is empty: a value that depends on no version record is never invalidated (leave deps out to mean the key itself)",
+            ));
+        }
+        if deps.iter().any(String::is_empty) {
+            return Err(invalid("an empty dependency name"));
+        }
+        if namespaces.iter().any(String::is_empty) {
+            return Err(invalid("an empty namespace name"));
+        }
         for dep in deps {
             if dep == "epoch" || dep.starts_with("ns:") {
                 return Err(invalid(&format!(
@@ -132,5 +143,18 @@ mod tests {
         ));
         assert!(Layout::new("ver:", "", None, &[]).is_err());
         assert!(Layout::new("ver:", "epoch", None, &[]).is_err());
+    }
+
+    #[test]
+    fn empty_deps_and_empty_names_are_refused() {
+        let refused = |deps: Option<&[String]>, namespaces: &[String]| match Layout::new("ver:", "k", deps, namespaces)
+        {
+            Err(Error::InvalidOptions(why)) => why,
+            other => panic!("accepted: {other:?}"),
+        };
+        assert!(refused(Some(&[]), &[]).contains("deps is empty"));
+        assert!(refused(Some(&["".to_owned()]), &[]).contains("empty dependency"));
+        assert!(refused(None, &["".to_owned()]).contains("empty namespace"));
+        assert!(Layout::new("ver:", "k", None, &["product".to_owned()]).is_ok());
     }
 }

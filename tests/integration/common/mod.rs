@@ -46,8 +46,8 @@ where
 }
 
 pub fn now_us() -> i64 {
-    std::time::SystemTime::now()
+    let since_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64
+        .unwrap();
+    i64::try_from(since_epoch.as_micros()).unwrap()
 }

@@ -201,10 +201,13 @@ impl PrivateRedis {
 
 /// Sink settings for a test: version records under `prefix` with
 /// `version_ttl`, a one-second retry backoff and `WAIT` timeout, no replicas
-/// to wait for, the default loss check, not a cluster.
+/// to wait for, the default loss check, not a cluster, a five-second
+/// response timeout.
 pub fn sink_settings(url: &str, prefix: &str, version_ttl: Duration) -> cdc_invalidator::config::RedisSettings {
     cdc_invalidator::config::RedisSettings {
         url: url.to_owned(),
+        sentinel: None,
+        response_timeout: Duration::from_secs(5),
         version_prefix: prefix.to_owned(),
         version_ttl,
         max_retry_backoff: Duration::from_secs(1),

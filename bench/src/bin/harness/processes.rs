@@ -42,7 +42,12 @@ fn terminate(child: &mut Child, grace: Duration) {
         return;
     }
     // SAFETY: kill(2) on a child we spawned and have not reaped.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe {
+        libc::kill(
+            libc::pid_t::try_from(child.id()).expect("a pid fits pid_t"),
+            libc::SIGTERM,
+        )
+    };
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
@@ -322,7 +327,7 @@ pub fn start_redis(args: &Args, dir: &Path, reaper: &mut Reaper) -> anyhow::Resu
         .max()
         .unwrap_or(0);
     for i in 1..=replicas {
-        let port = args.redis_port + i as u16;
+        let port = args.redis_port + u16::try_from(i)?;
         start_redis_server(
             port,
             &["--replicaof".into(), "127.0.0.1".into(), args.redis_port.to_string()],

@@ -96,7 +96,10 @@ fn drain_once(ctx: &mut Ctx, drain: &Drain<'_>) -> anyhow::Result<DrainResult> {
             }) {
                 if let Some(p) = s.labels.get("partition").and_then(|p| p.parse::<usize>().ok()) {
                     if p < stored.len() {
-                        stored[p] = s.value as i64;
+                        // An offset exported as a float: a whole number below 2^53, exact.
+                        #[allow(clippy::cast_possible_truncation)]
+                        let offset = s.value as i64;
+                        stored[p] = offset;
                     }
                 }
             }

@@ -1,165 +1,45 @@
-//! Fan-out lookups: a parent row's change invalidates its children, found by
-//! a parameterised SQL query against a read replica (sqlx: PostgreSQL here,
-//! MySQL and MariaDB in lookup_mysql.rs, picked by the URL's scheme).
-//! Every lookup is bounded: `max_rows` (one more is fetched to detect the
-//! overflow), a per-query timeout, and a capped number of retries.
+//! The PostgreSQL lookup database: fan-out queries (one attempt each; the
+//! attempts, the timeout and the `max_rows` check are lookup/mod.rs's) with
+//! their rows turned into the JSON Debezium prints for the same columns, and
+//! the catalog queries `check` reads (a table's columns, its primary key and
+//! its replica identity).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row as _;
 
-use super::lookup_mysql::{self, MySqlLookups};
-use super::Template;
+use super::FetchError;
 use crate::event::Row;
-
-/// One `[[entity.fanout]]` rule.
-#[derive(Debug, Clone)]
-pub struct Fanout {
-    pub query: String,
-    /// Columns of the changed row bound to `$1`, `$2`, ...
-    pub bind: Vec<String>,
-    /// Templates rendered from each result row.
-    pub keys: Vec<Template>,
-    pub max_rows: usize,
-    /// Bumped instead when the children cannot be listed exactly.
-    pub namespace: Option<String>,
-}
-
-/// A lookup the graph asks for: which rule, with which values.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LookupRequest {
-    pub(crate) table: String,
-    pub(crate) fanout: usize,
-    pub(crate) binds: Vec<Value>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LookupError {
-    #[error("more than max_rows ({max_rows}) rows")]
-    OverLimit { max_rows: usize },
-    #[error("lookup failed after {attempts} attempts: {detail}")]
-    Failed { attempts: u32, detail: String },
-}
+use crate::graph::Fanout;
 
 #[derive(Clone)]
-pub struct Lookups {
-    backend: Backend,
-    timeout: Duration,
-    attempts: u32,
-}
-
-/// The database the fan-out queries run against, chosen by the URL's scheme.
-#[derive(Clone)]
-enum Backend {
-    Postgres {
-        pool: PgPool,
-        /// Column name to PostgreSQL type name, per query (from `describe`).
-        types: Arc<Mutex<HashMap<String, ColumnTypes>>>,
-    },
-    /// `mysql://` or `mariadb://` (src/graph/lookup_mysql.rs).
-    MySql(MySqlLookups),
+pub(crate) struct PgLookups {
+    pool: PgPool,
+    /// Column name to PostgreSQL type name, per query (from `describe`).
+    types: Arc<Mutex<HashMap<String, ColumnTypes>>>,
 }
 
 /// Result column name to its PostgreSQL type name (`TIMESTAMPTZ`, `DATE`, ...).
 type ColumnTypes = Arc<HashMap<String, String>>;
 
-/// Why one attempt failed: worth another attempt, or certain to fail again
-/// (a result the daemon cannot render), which escalates at once.
-pub(crate) enum FetchError {
-    Retry(String),
-    Permanent(String),
-}
-
-// Retrying a lookup slower than this only delays the fan-out's escalation.
-const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(2);
-
-impl Lookups {
-    pub fn connect_lazy(url: &str, timeout: Duration, attempts: u32) -> Result<Lookups, sqlx::Error> {
-        let backend = if lookup_mysql::is_mysql_url(url) {
-            Backend::MySql(MySqlLookups::connect_lazy(url, timeout)?)
-        } else {
-            let pool = PgPoolOptions::new()
-                .max_connections(4)
-                .acquire_timeout(timeout)
-                .connect_lazy(url)?;
-            Backend::Postgres {
-                pool,
-                types: Arc::default(),
-            }
-        };
-        Ok(Lookups {
-            backend,
-            timeout,
-            attempts: attempts.max(1),
-        })
-    }
-
-    /// The PostgreSQL pool, when the lookup database is PostgreSQL.
-    pub(crate) fn postgres_pool(&self) -> Option<&PgPool> {
-        match &self.backend {
-            Backend::Postgres { pool, .. } => Some(pool),
-            Backend::MySql(_) => None,
-        }
-    }
-
-    /// The MySQL-family pool, when the lookup database is MySQL or MariaDB.
-    pub(crate) fn mysql_pool(&self) -> Option<&sqlx::MySqlPool> {
-        match &self.backend {
-            Backend::MySql(m) => Some(m.pool()),
-            Backend::Postgres { .. } => None,
-        }
-    }
-
-    /// Runs the rule's query. Result values come back as the JSON Debezium
-    /// prints for the same columns (string mode for decimals), so child keys
-    /// render the same as from the children's own change events.
-    pub async fn run(&self, fanout: &Fanout, binds: &[Value]) -> Result<Vec<Row>, LookupError> {
-        let mut backoff = crate::backoff::Backoff::new(MAX_RETRY_BACKOFF);
-        let mut last_error = String::new();
-        for attempt in 1..=self.attempts {
-            let started = Instant::now();
-            let outcome = tokio::time::timeout(self.timeout, self.fetch(fanout, binds)).await;
-            crate::metrics::lookup(started.elapsed().as_secs_f64());
-            match outcome {
-                Ok(Ok(rows)) => {
-                    if rows.len() > fanout.max_rows {
-                        return Err(LookupError::OverLimit {
-                            max_rows: fanout.max_rows,
-                        });
-                    }
-                    crate::metrics::fanout_rows(rows.len());
-                    return Ok(rows);
-                }
-                Ok(Err(FetchError::Retry(e))) => last_error = e,
-                Ok(Err(FetchError::Permanent(detail))) => {
-                    return Err(LookupError::Failed {
-                        attempts: attempt,
-                        detail,
-                    })
-                }
-                Err(_) => last_error = format!("timed out after {:?}", self.timeout),
-            }
-            if attempt < self.attempts {
-                tracing::debug!(attempt, error = %last_error, "lookup failed; retrying");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-        }
-        Err(LookupError::Failed {
-            attempts: self.attempts,
-            detail: last_error,
+impl PgLookups {
+    pub(crate) fn connect_lazy(url: &str, timeout: Duration) -> Result<PgLookups, sqlx::Error> {
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(timeout)
+            .connect_lazy(url)?;
+        Ok(PgLookups {
+            pool,
+            types: Arc::default(),
         })
     }
 
     /// One attempt: at most `max_rows + 1` rows, as JSON rows.
-    async fn fetch(&self, fanout: &Fanout, binds: &[Value]) -> Result<Vec<Row>, FetchError> {
-        let (pool, types) = match &self.backend {
-            Backend::MySql(m) => return m.fetch(fanout, binds).await,
-            Backend::Postgres { pool, types } => (pool, types),
-        };
+    pub(crate) async fn fetch(&self, fanout: &Fanout, binds: &[Value]) -> Result<Vec<Row>, FetchError> {
         let mut query = sqlx::query(sqlx::AssertSqlSafe(wrapped_query(fanout)));
         for value in binds {
             query = match value {
@@ -171,10 +51,10 @@ impl Lookups {
             };
         }
         let rows = query
-            .fetch_all(pool)
+            .fetch_all(&self.pool)
             .await
             .map_err(|e| FetchError::Retry(e.to_string()))?;
-        let types = column_types(pool, types, fanout).await;
+        let types = column_types(&self.pool, &self.types, fanout).await;
         Ok(rows
             .iter()
             .filter_map(|r| r.try_get::<Option<Value>, _>(0).ok().flatten())
@@ -196,13 +76,55 @@ impl Lookups {
     /// Prepares the rule's query without running it (for `check`).
     pub(crate) async fn prepare(&self, fanout: &Fanout) -> Result<(), sqlx::Error> {
         use sqlx::{Executor as _, SqlSafeStr as _};
-        match &self.backend {
-            Backend::MySql(m) => m.prepare(fanout).await,
-            Backend::Postgres { pool, .. } => pool
-                .describe(sqlx::AssertSqlSafe(wrapped_query(fanout)).into_sql_str())
-                .await
-                .map(|_| ()),
-        }
+        self.pool
+            .describe(sqlx::AssertSqlSafe(wrapped_query(fanout)).into_sql_str())
+            .await
+            .map(|_| ())
+    }
+
+    // The catalog queries `check` runs.
+
+    /// The table's column names; empty when the table does not exist.
+    pub(crate) async fn columns(&self, schema: &str, table: &str) -> Result<Vec<String>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
+        )
+        .bind(schema)
+        .bind(table)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Whether the table is REPLICA IDENTITY FULL (old rows carry every
+    /// column); None when the catalog could not be read.
+    pub(crate) async fn replica_identity_full(&self, schema: &str, table: &str) -> Option<bool> {
+        let identity: Option<String> = sqlx::query(
+            "SELECT c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+        )
+        .bind(schema)
+        .bind(table)
+        .fetch_optional(&self.pool)
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.get(0));
+        identity.map(|i| i == "f")
+    }
+
+    /// The primary key's columns; empty when there is none or the catalog
+    /// could not be read (every templated column then counts as non-key).
+    pub(crate) async fn primary_key(&self, schema: &str, table: &str) -> Vec<String> {
+        sqlx::query(
+            "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE i.indrelid = (quote_ident($1) || '.' || quote_ident($2))::regclass AND i.indisprimary",
+        )
+        .bind(schema)
+        .bind(table)
+        .fetch_all(&self.pool)
+        .await
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default()
     }
 }
 
@@ -258,7 +180,7 @@ fn wrapped_query(fanout: &Fanout) -> String {
 /// `timestamp` as microseconds since the epoch, `time` as microseconds since
 /// midnight, floats as numbers. Other types keep their text. A value that does not parse is
 /// left as it is.
-pub(crate) fn as_debezium(type_name: &str, value: Value) -> Value {
+fn as_debezium(type_name: &str, value: Value) -> Value {
     use chrono::{NaiveDate, NaiveDateTime, NaiveTime, Timelike};
     let Value::String(text) = &value else {
         return value;
@@ -302,6 +224,7 @@ pub(crate) fn as_debezium(type_name: &str, value: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::graph::Template;
 
     #[test]
     fn wraps_the_query_with_a_limit_one_above_max_rows() {

@@ -1,10 +1,12 @@
-//! Fan-out lookups against MySQL-family databases (MySQL, MariaDB) through
-//! sqlx's MySQL driver: `[lookup] url = "mysql://..."` (or `mariadb://`).
-//! The bounds are the PostgreSQL lookups' (lookup.rs runs the attempts,
-//! the timeout and the `max_rows + 1` check); this file runs one attempt and
-//! turns each result row into the JSON Debezium's MariaDB and MySQL
-//! connectors print for the same columns, so a child key renders the same
-//! from a lookup row as from the child's own change event.
+//! The MySQL-family lookup database (MySQL, MariaDB) through sqlx's MySQL
+//! driver: `[lookup] url = "mysql://..."` (or `mariadb://`). The bounds are
+//! the PostgreSQL lookups' (lookup/mod.rs runs the attempts, the timeout and
+//! the `max_rows + 1` check); this file runs one attempt and turns each
+//! result row into the JSON Debezium's MariaDB and MySQL connectors print
+//! for the same columns, so a child key renders the same from a lookup row
+//! as from the child's own change event. It also holds the catalog queries
+//! `check` reads here (server variables, a table's columns and keys); what
+//! their answers mean is source::mysql_check's.
 
 use std::str::FromStr as _;
 use std::time::Duration;
@@ -13,8 +15,9 @@ use serde_json::Value;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{Column as _, Row as _, TypeInfo as _, ValueRef as _};
 
-use super::lookup::{Fanout, FetchError};
+use super::FetchError;
 use crate::event::Row;
+use crate::graph::Fanout;
 
 /// True for the URLs this backend serves.
 pub(crate) fn is_mysql_url(url: &str) -> bool {
@@ -62,10 +65,6 @@ impl MySqlLookups {
         Ok(MySqlLookups { pool })
     }
 
-    pub(crate) fn pool(&self) -> &MySqlPool {
-        &self.pool
-    }
-
     pub(crate) async fn fetch(&self, fanout: &Fanout, binds: &[Value]) -> Result<Vec<Row>, FetchError> {
         let sql = wrapped_query(fanout);
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -95,6 +94,36 @@ impl MySqlLookups {
             .describe(sqlx::AssertSqlSafe(wrapped_query(fanout)).into_sql_str())
             .await
             .map(|_| ())
+    }
+
+    // The catalog queries `check` runs.
+
+    /// A global server setting (`BINLOG_FORMAT`, ...); None when the server
+    /// has no such variable. Sessions can override some for themselves; the
+    /// global value is what every session gets unless it does.
+    pub(crate) async fn global_variable(&self, name: &str) -> Result<Option<String>, sqlx::Error> {
+        let row = sqlx::query("SELECT variable_value FROM information_schema.global_variables WHERE variable_name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get::<String, _>(0)))
+    }
+
+    /// The table's columns with their `column_key` (`PRI` for the primary
+    /// key); empty when the table does not exist.
+    pub(crate) async fn columns_with_keys(
+        &self,
+        database: &str,
+        table: &str,
+    ) -> Result<Vec<(String, String)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT column_name, column_key FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
+        )
+        .bind(database)
+        .bind(table)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }
 
@@ -198,7 +227,7 @@ mod tests {
         let f = Fanout {
             query: "SELECT id FROM products WHERE category_id = ?;".into(),
             bind: vec!["id".into()],
-            keys: vec![super::super::Template::parse("product:{id}").unwrap()],
+            keys: vec![crate::graph::Template::parse("product:{id}").unwrap()],
             max_rows: 100,
             namespace: None,
         };
