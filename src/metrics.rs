@@ -145,7 +145,6 @@ pub(crate) fn install() -> PrometheusHandle {
         .install_recorder()
         .expect("the metrics recorder is installed once per process");
     describe();
-    messages_at_zero();
     handle
 }
 
@@ -363,14 +362,6 @@ pub(crate) fn dead_letter(stage: &'static str, kind: &'static str) {
     counter!(DEAD_LETTERS, "stage" => stage, "kind" => kind).increment(1);
 }
 
-/// Every outcome exported at 0 from the start, so `rate()` and alerts on
-/// refused messages work before the first one.
-fn messages_at_zero() {
-    for outcome in MessageOutcome::ALL {
-        counter!(MESSAGES, "outcome" => outcome.label()).increment(0);
-    }
-}
-
 pub(crate) fn message(outcome: MessageOutcome) {
     counter!(MESSAGES, "outcome" => outcome.label()).increment(1);
 }
@@ -537,6 +528,10 @@ pub(crate) fn daemon_at_zero(labels: &FixedLabels) {
     }
     for &reason in &labels.loss_reasons {
         counter!(REDIS_DATA_LOSS, "reason" => reason).increment(0);
+    }
+    // So `rate()` and alerts on refused messages work before the first one.
+    for outcome in MessageOutcome::ALL {
+        counter!(MESSAGES, "outcome" => outcome.label()).increment(0);
     }
 }
 
