@@ -38,15 +38,23 @@ ENV CARGO_TERM_COLOR=never \
 # a cache warm-up: if it cannot build (say the manifest grows a build script),
 # the real build below does all the work.
 COPY Cargo.toml Cargo.lock ./
-# The workspace names bench/ too: its manifest and a stub let cargo resolve.
-COPY bench/Cargo.toml bench/Cargo.toml
-RUN mkdir -p src bench/src && touch bench/src/lib.rs \
+# The warm-up builds a workspace of the daemon alone, with stubs for it and
+# the crates it names by path (the key-rendering crate; the Rust reader, a
+# dev-dependency): as members, the reader and bench/ would need the benches
+# and examples their manifests list. Cargo keeps the versions Cargo.lock pins;
+# the real manifest and lockfile are put back before the real, --locked build.
+COPY crates/cdc-keys/Cargo.toml crates/cdc-keys/Cargo.toml
+COPY readers/rust/Cargo.toml readers/rust/Cargo.toml
+RUN cp Cargo.toml Cargo.lock /tmp/ \
+ && sed -i 's|^members = .*|members = ["."]|' Cargo.toml \
+ && for stub in . crates/cdc-keys readers/rust; do mkdir -p "$stub/src" && : > "$stub/src/lib.rs"; done \
  && echo 'fn main() {}' > src/main.rs \
- && : > src/lib.rs \
- && (cargo build --release --locked --bin cdc-invalidator || echo "dependency warm-up failed; the full build will compile everything") \
- && rm -rf src target/release/cdc-invalidator* \
-      target/release/.fingerprint/cdc-invalidator-* \
-      target/release/deps/cdc_invalidator-* target/release/deps/libcdc_invalidator-*
+ && (cargo build --release --bin cdc-invalidator || echo "dependency warm-up failed; the full build will compile everything") \
+ && mv /tmp/Cargo.toml /tmp/Cargo.lock . \
+ && rm -rf src crates readers target/release/cdc-invalidator* \
+      target/release/.fingerprint/cdc-invalidator-* target/release/.fingerprint/cdc-keys-* \
+      target/release/deps/cdc_invalidator-* target/release/deps/libcdc_invalidator-* \
+      target/release/deps/cdc_keys-* target/release/deps/libcdc_keys-*
 
 COPY . .
 RUN cargo build --release --locked --bin cdc-invalidator \

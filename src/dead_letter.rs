@@ -137,6 +137,10 @@ impl DeadLetterStore {
     /// where the pipeline treats it like any outage (pause, retry, commit nothing).
     /// Every connection's `search_path` is the configured schema, so the
     /// queries and the migrations (and sqlx's history table) stay in it.
+    /// Rows per INSERT: 11 parameters each, well under PostgreSQL's 65,535
+    /// parameters per statement.
+    pub(crate) const ROWS_PER_STATEMENT: usize = 1000;
+
     pub(crate) fn connect_lazy(settings: &DeadLetterSettings) -> Result<DeadLetterStore, DeadLetterError> {
         let options: PgConnectOptions = settings.url.parse()?;
         let pool = PgPoolOptions::new()
@@ -214,28 +218,58 @@ impl DeadLetterStore {
     /// Any record can be written: bytes go to bytea columns (header names and
     /// values included), text columns get [`printable`] text.
     pub(crate) async fn write(&self, record: &KafkaRecord, failure: &Failure) -> Result<(), DeadLetterError> {
-        let encoded = Encoded::of(record, failure);
-        let insert = sqlx::query(
+        self.write_all(&[(record, failure)]).await
+    }
+
+    /// Writes several dead letters in one statement, all durable when it
+    /// returns; at most [`DeadLetterStore::ROWS_PER_STATEMENT`] of them. A
+    /// data error refuses the whole statement: the caller then writes the
+    /// records one by one to learn which one the store refuses. A record
+    /// listed twice is written once (one statement cannot update a row twice).
+    pub(crate) async fn write_all(&self, letters: &[(&KafkaRecord, &Failure)]) -> Result<(), DeadLetterError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut unique: Vec<(&KafkaRecord, &Failure)> = Vec::with_capacity(letters.len());
+        for &(record, failure) in letters.iter().rev() {
+            if seen.insert((record.topic.as_str(), record.partition, record.offset)) {
+                unique.push((record, failure));
+            }
+        }
+        unique.reverse();
+        if unique.is_empty() {
+            return Ok(());
+        }
+        debug_assert!(
+            unique.len() <= Self::ROWS_PER_STATEMENT,
+            "{} rows in one statement",
+            unique.len()
+        );
+        let encoded: Vec<Encoded> = unique
+            .iter()
+            .map(|(record, failure)| Encoded::of(record, failure))
+            .collect();
+        let mut insert = sqlx::QueryBuilder::new(
             r#"INSERT INTO cdc_dead_letters (topic, "partition", "offset", key, value, headers, header_names, header_values,
-                                             error_kind, error_detail, stage)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-               ON CONFLICT (topic, "partition", "offset")
+                                             error_kind, error_detail, stage) "#,
+        );
+        insert.push_values(unique.iter().zip(&encoded), |mut row, ((record, failure), encoded)| {
+            row.push_bind(&encoded.topic)
+                .push_bind(record.partition)
+                .push_bind(record.offset)
+                .push_bind(record.key.as_deref())
+                .push_bind(record.value.as_deref())
+                .push_bind(&encoded.headers)
+                .push_bind(&encoded.header_names)
+                .push_bind(&encoded.header_values)
+                .push_bind(failure.kind)
+                .push_bind(&encoded.detail)
+                .push_bind(failure.stage.label());
+        });
+        insert.push(
+            r#" ON CONFLICT (topic, "partition", "offset")
                DO UPDATE SET attempts = cdc_dead_letters.attempts + 1, last_seen = now(),
                              error_kind = EXCLUDED.error_kind, error_detail = EXCLUDED.error_detail, stage = EXCLUDED.stage"#,
-        )
-        .bind(&encoded.topic)
-        .bind(record.partition)
-        .bind(record.offset)
-        .bind(record.key.as_deref())
-        .bind(record.value.as_deref())
-        .bind(&encoded.headers)
-        .bind(&encoded.header_names)
-        .bind(&encoded.header_values)
-        .bind(failure.kind)
-        .bind(&encoded.detail)
-        .bind(failure.stage.label())
-        .execute(&self.pool);
-        bounded(insert).await?;
+        );
+        bounded(insert.build().execute(&self.pool)).await?;
         Ok(())
     }
 

@@ -31,6 +31,7 @@ pub(crate) const STALLED_PARTITIONS: &str = "cdc_invalidator_stalled_partitions"
 pub(crate) const REDIS_ERRORS: &str = "cdc_invalidator_redis_errors_total";
 pub(crate) const REDIS_RECONNECTS: &str = "cdc_invalidator_redis_reconnects_total";
 pub(crate) const KAFKA_ERRORS: &str = "cdc_invalidator_kafka_errors_total";
+pub(crate) const GROUP_LEAVES: &str = "cdc_invalidator_group_leaves_total";
 pub(crate) const REDIS_DATA_LOSS: &str = "cdc_invalidator_redis_data_loss_total";
 pub(crate) const SOURCE_IDLE: &str = "cdc_invalidator_source_idle_seconds";
 pub(crate) const SOURCE_IDLE_TOPICS: &str = "cdc_invalidator_source_idle_topics";
@@ -276,6 +277,10 @@ fn describe() {
         "Errors the Kafka client reported, by kind (transport, all_brokers_down, timed_out, other); it retries them itself, nothing is committed meanwhile."
     );
     describe_counter!(
+        GROUP_LEAVES,
+        "Consumer group leaves at a clean stop (source.leave_group_on_stop), by outcome (handed_over: partitions revoked and the leave acknowledged in time; timed_out: not, so the partitions may wait for the session timeout)."
+    );
+    describe_counter!(
         REDIS_RECONNECTS,
         "Redis connections dropped to be replaced, by reason (silent: no answer within redis.response_timeout; moved: the server is no longer the primary, or behind Sentinel unreachable)."
     );
@@ -392,6 +397,13 @@ pub(crate) fn redis_reconnect(reason: &'static str) {
 
 /// Every `kafka_error` kind, for the counter registered at zero.
 pub(crate) const KAFKA_ERROR_KINDS: [&str; 4] = ["transport", "all_brokers_down", "timed_out", "other"];
+
+/// Outcomes of a leave at stop, the label of `GROUP_LEAVES`.
+pub(crate) const GROUP_LEAVE_OUTCOMES: [&str; 2] = ["handed_over", "timed_out"];
+
+pub(crate) fn group_leave(outcome: &'static str) {
+    counter!(GROUP_LEAVES, "outcome" => outcome).increment(1);
+}
 
 pub(crate) fn kafka_error(kind: &'static str) {
     counter!(KAFKA_ERRORS, "kind" => kind).increment(1);
@@ -522,6 +534,9 @@ pub(crate) fn daemon_at_zero(labels: &FixedLabels) {
     }
     for reason in RECONNECT_REASONS {
         counter!(REDIS_RECONNECTS, "reason" => reason).increment(0);
+    }
+    for outcome in GROUP_LEAVE_OUTCOMES {
+        counter!(GROUP_LEAVES, "outcome" => outcome).increment(0);
     }
     for kind in KAFKA_ERROR_KINDS {
         counter!(KAFKA_ERRORS, "kind" => kind).increment(0);

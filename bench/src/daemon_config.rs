@@ -21,6 +21,8 @@ pub struct DaemonConfig<'a> {
     pub wait_replicas: u32,
     /// `redis.cluster`: `redis_url` is one node of a Redis Cluster.
     pub cluster: bool,
+    /// `[dead_letters]`: the store's PostgreSQL URL and schema; None: no store.
+    pub dead_letters: Option<(&'a str, &'a str)>,
 }
 
 impl DaemonConfig<'static> {
@@ -41,6 +43,7 @@ impl DaemonConfig<'static> {
             librdkafka: &[],
             wait_replicas: 0,
             cluster: false,
+            dead_letters: None,
         }
     }
 }
@@ -105,6 +108,11 @@ keys = [{keys}]
         ) + &match self.avro_schemas_dir {
             Some(dir) => format!(
                 "\n[avro]\n# <id>.avsc files written by the load (no registry needed).\nschemas_dir = {dir:?}\n"
+            ),
+            None => String::new(),
+        } + &match self.dead_letters {
+            Some((url, schema)) => format!(
+                "\n[dead_letters]\n# The run's own schema, dropped at its end.\nurl = {url:?}\nschema = {schema:?}\n"
             ),
             None => String::new(),
         }
@@ -175,6 +183,45 @@ mod tests {
             }
             other => panic!("expected a bump, got {other:?}"),
         }
+    }
+
+    /// Every malformed kind the load writes is a dead letter of its own kind
+    /// that escalates to the entity's namespace (never a stall), and the
+    /// store's section parses.
+    #[test]
+    fn malformed_records_are_dead_letters_that_escalate() {
+        let s = DaemonConfig {
+            topic: "b.public.bench_items",
+            dead_letters: Some(("postgres://bench@127.0.0.1:5432/shop", "bench_malformed_1")),
+            ..DaemonConfig::parse_only()
+        }
+        .settings()
+        .expect("the generated config validates");
+        let mut g = gen::Generator::new("b", 3, 1000, 0.0, gen::Mix::default(), 3);
+        let now = cdc_invalidator::pipeline::now_us();
+        for (kind, label) in [
+            (gen::Malformed::TruncatedJson, "malformed"),
+            (gen::Malformed::WrongTable, "table_mismatch"),
+            (gen::Malformed::NullKey, "missing_key"),
+        ] {
+            let record = g.next_malformed(kind, now).into_kafka("b.public.bench_items", 0, None);
+            let routed = route(&s.graph, &s.plan, &record, now, true);
+            assert_eq!(routed.dead_letter.map(|f| f.kind), Some(label), "{kind:?}");
+            assert!(
+                matches!(
+                    routed.action,
+                    Routed::Bump {
+                        escalation: Some(_),
+                        ..
+                    }
+                ),
+                "{kind:?}: {:?}",
+                routed.action
+            );
+        }
+        // The generator's clean records still decode after malformed ones.
+        let record = g.next(now).into_kafka("b.public.bench_items", 1, None);
+        assert_eq!(route(&s.graph, &s.plan, &record, now, true).dead_letter, None);
     }
 
     #[test]

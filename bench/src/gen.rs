@@ -85,6 +85,73 @@ impl Default for Mix {
     }
 }
 
+/// The hostile records a malformed share of the stream is made of, in
+/// turn. Each is a record Debezium cannot have written for the table; the
+/// daemon keeps it as a dead letter (and, on the topic of a configured
+/// table, escalates to the entity's namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Malformed {
+    /// An update's value cut in half: not JSON (`malformed`).
+    TruncatedJson,
+    /// An update whose `source.table` is another table than the topic's
+    /// (`table_mismatch`).
+    WrongTable,
+    /// An update whose key names a null primary key (`missing_key`).
+    NullKey,
+}
+
+impl Malformed {
+    /// The order the kinds take turns in.
+    pub const ALL: [Malformed; 3] = [Malformed::TruncatedJson, Malformed::WrongTable, Malformed::NullKey];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Malformed::TruncatedJson => "truncated_json",
+            Malformed::WrongTable => "wrong_table",
+            Malformed::NullKey => "null_key",
+        }
+    }
+}
+
+/// Which records of a stream are malformed: `pct` percent of them, spread
+/// evenly (record `i` is malformed when that keeps the malformed count at
+/// most `(i + 1) * pct / 100`), the kinds taking turns.
+#[derive(Debug, Clone, Default)]
+pub struct MalformedShare {
+    pct: u32,
+    /// Malformed records so far, by kind.
+    pub produced: std::collections::BTreeMap<&'static str, u64>,
+    total: u64,
+}
+
+impl MalformedShare {
+    pub fn new(pct: u32) -> MalformedShare {
+        assert!(pct <= 100, "a share of at most 100%");
+        MalformedShare {
+            pct,
+            ..MalformedShare::default()
+        }
+    }
+
+    /// The kind record `index` (0-based) is to be, or None for a clean one.
+    /// A record that cannot be malformed (an owed tombstone) is simply not
+    /// asked about: the next one makes up for it.
+    pub fn take(&mut self, index: u64) -> Option<Malformed> {
+        if (self.total + 1) * 100 > (index + 1) * u64::from(self.pct) {
+            return None;
+        }
+        let turn = usize::try_from(self.total % Malformed::ALL.len() as u64).expect("below 3");
+        let kind = Malformed::ALL[turn];
+        self.total += 1;
+        *self.produced.entry(kind.label()).or_default() += 1;
+        Some(kind)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+}
+
 /// One Kafka record to produce.
 pub struct Record {
     pub partition: i32,
@@ -225,6 +292,44 @@ impl Generator {
         }
     }
 
+    /// Whether the next record must be the tombstone of the last delete
+    /// (a malformed record never takes its place).
+    pub fn tombstone_owed(&self) -> bool {
+        self.pending_tombstone.is_some()
+    }
+
+    /// A hostile record of `kind` in place of the next change: an update of
+    /// a drawn row, then broken. Call it only when no tombstone is owed.
+    pub fn next_malformed(&mut self, kind: Malformed, now_us: i64) -> Record {
+        assert!(!self.tombstone_owed(), "the owed tombstone comes first");
+        assert!(self.avro.is_none(), "malformed records are JSON only");
+        let rank = self.zipf.sample(&mut self.rng);
+        let index = (rank as u64).wrapping_mul(2_654_435_761) % self.rows as u64;
+        let id = index + 1;
+        let category = self.category_of[usize::try_from(index).expect("a row index")];
+        let before = self.row(id, category, 2, now_us - 5_000_000);
+        let after = self.row(id, category, 1, now_us);
+        let mut payload = self.payload('u', Some(before), Some(after), now_us);
+        let mut key = self.key(id);
+        if kind == Malformed::WrongTable {
+            payload["source"]["table"] = json!(format!("{TABLE}_archive"));
+        }
+        let mut value = self.encode_value(&payload);
+        match kind {
+            Malformed::TruncatedJson => value.truncate(value.len() / 2),
+            Malformed::NullKey => {
+                key = format!("{{\"schema\":{},\"payload\":{{\"id\":null}}}}", self.key_schema).into_bytes();
+            }
+            Malformed::WrongTable => {}
+        }
+        Record {
+            partition: self.partition_of(id),
+            key,
+            value: Some(value),
+            row_id: id,
+        }
+    }
+
     /// An update of a row that no other event touches (the latency probe
     /// matches each Redis notification to exactly one event through it).
     pub fn unique_update(&mut self, id: u64, now_us: i64) -> Record {
@@ -260,13 +365,19 @@ impl Generator {
     }
 
     fn envelope(&mut self, op: char, before: Option<Value>, after: Option<Value>, now_us: i64) -> Vec<u8> {
+        let payload = self.payload(op, before, after, now_us);
+        self.encode_value(&payload)
+    }
+
+    /// The next change's envelope payload (it takes the next LSN).
+    fn payload(&mut self, op: char, before: Option<Value>, after: Option<Value>, now_us: i64) -> Value {
         self.last_commit_lsn = self.lsn;
         self.lsn += LSN_STEP;
         self.tx_id += 1;
         let lsn = self.lsn;
         let commit_us = now_us;
         let emitted_us = now_us + 350;
-        let payload = json!({
+        json!({
             "before": before,
             "after": after,
             "source": {
@@ -292,9 +403,12 @@ impl Generator {
             "ts_ms": emitted_us / 1000,
             "ts_us": emitted_us,
             "ts_ns": emitted_us as i128 * 1000
-        });
+        })
+    }
+
+    fn encode_value(&self, payload: &Value) -> Vec<u8> {
         if let Some(avro) = &self.avro {
-            return avro.encode_value(&payload).expect("the event fits its schema");
+            return avro.encode_value(payload).expect("the event fits its schema");
         }
         format!("{{\"schema\":{},\"payload\":{}}}", self.value_schema, payload).into_bytes()
     }
@@ -442,6 +556,25 @@ mod tests {
         let u = Zipf::new(1000, 0.0);
         let hot = (0..10_000).filter(|_| u.sample(&mut rng) == 0).count();
         assert!(hot < 50, "rank 0 drawn {hot} times");
+    }
+
+    #[test]
+    fn the_malformed_share_is_exact_and_spread_and_takes_turns() {
+        let mut share = MalformedShare::new(10);
+        let picked: Vec<u64> = (0..1000).filter(|&i| share.take(i).is_some()).collect();
+        assert_eq!(picked.len(), 100);
+        assert_eq!(picked[..3], [9, 19, 29], "every tenth record");
+        assert_eq!(share.produced["truncated_json"], 34);
+        assert_eq!(share.produced["wrong_table"], 33);
+        assert_eq!(share.produced["null_key"], 33);
+        let mut none = MalformedShare::new(0);
+        assert!((0..1000).all(|i| none.take(i).is_none()));
+        // A record skipped (an owed tombstone) is made up by the next one asked.
+        let mut late = MalformedShare::new(50);
+        assert_eq!(late.take(0), None);
+        assert_eq!(late.take(2), Some(Malformed::TruncatedJson));
+        assert_eq!(late.take(3), Some(Malformed::WrongTable));
+        assert_eq!(late.total(), 2);
     }
 
     #[test]

@@ -13,6 +13,11 @@ scripts/check-chart (helm-unittest covers what one render shows).
         comes from a secretKeyRef, and no planted credential appears anywhere.
     chart_checks.py shutdown HELPERS.tpl PIPELINE.rs
         The chart's shutdown budget equals the daemon's constants.
+    chart_checks.py leave HELM CHART
+        StatefulSet pods leave the consumer group at stop
+        (CDC_LEAVE_GROUP_ON_STOP=true) unless staticMembership.leaveGroupOnStop
+        is false; Deployment pods (dynamic members, which leave anyway) are
+        not told.
     chart_checks.py package CHART.tgz ALERTS.yml DASHBOARD.json
         The packaged chart carries the alert rules and dashboard themselves
         and the helm test pod, and leaves out the unit tests.
@@ -192,6 +197,33 @@ def check_shutdown(helpers, pipeline):
     print("shutdown budget: " + ", ".join(f"{t} = {daemon(t)} s" for _, t in pairs))
 
 
+def daemon_env(docs):
+    """The daemon container's environment, name -> value, of the one workload."""
+    (workload,) = [d for d in workloads(docs) if d["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") == "daemon"]
+    (container,) = [c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == "cdc-invalidator"]
+    return workload["kind"], {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def check_leave(helm, chart):
+    cases = [
+        ((), "StatefulSet", "true"),
+        (("--set", "staticMembership.leaveGroupOnStop=false"), "StatefulSet", "false"),
+        (("--set", "workload=Deployment"), "Deployment", None),
+    ]
+    for args, kind, expected in cases:
+        rendered_kind, env = daemon_env(documents(helm_template(helm, chart, *args)))
+        if rendered_kind != kind:
+            fail(f"helm template {' '.join(args)}: expected a {kind}, got {rendered_kind}")
+        if env.get("CDC_LEAVE_GROUP_ON_STOP") != expected:
+            fail(
+                f"helm template {' '.join(args)}: CDC_LEAVE_GROUP_ON_STOP is "
+                f"{env.get('CDC_LEAVE_GROUP_ON_STOP')!r}, expected {expected!r}"
+            )
+        if kind == "StatefulSet" and not env.get("CDC_INSTANCE_ID"):
+            fail(f"helm template {' '.join(args)}: a StatefulSet pod without CDC_INSTANCE_ID")
+    print("StatefulSet pods leave the group at stop unless told not to; Deployment pods are not told")
+
+
 def check_package(archive, alerts, dashboard):
     with tarfile.open(archive) as tar:
         members = {m.name.split("/", 1)[1]: m for m in tar.getmembers() if "/" in m.name}
@@ -222,6 +254,8 @@ def main(argv):
         check_secrets(args[0], args[1], args[2:])
     elif command == "shutdown" and len(args) == 2:
         check_shutdown(*args)
+    elif command == "leave" and len(args) == 2:
+        check_leave(*args)
     elif command == "package" and len(args) == 3:
         check_package(*args)
     else:

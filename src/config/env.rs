@@ -4,6 +4,10 @@
 
 pub(crate) const ENV_KAFKA_BROKERS: &str = "CDC_KAFKA_BROKERS";
 pub(crate) const ENV_KAFKA_GROUP: &str = "CDC_KAFKA_GROUP";
+/// librdkafka's `sasl.username` and `sasl.password` for every Kafka client,
+/// over `[source.librdkafka]`'s: the mechanism and the protocol stay in the file.
+pub(crate) const ENV_KAFKA_SASL_USERNAME: &str = "CDC_KAFKA_SASL_USERNAME";
+pub(crate) const ENV_KAFKA_SASL_PASSWORD: &str = "CDC_KAFKA_SASL_PASSWORD";
 pub(crate) const ENV_REDIS_URL: &str = "CDC_REDIS_URL";
 /// With `[redis.sentinel]`: the Sentinels (comma-separated host:port), the
 /// master name, the data nodes' password and the Sentinels' own.
@@ -20,6 +24,8 @@ pub(crate) const ENV_SCHEMA_REGISTRY_PASSWORD: &str = "CDC_SCHEMA_REGISTRY_PASSW
 pub(crate) const ENV_INSTANCE_ID: &str = "CDC_INSTANCE_ID";
 pub(crate) const ENV_CONNECT_URL: &str = "CDC_CONNECT_URL";
 pub(crate) const ENV_GROUP_PROTOCOL: &str = "CDC_GROUP_PROTOCOL";
+/// `true` or `false`: overrides `[source] leave_group_on_stop`.
+pub(crate) const ENV_LEAVE_GROUP_ON_STOP: &str = "CDC_LEAVE_GROUP_ON_STOP";
 
 /// Where overrides come from: `std::env::var` in the binary, a closure in
 /// tests. None means "not set".

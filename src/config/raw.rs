@@ -56,6 +56,11 @@ pub(super) struct RawSource {
     /// session and heartbeat are broker settings).
     #[serde(default)]
     pub(super) group_protocol: Option<Spanned<String>>,
+    /// At a clean stop, leave the consumer group before closing, so a
+    /// static member's partitions go to the other members at once instead
+    /// of waiting for its session to expire (classic protocol only).
+    #[serde(default)]
+    pub(super) leave_group_on_stop: Option<Spanned<bool>>,
     /// Topics whose high watermarks say whether the source is alive
     /// (Debezium heartbeat topics, `__debezium-heartbeat.<prefix>`); by
     /// default the subscribed topics.

@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Duration;
 
-use super::env::{Env, ENV_GROUP_PROTOCOL, ENV_INSTANCE_ID, ENV_KAFKA_BROKERS, ENV_KAFKA_GROUP};
+use super::env::{
+    Env, ENV_GROUP_PROTOCOL, ENV_INSTANCE_ID, ENV_KAFKA_BROKERS, ENV_KAFKA_GROUP, ENV_KAFKA_SASL_PASSWORD,
+    ENV_KAFKA_SASL_USERNAME, ENV_LEAVE_GROUP_ON_STOP,
+};
 use super::error::ConfigError;
 use super::raw::RawSource;
 use super::validator::Validator;
@@ -21,6 +24,10 @@ pub struct SourceSettings {
     /// `group.instance.id` when static membership is on.
     pub(crate) instance_id: Option<String>,
     pub(crate) group_protocol: GroupProtocol,
+    /// Leave the group at a clean stop (after the final commit), so a
+    /// static member's partitions are reassigned at once
+    /// (docs/scale-in.md).
+    pub(crate) leave_group_on_stop: bool,
     pub(crate) liveness: LivenessSettings,
 }
 
@@ -50,6 +57,15 @@ impl GroupProtocol {
 /// the session, the heartbeat and the assignor there); refused at load so
 /// the error names the line instead of failing at consumer creation.
 const CLASSIC_ONLY_RDKAFKA_SETTINGS: &[&str] = &["session.timeout.ms", "heartbeat.interval.ms", "group.protocol.type"];
+
+// Off unless asked for: static membership exists to keep a member's
+// partitions across a restart, and a member that leaves at every stop gives
+// that up (two rebalances per restart instead of none). Deployments whose
+// stops are mostly for good (an autoscaler, the Helm chart's StatefulSet)
+// turn it on.
+fn default_leave_group_on_stop() -> bool {
+    false
+}
 
 #[derive(Debug, Clone)]
 pub(crate) enum Subscription {
@@ -81,6 +97,21 @@ pub(crate) struct LivenessSettings {
 // a heartbeat while costing one metadata round trip per partition.
 pub(super) fn default_liveness_interval() -> Duration {
     Duration::from_secs(5)
+}
+
+/// The environment's SASL credentials replace the file's, so that the
+/// password can come from a Secret while the rest of the passthrough is
+/// checked in. An empty variable counts as unset.
+fn with_sasl_credentials(mut librdkafka: BTreeMap<String, String>, env: Env<'_>) -> BTreeMap<String, String> {
+    for (variable, setting) in [
+        (ENV_KAFKA_SASL_USERNAME, "sasl.username"),
+        (ENV_KAFKA_SASL_PASSWORD, "sasl.password"),
+    ] {
+        if let Some(value) = env(variable).filter(|value| !value.is_empty()) {
+            librdkafka.insert(setting.to_owned(), value);
+        }
+    }
+    librdkafka
 }
 
 /// "auto": `<hostname>-<admin port>`: stable across restarts of a replica,
@@ -136,17 +167,21 @@ impl RawSource {
         };
         let group_protocol = self.group_protocol(v, env)?;
         let instance_id = self.instance_id(v, env)?;
+        let leave_group_on_stop = self.leave_group_on_stop(v, env, group_protocol, instance_id.is_some())?;
         let settings = SourceSettings {
             brokers: env(ENV_KAFKA_BROKERS).unwrap_or_else(|| self.brokers.get_ref().clone()),
             group_id: env(ENV_KAFKA_GROUP).unwrap_or_else(|| self.group_id.get_ref().clone()),
             subscription,
-            librdkafka: self
-                .librdkafka
-                .into_iter()
-                .map(|(k, val)| (k, val.into_inner()))
-                .collect(),
+            librdkafka: with_sasl_credentials(
+                self.librdkafka
+                    .into_iter()
+                    .map(|(k, val)| (k, val.into_inner()))
+                    .collect(),
+                env,
+            ),
             instance_id: None,
             group_protocol,
+            leave_group_on_stop,
             liveness: LivenessSettings {
                 topics: liveness_topics,
                 max_idle,
@@ -238,6 +273,49 @@ impl RawSource {
             }
         }
         Ok(group_protocol)
+    }
+
+    /// The environment's value wins over the file's. Refused for a static
+    /// member of the consumer protocol: librdkafka 2.12 always sends that
+    /// member's leave as a temporary one (epoch -2), so the broker keeps its
+    /// partitions for the session timeout whatever the daemon does, and a
+    /// setting that silently does nothing would be trusted at scale-in. A
+    /// dynamic member leaves at every close anyway, so there it only makes
+    /// the stop wait for the revoke.
+    fn leave_group_on_stop(
+        &self,
+        v: &Validator<'_>,
+        env: Env<'_>,
+        group_protocol: GroupProtocol,
+        static_member: bool,
+    ) -> Result<bool, ConfigError> {
+        let span = self.leave_group_on_stop.as_ref().map(|l| l.span()).unwrap_or(0..0);
+        let field = "source.leave_group_on_stop";
+        let leave = match env(ENV_LEAVE_GROUP_ON_STOP) {
+            Some(text) => match text.as_str() {
+                "true" => true,
+                "false" => false,
+                _ => {
+                    return v.error(
+                        span,
+                        field,
+                        format!("{ENV_LEAVE_GROUP_ON_STOP} must be \"true\" or \"false\", got {text:?}"),
+                    )
+                }
+            },
+            None => self
+                .leave_group_on_stop
+                .as_ref()
+                .map_or_else(default_leave_group_on_stop, |l| *l.get_ref()),
+        };
+        if leave && static_member && group_protocol == GroupProtocol::Consumer {
+            return v.error(
+                span,
+                field,
+                "cannot be honoured with group_protocol = \"consumer\": librdkafka leaves a static member's group only for the session timeout there, so its partitions wait anyway; use the classic protocol or remove it",
+            );
+        }
+        Ok(leave)
     }
 
     /// The static-membership id as written; None when membership is dynamic.

@@ -6,7 +6,7 @@ use super::dead_letters::DEFAULT_DEAD_LETTER_SCHEMA;
 use super::entity::DEFAULT_FANOUT_MAX_ROWS;
 use super::env::{
     ENV_ADMIN_LISTEN, ENV_CONNECT_URL, ENV_DEAD_LETTERS_URL, ENV_GROUP_PROTOCOL, ENV_INSTANCE_ID, ENV_KAFKA_BROKERS,
-    ENV_LOOKUP_URL, ENV_REDIS_URL, ENV_SCHEMA_REGISTRY_PASSWORD, ENV_SCHEMA_REGISTRY_URL,
+    ENV_LEAVE_GROUP_ON_STOP, ENV_LOOKUP_URL, ENV_REDIS_URL, ENV_SCHEMA_REGISTRY_PASSWORD, ENV_SCHEMA_REGISTRY_URL,
 };
 use super::plan::{DEFAULT_EVENTUAL_LINGER, DEFAULT_MAX_BATCH_RECORDS};
 use super::redis::{DEFAULT_MAX_RETRY_BACKOFF, DEFAULT_WAIT_TIMEOUT};
@@ -138,6 +138,62 @@ fn unknown_group_protocol_names_line_and_field() {
 }
 
 #[test]
+fn leave_group_on_stop_is_off_by_default_and_set_by_file_or_environment() {
+    let s = parse("shop.toml", BASE, &no_env).unwrap();
+    assert!(
+        !s.source.leave_group_on_stop,
+        "static members keep their partitions across restarts by default"
+    );
+    let on = BASE.replace("group_id = \"g\"", "group_id = \"g\"\nleave_group_on_stop = true");
+    assert!(parse("shop.toml", &on, &no_env).unwrap().source.leave_group_on_stop);
+    let env = |value: &'static str| move |name: &str| (name == ENV_LEAVE_GROUP_ON_STOP).then(|| value.to_owned());
+    assert!(
+        parse("shop.toml", BASE, &env("true"))
+            .unwrap()
+            .source
+            .leave_group_on_stop
+    );
+    let s = parse("shop.toml", &on, &env("false")).unwrap();
+    assert!(!s.source.leave_group_on_stop, "the environment wins");
+    let msg = parse("shop.toml", &on, &env("yes")).unwrap_err().to_string();
+    assert!(
+        msg.starts_with("shop.toml:5: field `source.leave_group_on_stop`"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("CDC_LEAVE_GROUP_ON_STOP must be \"true\" or \"false\", got \"yes\""),
+        "{msg}"
+    );
+    let msg = error_of(&BASE.replace("group_id = \"g\"", "group_id = \"g\"\nleave_group_on_stop = \"yes\""));
+    assert!(msg.starts_with("shop.toml:5:"), "{msg}");
+}
+
+#[test]
+fn leave_group_on_stop_is_refused_for_a_static_member_of_the_consumer_protocol() {
+    let text = BASE.replace(
+        "group_id = \"g\"",
+        "group_id = \"g\"\ngroup_protocol = \"consumer\"\ninstance_id = \"replica-1\"\nleave_group_on_stop = true",
+    );
+    let msg = error_of(&text);
+    assert!(
+        msg.starts_with("shop.toml:7: field `source.leave_group_on_stop`"),
+        "{msg}"
+    );
+    assert!(msg.contains("group_protocol = \"consumer\""), "{msg}");
+    // A dynamic member of the consumer protocol leaves for good anyway.
+    let dynamic = |name: &str| (name == ENV_INSTANCE_ID).then(String::new);
+    assert!(parse("shop.toml", &text, &dynamic).unwrap().source.leave_group_on_stop);
+    // The classic protocol honours it.
+    let classic = text.replace("\"consumer\"", "\"classic\"");
+    assert!(
+        parse("shop.toml", &classic, &no_env)
+            .unwrap()
+            .source
+            .leave_group_on_stop
+    );
+}
+
+#[test]
 fn classic_only_settings_are_refused_with_the_consumer_protocol() {
     let text = BASE.replace(
         "topics = [\"shop.public.products\"]",
@@ -203,6 +259,43 @@ fn environment_overrides_addresses() {
     let s = parse("shop.toml", BASE, &env).unwrap();
     assert_eq!(s.source.brokers, "k1:9092");
     assert_eq!(s.redis.url, "redis://:secret@10.1.1.1:6380");
+}
+
+#[test]
+fn the_environment_gives_the_sasl_credentials_over_the_file() {
+    let text = BASE.replace(
+        "topics = [\"shop.public.products\"]",
+        "topics = [\"shop.public.products\"]\nlibrdkafka = { \"security.protocol\" = \"SASL_SSL\", \"sasl.mechanism\" = \"SCRAM-SHA-512\", \"sasl.username\" = \"from-file\", \"sasl.password\" = \"FileSecret\" }",
+    );
+    let env = |name: &str| match name {
+        "CDC_KAFKA_SASL_USERNAME" => Some("from-env".to_owned()),
+        "CDC_KAFKA_SASL_PASSWORD" => Some("EnvSecret".to_owned()),
+        _ => None,
+    };
+    let s = parse("shop.toml", &text, &env).unwrap();
+    let setting = |name: &str| s.source.librdkafka.get(name).map(String::as_str);
+    assert_eq!(setting("sasl.username"), Some("from-env"));
+    assert_eq!(setting("sasl.password"), Some("EnvSecret"));
+    assert_eq!(
+        setting("sasl.mechanism"),
+        Some("SCRAM-SHA-512"),
+        "the rest of the file's passthrough stays"
+    );
+
+    // An empty variable is unset: the file's value stays.
+    let empty = |name: &str| (name == "CDC_KAFKA_SASL_PASSWORD").then(String::new);
+    let s = parse("shop.toml", &text, &empty).unwrap();
+    assert_eq!(
+        s.source.librdkafka.get("sasl.password").map(String::as_str),
+        Some("FileSecret")
+    );
+
+    // Without a passthrough section, the variables alone add the settings.
+    let s = parse("shop.toml", BASE, &env).unwrap();
+    assert_eq!(
+        s.source.librdkafka.get("sasl.password").map(String::as_str),
+        Some("EnvSecret")
+    );
 }
 
 #[test]

@@ -17,7 +17,7 @@ use super::now_us;
 use crate::admin::Status;
 use crate::backoff::{Failed, Next, Retry};
 use crate::config::Settings;
-use crate::dead_letter::{DeadLetterStore, Failure};
+use crate::dead_letter::{DeadLetterError, DeadLetterStore, Failure};
 use crate::event::KafkaRecord;
 use crate::metrics;
 use crate::plan::{Bump, Plan};
@@ -235,9 +235,12 @@ impl Applier {
         Ok(())
     }
 
-    /// Writes each dead letter, retrying while the store is unreachable. A
-    /// row the store refuses stops only its record's partition, just before
-    /// the record: `done` is lowered so that nothing at or past it is stored.
+    /// Writes the batch's dead letters, one statement per
+    /// [`DeadLetterStore::ROWS_PER_STATEMENT`] records, retrying while the
+    /// store is unreachable. When the store refuses a statement's data, its
+    /// records are written one by one: a row the store refuses stops only
+    /// its record's partition, just before the record (`done` is lowered so
+    /// that nothing at or past it is stored).
     async fn write_dead_letters(
         &mut self,
         dead_letters: &[(KafkaRecord, Failure)],
@@ -248,56 +251,66 @@ impl Applier {
             return Ok(Vec::new());
         };
         let mut refused = Vec::new();
-        for (record, failure) in dead_letters {
-            let health = &mut self.health;
-            let written = Retry::new(self.settings.redis.max_retry_backoff)
-                .cancelled_by(give_up)
-                .run(
-                    || store.write(record, failure),
-                    |error, _| {
-                        if error.is_data_error() {
-                            // The store is up and refused this row: retrying
-                            // cannot help and is no outage.
-                            health.status.dead_letters_ok();
-                            Next::Stop
-                        } else {
-                            health.outage(Dependency::DeadLetters, "unreachable", &error.to_string());
-                            Next::Retry
-                        }
-                    },
-                )
-                .await;
-            match written {
+        for chunk in dead_letters.chunks(DeadLetterStore::ROWS_PER_STATEMENT) {
+            let letters: Vec<(&KafkaRecord, &Failure)> =
+                chunk.iter().map(|(record, failure)| (record, failure)).collect();
+            match self.write_with_retry(|| store.write_all(&letters), give_up).await? {
                 Ok(()) => {
-                    metrics::dead_letter(failure.stage.label(), failure.kind);
-                    self.health.status.dead_letters_ok();
+                    for (_, failure) in chunk {
+                        metrics::dead_letter(failure.stage.label(), failure.kind);
+                    }
                 }
-                Err(Failed::Permanent { error, .. }) => {
-                    let partition = (record.topic.clone(), record.partition);
-                    match record.offset.checked_sub(1) {
-                        Some(before) if before >= 0 => {
-                            let last = done.entry(partition.clone()).or_insert(before);
-                            *last = (*last).min(before);
-                        }
-                        _ => {
-                            done.remove(&partition);
+                Err(_) => {
+                    for (record, failure) in chunk {
+                        match self.write_with_retry(|| store.write(record, failure), give_up).await? {
+                            Ok(()) => metrics::dead_letter(failure.stage.label(), failure.kind),
+                            Err(error) => refused.push(refuse(record, done, &error)),
                         }
                     }
-                    refused.push(Refused {
-                        partition,
-                        offset: record.offset,
-                        detail: format!("the dead-letter store refused the record ({error})"),
-                    });
-                }
-                // Unreachable errors are retried until the shutdown gives up.
-                Err(failed) => {
-                    tracing::warn!(attempts = failed.attempts(), last_error = %failed.error(),
-                        "shutdown while the dead-letter store is unreachable: nothing committed past the record");
-                    return Err(Abandoned);
                 }
             }
         }
         Ok(refused)
+    }
+
+    /// Runs one dead-letter statement until the store answers: `Ok(Err)` when
+    /// it refused the data (retrying cannot help and is no outage), `Err` when
+    /// the shutdown gave up while the store was unreachable.
+    async fn write_with_retry<F, Fut>(
+        &mut self,
+        write: F,
+        give_up: &CancellationToken,
+    ) -> Result<Result<(), DeadLetterError>, Abandoned>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), DeadLetterError>>,
+    {
+        let health = &mut self.health;
+        let written = Retry::new(self.settings.redis.max_retry_backoff)
+            .cancelled_by(give_up)
+            .run(write, |error, _| {
+                if error.is_data_error() {
+                    health.status.dead_letters_ok();
+                    Next::Stop
+                } else {
+                    health.outage(Dependency::DeadLetters, "unreachable", &error.to_string());
+                    Next::Retry
+                }
+            })
+            .await;
+        match written {
+            Ok(()) => {
+                self.health.status.dead_letters_ok();
+                Ok(Ok(()))
+            }
+            Err(Failed::Permanent { error, .. }) => Ok(Err(error)),
+            // Unreachable errors are retried until the shutdown gives up.
+            Err(failed) => {
+                tracing::warn!(attempts = failed.attempts(), last_error = %failed.error(),
+                    "shutdown while the dead-letter store is unreachable: nothing committed past the record");
+                Err(Abandoned)
+            }
+        }
     }
 
     /// Sends the bumps until Redis acknowledges them, then the notices.
@@ -431,5 +444,25 @@ fn record_results(bumps: &[Bump], results: &[BumpResult]) {
     }
     for ((kind, applied), count) in counts {
         metrics::targets(kind, applied, count);
+    }
+}
+
+/// A record the dead-letter store refused: its partition stops just before
+/// it, so nothing at or past it is committed.
+fn refuse(record: &KafkaRecord, done: &mut HashMap<PartitionId, i64>, error: &DeadLetterError) -> Refused {
+    let partition = (record.topic.clone(), record.partition);
+    match record.offset.checked_sub(1) {
+        Some(before) if before >= 0 => {
+            let last = done.entry(partition.clone()).or_insert(before);
+            *last = (*last).min(before);
+        }
+        _ => {
+            done.remove(&partition);
+        }
+    }
+    Refused {
+        partition,
+        offset: record.offset,
+        detail: format!("the dead-letter store refused the record ({error})"),
     }
 }

@@ -342,7 +342,7 @@ impl Intake {
                 if let Some(timestamp_ms) = record.timestamp_ms {
                     batch.record_times_ms.push(timestamp_ms);
                 }
-                count_bump(&record, op, escalation, outcome);
+                count_bump(&record, op, escalation, dead_lettered, outcome);
                 batch.due_by(Instant::now() + self.linger(consistency));
                 stalled
             }
@@ -421,11 +421,14 @@ impl Intake {
 }
 
 /// The event and escalation counters of a bump, and the warning for an
-/// escalation the record itself caused.
+/// escalation the record itself caused, unless its "bad record" warning
+/// already told it (one line per bad record: a hostile stream must not
+/// double the log).
 fn count_bump(
     record: &KafkaRecord,
     op: &'static str,
     escalation: Option<EscalationReason>,
+    dead_lettered: bool,
     outcome: impl Fn(Outcome) -> Outcome,
 ) {
     let Some(reason) = escalation else {
@@ -434,7 +437,7 @@ fn count_bump(
     };
     metrics::event(op, outcome(Outcome::Escalated));
     metrics::escalation(reason);
-    if reason != EscalationReason::Lag {
+    if reason != EscalationReason::Lag && !dead_lettered {
         tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset,
             %reason, "escalated to the namespace: exact keys could not be derived");
     }

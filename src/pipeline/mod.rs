@@ -95,6 +95,16 @@ pub(crate) const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 // healthy group takes milliseconds; past this it is stuck in a rebalance or
 // an outage, and what it would commit is at most a second of auto-commits.
 pub(crate) const SHUTDOWN_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+// How long a stop with `source.leave_group_on_stop` may spend leaving the
+// group (the revoke handled, the LeaveGroup answered): both take
+// milliseconds in a healthy group. It is cut to what the drain and the
+// commit left of their budget, so the stop as a whole never takes longer
+// than SHUTDOWN_DRAIN_TIMEOUT + SHUTDOWN_COMMIT_TIMEOUT (the chart's
+// terminationGracePeriodSeconds is derived from those two).
+pub(crate) const SHUTDOWN_LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+// While leaving, the consumer is polled at least this often to serve the
+// revoke (a record it returns meanwhile is dropped).
+const LEAVE_POLL: Duration = Duration::from_millis(100);
 
 /// The optional parts a config may enable.
 #[derive(Default)]
@@ -124,6 +134,17 @@ struct ConsumerStage {
     reports: mpsc::UnboundedReceiver<Report>,
     /// Records handed to the applier and not yet acknowledged.
     unacknowledged: usize,
+    /// Leave the consumer group at a clean stop (`source.leave_group_on_stop`).
+    leave_group_on_stop: bool,
+}
+
+/// How the consumer is closed at the end of a stop.
+enum Closing {
+    /// Closed on a thread of its own; the exit does not wait for it.
+    Detached,
+    /// After a leave: the close sends nothing more but waits for the
+    /// LeaveGroup's answer, so the stop waits for it until `deadline`.
+    Leaving { revoked: bool, deadline: Instant },
 }
 
 impl Pipeline {
@@ -175,6 +196,7 @@ impl Pipeline {
                 },
                 reports,
                 unacknowledged: 0,
+                leave_group_on_stop: settings.source.leave_group_on_stop,
             },
         })
     }
@@ -200,9 +222,14 @@ impl Pipeline {
         let give_up = CancellationToken::new();
         let applier_task = tokio::spawn(applier.run(batches, give_up.clone()));
         let (batch, fatal) = stage.consume(&to_applier, &shutdown).await;
-        stage.shut_down(batch, to_applier, applier_task, give_up).await;
+        // A client that failed fatally can no longer leave; its close ends it.
+        let leave = stage.leave_group_on_stop && fatal.is_none();
+        let (consumer, closing) = stage.shut_down(batch, to_applier, applier_task, give_up, leave).await;
         refresher_stop.cancel();
         let _ = refresher.await;
+        // The refresher's handle is gone: this is the consumer's last one,
+        // so dropping it closes the consumer.
+        close(consumer, closing).await;
         fatal.map_or(Ok(()), Err)
     }
 }
@@ -452,21 +479,25 @@ impl ConsumerStage {
     }
 
     /// Hands the open batch to the applier, lets it finish what it holds
-    /// (storing the offsets it reports), then commits them. Running lookups
-    /// are dropped first: their records' offsets are not stored.
+    /// (storing the offsets it reports), then commits them and, with
+    /// `leave`, leaves the group. Running lookups are dropped first: their
+    /// records' offsets are not stored. Returns the consumer, still open,
+    /// and how to close it.
     async fn shut_down(
         mut self,
         batch: Batch,
         to_applier: mpsc::Sender<Sealed>,
         applier: tokio::task::JoinHandle<()>,
         give_up: CancellationToken,
-    ) {
+        leave: bool,
+    ) -> (Arc<Consumer>, Closing) {
         tracing::info!(
             records = batch.records + self.unacknowledged,
             "stopping: applying what was taken"
         );
         self.intake.shut_down().await;
-        let deadline = Instant::now() + SHUTDOWN_DRAIN_TIMEOUT;
+        let started = Instant::now();
+        let deadline = started + SHUTDOWN_DRAIN_TIMEOUT;
         // A failing write may be retried for half the budget, then nothing
         // past it is committed.
         let give_up_soon = give_up.clone();
@@ -514,19 +545,95 @@ impl ConsumerStage {
             );
         }
         let _ = applier.await;
-        commit_and_close(self.consumer).await;
+        commit(self.consumer.clone()).await;
+        if !leave {
+            return (self.consumer, Closing::Detached);
+        }
+        // Whatever the drain and the commit left of their budget, at most
+        // SHUTDOWN_LEAVE_TIMEOUT.
+        let budget_end = started + SHUTDOWN_DRAIN_TIMEOUT + SHUTDOWN_COMMIT_TIMEOUT;
+        let deadline = budget_end.min(Instant::now() + SHUTDOWN_LEAVE_TIMEOUT);
+        let revoked = self.leave_group(deadline).await;
+        (self.consumer, Closing::Leaving { revoked, deadline })
+    }
+
+    /// Unsubscribes, which under the classic protocol revokes every
+    /// partition and then sends a LeaveGroup, for a static member too (the
+    /// close alone skips it for one); then serves the consumer until the
+    /// revoke has been handled. True when it was, before `deadline`.
+    ///
+    /// Runs after the final commit: a record polled meanwhile is dropped,
+    /// never taken or stored, and the commit librdkafka makes at the revoke
+    /// carries only offsets stored before, all of them applied.
+    async fn leave_group(&mut self, deadline: Instant) -> bool {
+        let consumer = self.consumer.clone();
+        // rd_kafka_unsubscribe waits for the group thread's answer: off the runtime.
+        let unsubscribe = tokio::task::spawn_blocking(move || consumer.unsubscribe());
+        if tokio::time::timeout_at(deadline, unsubscribe).await.is_err() {
+            return false;
+        }
+        let mut discarded = Batch::default();
+        loop {
+            // The revoke arrives as a rebalance event; the unit forgets the
+            // partitions and readiness reports none assigned.
+            self.handle_rebalances(&mut discarded).await;
+            if self.partitions.assigned_count() == 0 {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let poll_until = deadline.min(now + LEAVE_POLL);
+            if let Ok(Err(error)) = tokio::time::timeout_at(poll_until, self.consumer.recv()).await {
+                tracing::debug!(%error, "kafka consumer error while leaving the group");
+                // An error returns at once; do not spin on it.
+                tokio::time::sleep_until(poll_until).await;
+            }
+        }
+    }
+}
+
+/// Closes the consumer by dropping its last handle, on a thread of its own
+/// so a hung close cannot hold the exit. After a leave the stop waits for
+/// the close (which waits for the LeaveGroup's answer) until the leave's
+/// deadline, and says whether the partitions were handed over.
+async fn close(consumer: Arc<Consumer>, closing: Closing) {
+    let (done, closed) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        // None: a handle is still held elsewhere (a final commit still
+        // running); the consumer closes when that one is dropped.
+        let last = Arc::into_inner(consumer);
+        let was_last = last.is_some();
+        drop(last);
+        let _ = done.send(was_last);
+    });
+    let Closing::Leaving { revoked, deadline } = closing else {
+        return;
+    };
+    match tokio::time::timeout_at(deadline, closed).await {
+        Ok(Ok(true)) if revoked => {
+            metrics::group_leave("handed_over");
+            tracing::info!("left the consumer group; partitions handed over");
+        }
+        outcome => {
+            metrics::group_leave("timed_out");
+            tracing::warn!(
+                revoked,
+                closed = matches!(outcome, Ok(Ok(true))),
+                "leaving the consumer group did not finish in time: partitions not handed over wait for the session timeout"
+            );
+        }
     }
 }
 
 /// The final synchronous commit. It can block for a whole rebalance (34.5 s
 /// seen, then IllegalGeneration): it runs on its own thread and the stop
-/// waits for it at most SHUTDOWN_COMMIT_TIMEOUT. The consumer is closed on
-/// that thread too, so a hung close cannot hold the exit.
-async fn commit_and_close(consumer: Arc<Consumer>) {
+/// waits for it at most SHUTDOWN_COMMIT_TIMEOUT.
+async fn commit(consumer: Arc<Consumer>) {
     let (done, committed) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let _ = done.send(consumer.commit_consumer_state(CommitMode::Sync));
-        drop(consumer);
     });
     match tokio::time::timeout(SHUTDOWN_COMMIT_TIMEOUT, committed).await {
         Ok(Ok(Ok(()))) => tracing::info!("final offsets committed"),

@@ -37,6 +37,7 @@ COUNTERS = {
     "cdc_invalidator_redis_errors_total",
     "cdc_invalidator_redis_reconnects_total",
     "cdc_invalidator_kafka_errors_total",
+    "cdc_invalidator_group_leaves_total",
     "cdc_invalidator_audit_checks_total",
     "cdc_invalidator_notices_total",
     "cdc_invalidator_audit_violations_total",

@@ -421,7 +421,24 @@ async fn a_refused_dead_letter_stalls_its_partition_only() {
     )
     .await;
 
-    let poison = common::produce(&stalled_topic, &[(None, Some(b"{oops".to_vec())), good(3, 103)]).await;
+    // One produce, so one batch in all likelihood: a dead letter the store
+    // accepts (another table's record) right before the one it refuses. The
+    // batch's statement is refused as a whole; the accepted row must still
+    // be written, and only the refused record stalls.
+    let accepted = change(
+        "other_table",
+        "u",
+        102,
+        Some(json!({"id": 13})),
+        Value::Null,
+        json!({"id": 13}),
+    );
+    let produced = common::produce(
+        &stalled_topic,
+        &[accepted, (None, Some(b"{oops".to_vec())), good(3, 103)],
+    )
+    .await;
+    let poison = &produced[1..];
     let body = eventually(
         "readiness to name the stalled partition",
         Duration::from_secs(60),
@@ -467,6 +484,17 @@ async fn a_refused_dead_letter_stalls_its_partition_only() {
         common::metric_sum(&metrics, "cdc_invalidator_stalled_partitions", &[]),
         1.0,
         "{metrics}"
+    );
+    let kinds = dead_letter_kinds(&schema).await;
+    assert!(
+        kinds
+            .iter()
+            .any(|(offset, kind, _)| *offset == produced[0].1 && kind != "malformed"),
+        "the accepted dead letter beside the refused one was written: {kinds:?}"
+    );
+    assert!(
+        kinds.iter().all(|(_, kind, _)| kind != "malformed"),
+        "the refused row is not in the table: {kinds:?}"
     );
     let log = std::fs::read_to_string(&daemon.log).unwrap_or_default();
     assert!(

@@ -334,6 +334,23 @@ fn cases(dir: &Path, secrets: &mut Secrets) -> Vec<Case> {
         env: vec![],
         expect_ready: false,
     });
+    // The same, with the credentials from the environment over the file's.
+    let origin = "SaslEnv";
+    let parts = Parts {
+        librdkafka: librdkafka(origin, secrets, "SASL_PLAINTEXT", &[]) + "\"sasl.mechanism\" = \"PLAIN\"\n",
+        ..Parts::default()
+    };
+    let env_password = format!("ZqKafkaSaslPassword{origin}Pw");
+    secrets.add(&env_password, &env_password);
+    cases.push(Case {
+        label: "kafka_sasl_from_env_refused".into(),
+        config: write_config(dir, "kafka_sasl_from_env_refused", &parts),
+        env: vec![
+            ("CDC_KAFKA_SASL_USERNAME".into(), "appuser".into()),
+            ("CDC_KAFKA_SASL_PASSWORD".into(), env_password),
+        ],
+        expect_ready: false,
+    });
     // This build of librdkafka has no OAuth/OIDC: the client secret fails
     // every client's creation, and the error names the setting.
     let origin = "Oauth";
@@ -489,6 +506,8 @@ fn command(case: &Case, format: &str) -> Command {
         "CDC_SCHEMA_REGISTRY_PASSWORD",
         "CDC_INSTANCE_ID",
         "CDC_GROUP_PROTOCOL",
+        "CDC_KAFKA_SASL_USERNAME",
+        "CDC_KAFKA_SASL_PASSWORD",
     ] {
         command.env_remove(name);
     }

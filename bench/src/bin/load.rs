@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cdc_bench::daemon_config::DaemonConfig;
-use cdc_bench::gen::{Generator, Mix};
+use cdc_bench::gen::{Generator, MalformedShare, Mix};
 use cdc_bench::{kafka, now_us};
 use clap::Parser;
 use rdkafka::config::ClientConfig;
@@ -73,11 +73,20 @@ struct Args {
     /// Consistency of the entity in the written config: strong or eventual.
     #[arg(long, default_value = "strong")]
     consistency: String,
+    /// Percent of the records that are malformed (JSON only): truncated
+    /// JSON, a wrong table, a null key in turn, each a dead letter for the
+    /// daemon. Counted in the output's `malformed`.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    malformed_pct: u32,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    anyhow::ensure!(
+        args.malformed_pct == 0 || args.avro_schemas_dir.is_none(),
+        "--malformed-pct is for JSON topics only"
+    );
     let mix = Mix {
         create_pct: args.create_pct,
         delete_pct: args.delete_pct,
@@ -112,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
             avro_schemas_dir: args.avro_schemas_dir.as_deref().and_then(|p| p.to_str()),
             librdkafka: &[],
             wait_replicas: 0,
+            dead_letters: None,
             cluster: false,
         }
         .render();
@@ -131,8 +141,17 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut bytes = 0u64;
     let mut last_report = Instant::now();
+    let mut malformed = MalformedShare::new(args.malformed_pct);
     for i in 0..args.events {
-        let record = generator.next(now_us());
+        let kind = if generator.tombstone_owed() {
+            None
+        } else {
+            malformed.take(i)
+        };
+        let record = match kind {
+            Some(kind) => generator.next_malformed(kind, now_us()),
+            None => generator.next(now_us()),
+        };
         bytes += (record.key.len() + record.value.as_ref().map_or(0, Vec::len)) as u64;
         let mut base: BaseRecord<'_, [u8], [u8]> =
             BaseRecord::to(&topic).partition(record.partition).key(&record.key[..]);
@@ -171,6 +190,8 @@ async fn main() -> anyhow::Result<()> {
         "seconds": seconds,
         "produced_per_second": args.events as f64 / seconds,
         "end_offsets": ends,
+        "malformed": malformed.total(),
+        "malformed_by_kind": malformed.produced,
     });
     println!("{out}");
     Ok(())

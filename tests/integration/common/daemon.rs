@@ -17,6 +17,7 @@ pub fn cli() -> Command {
         "CDC_DEAD_LETTERS_URL",
         "CDC_LOOKUP_URL",
         "CDC_CONNECT_URL",
+        "CDC_LEAVE_GROUP_ON_STOP",
     ] {
         command.env_remove(name);
     }
@@ -92,10 +93,40 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM and wait for a clean exit.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
+    /// Sends SIGTERM and returns at once, so the caller can watch the stop.
+    pub fn send_sigterm(&self) {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    }
+
+    /// Waits without blocking the runtime for the process to exit, at most
+    /// `timeout`.
+    pub async fn exited(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit within {timeout:?}\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The partitions the daemon holds, as its `/readyz` reports them (None
+    /// while it does not answer).
+    pub async fn assigned_partitions(&self) -> Option<u64> {
+        let (_, body) = http_get(&self.admin, "/readyz").await?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["assigned_partitions"].as_u64()
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.send_sigterm();
         let deadline = Instant::now() + Duration::from_secs(40);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

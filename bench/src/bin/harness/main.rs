@@ -5,7 +5,10 @@
 //! 2. `load`: one topic of N Debezium events (the throughput topic).
 //! 3. Per repetition: the decode microbenchmark (criterion), `raw-consume`,
 //!    the daemon until drained, the naive Node peer until drained, and
-//!    `redis-benchmark` with the bump script's EVALSHA.
+//!    `redis-benchmark` with the bump script's EVALSHA. A `-malformed<pct>`
+//!    drain reads a topic of its own where that share of the records is
+//!    malformed, with a dead-letter store; `--baseline-daemon` drains every
+//!    consistency with a second build too, the two taking turns.
 //! 4. Per rate and repetition: a fresh topic, the daemon, and `probe`.
 //! 5. Optionally a callgrind profile of the daemon on a short drain.
 //!
@@ -18,11 +21,13 @@
 // wrong number in BENCHMARKS.md.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod dead_letters;
 mod processes;
 mod report;
 mod results;
 mod steps;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
@@ -32,8 +37,11 @@ use anyhow::{bail, Context};
 use cdc_bench::{gen, prom, stats};
 use clap::Parser;
 
-use processes::{free_port, start_cluster, start_redis, Ctx, Reaper};
-use results::{GitState, LoadResult, Machine, Params, RawConsumeResult, Repetition, RunReport};
+use dead_letters::DeadLetterTable;
+use processes::{free_port, split_malformed, start_cluster, start_redis, Ctx, Reaper, BASELINE_DAEMON, DAEMON};
+use results::{
+    drain_key, BaselineDaemon, GitState, LoadResult, Machine, Params, RawConsumeResult, Repetition, RunReport,
+};
 use steps::{daemon_drain, decode_bench, node_drain, probe, profile, redis_benchmark, Drain};
 
 #[derive(Parser, Debug, Clone)]
@@ -65,7 +73,11 @@ struct Args {
     /// is strong with `redis.wait_replicas = 1` against a replica of the
     /// private Redis (started on --redis-port + 1 when asked for);
     /// "strong-cluster" is strong against a private 3-node Redis Cluster on
-    /// loopback (ports --redis-port + 10, 11, 12).
+    /// loopback (ports --redis-port + 10, 11, 12). A `-malformed<pct>`
+    /// suffix ("strong-malformed10") drains a topic of the same events where
+    /// <pct>% of the records are malformed (truncated JSON, a wrong table, a
+    /// null key in turn), with the dead-letter store of --dead-letters-url;
+    /// the run fails unless the store holds exactly one row per malformed record.
     #[arg(
         long,
         value_delimiter = ',',
@@ -112,9 +124,24 @@ struct Args {
     /// Also profile the daemon under callgrind on a drain of this many records (0: no profile).
     #[arg(long, default_value_t = 0)]
     profile_events: u64,
-    /// Keep the bench topics instead of deleting them at the end.
+    /// Keep the bench topics (and the dead-letter schema) instead of
+    /// deleting them at the end.
     #[arg(long)]
     keep_topics: bool,
+    /// PostgreSQL for the dead letters of the malformed drains (the local
+    /// stack's: `eval "$(scripts/stack env)"` sets CDC_PG_URL). The run
+    /// makes a schema of its own there and drops it at the end.
+    #[arg(long, env = "CDC_PG_URL", hide_env_values = true)]
+    dead_letters_url: Option<String>,
+    /// Another build of the daemon to compare with: every drain of every
+    /// repetition runs with it too, right before or after the daemon under
+    /// test (the order alternates per repetition), so machine load falls on
+    /// both alike. Its results are keyed `baseline_...`.
+    #[arg(long)]
+    baseline_daemon: Option<PathBuf>,
+    /// What the baseline was built from (e.g. a commit), for the table and file.
+    #[arg(long, default_value = "baseline")]
+    baseline_label: String,
 }
 
 fn parse_setting(text: &str) -> Result<(String, String), String> {
@@ -151,10 +178,28 @@ fn main() -> anyhow::Result<()> {
     // must not swap the daemon under test between repetitions.
     let bin_dir = dir.join("bin");
     fs::create_dir_all(&bin_dir)?;
-    for name in ["cdc-invalidator", "load", "raw-consume", "probe"] {
+    for name in [DAEMON, "load", "raw-consume", "probe"] {
         fs::copy(args.bin_dir.join(name), bin_dir.join(name))
             .with_context(|| format!("{}/{name} (build it first: bench/run does)", args.bin_dir.display()))?;
     }
+    if let Some(baseline) = &args.baseline_daemon {
+        fs::copy(baseline, bin_dir.join(BASELINE_DAEMON)).with_context(|| format!("{}", baseline.display()))?;
+    }
+    let mut malformed_pcts = Vec::new();
+    for consistency in &args.consistencies {
+        if let (_, Some(pct)) = split_malformed(consistency)? {
+            malformed_pcts.push(pct);
+        }
+    }
+    malformed_pcts.sort_unstable();
+    malformed_pcts.dedup();
+    let dead_letters = match (&args.dead_letters_url, malformed_pcts.is_empty()) {
+        (_, true) => None,
+        (Some(url), false) => Some(DeadLetterTable::new(url, &run_id)),
+        (None, false) => bail!(
+            "a -malformed drain needs a dead-letter store: --dead-letters-url or CDC_PG_URL (eval \"$(scripts/stack env)\")"
+        ),
+    };
     let mut args = args;
     if let Some(exe) = &args.decode_bench {
         let copy = bin_dir.join("decode-bench");
@@ -165,7 +210,11 @@ fn main() -> anyhow::Result<()> {
 
     let mut reaper = Reaper(Vec::new());
     let redis_url = start_redis(&args, &dir, &mut reaper)?;
-    let cluster_nodes = if args.consistencies.iter().any(|c| c.ends_with("-cluster")) {
+    let mut on_cluster = Vec::new();
+    for consistency in &args.consistencies {
+        on_cluster.push(split_malformed(consistency)?.0.ends_with("-cluster"));
+    }
+    let cluster_nodes = if on_cluster.contains(&true) {
         start_cluster(args.redis_port + 10, &dir, &mut reaper)?
     } else {
         Vec::new()
@@ -188,6 +237,7 @@ fn main() -> anyhow::Result<()> {
         reaper,
         topics: Vec::new(),
         git_at_start: git(),
+        dead_letters,
     };
     if prom::http_get(&ctx.admin, "/healthz").is_ok() {
         bail!(
@@ -196,12 +246,17 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
-    let result = run(&mut ctx);
+    let result = run(&mut ctx, &malformed_pcts);
     if !args.keep_topics {
         for topic in std::mem::take(&mut ctx.topics) {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             if let Err(e) = rt.block_on(cdc_bench::kafka::delete_topic(&args.brokers, &topic)) {
                 say(format!("could not delete topic {topic}: {e}"));
+            }
+        }
+        if let Some(table) = &mut ctx.dead_letters {
+            if let Err(e) = table.drop_schema() {
+                say(format!("could not drop the dead-letter schema {}: {e:#}", table.schema));
             }
         }
     }
@@ -234,7 +289,7 @@ fn load_command(ctx: &Ctx, prefix: &str) -> Command {
     cmd
 }
 
-fn run(ctx: &mut Ctx) -> anyhow::Result<RunReport> {
+fn run(ctx: &mut Ctx, malformed_pcts: &[u32]) -> anyhow::Result<RunReport> {
     let args = ctx.args.clone();
     let machine = machine();
     say(format!("machine: {}", serde_json::to_string(&machine)?));
@@ -268,6 +323,26 @@ fn run(ctx: &mut Ctx) -> anyhow::Result<RunReport> {
         Some((topic, schemas, load))
     };
 
+    // The same events (same seed) with a share of them malformed, per share.
+    let mut malformed_topics: BTreeMap<u32, (String, LoadResult)> = BTreeMap::new();
+    for &pct in malformed_pcts {
+        let prefix = format!("bench_{}_malformed{pct}", ctx.run_id);
+        let topic = gen::topic_name(&prefix);
+        say(format!(
+            "loading the same {} events with {pct}% malformed into {topic}",
+            args.events
+        ));
+        ctx.topics.push(topic.clone());
+        let load: LoadResult = ctx.run_json(
+            &format!("load-malformed{pct}"),
+            load_command(ctx, &prefix).args(["--malformed-pct", &pct.to_string()]),
+            Duration::from_secs(1800),
+        )?;
+        say_loaded(&load);
+        say(format!("  {} malformed records", load.malformed));
+        malformed_topics.insert(pct, (topic, load));
+    }
+
     // ------------------------------------------------------------ repetitions
     let mut reps = Vec::new();
     for rep in 1..=args.reps {
@@ -294,25 +369,67 @@ fn run(ctx: &mut Ctx) -> anyhow::Result<RunReport> {
         // strong (flushed at once) is what the latency test runs; eventual
         // (100 ms linger) is the daemon's default for an entity.
         for consistency in &args.consistencies {
-            say(format!("rep {rep}/{}: daemon ({consistency}) until drained", args.reps));
-            let group = format!("cdc-bench-{}-d{rep}-{consistency}", ctx.run_id);
-            let daemon = daemon_drain(
-                ctx,
-                &Drain {
-                    topic: &topic,
-                    ends: &load.end_offsets,
-                    group: &group,
-                    consistency,
-                    avro_dir: None,
-                    wrapper: &[],
-                    timeout: Duration::from_secs(900),
-                },
-            )?;
-            say(format!(
-                "  daemon ({consistency}): {:.0} events/s, {:.0} targets/s, {:.0} targets per Redis batch",
-                daemon.events_per_second, daemon.targets_per_second, daemon.mean_targets_per_batch
-            ));
-            r.insert_drain(consistency, daemon);
+            let (drained, malformed) = match split_malformed(consistency)? {
+                (_, Some(pct)) => {
+                    let (topic, load) = &malformed_topics[&pct];
+                    (topic.as_str(), Some(load))
+                }
+                (_, None) => (topic.as_str(), None),
+            };
+            let ends = malformed.map_or(&load.end_offsets, |l| &l.end_offsets);
+            // With a baseline the two builds take turns, the first one
+            // alternating per repetition, so that neither always runs on
+            // the machine the other just warmed (or loaded).
+            let mut builds = vec![DAEMON];
+            if args.baseline_daemon.is_some() {
+                builds.push(BASELINE_DAEMON);
+                if rep % 2 == 0 {
+                    builds.reverse();
+                }
+            }
+            for build in builds {
+                let baseline = build == BASELINE_DAEMON;
+                let who = if baseline {
+                    format!("baseline {}", args.baseline_label)
+                } else {
+                    "daemon".to_owned()
+                };
+                say(format!("rep {rep}/{}: {who} ({consistency}) until drained", args.reps));
+                let group = format!(
+                    "cdc-bench-{}-d{rep}-{consistency}{}",
+                    ctx.run_id,
+                    if baseline { "-baseline" } else { "" }
+                );
+                let daemon = daemon_drain(
+                    ctx,
+                    &Drain {
+                        topic: drained,
+                        ends,
+                        group: &group,
+                        consistency,
+                        avro_dir: None,
+                        wrapper: &[],
+                        timeout: Duration::from_secs(900),
+                        daemon: build,
+                        malformed: malformed.map(|l| l.malformed),
+                    },
+                )?;
+                say(format!(
+                    "  {who} ({consistency}): {:.0} events/s, {:.0} targets/s, {:.0} targets per Redis batch{}",
+                    daemon.events_per_second,
+                    daemon.targets_per_second,
+                    daemon.mean_targets_per_batch,
+                    daemon.dead_letters.as_ref().map_or(String::new(), |d| format!(
+                        ", {} dead letters (as many as malformed records)",
+                        d.rows
+                    ))
+                ));
+                if baseline {
+                    r.baseline.insert(drain_key(consistency), daemon);
+                } else {
+                    r.insert_drain(consistency, daemon);
+                }
+            }
         }
 
         if let Some((avro_topic, schemas, avro_load)) = &avro {
@@ -342,6 +459,8 @@ fn run(ctx: &mut Ctx) -> anyhow::Result<RunReport> {
                     avro_dir: Some(schemas.as_path()),
                     wrapper: &[],
                     timeout: Duration::from_secs(900),
+                    daemon: DAEMON,
+                    malformed: None,
                 },
             )?;
             say(format!(
@@ -415,12 +534,10 @@ fn run(ctx: &mut Ctx) -> anyhow::Result<RunReport> {
     };
 
     let medians = report::medians(&reps, &probes, &args.rates);
-    let ratios = report::ratios(&medians);
-    Ok(RunReport {
-        run_id: ctx.run_id.clone(),
-        git: ctx.git_at_start.clone(),
-        daemon_binary_sha256: Command::new("sha256sum")
-            .arg(ctx.bin("cdc-invalidator"))
+    let ratios = report::ratios(&medians, &args.consistencies);
+    let sha256 = |binary: &str| {
+        Command::new("sha256sum")
+            .arg(ctx.bin(binary))
             .output()
             .ok()
             .and_then(|o| {
@@ -428,7 +545,21 @@ fn run(ctx: &mut Ctx) -> anyhow::Result<RunReport> {
                     .split_whitespace()
                     .next()
                     .map(str::to_owned)
-            }),
+            })
+    };
+    Ok(RunReport {
+        run_id: ctx.run_id.clone(),
+        git: ctx.git_at_start.clone(),
+        daemon_binary_sha256: sha256(DAEMON),
+        baseline_daemon: args.baseline_daemon.as_ref().map(|_| BaselineDaemon {
+            label: args.baseline_label.clone(),
+            sha256: sha256(BASELINE_DAEMON),
+        }),
+        load_malformed: malformed_topics
+            .into_iter()
+            .map(|(pct, (_, load))| (pct, load))
+            .collect(),
+        dead_letter_schema: ctx.dead_letters.as_ref().map(|t| t.schema.clone()),
         machine,
         params: Params {
             events: args.events,

@@ -13,6 +13,7 @@ use cdc_bench::daemon_config::DaemonConfig;
 use cdc_bench::prom;
 use serde::de::DeserializeOwned;
 
+use crate::dead_letters::DeadLetterTable;
 use crate::results::{GitState, RedisCommands};
 use crate::{say, Args};
 
@@ -77,7 +78,14 @@ pub struct Ctx {
     pub topics: Vec<String>,
     /// The tree the run started from (the daemon copy was built from it).
     pub git_at_start: GitState,
+    /// The dead-letter store of the malformed drains, when one may run.
+    pub dead_letters: Option<DeadLetterTable>,
 }
+
+/// The daemon under test, as copied into the run's bin directory.
+pub const DAEMON: &str = "cdc-invalidator";
+/// The build it is compared with (`--baseline-daemon`), copied beside it.
+pub const BASELINE_DAEMON: &str = "cdc-invalidator-baseline";
 
 impl Ctx {
     pub fn bin(&self, name: &str) -> PathBuf {
@@ -154,6 +162,12 @@ impl Ctx {
         consistency: &str,
         avro_dir: Option<&Path>,
     ) -> anyhow::Result<PathBuf> {
+        let (consistency, malformed) = split_malformed(consistency)?;
+        let dead_letters = match (malformed, &self.dead_letters) {
+            (None, _) => None,
+            (Some(_), Some(table)) => Some((table.url(), table.schema.as_str())),
+            (Some(_), None) => bail!("a malformed drain needs --dead-letters-url (the stack's CDC_PG_URL)"),
+        };
         let (consistency, cluster) = match consistency.strip_suffix("-cluster") {
             Some(base) => (base, true),
             None => (consistency, false),
@@ -180,6 +194,7 @@ impl Ctx {
             wait_replicas,
             avro_schemas_dir: avro_dir.and_then(Path::to_str),
             librdkafka: &self.args.daemon_librdkafka,
+            dead_letters,
         }
         .render();
         let path = self.dir.join(format!("{group}.toml"));
@@ -187,12 +202,19 @@ impl Ctx {
         Ok(path)
     }
 
-    /// Starts the daemon (or `wrapper` + daemon) with its log in the run directory.
-    pub fn spawn_daemon(&mut self, config: &Path, log_name: &str, wrapper: &[String]) -> anyhow::Result<u32> {
+    /// Starts the daemon build `binary` ([`DAEMON`] or [`BASELINE_DAEMON`]),
+    /// or `wrapper` + it, with its log in the run directory.
+    pub fn spawn_daemon(
+        &mut self,
+        binary: &str,
+        config: &Path,
+        log_name: &str,
+        wrapper: &[String],
+    ) -> anyhow::Result<u32> {
         let log_path = self.dir.join(log_name);
         let log = fs::File::create(&log_path)?;
         self.last_log = Some(log_path);
-        let daemon = self.bin("cdc-invalidator");
+        let daemon = self.bin(binary);
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -308,6 +330,22 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// "strong-malformed10" -> ("strong", Some(10)): the drain of the topic
+/// where 10% of the records are malformed; "strong" -> ("strong", None).
+/// The malformed suffix comes last ("strong-wait1-malformed10").
+pub fn split_malformed(consistency: &str) -> anyhow::Result<(&str, Option<u32>)> {
+    match consistency.rsplit_once("-malformed") {
+        Some((base, pct)) => {
+            let pct: u32 =
+                pct.parse().ok().filter(|p| (1..=100).contains(p)).with_context(|| {
+                    format!("--consistencies: expected e.g. strong-malformed10, got {consistency:?}")
+                })?;
+            Ok((base, Some(pct)))
+        }
+        None => Ok((consistency, None)),
+    }
+}
+
 /// "strong-wait1" -> ("strong", 1); "eventual" -> ("eventual", 0).
 pub fn split_wait(consistency: &str) -> anyhow::Result<(&str, u32)> {
     match consistency.split_once("-wait") {
@@ -321,7 +359,7 @@ pub fn start_redis(args: &Args, dir: &Path, reaper: &mut Reaper) -> anyhow::Resu
     let replicas = args
         .consistencies
         .iter()
-        .map(|c| split_wait(c).map(|(_, n)| n))
+        .map(|c| split_wait(split_malformed(c)?.0).map(|(_, n)| n))
         .collect::<anyhow::Result<Vec<u32>>>()?
         .into_iter()
         .max()
@@ -429,5 +467,28 @@ pub fn start_redis_server(port: u16, extra: &[String], dir: &Path, reaper: &mut 
             bail!("redis-server did not start on port {port}");
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_malformed_suffix_comes_off_first() {
+        assert_eq!(split_malformed("strong").unwrap(), ("strong", None));
+        assert_eq!(split_malformed("strong-malformed10").unwrap(), ("strong", Some(10)));
+        assert_eq!(
+            split_malformed("strong-wait1-malformed5").unwrap(),
+            ("strong-wait1", Some(5))
+        );
+        for bad in [
+            "strong-malformed",
+            "strong-malformed0",
+            "strong-malformed101",
+            "strong-malformedx",
+        ] {
+            assert!(split_malformed(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -1,14 +1,18 @@
 //! The run's summary: medians over the repetitions, their ratios and the
 //! table printed at the end.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use cdc_bench::stats;
 
+use crate::processes::split_malformed;
 use crate::results::{
-    DecodeMedian, DrainResult, ExternalLatencyMedians, HistogramLatencyMedians, LatencyMedians, Medians, ProbeResult,
-    Ratios, Repetition, RunReport, ScriptCurveMedian,
+    drain_key, DecodeMedian, DrainResult, ExternalLatencyMedians, HistogramLatencyMedians, LatencyMedians, Medians,
+    ProbeResult, Ratios, Repetition, RunReport, ScriptCurveMedian, DRAIN_METRICS, NAMED_DRAINS,
 };
+
+/// The prefix of the baseline daemon's keys in the medians and ratios.
+const BASELINE: &str = "baseline_";
 
 /// The median of `value` over the items that have it.
 fn median_of<T>(items: &[T], value: impl Fn(&T) -> Option<f64>) -> Option<f64> {
@@ -128,7 +132,48 @@ pub fn medians(reps: &[Repetition], probes: &[ProbeResult], rates: &[u64]) -> Me
                 .collect()
         }),
         latency: latency_medians(probes, rates),
+        variants: variant_medians(reps),
     }
+}
+
+/// Medians of the drains without fields of their own (`daemon_<name>`) and
+/// of every baseline drain (`baseline_<key>`), flat: `<key>_<metric>`.
+fn variant_medians(reps: &[Repetition]) -> BTreeMap<String, f64> {
+    let mut drains: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for r in reps {
+        drains.extend(r.daemon_other.keys().map(|k| ("", k.as_str())));
+        drains.extend(r.baseline.keys().map(|k| (BASELINE, k.as_str())));
+    }
+    let mut out = BTreeMap::new();
+    for (prefix, key) in drains {
+        let drain = |r: &Repetition| match prefix {
+            BASELINE => r.baseline.get(key).cloned(),
+            _ => r.daemon_other.get(key).cloned(),
+        };
+        for (metric, value) in DRAIN_METRICS {
+            if let Some(median) = median_of(reps, |r| value(&drain(r)?)) {
+                out.insert(format!("{prefix}{key}_{metric}"), median);
+            }
+        }
+    }
+    out
+}
+
+/// The median events/s of the drain at `consistency`, of the daemon under
+/// test (`prefix` "") or of the baseline.
+fn drain_events_per_second(m: &Medians, prefix: &str, consistency: &str) -> Option<f64> {
+    if prefix.is_empty() {
+        match consistency {
+            "strong" => return m.daemon_events_per_second,
+            "strong-wait1" => return m.daemon_strong_wait1_events_per_second,
+            "strong-cluster" => return m.daemon_strong_cluster_events_per_second,
+            "eventual" => return m.daemon_eventual_events_per_second,
+            _ => {}
+        }
+    }
+    m.variants
+        .get(&format!("{prefix}{}_events_per_second", drain_key(consistency)))
+        .copied()
 }
 
 /// Per rate that has probes: the medians of its probes.
@@ -162,11 +207,37 @@ fn latency_medians(probes: &[ProbeResult], rates: &[u64]) -> BTreeMap<u64, Laten
     by_rate
 }
 
-pub fn ratios(m: &Medians) -> Ratios {
-    let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+fn div(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
-    };
+    }
+}
+
+/// Each malformed drain of `consistencies` over the clean drain of its base
+/// consistency (events/s medians), for the daemon and the baseline:
+/// `daemon_strong_malformed10_over_strong`, `baseline_daemon_strong_malformed10_over_strong`.
+fn malformed_ratios(m: &Medians, consistencies: &[String]) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for consistency in consistencies {
+        let Ok((base, Some(_))) = split_malformed(consistency) else {
+            continue;
+        };
+        for prefix in ["", BASELINE] {
+            let ratio = div(
+                drain_events_per_second(m, prefix, consistency),
+                drain_events_per_second(m, prefix, base),
+            );
+            if let Some(ratio) = ratio {
+                let name = format!("{prefix}{}_over_{}", drain_key(consistency), base.replace('-', "_"));
+                out.insert(name, ratio);
+            }
+        }
+    }
+    out
+}
+
+pub fn ratios(m: &Medians, consistencies: &[String]) -> Ratios {
     Ratios {
         daemon_over_raw_consume: div(m.daemon_events_per_second, m.raw_consume_events_per_second),
         daemon_over_node: div(m.daemon_events_per_second, m.node_events_per_second),
@@ -178,12 +249,13 @@ pub fn ratios(m: &Medians) -> Ratios {
         daemon_avro_over_raw_consume_avro: div(m.daemon_avro_events_per_second, m.raw_consume_avro_events_per_second),
         daemon_avro_over_node: div(m.daemon_avro_events_per_second, m.node_events_per_second),
         daemon_cpu_per_event_over_node: div(m.daemon_cpu_seconds_per_million, m.node_cpu_seconds_per_million),
+        variants: malformed_ratios(m, consistencies),
     }
 }
 
 /// One drain's line in the table.
 struct DrainRow {
-    label: &'static str,
+    label: String,
     events_per_second: Option<f64>,
     targets_per_second: Option<f64>,
     redis_commands: Option<f64>,
@@ -193,10 +265,41 @@ struct DrainRow {
     redis_apply_share_of_drain: Option<f64>,
 }
 
-fn drain_rows(m: &Medians) -> [DrainRow; 5] {
+/// The built-in drains' rows, then the other consistencies' (and, with a
+/// baseline, the baseline's drains of every consistency).
+fn drain_rows(m: &Medians, consistencies: &[String], baseline: Option<&str>) -> Vec<DrainRow> {
+    let mut rows = Vec::from(named_drain_rows(m));
+    let variant = |label: String, key: String| {
+        let metric = |name: &str| m.variants.get(&format!("{key}_{name}")).copied();
+        DrainRow {
+            label,
+            events_per_second: metric("events_per_second"),
+            targets_per_second: metric("targets_per_second"),
+            redis_commands: metric("redis_commands"),
+            cpu_seconds_per_million: metric("cpu_seconds_per_million"),
+            cpu_utilisation: metric("cpu_utilisation"),
+            peak_rss_mib: metric("peak_rss_mib"),
+            redis_apply_share_of_drain: metric("redis_apply_share_of_drain"),
+        }
+    };
+    for c in consistencies.iter().filter(|c| !NAMED_DRAINS.contains(&c.as_str())) {
+        rows.push(variant(format!("cdc-invalidator, {c}"), drain_key(c)));
+    }
+    if let Some(label) = baseline {
+        for c in consistencies {
+            rows.push(variant(
+                format!("baseline {label}, {c}"),
+                format!("{BASELINE}{}", drain_key(c)),
+            ));
+        }
+    }
+    rows
+}
+
+fn named_drain_rows(m: &Medians) -> [DrainRow; 5] {
     [
         DrainRow {
-            label: "cdc-invalidator, strong",
+            label: "cdc-invalidator, strong".to_owned(),
             events_per_second: m.daemon_events_per_second,
             targets_per_second: m.daemon_targets_per_second,
             redis_commands: m.daemon_redis_commands,
@@ -206,7 +309,7 @@ fn drain_rows(m: &Medians) -> [DrainRow; 5] {
             redis_apply_share_of_drain: m.daemon_redis_apply_share_of_drain,
         },
         DrainRow {
-            label: "cdc-invalidator, strong, WAIT 1 replica",
+            label: "cdc-invalidator, strong, WAIT 1 replica".to_owned(),
             events_per_second: m.daemon_strong_wait1_events_per_second,
             targets_per_second: m.daemon_strong_wait1_targets_per_second,
             redis_commands: m.daemon_strong_wait1_redis_commands,
@@ -216,7 +319,7 @@ fn drain_rows(m: &Medians) -> [DrainRow; 5] {
             redis_apply_share_of_drain: m.daemon_strong_wait1_redis_apply_share_of_drain,
         },
         DrainRow {
-            label: "cdc-invalidator, strong, 3-node cluster",
+            label: "cdc-invalidator, strong, 3-node cluster".to_owned(),
             events_per_second: m.daemon_strong_cluster_events_per_second,
             targets_per_second: m.daemon_strong_cluster_targets_per_second,
             redis_commands: m.daemon_strong_cluster_redis_commands,
@@ -227,7 +330,7 @@ fn drain_rows(m: &Medians) -> [DrainRow; 5] {
             redis_apply_share_of_drain: None,
         },
         DrainRow {
-            label: "cdc-invalidator, eventual (default)",
+            label: "cdc-invalidator, eventual (default)".to_owned(),
             events_per_second: m.daemon_eventual_events_per_second,
             targets_per_second: m.daemon_eventual_targets_per_second,
             redis_commands: m.daemon_eventual_redis_commands,
@@ -237,7 +340,7 @@ fn drain_rows(m: &Medians) -> [DrainRow; 5] {
             redis_apply_share_of_drain: m.daemon_eventual_redis_apply_share_of_drain,
         },
         DrainRow {
-            label: "cdc-invalidator, Avro, strong",
+            label: "cdc-invalidator, Avro, strong".to_owned(),
             events_per_second: m.daemon_avro_events_per_second,
             targets_per_second: m.daemon_avro_targets_per_second,
             redis_commands: m.daemon_avro_redis_commands,
@@ -318,12 +421,13 @@ pub fn print_table(r: &RunReport) {
             dash(),
         ],
     );
-    for drain in drain_rows(m) {
+    let baseline = r.baseline_daemon.as_ref().map(|b| b.label.as_str());
+    for drain in drain_rows(m, &p.consistencies, baseline) {
         if drain.events_per_second.is_none() {
             continue;
         }
         row(
-            drain.label,
+            &drain.label,
             [
                 whole(drain.events_per_second),
                 whole(drain.targets_per_second),
@@ -452,6 +556,24 @@ pub fn print_table(r: &RunReport) {
         two_places(q.daemon_avro_over_raw_consume_avro),
         two_places(q.daemon_avro_over_node)
     );
+    if !q.variants.is_empty() {
+        let quotients: Vec<String> = q
+            .variants
+            .iter()
+            .map(|(name, ratio)| format!("{name} {ratio:.2}"))
+            .collect();
+        println!("malformed over clean (events/s): {}", quotients.join("   "));
+        let rows: Vec<String> = m
+            .variants
+            .iter()
+            .filter_map(|(name, rows)| Some(format!("{} {rows:.0}", name.strip_suffix("_dead_letter_rows")?)))
+            .collect();
+        println!(
+            "dead-letter rows (each equal to the topic's malformed records {}): {}",
+            json_text(&r.load_malformed.values().map(|l| l.malformed).collect::<Vec<_>>()),
+            rows.join("   ")
+        );
+    }
     println!(
         "load average before {} after {}",
         json_text(&r.load_average_before),
@@ -556,11 +678,74 @@ mod tests {
             node_events_per_second: Some(0.0),
             ..Medians::default()
         };
-        let r = ratios(&m);
+        let r = ratios(&m, &[]);
         assert_eq!(r.daemon_over_raw_consume, Some(0.5));
         assert_eq!(r.daemon_eventual_over_raw_consume, Some(0.25));
         assert_eq!(r.daemon_over_node, None);
         assert_eq!(r.daemon_strong_wait1_over_strong, None);
+    }
+
+    /// A malformed drain and a baseline: flat medians per variant, the
+    /// ratio of each malformed drain to its clean base, per build.
+    #[test]
+    fn malformed_and_baseline_drains_get_medians_and_ratios_over_their_clean_drain() {
+        let reps: Vec<Repetition> = [
+            (100.0, 80.0, 90.0, 30.0),
+            (300.0, 240.0, 100.0, 50.0),
+            (200.0, 190.0, 95.0, 40.0),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (strong, malformed, baseline_strong, baseline_malformed))| {
+            let mut r = repetition(i + 1, strong, None);
+            let mut with_dead_letters = drain(malformed, 1.0);
+            with_dead_letters.dead_letters = Some(crate::results::DeadLetterCount {
+                malformed_records: 7,
+                rows: 7,
+                counted_by_daemon: 7.0,
+            });
+            r.insert_drain("strong-malformed10", with_dead_letters);
+            r.baseline.insert("daemon".into(), drain(baseline_strong, 1.0));
+            r.baseline
+                .insert("daemon_strong_malformed10".into(), drain(baseline_malformed, 1.0));
+            r
+        })
+        .collect();
+        let m = medians(&reps, &[], &[]);
+        assert_eq!(m.variants["daemon_strong_malformed10_events_per_second"], 190.0);
+        assert_eq!(m.variants["daemon_strong_malformed10_dead_letter_rows"], 7.0);
+        assert_eq!(m.variants["baseline_daemon_events_per_second"], 95.0);
+        assert_eq!(m.variants["baseline_daemon_strong_malformed10_events_per_second"], 40.0);
+        assert!(!m.variants.contains_key("baseline_daemon_dead_letter_rows"));
+        let consistencies = ["strong".to_owned(), "strong-malformed10".to_owned()];
+        let q = ratios(&m, &consistencies);
+        assert_eq!(q.variants["daemon_strong_malformed10_over_strong"], 0.95);
+        assert_eq!(
+            q.variants["baseline_daemon_strong_malformed10_over_strong"],
+            40.0 / 95.0
+        );
+        assert_eq!(q.variants.len(), 2);
+        // Flat in the file, beside the named medians and ratios.
+        let v = serde_json::to_value(&m).expect("serialises");
+        assert_eq!(v["daemon_strong_malformed10_events_per_second"], 190.0);
+        assert_eq!(v["daemon_events_per_second"], 200.0);
+        let v = serde_json::to_value(&q).expect("serialises");
+        assert_eq!(v["daemon_strong_malformed10_over_strong"], 0.95);
+        // The table has a row per variant and per baseline drain.
+        let labels: Vec<String> = drain_rows(&m, &consistencies, Some("978fa7c"))
+            .into_iter()
+            .filter(|row| row.events_per_second.is_some())
+            .map(|row| row.label)
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                "cdc-invalidator, strong",
+                "cdc-invalidator, strong-malformed10",
+                "baseline 978fa7c, strong",
+                "baseline 978fa7c, strong-malformed10"
+            ]
+        );
     }
 
     /// The keys bench/plot.py and BENCHMARKS.md read, at their nesting.
@@ -584,7 +769,10 @@ mod tests {
             },
             load: Default::default(),
             load_avro: None,
-            ratios: ratios(&medians),
+            ratios: ratios(&medians, &[]),
+            baseline_daemon: None,
+            load_malformed: BTreeMap::new(),
+            dead_letter_schema: None,
             reps,
             probes,
             medians,

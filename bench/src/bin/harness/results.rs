@@ -21,6 +21,9 @@ pub struct RedisCommands {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LoadResult {
     pub produced_per_second: Option<f64>,
+    /// Malformed records among them (`load --malformed-pct`).
+    #[serde(default)]
+    pub malformed: u64,
     pub mean_record_bytes: Option<f64>,
     pub end_offsets: Vec<i64>,
     /// The printed fields the harness does not read, kept for the results file.
@@ -64,6 +67,21 @@ pub struct DrainResult {
     pub batches: f64,
     pub mean_targets_per_batch: f64,
     pub startup_to_first_record_s: f64,
+    /// A `-malformed<pct>` drain's dead letters, checked equal to the
+    /// malformed records of its topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letters: Option<DeadLetterCount>,
+}
+
+/// The dead letters of one malformed drain.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeadLetterCount {
+    /// Malformed records `load` wrote into the topic.
+    pub malformed_records: u64,
+    /// Rows in the dead-letter table after the drain (equal, or the run fails).
+    pub rows: u64,
+    /// `cdc_invalidator_dead_letters_total` at the end of the drain.
+    pub counted_by_daemon: f64,
 }
 
 /// What the naive Node peer prints (its own command count is not read: the
@@ -206,6 +224,10 @@ pub struct Repetition {
     pub daemon_avro: Option<DrainResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<NodeResult>,
+    /// The same drains by `--baseline-daemon`, keyed as the daemon's
+    /// (`daemon` for strong, `daemon_<name>` for the others).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub baseline: BTreeMap<String, DrainResult>,
     /// The bump script at the daemon's own chunk size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_benchmark: Option<RedisBenchmarkResult>,
@@ -213,6 +235,17 @@ pub struct Repetition {
     #[serde(default)]
     pub script_curve: BTreeMap<usize, RedisBenchmarkResult>,
 }
+
+/// The key of a drain at `consistency` in a repetition ("strong" is `daemon`).
+pub fn drain_key(consistency: &str) -> String {
+    match consistency {
+        "strong" => "daemon".to_owned(),
+        other => format!("daemon_{}", other.replace('-', "_")),
+    }
+}
+
+/// The consistencies with a field of their own in [`Repetition`] and [`Medians`].
+pub const NAMED_DRAINS: [&str; 4] = ["strong", "strong-wait1", "strong-cluster", "eventual"];
 
 impl Repetition {
     /// Files a drain at `consistency` under its key ("strong" is `daemon`).
@@ -223,8 +256,7 @@ impl Repetition {
             "strong-cluster" => &mut self.daemon_strong_cluster,
             "eventual" => &mut self.daemon_eventual,
             other => {
-                let key = format!("daemon_{}", other.replace('-', "_"));
-                self.daemon_other.insert(key, drain);
+                self.daemon_other.insert(drain_key(other), drain);
                 return;
             }
         };
@@ -371,7 +403,27 @@ pub struct Medians {
     pub decode: Option<BTreeMap<String, DecodeMedian>>,
     /// By rate (events/s).
     pub latency: BTreeMap<u64, LatencyMedians>,
+    /// The drains without fields of their own (`daemon_strong_malformed10`)
+    /// and the baseline's (`baseline_daemon`, `baseline_daemon_strong_malformed10`),
+    /// flat: `<drain key>_<metric>` (the metrics of [`DRAIN_METRICS`]).
+    #[serde(flatten)]
+    pub variants: BTreeMap<String, f64>,
 }
+
+/// The metrics published per variant drain, by the suffix of their key.
+pub const DRAIN_METRICS: [(&str, DrainMetric); 9] = [
+    ("events_per_second", |d| Some(d.events_per_second)),
+    ("targets_per_second", |d| Some(d.targets_per_second)),
+    ("redis_commands", |d| Some(d.redis_commands.total as f64)),
+    ("cpu_seconds_per_million", |d| Some(d.cpu_seconds_per_million)),
+    ("cpu_utilisation", |d| Some(d.cpu_utilisation)),
+    ("peak_rss_mib", |d| Some(d.peak_rss_mib)),
+    ("redis_apply_share_of_drain", |d| Some(d.redis_apply_share_of_drain)),
+    ("mean_targets_per_batch", |d| Some(d.mean_targets_per_batch)),
+    ("dead_letter_rows", |d| d.dead_letters.as_ref().map(|c| c.rows as f64)),
+];
+
+pub type DrainMetric = fn(&DrainResult) -> Option<f64>;
 
 /// Quotients of medians; None when either side is missing or the divisor is 0.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -389,6 +441,19 @@ pub struct Ratios {
     pub daemon_avro_over_raw_consume_avro: Option<f64>,
     pub daemon_avro_over_node: Option<f64>,
     pub daemon_cpu_per_event_over_node: Option<f64>,
+    /// Each malformed drain over the clean drain of its base consistency,
+    /// events/s: `daemon_strong_malformed10_over_strong`, and the same for
+    /// the baseline (`baseline_daemon_strong_malformed10_over_strong`).
+    #[serde(flatten)]
+    pub variants: BTreeMap<String, f64>,
+}
+
+/// The daemon build the run compared with.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BaselineDaemon {
+    /// What it was built from, as given (`--baseline-label`, e.g. a commit).
+    pub label: String,
+    pub sha256: Option<String>,
 }
 
 /// The whole of `<out>/<run id>.json`.
@@ -406,6 +471,15 @@ pub struct RunReport {
     pub medians: Medians,
     pub ratios: Ratios,
     pub profile: Option<ProfileResult>,
+    /// The build the drains were compared with (`--baseline-daemon`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_daemon: Option<BaselineDaemon>,
+    /// Records per malformed topic, by percent malformed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub load_malformed: BTreeMap<u32, LoadResult>,
+    /// The dead-letter schema of the malformed drains (dropped at the end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_schema: Option<String>,
     pub load_average_before: Option<[f64; 3]>,
     pub load_average_after: Option<[f64; 3]>,
 }

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use cdc_bench::{gen, prom, stats};
 
-use crate::processes::Ctx;
+use crate::processes::{split_malformed, Ctx, DAEMON};
 use crate::results::{
-    CallgrindReports, CriterionEstimates, DecodeResult, DrainResult, LoadResult, NodeOutput, NodeResult, ProbeOutput,
-    ProbeResult, ProfileResult, RedisBenchmarkResult,
+    CallgrindReports, CriterionEstimates, DeadLetterCount, DecodeResult, DrainResult, LoadResult, NodeOutput,
+    NodeResult, ProbeOutput, ProbeResult, ProfileResult, RedisBenchmarkResult,
 };
 use crate::say;
 
@@ -31,10 +31,15 @@ pub struct Drain<'a> {
     /// A command the daemon runs under (valgrind for the profile), or none.
     pub wrapper: &'a [String],
     pub timeout: Duration,
+    /// The daemon build: [`DAEMON`] or [`BASELINE_DAEMON`].
+    pub daemon: &'a str,
+    /// The malformed records in the topic, for a `-malformed<pct>` drain:
+    /// the dead-letter rows it must leave, no more and no fewer.
+    pub malformed: Option<u64>,
 }
 
 pub fn daemon_drain(ctx: &mut Ctx, drain: &Drain<'_>) -> anyhow::Result<DrainResult> {
-    ctx.on_cluster = drain.consistency.ends_with("-cluster");
+    ctx.on_cluster = split_malformed(drain.consistency)?.0.ends_with("-cluster");
     let result = drain_once(ctx, drain);
     ctx.on_cluster = false;
     result
@@ -49,11 +54,22 @@ fn drain_once(ctx: &mut Ctx, drain: &Drain<'_>) -> anyhow::Result<DrainResult> {
         avro_dir,
         wrapper,
         timeout,
+        daemon,
+        malformed,
     } = *drain;
     ctx.flush_redis()?;
     let config = ctx.daemon_config(topic, group, consistency, avro_dir)?;
+    if malformed.is_some() {
+        let migrate_with = ctx.bin(DAEMON);
+        let table = ctx
+            .dead_letters
+            .as_mut()
+            .context("a malformed drain without a dead-letter store")?;
+        table.ensure_created(&migrate_with, &config)?;
+        table.truncate()?;
+    }
     let before = ctx.commandstats()?;
-    let pid = ctx.spawn_daemon(&config, &format!("{group}.log"), wrapper)?;
+    let pid = ctx.spawn_daemon(daemon, &config, &format!("{group}.log"), wrapper)?;
     let spawned = Instant::now();
     let deadline = spawned + timeout;
     // First record: the midpoint between the last scrape that saw none and the first that saw some.
@@ -141,6 +157,30 @@ fn drain_once(ctx: &mut Ctx, drain: &Drain<'_>) -> anyhow::Result<DrainResult> {
     let apply_s = by("cdc_invalidator_redis_apply_seconds_sum");
     let applies = by("cdc_invalidator_redis_apply_seconds_count");
     let coalesced = by("cdc_invalidator_targets_coalesced_total");
+    let dead_letters = match malformed {
+        Some(expected) => {
+            let rows = ctx
+                .dead_letters
+                .as_ref()
+                .context("a malformed drain without a dead-letter store")?
+                .rows()?;
+            let counted = by("cdc_invalidator_dead_letters_total");
+            // Every malformed record is kept exactly once: a missing row is a
+            // lost record, an extra one a clean record the daemon refused.
+            if rows != expected {
+                bail!(
+                    "the drain left {rows} dead-letter rows for {expected} malformed records (daemon counted {counted}; log: {}/{group}.log)",
+                    ctx.dir.display()
+                );
+            }
+            Some(DeadLetterCount {
+                malformed_records: expected,
+                rows,
+                counted_by_daemon: counted,
+            })
+        }
+        None => None,
+    };
     let evalsha = commands.by_command.get("evalsha").copied().unwrap_or(0);
     Ok(DrainResult {
         events: records,
@@ -166,6 +206,7 @@ fn drain_once(ctx: &mut Ctx, drain: &Drain<'_>) -> anyhow::Result<DrainResult> {
         batches: applies,
         mean_targets_per_batch: by("cdc_invalidator_batch_targets_sum") / applies.max(1.0),
         startup_to_first_record_s: (first - spawned).as_secs_f64(),
+        dead_letters,
     })
 }
 
@@ -327,7 +368,7 @@ pub fn probe(ctx: &mut Ctx, rate: u64, rep: usize) -> anyhow::Result<ProbeResult
     ctx.flush_redis()?;
     let group = format!("cdc-bench-{}-p{rate}-{rep}", ctx.run_id);
     let config = ctx.daemon_config(&topic, &group, "strong", None)?;
-    let pid = ctx.spawn_daemon(&config, &format!("{group}.log"), &[])?;
+    let pid = ctx.spawn_daemon(DAEMON, &config, &format!("{group}.log"), &[])?;
     ctx.wait_ready(Duration::from_secs(60))?;
     let cpu_before = stats::cpu_seconds(pid)?;
     let t0 = Instant::now();
@@ -397,6 +438,8 @@ pub fn profile(ctx: &mut Ctx) -> anyhow::Result<ProfileResult> {
             avro_dir: None,
             wrapper: &wrapper,
             timeout: Duration::from_secs(1800),
+            daemon: DAEMON,
+            malformed: None,
         },
     )?;
     // callgrind writes its file when the daemon exits (daemon_drain stopped it).

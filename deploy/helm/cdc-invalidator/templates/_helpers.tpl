@@ -80,7 +80,8 @@ app.kubernetes.io/component: auditor
 {{/*
 The daemon's shutdown budget in seconds: on SIGTERM it applies what it took
 (at most SHUTDOWN_DRAIN_TIMEOUT, 20 s) and commits (at most
-SHUTDOWN_COMMIT_TIMEOUT, 5 s), both in src/pipeline/mod.rs.
+SHUTDOWN_COMMIT_TIMEOUT, 5 s), both in src/pipeline/mod.rs; leaving the
+group (CDC_LEAVE_GROUP_ON_STOP) takes what those two left, never more.
 scripts/check-chart fails when these numbers and the daemon's differ.
 */}}
 {{- define "cdc-invalidator.shutdownDrainSeconds" -}}20{{- end }}
@@ -109,12 +110,12 @@ Environment variables the chart sets itself: extraEnv and secretEnv may not
 set them (a second definition would silently win or lose).
 */}}
 {{- define "cdc-invalidator.chartOwnedEnv" -}}
-{{- list "CDC_ADMIN_LISTEN" "CDC_INSTANCE_ID" "CDC_KAFKA_BROKERS" "CDC_KAFKA_GROUP" "CDC_GROUP_PROTOCOL" "CDC_LOG" "POD_NAME" | toJson }}
+{{- list "CDC_ADMIN_LISTEN" "CDC_INSTANCE_ID" "CDC_LEAVE_GROUP_ON_STOP" "CDC_KAFKA_BROKERS" "CDC_KAFKA_GROUP" "CDC_GROUP_PROTOCOL" "CDC_LOG" "POD_NAME" | toJson }}
 {{- end }}
 
 {{/* Variables that can carry credentials: only from a Secret (secretEnv). */}}
 {{- define "cdc-invalidator.credentialEnv" -}}
-{{- list "CDC_REDIS_URL" "CDC_LOOKUP_URL" "CDC_DEAD_LETTERS_URL" "CDC_SCHEMA_REGISTRY_URL" "CDC_SCHEMA_REGISTRY_USER" "CDC_SCHEMA_REGISTRY_PASSWORD" "CDC_CONNECT_URL" | toJson }}
+{{- list "CDC_REDIS_URL" "CDC_REDIS_PASSWORD" "CDC_REDIS_SENTINEL_PASSWORD" "CDC_KAFKA_SASL_USERNAME" "CDC_KAFKA_SASL_PASSWORD" "CDC_LOOKUP_URL" "CDC_DEAD_LETTERS_URL" "CDC_SCHEMA_REGISTRY_URL" "CDC_SCHEMA_REGISTRY_USER" "CDC_SCHEMA_REGISTRY_PASSWORD" "CDC_CONNECT_URL" | toJson }}
 {{- end }}
 
 {{/*
@@ -199,7 +200,10 @@ quote): an example such as "redis://user:password@host" is no credential.
 {{- fail "config.toml holds a URL with a password: move that URL to a Secret and pass it with secretEnv (e.g. CDC_REDIS_URL)" }}
 {{- end }}
 {{- if regexMatch `(?m)^\s*password\s*=` . }}
-{{- fail "config.toml holds a password: pass it with secretEnv (CDC_SCHEMA_REGISTRY_PASSWORD)" }}
+{{- fail "config.toml holds a password: pass it with secretEnv (CDC_SCHEMA_REGISTRY_PASSWORD, CDC_REDIS_PASSWORD)" }}
+{{- end }}
+{{- if regexMatch `(?m)^\s*"?sasl\.password"?\s*=` . }}
+{{- fail "config.toml holds sasl.password: pass it with secretEnv (CDC_KAFKA_SASL_PASSWORD)" }}
 {{- end }}
 {{- if regexMatch `(?m)^\s*"?[A-Za-z0-9_.]*(password|secret|ssl\.key\.pem)[A-Za-z0-9_.]*"?\s*=` . }}
 {{- fail "config.toml holds a librdkafka credential (a password, secret or private key): keep the whole file in a Secret with config.existingSecret, or mount the key file from a Secret (extraVolumes)" }}
@@ -228,6 +232,10 @@ Environment shared by the daemon and the auditor. Argument: dict with
 # StatefulSet pod's restarts.
 - name: CDC_INSTANCE_ID
   value: {{ printf "%s$(POD_NAME)" $values.staticMembership.instanceIdPrefix | quote }}
+# Leave the group after the final commit on SIGTERM, so a scale-in hands the
+# pod's partitions over at once (inside the shutdown budget below).
+- name: CDC_LEAVE_GROUP_ON_STOP
+  value: {{ ternary "true" "false" (eq $values.staticMembership.leaveGroupOnStop true) | quote }}
 {{- else }}
 # Not a static member: an empty id turns static membership off whatever the
 # config file says.
