@@ -72,6 +72,8 @@ impl From<sqlx::migrate::MigrateError> for DeadLetterError {
 pub(crate) enum Stage {
     Decode,
     Render,
+    /// A logical-decoding message or outbox row whose content was refused.
+    Message,
 }
 
 impl Stage {
@@ -79,6 +81,7 @@ impl Stage {
         match self {
             Stage::Decode => "decode",
             Stage::Render => "render",
+            Stage::Message => "message",
         }
     }
 }

@@ -164,6 +164,27 @@ pub enum Decoded {
     TransactionMetadata,
     /// DDL / schema change record.
     SchemaChange,
+    /// A logical-decoding message (`pg_logical_emit_message`): named
+    /// invalidations, routed by `graph::message` (docs/architecture.md,
+    /// "Invalidations named by the application").
+    Message(LogicalMessage),
+}
+
+/// One logical-decoding message as Debezium's PostgreSQL connector writes
+/// it (`op: "m"` on `<topic.prefix>.message`): the prefix and the raw
+/// content the application passed, and where it sits in the WAL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogicalMessage {
+    pub prefix: String,
+    pub content: Vec<u8>,
+    /// `pg_logical_emit_message(true, ...)`: delivered only if its
+    /// transaction commits, in order with its rows. Debezium writes no
+    /// transaction id (`source.txId: null`) for the other kind, which
+    /// arrives even when the transaction rolls back.
+    pub transactional: bool,
+    /// The same guard source and encoding as the rows of its transaction.
+    pub position: Position,
+    pub commit_time_us: Option<i64>,
 }
 
 impl Decoded {
@@ -175,6 +196,7 @@ impl Decoded {
             Decoded::Heartbeat => "heartbeat",
             Decoded::TransactionMetadata => "transaction metadata",
             Decoded::SchemaChange => "schema change",
+            Decoded::Message(_) => "logical-decoding message",
         }
     }
 
@@ -185,6 +207,7 @@ impl Decoded {
             Decoded::Tombstone => "tombstone",
             Decoded::Heartbeat => "heartbeat",
             Decoded::TransactionMetadata | Decoded::SchemaChange => "other",
+            Decoded::Message(_) => Op::Message.code(),
         }
     }
 }

@@ -12,9 +12,11 @@
 //!   what `check` verifies on a MySQL-family source database
 //! - [`event`]     owned domain types: `KafkaRecord`, `ChangeEvent`, `Position`
 //! - [`registry`]  the schema registry client (schemas by id, registering the notice schema)
-//! - [`decode`]    Debezium envelopes (JSON, wrapped or not, flattened) to `ChangeEvent`
+//! - [`decode`]    Debezium envelopes (JSON, wrapped or not, flattened) to `ChangeEvent`, and
+//!   logical-decoding message records to `LogicalMessage`
 //! - [`graph`]     key templates and entity rules: event to targets, escalation, stalls,
-//!   the fan-out lookups to run; pure (no SQL, no I/O)
+//!   the fan-out lookups to run; invalidations named by messages and outbox rows; pure
+//!   (no SQL, no I/O)
 //! - [`lookup`]    all SQL against the lookup database: fan-out queries (PostgreSQL, and
 //!   MySQL/MariaDB through sqlx's MySQL driver) with their bounds and retries, the one
 //!   fan-out resolution `run`, `explain` and `dead-letters replay` share, the catalog

@@ -49,6 +49,7 @@ pub(crate) const AUDIT_BUILD_INFO: &str = "cdc_invalidator_audit_build_info";
 pub(crate) const AUDIT_LATE: &str = "cdc_invalidator_audit_late_total";
 pub(crate) const AUDIT_LOST: &str = "cdc_invalidator_audit_lost_total";
 pub(crate) const AUDIT_COVERED: &str = "cdc_invalidator_audit_covered_total";
+pub(crate) const MESSAGES: &str = "cdc_invalidator_messages_total";
 
 /// Outcome label of the events metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +73,42 @@ impl Outcome {
             Outcome::Moot => "moot",
             Outcome::Escalated => "escalated",
             Outcome::DeadLetter => "dead_letter",
+        }
+    }
+}
+
+/// What became of a message or an outbox record: the label of
+/// `cdc_invalidator_messages_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageOutcome {
+    /// Its targets went to the batch (bumped once Redis acknowledges).
+    Applied,
+    /// Another prefix, a topic outside `[messages] topics`, or no `[messages]`.
+    Skipped,
+    /// An outbox row's update, delete or snapshot read: bumps nothing.
+    Ignored,
+    /// Refused and kept as a dead letter with its kind.
+    DeadLetter,
+    /// Refused without a dead-letter store: its partition stalls.
+    Stalled,
+}
+
+impl MessageOutcome {
+    pub const ALL: [MessageOutcome; 5] = [
+        MessageOutcome::Applied,
+        MessageOutcome::Skipped,
+        MessageOutcome::Ignored,
+        MessageOutcome::DeadLetter,
+        MessageOutcome::Stalled,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            MessageOutcome::Applied => "applied",
+            MessageOutcome::Skipped => "skipped",
+            MessageOutcome::Ignored => "ignored",
+            MessageOutcome::DeadLetter => "dead_letter",
+            MessageOutcome::Stalled => "stalled",
         }
     }
 }
@@ -300,6 +337,10 @@ fn describe() {
         "Violations divided by checks since the auditor started."
     );
     describe_counter!(
+        MESSAGES,
+        "Logical-decoding messages and outbox records, by outcome (applied, skipped: another prefix or topic, ignored: an outbox row's update or delete, dead_letter, stalled)."
+    );
+    describe_counter!(
         NOTICES,
         "Invalidation notices published, by channel (redis, kafka) and outcome."
     );
@@ -324,6 +365,10 @@ pub(crate) fn coalesced(count: u64) {
 
 pub(crate) fn dead_letter(stage: &'static str, kind: &'static str) {
     counter!(DEAD_LETTERS, "stage" => stage, "kind" => kind).increment(1);
+}
+
+pub(crate) fn message(outcome: MessageOutcome) {
+    counter!(MESSAGES, "outcome" => outcome.label()).increment(1);
 }
 
 pub(crate) fn moot() {
@@ -498,6 +543,10 @@ pub(crate) fn daemon_at_zero(labels: &FixedLabels) {
     }
     for &reason in &labels.loss_reasons {
         counter!(REDIS_DATA_LOSS, "reason" => reason).increment(0);
+    }
+    // So `rate()` and alerts on refused messages work before the first one.
+    for outcome in MessageOutcome::ALL {
+        counter!(MESSAGES, "outcome" => outcome.label()).increment(0);
     }
 }
 

@@ -99,6 +99,8 @@ pub(super) async fn check(path: &Path) -> anyhow::Result<i32> {
                 if !found.contains(&topic) {
                     println!("FAIL  topic {topic}: does not exist");
                     problems += 1;
+                } else if let Some(what) = named_by(&settings, &topic, table.as_deref()) {
+                    println!("ok    topic {topic} -> {what}");
                 } else {
                     match entity {
                         Some(e) => println!("ok    topic {topic} -> entity {}", e.table),
@@ -144,6 +146,21 @@ pub(super) async fn check(path: &Path) -> anyhow::Result<i32> {
         println!("{problems} check(s) failed");
         Ok(1)
     }
+}
+
+/// What a topic carries for `[messages]`: an outbox table's rows, or
+/// logical-decoding messages (a listed topic, or Debezium's
+/// `<topic.prefix>.message` when none is listed).
+fn named_by(settings: &Settings, topic: &str, table: Option<&str>) -> Option<String> {
+    let rules = settings.graph.messages()?;
+    if let Some(table) = table.filter(|t| rules.is_outbox(t)) {
+        return Some(format!("outbox table {table} (inserted rows name what to invalidate)"));
+    }
+    let listed = match &rules.topics {
+        Some(topics) => topics.iter().any(|t| t == topic),
+        None => topic.ends_with(".message") && table.is_none(),
+    };
+    listed.then(|| format!("logical-decoding messages with prefix {:?}", rules.prefix))
 }
 
 /// The dead-letter table must exist when `run` starts (migrations are

@@ -1,7 +1,7 @@
 //! `explain`: the targets one Debezium record would bump, and why (which
-//! rule, which image, which lookup), through the same routing and fan-out
-//! as `run`: the record is decoded and derived once, and every line printed
-//! comes from that one derivation.
+//! rule, which image, which lookup, which message or outbox row), through
+//! the same routing and fan-out as `run`: the record is decoded and derived
+//! once, and every line printed comes from that one derivation.
 
 use std::io::Read;
 use std::path::Path;
@@ -9,8 +9,9 @@ use std::path::Path;
 use anyhow::Context;
 
 use super::{avro_schemas, load, load_schemas, lookups};
-use crate::event::{Decoded, KafkaRecord};
-use crate::graph::{Derivation, DerivedTarget, Why};
+use crate::config::Settings;
+use crate::event::{Decoded, KafkaRecord, Position};
+use crate::graph::{Derivation, DerivedTarget, LookupRequest, MessageVerdict, Why};
 use crate::{lookup, pipeline};
 
 pub(super) async fn explain(path: &Path, source: &str, topic: Option<&str>) -> anyhow::Result<i32> {
@@ -54,6 +55,23 @@ pub(super) async fn explain(path: &Path, source: &str, topic: Option<&str>) -> a
     let routed = route.action;
     let event = match trace.decoded {
         Ok(Decoded::Change(event)) => event,
+        Ok(Decoded::Message(message)) if trace.named.is_some() => {
+            println!(
+                "message prefix {:?}, {}, at {} ({} bytes of content)",
+                message.prefix,
+                if message.transactional {
+                    "transactional"
+                } else {
+                    "NOT transactional"
+                },
+                message.position,
+                message.content.len()
+            );
+            if let Some(verdict) = trace.named {
+                print_named(&settings, verdict, &message.position, &routed).await?;
+            }
+            return Ok(0);
+        }
         Ok(other) if routed == pipeline::Routed::Skip => {
             println!("kind    {other:?}: not a row change, nothing to invalidate");
             return Ok(0);
@@ -75,6 +93,14 @@ pub(super) async fn explain(path: &Path, source: &str, topic: Option<&str>) -> a
         event.table,
         event.position
     );
+    if let Some(verdict) = trace.named {
+        println!(
+            "outbox  a row of outbox table {}: its content names what to invalidate",
+            event.table
+        );
+        print_named(&settings, verdict, &event.position, &routed).await?;
+        return Ok(0);
+    }
     let Some(derivation) = trace.derivation else {
         println!("result  moot: older than the entity's max_cache_ttl plus the skew margin; dropped");
         return Ok(0);
@@ -102,35 +128,87 @@ pub(super) async fn explain(path: &Path, source: &str, topic: Option<&str>) -> a
                     reason.label()
                 );
             }
-            for request in &requests {
-                if let Some(fanout) = settings
-                    .graph
-                    .entity(&request.table)
-                    .and_then(|e| e.fanouts.get(request.fanout))
-                {
-                    println!(
-                        "lookup  {:?} with {:?} (max_rows {})",
-                        fanout.query, request.binds, fanout.max_rows
-                    );
-                }
+            if print_fan_out(&settings, &requests, print_bump).await? {
+                print_guard(&event.position);
             }
-            if !requests.is_empty() {
-                // Opened only when a fan-out needs it, the way `run` opens it.
-                let lookup_db = lookups(&settings)?;
-                match lookup::fan_out(&settings.graph, lookup_db.as_ref(), &requests, false).await {
-                    Ok(found) => found.targets.iter().for_each(print_bump),
-                    Err(stall) => {
-                        // The partition would stop before this record's
-                        // offset: no guard is written for it.
-                        print_stall(stall.reason.label(), &stall.detail);
-                        return Ok(0);
-                    }
-                }
-            }
-            println!("guard   field p:{} = {}", event.position.source, event.position.ordinal);
         }
     }
     Ok(0)
+}
+
+/// What a message or an outbox row names: each target and why (its rows'
+/// fan-outs run as for a change of the row), or why it is skipped, ignored
+/// or refused.
+async fn print_named(
+    settings: &Settings,
+    verdict: MessageVerdict,
+    position: &Position,
+    routed: &pipeline::Routed,
+) -> anyhow::Result<()> {
+    match verdict {
+        MessageVerdict::Skip(reason) => println!("result  skipped: {reason}"),
+        MessageVerdict::Ignore(reason) => println!("result  ignored: {reason}"),
+        MessageVerdict::Refuse(error) => {
+            println!("result  refused ({}): {}", error.kind(), error.detail);
+            match routed {
+                pipeline::Routed::Stall { .. } => {
+                    println!("        no dead-letter store: the partition would stop here and readiness turn false")
+                }
+                _ => println!("        kept as a dead letter; nothing is bumped"),
+            }
+        }
+        MessageVerdict::Bump { targets, lookups } => {
+            let prefix = &settings.redis.version_prefix;
+            let print_bump =
+                |t: &DerivedTarget| println!("bump    {:<40} {}  <- {}", t.target.record_key(prefix), t.target, t.why);
+            targets.iter().for_each(print_bump);
+            if print_fan_out(settings, &lookups, print_bump).await? {
+                print_guard(position);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Prints the fan-out queries and runs them as `run` does, printing the
+/// children they add; false when the partition would stall on them (it
+/// stops before the record's offset: no guard is written for it).
+async fn print_fan_out(
+    settings: &Settings,
+    requests: &[LookupRequest],
+    print_bump: impl Fn(&DerivedTarget),
+) -> anyhow::Result<bool> {
+    for request in requests {
+        if let Some(fanout) = settings
+            .graph
+            .entity(&request.table)
+            .and_then(|e| e.fanouts.get(request.fanout))
+        {
+            println!(
+                "lookup  {:?} with {:?} (max_rows {})",
+                fanout.query, request.binds, fanout.max_rows
+            );
+        }
+    }
+    if requests.is_empty() {
+        return Ok(true);
+    }
+    // Opened only when a fan-out needs it, the way `run` opens it.
+    let lookup_db = lookups(settings)?;
+    match lookup::fan_out(&settings.graph, lookup_db.as_ref(), requests, false).await {
+        Ok(found) => {
+            found.targets.iter().for_each(print_bump);
+            Ok(true)
+        }
+        Err(stall) => {
+            print_stall(stall.reason.label(), &stall.detail);
+            Ok(false)
+        }
+    }
+}
+
+fn print_guard(position: &Position) {
+    println!("guard   field p:{} = {}", position.source, position.ordinal);
 }
 
 fn print_stall(reason: &str, detail: &str) {

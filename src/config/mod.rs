@@ -9,7 +9,8 @@
 //! - `error`, `env` (the environment overrides), `redact` (secrets out of URLs)
 //! - one file per section, each with its runtime settings type, its defaults
 //!   (each with its reason) and its validation: `source`, `redis`, `admin`,
-//!   `plan`, `lookup`, `avro`, `notices`, `connect`, `dead_letters`, `entity`
+//!   `plan`, `lookup`, `avro`, `notices`, `connect`, `dead_letters`, `entity`,
+//!   `messages`
 //!
 //! This file is the entry: it reads and parses, then validates the sections
 //! in order and assembles [`Settings`]. The settings types are re-exported
@@ -23,6 +24,7 @@ mod entity;
 mod env;
 mod error;
 mod lookup;
+mod messages;
 mod notices;
 mod plan;
 mod raw;
@@ -54,6 +56,7 @@ use self::dead_letters::validate_dead_letters;
 use self::entity::EntityContext;
 use self::env::Env;
 use self::lookup::{validate_lookup, LookupSettings};
+use self::messages::validate_messages;
 use self::plan::validate_plan;
 use self::raw::RawConfig;
 use self::validator::{line_col, Validator};
@@ -122,11 +125,12 @@ impl RawConfig {
             None => None,
         };
         let dead_letters = validate_dead_letters(self.dead_letters.map(Spanned::into_inner), v, env)?;
-        if self.entities.is_empty() {
+        // Named invalidations (messages, outbox rows) may be all a daemon reads.
+        if self.entities.is_empty() && self.messages.is_none() {
             return v.error(
                 redis_span,
                 "entity",
-                "expected at least one [[entity]]: without one nothing is ever invalidated",
+                "expected at least one [[entity]] (or [messages]): without one nothing is ever invalidated",
             );
         }
         let mut entities = Vec::new();
@@ -142,6 +146,12 @@ impl RawConfig {
             };
             entities.push(spanned.into_inner().validate(&context, &mut tables, v)?);
         }
+        let entity_tables = entities.iter().map(|e| e.table.clone()).collect();
+        let messages = validate_messages(self.messages, &source.subscription, &entity_tables, v)?;
+        let graph = match messages {
+            Some(rules) => Graph::new(entities).with_messages(rules),
+            None => Graph::new(entities),
+        };
         Ok(Settings {
             source,
             redis,
@@ -153,7 +163,7 @@ impl RawConfig {
             avro,
             notices,
             connect,
-            graph: Graph::new(entities),
+            graph,
         })
     }
 }

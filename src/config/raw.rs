@@ -28,6 +28,8 @@ pub(super) struct RawConfig {
     pub(super) notices: Option<Spanned<RawNotices>>,
     #[serde(default)]
     pub(super) connect: Option<Spanned<RawConnect>>,
+    #[serde(default)]
+    pub(super) messages: Option<Spanned<RawMessages>>,
     #[serde(default, rename = "entity")]
     pub(super) entities: Vec<Spanned<RawEntity>>,
 }
@@ -165,6 +167,23 @@ pub(super) struct RawConnect {
     pub(super) connectors: Spanned<Vec<String>>,
     #[serde(default)]
     pub(super) poll_interval: Option<Spanned<String>>,
+}
+
+/// Invalidations the application names in its own transaction: PostgreSQL
+/// logical-decoding messages and outbox tables (`config::messages`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMessages {
+    #[serde(default)]
+    pub(super) prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) topics: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub(super) max_keys_per_message: Option<Spanned<usize>>,
+    #[serde(default)]
+    pub(super) outbox_tables: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub(super) outbox_column: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -34,6 +34,9 @@ pub(super) fn decode_parsed(record: &KafkaRecord, key: Option<Value>, value: Val
     if let Some(kind) = marked_kind(record, schema_name.as_deref(), |name| payload.contains_key(name)) {
         return Ok(kind);
     }
+    if payload.get("op").and_then(Value::as_str) == Some("m") {
+        return super::message::logical_message(record, payload).map(Decoded::Message);
+    }
     if payload.contains_key("op") {
         let source = match payload.remove("source") {
             Some(Value::Object(source)) => Some(source),
@@ -78,6 +81,11 @@ pub(super) fn decode_direct(
     // Without `op` every member is a column of a flattened row (or a marked
     // record), and a `source` member is then wanted whole.
     if payload.op.is_none() && payload.source.is_some() {
+        return None;
+    }
+    // A logical-decoding message needs `source.txId` and its `message`
+    // block, which this path does not keep.
+    if payload.op.as_ref().and_then(Value::as_str) == Some("m") {
         return None;
     }
     Some(decode_members(record, avro, schema_name, payload))
@@ -315,7 +323,7 @@ impl Fields for Source<'_> {
 /// A field as the Debezium logic reads it: scalars by their text,
 /// containers by kind only.
 #[derive(Debug, Clone, Copy)]
-enum Field<'a> {
+pub(super) enum Field<'a> {
     Null,
     Bool,
     /// The number's text (serde_json's `arbitrary_precision` keeps it).
@@ -327,7 +335,7 @@ enum Field<'a> {
 
 /// Named fields: a `source` block or the payload's own members, built or
 /// borrowed.
-trait Fields {
+pub(super) trait Fields {
     fn field(&self, name: &str) -> Option<Field<'_>>;
 }
 
@@ -607,7 +615,7 @@ fn source_table(source: &impl Fields) -> Option<String> {
 /// fractional or overflowing values, a `sequence` that is not such a pair,
 /// and a `sequence` whose LSN disagrees with `lsn`. (The last commit LSN may
 /// be above the event's LSN: concurrent transactions interleave in the WAL.)
-fn source_position(record: &KafkaRecord, source: &impl Fields) -> Result<Position, DecodeError> {
+pub(super) fn source_position(record: &KafkaRecord, source: &impl Fields) -> Result<Position, DecodeError> {
     let server = str_field(source, "name").unwrap_or("");
     let connector = str_field(source, "connector").unwrap_or("");
     match connector {
@@ -827,7 +835,7 @@ fn flattened(record: &KafkaRecord, mut row: Map<String, Value>, key: Option<Row>
 
 /// A time in microseconds: the `us` field, else the `ms` field times 1000
 /// (None where that overflows).
-fn micros(map: &impl Fields, us: &str, ms: &str) -> Option<i64> {
+pub(super) fn micros(map: &impl Fields, us: &str, ms: &str) -> Option<i64> {
     int_field(map, us).or_else(|| int_field(map, ms).and_then(|ms| ms.checked_mul(1000)))
 }
 
@@ -841,7 +849,7 @@ fn int_field(map: &impl Fields, name: &str) -> Option<i64> {
     }
 }
 
-fn kind_of(value: &Value) -> &'static str {
+pub(super) fn kind_of(value: &Value) -> &'static str {
     field_kind(field_of(value))
 }
 
@@ -1315,6 +1323,9 @@ mod tests {
             r#"{"op":"c","after":{"id":1},"source":{"name":"\ud800"}}"#.to_owned(),
             r#"{"source":{"connector":"mysql"},"databaseName":"inventory","ddl":"ALTER TABLE x"}"#.to_owned(),
             r#"{"id":1,"source":{"a":1}}"#.to_owned(),
+            // A logical-decoding message, transactional or not.
+            format!(r#"{{"op":"m","source":{source},"message":{{"prefix":"app","content":"e30="}}}}"#),
+            r#"{"op":"m","source":{"connector":"postgresql","name":"s","txId":null,"lsn":5},"message":{"prefix":"app","content":"e30="}}"#.to_owned(),
             // Not JSON, or too deep for serde_json.
             r#"{"op":"c","after":{"id":1},"source":{}"#.to_owned(),
             r#"{"op":"c"} trailing"#.to_owned(),

@@ -5,6 +5,7 @@
 
 mod avro;
 mod json;
+mod message;
 
 pub use avro::{schema_id, AvroSchemas, SchemaError};
 pub use json::decode_json;

@@ -5,12 +5,16 @@
 //! "Never silent"). Pure: the fan-out queries an entity declares are
 //! returned as [`LookupRequest`]s, run by `lookup`, never from here.
 
+mod content;
+pub mod message;
 mod template;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
+pub use content::{check_key, parse_content, Content, MessageError, MessageErrorKind, CONTENT_VERSION};
+pub use message::{MessageRules, MessageVerdict};
 pub use template::{canonical_number, escape, RenderError, Template, TemplateError};
 
 use crate::decode::DecodeErrorKind;
@@ -164,6 +168,9 @@ pub enum StallReason {
     NoDeadLetterStore(DecodeErrorKind),
     /// The dead-letter store refused to keep the record.
     DeadLetterRefused,
+    /// A message or an outbox row whose content is refused, and no
+    /// dead-letter store to keep it.
+    MessageRefused(MessageErrorKind),
 }
 
 impl StallReason {
@@ -172,6 +179,7 @@ impl StallReason {
             StallReason::NoNamespace(reason) => reason.label(),
             StallReason::NoDeadLetterStore(kind) => kind.label(),
             StallReason::DeadLetterRefused => "dead_letter_refused",
+            StallReason::MessageRefused(kind) => kind.label(),
         }
     }
 }
@@ -198,6 +206,8 @@ pub(crate) enum Why {
     FanoutRow {
         template: String,
     },
+    /// Named by a logical-decoding message or an outbox row (`message`).
+    Named(String),
 }
 
 impl fmt::Display for Why {
@@ -211,6 +221,7 @@ impl fmt::Display for Why {
                 write!(f, "escalation ({}): {detail}", reason.label())
             }
             Why::FanoutRow { template } => write!(f, "fan-out row, template {template:?}"),
+            Why::Named(what) => f.write_str(what),
         }
     }
 }
@@ -252,12 +263,30 @@ pub enum SkipReason {
 pub struct Graph {
     entities: Vec<Entity>,
     by_table: HashMap<String, usize>,
+    /// `[messages]`: invalidations the application names (`message`).
+    messages: Option<MessageRules>,
 }
 
 impl Graph {
     pub(crate) fn new(entities: Vec<Entity>) -> Graph {
         let by_table = entities.iter().enumerate().map(|(i, e)| (e.table.clone(), i)).collect();
-        Graph { entities, by_table }
+        Graph {
+            entities,
+            by_table,
+            messages: None,
+        }
+    }
+
+    /// The graph that also reads logical-decoding messages and outbox rows.
+    pub(crate) fn with_messages(self, rules: MessageRules) -> Graph {
+        Graph {
+            messages: Some(rules),
+            ..self
+        }
+    }
+
+    pub(crate) fn messages(&self) -> Option<&MessageRules> {
+        self.messages.as_ref()
     }
 
     pub(crate) fn entities(&self) -> &[Entity] {

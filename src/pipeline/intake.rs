@@ -252,6 +252,7 @@ impl Intake {
             op,
             mut action,
             dead_letter,
+            message,
         } = route_with(
             &self.settings.graph,
             &self.settings.plan,
@@ -260,6 +261,9 @@ impl Intake {
             self.dead_letters,
             self.avro.as_deref(),
         );
+        if let Some(outcome) = message {
+            metrics::message(outcome);
+        }
         let mut lookups = Vec::new();
         if let Routed::Bump {
             targets,

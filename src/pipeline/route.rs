@@ -7,9 +7,10 @@ use crate::dead_letter::{Failure, Stage};
 use crate::decode::{decode, table_from_topic, AvroSchemas, DecodeError, DecodeErrorKind};
 use crate::event::{ChangeEvent, Decoded, KafkaRecord, Position};
 use crate::graph::{
-    escalate, Consistency, Derivation, Entity, EscalationReason, Graph, LookupRequest, SkipReason, StallReason, Target,
-    Why,
+    escalate, Consistency, Derivation, Entity, EscalationReason, Graph, LookupRequest, MessageVerdict, SkipReason,
+    StallReason, Target, Why,
 };
+use crate::metrics::MessageOutcome;
 use crate::plan::is_moot;
 
 /// What one record asks of the pipeline.
@@ -41,6 +42,9 @@ pub struct Route {
     pub op: &'static str,
     pub action: Routed,
     pub dead_letter: Option<Failure>,
+    /// Set for logical-decoding messages and outbox records: what became of
+    /// them (`cdc_invalidator_messages_total{outcome}`).
+    pub message: Option<MessageOutcome>,
 }
 
 /// Decode and graph for one record; pure, so `explain`, replays and tests
@@ -63,9 +67,12 @@ pub fn route_with(
 ) -> Route {
     let event = match decode_within_limit(plan, record, avro) {
         Ok(Decoded::Change(event)) => event,
-        Ok(other) => return route_other(graph, record, &other, dead_letters),
+        Ok(other) => return route_other(graph, record, &other, dead_letters).0,
         Err(error) => return route_undecodable(graph, record, error, dead_letters),
     };
+    if let Some(verdict) = graph.route_outbox(&event) {
+        return route_named(verdict, Named::of_change(&event), dead_letters);
+    }
     let judged = judge(graph, plan, &event, now_us);
     route_judged(event.op.code(), judged, event.position, event.commit_time_us)
 }
@@ -82,6 +89,9 @@ pub struct Trace {
     /// The graph's derivation for a change event that is not moot (an
     /// unknown table derives `Skip(UnknownTable)`); None otherwise.
     pub derivation: Option<Derivation>,
+    /// What a logical-decoding message or a row of an outbox table names,
+    /// or why it is skipped, ignored or refused; None for other records.
+    pub named: Option<MessageVerdict>,
 }
 
 /// Routes one record as [`route_with`] does and keeps the [`Trace`].
@@ -97,11 +107,12 @@ pub fn trace_with(
     let event = match decoded {
         Ok(Decoded::Change(event)) => event,
         Ok(ref other) => {
-            let route = route_other(graph, record, other, dead_letters);
+            let (route, named) = route_other(graph, record, other, dead_letters);
             return Trace {
                 route,
                 decoded,
                 derivation: None,
+                named,
             };
         }
         Err(ref error) => {
@@ -110,9 +121,19 @@ pub fn trace_with(
                 route,
                 decoded,
                 derivation: None,
+                named: None,
             };
         }
     };
+    if let Some(verdict) = graph.route_outbox(&event) {
+        let route = route_named(verdict.clone(), Named::of_change(&event), dead_letters);
+        return Trace {
+            route,
+            decoded: Ok(Decoded::Change(event)),
+            derivation: None,
+            named: Some(verdict),
+        };
+    }
     let judged = judge(graph, plan, &event, now_us);
     let derivation = match &judged {
         Judged::UnknownTable => Some(Derivation::Skip(SkipReason::UnknownTable)),
@@ -124,6 +145,7 @@ pub fn trace_with(
         route,
         decoded: Ok(Decoded::Change(event)),
         derivation,
+        named: None,
     }
 }
 
@@ -143,14 +165,20 @@ fn decode_within_limit(
     decode(record, avro)
 }
 
-/// The route of a record that decoded to something other than a row change.
-fn route_other(graph: &Graph, record: &KafkaRecord, other: &Decoded, dead_letters: bool) -> Route {
+/// The route of a record that decoded to something other than a row
+/// change, and for a logical-decoding message what its content names.
+fn route_other(
+    graph: &Graph,
+    record: &KafkaRecord,
+    other: &Decoded,
+    dead_letters: bool,
+) -> (Route, Option<MessageVerdict>) {
     match other {
         // Debezium never writes these to a table's own topic: on the topic
         // of a configured table, skipping could lose a change (a row whose
         // columns merely look like one of them), so it is handled as an
         // undecodable record of that table instead.
-        Decoded::Heartbeat | Decoded::TransactionMetadata | Decoded::SchemaChange
+        Decoded::Heartbeat | Decoded::TransactionMetadata | Decoded::SchemaChange | Decoded::Message(_)
             if table_from_topic(&record.topic).is_some_and(|t| graph.entity(&t).is_some()) =>
         {
             let error = DecodeError {
@@ -160,13 +188,111 @@ fn route_other(graph: &Graph, record: &KafkaRecord, other: &Decoded, dead_letter
                     other.op_label_long()
                 ),
             };
-            route_undecodable(graph, record, error, dead_letters)
+            (route_undecodable(graph, record, error, dead_letters), None)
         }
-        _ => Route {
-            op: other.op_label(),
+        Decoded::Message(message) => {
+            let verdict = graph.route_message(&record.topic, message);
+            let named = Named {
+                op: crate::event::Op::Message.code(),
+                position: message.position.clone(),
+                commit_time_us: message.commit_time_us,
+            };
+            (route_named(verdict.clone(), named, dead_letters), Some(verdict))
+        }
+        _ => (
+            Route {
+                op: other.op_label(),
+                action: Routed::Skip,
+                dead_letter: None,
+                message: None,
+            },
+            None,
+        ),
+    }
+}
+
+/// Where a message or an outbox record sits: its op label, and the
+/// position and commit time of its transaction.
+struct Named {
+    op: &'static str,
+    position: Position,
+    commit_time_us: Option<i64>,
+}
+
+impl Named {
+    fn of_change(event: &ChangeEvent) -> Named {
+        Named {
+            op: event.op.code(),
+            position: event.position.clone(),
+            commit_time_us: event.commit_time_us,
+        }
+    }
+}
+
+/// A message's or an outbox record's verdict as the pipeline's action. Its
+/// targets carry the record's own position under its transaction's guard
+/// source, so they are ordered with that transaction's rows; they are
+/// strong (applied at once), never moot and never escalated. A refused
+/// content is kept as a dead letter and skipped, or, without a dead-letter
+/// store, stalls its partition (nothing may be lost silently).
+fn route_named(verdict: MessageVerdict, named: Named, dead_letters: bool) -> Route {
+    let Named {
+        op,
+        position,
+        commit_time_us,
+    } = named;
+    match verdict {
+        MessageVerdict::Bump { targets, lookups } => Route {
+            op,
+            action: Routed::Bump {
+                targets: targets.into_iter().map(|t| t.target).collect(),
+                position,
+                commit_time_us,
+                consistency: Consistency::Strong,
+                escalation: None,
+                namespace: None,
+                lookups,
+            },
+            dead_letter: None,
+            message: Some(MessageOutcome::Applied),
+        },
+        MessageVerdict::Skip(_) => Route {
+            op,
             action: Routed::Skip,
             dead_letter: None,
+            message: Some(MessageOutcome::Skipped),
         },
+        MessageVerdict::Ignore(_) => Route {
+            op,
+            action: Routed::Skip,
+            dead_letter: None,
+            message: Some(MessageOutcome::Ignored),
+        },
+        MessageVerdict::Refuse(error) => {
+            let kind = error.kind();
+            let failure = Failure {
+                stage: Stage::Message,
+                kind: kind.label(),
+                detail: error.detail.clone(),
+            };
+            let (action, outcome) = if dead_letters {
+                (Routed::Skip, MessageOutcome::DeadLetter)
+            } else {
+                (
+                    Routed::Stall {
+                        reason: StallReason::MessageRefused(kind),
+                        detail: format!("refused message ({error}) and no [dead_letters] store to keep it"),
+                    },
+                    MessageOutcome::Stalled,
+                )
+            };
+            Route {
+                op,
+                action,
+                dead_letter: Some(failure),
+                message: Some(outcome),
+            }
+        }
     }
 }
 
@@ -201,6 +327,7 @@ fn route_judged(op: &'static str, judged: Judged<'_>, position: Position, commit
                 op,
                 action: Routed::Skip,
                 dead_letter: None,
+                message: None,
             }
         }
         Judged::Moot => {
@@ -208,6 +335,7 @@ fn route_judged(op: &'static str, judged: Judged<'_>, position: Position, commit
                 op,
                 action: Routed::Moot,
                 dead_letter: None,
+                message: None,
             }
         }
         Judged::Derived(entity, derivation) => (entity, derivation),
@@ -224,6 +352,7 @@ fn route_judged(op: &'static str, judged: Judged<'_>, position: Position, commit
             op,
             action: Routed::Skip,
             dead_letter: None,
+            message: None,
         },
         Derivation::Stall { reason, detail } => Route {
             op,
@@ -232,6 +361,7 @@ fn route_judged(op: &'static str, judged: Judged<'_>, position: Position, commit
                 reason: StallReason::NoNamespace(reason),
                 detail,
             },
+            message: None,
         },
         Derivation::Targets {
             targets,
@@ -254,6 +384,7 @@ fn route_judged(op: &'static str, judged: Judged<'_>, position: Position, commit
                     namespace: entity.namespace.clone(),
                     lookups,
                 },
+                message: None,
             }
         }
     }
@@ -299,6 +430,7 @@ fn route_undecodable(graph: &Graph, record: &KafkaRecord, error: DecodeError, de
         op: "other",
         action,
         dead_letter: Some(failure),
+        message: None,
     }
 }
 
@@ -313,6 +445,7 @@ pub fn now_us() -> i64 {
 mod tests {
     use super::*;
     use crate::config::{self, Settings};
+    use crate::graph::MessageErrorKind;
     use serde_json::json;
 
     fn settings() -> Settings {
@@ -463,6 +596,179 @@ keys = ["plain:{id}"]
             ),
             "{r:?}"
         );
+    }
+
+    fn message_record(prefix: &str, tx_id: Option<i64>, content: &str) -> KafkaRecord {
+        use base64::Engine as _;
+        let value = json!({"op": "m", "ts_ms": 1, "source": {"connector": "postgresql", "name": "shop",
+            "schema": "", "table": "", "txId": tx_id, "lsn": 200, "sequence": "[\"150\",\"200\"]",
+            "ts_us": 1_700_000_000_000_000i64},
+            "message": {"prefix": prefix, "content": base64::engine::general_purpose::STANDARD.encode(content)}});
+        record("shop.message", &serde_json::to_vec(&value).unwrap())
+    }
+
+    fn with_messages() -> Settings {
+        let text = r#"
+[source]
+brokers = "127.0.0.1:9092"
+group_id = "g"
+topics = ["shop.public.products", "shop.message"]
+[redis]
+url = "redis://127.0.0.1:6379"
+version_ttl = "1h"
+[messages]
+prefix = "app"
+[[entity]]
+table = "public.products"
+namespace = "product"
+max_cache_ttl = "10m"
+keys = ["product:{id}"]
+"#;
+        config::parse("t.toml", text, &|_| None).unwrap()
+    }
+
+    #[test]
+    fn a_message_bumps_at_its_transactions_position_strong_and_never_moot() {
+        let s = with_messages();
+        // Committed long ago: still applied (messages have no cache TTL).
+        let r = route(
+            &s.graph,
+            &s.plan,
+            &message_record("app", Some(7), r#"{"v":1,"keys":["a:1"],"namespaces":["product"]}"#),
+            now_us(),
+            true,
+        );
+        assert_eq!(
+            (r.op, r.message, r.dead_letter),
+            ("m", Some(MessageOutcome::Applied), None)
+        );
+        assert_eq!(
+            r.action,
+            Routed::Bump {
+                targets: vec![Target::Key("a:1".into()), Target::Namespace("product".into())],
+                position: Position::postgres("shop", 150, 200),
+                commit_time_us: Some(1_700_000_000_000_000),
+                consistency: Consistency::Strong,
+                escalation: None,
+                namespace: None,
+                lookups: Vec::new(),
+            }
+        );
+    }
+
+    #[test]
+    fn refused_messages_are_dead_letters_or_stall_and_other_prefixes_skip() {
+        let s = with_messages();
+        let hostile = message_record("app", Some(7), r#"{"v":1,"keys":["epoch"]}"#);
+        let r = route(&s.graph, &s.plan, &hostile, now_us(), true);
+        assert_eq!(r.action, Routed::Skip);
+        assert_eq!(r.message, Some(MessageOutcome::DeadLetter));
+        assert_eq!(
+            r.dead_letter.as_ref().map(|f| (f.stage, f.kind)),
+            Some((Stage::Message, "reserved_key"))
+        );
+        let r = route(&s.graph, &s.plan, &hostile, now_us(), false);
+        assert!(
+            matches!(
+                r.action,
+                Routed::Stall {
+                    reason: StallReason::MessageRefused(MessageErrorKind::ReservedKey),
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        assert_eq!(r.message, Some(MessageOutcome::Stalled));
+
+        let untransacted = route(
+            &s.graph,
+            &s.plan,
+            &message_record("app", None, r#"{"v":1,"keys":["a"]}"#),
+            now_us(),
+            true,
+        );
+        assert_eq!(untransacted.dead_letter.map(|f| f.kind), Some("not_transactional"));
+
+        let other = route(
+            &s.graph,
+            &s.plan,
+            &message_record("other", None, "not even json"),
+            now_us(),
+            false,
+        );
+        assert_eq!(
+            (other.action, other.message, other.dead_letter),
+            (Routed::Skip, Some(MessageOutcome::Skipped), None)
+        );
+
+        // Without [messages], a message is skipped and counted too.
+        let plain = settings();
+        let r = route(
+            &plain.graph,
+            &plain.plan,
+            &message_record("app", Some(7), r#"{"v":1,"keys":["a"]}"#),
+            now_us(),
+            true,
+        );
+        assert_eq!((r.action, r.message), (Routed::Skip, Some(MessageOutcome::Skipped)));
+    }
+
+    #[test]
+    fn a_message_on_a_configured_tables_topic_is_not_trusted() {
+        let s = with_messages();
+        let mut r = message_record("app", Some(7), r#"{"v":1,"keys":["a"]}"#);
+        r.topic = "shop.public.products".into();
+        let routed = route(&s.graph, &s.plan, &r, now_us(), true);
+        assert_eq!(
+            routed.dead_letter.map(|f| (f.stage, f.kind)),
+            Some((Stage::Decode, "unexpected_shape"))
+        );
+        assert!(matches!(
+            routed.action,
+            Routed::Bump {
+                escalation: Some(EscalationReason::Undecodable),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_trace_keeps_what_a_message_or_an_outbox_row_names() {
+        let s = with_messages();
+        let message = message_record("app", Some(7), r#"{"v":1,"keys":["a:1"]}"#);
+        let trace = trace_with(&s.graph, &s.plan, &message, now_us(), true, None);
+        assert_eq!(trace.route, route(&s.graph, &s.plan, &message, now_us(), true));
+        assert_eq!(trace.derivation, None);
+        assert!(
+            matches!(&trace.named, Some(MessageVerdict::Bump { targets, .. }) if targets.len() == 1),
+            "{trace:?}"
+        );
+
+        let refused = message_record("app", None, r#"{"v":1,"keys":["a:1"]}"#);
+        let trace = trace_with(&s.graph, &s.plan, &refused, now_us(), false, None);
+        assert_eq!(trace.route, route(&s.graph, &s.plan, &refused, now_us(), false));
+        assert!(
+            matches!(&trace.named, Some(MessageVerdict::Refuse(e)) if e.kind() == MessageErrorKind::NotTransactional),
+            "{trace:?}"
+        );
+
+        // A change of a configured table names nothing of its own.
+        let now = now_us();
+        let change = serde_json::to_vec(
+            &json!({"op": "u", "after": {"id": 1}, "source": {"connector": "postgresql", "name": "shop",
+            "schema": "public", "table": "products", "lsn": 5, "ts_us": now}}),
+        )
+        .unwrap();
+        let trace = trace_with(
+            &s.graph,
+            &s.plan,
+            &record("shop.public.products", &change),
+            now,
+            true,
+            None,
+        );
+        assert_eq!(trace.named, None);
+        assert!(trace.derivation.is_some(), "{trace:?}");
     }
 
     #[test]

@@ -34,6 +34,7 @@ COUNTERS = {
     "cdc_invalidator_moot_events_total",
     "cdc_invalidator_escalations_total",
     "cdc_invalidator_dead_letters_total",
+    "cdc_invalidator_messages_total",
     "cdc_invalidator_redis_errors_total",
     "cdc_invalidator_redis_reconnects_total",
     "cdc_invalidator_kafka_errors_total",

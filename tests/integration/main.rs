@@ -38,3 +38,4 @@ mod redis_sentinel;
 mod scale_out;
 mod secrets;
 mod stack_chain;
+mod txn_messages;

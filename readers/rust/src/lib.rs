@@ -13,6 +13,9 @@
 //! - `sentinel` the daemon's `[redis.sentinel]` settings, and the primary
 //!   they name, followed across failovers (`Cache::connect_sentinel`)
 //! - `metrics` every metric name, described once
+//! - `emit`    naming invalidations in the application's own transaction
+//!   (a logical-decoding message or an outbox row; the database calls need
+//!   the `sqlx` feature)
 //!
 //! ```no_run
 //! # async fn page() -> Result<(), cdc_cache::Error> {
@@ -33,6 +36,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 
 mod cache;
+pub mod emit;
 mod flight;
 pub mod key;
 mod l1;
