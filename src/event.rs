@@ -1,6 +1,7 @@
 //! Owned domain types that cross the Kafka edge: the raw record as it came
 //! from the broker, and the decoded [`ChangeEvent`]. Nothing after `source`
-//! sees an rdkafka type.
+//! sees an rdkafka type. Also why a record could not be decoded, which the
+//! graph names in its stall reasons.
 
 use std::fmt;
 
@@ -232,5 +233,88 @@ mod tests {
         let big = Position::kafka("t", 0, 10);
         assert!(big.ordinal > small.ordinal);
         assert_eq!(big.to_string(), "kafka:t:0@00000000000000000010");
+    }
+}
+
+/// Why a record could not be decoded. The kind is a metric label and the
+/// dead-letter `error kind`; the detail is for humans.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {detail}")]
+pub struct DecodeError {
+    pub(crate) kind: DecodeErrorKind,
+    pub(crate) detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeErrorKind {
+    /// The bytes are not JSON.
+    Malformed,
+    /// JSON, but not a shape Debezium produces (wrong types, missing fields).
+    UnexpectedShape,
+    UnknownOp,
+    /// Key bytes that are not a JSON object of primary-key columns.
+    BadKey,
+    /// A delete that names no row: neither a key nor a before image.
+    MissingKey,
+    /// The key's columns are missing from the row or hold other values.
+    KeyMismatch,
+    /// Confluent wire format (magic byte 0): an Avro record.
+    UnsupportedFormat,
+    /// Larger than `plan.max_record_bytes`; not parsed at all.
+    TooLarge,
+    /// Neither JSON nor the Confluent framing's magic byte 0.
+    UnknownMagicByte,
+    /// An Avro datum that ends early, or a frame too short for its header.
+    Truncated,
+    /// Bytes left over after the Avro datum.
+    TrailingBytes,
+    /// A schema id that neither the registry nor the schema files know.
+    UnknownSchema,
+    /// The schema exists but is not a valid Avro schema.
+    InvalidSchema,
+    /// A log position that Debezium cannot have written (negative,
+    /// non-numeric, overflowing, self-inconsistent): never a guard.
+    BadPosition,
+    /// `source.table` is not the table the topic carries.
+    TableMismatch,
+    /// A value beyond the decoder's bounds (a decimal scale or length).
+    OutOfBounds,
+}
+
+impl DecodeErrorKind {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            DecodeErrorKind::Malformed => "malformed",
+            DecodeErrorKind::UnexpectedShape => "unexpected_shape",
+            DecodeErrorKind::UnknownOp => "unknown_op",
+            DecodeErrorKind::BadKey => "bad_key",
+            DecodeErrorKind::MissingKey => "missing_key",
+            DecodeErrorKind::KeyMismatch => "key_mismatch",
+            DecodeErrorKind::UnsupportedFormat => "unsupported_format",
+            DecodeErrorKind::TooLarge => "too_large",
+            DecodeErrorKind::UnknownMagicByte => "unknown_magic_byte",
+            DecodeErrorKind::Truncated => "truncated",
+            DecodeErrorKind::TrailingBytes => "trailing_bytes",
+            DecodeErrorKind::UnknownSchema => "unknown_schema",
+            DecodeErrorKind::InvalidSchema => "invalid_schema",
+            DecodeErrorKind::BadPosition => "bad_position",
+            DecodeErrorKind::TableMismatch => "table_mismatch",
+            DecodeErrorKind::OutOfBounds => "out_of_bounds",
+        }
+    }
+}
+
+impl std::fmt::Display for DecodeErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+impl DecodeError {
+    pub(crate) fn new(kind: DecodeErrorKind, detail: impl Into<String>) -> DecodeError {
+        DecodeError {
+            kind,
+            detail: detail.into(),
+        }
     }
 }

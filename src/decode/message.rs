@@ -15,7 +15,7 @@
 
 use serde_json::{Map, Value};
 
-use super::json::{kind_of, micros, source_position};
+use super::fields::{kind_of, micros, source_position};
 use super::{DecodeError, DecodeErrorKind};
 use crate::event::{KafkaRecord, LogicalMessage};
 

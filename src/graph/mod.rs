@@ -17,7 +17,7 @@ pub use content::{check_key, parse_content, Content, MessageError, MessageErrorK
 pub use message::{MessageRules, MessageVerdict};
 pub use template::{canonical_number, escape, RenderError, Template, TemplateError};
 
-use crate::decode::DecodeErrorKind;
+use crate::event::DecodeErrorKind;
 use crate::event::{ChangeEvent, Op, Row, UNAVAILABLE_VALUE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
