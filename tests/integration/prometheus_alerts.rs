@@ -1,8 +1,9 @@
 //! The shipped alert rules and dashboard queries against a real Prometheus
 //! (Debian's `prometheus`, 2.42) scraping a live daemon and its auditor, each
 //! as the job the shipped deploy/prometheus/prometheus.yml names. Only the
-//! targets and the intervals (1s instead of 15s) differ from the shipped
-//! config; the rules file is deploy/prometheus/alerts.yml itself.
+//! targets and the intervals (1s instead of 15s; CDC_ALERT_INTERVAL=15 for
+//! the shipped ones) differ from the shipped config; the rules file is
+//! deploy/prometheus/alerts.yml itself.
 //!
 //! The whole chain is real: a table of the test's own, written 20 times a
 //! second, a Debezium connector of the test's own on the stack's Kafka
@@ -13,7 +14,8 @@
 //! One timeline:
 //! 1. at start, every counter the dashboard draws is exported (the auditor's
 //!    at 0) before anything happened;
-//! 2. steady traffic: no alert pending or firing;
+//! 2. steady traffic: no alert pending or firing (but the budget tickets,
+//!    whose hour-long windows a fresh Prometheus cannot fill, may be pending);
 //! 3. outages of each length in CDC_ALERT_OUTAGES (minutes, default "1";
 //!    "1,4,10" for the long run, about 45 minutes), of two causes each:
 //!    the daemon's Redis frozen (SIGSTOP) and the connector paused (Kafka
@@ -62,6 +64,19 @@ const RESOLVED_WITHIN: Duration = Duration::from_secs(180);
 /// delay (a heartbeat, the 5s watermark reads, a scrape, an evaluation), so
 /// a page that the ended outage would still set off is seen.
 const WATCH_AFTER_RECOVERY: Duration = Duration::from_secs(90);
+
+/// Prometheus's scrape and evaluation interval: CDC_ALERT_INTERVAL (seconds,
+/// default 1; the shipped config's is 15). Longer intervals delay each
+/// alert's firing and resolution by up to one scrape and one evaluation.
+fn interval_seconds() -> u64 {
+    std::env::var("CDC_ALERT_INTERVAL")
+        .map(|s| {
+            s.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("CDC_ALERT_INTERVAL={s:?}: whole seconds"))
+        })
+        .unwrap_or(1)
+}
 
 /// The shipped source.max_idle (examples/shop/config.toml).
 const MAX_IDLE: &str = "2m";
@@ -123,12 +138,13 @@ impl Prometheus {
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+                "global:\n  scrape_interval: {interval}s\n  scrape_timeout: 1s\n  evaluation_interval: {interval}s\n\
                  rule_files:\n  - {rules}\n\
                  scrape_configs:\n\
                  \x20 - job_name: {DAEMON_JOB}\n    static_configs:\n      - targets: [\"{daemon_target}\"]\n\
                  \x20 - job_name: {AUDIT_JOB}\n    static_configs:\n      - targets: [\"{audit_target}\"]\n",
                 rules = rules.display(),
+                interval = interval_seconds(),
             ),
         )
         .unwrap();
@@ -392,7 +408,10 @@ impl Timeline {
             }
         }
         for episode in self.episodes.iter_mut().filter(|e| e.resolved_at.is_none()) {
-            if !active.iter().any(|a| a.name == episode.name && a.active_at == episode.active_at) {
+            if !active
+                .iter()
+                .any(|a| a.name == episode.name && a.active_at == episode.active_at)
+            {
                 episode.resolved_at = Some(now);
             }
         }
@@ -441,7 +460,10 @@ impl OwnConnector {
         };
         common::sql(
             &common::pg_admin().await,
-            &format!("CREATE PUBLICATION {} FOR TABLE {schema}.{table};", connector.publication),
+            &format!(
+                "CREATE PUBLICATION {} FOR TABLE {schema}.{table};",
+                connector.publication
+            ),
         )
         .await;
         let pg = reqwest::Url::parse(&common::pg_url()).expect("CDC_PG_URL is a URL");
@@ -513,7 +535,11 @@ impl OwnConnector {
     }
 
     async fn set_paused(&self, paused: bool) {
-        let (verb, state) = if paused { ("pause", "PAUSED") } else { ("resume", "RUNNING") };
+        let (verb, state) = if paused {
+            ("pause", "PAUSED")
+        } else {
+            ("resume", "RUNNING")
+        };
         let url = format!("{}/connectors/{}/{verb}", common::connect_url(), self.name);
         let response = reqwest::Client::new().put(&url).send().await.unwrap();
         assert!(response.status().is_success(), "{url}: {}", response.status());
@@ -534,7 +560,10 @@ impl Drop for OwnConnector {
              WHERE slot_name = '{}' AND NOT active",
             self.slot
         );
-        let gone = format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'", self.slot);
+        let gone = format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
+            self.slot
+        );
         let psql = |statement: &str| {
             Command::new("psql")
                 .args([admin.as_str(), "-qtAc", statement])
@@ -650,7 +679,9 @@ impl Setup<'_> {
             assert!(
                 Instant::now() < deadline,
                 "{}",
-                self.context(&format!("critical alerts still active before the next case: {critical:?}"))
+                self.context(&format!(
+                    "critical alerts still active before the next case: {critical:?}"
+                ))
             );
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
@@ -695,7 +726,9 @@ impl Setup<'_> {
             assert!(
                 paused_seen,
                 "{}",
-                self.context(&format!("{case}: the dashboard showed no paused partition: {paused_query}"))
+                self.context(&format!(
+                    "{case}: the dashboard showed no paused partition: {paused_query}"
+                ))
             );
             assert!(
                 lag_seen,
@@ -759,7 +792,10 @@ impl Setup<'_> {
             assert!(
                 resolved_in_time,
                 "{}",
-                self.context(&format!("{case}: critical {} not resolved within {RESOLVED_WITHIN:?} of recovery", e.name))
+                self.context(&format!(
+                    "{case}: critical {} not resolved within {RESOLVED_WITHIN:?} of recovery",
+                    e.name
+                ))
             );
         }
         let fired = |name: &str| {
@@ -883,7 +919,10 @@ async fn shipped_alerts_page_during_outages_only_and_the_dashboard_shows_the_fir
     // and leaves its panel empty. No change has been written since the
     // topics were made, so nothing the auditor counts can have happened.
     let counters = dashboard_counters();
-    assert!(counters.len() >= 10, "too few counters found in the dashboard: {counters:?}");
+    assert!(
+        counters.len() >= 10,
+        "too few counters found in the dashboard: {counters:?}"
+    );
     for name in &counters {
         if BORN_AT_FIRST_INCREMENT.contains(&name.as_str()) {
             continue;
@@ -933,7 +972,7 @@ async fn shipped_alerts_page_during_outages_only_and_the_dashboard_shows_the_fir
     // (CdcInvalidatorAbsent pending); the next evaluations clear that.
     eventually(
         "the first evaluations after both scrapes",
-        Duration::from_secs(10),
+        Duration::from_secs(10 + 2 * interval_seconds()),
         move || async move {
             let alerts = prom.alerts().await;
             (!alerts.iter().any(|(n, _, _)| n == "CdcInvalidatorAbsent")).then_some(())
@@ -957,12 +996,20 @@ async fn shipped_alerts_page_during_outages_only_and_the_dashboard_shows_the_fir
             .collect::<Vec<_>>()
     );
     // Steady traffic for 50s (long enough for every `for:` under a minute to
-    // elapse): not one alert may even be pending.
+    // elapse): not one alert may even be pending, but for the budget burn
+    // tickets. Their windows are hours long and this Prometheus minutes old,
+    // so a few late records (the topics' first changes, applied when the
+    // daemon started; a slow second on a loaded machine) make the ratio of
+    // its first scrapes: with 15s intervals the slow burn went pending here.
     let healthy_until = Instant::now() + Duration::from_secs(50);
     while Instant::now() < healthy_until {
         let alerts = prometheus.alerts().await;
+        let active: Vec<_> = alerts
+            .iter()
+            .filter(|(name, state, _)| state == "firing" || !name.starts_with("ApplyLatencyBudget"))
+            .collect();
         assert!(
-            alerts.is_empty(),
+            active.is_empty(),
             "{}",
             context(&format!("alerts active under steady traffic: {alerts:?}"))
         );
@@ -1045,7 +1092,11 @@ async fn shipped_alerts_page_during_outages_only_and_the_dashboard_shows_the_fir
         .filter(|a| a.severity == "critical")
         .map(|a| a.name)
         .collect();
-    assert!(critical.is_empty(), "{}", context(&format!("critical alerts active: {critical:?}")));
+    assert!(
+        critical.is_empty(),
+        "{}",
+        context(&format!("critical alerts active: {critical:?}"))
+    );
     if lengths == [1] {
         assert!(
             started.elapsed() < Duration::from_secs(600),
@@ -1053,5 +1104,9 @@ async fn shipped_alerts_page_during_outages_only_and_the_dashboard_shows_the_fir
             started.elapsed()
         );
     }
-    println!("alert-outages: {lengths:?} minutes in {:?}", started.elapsed());
+    println!(
+        "alert-outages: {lengths:?} minutes, {}s intervals, in {:?}",
+        interval_seconds(),
+        started.elapsed()
+    );
 }
