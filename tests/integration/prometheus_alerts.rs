@@ -716,12 +716,14 @@ impl Setup<'_> {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+        // Recovery is when the cause is lifted, before Connect confirms the
+        // resume: a page in between counts as after recovery.
+        let recovered = SystemTime::now();
+        let recovered_instant = Instant::now();
         match cause {
             Cause::RedisFrozen => self.redis.signal("-CONT"),
             Cause::ConnectorPaused => self.connector.set_paused(false).await,
         }
-        let recovered = SystemTime::now();
-        let recovered_instant = Instant::now();
         if cause == Cause::RedisFrozen {
             assert!(
                 paused_seen,
