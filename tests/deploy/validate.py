@@ -394,6 +394,9 @@ def check_warmup(dockerfile, manifest):
     problems = []
     if not stubs:
         problems.append(f"{dockerfile}: no `for stub in ...;` loop in the dependency warm-up")
+    # The warm-up narrows the workspace with a one-line sed on `members`.
+    if not re.search(r"(?m)^members = \[[^\]\n]*\]$", Path(manifest).read_text()):
+        problems.append(f"{manifest}: `members = [...]` must stay on one line (the Dockerfile's warm-up rewrites it with sed)")
     for crate in path_dependencies(Path(manifest)):
         if f"COPY {crate}/Cargo.toml {crate}/Cargo.toml" not in text:
             problems.append(f"{dockerfile}: the warm-up does not COPY {crate}/Cargo.toml")
