@@ -22,6 +22,7 @@ pub(crate) const PROPAGATION: &str = "cdc_invalidator_invalidation_propagation_s
 pub(crate) const APPLY_LATENCY: &str = "cdc_invalidator_apply_latency_seconds";
 pub(crate) const LAST_PROGRESS: &str = "cdc_invalidator_last_progress_timestamp_seconds";
 pub(crate) const REDIS_APPLY: &str = "cdc_invalidator_redis_apply_seconds";
+pub(crate) const DEAD_LETTER_WRITE: &str = "cdc_invalidator_dead_letter_write_seconds";
 pub(crate) const BATCH_TARGETS: &str = "cdc_invalidator_batch_targets";
 pub(crate) const CONSUMER_LAG: &str = "cdc_invalidator_consumer_lag_records";
 pub(crate) const STORED_OFFSET: &str = "cdc_invalidator_stored_offset";
@@ -135,6 +136,7 @@ pub(crate) fn install() -> PrometheusHandle {
         .set_buckets_for_metric(Matcher::Full(PROPAGATION.into()), &latency_buckets)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(APPLY_LATENCY.into()), &latency_buckets))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(REDIS_APPLY.into()), &latency_buckets))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(DEAD_LETTER_WRITE.into()), &latency_buckets))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_TARGETS.into()), &batch_buckets))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(LOOKUP.into()), &latency_buckets))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FANOUT_ROWS.into()), &batch_buckets))
@@ -244,6 +246,11 @@ fn describe() {
         REDIS_APPLY,
         Unit::Seconds,
         "Duration of one pipelined apply round trip to Redis."
+    );
+    describe_histogram!(
+        DEAD_LETTER_WRITE,
+        Unit::Seconds,
+        "Duration of one dead-letter statement, retries included; it runs while Redis applies the same batch's bumps."
     );
     describe_histogram!(
         BATCH_TARGETS,
@@ -382,6 +389,10 @@ pub(crate) fn propagation(seconds: f64) {
 pub(crate) fn redis_apply(seconds: f64, targets: usize) {
     histogram!(REDIS_APPLY).record(seconds);
     histogram!(BATCH_TARGETS).record(targets as f64);
+}
+
+pub(crate) fn dead_letter_write(seconds: f64) {
+    histogram!(DEAD_LETTER_WRITE).record(seconds);
 }
 
 pub(crate) fn redis_error(kind: &'static str) {

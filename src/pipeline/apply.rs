@@ -6,6 +6,7 @@
 //! offsets from those reports, so offsets follow acknowledgements in order.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,8 +87,10 @@ pub(super) struct Applier {
 struct Health {
     status: Arc<Status>,
     reports: mpsc::UnboundedSender<Report>,
-    /// Between the first failed write and the next success.
-    in_outage: bool,
+    /// Between the first failed write and the next success. Atomic because
+    /// a batch's dead letters and bumps are written at once, and either may
+    /// report.
+    in_outage: AtomicBool,
 }
 
 impl Applier {
@@ -108,7 +111,7 @@ impl Applier {
             health: Health {
                 status,
                 reports,
-                in_outage: false,
+                in_outage: AtomicBool::new(false),
             },
         }
     }
@@ -177,7 +180,7 @@ impl Applier {
         // time: the lock only lends the sink to the attempt running now.
         let sink = tokio::sync::Mutex::new(&mut self.sink);
         let namespaces = &self.namespaces;
-        let health = &mut self.health;
+        let health = &self.health;
         let recovered = Retry::new(self.settings.redis.max_retry_backoff)
             .cancelled_by(give_up)
             .run(
@@ -207,7 +210,7 @@ impl Applier {
         Ok(())
     }
 
-    /// Writes the batch's dead letters, applies its bumps (retrying while a
+    /// Writes the batch's dead letters and applies its bumps (retrying while a
     /// dependency is unreachable), then reports it acknowledged.
     async fn apply(&mut self, sealed: Sealed, give_up: &CancellationToken) -> Result<(), Abandoned> {
         let Sealed {
@@ -218,8 +221,22 @@ impl Applier {
             records,
         } = sealed;
         metrics::coalesced(plan.coalesced());
-        let refused = self.write_dead_letters(&dead_letters, &mut done, give_up).await?;
-        self.apply_bumps(&plan.into_bumps(), give_up).await?;
+        let bumps = plan.into_bumps();
+        // Two stores, no order between them: the batch is reported only once
+        // both acknowledged, so the dead-letter statement runs while Redis
+        // applies the bumps instead of before them.
+        let retry_cap = self.settings.redis.max_retry_backoff;
+        let (written, applied) = tokio::join!(
+            write_dead_letters(self.dead_letters.as_ref(), &dead_letters, &self.health, retry_cap, give_up),
+            apply_bumps(&mut self.sink, &bumps, &self.health, retry_cap, give_up),
+        );
+        let refused: Vec<Refused> = written?
+            .into_iter()
+            .map(|(record, error)| refuse(record, &mut done, &error))
+            .collect();
+        if let Some(results) = applied? {
+            self.announce(&bumps, &results).await;
+        }
         let acknowledged_ms = now_us() / 1000;
         for timestamp_ms in &record_times_ms {
             metrics::apply_latency((acknowledged_ms - timestamp_ms).max(0) as f64 / 1e3);
@@ -233,132 +250,6 @@ impl Applier {
         // The receiver is gone only when the consumer stage stopped waiting.
         let _ = self.health.reports.send(Report::Applied { done, records, refused });
         Ok(())
-    }
-
-    /// Writes the batch's dead letters, one statement per
-    /// [`DeadLetterStore::ROWS_PER_STATEMENT`] records, retrying while the
-    /// store is unreachable. When the store refuses a statement's data, its
-    /// records are written one by one: a row the store refuses stops only
-    /// its record's partition, just before the record (`done` is lowered so
-    /// that nothing at or past it is stored).
-    async fn write_dead_letters(
-        &mut self,
-        dead_letters: &[(KafkaRecord, Failure)],
-        done: &mut HashMap<PartitionId, i64>,
-        give_up: &CancellationToken,
-    ) -> Result<Vec<Refused>, Abandoned> {
-        let Some(store) = self.dead_letters.clone() else {
-            return Ok(Vec::new());
-        };
-        let mut refused = Vec::new();
-        for chunk in dead_letters.chunks(DeadLetterStore::ROWS_PER_STATEMENT) {
-            let letters: Vec<(&KafkaRecord, &Failure)> =
-                chunk.iter().map(|(record, failure)| (record, failure)).collect();
-            match self.write_with_retry(|| store.write_all(&letters), give_up).await? {
-                Ok(()) => {
-                    for (_, failure) in chunk {
-                        metrics::dead_letter(failure.stage.label(), failure.kind);
-                    }
-                }
-                Err(_) => {
-                    for (record, failure) in chunk {
-                        match self.write_with_retry(|| store.write(record, failure), give_up).await? {
-                            Ok(()) => metrics::dead_letter(failure.stage.label(), failure.kind),
-                            Err(error) => refused.push(refuse(record, done, &error)),
-                        }
-                    }
-                }
-            }
-        }
-        Ok(refused)
-    }
-
-    /// Runs one dead-letter statement until the store answers: `Ok(Err)` when
-    /// it refused the data (retrying cannot help and is no outage), `Err` when
-    /// the shutdown gave up while the store was unreachable.
-    async fn write_with_retry<F, Fut>(
-        &mut self,
-        write: F,
-        give_up: &CancellationToken,
-    ) -> Result<Result<(), DeadLetterError>, Abandoned>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<(), DeadLetterError>>,
-    {
-        let health = &mut self.health;
-        let written = Retry::new(self.settings.redis.max_retry_backoff)
-            .cancelled_by(give_up)
-            .run(write, |error, _| {
-                if error.is_data_error() {
-                    health.status.dead_letters_ok();
-                    Next::Stop
-                } else {
-                    health.outage(Dependency::DeadLetters, "unreachable", &error.to_string());
-                    Next::Retry
-                }
-            })
-            .await;
-        match written {
-            Ok(()) => {
-                self.health.status.dead_letters_ok();
-                Ok(Ok(()))
-            }
-            Err(Failed::Permanent { error, .. }) => Ok(Err(error)),
-            // Unreachable errors are retried until the shutdown gives up.
-            Err(failed) => {
-                tracing::warn!(attempts = failed.attempts(), last_error = %failed.error(),
-                    "shutdown while the dead-letter store is unreachable: nothing committed past the record");
-                Err(Abandoned)
-            }
-        }
-    }
-
-    /// Sends the bumps until Redis acknowledges them, then the notices.
-    async fn apply_bumps(&mut self, bumps: &[Bump], give_up: &CancellationToken) -> Result<(), Abandoned> {
-        if bumps.is_empty() {
-            return Ok(());
-        }
-        let cap = self.settings.redis.max_retry_backoff;
-        // One attempt at a time holds the sink (see recover_from_loss).
-        let sink = tokio::sync::Mutex::new(&mut self.sink);
-        let health = &mut self.health;
-        let applied = Retry::new(cap)
-            .cancelled_by(give_up)
-            .run(
-                || {
-                    let sink = &sink;
-                    async move {
-                        let started = Instant::now();
-                        let results = sink.lock().await.apply(bumps).await?;
-                        Ok::<_, SinkError>((results, started.elapsed()))
-                    }
-                },
-                |error, _| {
-                    health.outage(Dependency::Redis, error.kind_label(), &error.to_string());
-                    if error.is_retriable() {
-                        return Next::Retry;
-                    }
-                    tracing::error!(%error, targets = bumps.len(),
-                        "redis refused the batch: retrying cannot fix this (a version record that is not a hash? an ACL without a command README lists?); retrying at the longest backoff until an operator fixes it, nothing committed meanwhile");
-                    Next::RetryAtCap
-                },
-            )
-            .await;
-        match applied {
-            Ok((results, took)) => {
-                metrics::redis_apply(took.as_secs_f64(), bumps.len());
-                record_results(bumps, &results);
-                self.health.status.redis_ok();
-                self.announce(bumps, &results).await;
-                Ok(())
-            }
-            // Every failure is retried: only the shutdown ends the retries.
-            Err(failed) => {
-                tracing::warn!(targets = bumps.len(), attempts = failed.attempts(), last_error = %failed.error(),
-                    "shutdown during a redis outage: the unapplied batch is left to the next run (nothing committed past it)");
-                Err(Abandoned)
-            }
-        }
     }
 
     /// Notices of the applied bumps: Pub/Sub inline (one round trip), Kafka
@@ -383,7 +274,7 @@ impl Applier {
 }
 
 impl Health {
-    fn outage(&mut self, dependency: Dependency, kind: &'static str, error: &str) {
+    fn outage(&self, dependency: Dependency, kind: &'static str, error: &str) {
         match dependency {
             Dependency::Redis => {
                 metrics::redis_error(kind);
@@ -391,19 +282,148 @@ impl Health {
             }
             Dependency::DeadLetters => self.status.dead_letters_failed(error.to_owned()),
         }
-        if !self.in_outage {
+        if !self.in_outage.swap(true, Ordering::Relaxed) {
             tracing::warn!(?dependency, %error, "write failed; pausing consumption and retrying (nothing is committed meanwhile)");
-            self.in_outage = true;
             let _ = self.reports.send(Report::Outage);
         } else {
             tracing::debug!(?dependency, %error, "write failed again");
         }
     }
 
-    fn healthy(&mut self) {
-        if self.in_outage {
-            self.in_outage = false;
+    fn healthy(&self) {
+        if self.in_outage.swap(false, Ordering::Relaxed) {
             let _ = self.reports.send(Report::Healthy);
+        }
+    }
+}
+
+/// Writes a batch's dead letters, one statement per
+/// [`DeadLetterStore::ROWS_PER_STATEMENT`] records, retrying while the store
+/// is unreachable. When the store refuses a statement's data, its records
+/// are written one by one; the ones it refuses are returned, for their
+/// partitions to stop just before them.
+async fn write_dead_letters<'a>(
+    store: Option<&DeadLetterStore>,
+    dead_letters: &'a [(KafkaRecord, Failure)],
+    health: &Health,
+    retry_cap: Duration,
+    give_up: &CancellationToken,
+) -> Result<Vec<(&'a KafkaRecord, DeadLetterError)>, Abandoned> {
+    let Some(store) = store else {
+        return Ok(Vec::new());
+    };
+    let mut refused = Vec::new();
+    for chunk in dead_letters.chunks(DeadLetterStore::ROWS_PER_STATEMENT) {
+        let letters: Vec<(&KafkaRecord, &Failure)> = chunk.iter().map(|(record, failure)| (record, failure)).collect();
+        match write_with_retry(|| store.write_all(&letters), health, retry_cap, give_up).await? {
+            Ok(()) => {
+                for (_, failure) in chunk {
+                    metrics::dead_letter(failure.stage.label(), failure.kind);
+                }
+            }
+            Err(_) => {
+                for (record, failure) in chunk {
+                    match write_with_retry(|| store.write(record, failure), health, retry_cap, give_up).await? {
+                        Ok(()) => metrics::dead_letter(failure.stage.label(), failure.kind),
+                        Err(error) => refused.push((record, error)),
+                    }
+                }
+            }
+        }
+    }
+    Ok(refused)
+}
+
+/// Runs one dead-letter statement until the store answers: `Ok(Err)` when it
+/// refused the data (retrying cannot help and is no outage), `Err` when the
+/// shutdown gave up while the store was unreachable.
+async fn write_with_retry<F, Fut>(
+    write: F,
+    health: &Health,
+    retry_cap: Duration,
+    give_up: &CancellationToken,
+) -> Result<Result<(), DeadLetterError>, Abandoned>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), DeadLetterError>>,
+{
+    let started = Instant::now();
+    let written = Retry::new(retry_cap)
+        .cancelled_by(give_up)
+        .run(write, |error, _| {
+            if error.is_data_error() {
+                health.status.dead_letters_ok();
+                Next::Stop
+            } else {
+                health.outage(Dependency::DeadLetters, "unreachable", &error.to_string());
+                Next::Retry
+            }
+        })
+        .await;
+    match written {
+        Ok(()) => {
+            metrics::dead_letter_write(started.elapsed().as_secs_f64());
+            health.status.dead_letters_ok();
+            Ok(Ok(()))
+        }
+        Err(Failed::Permanent { error, .. }) => Ok(Err(error)),
+        // Unreachable errors are retried until the shutdown gives up.
+        Err(failed) => {
+            tracing::warn!(attempts = failed.attempts(), last_error = %failed.error(),
+                "shutdown while the dead-letter store is unreachable: nothing committed past the record");
+            Err(Abandoned)
+        }
+    }
+}
+
+/// Sends the bumps until Redis acknowledges them; their results, or `None`
+/// when there were none.
+async fn apply_bumps(
+    sink: &mut RedisSink,
+    bumps: &[Bump],
+    health: &Health,
+    retry_cap: Duration,
+    give_up: &CancellationToken,
+) -> Result<Option<Vec<BumpResult>>, Abandoned> {
+    if bumps.is_empty() {
+        return Ok(None);
+    }
+    // One attempt at a time holds the sink (see recover_from_loss).
+    let sink = tokio::sync::Mutex::new(sink);
+    let applied = Retry::new(retry_cap)
+        .cancelled_by(give_up)
+        .run(
+            || {
+                let sink = &sink;
+                async move {
+                    let started = Instant::now();
+                    let results = sink.lock().await.apply(bumps).await?;
+                    Ok::<_, SinkError>((results, started.elapsed()))
+                }
+            },
+            |error, _| {
+                health.outage(Dependency::Redis, error.kind_label(), &error.to_string());
+                if error.is_retriable() {
+                    return Next::Retry;
+                }
+                tracing::error!(%error, targets = bumps.len(),
+                    "redis refused the batch: retrying cannot fix this (a version record that is not a hash? an ACL without a command README lists?); retrying at the longest backoff until an operator fixes it, nothing committed meanwhile");
+                Next::RetryAtCap
+            },
+        )
+        .await;
+    match applied {
+        Ok((results, took)) => {
+            metrics::redis_apply(took.as_secs_f64(), bumps.len());
+            record_results(bumps, &results);
+            health.status.redis_ok();
+            Ok(Some(results))
+        }
+        // Every failure is retried: only the shutdown ends the retries.
+        Err(failed) => {
+            tracing::warn!(targets = bumps.len(), attempts = failed.attempts(), last_error = %failed.error(),
+                "shutdown during a redis outage: the unapplied batch is left to the next run (nothing committed past it)");
+            Err(Abandoned)
         }
     }
 }
