@@ -3,9 +3,12 @@
 //! (op codes, outcome words, reasons), never keys or raw error text.
 
 use std::collections::BTreeMap;
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, Mutex, OnceLock, PoisonError};
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Histogram, Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 
@@ -147,8 +150,30 @@ pub(crate) fn install() -> PrometheusHandle {
         .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE_TIMEOUT))
         .install_recorder()
         .expect("the metrics recorder is installed once per process");
+    INSTALLED.store(true, Ordering::Release);
     describe();
     handle
+}
+
+/// Set once the Prometheus recorder is in place: only then may a metric's
+/// handle be kept (one taken before would be a no-op forever).
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// The ops `events_total` is counted for, as [`crate::event::Op::code`] and
+/// the router name them.
+const EVENT_OPS: [&str; 7] = ["c", "u", "d", "r", "t", "m", "other"];
+const OUTCOMES: usize = 5;
+
+/// The `events_total` counters, one per op and outcome, each made on its
+/// first use: counted for every record, and a lookup of the labelled counter
+/// in the registry each time cost more than the count.
+static EVENT_COUNTERS: [OnceLock<Counter>; EVENT_OPS.len() * OUTCOMES] =
+    [const { OnceLock::new() }; EVENT_OPS.len() * OUTCOMES];
+
+/// The histogram of `name`, for recording many values at once (one registry
+/// lookup per batch instead of per value).
+pub(crate) fn histogram_handle(name: &'static str) -> Histogram {
+    histogram!(name)
 }
 
 /// How long a gauge lives without updates; refresh_gauges runs far more often.
@@ -354,7 +379,16 @@ fn describe() {
 }
 
 pub(crate) fn event(op: &'static str, outcome: Outcome) {
-    counter!(EVENTS, "op" => op, "outcome" => outcome.label()).increment(1);
+    let slot = EVENT_OPS
+        .iter()
+        .position(|known| *known == op)
+        .and_then(|index| EVENT_COUNTERS.get(index * OUTCOMES + outcome as usize));
+    match slot {
+        Some(slot) if INSTALLED.load(Ordering::Acquire) => slot
+            .get_or_init(|| counter!(EVENTS, "op" => op, "outcome" => outcome.label()))
+            .increment(1),
+        _ => counter!(EVENTS, "op" => op, "outcome" => outcome.label()).increment(1),
+    }
 }
 
 pub(crate) fn escalation(reason: EscalationReason) {
@@ -380,10 +414,6 @@ pub(crate) fn message(outcome: MessageOutcome) {
 
 pub(crate) fn moot() {
     counter!(MOOT_EVENTS).increment(1);
-}
-
-pub(crate) fn propagation(seconds: f64) {
-    histogram!(PROPAGATION).record(seconds);
 }
 
 pub(crate) fn redis_apply(seconds: f64, targets: usize) {
@@ -459,11 +489,6 @@ pub(crate) fn stored_offset(topic: &str, partition: i32, offset: i64) {
 pub(crate) fn partition_lag(topic: &str, partition: i32, lag: i64) {
     let labels = vec![("topic", topic.to_owned()), ("partition", partition.to_string())];
     set_gauge(CONSUMER_LAG, labels, lag.max(0) as f64);
-}
-
-/// One record's bumps were acknowledged `seconds` after its Kafka timestamp.
-pub(crate) fn apply_latency(seconds: f64) {
-    histogram!(APPLY_LATENCY).record(seconds);
 }
 
 /// The daemon moved forward (stored offsets after Redis acknowledged) or had

@@ -227,7 +227,13 @@ impl Applier {
         // applies the bumps instead of before them.
         let retry_cap = self.settings.redis.max_retry_backoff;
         let (written, applied) = tokio::join!(
-            write_dead_letters(self.dead_letters.as_ref(), &dead_letters, &self.health, retry_cap, give_up),
+            write_dead_letters(
+                self.dead_letters.as_ref(),
+                &dead_letters,
+                &self.health,
+                retry_cap,
+                give_up
+            ),
             apply_bumps(&mut self.sink, &bumps, &self.health, retry_cap, give_up),
         );
         let refused: Vec<Refused> = written?
@@ -238,8 +244,9 @@ impl Applier {
             self.announce(&bumps, &results).await;
         }
         let acknowledged_ms = now_us() / 1000;
+        let apply_latency = metrics::histogram_handle(metrics::APPLY_LATENCY);
         for timestamp_ms in &record_times_ms {
-            metrics::apply_latency((acknowledged_ms - timestamp_ms).max(0) as f64 / 1e3);
+            apply_latency.record((acknowledged_ms - timestamp_ms).max(0) as f64 / 1e3);
         }
         if let Some(reason) = self.sink.take_loss() {
             // This batch's bumps are in Redis; what Redis forgot before them
@@ -453,12 +460,13 @@ fn all_namespaces(settings: &Settings) -> Vec<String> {
 
 fn record_results(bumps: &[Bump], results: &[BumpResult]) {
     let now = now_us();
+    let propagation = metrics::histogram_handle(metrics::PROPAGATION);
     let mut counts: HashMap<(&'static str, bool), u64> = HashMap::new();
     for (bump, result) in bumps.iter().zip(results) {
         *counts.entry((bump.target.kind_label(), result.applied)).or_default() += 1;
         if result.applied {
             if let Some(commit) = bump.commit_time_us {
-                metrics::propagation((now - commit).max(0) as f64 / 1e6);
+                propagation.record((now - commit).max(0) as f64 / 1e6);
             }
         }
     }
