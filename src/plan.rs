@@ -20,45 +20,61 @@ pub struct Bump {
 /// Coalesces targets within a batch.
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
-    bumps: HashMap<(Target, String), Bump>,
+    /// Per target, one pending bump per source (almost always one): a
+    /// lookup by the target alone, with no copy of the source's name made
+    /// for every target of every event.
+    bumps: HashMap<Target, Vec<Pending>>,
+    pending: usize,
     added: u64,
+}
+
+/// A target's bump for one source, before the batch is sealed.
+#[derive(Debug)]
+struct Pending {
+    position: Position,
+    commit_time_us: Option<i64>,
 }
 
 impl Plan {
     pub(crate) fn add(&mut self, target: Target, position: &Position, commit_time_us: Option<i64>) {
         self.added += 1;
-        let slot = (target, position.source.clone());
-        match self.bumps.get_mut(&slot) {
-            Some(bump) => {
-                if position.ordinal > bump.position.ordinal {
-                    bump.position.ordinal.clone_from(&position.ordinal);
+        let per_source = self.bumps.entry(target).or_default();
+        match per_source.iter_mut().find(|p| p.position.source == position.source) {
+            Some(pending) => {
+                if position.ordinal > pending.position.ordinal {
+                    pending.position.ordinal.clone_from(&position.ordinal);
                 }
-                bump.commit_time_us = match (bump.commit_time_us, commit_time_us) {
+                pending.commit_time_us = match (pending.commit_time_us, commit_time_us) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
             }
             None => {
-                let target = slot.0.clone();
-                self.bumps.insert(
-                    slot,
-                    Bump {
-                        target,
-                        position: position.clone(),
-                        commit_time_us,
-                    },
-                );
+                self.pending += 1;
+                per_source.push(Pending {
+                    position: position.clone(),
+                    commit_time_us,
+                });
             }
         }
     }
 
     /// Targets added that merged into an existing bump.
     pub(crate) fn coalesced(&self) -> u64 {
-        self.added - self.bumps.len() as u64
+        self.added - self.pending as u64
     }
 
     pub(crate) fn into_bumps(self) -> Vec<Bump> {
-        let mut bumps: Vec<Bump> = self.bumps.into_values().collect();
+        let mut bumps: Vec<Bump> = Vec::with_capacity(self.pending);
+        for (target, per_source) in self.bumps {
+            for pending in per_source {
+                bumps.push(Bump {
+                    target: target.clone(),
+                    position: pending.position,
+                    commit_time_us: pending.commit_time_us,
+                });
+            }
+        }
         // Deterministic order makes logs and tests readable.
         bumps.sort_by(|a, b| (&a.target, &a.position).cmp(&(&b.target, &b.position)));
         bumps
