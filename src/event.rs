@@ -80,8 +80,8 @@ impl Position {
     /// (Debezium emits whole transactions at commit), but the pair is.
     pub fn postgres(server: &str, last_commit_lsn: u64, lsn: u64) -> Position {
         Position {
-            source: format!("pg:{server}"),
-            ordinal: format!("{last_commit_lsn:020}{lsn:020}"),
+            source: prefixed("pg:", server),
+            ordinal: Ordinal::new().digits(last_commit_lsn, 20).digits(lsn, 20).0,
         }
     }
 
@@ -89,16 +89,16 @@ impl Position {
     /// A separate source name, so the two encodings are never compared.
     pub(crate) fn postgres_lsn_only(server: &str, lsn: u64) -> Position {
         Position {
-            source: format!("pg-lsn:{server}"),
-            ordinal: format!("{lsn:020}"),
+            source: prefixed("pg-lsn:", server),
+            ordinal: Ordinal::new().digits(lsn, 20).0,
         }
     }
 
     /// MySQL: binlog file number, position in it, row within the event.
     pub(crate) fn mysql(server: &str, file_number: u64, pos: u64, row: u64) -> Position {
         Position {
-            source: format!("mysql:{server}"),
-            ordinal: format!("{file_number:010}{pos:020}{row:010}"),
+            source: prefixed("mysql:", server),
+            ordinal: Ordinal::new().digits(file_number, 10).digits(pos, 20).digits(row, 10).0,
         }
     }
 
@@ -112,7 +112,12 @@ impl Position {
     pub fn mariadb_gtid(server: &str, domain: u64, seq: u64, file_number: u64, pos: u64, row: u64) -> Position {
         Position {
             source: format!("mariadb-gtid:{server}:{domain}"),
-            ordinal: format!("{seq:020}{file_number:010}{pos:020}{row:010}"),
+            ordinal: Ordinal::new()
+                .digits(seq, 20)
+                .digits(file_number, 10)
+                .digits(pos, 20)
+                .digits(row, 10)
+                .0,
         }
     }
 
@@ -122,6 +127,49 @@ impl Position {
             source: format!("kafka:{topic}:{partition}"),
             ordinal: format!("{:020}", offset.max(0)),
         }
+    }
+}
+
+/// `prefix` then `name`, allocated once.
+fn prefixed(prefix: &str, name: &str) -> String {
+    let mut text = String::with_capacity(prefix.len() + name.len());
+    text.push_str(prefix);
+    text.push_str(name);
+    text
+}
+
+/// An ordinal built from zero-padded decimal fields: made for every event,
+/// and `format!`'s padding cost more than the digits.
+struct Ordinal(String);
+
+impl Ordinal {
+    fn new() -> Ordinal {
+        Ordinal(String::with_capacity(60))
+    }
+
+    /// `value` in decimal, zero-padded to `width` digits; a wider value is
+    /// written whole, as `format!("{value:0width$}")` would.
+    fn digits(mut self, value: u64, width: usize) -> Ordinal {
+        // Least significant first; u64::MAX has 20 digits.
+        let mut reversed = [0u8; 20];
+        let mut count = 0;
+        let mut rest = value;
+        for slot in reversed.iter_mut() {
+            // A remainder of a division by 10 is one digit.
+            *slot = b'0' + (rest % 10) as u8;
+            count += 1;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        for _ in count..width {
+            self.0.push('0');
+        }
+        for digit in reversed.iter().take(count).rev() {
+            self.0.push(char::from(*digit));
+        }
+        self
     }
 }
 
@@ -215,6 +263,19 @@ impl Decoded {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ordinal_digits_are_format_zero_padding() {
+        for value in [0u64, 1, 9, 10, 99, 12_345, u64::from(u32::MAX), u64::MAX / 7, u64::MAX] {
+            for width in [1usize, 10, 20] {
+                assert_eq!(super::Ordinal::new().digits(value, width).0, format!("{value:0width$}"));
+            }
+        }
+        assert_eq!(
+            Position::mariadb_gtid("s", 0, 7, 3, 456, 2).ordinal,
+            format!("{:020}{:010}{:020}{:010}", 7, 3, 456, 2)
+        );
+    }
+
     use super::*;
 
     #[test]
