@@ -1,3 +1,5 @@
+-- bench/bump-variants only: src/sink/bump.lua as it was before the HMGET
+-- change (git show bfa82d3:src/sink/bump.lua), the "before" of BENCHMARKS.md.
 -- Guarded version bumps, many per call (README, "The key protocol").
 -- KEYS[i]        a version record, e.g. ver:product:42 or ver:ns:product
 -- ARGV[1]        version_ttl in milliseconds

@@ -6,6 +6,10 @@ pipelines, interleaved repetitions.
 
     drive.py [ROUNDS] [REPS] [SCRIPT...]      # REDIS_PORT, default 16950
 
+By default the bumps update 10,000 records over and over (the daemon's
+case: hot keys, a `pv` to keep); FRESH_KEYS=1 gives every bump a record of
+its own, created by it (the harness's redis-benchmark case).
+
 With CALLGRIND_PID (a redis-server run under valgrind --tool=callgrind
 --callgrind-out-file=DIR/cg.out.%p) and CALLGRIND_DIR, each run also counts
 the server's instructions per bump (callgrind_control zeroes the counters
@@ -31,6 +35,7 @@ CALLS, PER_CALL, KEYS = 20, 32, 10000
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 150
 REPS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
 SCRIPTS = sys.argv[3:]
+FRESH_KEYS = os.environ.get("FRESH_KEYS") == "1"
 CALLGRIND_PID = os.environ.get("CALLGRIND_PID")
 CALLGRIND_DIR = os.environ.get("CALLGRIND_DIR", ".")
 TTL = b"600000"
@@ -105,9 +110,13 @@ def callgrind(action):
     return int(totals[0].split()[1])
 
 
+runs = [0]
+
+
 def rounds(sha):
     out = []
     key_i = 0
+    runs[0] += 1
     for _round in range(ROUNDS):
         position[0] += 1
         pos = b"%020d" % position[0]
@@ -115,7 +124,10 @@ def rounds(sha):
         for _call in range(CALLS):
             keys = []
             for _key in range(PER_CALL):
-                keys.append(b"bench:k:%d" % (key_i % KEYS))
+                if FRESH_KEYS:
+                    keys.append(b"bench:%d:%d:k:%d" % (os.getpid(), runs[0], key_i))
+                else:
+                    keys.append(b"bench:k:%d" % (key_i % KEYS))
                 key_i += 1
             if sha is None:
                 for k in keys:

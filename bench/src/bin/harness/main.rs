@@ -4,8 +4,9 @@
 //! 1. A private redis-server (`--redis-port`, no persistence) for the run.
 //! 2. `load`: one topic of N Debezium events (the throughput topic).
 //! 3. Per repetition: the decode microbenchmark (criterion), `raw-consume`,
-//!    the daemon until drained, the naive Node peer until drained, and
-//!    `redis-benchmark` with the bump script's EVALSHA. A `-malformed<pct>`
+//!    the daemon until drained, the naive Node peer until drained,
+//!    `redis-benchmark` with the bump script's EVALSHA, and the same bumps
+//!    as bare writes (`bare_writes`: no guard, no script). A `-malformed<pct>`
 //!    drain reads a topic of its own where that share of the records is
 //!    malformed, with a dead-letter store; `--baseline-daemon` drains every
 //!    consistency with a second build too, the two taking turns.
