@@ -463,8 +463,8 @@ fn record_results(bumps: &[Bump], results: &[BumpResult]) {
     let propagation = metrics::histogram_handle(metrics::PROPAGATION);
     let mut counts: HashMap<(&'static str, bool), u64> = HashMap::new();
     for (bump, result) in bumps.iter().zip(results) {
-        *counts.entry((bump.target.kind_label(), result.applied)).or_default() += 1;
-        if result.applied {
+        *counts.entry((bump.target.kind_label(), result.applied())).or_default() += 1;
+        if result.applied() {
             if let Some(commit) = bump.commit_time_us {
                 propagation.record((now - commit).max(0) as f64 / 1e6);
             }

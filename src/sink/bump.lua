@@ -3,11 +3,13 @@
 -- ARGV[1]        version_ttl in milliseconds
 -- ARGV[2i]       KEYS[i]'s guard field, the change's source, e.g. p:pg:shop
 -- ARGV[2i + 1]   KEYS[i]'s change position: decimal digits, fixed width per source
--- Returns one {applied, version} pair per key, in KEYS order: {1, v} when
--- applied, {0, v} when the record had already seen this position or a
--- later one (redelivery, replay, reordering). One call carries many keys
--- because a script call costs far more than the few commands inside it; on
--- a cluster every key of one call is in one hash slot (the caller groups).
+-- Returns one element per key, in KEYS order: the new version (a string)
+-- when applied, the integer 0 when the record had already seen this
+-- position or a later one (redelivery, replay, reordering). The daemon
+-- needs no version of a no-op, and one flat element per key is the
+-- cheapest reply Redis builds. One call carries many keys because a script
+-- call costs far more than the few commands inside it; on a cluster every
+-- key of one call is in one hash slot (the caller groups).
 local ttl = ARGV[1]
 
 -- One clock reading for the call: versions stay unique per record because
@@ -15,33 +17,39 @@ local ttl = ARGV[1]
 local now = redis.call('TIME')
 local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
 
+-- Locals, not globals: a global is a table lookup at every use, and the
+-- loop runs once per key.
+local call, format, floor, max = redis.call, string.format, math.floor, math.max
 local replies = {}
-for i, record in ipairs(KEYS) do
+for i = 1, #KEYS do
+  local record = KEYS[i]
   local guard_field = ARGV[2 * i]
   local position = ARGV[2 * i + 1]
-  -- HGET, not HMGET: the commands an ACL must allow stay the ones README
-  -- lists.
-  local seen = redis.call('HGET', record, guard_field)
-  local current_text = redis.call('HGET', record, 'v')
+  -- One read for both fields: each redis.call costs more than a pipelined
+  -- command (BENCHMARKS.md, "The bump script against the bare writes").
+  -- A missing field reads as false.
+  local fields = call('HMGET', record, guard_field, 'v')
+  local seen = fields[1]
+  local current_text = fields[2]
   -- Same width means same encoding; digits compare as numbers then.
   if seen and #seen == #position and seen >= position then
-    replies[i] = {0, current_text or '0'}
+    replies[i] = 0
   else
     -- v := max(v + 1, server time in microseconds): unique even when the
     -- record expired and is created again. Lua numbers are doubles; both
     -- stay < 2^53.
     local current = tonumber(current_text or '0') or 0
     -- %d, never tostring: tostring may print 1.7e+15.
-    local text = string.format('%d', math.floor(math.max(current + 1, now_us)))
+    local text = format('%d', floor(max(current + 1, now_us)))
     if current_text then
       -- pv: the version readers may serve while the new one is refilled
       -- (stale-while-revalidate); absent on a record this bump created.
-      redis.call('HSET', record, 'v', text, 'pv', current_text, guard_field, position)
+      call('HSET', record, 'v', text, 'pv', current_text, guard_field, position)
     else
-      redis.call('HSET', record, 'v', text, guard_field, position)
+      call('HSET', record, 'v', text, guard_field, position)
     end
-    redis.call('PEXPIRE', record, ttl)
-    replies[i] = {1, text}
+    call('PEXPIRE', record, ttl)
+    replies[i] = text
   end
 end
 return replies

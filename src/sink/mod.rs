@@ -121,10 +121,20 @@ const REFUSALS: &[&str] = &[
     "WRONGPASS",
 ];
 
+/// What one guarded bump did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BumpResult {
-    pub applied: bool,
-    pub version: u64,
+    /// The version the bump wrote; `None` when the record had already seen
+    /// this position or a later one and nothing changed (`bump.lua` returns
+    /// no version then: nothing downstream names a data key for a no-op).
+    pub version: Option<u64>,
+}
+
+impl BumpResult {
+    /// Whether the bump changed the record (passed the guard).
+    pub fn applied(&self) -> bool {
+        self.version.is_some()
+    }
 }
 
 #[cfg(test)]

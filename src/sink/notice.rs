@@ -121,8 +121,8 @@ impl Notices {
         bumps
             .iter()
             .zip(results)
-            .filter(|(_, r)| r.applied)
-            .map(|(b, r)| Notice {
+            .filter_map(|(b, r)| Some((b, r.version?)))
+            .map(|(b, version)| Notice {
                 kind: match b.target {
                     Target::Key(_) => "KEY",
                     Target::Namespace(_) => "NAMESPACE",
@@ -132,7 +132,7 @@ impl Notices {
                     Target::Namespace(n) => n.clone(),
                 },
                 record_key: b.target.record_key(prefix),
-                version: r.version,
+                version,
                 source: b.position.source.clone(),
                 position: b.position.ordinal.clone(),
                 commit_time_us: b.commit_time_us,
@@ -236,16 +236,7 @@ mod tests {
                 commit_time_us: None,
             },
         ];
-        let results = [
-            BumpResult {
-                applied: true,
-                version: 11,
-            },
-            BumpResult {
-                applied: false,
-                version: 3,
-            },
-        ];
+        let results = [BumpResult { version: Some(11) }, BumpResult { version: None }];
         let notices = Notices::of("ver:", &bumps, &results);
         assert_eq!(notices.len(), 1);
         assert_eq!(notices[0].record_key, "ver:product:1");

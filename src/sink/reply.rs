@@ -106,28 +106,26 @@ fn next(values: &mut impl Iterator<Item = Value>, what: &'static str) -> Result<
     values.next().ok_or(ReplyError::Short { what, sent: 1, got: 0 })
 }
 
-/// One `bump.lua` reply: a `{applied, version}` pair per key, `sent` keys.
+/// One `bump.lua` reply, `sent` keys: per key the new version (a string)
+/// when applied, the integer 0 when the guard kept the record as it was.
 pub(crate) fn bump_call(value: Value, sent: usize) -> Result<Vec<BumpResult>, ReplyError> {
     const WHAT: &str = "bump";
-    let pairs = array(value, WHAT)?;
-    if pairs.len() != sent {
+    let elements = array(value, WHAT)?;
+    if elements.len() != sent {
         return Err(ReplyError::Short {
             what: "bumps",
             sent,
-            got: pairs.len(),
+            got: elements.len(),
         });
     }
-    pairs
-        .into_iter()
-        .map(|pair| {
-            let [applied, version] = fixed::<2>(pair, WHAT)?;
-            let applied = match integer(&applied, WHAT)? {
-                0 => false,
-                1 => true,
-                other => return Err(malformed(WHAT, format!("applied flag {other}, expected 0 or 1"))),
-            };
-            let version = version_number(&text(&version, WHAT)?, WHAT)?;
-            Ok(BumpResult { applied, version })
+    elements
+        .iter()
+        .map(|element| match element {
+            Value::Int(0) => Ok(BumpResult { version: None }),
+            Value::Int(other) => Err(malformed(WHAT, format!("{other}, expected a version or 0"))),
+            other => Ok(BumpResult {
+                version: Some(version_number(&text(other, WHAT)?, WHAT)?),
+            }),
         })
         .collect()
 }
@@ -231,9 +229,11 @@ mod tests {
         Value::BulkString(text.as_bytes().to_vec())
     }
 
-    fn pair(applied: i64, version: &str) -> Value {
-        Value::Array(vec![Value::Int(applied), s(version)])
+    fn applied(version: &str) -> Value {
+        s(version)
     }
+
+    const UNCHANGED: Value = Value::Int(0);
 
     fn epoch_value(status: &str, epoch: &str) -> Value {
         Value::Array(vec![s(status), s(epoch), Value::Int(3), Value::Int(9)])
@@ -241,25 +241,21 @@ mod tests {
 
     #[test]
     fn bump_replies_decode_to_results() {
-        let value = Value::Array(vec![pair(1, "1754312399000001"), pair(0, "0")]);
+        let value = Value::Array(vec![applied("1754312399000001"), UNCHANGED]);
         assert_eq!(
             bump_call(value, 2),
             Ok(vec![
                 BumpResult {
-                    applied: true,
-                    version: 1_754_312_399_000_001
+                    version: Some(1_754_312_399_000_001)
                 },
-                BumpResult {
-                    applied: false,
-                    version: 0
-                },
+                BumpResult { version: None },
             ])
         );
     }
 
     #[test]
     fn a_malformed_or_short_bump_reply_is_an_error_never_a_default() {
-        let malformed_version = |text: &str| bump_call(Value::Array(vec![pair(1, text)]), 1);
+        let malformed_version = |text: &str| bump_call(Value::Array(vec![applied(text)]), 1);
         for text in ["", "1.7e+15", "-1", "0012", "abc", "9223372036854775808", " 1"] {
             assert!(
                 matches!(malformed_version(text), Err(ReplyError::Malformed { .. })),
@@ -268,25 +264,33 @@ mod tests {
         }
         assert_eq!(
             malformed_version("9223372036854775807").unwrap()[0].version,
-            i64::MAX as u64
+            Some(i64::MAX as u64)
         );
         assert_eq!(
-            bump_call(Value::Array(vec![pair(1, "5")]), 2),
+            bump_call(Value::Array(vec![applied("5")]), 2),
             Err(ReplyError::Short {
                 what: "bumps",
                 sent: 2,
                 got: 1
             })
         );
+        for flag in [1, -1, 2] {
+            assert!(
+                matches!(
+                    bump_call(Value::Array(vec![Value::Int(flag)]), 1),
+                    Err(ReplyError::Malformed { .. })
+                ),
+                "{flag}"
+            );
+        }
+        assert!(matches!(bump_call(Value::Int(1), 1), Err(ReplyError::Malformed { .. })));
         assert!(matches!(
-            bump_call(Value::Array(vec![pair(2, "5")]), 1),
+            bump_call(Value::Array(vec![Value::Nil]), 1),
             Err(ReplyError::Malformed { .. })
         ));
-        assert!(matches!(bump_call(Value::Int(1), 1), Err(ReplyError::Malformed { .. })));
-        let triple = Value::Array(vec![Value::Array(vec![Value::Int(1), s("5"), s("x")])]);
-        assert!(matches!(bump_call(triple, 1), Err(ReplyError::Malformed { .. })));
-        let swapped = Value::Array(vec![Value::Array(vec![s("5"), Value::Int(1)])]);
-        assert!(matches!(bump_call(swapped, 1), Err(ReplyError::Malformed { .. })));
+        // The former shape, a {applied, version} pair per key, is refused.
+        let pair = Value::Array(vec![Value::Array(vec![Value::Int(1), s("5")])]);
+        assert!(matches!(bump_call(pair, 1), Err(ReplyError::Malformed { .. })));
     }
 
     #[test]
@@ -326,15 +330,15 @@ mod tests {
         };
         let values = vec![
             epoch_value("ok", "42"),
-            Value::Array(vec![pair(1, "10"), pair(0, "11")]),
-            Value::Array(vec![pair(1, "12")]),
+            Value::Array(vec![applied("10"), UNCHANGED]),
+            Value::Array(vec![applied("12")]),
             Value::Int(1),
         ];
         let reply = pipeline(values.clone(), &request, extras).unwrap();
         assert_eq!(reply.check.unwrap().epoch, "42");
         assert_eq!(
             reply.results.iter().map(|r| r.version).collect::<Vec<_>>(),
-            [10, 11, 12]
+            [Some(10), None, Some(12)]
         );
         assert_eq!(reply.replicas, Some(1));
         // A reply missing (WAIT's, here) is an error, not an absent count.
@@ -356,8 +360,8 @@ mod tests {
             Err(ReplyError::Short { what: "bumps", .. })
         ));
         let plain = vec![
-            Value::Array(vec![pair(1, "10"), pair(0, "11")]),
-            Value::Array(vec![pair(1, "12")]),
+            Value::Array(vec![applied("10"), UNCHANGED]),
+            Value::Array(vec![applied("12")]),
         ];
         let reply = pipeline(plain, &request, Extras::default()).unwrap();
         assert_eq!((reply.check, reply.replicas), (None, None));

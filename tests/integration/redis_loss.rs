@@ -306,7 +306,7 @@ async fn epoch_check_cost() {
                     })
                     .collect();
                 let results = sink.apply(&bumps).await.unwrap();
-                assert!(results.iter().all(|r| r.applied));
+                assert!(results.iter().all(|r| r.applied()));
                 assert_eq!(sink.take_loss(), None);
             }
             figures.push(started.elapsed().as_secs_f64() * 1e6 / BATCHES as f64);

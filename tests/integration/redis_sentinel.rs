@@ -132,7 +132,7 @@ async fn a_sentinel_failover_is_followed_without_a_new_sink() {
         .apply(&[bump("before", 1)])
         .await
         .expect("applied on the first primary");
-    assert!(applied[0].applied);
+    assert!(applied[0].applied());
     assert!(version_on(primary.port, "before").await.is_some());
 
     redis::cmd("SENTINEL")
@@ -173,7 +173,7 @@ async fn a_sentinel_failover_is_followed_without_a_new_sink() {
     loop {
         match sink.apply(&[bump("after", 2)]).await {
             Ok(results) => {
-                assert!(results[0].applied);
+                assert!(results[0].applied());
                 break;
             }
             Err(e) => {
@@ -199,7 +199,7 @@ async fn a_silent_connection_fails_within_the_response_timeout_and_is_replaced()
     })
     .await
     .unwrap();
-    assert!(sink.apply(&[bump("k", 1)]).await.unwrap()[0].applied);
+    assert!(sink.apply(&[bump("k", 1)]).await.unwrap()[0].applied());
     // The server stops answering every client (the connection stays open,
     // as behind a partition or a hung proxy) for three seconds.
     let client = redis::Client::open(server.url()).unwrap();
@@ -223,5 +223,5 @@ async fn a_silent_connection_fails_within_the_response_timeout_and_is_replaced()
         .apply(&[bump("k", 3)])
         .await
         .expect("answers again once the pause ends");
-    assert!(results[0].applied);
+    assert!(results[0].applied());
 }

@@ -23,9 +23,10 @@ export const unique = (prefix: string) => `${prefix}_${randomBytes(6).toString('
 /** One bump of `key` through the daemon's bump script; returns the new version. */
 export async function bump(redis: Redis | Cluster, prefix: string, key: string, position: number): Promise<string> {
   // KEYS: the records; ARGV: version_ttl ms, then guard field and position per record.
-  const reply = (await redis.eval(BUMP_LUA, 1, `${prefix}${key}`, 600_000, 'p:test', String(position).padStart(20, '0'))) as [number, string][];
-  if (reply[0][0] !== 1) throw new Error(`bump of ${key} at ${position} not applied`);
-  return reply[0][1];
+  // The reply: per record the new version (a string) when applied, 0 when not.
+  const reply = (await redis.eval(BUMP_LUA, 1, `${prefix}${key}`, 600_000, 'p:test', String(position).padStart(20, '0'))) as (string | number)[];
+  if (typeof reply[0] !== 'string') throw new Error(`bump of ${key} at ${position} not applied`);
+  return reply[0];
 }
 
 export async function metric(registry: Registry, name: string, labels: Record<string, string> = {}): Promise<number> {

@@ -4,8 +4,9 @@
 //! 1. A private redis-server (`--redis-port`, no persistence) for the run.
 //! 2. `load`: one topic of N Debezium events (the throughput topic).
 //! 3. Per repetition: the decode microbenchmark (criterion), `raw-consume`,
-//!    the daemon until drained, the naive Node peer until drained, and
-//!    `redis-benchmark` with the bump script's EVALSHA. A `-malformed<pct>`
+//!    the daemon until drained, the naive Node peer until drained,
+//!    `redis-benchmark` with the bump script's EVALSHA, and the same bumps
+//!    as bare writes (`bare_writes`: no guard, no script). A `-malformed<pct>`
 //!    drain reads a topic of its own where that share of the records is
 //!    malformed, with a dead-letter store; `--baseline-daemon` drains every
 //!    consistency with a second build too, the two taking turns.
@@ -21,6 +22,7 @@
 // wrong number in BENCHMARKS.md.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod bare_writes;
 mod dead_letters;
 mod processes;
 mod report;
@@ -37,6 +39,7 @@ use anyhow::{bail, Context};
 use cdc_bench::{gen, prom, stats};
 use clap::Parser;
 
+use bare_writes::bare_writes;
 use dead_letters::DeadLetterTable;
 use processes::{free_port, split_malformed, start_cluster, start_redis, Ctx, Reaper, BASELINE_DAEMON, DAEMON};
 use results::{
@@ -497,6 +500,20 @@ fn run(ctx: &mut Ctx, malformed_pcts: &[u32]) -> anyhow::Result<RunReport> {
             ));
             if chunk == daemon_chunk {
                 r.redis_benchmark = Some(rb.clone());
+                // Right after the script's run at the same keys per call,
+                // the same bumps in flight and as many of them.
+                say(format!(
+                    "rep {rep}/{}: the same bumps as bare writes (HSET + PEXPIRE, no guard), {chunk} keys per group",
+                    args.reps
+                ));
+                let bare = bare_writes(ctx, chunk, args.redis_benchmark_pipeline, rb.requests * chunk as u64)?;
+                say(format!(
+                    "  bare writes: {:.0} bumps/s, {:.2} µs Redis CPU per bump (the script: {:.2})",
+                    bare.bumps_per_second,
+                    bare.redis_cpu_us_per_bump,
+                    rb.redis_cpu_us_per_bump.unwrap_or(f64::NAN)
+                ));
+                r.bare_writes = Some(bare);
             }
             r.script_curve.insert(chunk, rb);
         }

@@ -105,7 +105,14 @@ pub fn medians(reps: &[Repetition], probes: &[ProbeResult], rates: &[u64]) -> Me
         redis_ceiling_bumps_per_second: median_of(reps, |r| Some(r.redis_benchmark.as_ref()?.bumps_per_second)),
         daemon_bumps_per_call: cdc_invalidator::sink::BUMPS_PER_CALL,
         daemon_targets_per_event: drain_median(reps, strong, |d| d.targets_per_event),
+        daemon_bumps_per_event: drain_median(reps, strong, |d| d.bumps_per_event),
         daemon_redis_commands_per_event: drain_median(reps, strong, |d| d.redis_commands_per_event),
+        // s per million events is µs per event: the same figure, named for it.
+        daemon_cpu_us_per_event: drain_median(reps, strong, cpu_per_million),
+        raw_consume_cpu_us_per_event: median_of(reps, |r| r.raw_consume.as_ref()?.cpu_seconds_per_million),
+        redis_script_cpu_us_per_bump: median_of(reps, |r| r.redis_benchmark.as_ref()?.redis_cpu_us_per_bump),
+        redis_bare_bumps_per_second: median_of(reps, |r| Some(r.bare_writes.as_ref()?.bumps_per_second)),
+        redis_bare_cpu_us_per_bump: median_of(reps, |r| Some(r.bare_writes.as_ref()?.redis_cpu_us_per_bump)),
         daemon_peak_rss_mib_max: reps
             .iter()
             .filter_map(|r| strong(r).map(peak_rss))
@@ -242,6 +249,12 @@ pub fn ratios(m: &Medians, consistencies: &[String]) -> Ratios {
         daemon_over_raw_consume: div(m.daemon_events_per_second, m.raw_consume_events_per_second),
         daemon_over_node: div(m.daemon_events_per_second, m.node_events_per_second),
         daemon_targets_over_redis_ceiling: div(m.daemon_targets_per_second, m.redis_ceiling_bumps_per_second),
+        guarded_bump_over_bare: div(m.redis_ceiling_bumps_per_second, m.redis_bare_bumps_per_second),
+        guarded_bump_over_bare_by_redis_cpu: div(m.redis_bare_cpu_us_per_bump, m.redis_script_cpu_us_per_bump),
+        daemon_strong_over_redis_implied_ceiling: div(
+            m.daemon_events_per_second,
+            div(m.redis_ceiling_bumps_per_second, m.daemon_bumps_per_event),
+        ),
         daemon_strong_wait1_over_strong: div(m.daemon_strong_wait1_events_per_second, m.daemon_events_per_second),
         daemon_strong_cluster_over_strong: div(m.daemon_strong_cluster_events_per_second, m.daemon_events_per_second),
         daemon_eventual_over_raw_consume: div(m.daemon_eventual_events_per_second, m.raw_consume_events_per_second),
@@ -369,6 +382,36 @@ fn json_text<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
+/// The guarded bump against the bare writes, the daemon against the Redis
+/// ceiling its bumps per event imply, and CPU per event beside raw-consume's.
+fn bump_cost_lines(r: &RunReport) -> [String; 3] {
+    let m = &r.medians;
+    let q = &r.ratios;
+    [
+        format!(
+            "bump script / bare writes, {} keys per call: {} / {} bumps/s = {}; Redis CPU per bump {} / {} µs (bare over script {})",
+            m.daemon_bumps_per_call,
+            whole(m.redis_ceiling_bumps_per_second),
+            whole(m.redis_bare_bumps_per_second),
+            two_places(q.guarded_bump_over_bare),
+            two_places(m.redis_script_cpu_us_per_bump),
+            two_places(m.redis_bare_cpu_us_per_bump),
+            two_places(q.guarded_bump_over_bare_by_redis_cpu)
+        ),
+        format!(
+            "strong over the Redis ceiling it implies (script bumps/s / {} bumps per event = {} events/s): {}",
+            two_places(m.daemon_bumps_per_event),
+            whole(div(m.redis_ceiling_bumps_per_second, m.daemon_bumps_per_event)),
+            two_places(q.daemon_strong_over_redis_implied_ceiling)
+        ),
+        format!(
+            "CPU per event: daemon, strong {} µs; raw-consume {} µs",
+            two_places(m.daemon_cpu_us_per_event),
+            two_places(m.raw_consume_cpu_us_per_event)
+        ),
+    ]
+}
+
 pub fn print_table(r: &RunReport) {
     let m = &r.medians;
     let p = &r.params;
@@ -491,11 +534,15 @@ pub fn print_table(r: &RunReport) {
             );
         }
         println!(
-            "daemon: {} bumps per call, {} targets per event, {} Redis commands per event",
+            "daemon: {} bumps per call, {} targets per event, {} bumps per event reach Redis (after coalescing), {} Redis commands per event",
             m.daemon_bumps_per_call,
             two_places(m.daemon_targets_per_event),
+            two_places(m.daemon_bumps_per_event),
             two_places(m.daemon_redis_commands_per_event)
         );
+    }
+    for line in bump_cost_lines(r) {
+        println!("{line}");
     }
     if let Some(decode) = &m.decode {
         println!(
@@ -746,6 +793,102 @@ mod tests {
                 "baseline 978fa7c, strong-malformed10"
             ]
         );
+    }
+
+    /// The guarded script against the bare writes, per repetition, then the
+    /// strong drain against the ceiling its bumps per event imply.
+    #[test]
+    fn the_script_over_the_bare_writes_and_the_implied_ceiling() {
+        use crate::results::BareWritesResult;
+        let reps: Vec<Repetition> = [
+            // script bumps/s, its µs per bump, bare bumps/s, its µs per bump, bumps per event
+            (2400.0, 3.0, 4000.0, 1.5, 2.0),
+            (1800.0, 4.0, 3600.0, 2.0, 1.0),
+            (3000.0, 3.5, 5000.0, 1.75, 4.0),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (script, script_cpu, bare, bare_cpu, bumps_per_event))| {
+            let mut r = repetition(i + 1, 600.0, None);
+            r.redis_benchmark = Some(RedisBenchmarkResult {
+                bumps_per_second: script,
+                redis_cpu_us_per_bump: Some(script_cpu),
+                ..RedisBenchmarkResult::default()
+            });
+            r.bare_writes = Some(BareWritesResult {
+                bumps_per_second: bare,
+                redis_cpu_us_per_bump: bare_cpu,
+                ..BareWritesResult::default()
+            });
+            let strong = r.daemon.as_mut().expect("a strong drain");
+            strong.bumps_per_event = bumps_per_event;
+            strong.targets_per_event = bumps_per_event + 1.0;
+            strong.cpu_seconds_per_million = 20.0 + i as f64;
+            if let Some(raw) = r.raw_consume.as_mut() {
+                raw.cpu_seconds_per_million = Some(2.0 + i as f64);
+            }
+            r
+        })
+        .collect();
+        let m = medians(&reps, &[], &[]);
+        assert_eq!(m.redis_ceiling_bumps_per_second, Some(2400.0));
+        assert_eq!(m.redis_script_cpu_us_per_bump, Some(3.5));
+        assert_eq!(m.redis_bare_bumps_per_second, Some(4000.0));
+        assert_eq!(m.redis_bare_cpu_us_per_bump, Some(1.75));
+        assert_eq!(m.daemon_bumps_per_event, Some(2.0));
+        assert_eq!(
+            m.daemon_targets_per_event,
+            Some(3.0),
+            "targets are counted before coalescing"
+        );
+        assert_eq!(m.daemon_cpu_us_per_event, Some(21.0));
+        assert_eq!(m.raw_consume_cpu_us_per_event, Some(3.0));
+        let q = ratios(&m, &[]);
+        assert_eq!(q.guarded_bump_over_bare, Some(0.6));
+        assert_eq!(q.guarded_bump_over_bare_by_redis_cpu, Some(0.5));
+        // 2400 bumps/s at 2 bumps per event: Redis takes 1200 events/s; the drain did 600.
+        assert_eq!(q.daemon_strong_over_redis_implied_ceiling, Some(0.5));
+        let report = RunReport {
+            run_id: "1".into(),
+            git: Default::default(),
+            daemon_binary_sha256: None,
+            machine: Default::default(),
+            params: Default::default(),
+            load: Default::default(),
+            load_avro: None,
+            ratios: q,
+            baseline_daemon: None,
+            load_malformed: BTreeMap::new(),
+            dead_letter_schema: None,
+            reps,
+            probes: Vec::new(),
+            medians: m,
+            profile: None,
+            load_average_before: None,
+            load_average_after: None,
+        };
+        let [bump, ceiling, cpu] = bump_cost_lines(&report);
+        assert!(bump.contains("2400 / 4000 bumps/s = 0.60"), "{bump}");
+        assert!(bump.contains("3.50 / 1.75 µs (bare over script 0.50)"), "{bump}");
+        assert!(
+            ceiling.contains("2.00 bumps per event = 1200 events/s): 0.50"),
+            "{ceiling}"
+        );
+        assert_eq!(cpu, "CPU per event: daemon, strong 21.00 µs; raw-consume 3.00 µs");
+        let v: Value = serde_json::to_value(&report).expect("serialises");
+        for key in [
+            "/medians/redis_bare_bumps_per_second",
+            "/medians/daemon_bumps_per_event",
+            "/medians/daemon_cpu_us_per_event",
+            "/medians/raw_consume_cpu_us_per_event",
+            "/ratios/guarded_bump_over_bare",
+            "/ratios/daemon_strong_over_redis_implied_ceiling",
+            "/reps/0/bare_writes/redis_cpu_us_per_bump",
+            "/reps/0/redis_benchmark/redis_cpu_us_per_bump",
+            "/reps/0/daemon/bumps_per_event",
+        ] {
+            assert!(v.pointer(key).and_then(Value::as_f64).is_some(), "{key} in {v:#}");
+        }
     }
 
     /// The keys bench/plot.py and BENCHMARKS.md read, at their nesting.

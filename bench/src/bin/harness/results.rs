@@ -57,8 +57,15 @@ pub struct DrainResult {
     pub redis_commands: RedisCommands,
     pub evalsha_per_event: f64,
     pub redis_commands_per_event: f64,
+    /// Targets routed per event, before coalescing (applied, guard no-op
+    /// and coalesced).
     pub targets_per_event: f64,
+    /// Bumps that reached Redis per event, after coalescing: applied and
+    /// guard no-ops, from the daemon's own counters.
+    #[serde(default)]
+    pub bumps_per_event: f64,
     pub cpu_seconds: f64,
+    /// CPU seconds per million events: equally µs per event.
     pub cpu_seconds_per_million: f64,
     pub cpu_utilisation: f64,
     pub peak_rss_mib: f64,
@@ -114,6 +121,25 @@ pub struct RedisBenchmarkResult {
     pub requests_per_second: f64,
     pub bumps_per_second: f64,
     pub keys_created: u64,
+    pub redis_commands: RedisCommands,
+    /// Redis's main-thread CPU (`INFO cpu`) over the run, per bump.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_cpu_us_per_bump: Option<f64>,
+}
+
+/// The bare writes of the same bumps (`bare_writes`): `HSET v pv p:S` and
+/// `PEXPIRE` per key, pipelined, no guard, no script.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BareWritesResult {
+    /// Keys per group, the daemon's bumps per script call.
+    pub keys_per_call: usize,
+    /// Groups per pipelined round.
+    pub pipeline: u64,
+    pub bumps: u64,
+    pub seconds: f64,
+    pub bumps_per_second: f64,
+    /// Redis's main-thread CPU (`INFO cpu`) over the run, per bump.
+    pub redis_cpu_us_per_bump: f64,
     pub redis_commands: RedisCommands,
 }
 
@@ -231,6 +257,10 @@ pub struct Repetition {
     /// The bump script at the daemon's own chunk size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_benchmark: Option<RedisBenchmarkResult>,
+    /// The bare writes of the same bumps, right after the script's run at
+    /// the daemon's chunk size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bare_writes: Option<BareWritesResult>,
     /// By bumps per call.
     #[serde(default)]
     pub script_curve: BTreeMap<usize, RedisBenchmarkResult>,
@@ -391,8 +421,21 @@ pub struct Medians {
     pub daemon_strong_cluster_peak_rss_mib: Option<f64>,
     pub redis_ceiling_bumps_per_second: Option<f64>,
     pub daemon_bumps_per_call: usize,
+    /// Targets routed per event, before coalescing.
     pub daemon_targets_per_event: Option<f64>,
+    /// Bumps that reached Redis per event in the strong drain, after
+    /// coalescing (applied and guard no-ops, the daemon's counters).
+    pub daemon_bumps_per_event: Option<f64>,
     pub daemon_redis_commands_per_event: Option<f64>,
+    /// The strong drain's CPU per event, µs (= `daemon_cpu_seconds_per_million`).
+    pub daemon_cpu_us_per_event: Option<f64>,
+    /// raw-consume's CPU per event, µs (= `raw_consume_cpu_seconds_per_million`).
+    pub raw_consume_cpu_us_per_event: Option<f64>,
+    /// Redis main-thread CPU per bump of the script at the daemon's chunk size.
+    pub redis_script_cpu_us_per_bump: Option<f64>,
+    /// The bare writes of the same bumps (no guard, no script), same run.
+    pub redis_bare_bumps_per_second: Option<f64>,
+    pub redis_bare_cpu_us_per_bump: Option<f64>,
     /// The largest, not the median: the memory a deployment must allow.
     pub daemon_peak_rss_mib_max: f64,
     /// By bumps per call: every chunk size the first repetition has.
@@ -434,6 +477,15 @@ pub struct Ratios {
     /// over redis-benchmark's for the same script at the same chunk size
     /// (equivalently events/s over ceiling / targets per event).
     pub daemon_targets_over_redis_ceiling: Option<f64>,
+    /// The guarded script's bumps/s over the bare writes' (same run, same
+    /// keys per call and pipeline).
+    pub guarded_bump_over_bare: Option<f64>,
+    /// The same by Redis's CPU per bump (bare over script): what the
+    /// throughput ratio would be if Redis had a core to itself.
+    pub guarded_bump_over_bare_by_redis_cpu: Option<f64>,
+    /// Strong events/s over what Redis could take of them: the script's
+    /// bumps/s divided by the drain's bumps per event.
+    pub daemon_strong_over_redis_implied_ceiling: Option<f64>,
     pub daemon_strong_wait1_over_strong: Option<f64>,
     pub daemon_strong_cluster_over_strong: Option<f64>,
     pub daemon_eventual_over_raw_consume: Option<f64>,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use cdc_bench::{gen, prom, stats};
 
+use crate::bare_writes;
 use crate::processes::{split_malformed, Ctx, DAEMON};
 use crate::results::{
     CallgrindReports, CriterionEstimates, DeadLetterCount, DecodeResult, DrainResult, LoadResult, NodeOutput,
@@ -149,6 +150,8 @@ fn drain_once(ctx: &mut Ctx, drain: &Drain<'_>) -> anyhow::Result<DrainResult> {
                 .or_default() += s.value;
             m
         });
+    // Applied and guard no-ops: every bump that reached Redis (coalesced
+    // targets never did).
     let bumped = by("cdc_invalidator_targets_bumped_total");
     let noops = by("cdc_invalidator_guard_noops_total");
     let commands = Ctx::commands_delta(&before, &after);
@@ -197,6 +200,7 @@ fn drain_once(ctx: &mut Ctx, drain: &Drain<'_>) -> anyhow::Result<DrainResult> {
         redis_commands_per_event: commands.total as f64 / records as f64,
         redis_commands: commands,
         targets_per_event: (bumped + noops + coalesced) / records as f64,
+        bumps_per_event: (bumped + noops) / records as f64,
         cpu_seconds: cpu,
         cpu_seconds_per_million: cpu / records as f64 * 1e6,
         cpu_utilisation: cpu / seconds,
@@ -244,23 +248,31 @@ pub fn redis_benchmark(ctx: &mut Ctx, chunk: usize) -> anyhow::Result<RedisBench
     // Every __rand_int__ is drawn on its own from a space far larger than the
     // request count: nearly every bump takes the applied path, as almost all
     // of the daemon's do.
-    let position = format!("{:020}{:020}", 33_554_248u64, 33_554_432u64);
+    // The bare writes (`bare_writes`) use the same shapes.
+    let position = bare_writes::position();
     let chunk = chunk.max(1);
     let mut command = vec!["EVALSHA".to_owned(), sha, chunk.to_string()];
     command.extend((0..chunk).map(|_| "ver:item:__rand_int__".to_owned()));
-    command.push("21600000".to_owned());
+    command.push(bare_writes::TTL_MS.to_owned());
     for _ in 0..chunk {
-        command.push("p:pg:bench".to_owned());
+        command.push(bare_writes::GUARD_FIELD.to_owned());
         command.push(position.clone());
     }
     let args = ctx.args.clone();
     let calls = (args.redis_benchmark_requests / chunk as u64).max(1000);
     let pipeline = (args.redis_benchmark_pipeline / chunk as u64).max(1);
     let before = ctx.commandstats()?;
+    let cpu_before = bare_writes::redis_cpu_seconds(&mut ctx.redis)?;
     let out = Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &args.redis_port.to_string()])
         .args(["-n", &calls.to_string(), "-c", "1"])
-        .args(["-P", &pipeline.to_string(), "-r", "100000000", "--csv"])
+        .args([
+            "-P",
+            &pipeline.to_string(),
+            "-r",
+            &bare_writes::KEY_SPACE.to_string(),
+            "--csv",
+        ])
         .args(&command)
         .stdin(Stdio::null())
         .output()
@@ -268,6 +280,7 @@ pub fn redis_benchmark(ctx: &mut Ctx, chunk: usize) -> anyhow::Result<RedisBench
     if !out.status.success() {
         bail!("redis-benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
     }
+    let cpu = bare_writes::redis_cpu_seconds(&mut ctx.redis)? - cpu_before;
     let text = String::from_utf8_lossy(&out.stdout);
     let after = ctx.commandstats()?;
     // CSV: a header line, then "<test>","<rps>",...
@@ -281,6 +294,10 @@ pub fn redis_benchmark(ctx: &mut Ctx, chunk: usize) -> anyhow::Result<RedisBench
         })
         .with_context(|| format!("cannot read redis-benchmark output: {text}"))?;
     let dbsize: u64 = redis::cmd("DBSIZE").query(&mut ctx.redis)?;
+    let commands = Ctx::commands_delta(&before, &after);
+    // redis-benchmark sends whole pipelines: up to one pipeline more calls
+    // than asked for. The CPU is per bump Redis ran.
+    let executed = commands.by_command.get("evalsha").copied().unwrap_or(calls);
     Ok(RedisBenchmarkResult {
         bumps_per_call: chunk,
         requests: calls,
@@ -289,7 +306,8 @@ pub fn redis_benchmark(ctx: &mut Ctx, chunk: usize) -> anyhow::Result<RedisBench
         requests_per_second: rps,
         bumps_per_second: rps * chunk as f64,
         keys_created: dbsize,
-        redis_commands: Ctx::commands_delta(&before, &after),
+        redis_commands: commands,
+        redis_cpu_us_per_bump: Some(cpu / (executed * chunk as u64) as f64 * 1e6),
     })
 }
 

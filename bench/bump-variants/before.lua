@@ -1,3 +1,5 @@
+-- bench/bump-variants only: src/sink/bump.lua as it was before the HMGET
+-- change (git show bfa82d3:src/sink/bump.lua), the "before" of BENCHMARKS.md.
 -- Guarded version bumps, many per call (README, "The key protocol").
 -- KEYS[i]        a version record, e.g. ver:product:42 or ver:ns:product
 -- ARGV[1]        version_ttl in milliseconds
@@ -21,13 +23,11 @@ for i, record in ipairs(KEYS) do
   local position = ARGV[2 * i + 1]
   -- HGET, not HMGET: the commands an ACL must allow stay the ones README
   -- lists.
-  local both = redis.call('HMGET', record, guard_field, 'v')
-  local seen = both[1]
-  local current_text = both[2]
+  local seen = redis.call('HGET', record, guard_field)
+  local current_text = redis.call('HGET', record, 'v')
   -- Same width means same encoding; digits compare as numbers then.
   if seen and #seen == #position and seen >= position then
-    replies[2 * i - 1] = 0
-    replies[2 * i] = current_text or '0'
+    replies[i] = {0, current_text or '0'}
   else
     -- v := max(v + 1, server time in microseconds): unique even when the
     -- record expired and is created again. Lua numbers are doubles; both
@@ -43,8 +43,7 @@ for i, record in ipairs(KEYS) do
       redis.call('HSET', record, 'v', text, guard_field, position)
     end
     redis.call('PEXPIRE', record, ttl)
-    replies[2 * i - 1] = 1
-    replies[2 * i] = text
+    replies[i] = {1, text}
   end
 end
 return replies
