@@ -101,7 +101,11 @@ func TestSentinelFailover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v1 := reply[0].([]any)[1].(string)
+	// Per record the new version (a string) when applied, 0 when not.
+	v1, applied := reply[0].(string)
+	if !applied {
+		t.Fatalf("bump not applied: %v", reply)
+	}
 	if n, err := conn.Wait(ctx, 1, 5*time.Second).Result(); err != nil || n < 1 {
 		t.Fatalf("WAIT 1: %d replicas, %v", n, err)
 	}
