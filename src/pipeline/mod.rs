@@ -152,6 +152,10 @@ struct ConsumerStage {
     leave_group_on_stop: bool,
 }
 
+/// Rebalances a poll queued, and the record it returned with them, if any:
+/// the events are handled first, as after any poll.
+type Rebalanced = (Vec<RebalanceEvent>, Option<KafkaRecord>);
+
 /// How the consumer is closed at the end of a stop.
 enum Closing {
     /// Closed on a thread of its own; the exit does not wait for it.
@@ -393,12 +397,7 @@ impl ConsumerStage {
     /// time would let it. A poll that queued rebalances ends the chunk: its
     /// events and its record, if any, are returned apart, to be handled
     /// after the chunk.
-    #[allow(clippy::type_complexity)]
-    fn poll_chunk(
-        &self,
-        first: KafkaRecord,
-        batch: &Batch,
-    ) -> (Vec<KafkaRecord>, Option<(Vec<RebalanceEvent>, Option<KafkaRecord>)>) {
+    fn poll_chunk(&self, first: KafkaRecord, batch: &Batch) -> (Vec<KafkaRecord>, Option<Rebalanced>) {
         let room = self.batching.max_records.saturating_sub(batch.records).max(1);
         let limit = (self.route_pool.threads() * ROUTE_CHUNK_PER_THREAD).min(room);
         let mut bytes = batch.bytes + record_bytes(&first);

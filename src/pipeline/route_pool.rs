@@ -350,7 +350,10 @@ keys = ["plain:{{id}}"]
         assert_eq!(ahead, (0..30).map(|i| i < 10).collect::<Vec<_>>());
         assert_eq!(pool.threads(), 1, "both workers retired");
         let routed = pool.route(records(30), now_us()).await;
-        assert!(routed.iter().all(|p| p.route.is_some()), "the caller routes everything now");
+        assert!(
+            routed.iter().all(|p| p.route.is_some()),
+            "the caller routes everything now"
+        );
     }
 
     #[test]
