@@ -7,30 +7,39 @@
 //! chunk of records it already polled on several threads at once and then
 //! hand them to the partition unit one by one, in the order polled, exactly
 //! as it would have without the pool: order, holds, stalls, offsets and the
-//! lag escalation stay where they are (`Intake::take`). The chunk is split
-//! into contiguous parts: the first is routed on the calling task, the
-//! others on worker threads of their own.
+//! lag escalation stay where they are (`Intake::take`).
 //!
-//! A route computed ahead is only offered for a record whose Avro schemas
-//! were all loaded before it was decoded (a loaded schema stays loaded):
-//! any other is routed when it is taken, after the intake loaded its
-//! schemas, as before. A worker that fails (a panic) is logged at ERROR and
-//! retired; the records it had are routed when taken, on the consumer task.
+//! The calling task and the workers it wakes claim small blocks of the
+//! chunk until none is left, so a worker the machine is slow to schedule
+//! never holds the chunk up by more than the block it claimed: the caller
+//! routes the rest itself. A route computed ahead is only offered for a
+//! record whose Avro schemas were all loaded before it was decoded (a
+//! loaded schema stays loaded): any other is routed when it is taken, after
+//! the intake loaded its schemas, as before. A worker that fails (a panic)
+//! is logged at ERROR and retired; the records of the block it had are
+//! routed when taken, on the consumer task.
 
-use std::ops::Range;
-use std::sync::{mpsc as std_mpsc, Arc};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
-use tokio::sync::oneshot;
+use tokio::sync::Notify;
 
 use super::route::{route_with, Route};
 use crate::config::Settings;
 use crate::decode::{schema_id, AvroSchemas};
 use crate::event::KafkaRecord;
 
-// Fewer records than this per thread cost more in hand-offs (a thread wake
-// is some microseconds) than they save: a small chunk uses fewer threads.
+// Fewer records than this per thread cost more in wake-ups (some
+// microseconds each) than they save: a small chunk wakes fewer workers.
 const MIN_RECORDS_PER_THREAD: usize = 8;
+// Records claimed at once: small, so that a thread descheduled mid-block
+// delays the chunk by little; large enough that claiming is no cost.
+const BLOCK: usize = 4;
+
+/// Tests make a worker panic with this clock (the calling thread ignores it).
+#[cfg(test)]
+const PANIC_NOW_US: i64 = i64::MIN;
 
 /// A polled record and, when it could be computed ahead, its route.
 #[derive(Debug)]
@@ -77,22 +86,135 @@ pub(super) fn schema_ids(record: &KafkaRecord) -> Vec<u32> {
         .collect()
 }
 
-/// One part of a chunk for a worker: the records stay shared, so a worker
-/// that fails loses none of them.
-struct Job {
-    records: Arc<Vec<KafkaRecord>>,
-    part: Range<usize>,
-    now_us: i64,
-    routes: oneshot::Sender<Vec<Option<Route>>>,
+/// One record of a chunk and its route once computed. Only the thread that
+/// claimed it touches it until the chunk is settled, then only the caller.
+struct Slot {
+    record: Option<KafkaRecord>,
+    route: Option<Route>,
 }
 
-/// Tests make a worker panic with this clock (the calling thread ignores it).
-#[cfg(test)]
-const PANIC_NOW_US: i64 = i64::MIN;
+/// A chunk being routed, shared by the caller and the workers it woke.
+struct Chunk {
+    slots: Vec<Mutex<Slot>>,
+    now_us: i64,
+    /// The first slot nobody claimed yet.
+    next: AtomicUsize,
+    /// Slots routed, or given up by a thread that failed on them.
+    settled: AtomicUsize,
+    /// Notified when the last slot settles.
+    all_settled: Notify,
+    /// A thread failed while routing a block of this chunk.
+    failed: AtomicBool,
+}
+
+impl Chunk {
+    fn new(records: Vec<KafkaRecord>, now_us: i64) -> Chunk {
+        Chunk {
+            slots: records
+                .into_iter()
+                .map(|record| {
+                    Mutex::new(Slot {
+                        record: Some(record),
+                        route: None,
+                    })
+                })
+                .collect(),
+            now_us,
+            next: AtomicUsize::new(0),
+            settled: AtomicUsize::new(0),
+            all_settled: Notify::new(),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    /// Claims blocks of slots and routes them until none is left.
+    fn route_blocks(&self, routing: &Routing) {
+        loop {
+            let start = self.next.fetch_add(BLOCK, Ordering::Relaxed);
+            let Some(block) = self.slots.get(start..(start + BLOCK).min(self.slots.len())) else {
+                return;
+            };
+            if block.is_empty() {
+                return;
+            }
+            // Settles the block however this ends, a panic included.
+            let _claim = Claim {
+                chunk: self,
+                slots: block.len(),
+            };
+            #[cfg(test)]
+            if self.now_us == PANIC_NOW_US
+                && std::thread::current()
+                    .name()
+                    .is_some_and(|n| n.starts_with("cdc-route-"))
+            {
+                panic!("route worker test panic");
+            }
+            for slot in block {
+                let mut slot = lock(slot);
+                let route = slot
+                    .record
+                    .as_ref()
+                    .and_then(|record| routing.ahead(record, self.now_us));
+                slot.route = route;
+            }
+        }
+    }
+
+    fn settle(&self, slots: usize) {
+        if self.settled.fetch_add(slots, Ordering::AcqRel) + slots == self.slots.len() {
+            self.all_settled.notify_one();
+        }
+    }
+
+    /// Waits until every slot is settled; the workers only ever hold a
+    /// block they claimed, so this waits for at most one block each.
+    async fn settled(&self) {
+        while self.settled.load(Ordering::Acquire) < self.slots.len() {
+            // A notification sent before this wait is kept for it.
+            self.all_settled.notified().await;
+        }
+    }
+
+    /// The records and their routes, in order. Called once settled: no
+    /// other thread touches a slot any more.
+    fn take(&self) -> Vec<Prerouted> {
+        self.slots
+            .iter()
+            .filter_map(|slot| {
+                let mut slot = lock(slot);
+                let route = slot.route.take();
+                slot.record.take().map(|record| Prerouted { record, route })
+            })
+            .collect()
+    }
+}
+
+/// A claimed block: settled when dropped, also while unwinding from a
+/// panic in routing, so the caller never waits for a block that failed.
+struct Claim<'a> {
+    chunk: &'a Chunk,
+    slots: usize,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.chunk.failed.store(true, Ordering::Release);
+        }
+        self.chunk.settle(self.slots);
+    }
+}
+
+/// A slot's lock; a slot whose routing panicked is still read as it is
+/// (its record untouched: routing only reads it; its route None).
+fn lock(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 struct Worker {
     name: String,
-    jobs: std_mpsc::Sender<Job>,
+    chunks: std_mpsc::Sender<Arc<Chunk>>,
     thread: JoinHandle<()>,
 }
 
@@ -119,12 +241,12 @@ impl RoutePool {
         let mut workers = Vec::new();
         for index in 1..threads.max(1) {
             let name = format!("cdc-route-{index}");
-            let (jobs, queue) = std_mpsc::channel::<Job>();
+            let (chunks, queue) = std_mpsc::channel::<Arc<Chunk>>();
             let shared = routing.clone();
             let thread = std::thread::Builder::new()
                 .name(name.clone())
                 .spawn(move || work(&shared, &queue))?;
-            workers.push(Worker { name, jobs, thread });
+            workers.push(Worker { name, chunks, thread });
         }
         Ok(RoutePool { routing, workers })
     }
@@ -139,112 +261,77 @@ impl RoutePool {
     /// threads; returns them in the same order, each with its route when it
     /// could be computed ahead.
     pub async fn route(&mut self, records: Vec<KafkaRecord>, now_us: i64) -> Vec<Prerouted> {
-        let total = records.len();
-        let parts = (total / MIN_RECORDS_PER_THREAD).clamp(1, self.threads());
-        let part_len = total.div_ceil(parts);
-        let records = Arc::new(records);
-        let mut sent = Vec::new();
-        for (index, worker) in self.workers.iter().enumerate().take(parts - 1) {
-            let start = (index + 1) * part_len;
-            let part = start.min(total)..(start + part_len).min(total);
-            let (routes, answer) = oneshot::channel();
-            let job = Job {
-                records: records.clone(),
-                part: part.clone(),
-                now_us,
-                routes,
-            };
-            // A worker that is gone answers nothing: its part is routed when taken.
-            let answer = worker.jobs.send(job).is_ok().then_some(answer);
-            sent.push((index, part, answer));
+        let helpers = (records.len() / MIN_RECORDS_PER_THREAD)
+            .saturating_sub(1)
+            .min(self.workers.len());
+        let chunk = Arc::new(Chunk::new(records, now_us));
+        let mut gone = false;
+        for worker in self.workers.iter().take(helpers) {
+            // A worker that is gone takes nothing: the others and the caller do.
+            gone |= worker.chunks.send(chunk.clone()).is_err();
         }
-        let mut routes: Vec<Option<Route>> = records
-            .iter()
-            .take(part_len)
-            .map(|record| self.routing.ahead(record, now_us))
-            .collect();
-        routes.resize_with(total, || None);
-        let mut failed = Vec::new();
-        for (index, part, answer) in sent {
-            let answered = match answer {
-                Some(answer) => answer.await.ok(),
-                None => None,
-            };
-            match answered {
-                Some(part_routes) if part_routes.len() == part.len() => {
-                    if let Some(slots) = routes.get_mut(part) {
-                        for (slot, route) in slots.iter_mut().zip(part_routes) {
-                            *slot = route;
-                        }
-                    }
-                }
-                _ => failed.push(index),
-            }
+        #[cfg(test)]
+        if now_us == PANIC_NOW_US {
+            self.wait_for_failed_helpers(helpers).await;
         }
-        // Failed workers go, last first so the indices stay valid.
-        for index in failed.into_iter().rev() {
-            self.retire(index);
+        chunk.route_blocks(&self.routing);
+        chunk.settled().await;
+        if gone || chunk.failed.load(Ordering::Acquire) {
+            self.retire_finished();
         }
-        // The workers dropped their handles before answering (a failed one
-        // while unwinding): the records come back without a copy.
-        let records = Arc::try_unwrap(records).unwrap_or_else(|shared| shared.as_ref().clone());
-        records
-            .into_iter()
-            .zip(routes)
-            .map(|(record, route)| Prerouted { record, route })
-            .collect()
+        chunk.take()
     }
 
-    /// A worker failed to answer: it routes nothing more, loudly.
-    fn retire(&mut self, index: usize) {
-        if index >= self.workers.len() {
-            return;
+    /// Tests: the caller lets the helpers it woke claim a block each and
+    /// fail on it (their threads end) before it routes the rest, so that
+    /// they fail whatever the scheduling.
+    #[cfg(test)]
+    async fn wait_for_failed_helpers(&self, helpers: usize) {
+        for _ in 0..10_000 {
+            if self.workers.iter().take(helpers).all(|w| w.thread.is_finished()) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
-        let Worker { name, jobs, thread } = self.workers.remove(index);
-        drop(jobs);
-        // It ended (it dropped its answer), so the join does not wait.
-        let cause = match thread.join() {
-            Ok(()) => "ended without answering".to_owned(),
-            Err(panic) => panic_text(panic.as_ref()),
-        };
-        tracing::error!(worker = %name, %cause, threads = self.threads(),
-            "route worker failed: the records it had are routed on the consumer task, and it routes nothing more");
+    }
+
+    /// Workers whose thread ended (a panic) route nothing more, loudly.
+    fn retire_finished(&mut self) {
+        let mut index = 0;
+        while index < self.workers.len() {
+            let finished = self.workers.get(index).is_some_and(|w| w.thread.is_finished());
+            if !finished {
+                index += 1;
+                continue;
+            }
+            let Worker { name, chunks, thread } = self.workers.remove(index);
+            drop(chunks);
+            let cause = match thread.join() {
+                Ok(()) => "ended without a panic".to_owned(),
+                Err(panic) => panic_text(panic.as_ref()),
+            };
+            tracing::error!(worker = %name, %cause, threads = self.threads(),
+                "route worker failed: the records it was routing are routed on the consumer task, and it routes nothing more");
+        }
     }
 }
 
 impl Drop for RoutePool {
     /// Closes every worker's queue and waits for the threads: an idle
-    /// worker ends at once, a busy one after its part.
+    /// worker ends at once, a busy one after its block.
     fn drop(&mut self) {
-        for Worker { jobs, thread, .. } in self.workers.drain(..) {
-            drop(jobs);
+        for Worker { chunks, thread, .. } in self.workers.drain(..) {
+            drop(chunks);
             let _ = thread.join();
         }
     }
 }
 
-/// A worker thread: routes the parts it is given until its queue closes.
-fn work(routing: &Routing, queue: &std_mpsc::Receiver<Job>) {
-    while let Ok(Job {
-        records,
-        part,
-        now_us,
-        routes,
-    }) = queue.recv()
-    {
-        #[cfg(test)]
-        if now_us == PANIC_NOW_US {
-            panic!("route worker test panic");
-        }
-        let computed: Vec<Option<Route>> = records
-            .get(part)
-            .unwrap_or_default()
-            .iter()
-            .map(|record| routing.ahead(record, now_us))
-            .collect();
-        // Before answering, so the caller gets the records back uncopied.
-        drop(records);
-        let _ = routes.send(computed);
+/// A worker thread: helps route each chunk it is woken for, until its
+/// queue closes.
+fn work(routing: &Routing, queue: &std_mpsc::Receiver<Arc<Chunk>>) {
+    while let Ok(chunk) = queue.recv() {
+        chunk.route_blocks(routing);
     }
 }
 
@@ -344,10 +431,14 @@ keys = ["plain:{{id}}"]
         let routed = pool.route(records(30), PANIC_NOW_US).await;
         let offsets: Vec<i64> = routed.iter().map(|p| p.record.offset).collect();
         assert_eq!(offsets, (0..30).collect::<Vec<_>>(), "every record back, in order");
-        let ahead: Vec<bool> = routed.iter().map(|p| p.route.is_some()).collect();
-        // The caller's part (the first ten) is routed; the workers' parts
-        // are left to be routed when taken.
-        assert_eq!(ahead, (0..30).map(|i| i < 10).collect::<Vec<_>>());
+        // Each worker claimed a block and failed on it: those records are
+        // left to be routed when taken; the caller routed the rest.
+        let not_ahead: Vec<i64> = routed
+            .iter()
+            .filter(|p| p.route.is_none())
+            .map(|p| p.record.offset)
+            .collect();
+        assert_eq!(not_ahead, (0..8).collect::<Vec<_>>());
         assert_eq!(pool.threads(), 1, "both workers retired");
         let routed = pool.route(records(30), now_us()).await;
         assert!(
