@@ -1,6 +1,6 @@
 //! `[plan]`: how big a batch may grow, how long eventual entities linger,
-//! when lag turns key bumps into namespace bumps, and the clock-skew margin
-//! of the moot rule.
+//! when lag turns key bumps into namespace bumps, the clock-skew margin of
+//! the moot rule, and how many threads decode and route records.
 
 use std::time::Duration;
 
@@ -19,6 +19,9 @@ pub struct PlanSettings {
     pub(crate) escalate_above_lag: Option<i64>,
     pub(crate) eventual_linger: Duration,
     pub(crate) clock_skew_margin: Duration,
+    /// Threads that decode and route records, the consumer task's own
+    /// included: 1 routes each record on the consumer task as it is taken.
+    pub(crate) route_workers: usize,
 }
 
 // 5000 records keep one Redis pipeline well under a megabyte while
@@ -33,6 +36,19 @@ const DEFAULT_MAX_RECORD_BYTES: usize = 10 << 20;
 pub(super) const DEFAULT_EVENTUAL_LINGER: Duration = Duration::from_millis(100);
 // Commit timestamps come from the database host, ages from ours: allow drift.
 const DEFAULT_CLOCK_SKEW_MARGIN: Duration = Duration::from_secs(30);
+// Decoding and routing is the consumer stage's one CPU-bound step; beyond
+// this many threads the rest of the stage (one task) is the limit, and a
+// daemon sharing its host should not claim every core.
+pub(super) const DEFAULT_MAX_ROUTE_WORKERS: usize = 4;
+// More threads than this is a typo, not a host.
+const MAX_ROUTE_WORKERS: usize = 64;
+
+/// The cores this process may use (its CPU affinity and cgroup quota
+/// included), at most [`DEFAULT_MAX_ROUTE_WORKERS`]: one routing thread per
+/// core scales decoding with the cores given to the daemon.
+pub(super) fn default_route_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| cores.get().min(DEFAULT_MAX_ROUTE_WORKERS))
+}
 
 pub(super) fn validate_plan(raw: Option<RawPlan>, v: &Validator<'_>) -> Result<PlanSettings, ConfigError> {
     let raw = raw.as_ref();
@@ -63,5 +79,16 @@ pub(super) fn validate_plan(raw: Option<RawPlan>, v: &Validator<'_>) -> Result<P
         clock_skew_margin: v
             .optional_duration(raw.and_then(|p| p.clock_skew_margin.as_ref()), "plan.clock_skew_margin")?
             .unwrap_or(DEFAULT_CLOCK_SKEW_MARGIN),
+        route_workers: match raw.and_then(|p| p.route_workers.as_ref()) {
+            Some(n) if !(1..=MAX_ROUTE_WORKERS).contains(n.get_ref()) => {
+                return v.error(
+                    n.span(),
+                    "plan.route_workers",
+                    format!("expected 1 to {MAX_ROUTE_WORKERS} threads"),
+                )
+            }
+            Some(n) => *n.get_ref(),
+            None => default_route_workers(),
+        },
     })
 }

@@ -263,6 +263,8 @@ pub(super) struct RawPlan {
     pub(super) eventual_linger: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) clock_skew_margin: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) route_workers: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,7 +8,9 @@ use super::env::{
     ENV_ADMIN_LISTEN, ENV_CONNECT_URL, ENV_DEAD_LETTERS_URL, ENV_GROUP_PROTOCOL, ENV_INSTANCE_ID, ENV_KAFKA_BROKERS,
     ENV_LEAVE_GROUP_ON_STOP, ENV_LOOKUP_URL, ENV_REDIS_URL, ENV_SCHEMA_REGISTRY_PASSWORD, ENV_SCHEMA_REGISTRY_URL,
 };
-use super::plan::{DEFAULT_EVENTUAL_LINGER, DEFAULT_MAX_BATCH_RECORDS};
+use super::plan::{
+    default_route_workers, DEFAULT_EVENTUAL_LINGER, DEFAULT_MAX_BATCH_RECORDS, DEFAULT_MAX_ROUTE_WORKERS,
+};
 use super::redis::{DEFAULT_MAX_RETRY_BACKOFF, DEFAULT_WAIT_TIMEOUT};
 use super::*;
 use crate::graph::Consistency;
@@ -395,6 +397,16 @@ const SECTION_REFUSALS: &[(&str, &str, &str)] = &[
     ),
     (
         "[[entity]]",
+        "[plan]\nroute_workers = 0\n\n[[entity]]",
+        "shop.toml:12: field `plan.route_workers`: expected 1 to 64 threads",
+    ),
+    (
+        "[[entity]]",
+        "[plan]\neventual_linger = \"10ms\"\nroute_workers = 65\n\n[[entity]]",
+        "shop.toml:13: field `plan.route_workers`: expected 1 to 64 threads",
+    ),
+    (
+        "[[entity]]",
         "[lookup]\nurl = \"postgres://x\"\nattempts = 0\n\n[[entity]]",
         "shop.toml:13: field `lookup.attempts`: expected at least 1",
     ),
@@ -483,10 +495,21 @@ fn section_defaults_when_absent() {
     assert_eq!(s.probe.interval, default_probe_interval());
     assert_eq!(s.plan.eventual_linger, DEFAULT_EVENTUAL_LINGER);
     assert_eq!(s.plan.escalate_above_lag, None);
+    assert_eq!(s.plan.route_workers, default_route_workers());
     assert!(s.lookup.is_none() && s.avro.is_none() && s.notices.is_none() && s.connect.is_none());
     let entity = &s.graph.entities()[0];
     assert_eq!(entity.consistency, Consistency::Eventual);
     assert!(!entity.full_before_image);
+}
+
+#[test]
+fn route_workers_default_to_the_cores_capped_and_are_set_by_the_file() {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    assert_eq!(default_route_workers(), cores.min(DEFAULT_MAX_ROUTE_WORKERS));
+    let inline = BASE.replace("[[entity]]", "[plan]\nroute_workers = 1\n\n[[entity]]");
+    assert_eq!(parse("shop.toml", &inline, &no_env).unwrap().plan.route_workers, 1);
+    let many = BASE.replace("[[entity]]", "[plan]\nroute_workers = 8\n\n[[entity]]");
+    assert_eq!(parse("shop.toml", &many, &no_env).unwrap().plan.route_workers, 8);
 }
 
 #[test]

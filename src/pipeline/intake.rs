@@ -4,7 +4,11 @@
 //! schemas, routes the record ([`route_with`]), escalates under lag, runs
 //! fan-out lookups as tracked tasks off the poll loop, and adds the result
 //! to the batch in each partition's order (the unit holds a partition's
-//! later records until its lookup resolved). Stalls are reported here.
+//! later records until its lookup resolved). Stalls are reported here. A
+//! route computed ahead by the route pool ([`super::route_pool`]) may be
+//! offered for the record about to be handed to the unit: taking that record
+//! uses it instead of routing again (after its schemas are loaded and before
+//! the lag escalation, as a route computed here).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -19,6 +23,7 @@ use super::batch::Batch;
 use super::fanout::{self, needs_query, Resolution, Resolver};
 use super::partitions::{Action, ConsumerAction, Partitions, Ticket};
 use super::route::{now_us, route_with, Route, Routed};
+use super::route_pool::schema_ids;
 use crate::admin::{Stall, Status};
 use crate::config::Settings;
 use crate::dead_letter::Failure;
@@ -72,6 +77,15 @@ pub(super) struct Intake {
     resolved_rx: mpsc::UnboundedReceiver<Resolved>,
     /// Cancels every lookup at shutdown; each has a child token of its own.
     stop: CancellationToken,
+    /// The route computed ahead for the record being handed to the unit.
+    offered: Option<Offered>,
+}
+
+/// A route computed ahead, for the record at `offset` of `partition`.
+struct Offered {
+    partition: PartitionId,
+    offset: i64,
+    route: Route,
 }
 
 impl Intake {
@@ -95,7 +109,34 @@ impl Intake {
             resolved_tx,
             resolved_rx,
             stop: CancellationToken::new(),
+            offered: None,
         }
+    }
+
+    /// Offers `route`, computed ahead, for `record`, which the consumer
+    /// stage hands to the unit next: used if the unit has it taken now.
+    pub(super) fn offer(&mut self, record: &KafkaRecord, route: Route) {
+        self.offered = Some(Offered {
+            partition: (record.topic.clone(), record.partition),
+            offset: record.offset,
+            route,
+        });
+    }
+
+    /// The record offered for was handed: a route not used by now (the
+    /// record was held, dropped or waits for its schemas) is discarded, and
+    /// the record is routed again when it is taken.
+    pub(super) fn withdraw_offer(&mut self) {
+        self.offered = None;
+    }
+
+    /// The route offered for `record`, if it is that record's.
+    fn offered_for(&mut self, record: &KafkaRecord) -> Option<Route> {
+        let offered = self.offered.take()?;
+        let matches = offered.offset == record.offset
+            && offered.partition.1 == record.partition
+            && offered.partition.0 == record.topic;
+        matches.then_some(offered.route)
     }
 
     /// Carries out the unit's actions, and those they lead to, in order;
@@ -245,22 +286,27 @@ impl Intake {
         Vec::new()
     }
 
-    /// Decode and graph; under lag an entity with a namespace is bumped per
-    /// namespace. The bump's lookups are returned apart.
-    fn route(&self, record: KafkaRecord, escalating: bool) -> (Taken, Vec<LookupRequest>) {
+    /// Decode and graph (or the route offered for the record); under lag an
+    /// entity with a namespace is bumped per namespace. The bump's lookups
+    /// are returned apart.
+    fn route(&mut self, record: KafkaRecord, escalating: bool) -> (Taken, Vec<LookupRequest>) {
+        let routed = match self.offered_for(&record) {
+            Some(route) => route,
+            None => route_with(
+                &self.settings.graph,
+                &self.settings.plan,
+                &record,
+                now_us(),
+                self.dead_letters,
+                self.avro.as_deref(),
+            ),
+        };
         let Route {
             op,
             mut action,
             dead_letter,
             message,
-        } = route_with(
-            &self.settings.graph,
-            &self.settings.plan,
-            &record,
-            now_us(),
-            self.dead_letters,
-            self.avro.as_deref(),
-        );
+        } = routed;
         if let Some(outcome) = message {
             metrics::message(outcome);
         }
@@ -411,11 +457,7 @@ impl Intake {
     /// ids it owes are returned with the error.
     async fn load_schemas(&self, record: &KafkaRecord) -> Result<(), (Vec<u32>, String)> {
         let Some(avro) = self.avro.clone() else { return Ok(()) };
-        let ids: Vec<u32> = [record.key.as_deref(), record.value.as_deref()]
-            .into_iter()
-            .flatten()
-            .filter_map(crate::decode::schema_id)
-            .collect();
+        let ids = schema_ids(record);
         ensure_schemas(&avro, &ids).await.map_err(|error| (ids, error))
     }
 }

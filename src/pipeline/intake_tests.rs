@@ -8,6 +8,7 @@ use super::*;
 use crate::config;
 use crate::pipeline::fanout::Resolver;
 use crate::pipeline::partitions::Limits;
+use crate::pipeline::route_pool::{Prerouted, RoutePool};
 
 const PARENTS: &str = "shop.public.parents";
 const PLAIN: &str = "shop.public.plain";
@@ -100,6 +101,15 @@ struct Stage {
 
 impl Stage {
     fn new(settings: Arc<Settings>, resolver: SlowResolver, partitions: &[PartitionId]) -> Stage {
+        Stage::with_avro(settings, resolver, partitions, None)
+    }
+
+    fn with_avro(
+        settings: Arc<Settings>,
+        resolver: SlowResolver,
+        partitions: &[PartitionId],
+        avro: Option<Arc<AvroSchemas>>,
+    ) -> Stage {
         let status = Arc::new(Status::default());
         let mut unit = Partitions::new(Limits {
             escalate_above_lag: settings.plan.escalate_above_lag,
@@ -110,7 +120,7 @@ impl Stage {
         assert!(unit.assigned(partitions).is_empty());
         Stage {
             partitions: unit,
-            intake: Intake::new(settings, false, None, status.clone(), Arc::new(resolver)),
+            intake: Intake::new(settings, false, avro, status.clone(), Arc::new(resolver)),
             batch: Batch::default(),
             status,
             lag: None,
@@ -307,4 +317,249 @@ async fn under_lag_a_fanout_with_a_namespace_needs_no_lookup() {
         .map(|b| b.target.record_key(""))
         .collect();
     assert_eq!(keys, ["ns:child", "ns:parent"]);
+}
+
+/// The Debezium envelope of `public.plain` in Avro, registered as id 7.
+const AVRO_SCHEMA_ID: u32 = 7;
+const AVRO_SCHEMA: &str = r#"{"type": "record", "name": "Envelope", "namespace": "shop.public.plain", "fields": [
+  {"name": "before", "type": ["null", {"type": "record", "name": "Value", "fields": [{"name": "id", "type": "long"}]}], "default": null},
+  {"name": "after", "type": ["null", "Value"], "default": null},
+  {"name": "source", "type": {"type": "record", "name": "Source", "namespace": "io.debezium.connector.postgresql", "fields": [
+    {"name": "connector", "type": "string"}, {"name": "name", "type": "string"}, {"name": "schema", "type": "string"},
+    {"name": "table", "type": "string"}, {"name": "lsn", "type": ["null", "long"], "default": null}]}},
+  {"name": "op", "type": "string"}]}"#;
+
+/// A created `public.plain` row in Avro with the Confluent framing.
+fn avro_change(partition: i32, offset: i64, id: i64) -> KafkaRecord {
+    use apache_avro::types::Value as Avro;
+    let schema = apache_avro::Schema::parse_str(AVRO_SCHEMA).unwrap();
+    let text = |t: &str| Avro::String(t.into());
+    let datum = Avro::Record(vec![
+        ("before".into(), Avro::Union(0, Box::new(Avro::Null))),
+        (
+            "after".into(),
+            Avro::Union(1, Box::new(Avro::Record(vec![("id".into(), Avro::Long(id))]))),
+        ),
+        (
+            "source".into(),
+            Avro::Record(vec![
+                ("connector".into(), text("postgresql")),
+                ("name".into(), text("shop")),
+                ("schema".into(), text("public")),
+                ("table".into(), text("plain")),
+                ("lsn".into(), Avro::Union(1, Box::new(Avro::Long(100 + offset)))),
+            ]),
+        ),
+        ("op".into(), text("c")),
+    ]);
+    let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+        .build()
+        .unwrap();
+    let mut value = vec![0];
+    value.extend(AVRO_SCHEMA_ID.to_be_bytes());
+    value.extend(writer.write_value_to_vec(datum).unwrap());
+    KafkaRecord {
+        key: None,
+        value: Some(value),
+        ..change(PLAIN, partition, offset, id)
+    }
+}
+
+/// What the stage shows after each step: the done offset per partition,
+/// the records in the batch, those held and those whose lookup runs.
+type Snapshot = (Vec<(PartitionId, i64)>, usize, usize, usize);
+
+impl Stage {
+    fn snapshot(&self) -> Snapshot {
+        let mut done: Vec<(PartitionId, i64)> = self.batch.done.iter().map(|(p, o)| (p.clone(), *o)).collect();
+        done.sort();
+        (
+            done,
+            self.batch.records,
+            self.partitions.held(),
+            self.intake.resolving(),
+        )
+    }
+
+    /// Hands `records` as the consumer stage does: with no pool one by one,
+    /// routed when taken; with one, routed ahead at once, then handed one
+    /// by one in the order polled, each offering its route. The snapshot
+    /// after each record, and which records were routed ahead.
+    async fn hand(&mut self, pool: Option<&mut RoutePool>, records: Vec<KafkaRecord>) -> (Vec<Snapshot>, Vec<bool>) {
+        let prerouted: Vec<Prerouted> = match pool {
+            Some(pool) => pool.route(records, now_us()).await,
+            None => records
+                .into_iter()
+                .map(|record| Prerouted { record, route: None })
+                .collect(),
+        };
+        let ahead = prerouted.iter().map(|p| p.route.is_some()).collect();
+        let mut trace = Vec::new();
+        for Prerouted { record, route } in prerouted {
+            if let Some(route) = route {
+                self.intake.offer(&record, route);
+            }
+            let actions = self.partitions.record(record);
+            assert!(self.act(actions).await.is_empty());
+            self.intake.withdraw_offer();
+            trace.push(self.snapshot());
+        }
+        (trace, ahead)
+    }
+
+    /// The batch's bumps: key and position, sorted.
+    fn bumps(&mut self) -> Vec<(String, String)> {
+        let mut bumps: Vec<(String, String)> = std::mem::take(&mut self.batch.plan)
+            .into_bumps()
+            .iter()
+            .map(|b| (b.target.record_key(""), format!("{:?}", b.position)))
+            .collect();
+        bumps.sort();
+        bumps
+    }
+}
+
+/// Two chunks of records over five partitions, interleaved: changes with a
+/// lookup (their partition's later records held behind it), tombstones,
+/// plain changes, and Avro records of a schema not loaded before the first
+/// chunk (loaded when its first record is taken, so routed ahead in the
+/// second chunk only).
+fn interleaved(chunk: i64) -> Vec<KafkaRecord> {
+    let base = chunk * 6;
+    (0..6)
+        .flat_map(|i| {
+            let offset = base + i;
+            [
+                if i % 3 == 0 {
+                    change(PARENTS, 0, offset, offset)
+                } else {
+                    tombstone(PARENTS, 0, offset)
+                },
+                change(PLAIN, 0, offset, 100 + offset),
+                if i == 2 {
+                    change(PARENTS, 1, offset, offset)
+                } else {
+                    tombstone(PARENTS, 1, offset)
+                },
+                avro_change(1, offset, 200 + offset),
+                change(PLAIN, 2, offset, 300 + offset),
+            ]
+        })
+        .collect()
+}
+
+/// Runs the two chunks with or without a pool; the snapshots, which records
+/// were routed ahead, and the bumps.
+async fn run_interleaved(threads: Option<usize>) -> (Vec<Snapshot>, Vec<bool>, Vec<(String, String)>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(format!("{AVRO_SCHEMA_ID}.avsc")), AVRO_SCHEMA).unwrap();
+    let avro = Arc::new(
+        AvroSchemas::new(crate::decode::SchemaSources {
+            schemas_dir: Some(dir.path().to_path_buf()),
+            timeout: Duration::from_secs(1),
+            ..crate::decode::SchemaSources::default()
+        })
+        .unwrap(),
+    );
+    let settings = settings("");
+    let mut pool = threads.map(|n| RoutePool::new(n, settings.clone(), false, Some(avro.clone())).unwrap());
+    let resolver = SlowResolver {
+        delay: Duration::from_secs(2),
+        fail: false,
+    };
+    let partitions = [
+        pid(PARENTS, 0),
+        pid(PARENTS, 1),
+        pid(PLAIN, 0),
+        pid(PLAIN, 1),
+        pid(PLAIN, 2),
+    ];
+    let mut stage = Stage::with_avro(settings, resolver, &partitions, Some(avro));
+    let mut trace = Vec::new();
+    let mut ahead = Vec::new();
+    for chunk in 0..2 {
+        let (steps, routed) = stage.hand(pool.as_mut(), interleaved(chunk)).await;
+        trace.extend(steps);
+        ahead.extend(routed);
+        // Lookups resolve, the records held behind them are taken (and may
+        // start the next lookup), until none runs.
+        while stage.intake.resolving() > 0 {
+            assert!(stage.next_lookup().await.is_empty());
+            trace.push(stage.snapshot());
+            stage.take_ready().await;
+            trace.push(stage.snapshot());
+        }
+    }
+    assert_eq!(stage.partitions.held() + stage.intake.resolving(), 0);
+    assert!(stage.batch.dead_letters.is_empty());
+    assert!(stage.status.readiness().stalled_partitions.is_empty());
+    (trace, ahead, stage.bumps())
+}
+
+#[tokio::test(start_paused = true)]
+async fn records_routed_ahead_on_many_threads_go_in_as_routed_one_by_one() {
+    let (inline_trace, inline_ahead, inline_bumps) = run_interleaved(None).await;
+    assert!(inline_ahead.iter().all(|ahead| !ahead));
+    for threads in [2, 3] {
+        let (trace, ahead, bumps) = run_interleaved(Some(threads)).await;
+        // Step by step the same done offsets, batch, held records and
+        // lookups: each partition's records went in in the same order.
+        assert_eq!(trace, inline_trace, "{threads} threads");
+        assert_eq!(bumps, inline_bumps, "{threads} threads");
+        // Avro records (every fifth, from the fourth) are routed ahead only
+        // once their schema was loaded: in the second chunk, not the first.
+        let avro_ahead: Vec<bool> = ahead.iter().skip(3).step_by(5).copied().collect();
+        assert_eq!(avro_ahead, [false; 6].into_iter().chain([true; 6]).collect::<Vec<_>>());
+        let json_ahead = ahead.iter().enumerate().filter(|(i, _)| i % 5 != 3);
+        assert!(json_ahead.clone().all(|(_, ahead)| *ahead), "{threads} threads");
+    }
+    // Each partition's records all went in, in order; the Avro ones as bumps.
+    let done = &inline_trace.last().unwrap().0;
+    let expected: Vec<(PartitionId, i64)> = [
+        pid(PARENTS, 0),
+        pid(PARENTS, 1),
+        pid(PLAIN, 0),
+        pid(PLAIN, 1),
+        pid(PLAIN, 2),
+    ]
+    .into_iter()
+    .map(|p| (p, 11))
+    .collect();
+    assert_eq!(done, &expected);
+    let avro_keys = inline_bumps
+        .iter()
+        .filter(|(key, _)| key.starts_with("plain:2"))
+        .count();
+    assert_eq!(avro_keys, 12, "{inline_bumps:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_route_offered_for_another_record_is_not_used() {
+    let resolver = SlowResolver {
+        delay: Duration::from_secs(2),
+        fail: false,
+    };
+    let mut stage = Stage::new(settings(""), resolver, &[pid(PLAIN, 0)]);
+    let settings = settings("");
+    // The route of a tombstone, offered for a change at another offset.
+    let skip = route_with(
+        &settings.graph,
+        &settings.plan,
+        &tombstone(PLAIN, 0, 9),
+        now_us(),
+        false,
+        None,
+    );
+    assert_eq!(skip.action, Routed::Skip);
+    let record = change(PLAIN, 0, 0, 5);
+    stage.intake.offer(&tombstone(PLAIN, 0, 9), skip.clone());
+    assert!(stage.record(record).await.is_empty());
+    stage.intake.withdraw_offer();
+    assert_eq!(stage.bumps().first().map(|b| b.0.as_str()), Some("plain:5"));
+    // Offered for the record itself, it is used as it is.
+    stage.intake.offer(&change(PLAIN, 0, 1, 6), skip);
+    assert!(stage.record(change(PLAIN, 0, 1, 6)).await.is_empty());
+    stage.intake.withdraw_offer();
+    assert!(stage.bumps().is_empty(), "the offered skip, not a bump");
+    assert_eq!(stage.done(PLAIN, 0), Some(1));
 }

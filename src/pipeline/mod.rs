@@ -8,7 +8,10 @@
 //! carries out what it answers; the intake ([`intake`]) routes records into
 //! the next batch and runs fan-out lookups as tasks, so a slow lookup holds
 //! up only its own partition. The applier ([`apply`]) applies the previous
-//! batch meanwhile; a full channel is the backpressure. The applier reports
+//! batch meanwhile; a full channel is the backpressure. With more than one
+//! `plan.route_workers`, records already fetched are decoded and routed on
+//! several threads at once ([`route_pool`]), then handed to the unit one by
+//! one in the order polled. The applier reports
 //! each batch back only once Redis acknowledged it, in order, and only then
 //! are its offsets stored; a partition never stores past a record whose
 //! invalidation could not be applied, escalated or dead-lettered. The
@@ -21,13 +24,16 @@ mod gauges;
 mod intake;
 mod partitions;
 mod route;
+mod route_pool;
 
 pub(crate) use apply::namespace_count;
 pub use route::{now_us, route, route_with, trace_with, Route, Routed, Trace};
+pub use route_pool::{Prerouted, RoutePool};
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -68,6 +74,8 @@ pub(crate) enum RunError {
         patterns: Vec<String>,
         cause: rdkafka::error::KafkaError,
     },
+    #[error("cannot start the route workers (plan.route_workers = {threads}): {cause}")]
+    RouteWorkers { threads: usize, cause: std::io::Error },
 }
 
 // How long a due batch may keep taking records that are already fetched:
@@ -77,6 +85,10 @@ const MAX_DRAIN: Duration = Duration::from_millis(5);
 // lets the consumer stage fill the next batch while a batch is applied and
 // keeps the memory bound at three batches (open, queued, applying).
 const QUEUED_BATCHES: usize = 1;
+// Records routed at once per routing thread: enough that waking a worker
+// (some microseconds) is small beside routing its part (about 8 µs a record),
+// few enough that a chunk is routed well within MAX_DRAIN.
+const ROUTE_CHUNK_PER_THREAD: usize = 64;
 // How long a seek on resume may wait for librdkafka before it is retried.
 const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
 // The loop wakes at least this often to refresh gauges and readiness.
@@ -130,6 +142,8 @@ struct ConsumerStage {
     status: Arc<Status>,
     partitions: Partitions,
     intake: Intake,
+    /// Routes the records a poll found waiting on several threads at once.
+    route_pool: RoutePool,
     batching: Batching,
     reports: mpsc::UnboundedReceiver<Report>,
     /// Records handed to the applier and not yet acknowledged.
@@ -137,6 +151,10 @@ struct ConsumerStage {
     /// Leave the consumer group at a clean stop (`source.leave_group_on_stop`).
     leave_group_on_stop: bool,
 }
+
+/// Rebalances a poll queued, and the record it returned with them, if any:
+/// the events are handled first, as after any poll.
+type Rebalanced = (Vec<RebalanceEvent>, Option<KafkaRecord>);
 
 /// How the consumer is closed at the end of a stop.
 enum Closing {
@@ -168,6 +186,16 @@ impl Pipeline {
             settings: settings.clone(),
             lookups: services.lookups,
         });
+        let route_pool = RoutePool::new(
+            settings.plan.route_workers,
+            settings.clone(),
+            services.dead_letters.is_some(),
+            services.avro.clone(),
+        )
+        .map_err(|cause| RunError::RouteWorkers {
+            threads: settings.plan.route_workers,
+            cause,
+        })?;
         let intake = Intake::new(
             settings.clone(),
             services.dead_letters.is_some(),
@@ -189,6 +217,7 @@ impl Pipeline {
                 status,
                 partitions: Partitions::new(limits(&settings)),
                 intake,
+                route_pool,
                 batching: Batching {
                     max_records: settings.plan.max_batch_records,
                     max_bytes: settings.plan.max_batch_bytes,
@@ -323,12 +352,89 @@ impl ConsumerStage {
 
     /// One poll's outcome: rebalances first, then the record; true when a
     /// record came (more are probably waiting).
+    ///
+    /// With more than one routing thread, the records already fetched after
+    /// it are polled too (without waiting, up to a chunk) and routed at once
+    /// on the pool, then handed to the unit one by one in the order polled,
+    /// each after the rebalances queued before it, exactly as one poll at a
+    /// time would. Handing a record never resumes a partition (only reports,
+    /// held records, schema fetches and ticks do, never within this call),
+    /// so no record polled before a resume and its seek is handed after it.
     async fn received(&mut self, record: Option<KafkaRecord>, batch: &mut Batch) -> bool {
         self.handle_rebalances(batch).await;
         let Some(record) = record else { return false };
+        // During an outage every record is dropped: nothing to route.
+        if self.route_pool.threads() == 1 || self.partitions.in_outage() {
+            self.hand(record, None, batch).await;
+            return true;
+        }
+        let (chunk, rebalanced) = self.poll_chunk(record, batch);
+        if chunk.len() == 1 {
+            // Nothing else was waiting: routed when taken, as inline.
+            for record in chunk {
+                self.hand(record, None, batch).await;
+            }
+        } else {
+            for Prerouted { record, route } in self.route_pool.route(chunk, now_us()).await {
+                self.hand(record, route, batch).await;
+            }
+        }
+        if let Some((events, record)) = rebalanced {
+            self.handle_events(events, batch).await;
+            if let Some(record) = record {
+                self.hand(record, None, batch).await;
+            }
+        }
+        // Rebalances queued by the last poll, which found no record: after
+        // every record polled before them.
+        self.handle_rebalances(batch).await;
+        true
+    }
+
+    /// `first` and the records already fetched after it, polled without
+    /// waiting: at most a chunk, and no more than the open batch has room
+    /// for (records and bytes), so it never grows past what one poll at a
+    /// time would let it. A poll that queued rebalances ends the chunk: its
+    /// events and its record, if any, are returned apart, to be handled
+    /// after the chunk.
+    fn poll_chunk(&self, first: KafkaRecord, batch: &Batch) -> (Vec<KafkaRecord>, Option<Rebalanced>) {
+        let room = self.batching.max_records.saturating_sub(batch.records).max(1);
+        let limit = (self.route_pool.threads() * ROUTE_CHUNK_PER_THREAD).min(room);
+        let mut bytes = batch.bytes + record_bytes(&first);
+        let mut chunk = vec![first];
+        while chunk.len() < limit && bytes < self.batching.max_bytes {
+            // None: nothing is waiting (or the poll served an event only).
+            let Some(polled) = self.consumer.recv().now_or_never() else {
+                break;
+            };
+            let record = match polled {
+                Ok(message) => Some(source::to_record(&message)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka consumer error");
+                    None
+                }
+            };
+            let events = self.consumer.context().drain_events();
+            if !events.is_empty() {
+                return (chunk, Some((events, record)));
+            }
+            // A consumer error ends the chunk too; librdkafka retries it.
+            let Some(record) = record else { break };
+            bytes += record_bytes(&record);
+            chunk.push(record);
+        }
+        (chunk, None)
+    }
+
+    /// Hands one polled record to the unit, with its route when it was
+    /// computed ahead, and carries out what the unit answers.
+    async fn hand(&mut self, record: KafkaRecord, route: Option<Route>, batch: &mut Batch) {
+        if let Some(route) = route {
+            self.intake.offer(&record, route);
+        }
         let actions = self.partitions.record(record);
         self.act(actions, batch).await;
-        true
+        self.intake.withdraw_offer();
     }
 
     /// Carries out the unit's actions: the intake takes its own, the
@@ -446,7 +552,12 @@ impl ConsumerStage {
 
     /// Rebalance callbacks queued during the last poll, in order.
     async fn handle_rebalances(&mut self, batch: &mut Batch) {
-        for event in self.consumer.context().drain_events() {
+        let events = self.consumer.context().drain_events();
+        self.handle_events(events, batch).await;
+    }
+
+    async fn handle_events(&mut self, events: Vec<RebalanceEvent>, batch: &mut Batch) {
+        for event in events {
             let actions = match event {
                 RebalanceEvent::Revoked(partitions) => self.partitions.revoked(&partitions),
                 RebalanceEvent::Assigned(partitions) => self.partitions.assigned(&partitions),
@@ -667,6 +778,10 @@ fn polled(
         }
         Err(_elapsed) => None,
     }
+}
+
+fn record_bytes(record: &KafkaRecord) -> usize {
+    record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len)
 }
 
 fn seal(batch: Batch) -> Sealed {
