@@ -23,6 +23,8 @@ pub struct DaemonConfig<'a> {
     pub cluster: bool,
     /// `[dead_letters]`: the store's PostgreSQL URL and schema; None: no store.
     pub dead_letters: Option<(&'a str, &'a str)>,
+    /// `plan.route_workers`; None: the daemon's default (its cores, at most 4).
+    pub route_workers: Option<usize>,
 }
 
 impl DaemonConfig<'static> {
@@ -44,6 +46,7 @@ impl DaemonConfig<'static> {
             wait_replicas: 0,
             cluster: false,
             dead_letters: None,
+            route_workers: None,
         }
     }
 }
@@ -109,6 +112,9 @@ keys = [{keys}]
             Some(dir) => format!(
                 "\n[avro]\n# <id>.avsc files written by the load (no registry needed).\nschemas_dir = {dir:?}\n"
             ),
+            None => String::new(),
+        } + &match self.route_workers {
+            Some(n) => format!("\n[plan]\nroute_workers = {n}\n"),
             None => String::new(),
         } + &match self.dead_letters {
             Some((url, schema)) => format!(

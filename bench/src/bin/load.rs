@@ -123,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
             wait_replicas: 0,
             dead_letters: None,
             cluster: false,
+            route_workers: None,
         }
         .render();
         std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;

@@ -81,6 +81,8 @@ struct Args {
     /// <pct>% of the records are malformed (truncated JSON, a wrong table, a
     /// null key in turn), with the dead-letter store of --dead-letters-url;
     /// the run fails unless the store holds exactly one row per malformed record.
+    /// An `-inline` suffix ("strong-inline") runs the daemon with
+    /// `plan.route_workers = 1`, every record routed on the consumer task.
     #[arg(
         long,
         value_delimiter = ',',

@@ -168,6 +168,7 @@ impl Ctx {
             (Some(_), Some(table)) => Some((table.url(), table.schema.as_str())),
             (Some(_), None) => bail!("a malformed drain needs --dead-letters-url (the stack's CDC_PG_URL)"),
         };
+        let (consistency, inline) = split_inline(consistency);
         let (consistency, cluster) = match consistency.strip_suffix("-cluster") {
             Some(base) => (base, true),
             None => (consistency, false),
@@ -195,6 +196,9 @@ impl Ctx {
             avro_schemas_dir: avro_dir.and_then(Path::to_str),
             librdkafka: &self.args.daemon_librdkafka,
             dead_letters,
+            // Routing on the consumer task alone, for the drain beside the
+            // default pool of routing threads.
+            route_workers: inline.then_some(1),
         }
         .render();
         let path = self.dir.join(format!("{group}.toml"));
@@ -343,6 +347,16 @@ pub fn split_malformed(consistency: &str) -> anyhow::Result<(&str, Option<u32>)>
             Ok((base, Some(pct)))
         }
         None => Ok((consistency, None)),
+    }
+}
+
+/// "strong-inline" -> ("strong", true): the drain with `plan.route_workers
+/// = 1` (every record routed on the consumer task), beside the default pool.
+/// It comes before the malformed suffix ("strong-inline-malformed10").
+pub fn split_inline(consistency: &str) -> (&str, bool) {
+    match consistency.strip_suffix("-inline") {
+        Some(base) => (base, true),
+        None => (consistency, false),
     }
 }
 

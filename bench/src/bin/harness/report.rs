@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cdc_bench::stats;
 
-use crate::processes::split_malformed;
+use crate::processes::{split_inline, split_malformed};
 use crate::results::{
     drain_key, DecodeMedian, DrainResult, ExternalLatencyMedians, HistogramLatencyMedians, LatencyMedians, Medians,
     ProbeResult, Ratios, Repetition, RunReport, ScriptCurveMedian, DRAIN_METRICS, NAMED_DRAINS,
@@ -221,14 +221,20 @@ fn div(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
-/// Each malformed drain of `consistencies` over the clean drain of its base
-/// consistency (events/s medians), for the daemon and the baseline:
-/// `daemon_strong_malformed10_over_strong`, `baseline_daemon_strong_malformed10_over_strong`.
-fn malformed_ratios(m: &Medians, consistencies: &[String]) -> BTreeMap<String, f64> {
+/// Each variant drain of `consistencies` over the drain of its base
+/// consistency (events/s medians), for the daemon and the baseline: a
+/// malformed drain over the clean one (`daemon_strong_malformed10_over_strong`,
+/// `baseline_daemon_strong_malformed10_over_strong`), the drain routed on the
+/// consumer task alone over the default pool (`daemon_strong_inline_over_strong`).
+fn variant_ratios(m: &Medians, consistencies: &[String]) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     for consistency in consistencies {
-        let Ok((base, Some(_))) = split_malformed(consistency) else {
-            continue;
+        let base = match split_malformed(consistency) {
+            Ok((base, Some(_))) => base,
+            _ => match split_inline(consistency) {
+                (base, true) => base,
+                (_, false) => continue,
+            },
         };
         for prefix in ["", BASELINE] {
             let ratio = div(
@@ -262,7 +268,7 @@ pub fn ratios(m: &Medians, consistencies: &[String]) -> Ratios {
         daemon_avro_over_raw_consume_avro: div(m.daemon_avro_events_per_second, m.raw_consume_avro_events_per_second),
         daemon_avro_over_node: div(m.daemon_avro_events_per_second, m.node_events_per_second),
         daemon_cpu_per_event_over_node: div(m.daemon_cpu_seconds_per_million, m.node_cpu_seconds_per_million),
-        variants: malformed_ratios(m, consistencies),
+        variants: variant_ratios(m, consistencies),
     }
 }
 
@@ -609,7 +615,7 @@ pub fn print_table(r: &RunReport) {
             .iter()
             .map(|(name, ratio)| format!("{name} {ratio:.2}"))
             .collect();
-        println!("malformed over clean (events/s): {}", quotients.join("   "));
+        println!("variants over their base drain (events/s): {}", quotients.join("   "));
         let rows: Vec<String> = m
             .variants
             .iter()
@@ -730,6 +736,27 @@ mod tests {
         assert_eq!(r.daemon_eventual_over_raw_consume, Some(0.25));
         assert_eq!(r.daemon_over_node, None);
         assert_eq!(r.daemon_strong_wait1_over_strong, None);
+    }
+
+    /// The drain routed on the consumer task alone gets its ratio over the
+    /// default drain; a consistency that is no variant gets none.
+    #[test]
+    fn an_inline_drain_is_compared_with_the_default_pool() {
+        let reps: Vec<Repetition> = [(100.0, 90.0), (300.0, 150.0), (200.0, 160.0)]
+            .into_iter()
+            .enumerate()
+            .map(|(i, (strong, inline))| {
+                let mut r = repetition(i + 1, strong, None);
+                r.insert_drain("strong-inline", drain(inline, 1.0));
+                r
+            })
+            .collect();
+        let m = medians(&reps, &[], &[]);
+        assert_eq!(m.variants["daemon_strong_inline_events_per_second"], 150.0);
+        let consistencies = ["strong".to_owned(), "strong-inline".to_owned(), "eventual".to_owned()];
+        let q = ratios(&m, &consistencies);
+        assert_eq!(q.variants["daemon_strong_inline_over_strong"], 0.75);
+        assert_eq!(q.variants.len(), 1);
     }
 
     /// A malformed drain and a baseline: flat medians per variant, the
