@@ -7,6 +7,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::fields::{kind_of, log_number, micros, source_position, source_table, Field, Fields};
+use super::schema_block::{self, Part};
 use super::{table_from_topic, DecodeError, DecodeErrorKind};
 use crate::event::{ChangeEvent, Decoded, KafkaRecord, Op, Position, Row};
 
@@ -77,14 +78,14 @@ pub(super) fn decode_direct(
     // check compares them. Its error is returned only once the value has
     // parsed (an unparsable value is the general path's `Malformed`).
     let key = match record.key.as_deref() {
-        Some(bytes) => super::parse(bytes, avro, "key", DecodeErrorKind::BadKey).and_then(|key| decode_key(Some(key))),
+        Some(bytes) => parse_key(&record.topic, bytes, avro).and_then(|key| decode_key(Some(key))),
         None => Ok(None),
     };
     let keep = columns.map(|columns| Keep {
         columns,
         key: key.as_ref().ok().and_then(Option::as_ref),
     });
-    let split = super::schema_block::split(&record.topic, bytes);
+    let split = schema_block::split(Part::Value, &record.topic, bytes);
     let (mut top, block_known) = match split.and_then(|split| Some((split.name, read_payload(split.payload, keep)?))) {
         // The schema block as on the topic's earlier records: only the
         // payload was parsed (the whole record is, on any error).
@@ -103,7 +104,7 @@ pub(super) fn decode_direct(
         // Exactly the JsonConverter wrapper `{schema, payload}`.
         (Some(name), Some(payload)) if top.count == 2 => {
             if !block_known {
-                super::schema_block::remember(&record.topic, bytes, name.as_deref());
+                schema_block::remember(Part::Value, &record.topic, bytes, name.as_deref());
             }
             (name, *payload)
         }
@@ -127,6 +128,29 @@ pub(super) fn decode_direct(
         return None;
     }
     Some(key.and_then(|key| decode_members(record, key, schema_name, payload)))
+}
+
+/// The message key as `decode_key` reads it (`super::parse`'s value, of
+/// which a wrapper's payload only is read: its schema name never is). A
+/// JSON key whose schema block is the one last seen on the topic has only
+/// its payload parsed; every other key, and one whose payload does not
+/// parse so, is parsed whole (a wrapper's block then remembered).
+fn parse_key(topic: &str, bytes: &[u8], avro: Option<&super::AvroSchemas>) -> Result<Value, DecodeError> {
+    if let Some(split) = schema_block::split(Part::Key, topic, bytes) {
+        let payload = serde_json::from_slice::<Value>(split.payload).ok();
+        // Read on its own, the payload sits a level less deep: a value
+        // nesting near the recursion limit is parsed in its place.
+        if let Some(payload) = payload.filter(|p| !nests_deeper_than(p, PAYLOAD_MAX_DEPTH)) {
+            return Ok(super::wrapper(None, payload));
+        }
+    }
+    let key = super::parse(bytes, avro, "key", DecodeErrorKind::BadKey)?;
+    if let Value::Object(members) = &key {
+        if members.len() == 2 && members.contains_key("schema") && members.contains_key("payload") {
+            schema_block::remember(Part::Key, topic, bytes, None);
+        }
+    }
+    Ok(key)
 }
 
 /// The whole record's members; the schema block of a wrapper is remembered
@@ -1445,7 +1469,18 @@ mod tests {
         }
         let wrapped_values: Vec<String> = values.iter().map(|v| wrapped(v)).collect();
         for value in values.iter().chain(&wrapped_values) {
-            for key in [Some(r#"{"id":1}"#), Some(r#"{"x":1}"#), None, Some("{bad")] {
+            for key in [
+                Some(r#"{"id":1}"#),
+                Some(r#"{"x":1}"#),
+                None,
+                Some("{bad"),
+                // Wrapped keys: the block known after the first, then a
+                // duplicate payload, a truncated key, another payload.
+                Some(r#"{"schema":{"type":"struct","name":"k"},"payload":{"id":1}}"#),
+                Some(r#"{"schema":{"type":"struct","name":"k"},"payload":{"id":1},"payload":{"id":2}}"#),
+                Some(r#"{"schema":{"type":"struct","name":"k"},"payload":{"id":1}"#),
+                Some(r#"{"schema":{"type":"struct","name":"k"},"payload":{"id":2}} "#),
+            ] {
                 same_on_every_path(&raw(topic, key, value));
             }
         }

@@ -1,13 +1,14 @@
 //! The JsonConverter schema block, stepped over without parsing it again.
 //!
-//! With `schemas.enable=true` every record is `{"schema":S,"payload":P}`,
-//! and Debezium writes the same text `S` for every record of a table: most
-//! of the record's bytes, and all decode takes from it is its `name`. So
-//! the last block seen on each topic is kept, with its name, once a record
-//! carrying it has been decoded; a later record whose bytes hold the same
-//! block at the same place is split by comparing bytes, and only `P` is
-//! parsed. Identical bytes at the same place of the record parse the same
-//! way, so the block is checked exactly as before, once.
+//! With `schemas.enable=true` every key and value is
+//! `{"schema":S,"payload":P}`, and Debezium writes the same text `S` for
+//! every record of a table: most of the record's bytes, and all decode takes
+//! from it is its `name`. So the last block seen on each topic (one for keys,
+//! one for values) is kept, with its name, once a record carrying it has
+//! been parsed; a later record whose bytes hold the same block at the same
+//! place is split by comparing bytes, and only `P` is parsed. Identical
+//! bytes at the same place parse the same way, so the block is checked
+//! exactly as before, once.
 //!
 //! The cache is per thread (nothing shared between routing threads, no
 //! lock) and only ever changes how fast a record decodes, never what it
@@ -31,8 +32,31 @@ struct Block {
     name: Option<String>,
 }
 
+/// Which part of a record a block wraps: keys and values have their own.
+#[derive(Clone, Copy)]
+pub(super) enum Part {
+    Key,
+    Value,
+}
+
+/// The blocks last seen, per topic, of keys and of values.
+#[derive(Default)]
+struct Blocks {
+    keys: HashMap<String, Block>,
+    values: HashMap<String, Block>,
+}
+
+impl Blocks {
+    fn of(&mut self, part: Part) -> &mut HashMap<String, Block> {
+        match part {
+            Part::Key => &mut self.keys,
+            Part::Value => &mut self.values,
+        }
+    }
+}
+
 thread_local! {
-    static BLOCKS: RefCell<HashMap<String, Block>> = RefCell::new(HashMap::new());
+    static BLOCKS: RefCell<Blocks> = RefCell::new(Blocks::default());
 }
 
 /// A record split at its cached schema block.
@@ -47,13 +71,13 @@ pub(super) struct Split<'b> {
 /// The record split at the block last remembered for `topic`, when it holds
 /// exactly that block as its first member, then `payload` as its second and
 /// last, and ends with a closing brace. `None` otherwise.
-pub(super) fn split<'b>(topic: &str, bytes: &'b [u8]) -> Option<Split<'b>> {
+pub(super) fn split<'b>(part: Part, topic: &str, bytes: &'b [u8]) -> Option<Split<'b>> {
     let rest = bytes.strip_prefix(HEAD)?;
     let end = bytes.trim_ascii_end();
     let body = end.strip_suffix(b"}")?;
     BLOCKS.with(|blocks| {
-        let blocks = blocks.borrow();
-        let block = blocks.get(topic)?;
+        let mut blocks = blocks.borrow_mut();
+        let block = blocks.of(part).get(topic)?;
         let after = rest.strip_prefix(&*block.text)?;
         let payload_at = bytes.len() - after.len() + PAYLOAD_MEMBER.len();
         after.starts_with(PAYLOAD_MEMBER).then_some(())?;
@@ -64,10 +88,10 @@ pub(super) fn split<'b>(topic: &str, bytes: &'b [u8]) -> Option<Split<'b>> {
     })
 }
 
-/// Remembers the schema block of a record that decoded without an error
-/// as the JsonConverter wrapper (so its JSON is valid), when it begins as
-/// cached records do.
-pub(super) fn remember(topic: &str, bytes: &[u8], name: Option<&str>) {
+/// Remembers the schema block of a key or value that parsed without an
+/// error as the JsonConverter wrapper (so its JSON is valid), when it
+/// begins as cached ones do.
+pub(super) fn remember(part: Part, topic: &str, bytes: &[u8], name: Option<&str>) {
     let Some(rest) = bytes.strip_prefix(HEAD) else {
         return;
     };
@@ -81,7 +105,8 @@ pub(super) fn remember(topic: &str, bytes: &[u8], name: Option<&str>) {
         return;
     }
     BLOCKS.with(|blocks| {
-        let mut blocks = blocks.borrow_mut();
+        let mut all = blocks.borrow_mut();
+        let blocks = all.of(part);
         if blocks.len() >= MAX_TOPICS && !blocks.contains_key(topic) {
             blocks.clear();
         }
@@ -150,10 +175,11 @@ mod tests {
     fn a_record_splits_only_at_the_block_remembered_for_its_topic() {
         let topic = "schema_block.test.split";
         let first = br#"{"schema":{"type":"struct","name":"shop.Envelope"},"payload":{"op":"c"}}"#;
-        assert!(split(topic, first).is_none(), "nothing remembered yet");
-        remember(topic, first, Some("shop.Envelope"));
+        assert!(split(Part::Value, topic, first).is_none(), "nothing remembered yet");
+        remember(Part::Value, topic, first, Some("shop.Envelope"));
         let next = br#"{"schema":{"type":"struct","name":"shop.Envelope"},"payload":{"op":"u","x":"}"}}  "#;
-        let hit = split(topic, next).unwrap();
+        let hit = split(Part::Value, topic, next).unwrap();
+        assert!(split(Part::Key, topic, next).is_none(), "keys have their own blocks");
         assert_eq!(hit.name.as_deref(), Some("shop.Envelope"));
         assert_eq!(hit.payload, br#"{"op":"u","x":"}"}"#);
         // Another block, another member order, another topic: no split.
@@ -162,12 +188,16 @@ mod tests {
             br#"{"payload":{},"schema":{"type":"struct","name":"shop.Envelope"}}"#,
             br#"{"schema":{"type":"struct","name":"shop.Envelope"},"extra":1}"#,
         ] {
-            assert!(split(topic, other).is_none(), "{}", String::from_utf8_lossy(other));
+            assert!(
+                split(Part::Value, topic, other).is_none(),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
         }
         // A truncated record splits, and its payload does not parse: the
         // whole record is parsed then, and refused as before.
         let truncated = br#"{"schema":{"type":"struct","name":"shop.Envelope"},"payload":{}"#;
-        assert_eq!(split(topic, truncated).unwrap().payload, b"{");
-        assert!(split("schema_block.test.other", next).is_none());
+        assert_eq!(split(Part::Value, topic, truncated).unwrap().payload, b"{");
+        assert!(split(Part::Value, "schema_block.test.other", next).is_none());
     }
 }
