@@ -23,6 +23,33 @@ pub struct KafkaRecord {
 /// A row image: column name to its value as Debezium printed it.
 pub(crate) type Row = serde_json::Map<String, serde_json::Value>;
 
+/// The columns of each table's row images that routing reads (key
+/// templates, fan-out binds, the outbox column), known from the graph when
+/// the configuration is loaded. Decoding with it builds only these columns
+/// (and the message key's) and steps over the others unbuilt; it never
+/// changes what a record decodes to otherwise, nor which records are
+/// refused. A table not listed has no column read: routing skips it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RowColumns {
+    tables: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl RowColumns {
+    /// Adds `column` to the columns read of `table`.
+    pub(crate) fn insert(&mut self, table: &str, column: &str) {
+        let columns = self.tables.entry(table.to_owned()).or_default();
+        if !columns.iter().any(|c| c == column) {
+            columns.push(column.to_owned());
+        }
+    }
+
+    /// The columns read of `table`'s rows; empty for a table not listed.
+    /// A short list: a linear scan beats hashing every column name.
+    pub fn of(&self, table: &str) -> &[String] {
+        self.tables.get(table).map_or(&[], Vec::as_slice)
+    }
+}
+
 /// The value Debezium puts in columns it could not read (TOASTed, unchanged).
 pub const UNAVAILABLE_VALUE: &str = "__debezium_unavailable_value";
 

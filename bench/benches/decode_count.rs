@@ -3,10 +3,13 @@
 //! machine, where wall-clock timings are not):
 //!
 //!   cargo bench -p cdc-bench --bench decode_count --no-run
-//!   valgrind --tool=callgrind <the built binary> <input name> <records> [tree]
+//!   valgrind --tool=callgrind <the built binary> <input name> <records> [tree|graph]
 //!
 //! With `tree` it runs the decode that builds a whole `serde_json::Value`
-//! (`decode::decode_tree`), for the two side by side.
+//! (`decode::decode_tree`), for the two side by side. With `graph` it
+//! decodes as the daemon routes: building only the row columns the bench's
+//! own graph reads (`DaemonConfig::parse_only`, 3 key templates), with
+//! `decode::decode_with`.
 //!
 //! Run it with two record counts and divide the difference in instructions
 //! by the difference in records: the set-up cost cancels out.
@@ -17,7 +20,8 @@
 
 use std::hint::black_box;
 
-use cdc_invalidator::decode::{decode, decode_tree};
+use cdc_bench::daemon_config::DaemonConfig;
+use cdc_invalidator::decode::{decode, decode_tree, decode_with};
 use cdc_invalidator::event::Decoded;
 
 fn main() {
@@ -27,7 +31,14 @@ fn main() {
         std::process::exit(2);
     };
     let records: u64 = records.parse().expect("a record count");
-    let tree = args.next().as_deref() == Some("tree");
+    let mode = args.next();
+    let tree = mode.as_deref() == Some("tree");
+    let settings = (mode.as_deref() == Some("graph")).then(|| {
+        DaemonConfig::parse_only()
+            .settings()
+            .expect("the bench config validates")
+    });
+    let read = settings.as_ref().map(|s| s.graph.row_columns());
     // A fixed commit time: the inputs must be the same in every run.
     let inputs = cdc_bench::decode_inputs::all(1_795_697_046_074_000);
     let Some((_, record)) = inputs.iter().find(|(n, _)| *n == name) else {
@@ -38,6 +49,8 @@ fn main() {
     for _ in 0..records {
         let decoded = if tree {
             decode_tree(black_box(record), None)
+        } else if read.is_some() {
+            decode_with(black_box(record), None, read)
         } else {
             decode(black_box(record), None)
         };

@@ -7,6 +7,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::fields::{kind_of, log_number, micros, source_position, source_table, Field, Fields};
+use super::schema_block::{self, Part};
 use super::{table_from_topic, DecodeError, DecodeErrorKind};
 use crate::event::{ChangeEvent, Decoded, KafkaRecord, Op, Position, Row};
 
@@ -54,27 +55,59 @@ pub(super) fn decode_parsed(record: &KafkaRecord, key: Option<Value>, value: Val
         };
         return envelope(record, parts, key).map(Decoded::Change);
     }
-    flattened(record, payload, key).map(Decoded::Change)
+    flattened(record, payload, key, Unread { columns: 0 }).map(Decoded::Change)
 }
 
 /// A row change in JSON decoded straight from the bytes: the envelope's
 /// `source` read as borrowed scalars (never built), the schema block only
 /// scanned for its name, and only the row images, `op` and the payload's
-/// other members built as values. `None` for every other shape and on any
-/// error: the general path (`decode_tree`) then decides, so both paths
+/// other members built as values; with `columns`, of the row images only
+/// those columns and the message key's. `None` for every other shape and on
+/// any error: the general path (`decode_tree`) then decides, so both paths
 /// agree on every record.
 pub(super) fn decode_direct(
     record: &KafkaRecord,
     bytes: &[u8],
     avro: Option<&super::AvroSchemas>,
+    columns: Option<&[String]>,
 ) -> Option<Result<Decoded, DecodeError>> {
     if bytes.first() != Some(&b'{') {
         return None;
     }
-    let TopMembers(mut top) = serde_json::from_slice(bytes).ok()?;
+    // The key first, for its columns: the row images keep them, and the key
+    // check compares them. Its error is returned only once the value has
+    // parsed (an unparsable value is the general path's `Malformed`).
+    let key = match record.key.as_deref() {
+        Some(bytes) => parse_key(&record.topic, bytes, avro).and_then(|key| decode_key(Some(key))),
+        None => Ok(None),
+    };
+    let keep = columns.map(|columns| Keep {
+        columns,
+        key: key.as_ref().ok().and_then(Option::as_ref),
+    });
+    let split = schema_block::split(Part::Value, &record.topic, bytes);
+    let (mut top, block_known) = match split.and_then(|split| Some((split.name, read_payload(split.payload, keep)?))) {
+        // The schema block as on the topic's earlier records: only the
+        // payload was parsed (the whole record is, on any error).
+        Some((name, payload)) => {
+            let top = Members {
+                count: 2,
+                schema_name: Some(name),
+                payload: Some(Box::new(payload)),
+                ..Members::default()
+            };
+            (top, true)
+        }
+        None => (read_record(bytes, keep)?, false),
+    };
     let (schema_name, payload) = match (top.schema_name.take(), top.payload.take()) {
         // Exactly the JsonConverter wrapper `{schema, payload}`.
-        (Some(name), Some(payload)) if top.count == 2 => (name, *payload),
+        (Some(name), Some(payload)) if top.count == 2 => {
+            if !block_known {
+                schema_block::remember(Part::Value, &record.topic, bytes, name.as_deref());
+            }
+            (name, *payload)
+        }
         (None, None) => (None, top),
         // A `schema` or `payload` member of another shape of object.
         _ => return None,
@@ -84,26 +117,90 @@ pub(super) fn decode_direct(
     if payload.op.is_none() && payload.source.is_some() {
         return None;
     }
+    // Without `op`, `before` and `after` are columns of a flattened row, to
+    // be kept whole; they were read as row images, some columns left out.
+    if payload.op.is_none() && payload.images_trimmed {
+        return None;
+    }
     // A logical-decoding message needs `source.txId` and its `message`
     // block, which this path does not keep.
     if payload.op.as_ref().and_then(Value::as_str) == Some("m") {
         return None;
     }
-    Some(decode_members(record, avro, schema_name, payload))
+    Some(key.and_then(|key| decode_members(record, key, schema_name, payload)))
+}
+
+/// The message key as `decode_key` reads it (`super::parse`'s value, of
+/// which a wrapper's payload only is read: its schema name never is). A
+/// JSON key whose schema block is the one last seen on the topic has only
+/// its payload parsed; every other key, and one whose payload does not
+/// parse so, is parsed whole (a wrapper's block then remembered).
+fn parse_key(topic: &str, bytes: &[u8], avro: Option<&super::AvroSchemas>) -> Result<Value, DecodeError> {
+    if let Some(split) = schema_block::split(Part::Key, topic, bytes) {
+        let payload = serde_json::from_slice::<Value>(split.payload).ok();
+        // Read on its own, the payload sits a level less deep: a value
+        // nesting near the recursion limit is parsed in its place.
+        if let Some(payload) = payload.filter(|p| !nests_deeper_than(p, PAYLOAD_MAX_DEPTH)) {
+            return Ok(super::wrapper(None, payload));
+        }
+    }
+    let key = super::parse(bytes, avro, "key", DecodeErrorKind::BadKey)?;
+    if let Value::Object(members) = &key {
+        if members.len() == 2 && members.contains_key("schema") && members.contains_key("payload") {
+            schema_block::remember(Part::Key, topic, bytes, None);
+        }
+    }
+    Ok(key)
+}
+
+/// The whole record's members; the schema block of a wrapper is remembered
+/// for the topic's next records (`schema_block`).
+fn read_record<'de>(bytes: &'de [u8], keep: Option<Keep<'_>>) -> Option<Members<'de>> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let top = MembersVisitor { top: true, keep }.deserialize(&mut deserializer).ok()?;
+    deserializer.end().ok()?;
+    Some(top)
+}
+
+/// The payload of a record split at its schema block, read on its own.
+/// Read so, its values sit one level less deep than in the whole record: a
+/// value nesting near serde_json's recursion limit is left to the general
+/// path, which then refuses or accepts it as before.
+fn read_payload<'de>(payload: &'de [u8], keep: Option<Keep<'_>>) -> Option<Members<'de>> {
+    let mut deserializer = serde_json::Deserializer::from_slice(payload);
+    let members = MembersVisitor { top: false, keep }
+        .deserialize(&mut deserializer)
+        .ok()?;
+    deserializer.end().ok()?;
+    let built = [&members.op, &members.before, &members.after]
+        .into_iter()
+        .flatten()
+        .chain(members.others.values());
+    let shallow = built
+        .into_iter()
+        .all(|value| !nests_deeper_than(value, PAYLOAD_MAX_DEPTH));
+    shallow.then_some(members)
+}
+
+/// Nesting a payload's members may have when the payload is read on its
+/// own: far below serde_json's limit of 128 levels in the whole record.
+const PAYLOAD_MAX_DEPTH: usize = 100;
+
+fn nests_deeper_than(value: &Value, levels: usize) -> bool {
+    match value {
+        Value::Array(items) => levels == 0 || items.iter().any(|v| nests_deeper_than(v, levels - 1)),
+        Value::Object(members) => levels == 0 || members.values().any(|v| nests_deeper_than(v, levels - 1)),
+        _ => false,
+    }
 }
 
 /// `decode_parsed` over a payload read by `decode_direct`.
 fn decode_members(
     record: &KafkaRecord,
-    avro: Option<&super::AvroSchemas>,
+    key: Option<Row>,
     schema_name: Option<String>,
     payload: Members<'_>,
 ) -> Result<Decoded, DecodeError> {
-    let key = match record.key.as_deref() {
-        Some(bytes) => Some(super::parse(bytes, avro, "key", DecodeErrorKind::BadKey)?),
-        None => None,
-    };
-    let key = decode_key(key)?;
     if let Some(kind) = marked_kind(record, schema_name.as_deref(), |name| payload.has(name)) {
         return Ok(kind);
     }
@@ -124,7 +221,37 @@ fn decode_members(
     if let Some(after) = payload.after {
         row.insert("after".to_owned(), after);
     }
-    flattened(record, row, key).map(Decoded::Change)
+    let unread = Unread {
+        columns: payload.unread,
+    };
+    flattened(record, row, key, unread).map(Decoded::Change)
+}
+
+/// The columns of a row image `decode_direct` builds: those routing reads
+/// (`RowColumns`) and the message key's.
+#[derive(Clone, Copy)]
+struct Keep<'a> {
+    columns: &'a [String],
+    key: Option<&'a Row>,
+}
+
+impl Keep<'_> {
+    fn keeps(&self, column: &str) -> bool {
+        self.columns.iter().any(|c| c == column) || self.key.is_some_and(|key| key.contains_key(column))
+    }
+
+    /// A payload member kept whatever the columns: the envelope's times,
+    /// and the metadata a flattened row carries (`__op`, `__lsn`, ...).
+    fn keeps_member(&self, name: &str) -> bool {
+        name.starts_with("__") || name == "ts_ms" || name == "ts_us" || self.keeps(name)
+    }
+}
+
+/// How many members of a flattened row were left out unbuilt: the row is
+/// not empty even when no member was built.
+#[derive(Clone, Copy)]
+pub(super) struct Unread {
+    pub(super) columns: usize,
 }
 
 /// A payload's members as `decode_direct` reads them; at the top level also
@@ -140,9 +267,13 @@ struct Members<'de> {
     op: Option<Value>,
     before: Option<Value>,
     after: Option<Value>,
+    /// `before` or `after` was an object some columns of which were left out.
+    images_trimmed: bool,
     source: Option<Source<'de>>,
-    /// Every other member, built.
+    /// Every other member, built (with `Keep`, only those it keeps).
     others: Map<String, Value>,
+    /// Other members left out unbuilt.
+    unread: usize,
 }
 
 impl Members<'_> {
@@ -157,26 +288,16 @@ impl Members<'_> {
     }
 }
 
-/// The record's top-level object.
-struct TopMembers<'de>(Members<'de>);
-
-impl<'de> Deserialize<'de> for TopMembers<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer
-            .deserialize_map(MembersVisitor { top: true })
-            .map(TopMembers)
-    }
-}
-
 /// Reads an object's members. Each is read at the nesting depth the
 /// general path reads it at, so serde_json's recursion limit refuses the
 /// same records on both paths. Later duplicates replace earlier ones, as in
 /// a `Map`.
-struct MembersVisitor {
+struct MembersVisitor<'k> {
     top: bool,
+    keep: Option<Keep<'k>>,
 }
 
-impl<'de> DeserializeSeed<'de> for MembersVisitor {
+impl<'de> DeserializeSeed<'de> for MembersVisitor<'_> {
     type Value = Members<'de>;
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         // Not an object: an error, and the general path decides.
@@ -184,7 +305,7 @@ impl<'de> DeserializeSeed<'de> for MembersVisitor {
     }
 }
 
-impl<'de> Visitor<'de> for MembersVisitor {
+impl<'de> Visitor<'de> for MembersVisitor<'_> {
     type Value = Members<'de>;
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON object")
@@ -196,18 +317,161 @@ impl<'de> Visitor<'de> for MembersVisitor {
             match &*key {
                 "schema" if self.top => members.schema_name = Some(map.next_value_seed(super::SchemaName)?),
                 "payload" if self.top => {
-                    members.payload = Some(Box::new(map.next_value_seed(MembersVisitor { top: false })?))
+                    let payload = MembersVisitor {
+                        top: false,
+                        keep: self.keep,
+                    };
+                    members.payload = Some(Box::new(map.next_value_seed(payload)?))
                 }
                 "op" => members.op = Some(map.next_value()?),
-                "before" => members.before = Some(map.next_value()?),
-                "after" => members.after = Some(map.next_value()?),
+                "before" | "after" => {
+                    let (image, trimmed) = match self.keep {
+                        Some(keep) => map.next_value_seed(Image { keep })?,
+                        None => (map.next_value()?, false),
+                    };
+                    members.images_trimmed |= trimmed;
+                    if key == "before" {
+                        members.before = Some(image);
+                    } else {
+                        members.after = Some(image);
+                    }
+                }
                 "source" => members.source = Some(map.next_value()?),
+                name if self.keep.is_some_and(|keep| !keep.keeps_member(name)) => {
+                    map.next_value::<UnreadValue>()?;
+                    members.unread += 1;
+                }
                 _ => {
                     members.others.insert(key.into_owned(), map.next_value()?);
                 }
             }
         }
         Ok(members)
+    }
+}
+
+/// A row image read with `Keep`: an object is built with the columns it
+/// keeps (and says whether it left any out); anything else is built whole,
+/// for the Debezium logic to refuse.
+struct Image<'k> {
+    keep: Keep<'k>,
+}
+
+impl<'de> DeserializeSeed<'de> for Image<'_> {
+    type Value = (Value, bool);
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Image<'_> {
+    type Value = (Value, bool);
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a row image")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut row = Map::new();
+        let mut trimmed = false;
+        while let Some(Key(column)) = map.next_key()? {
+            // serde_json hands an arbitrary-precision number over as a map
+            // with this one member: the general path decides.
+            if column == NUMBER_TOKEN {
+                return Err(A::Error::custom("a number where a row image was expected"));
+            }
+            if self.keep.keeps(&column) {
+                row.insert(column.into_owned(), map.next_value()?);
+            } else {
+                map.next_value::<UnreadValue>()?;
+                trimmed = true;
+            }
+        }
+        Ok((Value::Object(row), trimmed))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok((Value::Array(items), false))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok((Value::Null, false))
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Self::Value, E> {
+        Ok((Value::Bool(b), false))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        Ok((Value::String(s.to_owned()), false))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+        Ok((Value::String(s), false))
+    }
+}
+
+/// The member name serde_json's arbitrary-precision numbers arrive under
+/// when read as a map (serde_json's own `Value` recognises them by it).
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+/// A value stepped over unbuilt: its text is checked by serde_json, and
+/// whatever building it would check besides (string escapes, nesting
+/// depth) is checked by `builds_as_the_general_path`.
+struct UnreadValue;
+
+impl<'de> Deserialize<'de> for UnreadValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = <&'de RawValue>::deserialize(deserializer)?;
+        if builds_as_the_general_path(raw.get()) {
+            Ok(UnreadValue)
+        } else {
+            Err(D::Error::custom("a value left to the general path"))
+        }
+    }
+}
+
+/// Nesting a skipped value may have and still be built on the general path
+/// at any position of a Debezium record (serde_json refuses 128 levels).
+const UNREAD_MAX_DEPTH: usize = 64;
+
+/// Whether a value's text, already checked as JSON syntax (and UTF-8) while
+/// stepping over it, would also be accepted built as a `Value`: serde_json
+/// steps over `\u` escapes without checking their surrogates, and over
+/// nesting without its recursion limit. False sends the record to the
+/// general path, which then decides; Debezium's own output is never sent.
+fn builds_as_the_general_path(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    match bytes.first() {
+        Some(b'"') => !bytes.contains(&b'\\') || serde_json::from_str::<String>(text).is_ok(),
+        Some(b'[' | b'{') => {
+            let mut depth = 0usize;
+            let mut deepest = 0usize;
+            let mut in_string = false;
+            let mut escaped = false;
+            let mut escapes = false;
+            for &b in bytes {
+                if in_string {
+                    if escaped {
+                        escaped = false;
+                    } else if b == b'\\' {
+                        escaped = true;
+                        escapes = true;
+                    } else if b == b'"' {
+                        in_string = false;
+                    }
+                    continue;
+                }
+                match b {
+                    b'"' => in_string = true,
+                    b'[' | b'{' => {
+                        depth += 1;
+                        deepest = deepest.max(depth);
+                    }
+                    b']' | b'}' => depth = depth.saturating_sub(1),
+                    _ => {}
+                }
+            }
+            deepest <= UNREAD_MAX_DEPTH && (!escapes || serde_json::from_str::<Value>(text).is_ok())
+        }
+        _ => true,
     }
 }
 
@@ -558,7 +822,12 @@ fn image(name: &str, value: Option<Value>) -> Result<Option<Row>, DecodeError> {
 
 /// Records flattened by `ExtractNewRecordState`: the row itself, plus
 /// optional `__`-prefixed metadata fields.
-fn flattened(record: &KafkaRecord, mut row: Map<String, Value>, key: Option<Row>) -> Result<ChangeEvent, DecodeError> {
+fn flattened(
+    record: &KafkaRecord,
+    mut row: Map<String, Value>,
+    key: Option<Row>,
+    unread: Unread,
+) -> Result<ChangeEvent, DecodeError> {
     let meta: Vec<String> = row.keys().filter(|k| k.starts_with("__")).cloned().collect();
     let mut fields = Map::new();
     for name in meta {
@@ -579,7 +848,7 @@ fn flattened(record: &KafkaRecord, mut row: Map<String, Value>, key: Option<Row>
         // which renders from the new image and knows nothing of the old one.
         None => Op::Update,
     };
-    if row.is_empty() && key.is_none() {
+    if row.is_empty() && unread.columns == 0 && key.is_none() {
         return Err(DecodeError::new(
             DecodeErrorKind::UnexpectedShape,
             "record has neither row fields nor a key",
@@ -636,6 +905,7 @@ fn flattened(record: &KafkaRecord, mut row: Map<String, Value>, key: Option<Row>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::RowColumns;
     use serde_json::json;
 
     fn record(topic: &str, key: Option<Value>, value: Option<Value>) -> KafkaRecord {
@@ -1013,17 +1283,66 @@ mod tests {
     fn same_on_both_paths(record: &KafkaRecord, direct: bool) {
         let bytes = record.value.as_deref().unwrap();
         assert_eq!(
-            decode_direct(record, bytes, None).is_some(),
+            decode_direct(record, bytes, None, None).is_some(),
             direct,
             "{}",
             String::from_utf8_lossy(bytes)
         );
-        assert_eq!(
-            super::super::decode(record, None),
-            super::super::decode_tree(record, None),
-            "{}",
-            String::from_utf8_lossy(bytes)
-        );
+        same_on_every_path(record);
+    }
+
+    /// The row columns the projections of `same_on_every_path` read of
+    /// `public.products`: none, one, the key's, and some absent ones.
+    fn projections() -> Vec<RowColumns> {
+        [&[][..], &["c"], &["id"], &["x", "c", "absent", "before"]]
+            .iter()
+            .map(|columns| {
+                let mut read = RowColumns::default();
+                for column in *columns {
+                    read.insert("public.products", column);
+                }
+                read
+            })
+            .collect()
+    }
+
+    /// `decoded` with only the columns `read` names and the message key's
+    /// left in its row images.
+    fn projected(decoded: &Result<Decoded, DecodeError>, read: &RowColumns) -> Result<Decoded, DecodeError> {
+        let mut decoded = decoded.clone();
+        if let Ok(Decoded::Change(event)) = &mut decoded {
+            let columns = read.of(&event.table).to_vec();
+            let key = event.key.clone();
+            for row in [&mut event.before, &mut event.after].into_iter().flatten() {
+                row.retain(|column, _| {
+                    columns.contains(column) || key.as_ref().is_some_and(|key| key.contains_key(column))
+                });
+            }
+        }
+        decoded
+    }
+
+    /// `decode` twice (the second time the schema block may be known) and
+    /// `decode_with` every projection agree with `decode_tree`: the same
+    /// error, the same non-row record, or the same event whose row images
+    /// hold every projected column, each with the general path's value.
+    fn same_on_every_path(record: &KafkaRecord) {
+        let text = String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).into_owned();
+        let tree = super::super::decode_tree(record, None);
+        assert_eq!(super::super::decode(record, None), tree, "{text}");
+        assert_eq!(super::super::decode(record, None), tree, "again: {text}");
+        for read in projections() {
+            let lean = super::super::decode_with(record, None, Some(&read));
+            assert_eq!(projected(&lean, &read), projected(&tree, &read), "{read:?}: {text}");
+            if let (Ok(Decoded::Change(lean)), Ok(Decoded::Change(whole))) = (&lean, &tree) {
+                for (lean, whole) in [(&lean.before, &whole.before), (&lean.after, &whole.after)] {
+                    for (column, value) in lean.iter().flatten() {
+                        let whole = whole.as_ref().and_then(|row| row.get(column));
+                        assert_eq!(Some(value), whole, "{column}, {read:?}: {text}");
+                    }
+                }
+            }
+        }
     }
 
     fn raw(topic: &str, key: Option<&str>, value: &str) -> KafkaRecord {
@@ -1103,6 +1422,106 @@ mod tests {
         for value in &general {
             same_on_both_paths(&raw(topic, Some(key), value), false);
         }
+    }
+
+    #[test]
+    fn left_out_columns_are_refused_as_the_general_path_refuses_them() {
+        let topic = "shop.public.products";
+        let source = pg_source(200, "[\"150\",\"200\"]").to_string();
+        let deep = |levels: usize| "[".repeat(levels) + &"]".repeat(levels);
+        let envelope = |after: &str| format!(r#"{{"op":"u","before":{after},"after":{after},"source":{source}}}"#);
+        let wrapped =
+            |payload: &str| format!(r#"{{"schema":{{"type":"struct","name":"shop.Envelope"}},"payload":{payload}}}"#);
+        let mut values = vec![
+            // Columns a projection leaves out: escapes, numbers, nesting.
+            envelope(r#"{"id":1,"c":2,"text":"a \"quoted\" \u00e9 \ud83d\ude00","n":-0.5e-7,"big":123456789012345678901234567890}"#),
+            envelope(r#"{"id":1,"lone":"\ud800"}"#),
+            envelope(r#"{"id":1,"lone":["x",{"y":"\udc00"}]}"#),
+            envelope(r#"{"id":1,"arr":[1,{"a":"]}\""},[[]]]}"#),
+            envelope(&format!(r#"{{"id":1,"deep":{}}}"#, deep(60))),
+            envelope(&format!(r#"{{"id":1,"deep":{}}}"#, deep(70))),
+            envelope(&format!(r#"{{"id":1,"deep":{}}}"#, deep(200))),
+            envelope(r#"{"id":1,"bad":01}"#),
+            envelope(r#"{"id":1,"bad":1.}"#),
+            envelope(r#"{"id":1,"bad":"\x"}"#),
+            envelope(r#"{"id":1,"id":2,"c":1,"c":2}"#),
+            envelope(r#"{"$serde_json::private::Number":"5"}"#),
+            envelope("5"),
+            envelope("\"text\""),
+            envelope("true"),
+            envelope("[{\"id\":1}]"),
+            // Flattened rows: every column left out, images as columns.
+            r#"{"x":1,"y":"2","__op":"u","__table":"products","__lsn":7}"#.to_owned(),
+            r#"{"x":1,"__deleted":"true"}"#.to_owned(),
+            r#"{"id":1,"before":{"id":1,"x":2},"after":null,"ts_ms":5}"#.to_owned(),
+            r#"{"id":1,"after":{"c":1},"c":{"d":[1]}}"#.to_owned(),
+            r#"{"transaction":{"id":"\ud800"},"op":"c","after":{"id":1},"source":{"table":"products","schema":"public"}}"#.to_owned(),
+        ];
+        // Nesting around serde_json's recursion limit, whole record and
+        // payload read on its own (its schema block known).
+        for levels in 120..=128 {
+            values.push(envelope(&format!(r#"{{"id":1,"c":{}}}"#, deep(levels))));
+            values.push(envelope(&format!(r#"{{"id":1,"x":{}}}"#, deep(levels))));
+            values.push(format!(
+                r#"{{"op":"c","after":{{"id":1}},"source":{source},"ts":{}}}"#,
+                deep(levels)
+            ));
+        }
+        let wrapped_values: Vec<String> = values.iter().map(|v| wrapped(v)).collect();
+        for value in values.iter().chain(&wrapped_values) {
+            for key in [
+                Some(r#"{"id":1}"#),
+                Some(r#"{"x":1}"#),
+                None,
+                Some("{bad"),
+                // Wrapped keys: the block known after the first, then a
+                // duplicate payload, a truncated key, another payload.
+                Some(r#"{"schema":{"type":"struct","name":"k"},"payload":{"id":1}}"#),
+                Some(r#"{"schema":{"type":"struct","name":"k"},"payload":{"id":1},"payload":{"id":2}}"#),
+                Some(r#"{"schema":{"type":"struct","name":"k"},"payload":{"id":1}"#),
+                Some(r#"{"schema":{"type":"struct","name":"k"},"payload":{"id":2}} "#),
+            ] {
+                same_on_every_path(&raw(topic, key, value));
+            }
+        }
+        // Not UTF-8 inside a column left out.
+        let mut bytes = envelope(r#"{"id":1,"x":"é"}"#).into_bytes();
+        let at = bytes.iter().position(|b| *b == 0xc3).unwrap();
+        bytes[at] = 0xff;
+        let invalid = KafkaRecord {
+            value: Some(bytes),
+            ..raw(topic, Some(r#"{"id":1}"#), "{}")
+        };
+        same_on_every_path(&invalid);
+        assert_eq!(
+            super::super::decode_with(&invalid, None, Some(&RowColumns::default()))
+                .unwrap_err()
+                .kind,
+            DecodeErrorKind::Malformed
+        );
+    }
+
+    #[test]
+    fn a_projected_event_keeps_the_read_and_the_key_columns_only() {
+        let value = r#"{"op":"u","before":{"id":1,"c":2,"x":3},"after":{"id":1,"c":4,"x":5},"source":{"connector":"postgresql","name":"shop","schema":"public","table":"products","lsn":7}}"#;
+        let mut read = RowColumns::default();
+        read.insert("public.products", "c");
+        let record = raw("shop.public.products", Some(r#"{"id":1}"#), value);
+        let event = change(super::super::decode_with(&record, None, Some(&read)).unwrap());
+        assert_eq!(Value::Object(event.before.unwrap()), json!({"id": 1, "c": 2}));
+        assert_eq!(Value::Object(event.after.unwrap()), json!({"id": 1, "c": 4}));
+        // Another table's columns, or a topic not naming a table: whole rows
+        // on a topic without a table, none but the key's on an unread table.
+        let other = raw(
+            "shop.public.orders",
+            Some(r#"{"id":1}"#),
+            &value.replace("products", "orders"),
+        );
+        let event = change(super::super::decode_with(&other, None, Some(&read)).unwrap());
+        assert_eq!(Value::Object(event.after.unwrap()), json!({"id": 1}));
+        let custom = raw("products-topic", Some(r#"{"id":1}"#), value);
+        let event = change(super::super::decode_with(&custom, None, Some(&read)).unwrap());
+        assert_eq!(Value::Object(event.after.unwrap()), json!({"id": 1, "c": 4, "x": 5}));
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod avro;
 mod fields;
 mod json;
 mod message;
+mod schema_block;
 
 pub use avro::{schema_id, AvroSchemas, SchemaError};
 pub use json::decode_json;
@@ -17,17 +18,33 @@ pub use crate::config::SchemaSources;
 // The error types live with the other domain types, so that the graph's
 // stall reasons can name them without depending on the decoder.
 pub use crate::event::{DecodeError, DecodeErrorKind};
-use crate::event::{Decoded, KafkaRecord};
+use crate::event::{Decoded, KafkaRecord, RowColumns};
 
 /// Decodes one record: JSON, or Avro in the Confluent framing when schemas
 /// are configured (their ids must have been loaded with `AvroSchemas::ensure`).
 pub fn decode(record: &KafkaRecord, avro: Option<&AvroSchemas>) -> Result<Decoded, DecodeError> {
+    decode_with(record, avro, None)
+}
+
+/// [`decode`], building of a row change's images only the columns `read`
+/// names for its table (and the message key's columns): the others are
+/// stepped over unbuilt, still checked as the general path checks them.
+/// The record decodes to the same event on those columns, and every record
+/// [`decode`] refuses is refused with the same error. `None` keeps every
+/// column. Only JSON records on topics named `<prefix>.<schema>.<table>`
+/// are projected (a record of another table there is refused anyway).
+pub fn decode_with(
+    record: &KafkaRecord,
+    avro: Option<&AvroSchemas>,
+    read: Option<&RowColumns>,
+) -> Result<Decoded, DecodeError> {
     let Some(bytes) = record.value.as_deref() else {
         return Ok(Decoded::Tombstone);
     };
+    let columns = read.and_then(|read| topic_table(&record.topic).map(|table| read.of(table)));
     // Row changes in JSON, the common case, without a tree of the payload;
     // any other shape, and every error, takes the general path below.
-    if let Some(decoded) = json::decode_direct(record, bytes, avro) {
+    if let Some(decoded) = json::decode_direct(record, bytes, avro, columns) {
         return decoded;
     }
     decode_tree(record, avro)
@@ -224,11 +241,14 @@ pub(crate) fn wrapper(schema_name: Option<String>, payload: serde_json::Value) -
 /// (`<prefix>.<schema>.<table>`), used when the record itself does not say
 /// (flattened rows, undecodable records).
 pub fn table_from_topic(topic: &str) -> Option<String> {
-    let mut parts = topic.rsplitn(3, '.');
-    let table = parts.next()?;
-    let schema = parts.next()?;
-    parts.next()?;
-    Some(format!("{schema}.{table}"))
+    topic_table(topic).map(str::to_owned)
+}
+
+/// [`table_from_topic`], borrowed: `<schema>.<table>` is the topic's tail.
+fn topic_table(topic: &str) -> Option<&str> {
+    let last = topic.rfind('.')?;
+    let schema_dot = topic.get(..last)?.rfind('.')?;
+    topic.get(schema_dot + 1..)
 }
 
 #[cfg(test)]

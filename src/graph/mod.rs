@@ -18,7 +18,7 @@ pub use message::{MessageRules, MessageVerdict};
 pub use template::{canonical_number, escape, RenderError, Template, TemplateError};
 
 use crate::event::DecodeErrorKind;
-use crate::event::{ChangeEvent, Op, Row, UNAVAILABLE_VALUE};
+use crate::event::{ChangeEvent, Op, Row, RowColumns, UNAVAILABLE_VALUE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Consistency {
@@ -265,24 +265,48 @@ pub struct Graph {
     by_table: HashMap<String, usize>,
     /// `[messages]`: invalidations the application names (`message`).
     messages: Option<MessageRules>,
+    /// The row columns `derive` and `route_outbox` read, for decoding.
+    row_columns: RowColumns,
 }
 
 impl Graph {
     pub(crate) fn new(entities: Vec<Entity>) -> Graph {
         let by_table = entities.iter().enumerate().map(|(i, e)| (e.table.clone(), i)).collect();
+        let mut row_columns = RowColumns::default();
+        for entity in &entities {
+            // Every column `derive` looks up in a row: the templates' and the
+            // fan-out binds'. The message key's columns are kept by decode.
+            let templated = entity.keys.iter().flat_map(Template::columns);
+            let bound = entity.fanouts.iter().flat_map(|f| f.bind.iter().map(String::as_str));
+            for column in templated.chain(bound) {
+                row_columns.insert(&entity.table, column);
+            }
+        }
         Graph {
             entities,
             by_table,
             messages: None,
+            row_columns,
         }
     }
 
     /// The graph that also reads logical-decoding messages and outbox rows.
     pub(crate) fn with_messages(self, rules: MessageRules) -> Graph {
+        let mut row_columns = self.row_columns;
+        for table in &rules.outbox_tables {
+            row_columns.insert(table, &rules.outbox_column);
+        }
         Graph {
             messages: Some(rules),
+            row_columns,
             ..self
         }
+    }
+
+    /// The columns of each table's rows that routing reads: decoding may
+    /// leave every other column out.
+    pub fn row_columns(&self) -> &RowColumns {
+        &self.row_columns
     }
 
     pub(crate) fn messages(&self) -> Option<&MessageRules> {

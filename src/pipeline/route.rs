@@ -4,8 +4,8 @@
 
 use crate::config::PlanSettings;
 use crate::dead_letter::{Failure, Stage};
-use crate::decode::{decode, table_from_topic, AvroSchemas, DecodeError, DecodeErrorKind};
-use crate::event::{ChangeEvent, Decoded, KafkaRecord, Position};
+use crate::decode::{decode_with, table_from_topic, AvroSchemas, DecodeError, DecodeErrorKind};
+use crate::event::{ChangeEvent, Decoded, KafkaRecord, Position, RowColumns};
 use crate::graph::{
     escalate, Consistency, Derivation, Entity, EscalationReason, Graph, LookupRequest, MessageVerdict, SkipReason,
     StallReason, Target, Why,
@@ -65,7 +65,8 @@ pub fn route_with(
     dead_letters: bool,
     avro: Option<&AvroSchemas>,
 ) -> Route {
-    let event = match decode_within_limit(plan, record, avro) {
+    // Only the row columns the graph reads are built: routing reads no other.
+    let event = match decode_within_limit(plan, record, avro, Some(graph.row_columns())) {
         Ok(Decoded::Change(event)) => event,
         Ok(other) => return route_other(graph, record, &other, dead_letters).0,
         Err(error) => return route_undecodable(graph, record, error, dead_letters),
@@ -103,7 +104,8 @@ pub fn trace_with(
     dead_letters: bool,
     avro: Option<&AvroSchemas>,
 ) -> Trace {
-    let decoded = decode_within_limit(plan, record, avro);
+    // Whole rows: `explain` prints the decoded record.
+    let decoded = decode_within_limit(plan, record, avro, None);
     let event = match decoded {
         Ok(Decoded::Change(event)) => event,
         Ok(ref other) => {
@@ -154,6 +156,7 @@ fn decode_within_limit(
     plan: &PlanSettings,
     record: &KafkaRecord,
     avro: Option<&AvroSchemas>,
+    read: Option<&RowColumns>,
 ) -> Result<Decoded, DecodeError> {
     let size = record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len);
     if size > plan.max_record_bytes {
@@ -162,7 +165,7 @@ fn decode_within_limit(
             detail: format!("{size} bytes, above plan.max_record_bytes ({})", plan.max_record_bytes),
         });
     }
-    decode(record, avro)
+    decode_with(record, avro, read)
 }
 
 /// The route of a record that decoded to something other than a row
