@@ -292,6 +292,9 @@ async fn mariadb_kill_9_with_rotations_and_concurrent_writers_loses_nothing_and_
                 if tx % 10 == 5 {
                     sql(&pool, &["FLUSH BINARY LOGS"]).await;
                 }
+                // Spread over seconds, so the kill lands mid-stream however
+                // fast the daemon applies.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         })
     };

@@ -562,6 +562,9 @@ async fn kill_9_and_replay_change_nothing_applied(mut bench: Bench) {
         tokio::spawn(async move {
             for tx in statements {
                 writer.commit(&tx).await;
+                // Spread over about 3 s: a daemon that applies faster than
+                // the kill is decided must still find transactions after it.
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
     };
