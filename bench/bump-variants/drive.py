@@ -22,9 +22,9 @@ many per call as one calibration call with fresh keys answered."""
 import glob
 import hashlib
 import os
-import subprocess
 import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -179,7 +179,7 @@ ctl = conn()
 # bare: two one-line replies (HSET's and PEXPIRE's integers) per key.
 variants = [("bare", None, 2 * PER_CALL)]
 # "shipped" is the script itself, not a copy that could drift.
-for path in [os.path.join(os.path.dirname(__file__), "../../src/sink/bump.lua")] + SCRIPTS:
+for path in [os.path.join(os.path.dirname(__file__), "../../src/sink/bump.lua"), *SCRIPTS]:
     with open(path, "rb") as f:
         src = f.read()
     sha = call(ctl, "SCRIPT", "LOAD", src).split(b"\r\n")[1]
