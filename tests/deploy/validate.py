@@ -63,6 +63,7 @@ HISTOGRAMS = {
     "cdc_invalidator_invalidation_propagation_seconds",
     "cdc_invalidator_apply_latency_seconds",
     "cdc_invalidator_redis_apply_seconds",
+    "cdc_invalidator_dead_letter_write_seconds",
     "cdc_invalidator_batch_targets",
     "cdc_invalidator_lookup_seconds",
     "cdc_invalidator_fanout_rows",
